@@ -1,0 +1,625 @@
+//! A shard: one core's storage. WAL, memtables, SSTables and manifest, driven from one glommio
+//! executor with no locks.
+//!
+//! # Write path
+//! `write` validates, waits for room (a bounded number of immutable memtables and a bounded WAL
+//! buffer), then, with no `await` in between, takes the next sequence number, queues the record
+//! in the WAL and inserts it in the active memtable. With `Sync` durability it then waits for the
+//! group commit that covers it. Because queueing and inserting happen together, every record the
+//! WAL holds is in a memtable when that memtable is frozen, so a flush covers a WAL prefix.
+//!
+//! # Read path
+//! A read sees the snapshot of durable writes (`Sync`) or of queued writes (otherwise): active
+//! memtable, then immutable memtables newest first, then SSTables newest first, skipping tables
+//! whose Bloom filter rules the key out.
+//!
+//! # Flush
+//! A full memtable is frozen and a background task in a low-priority queue writes it as an
+//! SSTable once all its records are durable, syncs file and directory, records the table in the
+//! manifest, and only then deletes the WAL segments it covers.
+//!
+//! **Architecture Invariant:** a `Shard` lives on one executor thread; it is `!Send` and is never
+//! shared across threads.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::memtable::Memtable;
+use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
+use crate::runtime::{self, Latency, TaskQueueHandle};
+use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
+use crate::wal::{Durability, Wal, WalOptions, WalStats};
+
+/// How a shard is opened.
+#[derive(Clone, Debug)]
+pub struct ShardOptions {
+    /// The shard's data directory (created if missing).
+    pub dir: PathBuf,
+    /// The shard's id, recorded in its files.
+    pub shard_id: ShardId,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Memtable size at which it is frozen and flushed.
+    pub memtable_bytes_max: usize,
+    /// Frozen memtables waiting for flush after which writes wait.
+    pub immutable_memtables_max: usize,
+    /// Size of a WAL segment file.
+    pub wal_segment_bytes: u64,
+    /// Bytes of data blocks the shard keeps cached.
+    pub block_cache_bytes: u64,
+    /// Bloom filter bits per key.
+    pub bloom_bits_per_key: u32,
+}
+
+impl ShardOptions {
+    /// The defaults: `Sync` durability, 64 MiB memtables, 64 MiB WAL segments, 256 MiB block
+    /// cache, 10 Bloom bits per key.
+    #[must_use]
+    pub fn new(dir: impl Into<PathBuf>, shard_id: ShardId) -> Self {
+        ShardOptions {
+            dir: dir.into(),
+            shard_id,
+            durability: Durability::Sync,
+            memtable_bytes_max: 64 << 20,
+            immutable_memtables_max: 4,
+            wal_segment_bytes: 64 << 20,
+            block_cache_bytes: 256 << 20,
+            bloom_bits_per_key: bloom::BITS_PER_KEY_DEFAULT,
+        }
+    }
+}
+
+/// A point-in-time view of a shard's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Accounted bytes of the active memtable.
+    pub memtable_bytes: usize,
+    /// Frozen memtables not yet flushed.
+    pub immutable_memtables: usize,
+    /// Live SSTables.
+    pub tables: usize,
+    /// Bytes of live SSTables.
+    pub table_bytes: u64,
+    /// Memtables flushed since open.
+    pub flushes: u64,
+    /// Every record at or below this is in an SSTable.
+    pub flushed_seq: SeqNo,
+    /// The last sequence number handed out.
+    pub last_seq: SeqNo,
+    /// WAL statistics since open.
+    pub wal: WalStats,
+    /// Bytes in the block cache.
+    pub block_cache_bytes: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    active: Memtable,
+    /// Frozen memtables, oldest first.
+    immutables: VecDeque<Rc<Memtable>>,
+    /// Live tables, oldest first; replaced (copy on write) so reads can hold a snapshot.
+    tables: Rc<Vec<Rc<SsTable>>>,
+    last_seq: SeqNo,
+    manifest: Manifest,
+    flushes: u64,
+    /// WAL segments holding only records at or below this have been deleted.
+    wal_released_seq: SeqNo,
+    flusher_running: bool,
+    flush_error: Option<String>,
+    closing: bool,
+    waiters: Vec<Waker>,
+}
+
+impl State {
+    fn wake_waiters(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: ShardOptions,
+    wal: Wal,
+    state: RefCell<State>,
+    cache: BlockCache,
+    flush_queue: TaskQueueHandle,
+    /// Held for the shard's life: a second opener of the directory is refused.
+    _lock: std::fs::File,
+}
+
+/// One core's storage engine. Cheap to clone (a handle); all clones share one shard.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    inner: Rc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Shard {
+    /// Opens (or creates) the shard in `options.dir`, recovering from its manifest and WAL.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for damage that recovery must not
+    /// paper over; [`Error::Incompatible`]; I/O errors (a second opener gets `WouldBlock`).
+    pub async fn open(options: ShardOptions) -> Result<Shard> {
+        let dir = options.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        lock.try_lock().map_err(|e| {
+            Error::io(
+                "lock (is another process using this shard?)",
+                &lock_path,
+                std::io::Error::new(std::io::ErrorKind::WouldBlock, e.to_string()),
+            )
+        })?;
+
+        let manifest = match Manifest::load(&dir).await? {
+            Some(m) => {
+                if m.shard_id != options.shard_id {
+                    return Err(Error::Incompatible {
+                        path: dir.join(crate::manifest::MANIFEST_NAME),
+                        reason: format!(
+                            "directory holds shard {}, not shard {}",
+                            m.shard_id.0, options.shard_id.0
+                        ),
+                    });
+                }
+                m
+            }
+            None => Manifest::empty(options.shard_id),
+        };
+        remove_orphan_tables(&dir, &manifest).await?;
+        let mut tables = Vec::with_capacity(manifest.tables.len());
+        let mut last_seq = manifest.flushed_seq;
+        for &id in &manifest.tables {
+            let table = SsTable::open(&dir, id).await?;
+            last_seq = last_seq.max(SeqNo(table.footer().max_seq));
+            tables.push(Rc::new(table));
+        }
+
+        let mut active = Memtable::new();
+        let mut immutables = VecDeque::new();
+        let memtable_max = options.memtable_bytes_max;
+        let (wal, recovered) = Wal::open(
+            &dir,
+            options.shard_id,
+            WalOptions {
+                segment_bytes: options.wal_segment_bytes,
+                durability: options.durability,
+            },
+            manifest.flushed_seq,
+            |rec| {
+                active.insert(Token::of(rec.key), &rec);
+                if active.bytes() >= memtable_max {
+                    immutables.push_back(Rc::new(std::mem::take(&mut active)));
+                }
+            },
+        )
+        .await?;
+        last_seq = last_seq.max(recovered.last_seq);
+        // Segments a flush covered but a crash kept from being deleted.
+        wal.release_through(manifest.flushed_seq, &dir).await?;
+        let wal_released_seq = manifest.flushed_seq;
+        tracing::info!(
+            dir = %dir.display(),
+            tables = tables.len(),
+            replayed = recovered.replayed,
+            truncated_bytes = recovered.truncated_bytes,
+            last_seq = last_seq.0,
+            "shard opened"
+        );
+        let cache = BlockCache::new(options.block_cache_bytes);
+        let flush_queue = runtime::create_task_queue(
+            100,
+            Latency::NotImportant,
+            &format!("flush-{}", options.shard_id.0),
+        );
+        let has_immutables = !immutables.is_empty();
+        let shard = Shard {
+            inner: Rc::new(Inner {
+                options,
+                wal,
+                state: RefCell::new(State {
+                    active,
+                    immutables,
+                    tables: Rc::new(tables),
+                    last_seq,
+                    manifest,
+                    flushes: 0,
+                    wal_released_seq,
+                    flusher_running: false,
+                    flush_error: None,
+                    closing: false,
+                    waiters: Vec::new(),
+                }),
+                cache,
+                flush_queue,
+                _lock: lock,
+            }),
+        };
+        if has_immutables {
+            shard.start_flusher();
+        }
+        Ok(shard)
+    }
+
+    /// The shard's directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.inner.options.dir
+    }
+
+    /// Stores `value` under `key`. Returns the write's sequence number once it is acknowledged
+    /// under the shard's durability mode.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for bad input; [`Error::WalFenced`] after a log failure; [`Error::Closed`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<SeqNo> {
+        self.write(Mutation::put(key, value)).await
+    }
+
+    /// Writes a tombstone for `key`.
+    ///
+    /// # Errors
+    /// As [`Shard::put`].
+    pub async fn delete(&self, key: &[u8]) -> Result<SeqNo> {
+        self.write(Mutation::delete(key)).await
+    }
+
+    /// Applies one mutation (value or tombstone, with optional timestamp, expiry and version).
+    ///
+    /// # Errors
+    /// As [`Shard::put`].
+    pub async fn write(&self, m: Mutation<'_>) -> Result<SeqNo> {
+        m.validate()?;
+        let inner = &*self.inner;
+        WaitState::new(inner, |s: &State| {
+            s.immutables.len() < inner.options.immutable_memtables_max
+        })
+        .await?;
+        inner.wal.reserve().await?;
+        // INVARIANT: no await from here until the record is both queued and in the memtable.
+        let (seq, freeze) = {
+            let mut s = inner.state.borrow_mut();
+            if s.closing {
+                return Err(Error::Closed);
+            }
+            let seq = SeqNo(s.last_seq.0 + 1);
+            let rec = RecordRef {
+                key: m.key,
+                value: m.value,
+                seq,
+                write_ts_ms: m.write_ts_ms.unwrap_or_else(now_ms),
+                expiry_ms: m.expiry_ms,
+                version: m.version,
+            };
+            inner.wal.append(&rec)?;
+            s.last_seq = seq;
+            s.active.insert(Token::of(m.key), &rec);
+            (seq, s.active.bytes() >= inner.options.memtable_bytes_max)
+        };
+        if freeze {
+            self.freeze();
+        }
+        if inner.wal.durability() == Durability::Sync {
+            inner.wal.wait_durable(seq).await?;
+        }
+        Ok(seq)
+    }
+
+    /// The highest sequence number a read may see.
+    fn snapshot(&self) -> SeqNo {
+        match self.inner.wal.durability() {
+            Durability::Sync => self.inner.wal.durable_seq(),
+            _ => self.inner.state.borrow().last_seq,
+        }
+    }
+
+    /// The newest version of `key` (tombstones and expired values included), or `None` if the
+    /// shard holds none.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for a bad key; [`Error::ChecksumMismatch`] / [`Error::Corruption`] if a
+    /// block on the way is damaged (never wrong bytes); I/O errors.
+    pub async fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
+        validate_key(key)?;
+        let token = Token::of(key);
+        let snapshot = self.snapshot();
+        let tables = {
+            let s = self.inner.state.borrow();
+            if let Some(r) = s.active.get(token, key, snapshot) {
+                return Ok(Some(r));
+            }
+            for m in s.immutables.iter().rev() {
+                if let Some(r) = m.get(token, key, snapshot) {
+                    return Ok(Some(r));
+                }
+            }
+            s.tables.clone()
+        };
+        for table in tables.iter().rev() {
+            if let Some(r) = table.get(token, key, &self.inner.cache).await? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The live value of `key`: `None` if absent, deleted or expired.
+    ///
+    /// # Errors
+    /// As [`Shard::get_record`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Record>> {
+        let now = now_ms();
+        Ok(self
+            .get_record(key)
+            .await?
+            .filter(|r| r.is_live_at(now)))
+    }
+
+    /// Freezes the active memtable (if it holds anything) and starts the flusher.
+    fn freeze(&self) {
+        {
+            let mut s = self.inner.state.borrow_mut();
+            if s.active.is_empty() {
+                return;
+            }
+            let frozen = std::mem::take(&mut s.active);
+            s.immutables.push_back(Rc::new(frozen));
+        }
+        self.start_flusher();
+    }
+
+    fn start_flusher(&self) {
+        {
+            let mut s = self.inner.state.borrow_mut();
+            if s.flusher_running || s.flush_error.is_some() {
+                return;
+            }
+            s.flusher_running = true;
+        }
+        let shard = self.clone();
+        runtime::spawn_detached_into(
+            async move { shard.flush_loop().await },
+            self.inner.flush_queue,
+        );
+    }
+
+    async fn flush_loop(self) {
+        loop {
+            let next = {
+                let s = self.inner.state.borrow();
+                if s.closing {
+                    None
+                } else {
+                    s.immutables.front().cloned()
+                }
+            };
+            let Some(mem) = next else { break };
+            if let Err(e) = self.flush_one(&mem).await {
+                tracing::error!(error = %e, "memtable flush failed; the shard stops accepting writes");
+                let mut s = self.inner.state.borrow_mut();
+                s.flush_error = Some(e.to_string());
+                s.wake_waiters();
+                break;
+            }
+        }
+        let mut s = self.inner.state.borrow_mut();
+        s.flusher_running = false;
+        s.wake_waiters();
+    }
+
+    async fn flush_one(&self, mem: &Rc<Memtable>) -> Result<()> {
+        let inner = &*self.inner;
+        let dir = &inner.options.dir;
+        // A table must hold only acknowledged-or-durable data: wait for the group commit.
+        inner.wal.wait_durable(mem.max_seq()).await?;
+        let id = {
+            let mut s = inner.state.borrow_mut();
+            let id = TableId(s.manifest.next_table_id);
+            s.manifest.next_table_id += 1;
+            id
+        };
+        let estimated = mem.bytes() as u64;
+        let cache = inner.cache.has_room_for(estimated).then_some(&inner.cache);
+        let mut builder =
+            TableBuilder::create(dir, id, inner.options.bloom_bits_per_key, cache).await?;
+        for (token, rec) in mem.newest_versions() {
+            if let Err(e) = builder.add(token, &rec).await {
+                builder.abandon().await;
+                return Err(e);
+            }
+        }
+        builder.finish().await?;
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+        let table = Rc::new(SsTable::open(dir, id).await?);
+        let mut manifest = inner.state.borrow().manifest.clone();
+        manifest.generation += 1;
+        manifest.flushed_seq = manifest.flushed_seq.max(mem.max_seq());
+        manifest.tables.push(id);
+        manifest.store(dir).await?;
+        let flushed = manifest.flushed_seq;
+        {
+            let mut s = inner.state.borrow_mut();
+            s.manifest = manifest;
+            let mut tables = (*s.tables).clone();
+            tables.push(table);
+            s.tables = Rc::new(tables);
+            let front = s.immutables.pop_front();
+            assert!(
+                front.is_some_and(|f| Rc::ptr_eq(&f, mem)),
+                "memtables must be flushed in order"
+            );
+            s.flushes += 1;
+            s.wake_waiters();
+        }
+        inner.wal.release_through(flushed, dir).await?;
+        let mut s = inner.state.borrow_mut();
+        s.wal_released_seq = flushed;
+        s.wake_waiters();
+        Ok(())
+    }
+
+    /// Flushes everything written so far to SSTables and waits until it is in the manifest and
+    /// the WAL segments it covers are deleted.
+    ///
+    /// # Errors
+    /// The flush's error, or [`Error::WalFenced`].
+    pub async fn flush(&self) -> Result<()> {
+        let target = self.inner.state.borrow().last_seq;
+        self.freeze();
+        WaitState::new(&self.inner, |s: &State| {
+            s.wal_released_seq >= target
+        })
+        .await
+    }
+
+    /// Statistics.
+    #[must_use]
+    pub fn stats(&self) -> ShardStats {
+        let s = self.inner.state.borrow();
+        ShardStats {
+            memtable_bytes: s.active.bytes(),
+            immutable_memtables: s.immutables.len(),
+            tables: s.tables.len(),
+            table_bytes: s.tables.iter().map(|t| t.size_bytes()).sum(),
+            flushes: s.flushes,
+            flushed_seq: s.manifest.flushed_seq,
+            last_seq: s.last_seq,
+            wal: self.inner.wal.stats(),
+            block_cache_bytes: self.inner.cache.bytes(),
+        }
+    }
+
+    /// Every live table's records, oldest table first (for checks and tools).
+    ///
+    /// # Errors
+    /// As [`Shard::get_record`].
+    pub async fn scan_tables(&self) -> Result<Vec<Vec<Record>>> {
+        let tables = self.inner.state.borrow().tables.clone();
+        let mut out = Vec::with_capacity(tables.len());
+        for t in tables.iter() {
+            out.push(t.scan(&self.inner.cache).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stops accepting writes, lets a running flush finish, then syncs and closes the WAL.
+    /// Other handles to the shard see [`Error::Closed`].
+    ///
+    /// # Errors
+    /// [`Error::WalFenced`] if the final sync failed.
+    pub async fn close(self) -> Result<()> {
+        {
+            let mut s = self.inner.state.borrow_mut();
+            s.closing = true;
+            s.wake_waiters();
+        }
+        let flusher_done = WaitState {
+            inner: &self.inner,
+            ready: |s: &State| !s.flusher_running,
+            fail_on_close: false,
+        }
+        .await;
+        if let Err(e) = flusher_done {
+            tracing::warn!(error = %e, "closing a shard whose flush failed");
+        }
+        let inner = Rc::try_unwrap(self.inner).map_err(|_| Error::Closed);
+        match inner {
+            Ok(inner) => inner.wal.close().await,
+            // Another handle is alive: the WAL closes when the last one drops.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Waits for a condition on the shard's state; fails if a flush failed or the WAL is fenced.
+struct WaitState<'a, F> {
+    inner: &'a Inner,
+    ready: F,
+    /// Whether a closing shard ends the wait with [`Error::Closed`].
+    fail_on_close: bool,
+}
+
+impl<'a, F> WaitState<'a, F> {
+    fn new(inner: &'a Inner, ready: F) -> Self {
+        WaitState {
+            inner,
+            ready,
+            fail_on_close: true,
+        }
+    }
+}
+
+impl<F: Fn(&State) -> bool + Unpin> Future for WaitState<'_, F> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut s = self.inner.state.borrow_mut();
+        if (self.ready)(&s) {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = self.inner.wal.fenced() {
+            return Poll::Ready(Err(e));
+        }
+        if let Some(reason) = &s.flush_error {
+            return Poll::Ready(Err(Error::io(
+                "flush",
+                &self.inner.options.dir,
+                std::io::Error::other(reason.clone()),
+            )));
+        }
+        if s.closing && self.fail_on_close {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        s.waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Removes tables that a crash left behind before the manifest named them.
+async fn remove_orphan_tables(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(id) = entry.file_name().to_str().and_then(sstable::parse_table_name) else {
+            continue;
+        };
+        if !manifest.tables.contains(&id) {
+            tracing::warn!(table = id.0, "removing table the manifest does not name");
+            runtime::remove(&entry.path())
+                .await
+                .map_err(|e| Error::io("remove", entry.path(), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! Sorted string tables: immutable, block-based files that hold flushed memtables.
+//!
+//! ```text
+//! sst-<id as 16 hex digits>.sst
+//! +---------------------------+  offset 0
+//! | data block 0              |  block.rs: entries | offsets | count | crc32c
+//! | data block 1 ...          |
+//! +---------------------------+  footer.index_offset
+//! | index block               |  per data block: u64 last_token | u16 key_len | last key |
+//! |                           |                  u64 offset | u32 len;  then u32 count
+//! +---------------------------+  footer.filter_offset
+//! | Bloom filter block        |  bloom.rs
+//! +---------------------------+
+//! | zero padding              |  so that the file ends on a 4 KiB boundary
+//! +---------------------------+  file_size - 128
+//! | Footer (128 bytes, Pod)   |  magic, version, offsets, lengths, crcs, stats, footer crc
+//! +---------------------------+
+//! ```
+//!
+//! INVARIANT: a table is written completely, synced, and its directory synced before the
+//! manifest names it; a table the manifest names is never modified.
+
+pub mod block;
+pub mod bloom;
+mod builder;
+mod reader;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytemuck::{Pod, Zeroable};
+
+pub use builder::TableBuilder;
+pub use reader::SsTable;
+
+use block::Block;
+
+/// "DYNSST01" as little-endian bytes.
+pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"DYNSST01");
+/// The table format version this code writes and reads.
+pub const TABLE_FORMAT_VERSION: u32 = 1;
+
+/// Identifies a table within a shard. Never reused within a data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableId(pub u64);
+
+/// The fixed-layout footer at the end of every table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct Footer {
+    /// [`TABLE_MAGIC`].
+    pub magic: u64,
+    /// [`TABLE_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// crc32c of the footer with this field zero.
+    pub footer_crc: u32,
+    /// Offset of the index block.
+    pub index_offset: u64,
+    /// Length of the index block.
+    pub index_len: u64,
+    /// crc32c of the index block.
+    pub index_crc: u32,
+    /// crc32c of the filter block.
+    pub filter_crc: u32,
+    /// Offset of the filter block.
+    pub filter_offset: u64,
+    /// Length of the filter block.
+    pub filter_len: u64,
+    /// Number of entries.
+    pub entry_count: u64,
+    /// Lowest sequence number in the table.
+    pub min_seq: u64,
+    /// Highest sequence number in the table.
+    pub max_seq: u64,
+    /// Lowest token in the table.
+    pub min_token: u64,
+    /// Highest token in the table.
+    pub max_token: u64,
+    /// The table's id (also in its file name).
+    pub table_id: u64,
+    /// Bytes of data blocks.
+    pub data_bytes: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 2],
+}
+
+/// Size of the footer in bytes.
+pub const FOOTER_BYTES: usize = std::mem::size_of::<Footer>();
+const _: () = assert!(FOOTER_BYTES == 128);
+
+impl Footer {
+    fn seal(mut self) -> Self {
+        self.footer_crc = 0;
+        self.footer_crc = crc32c::crc32c(bytemuck::bytes_of(&self));
+        self
+    }
+
+    fn checksum(&self) -> u32 {
+        let mut f = *self;
+        f.footer_crc = 0;
+        crc32c::crc32c(bytemuck::bytes_of(&f))
+    }
+}
+
+/// One index entry: the last key of a data block and where the block is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Token of the block's last key.
+    pub last_token: u64,
+    /// The block's last key.
+    pub last_key: Box<[u8]>,
+    /// Offset of the block.
+    pub offset: u64,
+    /// Length of the block.
+    pub len: u32,
+}
+
+fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        out.extend_from_slice(&e.last_token.to_le_bytes());
+        let key_len = u16::try_from(e.last_key.len()).expect("INVARIANT: keys are <= 256 bytes");
+        out.extend_from_slice(&key_len.to_le_bytes());
+        out.extend_from_slice(&e.last_key);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.len.to_le_bytes());
+    }
+    let count = u32::try_from(entries.len()).expect("INVARIANT: index is bounded");
+    out.extend_from_slice(&count.to_le_bytes());
+    out
+}
+
+fn decode_index(buf: &[u8]) -> Option<Vec<IndexEntry>> {
+    let count_at = buf.len().checked_sub(4)?;
+    let count = u32::from_le_bytes(buf[count_at..].try_into().ok()?) as usize;
+    let mut out = Vec::with_capacity(count.min(buf.len() / 22));
+    let mut at = 0;
+    for _ in 0..count {
+        let last_token = u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?);
+        let key_len = usize::from(u16::from_le_bytes(buf.get(at + 8..at + 10)?.try_into().ok()?));
+        let last_key = buf.get(at + 10..at + 10 + key_len)?.into();
+        at += 10 + key_len;
+        let offset = u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?);
+        let len = u32::from_le_bytes(buf.get(at + 8..at + 12)?.try_into().ok()?);
+        at += 12;
+        out.push(IndexEntry {
+            last_token,
+            last_key,
+            offset,
+            len,
+        });
+    }
+    (at == count_at).then_some(out)
+}
+
+/// The path of table `id` in `dir`.
+#[must_use]
+pub fn table_path(dir: &Path, id: TableId) -> PathBuf {
+    dir.join(format!("sst-{:016x}.sst", id.0))
+}
+
+/// Parses a table file name back into its id.
+#[must_use]
+pub fn parse_table_name(name: &str) -> Option<TableId> {
+    let hex = name.strip_prefix("sst-")?.strip_suffix(".sst")?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok().map(TableId))
+        .flatten()
+}
+
+struct BlockWeighter;
+
+impl quick_cache::Weighter<(TableId, u64), Rc<Block>> for BlockWeighter {
+    fn weight(&self, _key: &(TableId, u64), block: &Rc<Block>) -> u64 {
+        block.size_bytes() as u64 + 64
+    }
+}
+
+/// A shard's cache of checked, parsed data blocks (direct I/O bypasses the page cache, so this
+/// is the only cache there is). Bounded in bytes.
+pub struct BlockCache {
+    cache: RefCell<quick_cache::unsync::Cache<(TableId, u64), Rc<Block>, BlockWeighter>>,
+    capacity_bytes: u64,
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.cache.borrow();
+        f.debug_struct("BlockCache")
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("bytes", &c.weight())
+            .field("blocks", &c.len())
+            .finish()
+    }
+}
+
+impl BlockCache {
+    /// A cache holding up to `capacity_bytes` of blocks (0 disables caching).
+    #[must_use]
+    pub fn new(capacity_bytes: u64) -> Self {
+        let estimated = usize::try_from(capacity_bytes / 4096).unwrap_or(1 << 20).max(16);
+        BlockCache {
+            cache: RefCell::new(quick_cache::unsync::Cache::with_weighter(
+                estimated,
+                capacity_bytes.max(1),
+                BlockWeighter,
+            )),
+            capacity_bytes,
+        }
+    }
+
+    fn get(&self, table: TableId, offset: u64) -> Option<Rc<Block>> {
+        self.cache.borrow().get(&(table, offset)).cloned()
+    }
+
+    fn insert(&self, table: TableId, offset: u64, block: Rc<Block>) {
+        if self.capacity_bytes > 0 {
+            self.cache.borrow_mut().insert((table, offset), block);
+        }
+    }
+
+    /// Bytes currently cached.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.cache.borrow().weight()
+    }
+
+    /// Whether there is room for `bytes` more without evicting (used to decide on filling the
+    /// cache while flushing).
+    #[must_use]
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        self.bytes() + bytes <= self.capacity_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip_and_truncation() {
+        let entries = vec![
+            IndexEntry {
+                last_token: 5,
+                last_key: b"abc".as_slice().into(),
+                offset: 0,
+                len: 100,
+            },
+            IndexEntry {
+                last_token: 9,
+                last_key: b"z".as_slice().into(),
+                offset: 100,
+                len: 50,
+            },
+        ];
+        let enc = encode_index(&entries);
+        assert_eq!(decode_index(&enc), Some(entries));
+        for cut in 0..enc.len() {
+            assert!(decode_index(&enc[..cut]).is_none() || cut == 0 && enc.len() == 4);
+        }
+    }
+
+    #[test]
+    fn footer_checksum() {
+        let f = Footer {
+            magic: TABLE_MAGIC,
+            format_version: 1,
+            table_id: 3,
+            ..Footer::zeroed()
+        }
+        .seal();
+        assert_eq!(f.checksum(), f.footer_crc);
+        let mut bad = f;
+        bad.index_len += 1;
+        assert_ne!(bad.checksum(), bad.footer_crc);
+    }
+
+    #[test]
+    fn names() {
+        let p = table_path(Path::new("/x"), TableId(0xabc));
+        let name = p.file_name().and_then(|n| n.to_str()).expect("utf-8");
+        assert_eq!(parse_table_name(name), Some(TableId(0xabc)));
+        assert_eq!(parse_table_name("sst-1.sst"), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! Opens a table (footer, index, filter; all checksummed) and serves point reads through the
+//! shard's block cache.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use super::block::{Block, BlockError};
+use super::bloom::Bloom;
+use super::{
+    decode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES,
+    TABLE_FORMAT_VERSION, TABLE_MAGIC,
+};
+use crate::error::{Error, Result};
+use crate::record::{cmp_keys, Record, Token};
+use crate::runtime::File;
+
+/// An open, immutable table.
+#[derive(Debug)]
+pub struct SsTable {
+    id: TableId,
+    path: PathBuf,
+    file: File,
+    footer: Footer,
+    index: Vec<IndexEntry>,
+    bloom: Bloom,
+    size: u64,
+}
+
+impl SsTable {
+    /// Opens table `id` in `dir` and checks its footer, index and filter.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for damaged metadata; I/O errors.
+    pub async fn open(dir: &Path, id: TableId) -> Result<SsTable> {
+        let path = table_path(dir, id);
+        let file = File::open_read(&path)
+            .await
+            .map_err(|e| Error::io("open", &path, e))?;
+        let size = file.size().await.map_err(|e| Error::io("stat", &path, e))?;
+        if size < FOOTER_BYTES as u64 {
+            return Err(Error::corruption(&path, 0, "file shorter than a footer"));
+        }
+        let footer_at = size - FOOTER_BYTES as u64;
+        let raw = file
+            .read_exact_at(footer_at, FOOTER_BYTES)
+            .await
+            .map_err(|e| Error::io("read footer of", &path, e))?;
+        let footer: Footer = bytemuck::pod_read_unaligned(&raw);
+        if footer.magic != TABLE_MAGIC {
+            return Err(Error::corruption(&path, footer_at, "bad table magic"));
+        }
+        let actual = footer.checksum();
+        if actual != footer.footer_crc {
+            return Err(Error::ChecksumMismatch {
+                path,
+                offset: footer_at,
+                expected: footer.footer_crc,
+                actual,
+            });
+        }
+        if footer.format_version != TABLE_FORMAT_VERSION {
+            return Err(Error::Incompatible {
+                path,
+                reason: format!("table format version {} is unknown", footer.format_version),
+            });
+        }
+        if footer.table_id != id.0
+            || footer.index_offset.checked_add(footer.index_len) != Some(footer.filter_offset)
+            || footer.filter_offset.saturating_add(footer.filter_len) > footer_at
+        {
+            return Err(Error::corruption(&path, footer_at, "footer fields are inconsistent"));
+        }
+        let meta_len = usize::try_from(footer.index_len + footer.filter_len)
+            .map_err(|_| Error::corruption(&path, footer_at, "metadata too large"))?;
+        let meta = file
+            .read_exact_at(footer.index_offset, meta_len)
+            .await
+            .map_err(|e| Error::io("read index of", &path, e))?;
+        let (index_bytes, filter_bytes) = meta.split_at(meta_len - footer.filter_len as usize);
+        for (bytes, expected, offset) in [
+            (index_bytes, footer.index_crc, footer.index_offset),
+            (filter_bytes, footer.filter_crc, footer.filter_offset),
+        ] {
+            let actual = crc32c::crc32c(bytes);
+            if actual != expected {
+                return Err(Error::ChecksumMismatch {
+                    path,
+                    offset,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let index = decode_index(index_bytes)
+            .ok_or_else(|| Error::corruption(&path, footer.index_offset, "index does not parse"))?;
+        if index
+            .iter()
+            .any(|e| e.offset.saturating_add(u64::from(e.len)) > footer.data_bytes)
+        {
+            return Err(Error::corruption(
+                &path,
+                footer.index_offset,
+                "index points past the data blocks",
+            ));
+        }
+        let bloom = Bloom::decode(filter_bytes).ok_or_else(|| {
+            Error::corruption(&path, footer.filter_offset, "filter does not parse")
+        })?;
+        Ok(SsTable {
+            id,
+            path,
+            file,
+            footer,
+            index,
+            bloom,
+            size,
+        })
+    }
+
+    /// The table's id.
+    #[must_use]
+    pub fn id(&self) -> TableId {
+        self.id
+    }
+
+    /// The table's footer (counts, sequence and token ranges).
+    #[must_use]
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// File size in bytes.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the Bloom filter (and token range) rule `token` out.
+    #[must_use]
+    pub fn may_contain(&self, token: Token) -> bool {
+        self.footer.entry_count > 0
+            && token.0 >= self.footer.min_token
+            && token.0 <= self.footer.max_token
+            && self.bloom.may_contain(token)
+    }
+
+    /// Reads data block `i` through `cache`.
+    async fn block(&self, i: usize, cache: &BlockCache) -> Result<Rc<Block>> {
+        let entry = &self.index[i];
+        if let Some(b) = cache.get(self.id, entry.offset) {
+            return Ok(b);
+        }
+        let bytes = self
+            .file
+            .read_exact_at(entry.offset, entry.len as usize)
+            .await
+            .map_err(|e| Error::io("read block of", &self.path, e))?;
+        let block = Block::parse(bytes).map_err(|e| match e {
+            BlockError::Checksum { expected, actual } => Error::ChecksumMismatch {
+                path: self.path.clone(),
+                offset: entry.offset,
+                expected,
+                actual,
+            },
+            BlockError::Malformed(why) => Error::corruption(&self.path, entry.offset, why),
+        })?;
+        let block = Rc::new(block);
+        cache.insert(self.id, entry.offset, block.clone());
+        Ok(block)
+    }
+
+    /// The table's version of `key`, tombstones included.
+    ///
+    /// # Errors
+    /// [`Error::ChecksumMismatch`] if the block is damaged (no bytes are returned); I/O errors.
+    pub async fn get(&self, token: Token, key: &[u8], cache: &BlockCache) -> Result<Option<Record>> {
+        if !self.may_contain(token) {
+            return Ok(None);
+        }
+        let i = self.index.partition_point(|e| {
+            cmp_keys(Token(e.last_token), &e.last_key, token, key).is_lt()
+        });
+        if i == self.index.len() {
+            return Ok(None);
+        }
+        let block = self.block(i, cache).await?;
+        Ok(block.get(token, key).map(|r| r.to_record()))
+    }
+
+    /// Every entry of the table in order (reads every block; used by checks and tools).
+    ///
+    /// # Errors
+    /// As [`SsTable::get`].
+    pub async fn scan(&self, cache: &BlockCache) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.footer.entry_count).unwrap_or(0));
+        for i in 0..self.index.len() {
+            let block = self.block(i, cache).await?;
+            out.extend(block.iter().map(|(_, r)| r.to_record()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,184 @@
+//! End-to-end behaviour of one shard: writes, reads, flushes, reopen, limits, TTL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run, small_options, temp_dir};
+use dynacore_engine::{Durability, Error, LimitError, Mutation, Shard, VALUE_BYTES_MAX};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn put_get_delete_survive_flush_and_reopen() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(LIMIT, move || async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        for i in 0..2_000u32 {
+            let key = format!("key-{i}");
+            let value = format!("value-{i}-{}", "x".repeat((i % 50) as usize));
+            shard.put(key.as_bytes(), value.as_bytes()).await.expect("put");
+        }
+        for i in (0..2_000u32).step_by(7) {
+            shard.delete(format!("key-{i}").as_bytes()).await.expect("delete");
+        }
+        let stats = shard.stats();
+        assert!(stats.flushes > 0 || stats.immutable_memtables > 0, "{stats:?}");
+        let check = |shard: Shard| async move {
+            for i in 0..2_000u32 {
+                let key = format!("key-{i}");
+                let got = shard.get(key.as_bytes()).await.expect("get");
+                if i % 7 == 0 {
+                    assert!(got.is_none(), "{key} was deleted");
+                } else {
+                    let want = format!("value-{i}-{}", "x".repeat((i % 50) as usize));
+                    assert_eq!(got.and_then(|r| r.value), Some(want.into_bytes()), "{key}");
+                }
+            }
+            assert!(shard.get(b"never-written").await.expect("get").is_none());
+            shard
+        };
+        let shard = check(shard).await;
+        shard.close().await.expect("close");
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let shard = check(shard).await;
+        shard.flush().await.expect("flush");
+        assert_eq!(shard.stats().immutable_memtables, 0);
+        shard.close().await.expect("close");
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let shard = check(shard).await;
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn wal_segments_are_deleted_once_flushed() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(LIMIT, move || async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let value = vec![7u8; 1000];
+        for i in 0..1_000u32 {
+            shard.put(&i.to_be_bytes(), &value).await.expect("put");
+        }
+        shard.flush().await.expect("flush");
+        // ~1 MB went through 64 KiB segments; only the active one (and a spare) may remain.
+        let segments = common::wal_segments(&path).len();
+        assert!(segments <= 2, "{segments} WAL segments left after flush: {:?} {:?}", common::wal_segments(&path), shard.stats());
+        assert!(!common::tables(&path).is_empty());
+        for i in 0..1_000u32 {
+            let got = shard.get(&i.to_be_bytes()).await.expect("get");
+            assert_eq!(got.and_then(|r| r.value), Some(value.clone()));
+        }
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn limits_are_typed_errors() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(LIMIT, move || async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        assert!(matches!(
+            shard.put(b"", b"v").await,
+            Err(Error::Limit(LimitError::KeyEmpty { .. }))
+        ));
+        let long_key = vec![b'k'; 257];
+        assert!(matches!(
+            shard.put(&long_key, b"v").await,
+            Err(Error::Limit(LimitError::KeyTooLong { len: 257, max: 256 }))
+        ));
+        assert!(matches!(
+            shard.get(&long_key).await,
+            Err(Error::Limit(LimitError::KeyTooLong { .. }))
+        ));
+        let too_big = vec![1u8; VALUE_BYTES_MAX + 1];
+        assert!(matches!(
+            shard.put(b"big", &too_big).await,
+            Err(Error::Limit(LimitError::ValueTooLarge { .. }))
+        ));
+        // The largest key and value are accepted and survive WAL replay and an SSTable.
+        let max_key = vec![b'k'; 256];
+        let max_value: Vec<u8> = (0..VALUE_BYTES_MAX).map(|i| (i % 251) as u8).collect();
+        shard.put(&max_key, &max_value).await.expect("max put");
+        shard.put(b"empty", b"").await.expect("empty value");
+        shard.close().await.expect("close");
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let got = shard.get(&max_key).await.expect("get").and_then(|r| r.value);
+        assert!(got.as_deref() == Some(max_value.as_slice()), "10 MiB value after replay");
+        shard.flush().await.expect("flush");
+        shard.close().await.expect("close");
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let got = shard.get(&max_key).await.expect("get").and_then(|r| r.value);
+        assert!(got.as_deref() == Some(max_value.as_slice()), "10 MiB value from SSTable");
+        assert_eq!(
+            shard.get(b"empty").await.expect("get").and_then(|r| r.value),
+            Some(Vec::new())
+        );
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn expiry_and_version_blob_round_trip() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(LIMIT, move || async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let mut m = Mutation::put(b"expired", b"v");
+        m.expiry_ms = Some(1);
+        shard.write(m).await.expect("write");
+        let mut m = Mutation::put(b"versioned", b"v");
+        m.version = b"dvv-context";
+        m.write_ts_ms = Some(42);
+        m.expiry_ms = Some(u64::MAX);
+        shard.write(m).await.expect("write");
+        assert!(shard.get(b"expired").await.expect("get").is_none());
+        assert!(shard.get_record(b"expired").await.expect("get").is_some());
+        shard.flush().await.expect("flush");
+        let r = shard.get(b"versioned").await.expect("get").expect("present");
+        assert_eq!(r.version, b"dvv-context");
+        assert_eq!(r.write_ts_ms, 42);
+        assert_eq!(r.expiry_ms, Some(u64::MAX));
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn every_durability_mode_recovers_after_close() {
+    for durability in [Durability::Sync, Durability::Periodic(5), Durability::None] {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        run(LIMIT, move || async move {
+            let mut o = small_options(&path);
+            o.durability = durability;
+            let shard = Shard::open(o.clone()).await.expect("open");
+            for i in 0..500u32 {
+                shard.put(&i.to_le_bytes(), b"value").await.expect("put");
+            }
+            shard.close().await.expect("close");
+            let shard = Shard::open(o).await.expect("reopen");
+            for i in 0..500u32 {
+                assert!(
+                    shard.get(&i.to_le_bytes()).await.expect("get").is_some(),
+                    "{durability:?}: key {i} lost"
+                );
+            }
+            shard.close().await.expect("close");
+        });
+    }
+}
+
+#[test]
+fn second_opener_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(LIMIT, move || async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let err = Shard::open(small_options(&path)).await.expect_err("locked");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        shard.close().await.expect("close");
+    });
+}
