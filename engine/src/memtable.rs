@@ -30,12 +30,23 @@ struct Version {
 }
 
 /// An ordered in-memory table of record versions.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Memtable {
     map: BTreeMap<InternalKey, Version>,
     bytes: usize,
     min_seq: Option<SeqNo>,
     max_seq: SeqNo,
+}
+
+impl std::fmt::Debug for Memtable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memtable")
+            .field("versions", &self.map.len())
+            .field("bytes", &self.bytes)
+            .field("min_seq", &self.min_seq)
+            .field("max_seq", &self.max_seq)
+            .finish()
+    }
 }
 
 impl Memtable {

@@ -537,20 +537,23 @@ impl Shard {
             s.closing = true;
             s.wake_waiters();
         }
-        let flusher_done = WaitState {
+        WaitState {
             inner: &self.inner,
             ready: |s: &State| !s.flusher_running,
-            fail_on_close: false,
+            fail_on_error: false,
         }
-        .await;
-        if let Err(e) = flusher_done {
-            tracing::warn!(error = %e, "closing a shard whose flush failed");
+        .await
+        .expect("INVARIANT: a wait with fail_on_error unset only ends when ready");
+        if let Some(reason) = &self.inner.state.borrow().flush_error {
+            tracing::warn!(%reason, "closing a shard whose flush failed");
         }
-        let inner = Rc::try_unwrap(self.inner).map_err(|_| Error::Closed);
-        match inner {
+        match Rc::try_unwrap(self.inner) {
             Ok(inner) => inner.wal.close().await,
             // Another handle is alive: the WAL closes when the last one drops.
-            Err(_) => Ok(()),
+            Err(inner) => match inner.wal.fenced() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            },
         }
     }
 }
@@ -559,8 +562,9 @@ impl Shard {
 struct WaitState<'a, F> {
     inner: &'a Inner,
     ready: F,
-    /// Whether a closing shard ends the wait with [`Error::Closed`].
-    fail_on_close: bool,
+    /// Whether a failure (fenced WAL, failed flush, closing shard) ends the wait with an error;
+    /// when false only `ready` ends it.
+    fail_on_error: bool,
 }
 
 impl<'a, F> WaitState<'a, F> {
@@ -568,7 +572,7 @@ impl<'a, F> WaitState<'a, F> {
         WaitState {
             inner,
             ready,
-            fail_on_close: true,
+            fail_on_error: true,
         }
     }
 }
@@ -581,6 +585,10 @@ impl<F: Fn(&State) -> bool + Unpin> Future for WaitState<'_, F> {
         if (self.ready)(&s) {
             return Poll::Ready(Ok(()));
         }
+        if !self.fail_on_error {
+            s.waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
         if let Some(e) = self.inner.wal.fenced() {
             return Poll::Ready(Err(e));
         }
@@ -591,7 +599,7 @@ impl<F: Fn(&State) -> bool + Unpin> Future for WaitState<'_, F> {
                 std::io::Error::other(reason.clone()),
             )));
         }
-        if s.closing && self.fail_on_close {
+        if s.closing {
             return Poll::Ready(Err(Error::Closed));
         }
         s.waiters.push(cx.waker().clone());
@@ -622,4 +630,78 @@ async fn remove_orphan_tables(dir: &Path, manifest: &Manifest) -> Result<()> {
             .map_err(|e| Error::io("sync directory", dir, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn temp_dir() -> tempfile::TempDir {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&base).expect("create target/tmp");
+        tempfile::Builder::new()
+            .prefix("dynacore-unit-")
+            .tempdir_in(base)
+            .expect("temp dir")
+    }
+
+    fn run(f: impl std::future::Future<Output = ()> + 'static) {
+        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+        ex.run(async move {
+            futures_lite::future::or(f, async {
+                runtime::sleep(Duration::from_secs(60)).await;
+                panic!("test did not finish within 60 s");
+            })
+            .await;
+        });
+    }
+
+    /// An fdatasync failure fails the unacknowledged write and fences the log: no retry, no
+    /// later write accepted; reads of acknowledged data still work; a reopen recovers.
+    #[test]
+    fn sync_failure_fences_the_log() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut o = ShardOptions::new(&path, ShardId(3));
+            o.memtable_bytes_max = 1 << 20;
+            o.wal_segment_bytes = 1 << 20;
+            let shard = Shard::open(o.clone()).await.expect("open");
+            shard.put(b"acked", b"1").await.expect("put");
+            runtime::inject_sync_failure_after(Some(0));
+            let err = shard.put(b"unacked", b"2").await.expect_err("sync fails");
+            assert!(matches!(err, Error::WalFenced { .. }), "{err}");
+            let err = shard.put(b"later", b"3").await.expect_err("log is fenced");
+            assert!(matches!(err, Error::WalFenced { .. }), "{err}");
+            assert!(shard.flush().await.is_err(), "a fenced shard cannot flush");
+            let got = shard.get(b"acked").await.expect("reads still work");
+            assert_eq!(got.and_then(|r| r.value), Some(b"1".to_vec()));
+            runtime::inject_sync_failure_after(None);
+            assert!(shard.close().await.is_err(), "close reports the fence");
+            let shard = Shard::open(o).await.expect("reopen");
+            let got = shard.get(b"acked").await.expect("get");
+            assert_eq!(got.and_then(|r| r.value), Some(b"1".to_vec()));
+            assert!(shard.get(b"later").await.expect("get").is_none());
+            shard.put(b"after", b"4").await.expect("writes resume after reopen");
+            shard.close().await.expect("close");
+        });
+    }
+
+    #[test]
+    fn wrong_shard_id_is_incompatible() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let shard = Shard::open(ShardOptions::new(&path, ShardId(1))).await.expect("open");
+            shard.put(b"k", b"v").await.expect("put");
+            shard.flush().await.expect("flush");
+            shard.close().await.expect("close");
+            let Err(err) = Shard::open(ShardOptions::new(&path, ShardId(2))).await else {
+                panic!("opened another shard's directory");
+            };
+            assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+        });
+    }
 }

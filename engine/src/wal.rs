@@ -284,7 +284,7 @@ pub struct WalStats {
     pub bytes_written: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     pending: Vec<u8>,
     pending_count: u32,
@@ -302,6 +302,20 @@ struct Shared {
     waiters: Vec<Waker>,
     segments: VecDeque<SegmentInfo>,
     stats: WalStats,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("pending_bytes", &self.pending.len())
+            .field("appended_seq", &self.appended_seq)
+            .field("durable_seq", &self.durable_seq)
+            .field("fenced", &self.fenced)
+            .field("closing", &self.closing)
+            .field("segments", &self.segments.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
