@@ -155,9 +155,13 @@ impl Shard {
     /// # Errors
     /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for damage that recovery must not
     /// paper over; [`Error::Incompatible`]; I/O errors (a second opener gets `WouldBlock`).
-    pub async fn open(options: ShardOptions) -> Result<Shard> {
+    pub async fn open(mut options: ShardOptions) -> Result<Shard> {
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| Error::io("create directory", &options.dir, e))?;
+        // NOTE: glommio 0.9 resolves relative paths against no directory (EBADF); use absolute.
+        options.dir = std::fs::canonicalize(&options.dir)
+            .map_err(|e| Error::io("resolve", &options.dir, e))?;
         let dir = options.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let lock_path = dir.join("LOCK");
         let lock = std::fs::OpenOptions::new()
             .create(true)
