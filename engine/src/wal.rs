@@ -299,7 +299,10 @@ struct Shared {
     /// The writer task has exited; nothing pending will ever be written.
     writer_done: bool,
     writer_waker: Option<Waker>,
+    /// Tasks waiting for a sequence number to become durable.
     waiters: Vec<Waker>,
+    /// Tasks waiting for room in the pending buffer.
+    space_waiters: Vec<Waker>,
     segments: VecDeque<SegmentInfo>,
     stats: WalStats,
 }
@@ -325,6 +328,13 @@ impl Shared {
         }
     }
 
+    fn wake_all(&mut self) {
+        self.wake_waiters();
+        for w in self.space_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
     fn fence(&mut self, reason: String) {
         tracing::error!(%reason, "fencing the write-ahead log");
         if self.fenced.is_none() {
@@ -333,7 +343,7 @@ impl Shared {
         self.pending.clear();
         self.pending_count = 0;
         self.pending_first_seq = None;
-        self.wake_waiters();
+        self.wake_all();
     }
 
     fn fenced_error(&self) -> Option<Error> {
@@ -524,6 +534,7 @@ impl Wal {
                 seg
             }
         };
+        let active = reopen_for_writing(active, options.durability).await?;
 
         let shared = Rc::new(RefCell::new(Shared {
             appended_seq: last_seq,
@@ -568,6 +579,7 @@ impl Wal {
         WaitFor {
             shared: &self.shared,
             ready: |s: &Shared| s.pending.len() < PENDING_BYTES_MAX,
+            space: true,
         }
         .await
     }
@@ -604,6 +616,7 @@ impl Wal {
         WaitFor {
             shared: &self.shared,
             ready: move |s: &Shared| s.durable_seq >= seq,
+            space: false,
         }
         .await
     }
@@ -813,10 +826,29 @@ async fn prepare_segment(
     })
 }
 
+/// With `Sync` durability, reopens the segment with `O_DSYNC` so that each group commit is one
+/// write instead of a write and an `fdatasync` (half the I/O round trips on the commit path).
+async fn reopen_for_writing(seg: ActiveSegment, durability: Durability) -> Result<ActiveSegment> {
+    if durability != Durability::Sync || seg.file.is_dsync() {
+        return Ok(seg);
+    }
+    let path = seg.file.path().to_path_buf();
+    seg.file
+        .close()
+        .await
+        .map_err(|e| Error::io("close", &path, e))?;
+    let file = File::open_rw_dsync(&path)
+        .await
+        .map_err(|e| Error::io("open", &path, e))?;
+    Ok(ActiveSegment { file, ..seg })
+}
+
 /// A future that resolves once `ready` holds, or fails once the log is fenced or closed.
 struct WaitFor<'a, F> {
     shared: &'a Rc<RefCell<Shared>>,
     ready: F,
+    /// Waits for buffer space (woken when the writer takes a batch) rather than durability.
+    space: bool,
 }
 
 impl<F: Fn(&Shared) -> bool + Unpin> Future for WaitFor<'_, F> {
@@ -833,7 +865,11 @@ impl<F: Fn(&Shared) -> bool + Unpin> Future for WaitFor<'_, F> {
         if s.writer_done {
             return Poll::Ready(Err(Error::Closed));
         }
-        s.waiters.push(cx.waker().clone());
+        if self.space {
+            s.space_waiters.push(cx.waker().clone());
+        } else {
+            s.waiters.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
@@ -887,7 +923,9 @@ async fn writer_loop(
             let count = std::mem::take(&mut s.pending_count);
             let first = s.pending_first_seq.take();
             // Appends blocked on a full buffer may go on.
-            s.wake_waiters();
+            for w in s.space_waiters.drain(..) {
+                w.wake();
+            }
             (body, count, first, s.pending_last_seq, s.closing)
         };
         if let Some(first_seq) = first_seq {
@@ -907,9 +945,15 @@ async fn writer_loop(
                 shared.borrow_mut().fence(e.to_string());
                 break;
             }
-            unsynced = true;
+            // An O_DSYNC write is durable once it completes.
+            unsynced = !active.file.is_dsync();
             let mut s = shared.borrow_mut();
             s.stats.records += u64::from(count);
+            if active.file.is_dsync() {
+                s.stats.syncs += 1;
+                s.durable_seq = last_seq;
+                s.wake_waiters();
+            }
             if options.durability == Durability::None {
                 s.durable_seq = last_seq;
                 s.wake_waiters();
@@ -950,7 +994,7 @@ async fn writer_loop(
     s.closing = true;
     s.writer_done = true;
     s.writer_waker = None;
-    s.wake_waiters();
+    s.wake_all();
 }
 
 /// Writes one batch, rotating to a new segment first if it does not fit.
@@ -980,6 +1024,7 @@ async fn write_batch(
             Some(handle) => handle.await.ok_or(Error::Closed)?,
             None => prepare_segment(dir, next_id, shard_id, options.segment_bytes).await,
         }?;
+        let prepared = reopen_for_writing(prepared, options.durability).await?;
         let next = if prepared.capacity - FIRST_BATCH_OFFSET >= needed {
             prepared
         } else {
@@ -993,7 +1038,8 @@ async fn write_batch(
             runtime::remove(&path)
                 .await
                 .map_err(|e| Error::io("remove", &path, e))?;
-            prepare_segment(dir, next_id, shard_id, needed + FIRST_BATCH_OFFSET).await?
+            let seg = prepare_segment(dir, next_id, shard_id, needed + FIRST_BATCH_OFFSET).await?;
+            reopen_for_writing(seg, options.durability).await?
         };
         let old = std::mem::replace(active, next);
         let old_path = old.file.path().to_path_buf();
