@@ -77,14 +77,16 @@ fn options(dir: PathBuf, memtable_bytes: usize, segment_bytes: u64) -> ShardOpti
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -146,7 +148,8 @@ async fn write(
 }
 
 async fn verify(dir: PathBuf, acked: PathBuf) -> anyhow::Result<bool> {
-    let text = std::fs::read_to_string(&acked).with_context(|| format!("read {}", acked.display()))?;
+    let text =
+        std::fs::read_to_string(&acked).with_context(|| format!("read {}", acked.display()))?;
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     let mut want: HashMap<Vec<u8>, u32> = HashMap::new();
     for (i, line) in complete.lines().enumerate() {
@@ -154,10 +157,18 @@ async fn verify(dir: PathBuf, acked: PathBuf) -> anyhow::Result<bool> {
         let (Some("acked"), Some(k), Some(c), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            bail!("{}:{}: not an `acked` line: {line:?}", acked.display(), i + 1);
+            bail!(
+                "{}:{}: not an `acked` line: {line:?}",
+                acked.display(),
+                i + 1
+            );
         };
         let (Some(key), Ok(crc)) = (unhex(k), u32::from_str_radix(c, 16)) else {
-            bail!("{}:{}: bad key or checksum: {line:?}", acked.display(), i + 1);
+            bail!(
+                "{}:{}: bad key or checksum: {line:?}",
+                acked.display(),
+                i + 1
+            );
         };
         want.insert(key, crc);
     }

@@ -123,12 +123,17 @@ impl Manifest {
         if header.format_version != MANIFEST_FORMAT_VERSION {
             return Err(Error::Incompatible {
                 path: path.to_path_buf(),
-                reason: format!("manifest format version {} is unknown", header.format_version),
+                reason: format!(
+                    "manifest format version {} is unknown",
+                    header.format_version
+                ),
             });
         }
         let body = buf
             .get(HEADER_BYTES..HEADER_BYTES + header.body_len as usize)
-            .ok_or_else(|| Error::corruption(path, HEADER_BYTES as u64, "manifest body truncated"))?;
+            .ok_or_else(|| {
+                Error::corruption(path, HEADER_BYTES as u64, "manifest body truncated")
+            })?;
         let actual = crc32c::crc32c(body);
         if actual != header.body_crc {
             return Err(Error::ChecksumMismatch {
@@ -141,13 +146,20 @@ impl Manifest {
         let bad = || Error::corruption(path, HEADER_BYTES as u64, "manifest body malformed");
         let u64_at = |at: usize| -> Result<u64> {
             Ok(u64::from_le_bytes(
-                body.get(at..at + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+                body.get(at..at + 8)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .map_err(|_| bad())?,
             ))
         };
         let flushed_seq = SeqNo(u64_at(0)?);
         let next_table_id = u64_at(8)?;
-        let count = u32::from_le_bytes(body.get(16..20).ok_or_else(bad)?.try_into().map_err(|_| bad())?)
-            as usize;
+        let count = u32::from_le_bytes(
+            body.get(16..20)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ) as usize;
         if body.len() != 20 + count * 8 {
             return Err(bad());
         }
@@ -190,7 +202,9 @@ impl Manifest {
             .read_exact_at(0, usize::try_from(size).unwrap_or(usize::MAX))
             .await
             .map_err(|e| Error::io("read", &path, e))?;
-        file.close().await.map_err(|e| Error::io("close", &path, e))?;
+        file.close()
+            .await
+            .map_err(|e| Error::io("close", &path, e))?;
         Self::decode(&path, &buf).map(Some)
     }
 
@@ -216,7 +230,9 @@ impl Manifest {
         file.sync_data()
             .await
             .map_err(|e| Error::io("sync", &tmp, e))?;
-        file.close().await.map_err(|e| Error::io("close", &tmp, e))?;
+        file.close()
+            .await
+            .map_err(|e| Error::io("close", &tmp, e))?;
         runtime::rename(&tmp, &path)
             .await
             .map_err(|e| Error::io("rename", &tmp, e))?;

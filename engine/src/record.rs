@@ -224,7 +224,10 @@ impl RecordRef<'_> {
             !self.key.is_empty() && self.key.len() <= KEY_BYTES_MAX,
             "unvalidated key"
         );
-        assert!(self.version.len() <= VERSION_BYTES_MAX, "unvalidated version");
+        assert!(
+            self.version.len() <= VERSION_BYTES_MAX,
+            "unvalidated version"
+        );
         let value = self.value.unwrap_or(&[]);
         assert!(value.len() <= VALUE_BYTES_MAX, "unvalidated value");
         out.reserve(self.encoded_len());
@@ -398,7 +401,10 @@ mod tests {
         let mut buf = Vec::new();
         as_ref(&sample()).encode_into(&mut buf);
         for cut in 0..buf.len() {
-            assert!(decode(&buf[..cut]).is_err(), "prefix of {cut} bytes decoded");
+            assert!(
+                decode(&buf[..cut]).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
         }
     }
 
@@ -436,7 +442,9 @@ mod tests {
             Mutation::put(b"k", &big).validate(),
             Err(LimitError::ValueTooLarge { .. })
         ));
-        assert!(Mutation::put(b"k", &big[..VALUE_BYTES_MAX]).validate().is_ok());
+        assert!(Mutation::put(b"k", &big[..VALUE_BYTES_MAX])
+            .validate()
+            .is_ok());
         let mut m = Mutation::put(b"k", b"v");
         let version = vec![0; VERSION_BYTES_MAX + 1];
         m.version = &version;

@@ -8,9 +8,9 @@
 //! values it returns are `!Send` and never leave that thread.
 
 use std::cell::{Cell, RefCell};
-use std::os::unix::fs::MetadataExt;
 use std::future::Future;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -233,10 +233,24 @@ impl File {
     /// # Errors
     /// Any I/O error, or a short write.
     pub async fn write_aligned(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        self.write_filled(pos, data.len(), |out| out.copy_from_slice(data))
+            .await
+    }
+
+    /// Writes `len` bytes at `pos`, produced by `fill` straight into the DMA buffer (no
+    /// intermediate copy). Both must be multiples of [`IO_ALIGN`].
+    ///
+    /// # Errors
+    /// Any I/O error, or a short write.
+    pub async fn write_filled(
+        &self,
+        pos: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> io::Result<()> {
         assert!(
-            pos % IO_ALIGN == 0 && data.len() as u64 % IO_ALIGN == 0,
-            "unaligned direct write: pos {pos}, len {}",
-            data.len()
+            pos.is_multiple_of(IO_ALIGN) && (len as u64).is_multiple_of(IO_ALIGN),
+            "unaligned direct write: pos {pos}, len {len}"
         );
         if self.dsync && injected_sync_failure() {
             return Err(io::Error::other(format!(
@@ -244,16 +258,15 @@ impl File {
                 self.path.display()
             )));
         }
-        let mut buf = self.inner.alloc_dma_buffer(data.len());
-        buf.as_bytes_mut().copy_from_slice(data);
+        let mut buf = self.inner.alloc_dma_buffer(len);
+        fill(buf.as_bytes_mut());
         let written = self.inner.write_at(buf, pos).await?;
-        if written != data.len() {
+        if written != len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
-                    "short direct write to {}: {written} of {} bytes at {pos}",
-                    self.path.display(),
-                    data.len()
+                    "short direct write to {}: {written} of {len} bytes at {pos}",
+                    self.path.display()
                 ),
             ));
         }
@@ -361,9 +374,7 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
 /// # Errors
 /// Any I/O error.
 pub async fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    glommio::io::rename(from, to)
-        .await
-        .map_err(io::Error::from)
+    glommio::io::rename(from, to).await.map_err(io::Error::from)
 }
 
 /// Removes a file.

@@ -375,10 +375,7 @@ impl Shard {
     /// As [`Shard::get_record`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>> {
         let now = now_ms();
-        Ok(self
-            .get_record(key)
-            .await?
-            .filter(|r| r.is_live_at(now)))
+        Ok(self.get_record(key).await?.filter(|r| r.is_live_at(now)))
     }
 
     /// Freezes the active memtable (if it holds anything) and starts the flusher.
@@ -494,10 +491,7 @@ impl Shard {
     pub async fn flush(&self) -> Result<()> {
         let target = self.inner.state.borrow().last_seq;
         self.freeze();
-        WaitState::new(&self.inner, |s: &State| {
-            s.wal_released_seq >= target
-        })
-        .await
+        WaitState::new(&self.inner, |s: &State| s.wal_released_seq >= target).await
     }
 
     /// Statistics.
@@ -617,7 +611,11 @@ async fn remove_orphan_tables(dir: &Path, manifest: &Manifest) -> Result<()> {
     let mut removed = false;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        let Some(id) = entry.file_name().to_str().and_then(sstable::parse_table_name) else {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(sstable::parse_table_name)
+        else {
             continue;
         };
         if !manifest.tables.contains(&id) {
@@ -688,7 +686,10 @@ mod tests {
             let got = shard.get(b"acked").await.expect("get");
             assert_eq!(got.and_then(|r| r.value), Some(b"1".to_vec()));
             assert!(shard.get(b"later").await.expect("get").is_none());
-            shard.put(b"after", b"4").await.expect("writes resume after reopen");
+            shard
+                .put(b"after", b"4")
+                .await
+                .expect("writes resume after reopen");
             shard.close().await.expect("close");
         });
     }
@@ -698,7 +699,9 @@ mod tests {
         let dir = temp_dir();
         let path = dir.path().to_path_buf();
         run(async move {
-            let shard = Shard::open(ShardOptions::new(&path, ShardId(1))).await.expect("open");
+            let shard = Shard::open(ShardOptions::new(&path, ShardId(1)))
+                .await
+                .expect("open");
             shard.put(b"k", b"v").await.expect("put");
             shard.flush().await.expect("flush");
             shard.close().await.expect("close");

@@ -149,8 +149,15 @@ fn frame_record(rec: &RecordRef<'_>, out: &mut Vec<u8>) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Builds a whole batch (header, body, zero padding to [`IO_ALIGN`]).
-fn build_batch(segment_id: u64, first_seq: SeqNo, count: u32, body: &[u8]) -> Vec<u8> {
+/// Bytes a batch with a body of `body_len` bytes occupies on disk (padding included).
+fn batch_len(body_len: usize) -> usize {
+    align_up((BATCH_HEADER_BYTES + body_len) as u64) as usize
+}
+
+/// Writes a whole batch (header, body, zero padding) into `out`, which is
+/// [`batch_len`]`(body.len())` bytes.
+fn build_batch_into(out: &mut [u8], segment_id: u64, first_seq: SeqNo, count: u32, body: &[u8]) {
+    assert_eq!(out.len(), batch_len(body.len()), "batch buffer size");
     let mut header = BatchHeader {
         magic: BATCH_MAGIC,
         crc: 0,
@@ -160,11 +167,16 @@ fn build_batch(segment_id: u64, first_seq: SeqNo, count: u32, body: &[u8]) -> Ve
         segment_id,
     };
     header.crc = batch_crc(&header, body);
-    let total = align_up((BATCH_HEADER_BYTES + body.len()) as u64) as usize;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(bytemuck::bytes_of(&header));
-    out.extend_from_slice(body);
-    out.resize(total, 0);
+    out[..BATCH_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+    let end = BATCH_HEADER_BYTES + body.len();
+    out[BATCH_HEADER_BYTES..end].copy_from_slice(body);
+    out[end..].fill(0);
+}
+
+#[cfg(test)]
+fn build_batch(segment_id: u64, first_seq: SeqNo, count: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0; batch_len(body.len())];
+    build_batch_into(&mut out, segment_id, first_seq, count, body);
     out
 }
 
@@ -287,6 +299,8 @@ pub struct WalStats {
 #[derive(Default)]
 struct Shared {
     pending: Vec<u8>,
+    /// A cleared buffer the writer handed back, reused as the next `pending`.
+    spare_pending: Option<Vec<u8>>,
     pending_count: u32,
     pending_first_seq: Option<SeqNo>,
     pending_last_seq: SeqNo,
@@ -414,20 +428,20 @@ impl Wal {
                 .await
                 .map_err(|e| Error::io("read", &path, e))?;
             let header_ok = image.len() >= std::mem::size_of::<SegmentHeader>() && {
-                let h: SegmentHeader = bytemuck::pod_read_unaligned(
-                    &image[..std::mem::size_of::<SegmentHeader>()],
-                );
+                let h: SegmentHeader =
+                    bytemuck::pod_read_unaligned(&image[..std::mem::size_of::<SegmentHeader>()]);
                 h.magic == SEGMENT_MAGIC
                     && h.checksum_ok()
                     && h.segment_id == id
                     && h.format_version == SEGMENT_FORMAT_VERSION
             };
             if !header_ok {
-                if is_last && valid_batch_after(&image, FIRST_BATCH_OFFSET as usize, id).is_none()
-                {
+                if is_last && valid_batch_after(&image, FIRST_BATCH_OFFSET as usize, id).is_none() {
                     // A segment whose preparation was cut short: it never held a record.
                     tracing::warn!(path = %path.display(), "removing half-prepared WAL segment");
-                    file.close().await.map_err(|e| Error::io("close", &path, e))?;
+                    file.close()
+                        .await
+                        .map_err(|e| Error::io("close", &path, e))?;
                     runtime::remove(&path)
                         .await
                         .map_err(|e| Error::io("remove", &path, e))?;
@@ -460,7 +474,10 @@ impl Wal {
                             return Err(Error::corruption(
                                 dpath,
                                 *doff,
-                                format!("{why}, and valid WAL data follows at {}:{pos}", path.display()),
+                                format!(
+                                    "{why}, and valid WAL data follows at {}:{pos}",
+                                    path.display()
+                                ),
                             ));
                         }
                         first_seq.get_or_insert(batch_first);
@@ -737,12 +754,20 @@ fn replay_batch(
     let offset_of = |at: usize| (batch_pos + BATCH_HEADER_BYTES + at) as u64;
     while at < body.len() {
         let Some(head) = body.get(at..at + FRAME_HEADER_BYTES) else {
-            return Err(Error::corruption(path, offset_of(at), "truncated record frame"));
+            return Err(Error::corruption(
+                path,
+                offset_of(at),
+                "truncated record frame",
+            ));
         };
         let crc = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
         let Some(payload) = body.get(at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + len) else {
-            return Err(Error::corruption(path, offset_of(at), "record runs past its batch"));
+            return Err(Error::corruption(
+                path,
+                offset_of(at),
+                "record runs past its batch",
+            ));
         };
         let actual = crc32c::crc32c_append(crc32c::crc32c(&head[4..]), payload);
         if actual != crc {
@@ -756,13 +781,20 @@ fn replay_batch(
         let (rec, used) = record::decode(payload)
             .map_err(|e| Error::corruption(path, offset_of(at), e.to_string()))?;
         if used != len {
-            return Err(Error::corruption(path, offset_of(at), "record length mismatch"));
+            return Err(Error::corruption(
+                path,
+                offset_of(at),
+                "record length mismatch",
+            ));
         }
         if rec.seq != expected_seq {
             return Err(Error::corruption(
                 path,
                 offset_of(at),
-                format!("sequence {} where {} was expected", rec.seq.0, expected_seq.0),
+                format!(
+                    "sequence {} where {} was expected",
+                    rec.seq.0, expected_seq.0
+                ),
             ));
         }
         expected_seq = SeqNo(expected_seq.0 + 1);
@@ -909,8 +941,7 @@ async fn writer_loop(
             Durability::Periodic(ms) if unsynced => {
                 let due = last_sync + Duration::from_millis(ms);
                 let wait = due.saturating_duration_since(Instant::now());
-                futures_lite::future::or(WorkReady { shared: &shared }, runtime::sleep(wait))
-                    .await;
+                futures_lite::future::or(WorkReady { shared: &shared }, runtime::sleep(wait)).await;
             }
             _ => WorkReady { shared: &shared }.await,
         }
@@ -919,7 +950,8 @@ async fn writer_loop(
             if s.fenced.is_some() {
                 break;
             }
-            let body = std::mem::take(&mut s.pending);
+            let fresh = s.spare_pending.take().unwrap_or_default();
+            let body = std::mem::replace(&mut s.pending, fresh);
             let count = std::mem::take(&mut s.pending_count);
             let first = s.pending_first_seq.take();
             // Appends blocked on a full buffer may go on.
@@ -945,6 +977,11 @@ async fn writer_loop(
                 shared.borrow_mut().fence(e.to_string());
                 break;
             }
+            let mut body = body;
+            body.clear();
+            if body.capacity() <= 2 * PENDING_BYTES_MAX {
+                shared.borrow_mut().spare_pending = Some(body);
+            }
             // An O_DSYNC write is durable once it completes.
             unsynced = !active.file.is_dsync();
             let mut s = shared.borrow_mut();
@@ -961,8 +998,8 @@ async fn writer_loop(
         }
         let periodic_due = matches!(options.durability, Durability::Periodic(ms)
             if last_sync.elapsed() >= Duration::from_millis(ms));
-        let must_sync = unsynced
-            && (options.durability == Durability::Sync || periodic_due || closing);
+        let must_sync =
+            unsynced && (options.durability == Durability::Sync || periodic_due || closing);
         if must_sync {
             if let Err(e) = active.file.sync_data().await {
                 shared
@@ -1058,17 +1095,20 @@ async fn write_batch(
             seg.first_seq.get_or_insert(first_seq);
         }
     }
-    let batch = build_batch(active.id, first_seq, count, body);
+    let len = batch_len(body.len());
+    let segment_id = active.id;
     active
         .file
-        .write_aligned(active.pos, &batch)
+        .write_filled(active.pos, len, |out| {
+            build_batch_into(out, segment_id, first_seq, count, body);
+        })
         .await
         .map_err(|e| Error::io("write", active.file.path(), e))?;
-    active.pos += batch.len() as u64;
+    active.pos += len as u64;
     {
         let mut s = shared.borrow_mut();
         s.stats.batches += 1;
-        s.stats.bytes_written += batch.len() as u64;
+        s.stats.bytes_written += len as u64;
     }
     // Prepare the next segment in the background once this one is half full.
     if spare.is_none() && active.pos * 2 >= active.capacity {
@@ -1115,13 +1155,19 @@ mod tests {
             }
             _ => panic!("batch must parse"),
         }
-        assert!(matches!(parse_batch(&image, pos, 8), BatchParse::Invalid(_)));
+        assert!(matches!(
+            parse_batch(&image, pos, 8),
+            BatchParse::Invalid(_)
+        ));
         assert!(matches!(
             parse_batch(&image, pos + IO_ALIGN as usize, 9),
             BatchParse::Empty
         ));
         image[pos + 40] ^= 1;
-        assert!(matches!(parse_batch(&image, pos, 9), BatchParse::Invalid(_)));
+        assert!(matches!(
+            parse_batch(&image, pos, 9),
+            BatchParse::Invalid(_)
+        ));
     }
 
     #[test]

@@ -39,7 +39,11 @@ fn last_segment_with_data(dir: &Path) -> std::path::PathBuf {
     common::wal_segments(dir)
         .into_iter()
         .rev()
-        .find(|p| std::fs::read(p).expect("read")[BLOCK as usize..].iter().any(|&b| b != 0))
+        .find(|p| {
+            std::fs::read(p).expect("read")[BLOCK as usize..]
+                .iter()
+                .any(|&b| b != 0)
+        })
         .expect("a segment with data")
 }
 
@@ -51,7 +55,10 @@ fn end_of_data(file: &Path) -> u64 {
 }
 
 fn patch(file: &Path, offset: u64, data: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().write(true).open(file).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open");
     f.seek(SeekFrom::Start(offset)).expect("seek");
     f.write_all(data).expect("write");
     f.sync_all().expect("sync");
@@ -81,7 +88,10 @@ fn open_error(path: &Path) -> String {
             panic!("a damaged shard must refuse to open");
         };
         assert!(
-            matches!(err, Error::Corruption { .. } | Error::ChecksumMismatch { .. }),
+            matches!(
+                err,
+                Error::Corruption { .. } | Error::ChecksumMismatch { .. }
+            ),
             "{err:?}"
         );
         tx.send(err.to_string()).expect("send");
@@ -102,13 +112,18 @@ fn torn_tail_is_truncated_and_writing_resumes() {
     patch(&segment, end, &torn);
     let p = path.clone();
     run(LIMIT, move || async move {
-        let shard = Shard::open(small_options(&p)).await.expect("open after torn tail");
+        let shard = Shard::open(small_options(&p))
+            .await
+            .expect("open after torn tail");
         for i in 0..300 {
             let got = shard.get(&key(i)).await.expect("get").and_then(|r| r.value);
             assert_eq!(got, Some(value(i)), "key {i}");
         }
         for i in 300..400 {
-            shard.put(&key(i), &value(i)).await.expect("put after truncation");
+            shard
+                .put(&key(i), &value(i))
+                .await
+                .expect("put after truncation");
         }
         shard.close().await.expect("close");
         let shard = Shard::open(small_options(&p)).await.expect("reopen");
@@ -150,7 +165,10 @@ fn damage_before_valid_wal_data_is_refused_with_file_and_offset() {
     // The first batch starts at offset 4096; damage its body.
     flip_bit(&segment, BLOCK + 40);
     let message = open_error(&path);
-    assert!(message.contains(&segment.display().to_string()), "{message}");
+    assert!(
+        message.contains(&segment.display().to_string()),
+        "{message}"
+    );
     assert!(message.contains("offset 4096"), "{message}");
 }
 
@@ -214,6 +232,9 @@ fn damaged_footer_and_manifest_refuse_to_open() {
         let offset = if target == "footer" { len - 100 } else { 20 };
         flip_bit(&file, offset);
         let message = open_error(&path);
-        assert!(message.contains(&file.display().to_string()), "{target}: {message}");
+        assert!(
+            message.contains(&file.display().to_string()),
+            "{target}: {message}"
+        );
     }
 }

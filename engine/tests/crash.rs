@@ -83,12 +83,18 @@ fn acknowledged_writes_survive_repeated_sigkill() {
             if !by_time && lines.len() >= kill_after_acks {
                 break;
             }
-            assert!(Instant::now() < deadline, "iteration {i}: writer made no progress in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "iteration {i}: writer made no progress in 60 s"
+            );
             match rx.recv_timeout(Duration::from_millis(5)) {
                 Ok(line) => lines.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("iteration {i}: writer exited on its own: {:?}", child.wait())
+                    panic!(
+                        "iteration {i}: writer exited on its own: {:?}",
+                        child.wait()
+                    )
                 }
             }
         }

@@ -18,13 +18,22 @@ fn put_get_delete_survive_flush_and_reopen() {
         for i in 0..2_000u32 {
             let key = format!("key-{i}");
             let value = format!("value-{i}-{}", "x".repeat((i % 50) as usize));
-            shard.put(key.as_bytes(), value.as_bytes()).await.expect("put");
+            shard
+                .put(key.as_bytes(), value.as_bytes())
+                .await
+                .expect("put");
         }
         for i in (0..2_000u32).step_by(7) {
-            shard.delete(format!("key-{i}").as_bytes()).await.expect("delete");
+            shard
+                .delete(format!("key-{i}").as_bytes())
+                .await
+                .expect("delete");
         }
         let stats = shard.stats();
-        assert!(stats.flushes > 0 || stats.immutable_memtables > 0, "{stats:?}");
+        assert!(
+            stats.flushes > 0 || stats.immutable_memtables > 0,
+            "{stats:?}"
+        );
         let check = |shard: Shard| async move {
             for i in 0..2_000u32 {
                 let key = format!("key-{i}");
@@ -65,7 +74,12 @@ fn wal_segments_are_deleted_once_flushed() {
         shard.flush().await.expect("flush");
         // ~1 MB went through 64 KiB segments; only the active one (and a spare) may remain.
         let segments = common::wal_segments(&path).len();
-        assert!(segments <= 2, "{segments} WAL segments left after flush: {:?} {:?}", common::wal_segments(&path), shard.stats());
+        assert!(
+            segments <= 2,
+            "{segments} WAL segments left after flush: {:?} {:?}",
+            common::wal_segments(&path),
+            shard.stats()
+        );
         assert!(!common::tables(&path).is_empty());
         for i in 0..1_000u32 {
             let got = shard.get(&i.to_be_bytes()).await.expect("get");
@@ -106,15 +120,33 @@ fn limits_are_typed_errors() {
         shard.put(b"empty", b"").await.expect("empty value");
         shard.close().await.expect("close");
         let shard = Shard::open(small_options(&path)).await.expect("reopen");
-        let got = shard.get(&max_key).await.expect("get").and_then(|r| r.value);
-        assert!(got.as_deref() == Some(max_value.as_slice()), "10 MiB value after replay");
+        let got = shard
+            .get(&max_key)
+            .await
+            .expect("get")
+            .and_then(|r| r.value);
+        assert!(
+            got.as_deref() == Some(max_value.as_slice()),
+            "10 MiB value after replay"
+        );
         shard.flush().await.expect("flush");
         shard.close().await.expect("close");
         let shard = Shard::open(small_options(&path)).await.expect("reopen");
-        let got = shard.get(&max_key).await.expect("get").and_then(|r| r.value);
-        assert!(got.as_deref() == Some(max_value.as_slice()), "10 MiB value from SSTable");
+        let got = shard
+            .get(&max_key)
+            .await
+            .expect("get")
+            .and_then(|r| r.value);
+        assert!(
+            got.as_deref() == Some(max_value.as_slice()),
+            "10 MiB value from SSTable"
+        );
         assert_eq!(
-            shard.get(b"empty").await.expect("get").and_then(|r| r.value),
+            shard
+                .get(b"empty")
+                .await
+                .expect("get")
+                .and_then(|r| r.value),
             Some(Vec::new())
         );
         shard.close().await.expect("close");
@@ -138,7 +170,11 @@ fn expiry_and_version_blob_round_trip() {
         assert!(shard.get(b"expired").await.expect("get").is_none());
         assert!(shard.get_record(b"expired").await.expect("get").is_some());
         shard.flush().await.expect("flush");
-        let r = shard.get(b"versioned").await.expect("get").expect("present");
+        let r = shard
+            .get(b"versioned")
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(r.version, b"dvv-context");
         assert_eq!(r.write_ts_ms, 42);
         assert_eq!(r.expiry_ms, Some(u64::MAX));

@@ -94,7 +94,8 @@ impl Block {
         if expected != actual {
             return Err(BlockError::Checksum { expected, actual });
         }
-        let count = u32::from_le_bytes(data[crc_at - 4..crc_at].try_into().expect("4 bytes")) as usize;
+        let count =
+            u32::from_le_bytes(data[crc_at - 4..crc_at].try_into().expect("4 bytes")) as usize;
         let offsets_bytes = count.checked_mul(4).ok_or(BlockError::Malformed("count"))?;
         let offsets_at = (crc_at - 4)
             .checked_sub(offsets_bytes)
@@ -136,7 +137,9 @@ impl Block {
 
     fn decode_at(&self, start: usize) -> Option<(Token, RecordRef<'_>, usize)> {
         let area = self.data.get(..self.offsets_at)?;
-        let token = Token(u64::from_le_bytes(area.get(start..start + 8)?.try_into().ok()?));
+        let token = Token(u64::from_le_bytes(
+            area.get(start..start + 8)?.try_into().ok()?,
+        ));
         let (rec, used) = record::decode(area.get(start + 8..)?).ok()?;
         Some((token, rec, start + 8 + used))
     }

@@ -141,7 +141,10 @@ impl<'c> TableBuilder<'c> {
     /// Writes out the aligned prefix of `out` (all of it, padded, when `all`).
     async fn write_out(&mut self, all: bool) -> Result<()> {
         let n = if all {
-            assert!(self.out.len() % IO_ALIGN as usize == 0, "final chunk must be aligned");
+            assert!(
+                self.out.len().is_multiple_of(IO_ALIGN as usize),
+                "final chunk must be aligned"
+            );
             self.out.len()
         } else {
             self.out.len() / IO_ALIGN as usize * IO_ALIGN as usize
@@ -184,8 +187,10 @@ impl<'c> TableBuilder<'c> {
         self.out.extend_from_slice(&filter);
         let end = self.written + self.out.len() as u64 + FOOTER_BYTES as u64;
         let padded_end = runtime::align_up(end);
-        self.out
-            .resize(self.out.len() + usize::try_from(padded_end - end).unwrap_or(0), 0);
+        self.out.resize(
+            self.out.len() + usize::try_from(padded_end - end).unwrap_or(0),
+            0,
+        );
         let footer = footer.seal();
         self.out.extend_from_slice(bytemuck::bytes_of(&footer));
         self.write_out(true).await?;

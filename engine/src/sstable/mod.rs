@@ -138,7 +138,9 @@ fn decode_index(buf: &[u8]) -> Option<Vec<IndexEntry>> {
     let mut at = 0;
     for _ in 0..count {
         let last_token = u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?);
-        let key_len = usize::from(u16::from_le_bytes(buf.get(at + 8..at + 10)?.try_into().ok()?));
+        let key_len = usize::from(u16::from_le_bytes(
+            buf.get(at + 8..at + 10)?.try_into().ok()?,
+        ));
         let last_key = buf.get(at + 10..at + 10 + key_len)?.into();
         at += 10 + key_len;
         let offset = u64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?);
@@ -199,7 +201,9 @@ impl BlockCache {
     /// A cache holding up to `capacity_bytes` of blocks (0 disables caching).
     #[must_use]
     pub fn new(capacity_bytes: u64) -> Self {
-        let estimated = usize::try_from(capacity_bytes / 4096).unwrap_or(1 << 20).max(16);
+        let estimated = usize::try_from(capacity_bytes / 4096)
+            .unwrap_or(1 << 20)
+            .max(16);
         BlockCache {
             cache: RefCell::new(quick_cache::unsync::Cache::with_weighter(
                 estimated,

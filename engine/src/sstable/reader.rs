@@ -68,7 +68,11 @@ impl SsTable {
             || footer.index_offset.checked_add(footer.index_len) != Some(footer.filter_offset)
             || footer.filter_offset.saturating_add(footer.filter_len) > footer_at
         {
-            return Err(Error::corruption(&path, footer_at, "footer fields are inconsistent"));
+            return Err(Error::corruption(
+                &path,
+                footer_at,
+                "footer fields are inconsistent",
+            ));
         }
         let meta_len = usize::try_from(footer.index_len + footer.filter_len)
             .map_err(|_| Error::corruption(&path, footer_at, "metadata too large"))?;
@@ -173,13 +177,18 @@ impl SsTable {
     ///
     /// # Errors
     /// [`Error::ChecksumMismatch`] if the block is damaged (no bytes are returned); I/O errors.
-    pub async fn get(&self, token: Token, key: &[u8], cache: &BlockCache) -> Result<Option<Record>> {
+    pub async fn get(
+        &self,
+        token: Token,
+        key: &[u8],
+        cache: &BlockCache,
+    ) -> Result<Option<Record>> {
         if !self.may_contain(token) {
             return Ok(None);
         }
-        let i = self.index.partition_point(|e| {
-            cmp_keys(Token(e.last_token), &e.last_key, token, key).is_lt()
-        });
+        let i = self
+            .index
+            .partition_point(|e| cmp_keys(Token(e.last_token), &e.last_key, token, key).is_lt());
         if i == self.index.len() {
             return Ok(None);
         }
