@@ -1,8 +1,8 @@
 //! Crash-consistency checker for one shard.
 //!
 //! ```text
-//! crash_check write  --dir D --seed S [--count N] [--writers 16]
-//! crash_check verify --dir D --acked FILE
+//! crash_check write  [--dir D] [--seed S] [--count N] [--writers 16]
+//! crash_check verify [--dir D] --acked FILE
 //! ```
 //! `write` opens the shard with `Sync` durability and writes unique random keys from many
 //! concurrent tasks until killed (or until N writes were acknowledged). After each acknowledged
@@ -37,11 +37,11 @@ enum Command {
     /// Write unique random keys with Sync durability, printing one line per acknowledged write.
     Write {
         /// The shard's data directory.
-        #[arg(long)]
+        #[arg(long, default_value = "./dynacore-data")]
         dir: PathBuf,
-        /// Seed for keys and values (use a new one for each run on the same directory).
+        /// Seed for keys and values; each run on a directory needs its own (default: the clock).
         #[arg(long)]
-        seed: u64,
+        seed: Option<u64>,
         /// Stop after this many acknowledged writes (default: run until killed).
         #[arg(long)]
         count: Option<u64>,
@@ -58,7 +58,7 @@ enum Command {
     /// Reopen the shard and check every acknowledged write.
     Verify {
         /// The shard's data directory.
-        #[arg(long)]
+        #[arg(long, default_value = "./dynacore-data")]
         dir: PathBuf,
         /// The output of one or more `write` runs.
         #[arg(long)]
@@ -219,9 +219,17 @@ fn main() -> ExitCode {
                 writers,
                 memtable_bytes,
                 segment_bytes,
-            } => write(dir, seed, count, writers, memtable_bytes, segment_bytes)
-                .await
-                .map(|()| true),
+            } => {
+                let seed = seed.unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| (d.as_secs() << 30) ^ u64::from(d.subsec_nanos()))
+                });
+                eprintln!("crash_check: writing to {} with seed {seed}", dir.display());
+                write(dir, seed, count, writers, memtable_bytes, segment_bytes)
+                    .await
+                    .map(|()| true)
+            }
             Command::Verify { dir, acked } => verify(dir, acked).await,
         }
     });

@@ -6,8 +6,10 @@
 //!
 //! INVARIANT: a memtable only grows; once frozen (moved behind an `Rc`) it is never changed.
 
-use std::cmp::Reverse;
+use std::borrow::Borrow;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use crate::record::{Record, RecordRef, SeqNo, Token};
 
@@ -20,6 +22,51 @@ struct InternalKey {
     key: Box<[u8]>,
     seq: Reverse<SeqNo>,
 }
+
+/// A view of an internal key, so that lookups can probe the map with borrowed bytes instead of
+/// allocating an owned key per read.
+trait KeyView {
+    fn parts(&self) -> (Token, &[u8], Reverse<SeqNo>);
+}
+
+impl KeyView for InternalKey {
+    fn parts(&self) -> (Token, &[u8], Reverse<SeqNo>) {
+        (self.token, &self.key, self.seq)
+    }
+}
+
+impl KeyView for (Token, &[u8], Reverse<SeqNo>) {
+    fn parts(&self) -> (Token, &[u8], Reverse<SeqNo>) {
+        (self.0, self.1, self.2)
+    }
+}
+
+impl<'a> Borrow<dyn KeyView + 'a> for InternalKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+// INVARIANT: this order is the derived order of `InternalKey` (token, key, Reverse(seq)).
+impl Ord for dyn KeyView + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+impl PartialOrd for dyn KeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
 
 #[derive(Clone, Debug)]
 struct Version {
@@ -84,12 +131,15 @@ impl Memtable {
     /// included), or `None` if this table has none.
     #[must_use]
     pub fn get(&self, token: Token, key: &[u8], snapshot: SeqNo) -> Option<Record> {
-        let probe = InternalKey {
-            token,
-            key: key.into(),
-            seq: Reverse(snapshot),
-        };
-        let (k, v) = self.map.range(probe..).next()?;
+        if self.map.is_empty() {
+            return None;
+        }
+        let probe = (token, key, Reverse(snapshot));
+        let probe: &dyn KeyView = &probe;
+        let (k, v) = self
+            .map
+            .range::<dyn KeyView, _>((Bound::Included(probe), Bound::Unbounded))
+            .next()?;
         if k.token != token || &*k.key != key {
             return None;
         }

@@ -1,16 +1,21 @@
-//! A Bloom filter over key tokens: about 10 bits per key, 7 probes, about 1 % false positives.
+//! A cache-line-blocked Bloom filter over key tokens: about 10 bits per key, 7 probes, about
+//! 1 % false positives, and one cache line touched per lookup (as RocksDB's fast local Bloom).
 //!
 //! ```text
-//! filter block:  u32 LE probes (k) | u32 LE bit count (m, a multiple of 64) | m/8 bytes of bits
+//! filter block:  u32 LE probes (k) | u32 LE bit count (m, a multiple of 512) | m/8 bytes of bits
 //! ```
-//! Probe i tests bit `(h + i * delta) mod m`, with `h` the key's token and
-//! `delta = h.rotate_right(17) | 1` (double hashing, as LevelDB does). The token is already a
-//! 64-bit xxh3 hash of the key, so no second hash pass is needed.
+//! With `h` the key's token (already a 64-bit xxh3 hash of the key, so no second hash pass is
+//! needed): the block is `((h >> 32) * (m / 512)) >> 32`, and probe `i` tests bit
+//! `(x >> (9 * i)) & 511` of that 512-bit block, with `x = h * 0x9E37_79B9_7F4A_7C15`.
 
 use crate::record::Token;
 
 /// Bits per key used when none is given.
 pub const BITS_PER_KEY_DEFAULT: u32 = 10;
+/// 64-bit words in one 512-bit (cache line) block.
+const WORDS_PER_BLOCK: usize = 8;
+/// At most 7 probes: each takes 9 bits of one 64-bit product.
+const PROBES_MAX: u32 = 7;
 
 /// A built or loaded Bloom filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,10 +29,11 @@ impl Bloom {
     #[must_use]
     pub fn build(tokens: &[Token], bits_per_key: u32) -> Self {
         let bits_per_key = bits_per_key.clamp(1, 64);
-        let wanted = (tokens.len() as u64 * u64::from(bits_per_key)).max(64);
-        let words = usize::try_from(wanted.div_ceil(64)).unwrap_or(usize::MAX);
-        // k = bits_per_key * ln 2, rounded, as in the textbook optimum.
-        let probes = ((f64::from(bits_per_key) * 0.69).round() as u32).clamp(1, 30);
+        let wanted = (tokens.len() as u64 * u64::from(bits_per_key)).max(512);
+        let blocks = usize::try_from(wanted.div_ceil(512)).unwrap_or(usize::MAX);
+        let words = blocks * WORDS_PER_BLOCK;
+        // k = bits_per_key * ln 2, rounded (the textbook optimum), at most 7.
+        let probes = ((f64::from(bits_per_key) * 0.69).round() as u32).clamp(1, PROBES_MAX);
         let mut bloom = Bloom {
             probes,
             bits: vec![0; words],
@@ -42,31 +48,31 @@ impl Bloom {
         self.bits.len() as u64 * 64
     }
 
+    /// The first word of the token's 512-bit block and the probe bits.
+    fn locate(&self, token: Token) -> (usize, u64) {
+        let blocks = (self.bits.len() / WORDS_PER_BLOCK) as u64;
+        let block = ((token.0 >> 32) * blocks) >> 32;
+        let x = token.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (block as usize * WORDS_PER_BLOCK, x)
+    }
+
     fn add(&mut self, token: Token) {
-        let m = self.m();
-        let mut h = token.0;
-        let delta = h.rotate_right(17) | 1;
-        for _ in 0..self.probes {
-            let bit = h % m;
-            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
-            h = h.wrapping_add(delta);
+        let (base, x) = self.locate(token);
+        for i in 0..self.probes {
+            let bit = (x >> (9 * i)) & 511;
+            self.bits[base + (bit / 64) as usize] |= 1 << (bit % 64);
         }
     }
 
     /// Whether `token` may be in the set (false means it certainly is not).
     #[must_use]
     pub fn may_contain(&self, token: Token) -> bool {
-        let m = self.m();
-        let mut h = token.0;
-        let delta = h.rotate_right(17) | 1;
-        for _ in 0..self.probes {
-            let bit = h % m;
-            if self.bits[(bit / 64) as usize] & (1 << (bit % 64)) == 0 {
-                return false;
-            }
-            h = h.wrapping_add(delta);
-        }
-        true
+        let (base, x) = self.locate(token);
+        let block = &self.bits[base..base + WORDS_PER_BLOCK];
+        (0..self.probes).all(|i| {
+            let bit = (x >> (9 * i)) & 511;
+            block[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
     }
 
     /// The filter block's bytes.
@@ -87,7 +93,7 @@ impl Bloom {
     pub fn decode(buf: &[u8]) -> Option<Self> {
         let probes = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?);
         let m = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
-        if probes == 0 || probes > 30 || m == 0 || m % 64 != 0 {
+        if probes == 0 || probes > PROBES_MAX || m == 0 || !m.is_multiple_of(512) {
             return None;
         }
         let body = buf.get(8..)?;
@@ -120,6 +126,7 @@ mod tests {
         let false_positives = (10_000..110_000u32)
             .filter(|i| bloom.may_contain(Token::of(&i.to_le_bytes())))
             .count();
+        println!("{false_positives} false positives in 100000 probes");
         // 100 000 probes at ~1 %: allow up to 2 %.
         assert!(false_positives < 2_000, "{false_positives} false positives");
         let back = Bloom::decode(&bloom.encode()).expect("decodes");
