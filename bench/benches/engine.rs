@@ -41,6 +41,40 @@ async fn load_dynacore(shard: &dynacore_engine::Shard, data: &Dataset) {
     }
 }
 
+/// A shard on its own executor, loaded with `data` (and flushed to an SSTable if `flush`).
+fn loaded_dynacore(data: &Arc<Dataset>, flush: bool) -> (tempfile::TempDir, ShardHost) {
+    let dir = temp_dir_in(&bench_dir());
+    let host = ShardHost::open(shard_options(dir.path(), Durability::None));
+    let d = data.clone();
+    host.run(move |shard| {
+        Box::pin(async move {
+            load_dynacore(&shard, &d).await;
+            if flush {
+                shard.flush().await.expect("flush");
+            }
+            Duration::ZERO
+        })
+    });
+    (dir, host)
+}
+
+/// A fjall keyspace loaded with `data` (and its memtable flushed if `flush`).
+fn loaded_fjall(
+    data: &Dataset,
+    flush: bool,
+) -> (tempfile::TempDir, fjall::Database, fjall::Keyspace) {
+    let dir = temp_dir_in(&bench_dir());
+    let (db, ks) = open_fjall(dir.path());
+    for (i, k) in data.keys.iter().enumerate() {
+        ks.insert(k.as_slice(), data.value(i).as_slice())
+            .expect("insert");
+    }
+    if flush {
+        ks.rotate_memtable_and_wait().expect("flush");
+    }
+    (dir, db, ks)
+}
+
 fn random_1m(c: &mut Criterion) {
     let data = Arc::new(Dataset::new(LOAD_KEYS, 42));
     let mut g = c.benchmark_group("random_1m");
@@ -85,60 +119,42 @@ fn random_1m(c: &mut Criterion) {
         });
     });
 
-    // Gets right after the load, as an application would see them: no compaction wait.
-    // Setup runs lazily inside each benchmark so that a filtered-out one costs nothing.
-    {
-        let mut loaded = None;
-        g.bench_function("get/dynacore", |b| {
-            let (_dir, host) = loaded.get_or_insert_with(|| {
-                let dir = temp_dir_in(&bench_dir());
-                let host = ShardHost::open(shard_options(dir.path(), Durability::None));
-                let d = data.clone();
-                host.run(move |shard| {
-                    Box::pin(async move {
-                        load_dynacore(&shard, &d).await;
-                        Duration::ZERO
-                    })
-                });
-                (dir, host)
-            });
-            b.iter_custom(|iters| {
-                let data = data.clone();
-                host.run(move |shard| {
-                    Box::pin(async move {
-                        let t = Instant::now();
-                        for _ in 0..iters {
-                            for &i in &data.read_order {
-                                let got = shard.get(&data.keys[i as usize]).await.expect("get");
-                                assert!(got.is_some(), "key {i} missing");
-                            }
+    // Gets right after the load, as an application would see them: no compaction wait. Setup
+    // runs lazily inside each benchmark so that a filtered-out one costs nothing.
+    let mut loaded = None;
+    g.bench_function("get/dynacore", |b| {
+        let (_dir, host) = loaded.get_or_insert_with(|| loaded_dynacore(&data, false));
+        b.iter_custom(|iters| {
+            let data = data.clone();
+            host.run(move |shard| {
+                Box::pin(async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        for &i in &data.read_order {
+                            let got = shard.get(&data.keys[i as usize]).await.expect("get");
+                            assert!(got.is_some(), "key {i} missing");
                         }
-                        t.elapsed()
-                    })
-                })
-            });
-        });
-    }
-    {
-        let dir = temp_dir_in(&bench_dir());
-        let (_db, ks) = open_fjall(dir.path());
-        for (i, k) in data.keys.iter().enumerate() {
-            ks.insert(k.as_slice(), data.value(i).as_slice())
-                .expect("insert");
-        }
-        g.bench_function("get/fjall", |b| {
-            b.iter_custom(|iters| {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    for &i in &data.read_order {
-                        let got = ks.get(data.keys[i as usize]).expect("get");
-                        assert!(got.is_some(), "key {i} missing");
                     }
-                }
-                t.elapsed()
-            });
+                    t.elapsed()
+                })
+            })
         });
-    }
+    });
+    drop(loaded);
+    let mut loaded = None;
+    g.bench_function("get/fjall", |b| {
+        let (_dir, _db, ks) = loaded.get_or_insert_with(|| loaded_fjall(&data, false));
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                for &i in &data.read_order {
+                    let got = ks.get(data.keys[i as usize]).expect("get");
+                    assert!(got.is_some(), "key {i} missing");
+                }
+            }
+            t.elapsed()
+        });
+    });
     g.finish();
 }
 
@@ -244,24 +260,15 @@ fn get_path(c: &mut Criterion) {
     let missing = Arc::new(Dataset::new(KEYS, 8));
     for path in [Path::Memtable, Path::SsTable, Path::Miss] {
         let name = format!("{path:?}").to_lowercase();
-        let dir = temp_dir_in(&bench_dir());
-        let host = ShardHost::open(shard_options(dir.path(), Durability::None));
-        let d = data.clone();
-        host.run(move |shard| {
-            Box::pin(async move {
-                load_dynacore(&shard, &d).await;
-                if !matches!(path, Path::Memtable) {
-                    shard.flush().await.expect("flush");
-                }
-                Duration::ZERO
-            })
-        });
+        let flush = !matches!(path, Path::Memtable);
         let probe = if matches!(path, Path::Miss) {
             missing.clone()
         } else {
             data.clone()
         };
+        let mut loaded = None;
         g.bench_function(BenchmarkId::new("dynacore", &name), |b| {
+            let (_dir, host) = loaded.get_or_insert_with(|| loaded_dynacore(&data, flush));
             b.iter_custom(|iters| {
                 let probe = probe.clone();
                 host.run(move |shard| {
@@ -278,17 +285,10 @@ fn get_path(c: &mut Criterion) {
                 })
             });
         });
-        drop(host);
-        let dir = temp_dir_in(&bench_dir());
-        let (_db, ks) = open_fjall(dir.path());
-        for (i, k) in data.keys.iter().enumerate() {
-            ks.insert(k.as_slice(), data.value(i).as_slice())
-                .expect("insert");
-        }
-        if !matches!(path, Path::Memtable) {
-            ks.rotate_memtable_and_wait().expect("flush");
-        }
+        drop(loaded);
+        let mut loaded = None;
         g.bench_function(BenchmarkId::new("fjall", &name), |b| {
+            let (_dir, _db, ks) = loaded.get_or_insert_with(|| loaded_fjall(&data, flush));
             b.iter_custom(|iters| {
                 let n = probe.read_order.len();
                 let t = Instant::now();

@@ -143,23 +143,24 @@ pub struct File {
 }
 
 impl File {
+    async fn open_with(path: &Path, options: &OpenOptions, dsync: bool) -> io::Result<File> {
+        ensure_probed(path).await?;
+        let inner = options.dma_open(path).await?;
+        Ok(File {
+            inner,
+            path: path.to_path_buf(),
+            dsync,
+        })
+    }
+
     /// Opens (creating it if needed) a file for direct reads and writes.
     ///
     /// # Errors
     /// Any I/O error, with the path in its message.
     pub async fn open_rw(path: &Path) -> io::Result<File> {
-        ensure_probed(path).await?;
-        let inner = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(path)
-            .await?;
-        Ok(File {
-            inner,
-            path: path.to_path_buf(),
-            dsync: false,
-        })
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create(true);
+        Self::open_with(path, &o, false).await
     }
 
     /// Opens an existing file for direct reads and writes with `O_DSYNC`: a write is durable
@@ -169,18 +170,9 @@ impl File {
     /// # Errors
     /// Any I/O error.
     pub async fn open_rw_dsync(path: &Path) -> io::Result<File> {
-        ensure_probed(path).await?;
-        let inner = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc_o_dsync())
-            .dma_open(path)
-            .await?;
-        Ok(File {
-            inner,
-            path: path.to_path_buf(),
-            dsync: true,
-        })
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).custom_flags(libc_o_dsync());
+        Self::open_with(path, &o, true).await
     }
 
     /// Whether completed writes are durable by themselves (`O_DSYNC`).
@@ -194,18 +186,9 @@ impl File {
     /// # Errors
     /// Any I/O error, `AlreadyExists` included.
     pub async fn create_new(path: &Path) -> io::Result<File> {
-        ensure_probed(path).await?;
-        let inner = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .dma_open(path)
-            .await?;
-        Ok(File {
-            inner,
-            path: path.to_path_buf(),
-            dsync: false,
-        })
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create_new(true);
+        Self::open_with(path, &o, false).await
     }
 
     /// Opens an existing file for direct reads.
@@ -213,13 +196,9 @@ impl File {
     /// # Errors
     /// Any I/O error.
     pub async fn open_read(path: &Path) -> io::Result<File> {
-        ensure_probed(path).await?;
-        let inner = DmaFile::open(path).await?;
-        Ok(File {
-            inner,
-            path: path.to_path_buf(),
-            dsync: false,
-        })
+        let mut o = OpenOptions::new();
+        o.read(true);
+        Self::open_with(path, &o, false).await
     }
 
     /// The path this file was opened with.

@@ -4,16 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run, small_options, temp_dir};
+use common::{small_options, with_temp_dir};
 use dynacore_engine::{Durability, Error, LimitError, Mutation, Shard, VALUE_BYTES_MAX};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn put_get_delete_survive_flush_and_reopen() {
-    let dir = temp_dir();
-    let path = dir.path().to_path_buf();
-    run(LIMIT, move || async move {
+    with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
         for i in 0..2_000u32 {
             let key = format!("key-{i}");
@@ -63,9 +61,7 @@ fn put_get_delete_survive_flush_and_reopen() {
 
 #[test]
 fn wal_segments_are_deleted_once_flushed() {
-    let dir = temp_dir();
-    let path = dir.path().to_path_buf();
-    run(LIMIT, move || async move {
+    with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
         let value = vec![7u8; 1000];
         for i in 0..1_000u32 {
@@ -91,9 +87,7 @@ fn wal_segments_are_deleted_once_flushed() {
 
 #[test]
 fn limits_are_typed_errors() {
-    let dir = temp_dir();
-    let path = dir.path().to_path_buf();
-    run(LIMIT, move || async move {
+    with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
         assert!(matches!(
             shard.put(b"", b"v").await,
@@ -155,9 +149,7 @@ fn limits_are_typed_errors() {
 
 #[test]
 fn expiry_and_version_blob_round_trip() {
-    let dir = temp_dir();
-    let path = dir.path().to_path_buf();
-    run(LIMIT, move || async move {
+    with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
         let mut m = Mutation::put(b"expired", b"v");
         m.expiry_ms = Some(1);
@@ -185,9 +177,7 @@ fn expiry_and_version_blob_round_trip() {
 #[test]
 fn every_durability_mode_recovers_after_close() {
     for durability in [Durability::Sync, Durability::Periodic(5), Durability::None] {
-        let dir = temp_dir();
-        let path = dir.path().to_path_buf();
-        run(LIMIT, move || async move {
+        with_temp_dir(LIMIT, move |path| async move {
             let mut o = small_options(&path);
             o.durability = durability;
             let shard = Shard::open(o.clone()).await.expect("open");
@@ -209,9 +199,7 @@ fn every_durability_mode_recovers_after_close() {
 
 #[test]
 fn second_opener_is_refused() {
-    let dir = temp_dir();
-    let path = dir.path().to_path_buf();
-    run(LIMIT, move || async move {
+    with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
         let err = Shard::open(small_options(&path)).await.expect_err("locked");
         assert!(matches!(err, Error::Io { .. }), "{err}");

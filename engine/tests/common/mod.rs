@@ -52,6 +52,18 @@ where
     }
 }
 
+/// Runs `f` with a fresh disk-backed directory, as [`run`] does; the directory is removed after.
+pub fn with_temp_dir<F, Fut>(limit: Duration, f: F)
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    run(limit, move || f(path));
+    drop(dir);
+}
+
 /// The WAL segment files of `dir`, oldest first.
 pub fn wal_segments(dir: &Path) -> Vec<PathBuf> {
     files_with(dir, "wal-", ".log")
