@@ -114,25 +114,15 @@ fn limits_are_typed_errors() {
         shard.put(b"empty", b"").await.expect("empty value");
         shard.close().await.expect("close");
         let shard = Shard::open(small_options(&path)).await.expect("reopen");
-        let got = shard
-            .get(&max_key)
-            .await
-            .expect("get")
-            .and_then(|r| r.value);
         assert!(
-            got.as_deref() == Some(max_value.as_slice()),
+            common::value_of(&shard, &max_key).await.as_deref() == Some(max_value.as_slice()),
             "10 MiB value after replay"
         );
         shard.flush().await.expect("flush");
         shard.close().await.expect("close");
         let shard = Shard::open(small_options(&path)).await.expect("reopen");
-        let got = shard
-            .get(&max_key)
-            .await
-            .expect("get")
-            .and_then(|r| r.value);
         assert!(
-            got.as_deref() == Some(max_value.as_slice()),
+            common::value_of(&shard, &max_key).await.as_deref() == Some(max_value.as_slice()),
             "10 MiB value from SSTable"
         );
         assert_eq!(

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dynacore_engine::{runtime, Durability, ShardId, ShardOptions};
+use dynacore_engine::{runtime, Durability, Shard, ShardId, ShardOptions};
 
 /// A fresh disk-backed temporary directory (never tmpfs: glommio silently drops O_DIRECT there).
 pub fn temp_dir() -> tempfile::TempDir {
@@ -62,6 +62,11 @@ where
     let path = dir.path().to_path_buf();
     run(limit, move || f(path));
     drop(dir);
+}
+
+/// The live value of `key` (`None` if absent, deleted or expired).
+pub async fn value_of(shard: &Shard, key: &[u8]) -> Option<Vec<u8>> {
+    shard.get(key).await.expect("get").and_then(|r| r.value)
 }
 
 /// The WAL segment files of `dir`, oldest first.
