@@ -156,12 +156,21 @@ impl Shard {
     /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for damage that recovery must not
     /// paper over; [`Error::Incompatible`]; I/O errors (a second opener gets `WouldBlock`).
     pub async fn open(mut options: ShardOptions) -> Result<Shard> {
+        let created = !options.dir.exists();
         std::fs::create_dir_all(&options.dir)
             .map_err(|e| Error::io("create directory", &options.dir, e))?;
         // NOTE: glommio 0.9 resolves relative paths against no directory (EBADF); use absolute.
         options.dir = std::fs::canonicalize(&options.dir)
             .map_err(|e| Error::io("resolve", &options.dir, e))?;
         let dir = options.dir.clone();
+        if created {
+            // The new directory's own entry must be durable before its first acknowledged write.
+            if let Some(parent) = dir.parent() {
+                runtime::sync_dir(parent)
+                    .await
+                    .map_err(|e| Error::io("sync directory", parent, e))?;
+            }
+        }
         let lock_path = dir.join("LOCK");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -524,8 +533,8 @@ impl Shard {
         Ok(out)
     }
 
-    /// Stops accepting writes, lets a running flush finish, then syncs and closes the WAL.
-    /// Other handles to the shard see [`Error::Closed`].
+    /// Stops accepting writes, lets a running flush finish, then writes, syncs and closes the
+    /// WAL. Other handles to the shard see [`Error::Closed`] from then on.
     ///
     /// # Errors
     /// [`Error::WalFenced`] if the final sync failed.
@@ -545,14 +554,8 @@ impl Shard {
         if let Some(reason) = &self.inner.state.borrow().flush_error {
             tracing::warn!(%reason, "closing a shard whose flush failed");
         }
-        match Rc::try_unwrap(self.inner) {
-            Ok(inner) => inner.wal.close().await,
-            // Another handle is alive: the WAL closes when the last one drops.
-            Err(inner) => match inner.wal.fenced() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            },
-        }
+        // Other handles may still exist: they see `Closed` from now on.
+        self.inner.wal.shutdown().await
     }
 }
 

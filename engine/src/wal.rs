@@ -239,21 +239,40 @@ fn parse_batch(image: &[u8], pos: usize, segment_id: u64) -> BatchParse<'_> {
     }
 }
 
-/// Whether any block-aligned position at or after `from` holds a valid batch.
-fn valid_batch_after(image: &[u8], from: usize, segment_id: u64) -> Option<usize> {
+/// The first block-aligned position at or after `from` that holds a valid, non-empty batch
+/// whose records come after sequence number `after` — evidence that the log goes on.
+fn valid_batch_after(image: &[u8], from: usize, segment_id: u64, after: SeqNo) -> Option<usize> {
     let mut pos = align_up(from as u64) as usize;
     while pos + BATCH_HEADER_BYTES <= image.len() {
-        if image[pos..pos + 4] == BATCH_MAGIC.to_le_bytes()
-            && matches!(
-                parse_batch(image, pos, segment_id),
-                BatchParse::Valid { .. }
-            )
-        {
-            return Some(pos);
+        if image[pos..pos + 4] == BATCH_MAGIC.to_le_bytes() {
+            if let BatchParse::Valid {
+                first_seq, count, ..
+            } = parse_batch(image, pos, segment_id)
+            {
+                if count > 0 && first_seq > after {
+                    return Some(pos);
+                }
+            }
         }
         pos += IO_ALIGN as usize;
     }
     None
+}
+
+/// Where to look for valid data after an invalid batch at `pos`: past its declared extent when
+/// its header is plausible (nothing inside a torn batch, such as a value that happens to look
+/// like a batch header, may count), else the next block.
+fn scan_start_after_invalid(image: &[u8], pos: usize) -> usize {
+    let Some(head) = image.get(pos..pos + BATCH_HEADER_BYTES) else {
+        return pos + 1;
+    };
+    let header: BatchHeader = bytemuck::pod_read_unaligned(head);
+    let end = pos + BATCH_HEADER_BYTES + header.body_len as usize;
+    if header.magic == BATCH_MAGIC && end <= image.len() {
+        end
+    } else {
+        pos + 1
+    }
 }
 
 /// A segment on disk that holds (or will hold) records.
@@ -371,7 +390,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Wal {
     shared: Rc<RefCell<Shared>>,
-    writer: Option<runtime::JoinHandle<()>>,
+    writer: RefCell<Option<runtime::JoinHandle<()>>>,
     durability: Durability,
 }
 
@@ -416,6 +435,11 @@ impl Wal {
         let mut active: Option<ActiveSegment> = None;
         // Set once a segment ended in damage: any later valid batch is then corruption.
         let mut damaged_at: Option<(PathBuf, u64, &'static str)> = None;
+        // The last sequence number of the previous valid batch: batches must continue it.
+        let mut prev_last: Option<SeqNo> = None;
+        // Torn tails to zero once the whole log is known to be sound (never before: a shard
+        // that refuses to open must leave the evidence as it found it).
+        let mut tails: Vec<(PathBuf, u64, u64)> = Vec::new();
 
         for (i, &id) in ids.iter().enumerate() {
             let is_last = i + 1 == ids.len();
@@ -436,7 +460,10 @@ impl Wal {
                     && h.format_version == SEGMENT_FORMAT_VERSION
             };
             if !header_ok {
-                if is_last && valid_batch_after(&image, FIRST_BATCH_OFFSET as usize, id).is_none() {
+                if is_last
+                    && valid_batch_after(&image, FIRST_BATCH_OFFSET as usize, id, SeqNo(0))
+                        .is_none()
+                {
                     // A segment whose preparation was cut short: it never held a record.
                     tracing::warn!(path = %path.display(), "removing half-prepared WAL segment");
                     file.close()
@@ -480,6 +507,19 @@ impl Wal {
                                 ),
                             ));
                         }
+                        if let Some(prev) = prev_last {
+                            if batch_first.0 != prev.0.wrapping_add(1) {
+                                return Err(Error::corruption(
+                                    &path,
+                                    pos as u64,
+                                    format!(
+                                        "batch starts at sequence {} but the log reached {}: \
+                                         records are missing",
+                                        batch_first.0, prev.0
+                                    ),
+                                ));
+                            }
+                        }
                         first_seq.get_or_insert(batch_first);
                         let n = replay_batch(&path, pos, batch_first, count, body, |rec| {
                             if rec.seq > last_seq {
@@ -491,11 +531,28 @@ impl Wal {
                             }
                         })?;
                         debug_assert_eq!(n, count);
+                        if count > 0 {
+                            prev_last = Some(SeqNo(batch_first.0 + u64::from(count) - 1));
+                        }
                         pos = next;
                     }
-                    BatchParse::Empty => break,
+                    BatchParse::Empty => {
+                        let after = prev_last.unwrap_or(SeqNo(0));
+                        if let Some(later) = valid_batch_after(&image, pos + 1, id, after) {
+                            return Err(Error::corruption(
+                                &path,
+                                pos as u64,
+                                format!(
+                                    "zeroed block, and a valid batch follows at offset {later}"
+                                ),
+                            ));
+                        }
+                        break;
+                    }
                     BatchParse::Invalid(why) => {
-                        if let Some(later) = valid_batch_after(&image, pos + 1, id) {
+                        let after = prev_last.unwrap_or(SeqNo(0));
+                        let from = scan_start_after_invalid(&image, pos);
+                        if let Some(later) = valid_batch_after(&image, from, id, after) {
                             return Err(Error::corruption(
                                 &path,
                                 pos as u64,
@@ -507,19 +564,11 @@ impl Wal {
                     }
                 }
             }
-            // Zero whatever follows the last valid batch (a torn tail, or nothing).
+            // Whatever follows the last valid batch (a torn tail, or nothing) is zeroed later.
             if image[pos.min(image.len())..].iter().any(|&b| b != 0) {
                 let garbage_end = image.iter().rposition(|&b| b != 0).map_or(pos, |p| p + 1);
                 let len = align_up((garbage_end - pos) as u64);
-                tracing::warn!(path = %path.display(), offset = pos, bytes = len, "zeroing torn WAL tail");
-                let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-                file.write_aligned(pos as u64, &zeros)
-                    .await
-                    .map_err(|e| Error::io("zero torn tail of", &path, e))?;
-                file.sync_data()
-                    .await
-                    .map_err(|e| Error::io("sync", &path, e))?;
-                truncated_bytes += len;
+                tails.push((path.clone(), pos as u64, len));
             }
             segments.push_back(SegmentInfo {
                 path: path.clone(),
@@ -537,6 +586,25 @@ impl Wal {
                 capacity: size,
                 pos: pos as u64,
             });
+        }
+
+        // The log is sound: now cut off the torn tails.
+        for (path, pos, len) in tails {
+            tracing::warn!(path = %path.display(), offset = pos, bytes = len, "zeroing torn WAL tail");
+            let file = File::open_rw(&path)
+                .await
+                .map_err(|e| Error::io("open", &path, e))?;
+            let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            file.write_aligned(pos, &zeros)
+                .await
+                .map_err(|e| Error::io("zero torn tail of", &path, e))?;
+            file.sync_data()
+                .await
+                .map_err(|e| Error::io("sync", &path, e))?;
+            file.close()
+                .await
+                .map_err(|e| Error::io("close", &path, e))?;
+            truncated_bytes += len;
         }
 
         let active = match active {
@@ -569,7 +637,7 @@ impl Wal {
         ));
         let wal = Wal {
             shared,
-            writer: Some(writer),
+            writer: RefCell::new(Some(writer)),
             durability: options.durability,
         };
         Ok((
@@ -613,7 +681,10 @@ impl Wal {
         if s.closing {
             return Err(Error::Closed);
         }
-        assert!(rec.seq > s.appended_seq, "sequence numbers must increase");
+        assert!(
+            rec.seq.0 == s.appended_seq.0 + 1,
+            "sequence numbers must be consecutive (replay rejects gaps)"
+        );
         s.appended_seq = rec.seq;
         frame_record(rec, &mut s.pending);
         s.pending_count += 1;
@@ -665,8 +736,10 @@ impl Wal {
         let doomed: Vec<PathBuf> = {
             let mut s = self.shared.borrow_mut();
             let mut doomed = Vec::new();
+            // A segment's records end before the first record of the next segment that holds
+            // any (an empty segment in between holds none).
             while s.segments.len() >= 2 {
-                let next_first = s.segments[1].first_seq;
+                let next_first = s.segments.iter().skip(1).find_map(|g| g.first_seq);
                 match next_first {
                     Some(next) if next.0.saturating_sub(1) <= seq.0 => {
                         let seg = s.segments.pop_front().expect("INVARIANT: len >= 2");
@@ -690,11 +763,12 @@ impl Wal {
         Ok(doomed.len())
     }
 
-    /// Writes and syncs everything pending, stops the writer and closes the segment.
+    /// Writes and syncs everything pending, stops the writer and closes the segment. Later
+    /// appends fail with [`Error::Closed`].
     ///
     /// # Errors
-    /// [`Error::WalFenced`] if the final sync failed.
-    pub async fn close(mut self) -> Result<()> {
+    /// [`Error::WalFenced`] if the final write or sync failed.
+    pub async fn shutdown(&self) -> Result<()> {
         {
             let mut s = self.shared.borrow_mut();
             s.closing = true;
@@ -702,13 +776,22 @@ impl Wal {
                 w.wake();
             }
         }
-        if let Some(writer) = self.writer.take() {
+        let writer = self.writer.borrow_mut().take();
+        if let Some(writer) = writer {
             writer.await;
         }
         match self.shared.borrow().fenced_error() {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// [`Wal::shutdown`], consuming the log.
+    ///
+    /// # Errors
+    /// As [`Wal::shutdown`].
+    pub async fn close(self) -> Result<()> {
+        self.shutdown().await
     }
 }
 
@@ -797,7 +880,15 @@ fn replay_batch(
                 ),
             ));
         }
-        expected_seq = SeqNo(expected_seq.0 + 1);
+        expected_seq = SeqNo(
+            expected_seq
+                .0
+                .checked_add(1)
+                .filter(|&n| n < u64::MAX)
+                .ok_or_else(|| {
+                    Error::corruption(path, offset_of(at), "sequence number out of range")
+                })?,
+        );
         f(rec);
         n += 1;
         at += FRAME_HEADER_BYTES + len;
@@ -1057,10 +1148,30 @@ async fn write_batch(
             .await
             .map_err(|e| Error::io("sync", active.file.path(), e))?;
         let next_id = active.id + 1;
+        // Size the segment for the batch up front when it is larger than a default segment.
+        let wanted = options.segment_bytes.max(needed + FIRST_BATCH_OFFSET);
         let prepared = match spare.take() {
-            Some(handle) => handle.await.ok_or(Error::Closed)?,
-            None => prepare_segment(dir, next_id, shard_id, options.segment_bytes).await,
-        }?;
+            None => prepare_segment(dir, next_id, shard_id, wanted).await?,
+            Some(handle) => match handle.await {
+                Some(Ok(seg)) => seg,
+                failed => {
+                    // A failed background preparation (say ENOSPC that a flush has since
+                    // freed) is retried here once, from scratch; only a second failure fences.
+                    let why = match failed {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "preparation task vanished".to_owned(),
+                    };
+                    tracing::warn!(error = %why, "preparing the next WAL segment again");
+                    let path = segment_path(dir, next_id);
+                    if path.exists() {
+                        runtime::remove(&path)
+                            .await
+                            .map_err(|e| Error::io("remove", &path, e))?;
+                    }
+                    prepare_segment(dir, next_id, shard_id, wanted).await?
+                }
+            },
+        };
         let prepared = reopen_for_writing(prepared, options.durability).await?;
         let next = if prepared.capacity - FIRST_BATCH_OFFSET >= needed {
             prepared

@@ -238,3 +238,33 @@ fn damaged_footer_and_manifest_refuse_to_open() {
         );
     }
 }
+
+#[test]
+fn refusing_to_open_leaves_the_damage_in_place() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    // Small segments: the log spans several; damage the last batch of the first one, so that
+    // valid data follows in later segments.
+    write_keys(&path, 0..100);
+    let segments = common::wal_segments(&path);
+    assert!(segments.len() >= 3, "{segments:?}");
+    let first = &segments[0];
+    flip_bit(first, end_of_data(first) - BLOCK + 40);
+    let message = open_error(&path);
+    assert!(message.contains(&first.display().to_string()), "{message}");
+    // A second open must refuse too: the first attempt may not have "repaired" anything.
+    let again = open_error(&path);
+    assert_eq!(message, again);
+}
+
+#[test]
+fn zeroed_block_before_valid_data_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    write_keys(&path, 0..100);
+    let first = common::wal_segments(&path)[0].clone();
+    // A lost write: the second batch of the first segment reads back as zeros.
+    patch(&first, 2 * BLOCK, &[0u8; BLOCK as usize]);
+    let message = open_error(&path);
+    assert!(message.contains(&first.display().to_string()), "{message}");
+}

@@ -65,6 +65,7 @@ impl SsTable {
             });
         }
         if footer.table_id != id.0
+            || footer.data_bytes > footer.index_offset
             || footer.index_offset.checked_add(footer.index_len) != Some(footer.filter_offset)
             || footer.filter_offset.saturating_add(footer.filter_len) > footer_at
         {
