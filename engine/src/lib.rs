@@ -27,6 +27,7 @@ pub mod record;
 pub mod runtime;
 pub mod shard;
 pub mod sstable;
+pub mod version;
 pub mod wal;
 
 pub use error::{Error, LimitError, Result};
