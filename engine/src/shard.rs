@@ -98,6 +98,10 @@ pub struct ShardStats {
     pub wal: WalStats,
     /// Bytes in the block cache.
     pub block_cache_bytes: u64,
+    /// Block lookups served from the cache since open.
+    pub block_cache_hits: u64,
+    /// Block lookups that read from disk since open.
+    pub block_cache_misses: u64,
 }
 
 #[derive(Debug)]
@@ -517,6 +521,8 @@ impl Shard {
             last_seq: s.last_seq,
             wal: self.inner.wal.stats(),
             block_cache_bytes: self.inner.cache.bytes(),
+            block_cache_hits: self.inner.cache.hits(),
+            block_cache_misses: self.inner.cache.misses(),
         }
     }
 

@@ -235,3 +235,36 @@ fn wal_stays_bounded_across_restarts_and_oversized_batches() {
         shard.close().await.expect("close");
     });
 }
+
+#[test]
+fn block_cache_is_filled_by_flushes_and_counts_hits_and_misses() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut o = small_options(&path);
+        o.memtable_bytes_max = 64 << 20;
+        o.block_cache_bytes = 8 << 20;
+        let shard = Shard::open(o.clone()).await.expect("open");
+        for i in 0..2_000u32 {
+            shard.put(&i.to_be_bytes(), b"value").await.expect("put");
+        }
+        shard.flush().await.expect("flush");
+        for i in 0..2_000u32 {
+            assert!(common::value_of(&shard, &i.to_be_bytes()).await.is_some());
+        }
+        let s = shard.stats();
+        assert_eq!(
+            s.block_cache_misses, 0,
+            "the flush cached its blocks: {s:?}"
+        );
+        assert!(s.block_cache_hits >= 2_000, "{s:?}");
+        shard.close().await.expect("close");
+        // After a reopen the cache starts cold: the first read of each block misses.
+        let shard = Shard::open(o).await.expect("reopen");
+        for i in 0..2_000u32 {
+            assert!(common::value_of(&shard, &i.to_be_bytes()).await.is_some());
+        }
+        let s = shard.stats();
+        assert!(s.block_cache_misses > 0, "{s:?}");
+        assert_eq!(s.block_cache_hits + s.block_cache_misses, 2_000, "{s:?}");
+        shard.close().await.expect("close");
+    });
+}

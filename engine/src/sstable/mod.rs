@@ -25,7 +25,7 @@ pub mod bloom;
 mod builder;
 mod reader;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -184,6 +184,8 @@ impl quick_cache::Weighter<(TableId, u64), Rc<Block>> for BlockWeighter {
 pub struct BlockCache {
     cache: RefCell<quick_cache::unsync::Cache<(TableId, u64), Rc<Block>, BlockWeighter>>,
     capacity_bytes: u64,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -193,6 +195,8 @@ impl std::fmt::Debug for BlockCache {
             .field("capacity_bytes", &self.capacity_bytes)
             .field("bytes", &c.weight())
             .field("blocks", &c.len())
+            .field("hits", &self.hits.get())
+            .field("misses", &self.misses.get())
             .finish()
     }
 }
@@ -211,11 +215,32 @@ impl BlockCache {
                 BlockWeighter,
             )),
             capacity_bytes,
+            hits: Cell::new(0),
+            misses: Cell::new(0),
         }
     }
 
     fn get(&self, table: TableId, offset: u64) -> Option<Rc<Block>> {
-        self.cache.borrow().get(&(table, offset)).cloned()
+        let found = self.cache.borrow().get(&(table, offset)).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.set(counter.get() + 1);
+        found
+    }
+
+    /// Lookups that found their block cached, since the cache was made.
+    #[must_use]
+    pub fn hits(&self) -> u64 {
+        self.hits.get()
+    }
+
+    /// Lookups that had to read their block from disk, since the cache was made.
+    #[must_use]
+    pub fn misses(&self) -> u64 {
+        self.misses.get()
     }
 
     fn insert(&self, table: TableId, offset: u64, block: Rc<Block>) {
