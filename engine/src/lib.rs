@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod memtable;
 pub mod record;
 pub mod runtime;
+pub mod scan;
 pub mod shard;
 pub mod sstable;
 pub mod version;
@@ -34,5 +35,6 @@ pub use error::{Error, LimitError, Result};
 pub use record::{
     Mutation, Record, SeqNo, ShardId, Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX,
 };
+pub use scan::ShardScan;
 pub use shard::{Shard, ShardOptions, ShardStats};
 pub use wal::Durability;

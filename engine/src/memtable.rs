@@ -177,6 +177,38 @@ impl Memtable {
         self.max_seq
     }
 
+    /// For every key with a token in `[start, end]`, its newest version at or below
+    /// `snapshot`, in `(token, key)` order (tombstones included).
+    #[must_use]
+    pub fn range_at(&self, start: Token, end: Token, snapshot: SeqNo) -> Vec<Record> {
+        let mut out: Vec<Record> = Vec::new();
+        let probe = (start, &[][..], Reverse(SeqNo(u64::MAX)));
+        let probe: &dyn KeyView = &probe;
+        for (k, v) in self
+            .map
+            .range::<dyn KeyView, _>((Bound::Included(probe), Bound::Unbounded))
+        {
+            if k.token > end {
+                break;
+            }
+            if k.seq.0 > snapshot {
+                continue;
+            }
+            if out.last().is_some_and(|r| *r.key == *k.key) {
+                continue; // an older version of a key already taken
+            }
+            out.push(Record {
+                key: k.key.to_vec(),
+                value: v.value.as_ref().map(|b| b.to_vec()),
+                seq: k.seq.0,
+                write_ts_ms: v.write_ts_ms,
+                expiry_ms: v.expiry_ms,
+                version: v.version.to_vec(),
+            });
+        }
+        out
+    }
+
     /// The newest version of every key, in `(token, key)` order: what a flush writes.
     pub fn newest_versions(&self) -> impl Iterator<Item = (Token, RecordRef<'_>)> + '_ {
         let mut last: Option<(Token, &[u8])> = None;

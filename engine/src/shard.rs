@@ -35,6 +35,7 @@ use crate::manifest::Manifest;
 use crate::memtable::Memtable;
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
 use crate::runtime::{self, Latency, TaskQueueHandle};
+use crate::scan::ShardScan;
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
 use crate::wal::{Durability, Wal, WalOptions, WalStats};
 
@@ -135,7 +136,7 @@ struct Inner {
     options: ShardOptions,
     wal: Wal,
     state: RefCell<State>,
-    cache: BlockCache,
+    cache: Rc<BlockCache>,
     flush_queue: TaskQueueHandle,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
@@ -245,7 +246,7 @@ impl Shard {
             last_seq = last_seq.0,
             "shard opened"
         );
-        let cache = BlockCache::new(options.block_cache_bytes);
+        let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
         let flush_queue = runtime::create_task_queue(
             100,
             Latency::NotImportant,
@@ -391,6 +392,27 @@ impl Shard {
         Ok(self.get_record(key).await?.filter(|r| r.is_live_at(now)))
     }
 
+    /// A scan of the live records whose tokens are in `[start, end]`, in `(token, key)` order,
+    /// as of now (later writes are not seen).
+    #[must_use]
+    pub fn scan(&self, start: Token, end: Token) -> ShardScan {
+        let snapshot = self.snapshot();
+        let s = self.inner.state.borrow();
+        let mut runs = Vec::with_capacity(1 + s.immutables.len());
+        runs.push(s.active.range_at(start, end, snapshot));
+        for m in s.immutables.iter().rev() {
+            runs.push(m.range_at(start, end, snapshot));
+        }
+        ShardScan::new(
+            runs,
+            &s.tables,
+            self.inner.cache.clone(),
+            start,
+            end,
+            now_ms(),
+        )
+    }
+
     /// Freezes the active memtable (if it holds anything) and starts the flusher.
     fn freeze(&self) {
         {
@@ -455,7 +477,7 @@ impl Shard {
             id
         };
         let estimated = mem.bytes() as u64;
-        let cache = inner.cache.has_room_for(estimated).then_some(&inner.cache);
+        let cache = inner.cache.has_room_for(estimated).then_some(&*inner.cache);
         let mut builder =
             TableBuilder::create(dir, id, inner.options.bloom_bits_per_key, cache).await?;
         for (token, rec) in mem.newest_versions() {

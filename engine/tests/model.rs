@@ -1,4 +1,5 @@
-//! Model test: random sequences of put / delete / get / flush / reopen against a `BTreeMap`.
+//! Model test: random sequences of put / delete / get / scan / flush / reopen against a
+//! `BTreeMap`.
 //! Small memtables and WAL segments make every sequence cross flushes and segment rotation.
 
 mod common;
@@ -6,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dynacore_engine::{Durability, Shard};
+use dynacore_engine::{Durability, Shard, Token};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -16,6 +17,7 @@ enum Op {
     Get(u8),
     Flush,
     Reopen,
+    Scan(u64, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -25,6 +27,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..24).prop_map(Op::Get),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
+        2 => (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Op::Scan(a.min(b), a.max(b))),
     ]
 }
 
@@ -43,7 +46,28 @@ fn key(k: u8) -> Vec<u8> {
     key
 }
 
+/// A token-range scan must return exactly the model's keys in that range, in (token, key) order.
+async fn check_scan(shard: &Shard, model: &BTreeMap<u8, Vec<u8>>, start: u64, end: u64) {
+    let got: Vec<(Vec<u8>, Vec<u8>)> = shard
+        .scan(Token(start), Token(end))
+        .collect()
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|r| (r.key, r.value.expect("scans return live values")))
+        .collect();
+    let mut want: Vec<(Token, Vec<u8>, Vec<u8>)> = model
+        .iter()
+        .map(|(&k, v)| (Token::of(&key(k)), key(k), v.clone()))
+        .filter(|(t, _, _)| t.0 >= start && t.0 <= end)
+        .collect();
+    want.sort();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = want.into_iter().map(|(_, k, v)| (k, v)).collect();
+    assert_eq!(got, want, "scan [{start}, {end}]");
+}
+
 async fn check_all(shard: &Shard, model: &BTreeMap<u8, Vec<u8>>) {
+    check_scan(shard, model, 0, u64::MAX).await;
     for k in 0..24u8 {
         let got = shard.get(&key(k)).await.expect("get").and_then(|r| r.value);
         assert_eq!(got.as_ref(), model.get(&k), "key {k}");
@@ -83,6 +107,7 @@ proptest! {
                         assert_eq!(got.as_ref(), model.get(&k), "get {k}");
                     }
                     Op::Flush => shard.flush().await.expect("flush"),
+                    Op::Scan(start, end) => check_scan(&shard, &model, start, end).await,
                     Op::Reopen => {
                         shard.close().await.expect("close");
                         shard = Shard::open(options.clone()).await.expect("reopen");

@@ -151,6 +151,20 @@ fn expiry_and_version_blob_round_trip() {
         shard.write(m).await.expect("write");
         assert!(shard.get(b"expired").await.expect("get").is_none());
         assert!(shard.get_record(b"expired").await.expect("get").is_some());
+        let keys = |records: Vec<dynacore_engine::Record>| {
+            records.into_iter().map(|r| r.key).collect::<Vec<_>>()
+        };
+        let all = dynacore_engine::Token(0)..=dynacore_engine::Token(u64::MAX);
+        let scanned = shard
+            .scan(*all.start(), *all.end())
+            .collect()
+            .await
+            .expect("scan");
+        assert_eq!(
+            keys(scanned),
+            vec![b"versioned".to_vec()],
+            "scans skip expired values"
+        );
         shard.flush().await.expect("flush");
         let r = shard
             .get(b"versioned")

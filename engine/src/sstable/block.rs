@@ -144,11 +144,28 @@ impl Block {
         Some((token, rec, start + 8 + used))
     }
 
-    fn entry(&self, i: usize) -> (Token, RecordRef<'_>) {
+    /// Entry `i` (`i < len()`).
+    #[must_use]
+    pub fn entry(&self, i: usize) -> (Token, RecordRef<'_>) {
         let (t, r, _) = self
             .decode_at(self.offset(i))
             .expect("INVARIANT: parse() checked every entry");
         (t, r)
+    }
+
+    /// The index of the first entry at or after `token` (with any key).
+    #[must_use]
+    pub fn seek(&self, token: Token) -> usize {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry(mid).0 < token {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// The entry for `key`, if the block holds it.

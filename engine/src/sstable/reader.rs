@@ -149,8 +149,23 @@ impl SsTable {
             && self.bloom.may_contain(token)
     }
 
+    /// Number of data blocks.
+    #[must_use]
+    pub fn block_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The first data block that may hold an entry at or after `token`.
+    #[must_use]
+    pub fn first_block_for(&self, token: Token) -> usize {
+        self.index.partition_point(|e| e.last_token < token.0)
+    }
+
     /// Reads data block `i` through `cache`.
-    async fn block(&self, i: usize, cache: &BlockCache) -> Result<Rc<Block>> {
+    ///
+    /// # Errors
+    /// [`Error::ChecksumMismatch`] / [`Error::Corruption`] for a damaged block; I/O errors.
+    pub async fn block(&self, i: usize, cache: &BlockCache) -> Result<Rc<Block>> {
         let entry = &self.index[i];
         if let Some(b) = cache.get(self.id, entry.offset) {
             return Ok(b);

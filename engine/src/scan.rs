@@ -1,0 +1,204 @@
+//! Token-range scans: one merge iterator over the memtables and SSTables of a shard.
+//!
+//! Sources are ordered newest first (active memtable, frozen memtables, tables newest to
+//! oldest). At each step the smallest `(token, key)` among the sources' heads is taken; if
+//! several sources hold it, the version with the highest sequence number wins and the others
+//! are skipped. Tombstones and expired values are skipped. Tables are read block by block
+//! through the shard's block cache; memtables are copied for the range when the scan starts,
+//! so a scan sees the shard as of its start.
+//!
+//! Anti-entropy (hashing a vnode's range) and streaming (moving it) are the users.
+
+use std::rc::Rc;
+
+use crate::error::Result;
+use crate::record::{cmp_keys, Record, SeqNo, Token};
+use crate::sstable::block::Block;
+use crate::sstable::{BlockCache, SsTable};
+
+enum Source {
+    /// A memtable's newest versions in the range, in order.
+    Run {
+        records: Vec<(Token, Record)>,
+        pos: usize,
+    },
+    /// A table, read one block at a time.
+    Table {
+        table: Rc<SsTable>,
+        next_block: usize,
+        block: Option<Rc<Block>>,
+        pos: usize,
+        /// The first block still needs positioning at the scan's start token.
+        seek: Option<Token>,
+    },
+}
+
+impl Source {
+    /// Loads the next block of a table whose current block is used up.
+    async fn fill(&mut self, cache: &BlockCache) -> Result<()> {
+        if let Source::Table {
+            table,
+            next_block,
+            block,
+            pos,
+            seek,
+        } = self
+        {
+            while block.as_ref().is_none_or(|b| *pos >= b.len()) {
+                if *next_block >= table.block_count() {
+                    *block = None;
+                    return Ok(());
+                }
+                let b = table.block(*next_block, cache).await?;
+                *next_block += 1;
+                *pos = seek.take().map_or(0, |t| b.seek(t));
+                *block = Some(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// The head: token, key and sequence number.
+    fn head(&self) -> Option<(Token, &[u8], SeqNo)> {
+        match self {
+            Source::Run { records, pos } => records.get(*pos).map(|(t, r)| (*t, &r.key[..], r.seq)),
+            Source::Table { block, pos, .. } => {
+                let b = block.as_ref()?;
+                (*pos < b.len()).then(|| {
+                    let (t, r) = b.entry(*pos);
+                    (t, r.key, r.seq)
+                })
+            }
+        }
+    }
+
+    fn head_record(&self) -> Option<Record> {
+        match self {
+            Source::Run { records, pos } => records.get(*pos).map(|(_, r)| r.clone()),
+            Source::Table { block, pos, .. } => block.as_ref().map(|b| b.entry(*pos).1.to_record()),
+        }
+    }
+
+    fn advance(&mut self) {
+        match self {
+            Source::Run { pos, .. } | Source::Table { pos, .. } => *pos += 1,
+        }
+    }
+}
+
+/// A scan of the live records with tokens in `[start, end]`, in `(token, key)` order.
+pub struct ShardScan {
+    sources: Vec<Source>,
+    cache: Rc<BlockCache>,
+    end: Token,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for ShardScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardScan")
+            .field("sources", &self.sources.len())
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardScan {
+    pub(crate) fn new(
+        memtable_runs: Vec<Vec<Record>>,
+        tables: &[Rc<SsTable>],
+        cache: Rc<BlockCache>,
+        start: Token,
+        end: Token,
+        now_ms: u64,
+    ) -> Self {
+        let mut sources: Vec<Source> = memtable_runs
+            .into_iter()
+            .map(|run| Source::Run {
+                records: run.into_iter().map(|r| (Token::of(&r.key), r)).collect(),
+                pos: 0,
+            })
+            .collect();
+        for table in tables.iter().rev() {
+            let f = table.footer();
+            if f.entry_count == 0 || f.max_token < start.0 || f.min_token > end.0 {
+                continue;
+            }
+            sources.push(Source::Table {
+                table: table.clone(),
+                next_block: table.first_block_for(start),
+                block: None,
+                pos: 0,
+                seek: Some(start),
+            });
+        }
+        ShardScan {
+            sources,
+            cache,
+            end,
+            now_ms,
+        }
+    }
+
+    /// The next live record, or `None` at the end of the range.
+    ///
+    /// # Errors
+    /// A damaged block ([`crate::Error::ChecksumMismatch`]) or an I/O error.
+    pub async fn next(&mut self) -> Result<Option<Record>> {
+        loop {
+            for s in &mut self.sources {
+                s.fill(&self.cache).await?;
+            }
+            // The smallest key among the heads, and the source holding its newest version.
+            let mut best: Option<(usize, Token, &[u8], SeqNo)> = None;
+            for (i, s) in self.sources.iter().enumerate() {
+                let Some((t, k, seq)) = s.head() else {
+                    continue;
+                };
+                let better = match best {
+                    None => true,
+                    Some((_, bt, bk, bseq)) => match cmp_keys(t, k, bt, bk) {
+                        std::cmp::Ordering::Less => true,
+                        std::cmp::Ordering::Equal => seq > bseq,
+                        std::cmp::Ordering::Greater => false,
+                    },
+                };
+                if better {
+                    best = Some((i, t, k, seq));
+                }
+            }
+            let Some((winner, token, key, _)) = best else {
+                return Ok(None);
+            };
+            if token > self.end {
+                return Ok(None);
+            }
+            let key = key.to_vec();
+            let record = self.sources[winner]
+                .head_record()
+                .expect("INVARIANT: the winner has a head");
+            for s in &mut self.sources {
+                if s.head()
+                    .is_some_and(|(t, k, _)| t == token && k == key.as_slice())
+                {
+                    s.advance();
+                }
+            }
+            if record.is_live_at(self.now_ms) {
+                return Ok(Some(record));
+            }
+        }
+    }
+
+    /// Collects the rest of the scan.
+    ///
+    /// # Errors
+    /// As [`ShardScan::next`].
+    pub async fn collect(mut self) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        while let Some(r) = self.next().await? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+}
