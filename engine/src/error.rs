@@ -98,6 +98,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// A version (client context or stored object) is invalid, or the write would leave too
+    /// many siblings.
+    #[error(transparent)]
+    Version(#[from] crate::version::DvvError),
+
+    /// A conditional write expected another version; nothing was written.
+    #[error("condition failed: the current version is {current:?}")]
+    ConditionFailed {
+        /// The key's current causal context (empty if the key has none).
+        current: crate::version::VersionVector,
+    },
+
+    /// A timestamp from a peer is too far ahead of the local clock; nothing was written.
+    #[error(transparent)]
+    Clock(#[from] crate::version::ClockError),
+
     /// The shard is closing or closed.
     #[error("shard is closed")]
     Closed,

@@ -23,6 +23,7 @@
 pub mod error;
 pub mod manifest;
 pub mod memtable;
+pub mod object;
 pub mod record;
 pub mod runtime;
 pub mod scan;
@@ -32,6 +33,7 @@ pub mod version;
 pub mod wal;
 
 pub use error::{Error, LimitError, Result};
+pub use object::{Object, Sibling};
 pub use record::{
     Mutation, Record, SeqNo, ShardId, Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX,
 };

@@ -33,10 +33,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
+use crate::object::{self, KeyLocks, Object, Sibling};
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
 use crate::runtime::{self, Latency, TaskQueueHandle};
 use crate::scan::ShardScan;
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
+use crate::version::{ActorId, Hlc, HlcTimestamp, VersionVector};
 use crate::wal::{Durability, Wal, WalOptions, WalStats};
 
 /// How a shard is opened.
@@ -138,6 +140,10 @@ struct Inner {
     state: RefCell<State>,
     cache: Rc<BlockCache>,
     flush_queue: TaskQueueHandle,
+    /// Keys with a versioned read-modify-write in progress.
+    key_locks: KeyLocks,
+    /// Stamps versioned writes.
+    hlc: Hlc,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
 }
@@ -272,6 +278,8 @@ impl Shard {
                 }),
                 cache,
                 flush_queue,
+                key_locks: KeyLocks::default(),
+                hlc: Hlc::system(),
                 _lock: lock,
             }),
         };
@@ -390,6 +398,111 @@ impl Shard {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>> {
         let now = now_ms();
         Ok(self.get_record(key).await?.filter(|r| r.is_live_at(now)))
+    }
+
+    /// The stored object of `key`: every sibling, tombstones and expired ones included. A key
+    /// written with plain [`Shard::put`] reads as one sibling without a dot.
+    ///
+    /// # Errors
+    /// As [`Shard::get_record`], and [`Error::Version`] for a damaged version blob.
+    pub async fn read_object(&self, key: &[u8]) -> Result<Option<Object>> {
+        let Some(record) = self.get_record(key).await? else {
+            return Ok(None);
+        };
+        if record.version.is_empty() {
+            return Ok(Some(Object::new(Sibling {
+                value: record.value,
+                hlc: HlcTimestamp::from_parts(record.write_ts_ms, 0),
+                expiry_ms: record.expiry_ms,
+            })));
+        }
+        object::decode(&record).map(Some)
+    }
+
+    /// The coordinator's versioned write: `value` (or a tombstone) from a client that had seen
+    /// `ctx`, minted as a new dot of `actor`, which must be this replica's own id. With
+    /// `expected`, the write happens only if the key's current context equals it.
+    ///
+    /// # Errors
+    /// [`Error::ConditionFailed`] with the current context; [`Error::Version`] when the write
+    /// would leave more than 100 siblings; [`Error::Clock`] if a stored timestamp is too far
+    /// ahead; the errors of [`Shard::write`].
+    pub async fn coordinate_write(
+        &self,
+        key: &[u8],
+        ctx: &VersionVector,
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        actor: ActorId,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object> {
+        Mutation {
+            key,
+            value,
+            write_ts_ms: None,
+            expiry_ms,
+            version: &[],
+        }
+        .validate()?;
+        let _held = self.inner.key_locks.lock(key).await;
+        let local = self.read_object(key).await?;
+        check_expected(local.as_ref(), expected)?;
+        if let Some(newest) = local.iter().flat_map(Object::values).map(|s| s.hlc).max() {
+            self.inner.hlc.observe(newest)?;
+        }
+        let sibling = Sibling {
+            value: value.map(<[u8]>::to_vec),
+            hlc: self.inner.hlc.now(),
+            expiry_ms,
+        };
+        let obj = Object::update(ctx, sibling, local.as_ref(), actor)?;
+        self.store_object(key, &obj).await?;
+        Ok(obj)
+    }
+
+    /// A replica's apply: merges `incoming` (a coordinator's result, a read repair, an
+    /// anti-entropy transfer) with the local object, so that replicas converge whatever order
+    /// writes arrive in. Writes only if the merge changed something. With `expected`, applies
+    /// only if the local context equals it.
+    ///
+    /// # Errors
+    /// [`Error::ConditionFailed`]; [`Error::Version`] for an invalid incoming object;
+    /// [`Error::Clock`] if it carries a timestamp too far ahead (nothing is stored); the errors
+    /// of [`Shard::write`].
+    pub async fn apply_object(
+        &self,
+        key: &[u8],
+        incoming: &Object,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object> {
+        validate_key(key)?;
+        incoming.check()?;
+        let _held = self.inner.key_locks.lock(key).await;
+        let local = self.read_object(key).await?;
+        check_expected(local.as_ref(), expected)?;
+        if let Some(newest) = incoming.values().map(|s| s.hlc).max() {
+            self.inner.hlc.observe(newest)?;
+        }
+        let merged = match &local {
+            Some(l) => l.sync(incoming),
+            None => incoming.clone(),
+        };
+        if local.as_ref() != Some(&merged) {
+            self.store_object(key, &merged).await?;
+        }
+        Ok(merged)
+    }
+
+    async fn store_object(&self, key: &[u8], obj: &Object) -> Result<SeqNo> {
+        let e = object::encode(obj)?;
+        self.write(Mutation {
+            key,
+            value: e.value.as_deref(),
+            write_ts_ms: Some(e.write_ts_ms),
+            expiry_ms: e.expiry_ms,
+            version: &e.version,
+        })
+        .await
     }
 
     /// A scan of the live records whose tokens are in `[start, end]`, in `(token, key)` order,
@@ -633,6 +746,19 @@ impl<F: Fn(&State) -> bool + Unpin> Future for WaitState<'_, F> {
         }
         s.waiters.push(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+/// Checks a conditional write's expected context against the local object.
+fn check_expected(local: Option<&Object>, expected: Option<&VersionVector>) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let current = local.map(Object::join).unwrap_or_default();
+    if current == *expected {
+        Ok(())
+    } else {
+        Err(Error::ConditionFailed { current })
     }
 }
 
