@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -38,7 +37,10 @@ use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, T
 use crate::runtime::{self, Latency, TaskQueueHandle};
 use crate::scan::ShardScan;
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
-use crate::version::{ActorId, Hlc, HlcTimestamp, VersionVector};
+use crate::version::{
+    hlc::MAX_OFFSET_MS_DEFAULT, ActorId, ClockHandle, Hlc, HlcTimestamp, PhysicalClock,
+    VersionVector,
+};
 use crate::wal::{Durability, Wal, WalOptions, WalStats};
 
 /// How a shard is opened.
@@ -60,6 +62,8 @@ pub struct ShardOptions {
     pub block_cache_bytes: u64,
     /// Bloom filter bits per key.
     pub bloom_bits_per_key: u32,
+    /// The wall clock for write timestamps, expiry and the HLC (tests inject one).
+    pub clock: ClockHandle,
 }
 
 impl ShardOptions {
@@ -76,6 +80,7 @@ impl ShardOptions {
             wal_segment_bytes: 64 << 20,
             block_cache_bytes: 256 << 20,
             bloom_bits_per_key: bloom::BITS_PER_KEY_DEFAULT,
+            clock: ClockHandle::system(),
         }
     }
 }
@@ -143,7 +148,7 @@ struct Inner {
     /// Keys with a versioned read-modify-write in progress.
     key_locks: KeyLocks,
     /// Stamps versioned writes.
-    hlc: Hlc,
+    hlc: Hlc<ClockHandle>,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
 }
@@ -152,12 +157,6 @@ struct Inner {
 #[derive(Clone, Debug)]
 pub struct Shard {
     inner: Rc<Inner>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Shard {
@@ -259,6 +258,7 @@ impl Shard {
             &format!("flush-{}", options.shard_id.0),
         );
         let has_immutables = !immutables.is_empty();
+        let options_clock = options.clock.clone();
         let shard = Shard {
             inner: Rc::new(Inner {
                 options,
@@ -279,7 +279,7 @@ impl Shard {
                 cache,
                 flush_queue,
                 key_locks: KeyLocks::default(),
-                hlc: Hlc::system(),
+                hlc: Hlc::new(options_clock, MAX_OFFSET_MS_DEFAULT),
                 _lock: lock,
             }),
         };
@@ -335,7 +335,9 @@ impl Shard {
                 key: m.key,
                 value: m.value,
                 seq,
-                write_ts_ms: m.write_ts_ms.unwrap_or_else(now_ms),
+                write_ts_ms: m
+                    .write_ts_ms
+                    .unwrap_or_else(|| inner.options.clock.now_ms()),
                 expiry_ms: m.expiry_ms,
                 version: m.version,
             };
@@ -396,8 +398,12 @@ impl Shard {
     /// # Errors
     /// As [`Shard::get_record`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>> {
-        let now = now_ms();
-        Ok(self.get_record(key).await?.filter(|r| r.is_live_at(now)))
+        Ok(self.get_record(key).await?.filter(|r| {
+            // Read the clock only for a record that has an expiry.
+            r.value.is_some()
+                && r.expiry_ms
+                    .is_none_or(|_| r.is_live_at(self.inner.options.clock.now_ms()))
+        }))
     }
 
     /// The stored object of `key`: every sibling, tombstones and expired ones included. A key
@@ -522,7 +528,7 @@ impl Shard {
             self.inner.cache.clone(),
             start,
             end,
-            now_ms(),
+            self.inner.options.clock.now_ms(),
         )
     }
 

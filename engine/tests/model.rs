@@ -1,5 +1,6 @@
-//! Model test: random sequences of put / delete / get / scan / flush / reopen against a
-//! `BTreeMap`.
+//! Model test: random sequences of put / put with TTL / versioned put / delete / get / scan /
+//! flush / reopen / clock advance against a `BTreeMap`, with an injected wall clock so that
+//! expiry is exact.
 //! Small memtables and WAL segments make every sequence cross flushes and segment rotation.
 
 mod common;
@@ -7,12 +8,22 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dynacore_engine::{Durability, Shard, Token};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock};
+use dynacore_engine::{Durability, Mutation, Shard, Token};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, Vec<u8>),
+    /// A put that expires after this many ms.
+    PutTtl(u8, Vec<u8>, u64),
+    /// A versioned read-modify-write (coordinator write with the context just read).
+    VersionedPut(u8, Vec<u8>),
+    /// Moves the wall clock forward by this many ms.
+    Advance(u64),
     Delete(u8),
     Get(u8),
     Flush,
@@ -23,6 +34,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0u8..24, prop::collection::vec(any::<u8>(), 0..600)).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => (0u8..24, prop::collection::vec(any::<u8>(), 0..64), 1u64..50)
+            .prop_map(|(k, v, ttl)| Op::PutTtl(k, v, ttl)),
+        2 => (0u8..24, prop::collection::vec(any::<u8>(), 0..64)).prop_map(|(k, v)| Op::VersionedPut(k, v)),
+        2 => (1u64..40).prop_map(Op::Advance),
         3 => (0u8..24).prop_map(Op::Delete),
         6 => (0u8..24).prop_map(Op::Get),
         1 => Just(Op::Flush),
@@ -47,6 +62,27 @@ fn key(k: u8) -> Vec<u8> {
 }
 
 /// A token-range scan must return exactly the model's keys in that range, in (token, key) order.
+/// The model: each key's value and expiry; `live` filters it at a clock reading.
+type Model = BTreeMap<u8, (Vec<u8>, Option<u64>)>;
+
+fn live(model: &Model, now: u64) -> BTreeMap<u8, Vec<u8>> {
+    model
+        .iter()
+        .filter(|(_, (_, e))| e.is_none_or(|e| e > now))
+        .map(|(&k, (v, _))| (k, v.clone()))
+        .collect()
+}
+
+/// A wall clock the test moves by hand.
+#[derive(Clone)]
+struct ManualClock(Arc<AtomicU64>);
+
+impl PhysicalClock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 async fn check_scan(shard: &Shard, model: &BTreeMap<u8, Vec<u8>>, start: u64, end: u64) {
     let got: Vec<(Vec<u8>, Vec<u8>)> = shard
         .scan(Token(start), Token(end))
@@ -76,7 +112,7 @@ async fn check_all(shard: &Shard, model: &BTreeMap<u8, Vec<u8>>) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: 1024,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -86,17 +122,45 @@ proptest! {
         let dir = common::temp_dir();
         let path = dir.path().to_path_buf();
         common::run(Duration::from_secs(120), move || async move {
+            let wall = Arc::new(AtomicU64::new(1_000_000));
             let mut options = common::small_options(&path);
             options.durability = durability;
             options.memtable_bytes_max = 4 << 10;
             options.wal_segment_bytes = 32 << 10;
+            options.clock = ClockHandle::new(ManualClock(wall.clone()));
+            let now = || wall.load(Ordering::Relaxed);
             let mut shard = Shard::open(options.clone()).await.expect("open");
-            let mut model = BTreeMap::new();
+            let mut model: Model = BTreeMap::new();
             for op in ops {
                 match op {
                     Op::Put(k, v) => {
                         shard.put(&key(k), &v).await.expect("put");
-                        model.insert(k, v);
+                        model.insert(k, (v, None));
+                    }
+                    Op::PutTtl(k, v, ttl) => {
+                        let kb = key(k);
+                        let mut m = Mutation::put(&kb, &v);
+                        m.expiry_ms = Some(now() + ttl);
+                        shard.write(m).await.expect("put with ttl");
+                        model.insert(k, (v, Some(now() + ttl)));
+                    }
+                    Op::VersionedPut(k, v) => {
+                        let ctx = shard
+                            .read_object(&key(k))
+                            .await
+                            .expect("read object")
+                            .map(|o| o.join())
+                            .unwrap_or_default();
+                        let obj = shard
+                            .coordinate_write(&key(k), &ctx, Some(&v), None, ActorId(1), None)
+                            .await
+                            .expect("versioned put");
+                        // The read context covered everything: one sibling remains.
+                        assert_eq!(obj.size(), 1);
+                        model.insert(k, (v, None));
+                    }
+                    Op::Advance(ms) => {
+                        wall.fetch_add(ms, Ordering::Relaxed);
                     }
                     Op::Delete(k) => {
                         shard.delete(&key(k)).await.expect("delete");
@@ -104,21 +168,21 @@ proptest! {
                     }
                     Op::Get(k) => {
                         let got = shard.get(&key(k)).await.expect("get").and_then(|r| r.value);
-                        assert_eq!(got.as_ref(), model.get(&k), "get {k}");
+                        assert_eq!(got.as_ref(), live(&model, now()).get(&k), "get {k}");
                     }
                     Op::Flush => shard.flush().await.expect("flush"),
-                    Op::Scan(start, end) => check_scan(&shard, &model, start, end).await,
+                    Op::Scan(start, end) => check_scan(&shard, &live(&model, now()), start, end).await,
                     Op::Reopen => {
                         shard.close().await.expect("close");
                         shard = Shard::open(options.clone()).await.expect("reopen");
-                        check_all(&shard, &model).await;
+                        check_all(&shard, &live(&model, now())).await;
                     }
                 }
             }
-            check_all(&shard, &model).await;
+            check_all(&shard, &live(&model, now())).await;
             shard.close().await.expect("close");
             let shard = Shard::open(options).await.expect("final reopen");
-            check_all(&shard, &model).await;
+            check_all(&shard, &live(&model, now())).await;
             shard.close().await.expect("close");
         });
     }

@@ -19,6 +19,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bits of the logical counter.
@@ -90,6 +91,42 @@ impl PhysicalClock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A shareable wall clock: the system clock unless a test injects another (to move time by
+/// hand for TTL tests).
+#[derive(Clone)]
+pub struct ClockHandle(Arc<dyn PhysicalClock + Send + Sync>);
+
+impl ClockHandle {
+    /// The system wall clock.
+    #[must_use]
+    pub fn system() -> Self {
+        ClockHandle(Arc::new(SystemClock))
+    }
+
+    /// Any clock.
+    pub fn new(clock: impl PhysicalClock + Send + Sync + 'static) -> Self {
+        ClockHandle(Arc::new(clock))
+    }
+}
+
+impl Default for ClockHandle {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Debug for ClockHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClockHandle(now_ms = {})", self.0.now_ms())
+    }
+}
+
+impl PhysicalClock for ClockHandle {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
     }
 }
 

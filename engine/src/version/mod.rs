@@ -9,4 +9,4 @@ pub mod dvv;
 pub mod hlc;
 
 pub use dvv::{ActorId, DvvError, DvvSet, VersionVector, SIBLINGS_MAX, SIBLINGS_WARN};
-pub use hlc::{ClockError, Hlc, HlcTimestamp, PhysicalClock, SystemClock};
+pub use hlc::{ClockError, ClockHandle, Hlc, HlcTimestamp, PhysicalClock, SystemClock};
