@@ -20,6 +20,7 @@
 //! format; `dynacore-net` drives it.
 #![deny(unsafe_code)]
 
+pub mod compaction;
 pub mod error;
 pub mod manifest;
 pub mod memtable;

@@ -57,7 +57,8 @@ pub struct Manifest {
     pub flushed_seq: SeqNo,
     /// The next table id to hand out.
     pub next_table_id: u64,
-    /// Live tables, oldest first.
+    /// Live tables, oldest data first (a compaction's output takes the place of its inputs, so
+    /// ids need not increase along the list).
     pub tables: Vec<TableId>,
 }
 
@@ -166,7 +167,9 @@ impl Manifest {
         let tables = (0..count)
             .map(|i| u64_at(20 + i * 8).map(TableId))
             .collect::<Result<Vec<_>>>()?;
-        if tables.iter().any(|t| t.0 >= next_table_id) || tables.windows(2).any(|w| w[0] >= w[1]) {
+        let mut sorted = tables.clone();
+        sorted.sort_unstable();
+        if tables.iter().any(|t| t.0 >= next_table_id) || sorted.windows(2).any(|w| w[0] == w[1]) {
             return Err(bad());
         }
         Ok(Manifest {

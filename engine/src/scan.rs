@@ -86,31 +86,21 @@ impl Source {
     }
 }
 
-/// A scan of the live records with tokens in `[start, end]`, in `(token, key)` order.
-pub struct ShardScan {
+/// The newest version of every key across sources, in `(token, key)` order, tombstones and
+/// expired values included. Scans filter it; compaction writes it.
+pub(crate) struct MergeCursor {
     sources: Vec<Source>,
     cache: Rc<BlockCache>,
     end: Token,
-    now_ms: u64,
 }
 
-impl std::fmt::Debug for ShardScan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardScan")
-            .field("sources", &self.sources.len())
-            .field("end", &self.end)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ShardScan {
+impl MergeCursor {
     pub(crate) fn new(
         memtable_runs: Vec<Vec<Record>>,
         tables: &[Rc<SsTable>],
         cache: Rc<BlockCache>,
         start: Token,
         end: Token,
-        now_ms: u64,
     ) -> Self {
         let mut sources: Vec<Source> = memtable_runs
             .into_iter()
@@ -119,6 +109,7 @@ impl ShardScan {
                 pos: 0,
             })
             .collect();
+        // Tables are given oldest first; sources go newest first.
         for table in tables.iter().rev() {
             let f = table.footer();
             if f.entry_count == 0 || f.max_token < start.0 || f.min_token > end.0 {
@@ -132,10 +123,83 @@ impl ShardScan {
                 seek: Some(start),
             });
         }
-        ShardScan {
+        MergeCursor {
             sources,
             cache,
             end,
+        }
+    }
+
+    /// The next key's newest version with its token, or `None` at the end of the range.
+    pub(crate) async fn next(&mut self) -> Result<Option<(Token, Record)>> {
+        for s in &mut self.sources {
+            s.fill(&self.cache).await?;
+        }
+        // The smallest key among the heads, and the source holding its newest version.
+        let mut best: Option<(usize, Token, &[u8], SeqNo)> = None;
+        for (i, s) in self.sources.iter().enumerate() {
+            let Some((t, k, seq)) = s.head() else {
+                continue;
+            };
+            let better = match best {
+                None => true,
+                Some((_, bt, bk, bseq)) => match cmp_keys(t, k, bt, bk) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => seq > bseq,
+                    std::cmp::Ordering::Greater => false,
+                },
+            };
+            if better {
+                best = Some((i, t, k, seq));
+            }
+        }
+        let Some((winner, token, key, _)) = best else {
+            return Ok(None);
+        };
+        if token > self.end {
+            return Ok(None);
+        }
+        let key = key.to_vec();
+        let record = self.sources[winner]
+            .head_record()
+            .expect("INVARIANT: the winner has a head");
+        for s in &mut self.sources {
+            if s.head()
+                .is_some_and(|(t, k, _)| t == token && k == key.as_slice())
+            {
+                s.advance();
+            }
+        }
+        Ok(Some((token, record)))
+    }
+}
+
+/// A scan of the live records with tokens in `[start, end]`, in `(token, key)` order.
+pub struct ShardScan {
+    cursor: MergeCursor,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for ShardScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardScan")
+            .field("sources", &self.cursor.sources.len())
+            .field("end", &self.cursor.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardScan {
+    pub(crate) fn new(
+        memtable_runs: Vec<Vec<Record>>,
+        tables: &[Rc<SsTable>],
+        cache: Rc<BlockCache>,
+        start: Token,
+        end: Token,
+        now_ms: u64,
+    ) -> Self {
+        ShardScan {
+            cursor: MergeCursor::new(memtable_runs, tables, cache, start, end),
             now_ms,
         }
     }
@@ -145,49 +209,12 @@ impl ShardScan {
     /// # Errors
     /// A damaged block ([`crate::Error::ChecksumMismatch`]) or an I/O error.
     pub async fn next(&mut self) -> Result<Option<Record>> {
-        loop {
-            for s in &mut self.sources {
-                s.fill(&self.cache).await?;
-            }
-            // The smallest key among the heads, and the source holding its newest version.
-            let mut best: Option<(usize, Token, &[u8], SeqNo)> = None;
-            for (i, s) in self.sources.iter().enumerate() {
-                let Some((t, k, seq)) = s.head() else {
-                    continue;
-                };
-                let better = match best {
-                    None => true,
-                    Some((_, bt, bk, bseq)) => match cmp_keys(t, k, bt, bk) {
-                        std::cmp::Ordering::Less => true,
-                        std::cmp::Ordering::Equal => seq > bseq,
-                        std::cmp::Ordering::Greater => false,
-                    },
-                };
-                if better {
-                    best = Some((i, t, k, seq));
-                }
-            }
-            let Some((winner, token, key, _)) = best else {
-                return Ok(None);
-            };
-            if token > self.end {
-                return Ok(None);
-            }
-            let key = key.to_vec();
-            let record = self.sources[winner]
-                .head_record()
-                .expect("INVARIANT: the winner has a head");
-            for s in &mut self.sources {
-                if s.head()
-                    .is_some_and(|(t, k, _)| t == token && k == key.as_slice())
-                {
-                    s.advance();
-                }
-            }
+        while let Some((_, record)) = self.cursor.next().await? {
             if record.is_live_at(self.now_ms) {
                 return Ok(Some(record));
             }
         }
+        Ok(None)
     }
 
     /// Collects the rest of the scan.

@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use crate::compaction::{self, CompactionOptions};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
@@ -64,6 +65,8 @@ pub struct ShardOptions {
     pub bloom_bits_per_key: u32,
     /// The wall clock for write timestamps, expiry and the HLC (tests inject one).
     pub clock: ClockHandle,
+    /// Compaction tuning.
+    pub compaction: CompactionOptions,
 }
 
 impl ShardOptions {
@@ -81,6 +84,7 @@ impl ShardOptions {
             block_cache_bytes: 256 << 20,
             bloom_bits_per_key: bloom::BITS_PER_KEY_DEFAULT,
             clock: ClockHandle::system(),
+            compaction: CompactionOptions::default(),
         }
     }
 }
@@ -98,6 +102,8 @@ pub struct ShardStats {
     pub table_bytes: u64,
     /// Memtables flushed since open.
     pub flushes: u64,
+    /// Compactions completed since open.
+    pub compactions: u64,
     /// Every record at or below this is in an SSTable.
     pub flushed_seq: SeqNo,
     /// The last sequence number handed out.
@@ -120,8 +126,15 @@ struct State {
     /// Live tables, oldest first; replaced (copy on write) so reads can hold a snapshot.
     tables: Rc<Vec<Rc<SsTable>>>,
     last_seq: SeqNo,
+    /// The manifest as last stored.
     manifest: Manifest,
+    /// The next table id to hand out. Kept apart from `manifest` because ids are handed out
+    /// while a manifest write is in flight; each stored manifest records the value at its
+    /// making.
+    next_table_id: u64,
     flushes: u64,
+    compactions: u64,
+    compactor_running: bool,
     /// WAL segments holding only records at or below this have been deleted.
     wal_released_seq: SeqNo,
     flusher_running: bool,
@@ -145,8 +158,11 @@ struct Inner {
     state: RefCell<State>,
     cache: Rc<BlockCache>,
     flush_queue: TaskQueueHandle,
+    compact_queue: TaskQueueHandle,
     /// Keys with a versioned read-modify-write in progress.
     key_locks: KeyLocks,
+    /// Serialises manifest changes (flush and compaction), under the empty key.
+    manifest_lock: KeyLocks,
     /// Stamps versioned writes.
     hlc: Hlc<ClockHandle>,
     /// Held for the shard's life: a second opener of the directory is refused.
@@ -257,6 +273,11 @@ impl Shard {
             Latency::NotImportant,
             &format!("flush-{}", options.shard_id.0),
         );
+        let compact_queue = runtime::create_task_queue(
+            50,
+            Latency::NotImportant,
+            &format!("compact-{}", options.shard_id.0),
+        );
         let has_immutables = !immutables.is_empty();
         let options_clock = options.clock.clone();
         let shard = Shard {
@@ -268,8 +289,11 @@ impl Shard {
                     immutables,
                     tables: Rc::new(tables),
                     last_seq,
+                    next_table_id: manifest.next_table_id,
                     manifest,
                     flushes: 0,
+                    compactions: 0,
+                    compactor_running: false,
                     wal_released_seq,
                     flusher_running: false,
                     flush_error: None,
@@ -278,7 +302,9 @@ impl Shard {
                 }),
                 cache,
                 flush_queue,
+                compact_queue,
                 key_locks: KeyLocks::default(),
+                manifest_lock: KeyLocks::default(),
                 hlc: Hlc::new(options_clock, MAX_OFFSET_MS_DEFAULT),
                 _lock: lock,
             }),
@@ -286,6 +312,7 @@ impl Shard {
         if has_immutables {
             shard.start_flusher();
         }
+        shard.start_compactor();
         Ok(shard)
     }
 
@@ -571,7 +598,11 @@ impl Shard {
                 }
             };
             let Some(mem) = next else { break };
-            if let Err(e) = self.flush_one(&mem).await {
+            let flushed = self.flush_one(&mem).await;
+            if flushed.is_ok() {
+                self.start_compactor();
+            }
+            if let Err(e) = flushed {
                 tracing::error!(error = %e, "memtable flush failed; the shard stops accepting writes");
                 let mut s = self.inner.state.borrow_mut();
                 s.flush_error = Some(e.to_string());
@@ -591,8 +622,8 @@ impl Shard {
         inner.wal.wait_durable(mem.max_seq()).await?;
         let id = {
             let mut s = inner.state.borrow_mut();
-            let id = TableId(s.manifest.next_table_id);
-            s.manifest.next_table_id += 1;
+            let id = TableId(s.next_table_id);
+            s.next_table_id += 1;
             id
         };
         let estimated = mem.bytes() as u64;
@@ -610,7 +641,13 @@ impl Shard {
             .await
             .map_err(|e| Error::io("sync directory", dir, e))?;
         let table = Rc::new(SsTable::open(dir, id).await?);
-        let mut manifest = inner.state.borrow().manifest.clone();
+        let held = inner.manifest_lock.lock(&[]).await;
+        let mut manifest = {
+            let s = inner.state.borrow();
+            let mut m = s.manifest.clone();
+            m.next_table_id = s.next_table_id;
+            m
+        };
         manifest.generation += 1;
         manifest.flushed_seq = manifest.flushed_seq.max(mem.max_seq());
         manifest.tables.push(id);
@@ -630,11 +667,136 @@ impl Shard {
             s.flushes += 1;
             s.wake_waiters();
         }
+        drop(held);
         inner.wal.release_through(flushed, dir).await?;
         let mut s = inner.state.borrow_mut();
         s.wal_released_seq = flushed;
         s.wake_waiters();
         Ok(())
+    }
+
+    fn start_compactor(&self) {
+        {
+            let mut s = self.inner.state.borrow_mut();
+            if s.compactor_running
+                || s.closing
+                || s.flush_error.is_some()
+                || !self.inner.options.compaction.enabled
+            {
+                return;
+            }
+            s.compactor_running = true;
+        }
+        let shard = self.clone();
+        runtime::spawn_detached_into(
+            async move { shard.compact_loop().await },
+            self.inner.compact_queue,
+        );
+    }
+
+    async fn compact_loop(self) {
+        loop {
+            let tables = {
+                let s = self.inner.state.borrow();
+                if s.closing {
+                    break;
+                }
+                s.tables.clone()
+            };
+            let sizes: Vec<u64> = tables.iter().map(|t| t.size_bytes()).collect();
+            let Some(run) = compaction::choose(&sizes, &self.inner.options.compaction) else {
+                break;
+            };
+            if let Err(e) = self.compact_run(&tables[run.clone()], run.start == 0).await {
+                // The inputs are untouched and still live; writes and reads go on. The next
+                // flush retries.
+                tracing::error!(error = %e, "compaction failed");
+                break;
+            }
+        }
+        let mut s = self.inner.state.borrow_mut();
+        s.compactor_running = false;
+        s.wake_waiters();
+    }
+
+    /// Merges adjacent tables `inputs` and swaps the result in, durably, then deletes them.
+    async fn compact_run(&self, inputs: &[Rc<SsTable>], bottom: bool) -> Result<()> {
+        let inner = &*self.inner;
+        let dir = &inner.options.dir;
+        let id = {
+            let mut s = inner.state.borrow_mut();
+            let id = TableId(s.next_table_id);
+            s.next_table_id += 1;
+            id
+        };
+        let (output, stats) = compaction::worker::merge(
+            dir,
+            id,
+            inputs,
+            bottom,
+            inner.options.clock.now_ms(),
+            inner.options.compaction.tombstone_grace_ms,
+            inner.options.bloom_bits_per_key,
+            inner.cache.clone(),
+        )
+        .await?;
+        let table = match output {
+            Some(id) => Some(Rc::new(SsTable::open(dir, id).await?)),
+            None => None,
+        };
+        let input_ids: Vec<TableId> = inputs.iter().map(|t| t.id()).collect();
+        {
+            let _held = inner.manifest_lock.lock(&[]).await;
+            let mut manifest = {
+                let s = inner.state.borrow();
+                let mut m = s.manifest.clone();
+                m.next_table_id = s.next_table_id;
+                m
+            };
+            let at = manifest
+                .tables
+                .iter()
+                .position(|t| *t == input_ids[0])
+                .expect("INVARIANT: only the compactor removes tables");
+            assert_eq!(
+                manifest.tables[at..at + input_ids.len()],
+                input_ids[..],
+                "compaction inputs must still be adjacent"
+            );
+            manifest.generation += 1;
+            manifest
+                .tables
+                .splice(at..at + input_ids.len(), table.iter().map(|t| t.id()));
+            manifest.store(dir).await?;
+            let mut s = inner.state.borrow_mut();
+            s.manifest = manifest;
+            let mut tables = (*s.tables).clone();
+            tables.splice(at..at + input_ids.len(), table);
+            s.tables = Rc::new(tables);
+            s.compactions += 1;
+            s.wake_waiters();
+        }
+        tracing::debug!(inputs = input_ids.len(), ?stats, "compaction done");
+        for id in &input_ids {
+            let path = sstable::table_path(dir, *id);
+            runtime::remove(&path)
+                .await
+                .map_err(|e| Error::io("remove", &path, e))?;
+        }
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))
+    }
+
+    /// Waits until no compaction is running (for tests and tools).
+    pub async fn wait_for_compactions(&self) {
+        WaitState {
+            inner: &self.inner,
+            ready: |s: &State| !s.compactor_running,
+            fail_on_error: false,
+        }
+        .await
+        .expect("INVARIANT: a wait with fail_on_error unset only ends when ready");
     }
 
     /// Flushes everything written so far to SSTables and waits until it is in the manifest and
@@ -658,6 +820,7 @@ impl Shard {
             tables: s.tables.len(),
             table_bytes: s.tables.iter().map(|t| t.size_bytes()).sum(),
             flushes: s.flushes,
+            compactions: s.compactions,
             flushed_seq: s.manifest.flushed_seq,
             last_seq: s.last_seq,
             wal: self.inner.wal.stats(),
@@ -693,7 +856,7 @@ impl Shard {
         }
         WaitState {
             inner: &self.inner,
-            ready: |s: &State| !s.flusher_running,
+            ready: |s: &State| !s.flusher_running && !s.compactor_running,
             fail_on_error: false,
         }
         .await

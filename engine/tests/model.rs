@@ -27,6 +27,8 @@ enum Op {
     Delete(u8),
     Get(u8),
     Flush,
+    /// Flush, then wait for the compactions it triggers.
+    Compact,
     Reopen,
     Scan(u64, u64),
 }
@@ -41,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..24).prop_map(Op::Delete),
         6 => (0u8..24).prop_map(Op::Get),
         1 => Just(Op::Flush),
+        1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
         2 => (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Op::Scan(a.min(b), a.max(b))),
     ]
@@ -128,6 +131,9 @@ proptest! {
             options.memtable_bytes_max = 4 << 10;
             options.wal_segment_bytes = 32 << 10;
             options.clock = ClockHandle::new(ManualClock(wall.clone()));
+            // Compact eagerly, and drop tombstones as soon as a merge reaches the oldest table.
+            options.compaction.min_run = 2;
+            options.compaction.tombstone_grace_ms = 0;
             let now = || wall.load(Ordering::Relaxed);
             let mut shard = Shard::open(options.clone()).await.expect("open");
             let mut model: Model = BTreeMap::new();
@@ -171,6 +177,11 @@ proptest! {
                         assert_eq!(got.as_ref(), live(&model, now()).get(&k), "get {k}");
                     }
                     Op::Flush => shard.flush().await.expect("flush"),
+                    Op::Compact => {
+                        shard.flush().await.expect("flush");
+                        shard.wait_for_compactions().await;
+                        assert!(shard.stats().tables <= 8, "{:?}", shard.stats());
+                    }
                     Op::Scan(start, end) => check_scan(&shard, &live(&model, now()), start, end).await,
                     Op::Reopen => {
                         shard.close().await.expect("close");

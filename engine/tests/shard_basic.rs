@@ -282,3 +282,41 @@ fn block_cache_is_filled_by_flushes_and_counts_hits_and_misses() {
         shard.close().await.expect("close");
     });
 }
+
+#[test]
+fn compaction_bounds_the_table_count_and_keeps_every_key() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut o = small_options(&path);
+        o.memtable_bytes_max = 16 << 10;
+        o.durability = dynacore_engine::Durability::None;
+        let shard = Shard::open(o.clone()).await.expect("open");
+        for round in 0..3u32 {
+            for i in 0..2_000u32 {
+                let value = format!("{round}-{i}").repeat(10);
+                shard
+                    .put(&i.to_be_bytes(), value.as_bytes())
+                    .await
+                    .expect("put");
+            }
+        }
+        for i in (0..2_000u32).step_by(3) {
+            shard.delete(&i.to_be_bytes()).await.expect("delete");
+        }
+        shard.flush().await.expect("flush");
+        shard.wait_for_compactions().await;
+        let s = shard.stats();
+        assert!(s.compactions > 0, "{s:?}");
+        assert!(s.tables <= o.compaction.tables_max, "{s:?}");
+        assert_eq!(
+            common::tables(&path).len(),
+            s.tables,
+            "compacted inputs are deleted"
+        );
+        for i in 0..2_000u32 {
+            let got = common::value_of(&shard, &i.to_be_bytes()).await;
+            let want = (i % 3 != 0).then(|| format!("2-{i}").repeat(10).into_bytes());
+            assert_eq!(got, want, "key {i}");
+        }
+        shard.close().await.expect("close");
+    });
+}
