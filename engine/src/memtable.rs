@@ -76,6 +76,17 @@ struct Version {
     version: Box<[u8]>,
 }
 
+fn to_record(k: &InternalKey, v: &Version) -> Record {
+    Record {
+        key: k.key.to_vec(),
+        value: v.value.as_ref().map(|b| b.to_vec()),
+        seq: k.seq.0,
+        write_ts_ms: v.write_ts_ms,
+        expiry_ms: v.expiry_ms,
+        version: v.version.to_vec(),
+    }
+}
+
 /// An ordered in-memory table of record versions.
 #[derive(Default)]
 pub struct Memtable {
@@ -143,14 +154,7 @@ impl Memtable {
         if k.token != token || &*k.key != key {
             return None;
         }
-        Some(Record {
-            key: k.key.to_vec(),
-            value: v.value.as_ref().map(|b| b.to_vec()),
-            seq: k.seq.0,
-            write_ts_ms: v.write_ts_ms,
-            expiry_ms: v.expiry_ms,
-            version: v.version.to_vec(),
-        })
+        Some(to_record(k, v))
     }
 
     /// Accounted size in bytes.
@@ -197,14 +201,7 @@ impl Memtable {
             if out.last().is_some_and(|r| *r.key == *k.key) {
                 continue; // an older version of a key already taken
             }
-            out.push(Record {
-                key: k.key.to_vec(),
-                value: v.value.as_ref().map(|b| b.to_vec()),
-                seq: k.seq.0,
-                write_ts_ms: v.write_ts_ms,
-                expiry_ms: v.expiry_ms,
-                version: v.version.to_vec(),
-            });
+            out.push(to_record(k, v));
         }
         out
     }

@@ -79,6 +79,19 @@ pub struct Record {
 }
 
 impl Record {
+    /// Borrows the record for encoding.
+    #[must_use]
+    pub fn borrowed(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: &self.key,
+            value: self.value.as_deref(),
+            seq: self.seq,
+            write_ts_ms: self.write_ts_ms,
+            expiry_ms: self.expiry_ms,
+            version: &self.version,
+        }
+    }
+
     /// Whether the record is live at `now_ms`: not a tombstone and not expired.
     #[must_use]
     pub fn is_live_at(&self, now_ms: u64) -> bool {
@@ -364,17 +377,6 @@ mod tests {
         }
     }
 
-    fn as_ref(r: &Record) -> RecordRef<'_> {
-        RecordRef {
-            key: &r.key,
-            value: r.value.as_deref(),
-            seq: r.seq,
-            write_ts_ms: r.write_ts_ms,
-            expiry_ms: r.expiry_ms,
-            version: &r.version,
-        }
-    }
-
     #[test]
     fn round_trip_all_shapes() {
         let mut shapes = vec![sample()];
@@ -388,8 +390,8 @@ mod tests {
         shapes.push(e);
         for r in shapes {
             let mut buf = Vec::new();
-            as_ref(&r).encode_into(&mut buf);
-            assert_eq!(buf.len(), as_ref(&r).encoded_len());
+            r.borrowed().encode_into(&mut buf);
+            assert_eq!(buf.len(), r.borrowed().encoded_len());
             let (back, used) = decode(&buf).expect("decodes");
             assert_eq!(used, buf.len());
             assert_eq!(back.to_record(), r);
@@ -399,7 +401,7 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error() {
         let mut buf = Vec::new();
-        as_ref(&sample()).encode_into(&mut buf);
+        sample().borrowed().encode_into(&mut buf);
         for cut in 0..buf.len() {
             assert!(
                 decode(&buf[..cut]).is_err(),
@@ -411,7 +413,7 @@ mod tests {
     #[test]
     fn bad_header_fields_are_errors() {
         let mut buf = Vec::new();
-        as_ref(&sample()).encode_into(&mut buf);
+        sample().borrowed().encode_into(&mut buf);
         let mut bad_kind = buf.clone();
         bad_kind[0] = 9;
         assert_eq!(decode(&bad_kind), Err(DecodeError("unknown kind")));

@@ -190,18 +190,9 @@ impl std::fmt::Debug for ShardScan {
 }
 
 impl ShardScan {
-    pub(crate) fn new(
-        memtable_runs: Vec<Vec<Record>>,
-        tables: &[Rc<SsTable>],
-        cache: Rc<BlockCache>,
-        start: Token,
-        end: Token,
-        now_ms: u64,
-    ) -> Self {
-        ShardScan {
-            cursor: MergeCursor::new(memtable_runs, tables, cache, start, end),
-            now_ms,
-        }
+    /// Live records of `cursor` at `now_ms`.
+    pub(crate) fn new(cursor: MergeCursor, now_ms: u64) -> Self {
+        ShardScan { cursor, now_ms }
     }
 
     /// The next live record, or `None` at the end of the range.

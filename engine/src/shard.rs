@@ -36,7 +36,7 @@ use crate::memtable::Memtable;
 use crate::object::{self, KeyLocks, Object, Sibling};
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
 use crate::runtime::{self, Latency, TaskQueueHandle};
-use crate::scan::ShardScan;
+use crate::scan::{MergeCursor, ShardScan};
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
 use crate::version::{
     hlc::MAX_OFFSET_MS_DEFAULT, ActorId, ClockHandle, Hlc, HlcTimestamp, PhysicalClock,
@@ -550,11 +550,7 @@ impl Shard {
             runs.push(m.range_at(start, end, snapshot));
         }
         ShardScan::new(
-            runs,
-            &s.tables,
-            self.inner.cache.clone(),
-            start,
-            end,
+            MergeCursor::new(runs, &s.tables, self.inner.cache.clone(), start, end),
             self.inner.options.clock.now_ms(),
         )
     }
@@ -979,6 +975,7 @@ mod tests {
         let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
         ex.run(async move {
             futures_lite::future::or(f, async {
+                // NOTE: a watchdog, not a wait for a condition: it only ends a hung test.
                 runtime::sleep(Duration::from_secs(60)).await;
                 panic!("test did not finish within 60 s");
             })

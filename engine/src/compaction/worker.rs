@@ -5,7 +5,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use crate::error::Result;
-use crate::record::{RecordRef, Token};
+use crate::record::Token;
 use crate::runtime;
 use crate::scan::MergeCursor;
 use crate::sstable::{BlockCache, SsTable, TableBuilder, TableId};
@@ -63,15 +63,7 @@ pub(crate) async fn merge(
                 continue;
             }
         }
-        let rec = RecordRef {
-            key: &r.key,
-            value: r.value.as_deref(),
-            seq: r.seq,
-            write_ts_ms: r.write_ts_ms,
-            expiry_ms: r.expiry_ms,
-            version: &r.version,
-        };
-        if let Err(e) = builder.add(token, &rec).await {
+        if let Err(e) = builder.add(token, &r.borrowed()).await {
             builder.abandon().await;
             return Err(e);
         }
