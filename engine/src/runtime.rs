@@ -59,6 +59,12 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
+/// Sleeps just long enough for the executor to poll for I/O and timers and to run whatever
+/// became ready (a yield alone does not make glommio 0.9 poll).
+pub async fn pause_for_io() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+}
+
 /// Sleeps for `d`.
 pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;

@@ -21,15 +21,17 @@
 //! **Architecture Invariant:** a `Shard` lives on one executor thread; it is `!Send` and is never
 //! shared across threads.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use crate::compaction::{self, CompactionOptions};
+use crate::compaction::worker::Pacer;
+use crate::compaction::{self, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
@@ -67,6 +69,9 @@ pub struct ShardOptions {
     pub clock: ClockHandle,
     /// Compaction tuning.
     pub compaction: CompactionOptions,
+    /// Asked before compaction drops a tombstone past its grace period (`None`: the grace
+    /// period alone decides). The hook for anti-entropy: "dropped once repair covered it".
+    pub tombstone_gate: Option<TombstoneGate>,
 }
 
 impl ShardOptions {
@@ -85,6 +90,7 @@ impl ShardOptions {
             bloom_bits_per_key: bloom::BITS_PER_KEY_DEFAULT,
             clock: ClockHandle::system(),
             compaction: CompactionOptions::default(),
+            tombstone_gate: None,
         }
     }
 }
@@ -104,6 +110,14 @@ pub struct ShardStats {
     pub flushes: u64,
     /// Compactions completed since open.
     pub compactions: u64,
+    /// Whether a compaction is running now.
+    pub compacting: bool,
+    /// Bytes of tables written by compactions since open.
+    pub compaction_bytes_written: u64,
+    /// Bytes of tables written by flushes since open.
+    pub flush_bytes_written: u64,
+    /// Writes that waited because compaction was behind (too many tables), since open.
+    pub write_stalls: u64,
     /// Every record at or below this is in an SSTable.
     pub flushed_seq: SeqNo,
     /// The last sequence number handed out.
@@ -134,7 +148,12 @@ struct State {
     next_table_id: u64,
     flushes: u64,
     compactions: u64,
+    compaction_bytes_written: u64,
+    flush_bytes_written: u64,
+    write_stalls: u64,
     compactor_running: bool,
+    /// A full merge was asked for ([`Shard::compact_all`]) and has not started yet.
+    major_requested: bool,
     /// WAL segments holding only records at or below this have been deleted.
     wal_released_seq: SeqNo,
     flusher_running: bool,
@@ -165,6 +184,8 @@ struct Inner {
     manifest_lock: KeyLocks,
     /// Stamps versioned writes.
     hlc: Hlc<ClockHandle>,
+    /// Counts foreground operations, so compaction can tell whether requests are arriving.
+    activity: Rc<Cell<u64>>,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
 }
@@ -293,7 +314,11 @@ impl Shard {
                     manifest,
                     flushes: 0,
                     compactions: 0,
+                    compaction_bytes_written: 0,
+                    flush_bytes_written: 0,
+                    write_stalls: 0,
                     compactor_running: false,
+                    major_requested: false,
                     wal_released_seq,
                     flusher_running: false,
                     flush_error: None,
@@ -306,6 +331,7 @@ impl Shard {
                 key_locks: KeyLocks::default(),
                 manifest_lock: KeyLocks::default(),
                 hlc: Hlc::new(options_clock, MAX_OFFSET_MS_DEFAULT),
+                activity: Rc::new(Cell::new(0)),
                 _lock: lock,
             }),
         };
@@ -346,10 +372,12 @@ impl Shard {
     pub async fn write(&self, m: Mutation<'_>) -> Result<SeqNo> {
         m.validate()?;
         let inner = &*self.inner;
+        inner.activity.set(inner.activity.get() + 1);
         WaitState::new(inner, |s: &State| {
             s.immutables.len() < inner.options.immutable_memtables_max
         })
         .await?;
+        self.stall_while_compaction_is_behind().await?;
         inner.wal.reserve().await?;
         // INVARIANT: no await from here until the record is both queued and in the memtable.
         let (seq, freeze) = {
@@ -382,6 +410,28 @@ impl Shard {
         Ok(seq)
     }
 
+    /// Makes a write wait while the shard has more tables than `tables_stall` and the compactor
+    /// is working them down (never when it is not running: then waiting would not end).
+    async fn stall_while_compaction_is_behind(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let stall = inner.options.compaction.tables_stall;
+        {
+            let mut s = inner.state.borrow_mut();
+            if s.tables.len() <= stall || !s.compactor_running {
+                return Ok(());
+            }
+            s.write_stalls += 1;
+        }
+        tracing::debug!(
+            tables = inner.state.borrow().tables.len(),
+            "write stalled until compaction catches up"
+        );
+        WaitState::new(inner, |s: &State| {
+            s.tables.len() <= stall || !s.compactor_running
+        })
+        .await
+    }
+
     /// The highest sequence number a read may see.
     fn snapshot(&self) -> SeqNo {
         match self.inner.wal.durability() {
@@ -398,6 +448,7 @@ impl Shard {
     /// block on the way is damaged (never wrong bytes); I/O errors.
     pub async fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
         validate_key(key)?;
+        self.inner.activity.set(self.inner.activity.get() + 1);
         let token = Token::of(key);
         let snapshot = self.snapshot();
         let tables = {
@@ -637,6 +688,7 @@ impl Shard {
             .await
             .map_err(|e| Error::io("sync directory", dir, e))?;
         let table = Rc::new(SsTable::open(dir, id).await?);
+        let table_bytes = table.size_bytes();
         let held = inner.manifest_lock.lock(&[]).await;
         let mut manifest = {
             let s = inner.state.borrow();
@@ -661,6 +713,7 @@ impl Shard {
                 "memtables must be flushed in order"
             );
             s.flushes += 1;
+            s.flush_bytes_written += table_bytes;
             s.wake_waiters();
         }
         drop(held);
@@ -672,13 +725,15 @@ impl Shard {
     }
 
     fn start_compactor(&self) {
+        if self.inner.options.compaction.enabled {
+            self.start_compactor_even_if_disabled();
+        }
+    }
+
+    fn start_compactor_even_if_disabled(&self) {
         {
             let mut s = self.inner.state.borrow_mut();
-            if s.compactor_running
-                || s.closing
-                || s.flush_error.is_some()
-                || !self.inner.options.compaction.enabled
-            {
+            if s.compactor_running || s.closing || s.flush_error.is_some() {
                 return;
             }
             s.compactor_running = true;
@@ -691,19 +746,33 @@ impl Shard {
     }
 
     async fn compact_loop(self) {
+        let o = &self.inner.options.compaction;
+        let mut pacer = Pacer::new(
+            o.rate_bytes_per_sec,
+            Duration::from_micros(o.slice_us.max(1)),
+            self.inner.activity.clone(),
+        );
         loop {
-            let tables = {
-                let s = self.inner.state.borrow();
+            let (tables, major) = {
+                let mut s = self.inner.state.borrow_mut();
                 if s.closing {
                     break;
                 }
-                s.tables.clone()
+                (s.tables.clone(), std::mem::take(&mut s.major_requested))
             };
             let sizes: Vec<u64> = tables.iter().map(|t| t.size_bytes()).collect();
-            let Some(run) = compaction::choose(&sizes, &self.inner.options.compaction) else {
+            let run = if major && tables.len() > 1 {
+                Some(0..tables.len())
+            } else {
+                compaction::choose(&sizes, o)
+            };
+            let Some(run) = run else {
                 break;
             };
-            if let Err(e) = self.compact_run(&tables[run.clone()], run.start == 0).await {
+            if let Err(e) = self
+                .compact_run(&tables[run.clone()], run.start == 0, &mut pacer)
+                .await
+            {
                 // The inputs are untouched and still live; writes and reads go on. The next
                 // flush retries.
                 tracing::error!(error = %e, "compaction failed");
@@ -716,7 +785,12 @@ impl Shard {
     }
 
     /// Merges adjacent tables `inputs` and swaps the result in, durably, then deletes them.
-    async fn compact_run(&self, inputs: &[Rc<SsTable>], bottom: bool) -> Result<()> {
+    async fn compact_run(
+        &self,
+        inputs: &[Rc<SsTable>],
+        bottom: bool,
+        pacer: &mut Pacer,
+    ) -> Result<()> {
         let inner = &*self.inner;
         let dir = &inner.options.dir;
         let id = {
@@ -732,8 +806,10 @@ impl Shard {
             bottom,
             inner.options.clock.now_ms(),
             inner.options.compaction.tombstone_grace_ms,
+            inner.options.tombstone_gate.as_ref(),
             inner.options.bloom_bits_per_key,
             inner.cache.clone(),
+            pacer,
         )
         .await?;
         let table = match output {
@@ -767,9 +843,11 @@ impl Shard {
             let mut s = inner.state.borrow_mut();
             s.manifest = manifest;
             let mut tables = (*s.tables).clone();
+            let written = table.as_ref().map_or(0, |t| t.size_bytes());
             tables.splice(at..at + input_ids.len(), table);
             s.tables = Rc::new(tables);
             s.compactions += 1;
+            s.compaction_bytes_written += written;
             s.wake_waiters();
         }
         tracing::debug!(inputs = input_ids.len(), ?stats, "compaction done");
@@ -782,6 +860,27 @@ impl Shard {
         runtime::sync_dir(dir)
             .await
             .map_err(|e| Error::io("sync directory", dir, e))
+    }
+
+    /// Merges every table into one (a "major compaction", as `nodetool compact`): afterwards
+    /// each key has one version on disk, and expired values and tombstones past their grace
+    /// are gone. Waits until it is done; memtables are not flushed first.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] while closing; the compaction's own error is logged and leaves the
+    /// tables as they were.
+    pub async fn compact_all(&self) -> Result<()> {
+        self.wait_for_compactions().await;
+        {
+            let mut s = self.inner.state.borrow_mut();
+            if s.closing {
+                return Err(Error::Closed);
+            }
+            s.major_requested = true;
+        }
+        self.start_compactor_even_if_disabled();
+        self.wait_for_compactions().await;
+        Ok(())
     }
 
     /// Waits until no compaction is running (for tests and tools).
@@ -817,6 +916,10 @@ impl Shard {
             table_bytes: s.tables.iter().map(|t| t.size_bytes()).sum(),
             flushes: s.flushes,
             compactions: s.compactions,
+            compacting: s.compactor_running,
+            compaction_bytes_written: s.compaction_bytes_written,
+            flush_bytes_written: s.flush_bytes_written,
+            write_stalls: s.write_stalls,
             flushed_seq: s.manifest.flushed_seq,
             last_seq: s.last_seq,
             wal: self.inner.wal.stats(),

@@ -320,3 +320,128 @@ fn compaction_bounds_the_table_count_and_keeps_every_key() {
         shard.close().await.expect("close");
     });
 }
+
+/// Options under which every two tables merge, so tests control when the oldest table merges.
+fn merge_every_two(path: &std::path::Path) -> dynacore_engine::ShardOptions {
+    let mut o = small_options(path);
+    o.durability = dynacore_engine::Durability::None;
+    o.compaction.min_run = 2;
+    o.compaction.size_ratio_max = u64::MAX;
+    o.compaction.space_amp_max_percent = None;
+    o.compaction.tombstone_grace_ms = 0;
+    o
+}
+
+#[test]
+fn tombstone_gate_keeps_tombstones_until_repair_covers_them() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    with_temp_dir(LIMIT, |path| async move {
+        let repaired = Arc::new(AtomicBool::new(false));
+        let mut o = merge_every_two(&path);
+        let gate = repaired.clone();
+        o.tombstone_gate = Some(dynacore_engine::compaction::TombstoneGate::new(
+            move |_, _| gate.load(Ordering::SeqCst),
+        ));
+        let shard = Shard::open(o).await.expect("open");
+        let tombstones = |tables: Vec<Vec<dynacore_engine::Record>>| {
+            tables
+                .iter()
+                .flatten()
+                .filter(|r| r.value.is_none())
+                .count()
+        };
+        for i in 0..100u32 {
+            shard.put(&i.to_be_bytes(), b"v").await.expect("put");
+        }
+        shard.flush().await.expect("flush");
+        for i in 0..10u32 {
+            shard.delete(&i.to_be_bytes()).await.expect("delete");
+        }
+        shard.flush().await.expect("flush");
+        shard.wait_for_compactions().await;
+        assert_eq!(shard.stats().tables, 1, "{:?}", shard.stats());
+        // Past the grace period and at the bottom, but repair has not covered them: kept.
+        assert_eq!(tombstones(shard.scan_tables().await.expect("scan")), 10);
+
+        repaired.store(true, Ordering::SeqCst);
+        shard.put(b"another", b"v").await.expect("put");
+        shard.flush().await.expect("flush");
+        shard.wait_for_compactions().await;
+        assert_eq!(shard.stats().tables, 1, "{:?}", shard.stats());
+        assert_eq!(tombstones(shard.scan_tables().await.expect("scan")), 0);
+        for i in 0..100u32 {
+            let got = common::value_of(&shard, &i.to_be_bytes()).await;
+            assert_eq!(got.is_some(), i >= 10, "key {i}");
+        }
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn space_amplification_stays_bounded_under_overwrites() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut o = small_options(&path);
+        o.durability = dynacore_engine::Durability::None;
+        o.memtable_bytes_max = 32 << 10;
+        let shard = Shard::open(o).await.expect("open");
+        let mut one_copy = 0;
+        for round in 0..10u32 {
+            for i in 0..2_000u32 {
+                let value = format!("{round:04}-{i:08}").repeat(8);
+                shard
+                    .put(&i.to_be_bytes(), value.as_bytes())
+                    .await
+                    .expect("put");
+            }
+            if round == 0 {
+                shard.flush().await.expect("flush");
+                shard.wait_for_compactions().await;
+                shard.compact_all().await.expect("compact");
+                one_copy = shard.stats().table_bytes;
+            }
+        }
+        shard.flush().await.expect("flush");
+        shard.wait_for_compactions().await;
+        let s = shard.stats();
+        assert!(s.compactions > 0, "{s:?}");
+        // The tables hold one copy of every key plus newer tables worth at most half of it.
+        assert!(
+            s.table_bytes * 2 <= one_copy * 3,
+            "{} bytes on disk for {one_copy} bytes of data: {s:?}",
+            s.table_bytes
+        );
+        for i in (0..2_000u32).step_by(7) {
+            let got = common::value_of(&shard, &i.to_be_bytes()).await;
+            assert_eq!(got, Some(format!("0009-{i:08}").repeat(8).into_bytes()));
+        }
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn writes_stall_while_compaction_is_behind() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut o = merge_every_two(&path);
+        o.memtable_bytes_max = 16 << 10;
+        o.immutable_memtables_max = 1;
+        o.compaction.tables_stall = 1;
+        let shard = Shard::open(o).await.expect("open");
+        for i in 0..4_000u32 {
+            shard
+                .put(&(i % 1_000).to_be_bytes(), &[b'x'; 64])
+                .await
+                .expect("put");
+        }
+        shard.flush().await.expect("flush");
+        shard.wait_for_compactions().await;
+        let s = shard.stats();
+        // Every flush that leaves two tables starts a merge before the waiting writer runs.
+        assert!(s.write_stalls > 0, "{s:?}");
+        assert_eq!(s.tables, 1, "{s:?}");
+        for i in 0..1_000u32 {
+            assert!(common::value_of(&shard, &i.to_be_bytes()).await.is_some());
+        }
+        shard.close().await.expect("close");
+    });
+}

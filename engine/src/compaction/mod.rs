@@ -10,4 +10,4 @@ pub mod policy;
 pub(crate) mod worker;
 
 pub use policy::{choose, CompactionOptions};
-pub use worker::MergeStats;
+pub use worker::{MergeStats, TombstoneGate};

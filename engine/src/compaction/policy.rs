@@ -1,6 +1,9 @@
 //! The compaction policy: pure, no I/O. Size-tiered over the shard's list of tables (oldest data
 //! first): merge a run of adjacent tables of similar size, so that a merged table can take the
-//! run's place in the list and recency order is kept without levels.
+//! run's place in the list and recency order is kept without levels. A space-amplification
+//! trigger (as in RocksDB's universal compaction) merges everything once the newer tables hold
+//! more than a set fraction of the oldest one, which bounds the bytes that overwrites and deletes
+//! leave behind.
 
 use std::ops::Range;
 
@@ -18,9 +21,21 @@ pub struct CompactionOptions {
     /// Above this many tables, the cheapest run is merged whatever the sizes (bounds read
     /// amplification).
     pub tables_max: usize,
+    /// Merge every table once the bytes of all but the oldest exceed this percentage of the
+    /// oldest's (`None`: never). The oldest table is where settled data ends up, so this bounds
+    /// space amplification near `1 + percent / 100` for overwrite-heavy data, at the price of
+    /// rewriting the whole shard (and needing its size again in free space while it runs).
+    pub space_amp_max_percent: Option<u64>,
     /// A tombstone is dropped only once it is this old (and the merge includes the oldest
     /// table, so that nothing it shadows can remain).
     pub tombstone_grace_ms: u64,
+    /// Compaction I/O budget in bytes per second, reads and writes together (`None`: no limit).
+    pub rate_bytes_per_sec: Option<u64>,
+    /// The longest a merge runs on the CPU before it pauses so the executor can poll I/O and
+    /// run foreground tasks, in microseconds.
+    pub slice_us: u64,
+    /// Writes wait while the shard has more tables than this (compaction is behind).
+    pub tables_stall: usize,
 }
 
 impl Default for CompactionOptions {
@@ -31,20 +46,34 @@ impl Default for CompactionOptions {
             max_run: 8,
             size_ratio_max: 4,
             tables_max: 16,
+            space_amp_max_percent: Some(50),
             tombstone_grace_ms: 10 * 24 * 3600 * 1000,
+            rate_bytes_per_sec: Some(256 << 20),
+            slice_us: 100,
+            tables_stall: 48,
         }
     }
 }
 
 /// Picks the run of adjacent tables to merge, given their sizes (oldest first), or `None`.
 ///
-/// Among runs of `min_run..=max_run` tables whose sizes are within `size_ratio_max` of each
+/// First, if the space-amplification trigger fires, every table. Otherwise, among runs of
+/// `min_run..=max_run` tables whose sizes are within `size_ratio_max` of each
 /// other, the one with the fewest bytes wins (cheap merges first; ties go to the longer run).
 /// With more than `tables_max` tables, the cheapest `min_run`-run is taken whatever the sizes.
 #[must_use]
 pub fn choose(sizes: &[u64], o: &CompactionOptions) -> Option<Range<usize>> {
     let min_run = o.min_run.max(2);
-    if !o.enabled || sizes.len() < min_run {
+    if !o.enabled || sizes.len() < 2 {
+        return None;
+    }
+    if let Some(pct) = o.space_amp_max_percent {
+        let newer: u64 = sizes[1..].iter().sum();
+        if u128::from(newer) * 100 > u128::from(sizes[0]) * u128::from(pct) {
+            return Some(0..sizes.len());
+        }
+    }
+    if sizes.len() < min_run {
         return None;
     }
     let mut best: Option<(u64, usize, Range<usize>)> = None;
@@ -81,8 +110,12 @@ pub fn choose(sizes: &[u64], o: &CompactionOptions) -> Option<Range<usize>> {
 mod tests {
     use super::*;
 
+    /// The size-tiered rules alone.
     fn o() -> CompactionOptions {
-        CompactionOptions::default()
+        CompactionOptions {
+            space_amp_max_percent: None,
+            ..CompactionOptions::default()
+        }
     }
 
     #[test]
@@ -109,5 +142,24 @@ mod tests {
         assert_eq!(choose(&sizes, &o()), None);
         let sizes: Vec<u64> = (0..17).map(|i| 1u64 << (3 * i)).collect();
         assert_eq!(choose(&sizes, &o()), Some(0..4));
+    }
+
+    #[test]
+    fn space_amplification_trigger_merges_everything() {
+        let amp = CompactionOptions {
+            space_amp_max_percent: Some(50),
+            ..o()
+        };
+        // Newer tables hold 40 % of the oldest: below the trigger, and too few for a run.
+        assert_eq!(choose(&[100, 20, 20], &amp), None);
+        // 60 %: merge all of them, even though they are too few and too unequal for a run.
+        assert_eq!(choose(&[100, 30, 30], &amp), Some(0..3));
+        assert_eq!(choose(&[100, 51], &amp), Some(0..2));
+        // A run of similar small tables below the trigger still merges as size-tiered.
+        assert_eq!(choose(&[1000, 10, 10, 10, 10], &amp), Some(1..5));
+        // One table never merges with itself; huge sizes do not overflow.
+        assert_eq!(choose(&[100], &amp), None);
+        assert_eq!(choose(&[u64::MAX, u64::MAX], &amp), Some(0..2));
+        assert_eq!(choose(&[u64::MAX, 1], &amp), None);
     }
 }
