@@ -54,6 +54,27 @@ pub fn create_task_queue(shares: usize, latency: Latency, name: &str) -> TaskQue
     glommio::executor().create_task_queue(Shares::Static(shares), latency, name)
 }
 
+/// Creates a task queue whose shares `shares()` recomputes every 250 ms (a backlog controller:
+/// a queue whose work piles up gets more of the CPU).
+#[must_use]
+pub fn create_dynamic_task_queue(
+    shares: impl Fn() -> usize + 'static,
+    latency: Latency,
+    name: &str,
+) -> TaskQueueHandle {
+    struct Dynamic<F>(F);
+    impl<F: Fn() -> usize> glommio::SharesManager for Dynamic<F> {
+        fn shares(&self) -> usize {
+            (self.0)().clamp(1, 1000)
+        }
+    }
+    glommio::executor().create_task_queue(
+        Shares::Dynamic(std::rc::Rc::new(Dynamic(shares))),
+        latency,
+        name,
+    )
+}
+
 /// Yields to other tasks if this one has used up its time slice.
 pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;

@@ -9,6 +9,7 @@
 //!
 //! Anti-entropy (hashing a vnode's range) and streaming (moving it) are the users.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use crate::error::Result;
@@ -30,18 +31,24 @@ enum Source {
         pos: usize,
         /// The first block still needs positioning at the scan's start token.
         seek: Option<Token>,
+        /// Blocks read ahead but not yet checked (compaction only): offset and bytes.
+        ahead: VecDeque<(u64, Vec<u8>)>,
     },
 }
 
+/// Bytes a compaction reads from a table in one I/O.
+const READ_AHEAD_BYTES: usize = 128 << 10;
+
 impl Source {
     /// Loads the next block of a table whose current block is used up.
-    async fn fill(&mut self, cache: &BlockCache) -> Result<()> {
+    async fn fill(&mut self, cache: &BlockCache, fill_cache: bool) -> Result<()> {
         if let Source::Table {
             table,
             next_block,
             block,
             pos,
             seek,
+            ahead,
         } = self
         {
             while block.as_ref().is_none_or(|b| *pos >= b.len()) {
@@ -49,7 +56,18 @@ impl Source {
                     *block = None;
                     return Ok(());
                 }
-                let b = table.block(*next_block, cache).await?;
+                let b = if fill_cache {
+                    table.block(*next_block, cache).await?
+                } else {
+                    // Sequential and read once: big reads, and the cache is left alone.
+                    if ahead.is_empty() {
+                        ahead.extend(table.read_blocks(*next_block, READ_AHEAD_BYTES).await?);
+                    }
+                    let (offset, raw) = ahead
+                        .pop_front()
+                        .expect("INVARIANT: read_blocks reads one or more");
+                    Rc::new(table.parse_block(offset, raw)?)
+                };
                 *next_block += 1;
                 *pos = seek.take().map_or(0, |t| b.seek(t));
                 *block = Some(b);
@@ -91,6 +109,9 @@ impl Source {
 pub(crate) struct MergeCursor {
     sources: Vec<Source>,
     cache: Rc<BlockCache>,
+    /// Whether table blocks are read through the cache (reads) or read ahead in large I/Os
+    /// without touching the cache (compaction, which reads each block once).
+    fill_cache: bool,
     end: Token,
 }
 
@@ -121,19 +142,28 @@ impl MergeCursor {
                 block: None,
                 pos: 0,
                 seek: Some(start),
+                ahead: VecDeque::new(),
             });
         }
         MergeCursor {
             sources,
             cache,
+            fill_cache: true,
             end,
         }
+    }
+
+    /// Reads tables sequentially in large I/Os, leaving the cache alone (for compaction, which
+    /// reads each block once and must not evict hot ones).
+    pub(crate) fn without_cache_fill(mut self) -> Self {
+        self.fill_cache = false;
+        self
     }
 
     /// The next key's newest version with its token, or `None` at the end of the range.
     pub(crate) async fn next(&mut self) -> Result<Option<(Token, Record)>> {
         for s in &mut self.sources {
-            s.fill(&self.cache).await?;
+            s.fill(&self.cache, self.fill_cache).await?;
         }
         // The smallest key among the heads, and the source holding its newest version.
         let mut best: Option<(usize, Token, &[u8], SeqNo)> = None;

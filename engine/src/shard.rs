@@ -154,6 +154,8 @@ struct State {
     compactor_running: bool,
     /// A full merge was asked for ([`Shard::compact_all`]) and has not started yet.
     major_requested: bool,
+    /// Compactions whose input tables are still being deleted.
+    retiring: usize,
     /// WAL segments holding only records at or below this have been deleted.
     wal_released_seq: SeqNo,
     flusher_running: bool,
@@ -186,6 +188,8 @@ struct Inner {
     hlc: Hlc<ClockHandle>,
     /// Counts foreground operations, so compaction can tell whether requests are arriving.
     activity: Rc<Cell<u64>>,
+    /// The number of live tables, for the compaction queue's shares.
+    table_count: Rc<Cell<usize>>,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
 }
@@ -294,11 +298,24 @@ impl Shard {
             Latency::NotImportant,
             &format!("flush-{}", options.shard_id.0),
         );
-        let compact_queue = runtime::create_task_queue(
-            50,
-            Latency::NotImportant,
-            &format!("compact-{}", options.shard_id.0),
-        );
+        // Compaction gets 5 % of the CPU under contention while it keeps up, rising to an equal
+        // share with requests as tables pile up towards the write stall.
+        let table_count = Rc::new(Cell::new(tables.len()));
+        let compact_queue = {
+            let count = table_count.clone();
+            let (low, stall) = (
+                options.compaction.min_run,
+                options
+                    .compaction
+                    .tables_stall
+                    .max(options.compaction.min_run + 1),
+            );
+            runtime::create_dynamic_task_queue(
+                move || 50 + count.get().saturating_sub(low) * 950 / (stall - low),
+                Latency::NotImportant,
+                &format!("compact-{}", options.shard_id.0),
+            )
+        };
         let has_immutables = !immutables.is_empty();
         let options_clock = options.clock.clone();
         let shard = Shard {
@@ -319,6 +336,7 @@ impl Shard {
                     write_stalls: 0,
                     compactor_running: false,
                     major_requested: false,
+                    retiring: 0,
                     wal_released_seq,
                     flusher_running: false,
                     flush_error: None,
@@ -332,6 +350,7 @@ impl Shard {
                 manifest_lock: KeyLocks::default(),
                 hlc: Hlc::new(options_clock, MAX_OFFSET_MS_DEFAULT),
                 activity: Rc::new(Cell::new(0)),
+                table_count,
                 _lock: lock,
             }),
         };
@@ -677,11 +696,19 @@ impl Shard {
         let cache = inner.cache.has_room_for(estimated).then_some(&*inner.cache);
         let mut builder =
             TableBuilder::create(dir, id, inner.options.bloom_bits_per_key, cache).await?;
+        // Flushes are not rate limited (writes wait for them), but they run in CPU slices like
+        // compactions so that reads are not held up behind a 64 MiB memtable.
+        let mut pacer = Pacer::new(
+            None,
+            Duration::from_micros(inner.options.compaction.slice_us.max(1)),
+            inner.activity.clone(),
+        );
         for (token, rec) in mem.newest_versions() {
             if let Err(e) = builder.add(token, &rec).await {
                 builder.abandon().await;
                 return Err(e);
             }
+            pacer.account(0).await;
         }
         builder.finish().await?;
         runtime::sync_dir(dir)
@@ -706,6 +733,7 @@ impl Shard {
             s.manifest = manifest;
             let mut tables = (*s.tables).clone();
             tables.push(table);
+            inner.table_count.set(tables.len());
             s.tables = Rc::new(tables);
             let front = s.immutables.pop_front();
             assert!(
@@ -761,7 +789,7 @@ impl Shard {
                 (s.tables.clone(), std::mem::take(&mut s.major_requested))
             };
             let sizes: Vec<u64> = tables.iter().map(|t| t.size_bytes()).collect();
-            let run = if major && tables.len() > 1 {
+            let run = if major && !tables.is_empty() {
                 Some(0..tables.len())
             } else {
                 compaction::choose(&sizes, o)
@@ -811,7 +839,8 @@ impl Shard {
             inner.cache.clone(),
             pacer,
         )
-        .await?;
+        .await
+        .inspect_err(|_| inner.cache.forget_table(id))?;
         let table = match output {
             Some(id) => Some(Rc::new(SsTable::open(dir, id).await?)),
             None => None,
@@ -845,21 +874,69 @@ impl Shard {
             let mut tables = (*s.tables).clone();
             let written = table.as_ref().map_or(0, |t| t.size_bytes());
             tables.splice(at..at + input_ids.len(), table);
+            inner.table_count.set(tables.len());
             s.tables = Rc::new(tables);
             s.compactions += 1;
             s.compaction_bytes_written += written;
             s.wake_waiters();
         }
         tracing::debug!(inputs = input_ids.len(), ?stats, "compaction done");
-        for id in &input_ids {
-            let path = sstable::table_path(dir, *id);
-            runtime::remove(&path)
-                .await
-                .map_err(|e| Error::io("remove", &path, e))?;
+        inner.state.borrow_mut().retiring += 1;
+        let shard = self.clone();
+        let retired = inputs.to_vec();
+        runtime::spawn_detached_into(
+            async move { shard.retire_tables(retired).await },
+            inner.compact_queue,
+        );
+        Ok(())
+    }
+
+    /// Deletes tables a compaction replaced, once no reader holds them any more: their blocks
+    /// leave the cache a few at a time (freeing 100 MiB of blocks at once stalled the executor
+    /// for 20 ms), then each file is closed before it is unlinked (see [`SsTable::close`]). A
+    /// crash before this leaves files the manifest does not name, which the next open removes.
+    async fn retire_tables(self, tables: Vec<Rc<SsTable>>) {
+        let dir = self.inner.options.dir.clone();
+        let mut failed = None;
+        for table in tables {
+            let mut table = table;
+            // Readers hold a table for the length of a get or a scan.
+            let owned = loop {
+                match Rc::try_unwrap(table) {
+                    Ok(t) => break Some(t),
+                    Err(shared) if !self.inner.state.borrow().closing => {
+                        table = shared;
+                        runtime::sleep(Duration::from_millis(1)).await;
+                    }
+                    // Closing with a reader still holding it: the next open removes the file.
+                    Err(_) => break None,
+                }
+            };
+            let Some(owned) = owned else { continue };
+            for i in 0..owned.block_count() {
+                self.inner.cache.remove(owned.id(), owned.block_offset(i));
+                if i % 128 == 127 {
+                    runtime::pause_for_io().await;
+                }
+            }
+            let path = sstable::table_path(&dir, owned.id());
+            if let Err(e) = owned.close().await {
+                failed = Some(e);
+            }
+            if let Err(e) = runtime::remove(&path).await {
+                failed = Some(Error::io("remove", &path, e));
+            }
         }
-        runtime::sync_dir(dir)
-            .await
-            .map_err(|e| Error::io("sync directory", dir, e))
+        if let Err(e) = runtime::sync_dir(&dir).await {
+            failed = Some(Error::io("sync directory", &dir, e));
+        }
+        if let Some(e) = failed {
+            // The manifest no longer names these tables; the next open removes what is left.
+            tracing::warn!(error = %e, "deleting compacted tables failed");
+        }
+        let mut s = self.inner.state.borrow_mut();
+        s.retiring -= 1;
+        s.wake_waiters();
     }
 
     /// Merges every table into one (a "major compaction", as `nodetool compact`): afterwards
@@ -887,7 +964,7 @@ impl Shard {
     pub async fn wait_for_compactions(&self) {
         WaitState {
             inner: &self.inner,
-            ready: |s: &State| !s.compactor_running,
+            ready: |s: &State| !s.compactor_running && s.retiring == 0,
             fail_on_error: false,
         }
         .await
@@ -955,7 +1032,7 @@ impl Shard {
         }
         WaitState {
             inner: &self.inner,
-            ready: |s: &State| !s.flusher_running && !s.compactor_running,
+            ready: |s: &State| !s.flusher_running && !s.compactor_running && s.retiring == 0,
             fail_on_error: false,
         }
         .await

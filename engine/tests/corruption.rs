@@ -210,6 +210,54 @@ fn flipped_bit_in_sstable_block_is_a_checksum_mismatch() {
 }
 
 #[test]
+fn compaction_over_a_damaged_block_fails_and_keeps_the_tables() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    run(LIMIT, move || async move {
+        let mut o = small_options(&p);
+        o.memtable_bytes_max = 64 << 20;
+        o.compaction.enabled = false;
+        let shard = Shard::open(o).await.expect("open");
+        for i in 0..2_000 {
+            shard.put(&key(i), &value(i)).await.expect("put");
+        }
+        shard.flush().await.expect("flush");
+        shard.close().await.expect("close");
+    });
+    let tables = common::tables(&path);
+    assert_eq!(tables.len(), 1);
+    // Damage a block in the middle of the table: compaction reads it in a read-ahead batch.
+    flip_bit(&tables[0], 5 * BLOCK + 100);
+    let p = path.clone();
+    run(LIMIT, move || async move {
+        let mut o = small_options(&p);
+        o.compaction.enabled = false;
+        let shard = Shard::open(o).await.expect("open");
+        shard.compact_all().await.expect("compact_all returns");
+        let s = shard.stats();
+        assert_eq!(s.compactions, 0, "the merge must fail: {s:?}");
+        assert_eq!(s.tables, 1, "{s:?}");
+        // The damaged table is still there and still refuses to hand out damaged bytes.
+        let mut mismatches = 0;
+        for i in 0..2_000 {
+            match shard.get(&key(i)).await {
+                Ok(got) => assert_eq!(got.and_then(|r| r.value), Some(value(i)), "key {i}"),
+                Err(Error::ChecksumMismatch { .. }) => mismatches += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(mismatches > 0, "no read noticed the damage");
+        shard.close().await.expect("close");
+    });
+    assert_eq!(
+        common::tables(&path),
+        tables,
+        "the failed merge's output is removed, the input kept"
+    );
+}
+
+#[test]
 fn damaged_footer_and_manifest_refuse_to_open() {
     for target in ["footer", "manifest"] {
         let dir = temp_dir();

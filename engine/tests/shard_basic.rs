@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{small_options, with_temp_dir};
-use dynacore_engine::{Durability, Error, LimitError, Mutation, Shard, VALUE_BYTES_MAX};
+use dynacore_engine::{runtime, Durability, Error, LimitError, Mutation, Shard, VALUE_BYTES_MAX};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -442,6 +442,61 @@ fn writes_stall_while_compaction_is_behind() {
         for i in 0..1_000u32 {
             assert!(common::value_of(&shard, &i.to_be_bytes()).await.is_some());
         }
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_scan_keeps_reading_tables_that_compaction_replaced() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut o = merge_every_two(&path);
+        o.compaction.enabled = false;
+        o.memtable_bytes_max = 64 << 20;
+        let shard = Shard::open(o).await.expect("open");
+        for i in 0..3_000u32 {
+            shard
+                .put(&i.to_be_bytes(), &[b'a'; 100])
+                .await
+                .expect("put");
+        }
+        shard.flush().await.expect("flush");
+        for i in 0..3_000u32 {
+            shard
+                .put(&i.to_be_bytes(), &[b'b'; 100])
+                .await
+                .expect("put");
+        }
+        shard.flush().await.expect("flush");
+        let old_files = common::tables(&path);
+        assert_eq!(old_files.len(), 2);
+
+        let mut scan = shard.scan(dynacore_engine::Token(0), dynacore_engine::Token(u64::MAX));
+        let mut seen = 0;
+        for _ in 0..10 {
+            assert!(scan.next().await.expect("scan").is_some());
+            seen += 1;
+        }
+        // Compact while the scan holds the old tables: the merge is installed, but the old
+        // files stay until the scan lets go of them.
+        let s = shard.clone();
+        let compaction = runtime::spawn_detached(async move { s.compact_all().await });
+        while shard.stats().compactions == 0 {
+            runtime::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(shard.stats().tables, 1);
+        assert!(
+            old_files.iter().all(|f| f.exists()),
+            "deleted under a reader"
+        );
+        while let Some(r) = scan.next().await.expect("scan") {
+            assert_eq!(r.value.as_deref(), Some(&[b'b'; 100][..]));
+            seen += 1;
+        }
+        assert_eq!(seen, 3_000);
+        drop(scan);
+        compaction.await.expect("task").expect("compact");
+        assert!(old_files.iter().all(|f| !f.exists()), "old tables deleted");
+        assert_eq!(common::tables(&path).len(), 1);
         shard.close().await.expect("close");
     });
 }

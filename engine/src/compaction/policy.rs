@@ -46,10 +46,10 @@ impl Default for CompactionOptions {
             max_run: 8,
             size_ratio_max: 4,
             tables_max: 16,
-            space_amp_max_percent: Some(50),
+            space_amp_max_percent: Some(40),
             tombstone_grace_ms: 10 * 24 * 3600 * 1000,
             rate_bytes_per_sec: Some(256 << 20),
-            slice_us: 100,
+            slice_us: 50,
             tables_stall: 48,
         }
     }
@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn space_amplification_trigger_merges_everything() {
         let amp = CompactionOptions {
-            space_amp_max_percent: Some(50),
+            space_amp_max_percent: Some(40),
             ..o()
         };
         // Newer tables hold 40 % of the oldest: below the trigger, and too few for a run.

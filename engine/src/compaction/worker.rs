@@ -136,6 +136,28 @@ pub struct MergeStats {
     pub expired_dropped: u64,
 }
 
+/// The fraction of the inputs' blocks that are cached, estimated from up to 1,024 blocks spread
+/// evenly over them (walking every block of a large table would stall the executor).
+fn cached_fraction(inputs: &[Rc<SsTable>], cache: &BlockCache) -> f64 {
+    let blocks: usize = inputs.iter().map(|t| t.block_count()).sum();
+    if blocks == 0 {
+        return 0.0;
+    }
+    let step = blocks.div_ceil(1024);
+    let (mut probed, mut cached) = (0u32, 0u32);
+    let mut n = 0;
+    for t in inputs {
+        for i in 0..t.block_count() {
+            if n % step == 0 {
+                probed += 1;
+                cached += u32::from(cache.contains(t.id(), t.block_offset(i)));
+            }
+            n += 1;
+        }
+    }
+    f64::from(cached) / f64::from(probed.max(1))
+}
+
 /// Merges `inputs` (adjacent tables, oldest data first) into table `id` in `dir`.
 ///
 /// Shadowed versions are always dropped. When `bottom` (the inputs include the shard's oldest
@@ -159,8 +181,15 @@ pub(crate) async fn merge(
     cache: Rc<BlockCache>,
     pacer: &mut Pacer,
 ) -> Result<(Option<TableId>, MergeStats)> {
-    let mut cursor = MergeCursor::new(Vec::new(), inputs, cache, Token(0), Token(u64::MAX));
-    let mut builder = TableBuilder::create(dir, id, bits_per_key, None).await?;
+    // Inputs that were mostly cached are being read: their output will be too, so it goes into
+    // the cache as it is written (and the inputs' blocks leave it once they are deleted).
+    let hot = cached_fraction(inputs, &cache) >= 0.5;
+    let mut cursor = MergeCursor::new(Vec::new(), inputs, cache.clone(), Token(0), Token(u64::MAX))
+        .without_cache_fill();
+    let mut builder = TableBuilder::create(dir, id, bits_per_key, hot.then_some(&*cache)).await?;
+    if hot {
+        builder.fill_cache_evicting();
+    }
     let mut stats = MergeStats::default();
     loop {
         let next = match cursor.next().await {

@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 use crate::record::{cmp_keys, RecordRef, Token};
 use crate::runtime::{self, File, IO_ALIGN};
 
-/// Unwritten bytes after which the builder writes a chunk out.
-const WRITE_CHUNK_BYTES: usize = 1 << 20;
+/// Unwritten bytes after which the builder writes a chunk out. Copying a chunk into its DMA
+/// buffer holds the executor, so chunks stay small enough not to delay foreground requests.
+const WRITE_CHUNK_BYTES: usize = 256 << 10;
 
 /// Streams a table to disk.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ pub struct TableBuilder<'c> {
     footer: Footer,
     bits_per_key: u32,
     cache: Option<&'c BlockCache>,
+    cache_evicts: bool,
 }
 
 impl<'c> TableBuilder<'c> {
@@ -72,7 +74,15 @@ impl<'c> TableBuilder<'c> {
             },
             bits_per_key,
             cache,
+            cache_evicts: false,
         })
+    }
+
+    /// Puts every block in the cache even when that evicts others (by default blocks go in only
+    /// while the cache has room). A compaction whose inputs were hot uses it, so that reads do
+    /// not turn into disk reads when its output replaces them.
+    pub fn fill_cache_evicting(&mut self) {
+        self.cache_evicts = true;
     }
 
     /// Adds an entry. Entries must be strictly increasing by `(token, key)`.
@@ -125,7 +135,7 @@ impl<'c> TableBuilder<'c> {
         let len = u32::try_from(bytes.len()).expect("INVARIANT: blocks are bounded");
         self.out.extend_from_slice(&bytes);
         if let Some(cache) = self.cache {
-            if cache.has_room_for(bytes.len() as u64) {
+            if self.cache_evicts || cache.has_room_for(bytes.len() as u64) {
                 let block = Block::parse(bytes).expect("INVARIANT: a block we built parses");
                 cache.insert(self.id, offset, Rc::new(block));
             }

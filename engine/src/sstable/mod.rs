@@ -255,6 +255,24 @@ impl BlockCache {
         self.cache.borrow().weight()
     }
 
+    /// Whether the block of `table` at `offset` is cached (not counted as a hit or miss).
+    #[must_use]
+    pub fn contains(&self, table: TableId, offset: u64) -> bool {
+        self.cache.borrow().contains_key(&(table, offset))
+    }
+
+    /// Drops every cached block of `table` (walks the whole cache: for rare paths only).
+    pub fn forget_table(&self, table: TableId) {
+        self.cache.borrow_mut().retain(|(t, _), _| *t != table);
+    }
+
+    /// Drops the block of `table` at `offset` (a deleted table's) from the cache.
+    pub fn remove(&self, table: TableId, offset: u64) {
+        // Dropped outside the borrow: freeing a block may be the last reference.
+        let removed = self.cache.borrow_mut().remove(&(table, offset));
+        drop(removed);
+    }
+
     /// Whether there is room for `bytes` more without evicting (used to decide on filling the
     /// cache while flushing).
     #[must_use]

@@ -101,11 +101,14 @@ impl SsTable {
         if index
             .iter()
             .any(|e| e.offset.saturating_add(u64::from(e.len)) > footer.data_bytes)
+            || index
+                .windows(2)
+                .any(|w| w[0].offset + u64::from(w[0].len) > w[1].offset)
         {
             return Err(Error::corruption(
                 &path,
                 footer.index_offset,
-                "index points past the data blocks",
+                "index points past the data blocks or its blocks overlap",
             ));
         }
         let bloom = Bloom::decode(filter_bytes).ok_or_else(|| {
@@ -120,6 +123,23 @@ impl SsTable {
             bloom,
             size,
         })
+    }
+
+    /// Closes the table's file.
+    ///
+    /// NOTE: close a table before deleting its file. The last close of an unlinked file frees its
+    /// blocks, and glommio closes through io_uring on the executor thread: for a 100 MiB table
+    /// that stalled the shard for about 20 ms. Closed first, the unlink (on glommio's blocking
+    /// thread) does the freeing instead.
+    ///
+    /// # Errors
+    /// I/O errors from `close`.
+    pub async fn close(self) -> Result<()> {
+        let path = self.path;
+        self.file
+            .close()
+            .await
+            .map_err(|e| Error::io("close", &path, e))
     }
 
     /// The table's id.
@@ -161,6 +181,12 @@ impl SsTable {
         self.index.partition_point(|e| e.last_token < token.0)
     }
 
+    /// The file offset of data block `i` (its cache key).
+    #[must_use]
+    pub fn block_offset(&self, i: usize) -> u64 {
+        self.index[i].offset
+    }
+
     /// Reads data block `i` through `cache`.
     ///
     /// # Errors
@@ -175,18 +201,59 @@ impl SsTable {
             .read_exact_at(entry.offset, entry.len as usize)
             .await
             .map_err(|e| Error::io("read block of", &self.path, e))?;
-        let block = Block::parse(bytes).map_err(|e| match e {
+        let block = Rc::new(self.parse_block(entry.offset, bytes)?);
+        cache.insert(self.id, entry.offset, block.clone());
+        Ok(block)
+    }
+
+    /// Reads blocks `first..` in one I/O of at most `max_bytes` (at least one block), bypassing
+    /// the cache: compaction's sequential read-ahead. Returns each block's offset and raw bytes,
+    /// for [`SsTable::parse_block`] (parsing one at a time spreads the checksum work out).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn read_blocks(&self, first: usize, max_bytes: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let start = self.index[first].offset;
+        let mut end = first + 1;
+        while end < self.index.len() {
+            let e = &self.index[end];
+            if e.offset + u64::from(e.len) - start > max_bytes as u64 {
+                break;
+            }
+            end += 1;
+        }
+        let last = &self.index[end - 1];
+        let span = usize::try_from(last.offset + u64::from(last.len) - start)
+            .map_err(|_| Error::corruption(&self.path, start, "block span too large"))?;
+        let bytes = self
+            .file
+            .read_exact_at(start, span)
+            .await
+            .map_err(|e| Error::io("read blocks of", &self.path, e))?;
+        Ok(self.index[first..end]
+            .iter()
+            .map(|e| {
+                // INVARIANT: blocks are in offset order and do not overlap (checked by open).
+                let at = usize::try_from(e.offset - start).expect("within the span");
+                (e.offset, bytes[at..at + e.len as usize].to_vec())
+            })
+            .collect())
+    }
+
+    /// Checks and parses the block read at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::ChecksumMismatch`] / [`Error::Corruption`] for a damaged block.
+    pub fn parse_block(&self, offset: u64, bytes: Vec<u8>) -> Result<Block> {
+        Block::parse(bytes).map_err(|e| match e {
             BlockError::Checksum { expected, actual } => Error::ChecksumMismatch {
                 path: self.path.clone(),
-                offset: entry.offset,
+                offset,
                 expected,
                 actual,
             },
-            BlockError::Malformed(why) => Error::corruption(&self.path, entry.offset, why),
-        })?;
-        let block = Rc::new(block);
-        cache.insert(self.id, entry.offset, block.clone());
-        Ok(block)
+            BlockError::Malformed(why) => Error::corruption(&self.path, offset, why),
+        })
     }
 
     /// The table's version of `key`, tombstones included.
