@@ -4,11 +4,12 @@
 //!
 //! ```text
 //! cargo bench -p dynacore-bench --bench compaction
-//! DYNACORE_BENCH_VALUE_BYTES=262144 DYNACORE_BENCH_KEYS=2000 cargo bench -p dynacore-bench --bench compaction
+//! DYNACORE_BENCH_VALUE_BYTES=262144 DYNACORE_BENCH_KEYS=1000 \
+//!     DYNACORE_BENCH_ENGINES=dynacore,fjall,fjall-kv cargo bench -p dynacore-bench --bench compaction
 //! ```
 //! Settings (environment): `DYNACORE_BENCH_KEYS` (100000), `DYNACORE_BENCH_ROUNDS` (10),
-//! `DYNACORE_BENCH_VALUE_BYTES` (1024), `DYNACORE_BENCH_SKIP_FJALL` (unset),
-//! `DYNACORE_BENCH_FJALL_KV_SEPARATION` (unset: fjall's default, values inline).
+//! `DYNACORE_BENCH_VALUE_BYTES` (1024), `DYNACORE_BENCH_ENGINES` (`dynacore,fjall`; also
+//! `fjall-kv`: fjall with key-value separation, its BlobDB-style value log).
 //!
 //! Figures:
 //! * **put rate** during the overwrite rounds (WAL written without fsync on both engines).
@@ -188,13 +189,37 @@ fn report(name: &str, w: &Workload, a: &Amplification) {
     }
 }
 
-async fn overwrite(shard: &Shard, w: &Workload, rounds: std::ops::Range<usize>) {
-    for round in rounds {
+/// The overwrite rounds; returns the table count sampled every [`SAMPLE_EVERY`] puts.
+async fn overwrite(shard: &Shard, w: &Workload) -> Vec<usize> {
+    let mut tables = Vec::new();
+    let mut n = 0u64;
+    for round in 0..w.rounds {
         for &i in &w.orders[round] {
             let i = i as usize;
             shard.put(&w.keys[i], w.value(i, round)).await.expect("put");
+            n += 1;
+            if n.is_multiple_of(SAMPLE_EVERY) {
+                tables.push(shard.stats().tables);
+            }
         }
     }
+    tables
+}
+
+/// Puts between two samples of the table count (read amplification during the load).
+const SAMPLE_EVERY: u64 = 5_000;
+
+fn print_table_samples(label: &str, samples: &[usize]) {
+    if samples.is_empty() {
+        return;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mean = samples.iter().sum::<usize>() as f64 / samples.len() as f64;
+    println!(
+        "  {label} during the overwrites: mean {mean:.1}, max {} ({} samples)",
+        samples.iter().max().copied().unwrap_or(0),
+        samples.len()
+    );
 }
 
 /// Open-loop gets of random keys until `count` are done or `keep_going` says stop; latency from
@@ -258,11 +283,15 @@ fn run_dynacore(w: &Arc<Workload>) {
     let before = device_bytes_written(dir.path());
 
     let wl = w.clone();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sm = samples.clone();
     let took = host.run(move |shard| {
         Box::pin(async move {
             let t = Instant::now();
-            overwrite(&shard, &wl, 0..wl.rounds).await;
-            t.elapsed()
+            let s = overwrite(&shard, &wl).await;
+            let took = t.elapsed();
+            *sm.lock().expect("lock") = s;
+            took
         })
     });
     #[allow(clippy::cast_precision_loss)]
@@ -302,6 +331,7 @@ fn run_dynacore(w: &Arc<Workload>) {
         s.tables,
         s.write_stalls
     );
+    print_table_samples("tables", &samples.lock().expect("lock"));
 
     // Get latency: idle, then while full compactions run back to back.
     let hists = Arc::new(std::sync::Mutex::new(None));
@@ -386,11 +416,18 @@ fn run_fjall(w: &Workload, kv_separation: bool) {
     };
     let before = device_bytes_written(dir.path());
     let t = Instant::now();
+    let (mut tables, mut l0) = (Vec::new(), Vec::new());
+    let mut n = 0u64;
     for round in 0..w.rounds {
         for &i in &w.orders[round] {
             let i = i as usize;
             ks.insert(w.keys[i].as_slice(), w.value(i, round))
                 .expect("insert");
+            n += 1;
+            if n.is_multiple_of(SAMPLE_EVERY) {
+                tables.push(ks.table_count());
+                l0.push(ks.l0_table_count());
+            }
         }
     }
     let took = t.elapsed();
@@ -428,7 +465,9 @@ fn run_fjall(w: &Workload, kv_separation: bool) {
         "fjall (leveled, defaults)"
     };
     report(name, w, &a);
-    println!("  tables: {}", ks.table_count());
+    print_table_samples("tables (all levels)", &tables);
+    print_table_samples("L0 tables", &l0);
+    println!("  tables after settling: {}", ks.table_count());
 }
 
 fn main() {
@@ -438,11 +477,14 @@ fn main() {
         env_usize("DYNACORE_BENCH_ROUNDS", 10),
         env_usize("DYNACORE_BENCH_VALUE_BYTES", 1024),
     ));
-    run_dynacore(&w);
-    if std::env::var_os("DYNACORE_BENCH_SKIP_FJALL").is_none() {
-        run_fjall(
-            &w,
-            std::env::var_os("DYNACORE_BENCH_FJALL_KV_SEPARATION").is_some(),
-        );
+    let engines =
+        std::env::var("DYNACORE_BENCH_ENGINES").unwrap_or_else(|_| "dynacore,fjall".to_owned());
+    for engine in engines.split(',') {
+        match engine.trim() {
+            "dynacore" => run_dynacore(&w),
+            "fjall" => run_fjall(&w, false),
+            "fjall-kv" => run_fjall(&w, true),
+            other => eprintln!("unknown engine {other:?} (dynacore, fjall, fjall-kv)"),
+        }
     }
 }

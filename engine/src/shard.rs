@@ -708,7 +708,9 @@ impl Shard {
                 builder.abandon().await;
                 return Err(e);
             }
-            pacer.account(0).await;
+            pacer
+                .account((rec.key.len() + rec.value.map_or(0, <[u8]>::len)) as u64)
+                .await;
         }
         builder.finish().await?;
         runtime::sync_dir(dir)
@@ -892,7 +894,7 @@ impl Shard {
     }
 
     /// Deletes tables a compaction replaced, once no reader holds them any more: their blocks
-    /// leave the cache a few at a time (freeing 100 MiB of blocks at once stalled the executor
+    /// leave the cache 512 KiB at a time (freeing 100 MiB of blocks at once stalled the executor
     /// for 20 ms), then each file is closed before it is unlinked (see [`SsTable::close`]). A
     /// crash before this leaves files the manifest does not name, which the next open removes.
     async fn retire_tables(self, tables: Vec<Rc<SsTable>>) {
@@ -913,9 +915,11 @@ impl Shard {
                 }
             };
             let Some(owned) = owned else { continue };
+            let mut freed = 0;
             for i in 0..owned.block_count() {
-                self.inner.cache.remove(owned.id(), owned.block_offset(i));
-                if i % 128 == 127 {
+                freed += self.inner.cache.remove(owned.id(), owned.block_offset(i));
+                if freed >= 512 << 10 {
+                    freed = 0;
                     runtime::pause_for_io().await;
                 }
             }

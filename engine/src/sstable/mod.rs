@@ -266,11 +266,12 @@ impl BlockCache {
         self.cache.borrow_mut().retain(|(t, _), _| *t != table);
     }
 
-    /// Drops the block of `table` at `offset` (a deleted table's) from the cache.
-    pub fn remove(&self, table: TableId, offset: u64) {
+    /// Drops the block of `table` at `offset` (a deleted table's) from the cache; returns the
+    /// bytes it held (0 if it was not cached).
+    pub fn remove(&self, table: TableId, offset: u64) -> usize {
         // Dropped outside the borrow: freeing a block may be the last reference.
         let removed = self.cache.borrow_mut().remove(&(table, offset));
-        drop(removed);
+        removed.map_or(0, |(_, b)| b.size_bytes())
     }
 
     /// Whether there is room for `bytes` more without evicting (used to decide on filling the
