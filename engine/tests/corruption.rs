@@ -172,23 +172,30 @@ fn damage_before_valid_wal_data_is_refused_with_file_and_offset() {
     assert!(message.contains("offset 4096"), "{message}");
 }
 
-#[test]
-fn flipped_bit_in_sstable_block_is_a_checksum_mismatch() {
-    let dir = temp_dir();
-    let path = dir.path().to_path_buf();
-    let p = path.clone();
+/// Writes keys `0..count` into one SSTable (compaction off) and returns the table files.
+fn write_one_table(path: &Path, count: u32) -> Vec<std::path::PathBuf> {
+    let p = path.to_path_buf();
     run(LIMIT, move || async move {
         let mut o = small_options(&p);
         o.memtable_bytes_max = 64 << 20;
+        o.compaction.enabled = false;
         let shard = Shard::open(o).await.expect("open");
-        for i in 0..500 {
+        for i in 0..count {
             shard.put(&key(i), &value(i)).await.expect("put");
         }
         shard.flush().await.expect("flush");
         shard.close().await.expect("close");
     });
-    let tables = common::tables(&path);
+    let tables = common::tables(path);
     assert_eq!(tables.len(), 1);
+    tables
+}
+
+#[test]
+fn flipped_bit_in_sstable_block_is_a_checksum_mismatch() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    let tables = write_one_table(&path, 500);
     flip_bit(&tables[0], 100);
     let p = path.clone();
     run(LIMIT, move || async move {
@@ -213,20 +220,7 @@ fn flipped_bit_in_sstable_block_is_a_checksum_mismatch() {
 fn compaction_over_a_damaged_block_fails_and_keeps_the_tables() {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
-    let p = path.clone();
-    run(LIMIT, move || async move {
-        let mut o = small_options(&p);
-        o.memtable_bytes_max = 64 << 20;
-        o.compaction.enabled = false;
-        let shard = Shard::open(o).await.expect("open");
-        for i in 0..2_000 {
-            shard.put(&key(i), &value(i)).await.expect("put");
-        }
-        shard.flush().await.expect("flush");
-        shard.close().await.expect("close");
-    });
-    let tables = common::tables(&path);
-    assert_eq!(tables.len(), 1);
+    let tables = write_one_table(&path, 2_000);
     // Damage a block in the middle of the table: compaction reads it in a read-ahead batch.
     flip_bit(&tables[0], 5 * BLOCK + 100);
     let p = path.clone();
