@@ -279,6 +279,12 @@ fn run_dynacore(w: &Arc<Workload>) {
     let dir = temp_dir_in(&bench_dir());
     let mut o = ShardOptions::new(dir.path(), ShardId(0));
     o.durability = Durability::None;
+    if let Some(rate) = std::env::var("DYNACORE_BENCH_COMPACTION_MIBS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        o.compaction.rate_bytes_per_sec = Some(rate << 20);
+    }
     let host = ShardHost::open(o);
     let before = device_bytes_written(dir.path());
 

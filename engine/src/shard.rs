@@ -777,8 +777,18 @@ impl Shard {
 
     async fn compact_loop(self) {
         let o = &self.inner.options.compaction;
-        let mut pacer = Pacer::new(
+        // The I/O budget grows with the backlog, up to 16× at the write stall: a low budget keeps
+        // reads fast while compaction keeps up, and the stall is avoided when it does not.
+        let count = self.inner.table_count.clone();
+        let (low, stall) = (o.min_run, o.tables_stall.max(o.min_run + 1));
+        #[allow(clippy::cast_precision_loss)]
+        let boost = move || {
+            let behind = count.get().saturating_sub(low) as f64 / (stall - low) as f64;
+            1.0 + 15.0 * behind.min(1.0)
+        };
+        let mut pacer = Pacer::with_boost(
             o.rate_bytes_per_sec,
+            Box::new(boost),
             Duration::from_micros(o.slice_us.max(1)),
             self.inner.activity.clone(),
         );

@@ -39,7 +39,7 @@ impl fmt::Debug for TombstoneGate {
 }
 
 /// Paces a merge: an I/O budget in bytes per second (a token bucket holding at most 50 ms of
-/// budget) and CPU slices, after each of which the merge sleeps briefly so that the executor
+/// budget, raised while compaction is behind) and CPU slices, after each of which the merge sleeps briefly so that the executor
 /// polls for I/O and runs foreground tasks.
 ///
 /// NOTE: in glommio 0.9 a task that yields its queue does not make the executor poll io_uring;
@@ -47,9 +47,10 @@ impl fmt::Debug for TombstoneGate {
 /// So a CPU-bound merge must really go to sleep, which costs about 40 µs each time on this
 /// class of machine. Slices are short (`slice`) while foreground requests arrive and 20 times
 /// longer when none arrived during the last slice.
-#[derive(Debug)]
 pub(crate) struct Pacer {
     rate: Option<f64>,
+    /// Multiplies `rate` (at least 1): how far behind compaction is.
+    boost: Box<dyn Fn() -> f64>,
     tokens: f64,
     refilled: Instant,
     slice: Duration,
@@ -65,12 +66,23 @@ impl Pacer {
     /// `rate` bytes per second (`None`: unlimited); `slice` of CPU while `activity` (a count of
     /// foreground operations) moves.
     pub(crate) fn new(rate: Option<u64>, slice: Duration, activity: Rc<Cell<u64>>) -> Self {
+        Self::with_boost(rate, Box::new(|| 1.0), slice, activity)
+    }
+
+    /// As [`Pacer::new`], with the I/O budget multiplied by `boost()` (read at every check).
+    pub(crate) fn with_boost(
+        rate: Option<u64>,
+        boost: Box<dyn Fn() -> f64>,
+        slice: Duration,
+        activity: Rc<Cell<u64>>,
+    ) -> Self {
         #[allow(clippy::cast_precision_loss)]
         let rate = rate.filter(|&r| r > 0).map(|r| r as f64);
         let now = Instant::now();
         let seen = activity.get();
         Pacer {
             rate,
+            boost,
             tokens: 0.0,
             refilled: now,
             slice,
@@ -94,7 +106,7 @@ impl Pacer {
         }
         self.calls = 0;
         let now = Instant::now();
-        if let Some(rate) = self.rate {
+        if let Some(rate) = self.rate.map(|r| r * (self.boost)().max(1.0)) {
             let burst = rate / 20.0;
             let elapsed = now.duration_since(self.refilled).as_secs_f64();
             #[allow(clippy::cast_precision_loss)]
@@ -184,8 +196,12 @@ pub(crate) async fn merge(
     pacer: &mut Pacer,
 ) -> Result<(Option<TableId>, MergeStats)> {
     // Inputs that were mostly cached are being read: their output will be too, so it goes into
-    // the cache as it is written (and the inputs' blocks leave it once they are deleted).
-    let hot = cached_fraction(inputs, &cache) >= 0.5;
+    // the cache as it is written (and the inputs' blocks leave it once they are deleted). Only
+    // if the output fits beside what is cached: otherwise its blocks would only push each other
+    // (and hot blocks) out while the inputs are still the ones being read.
+    let input_bytes: u64 = inputs.iter().map(|t| t.size_bytes()).sum();
+    let fits = cache.bytes() + input_bytes <= cache.capacity_bytes() / 10 * 9;
+    let hot = fits && cached_fraction(inputs, &cache) >= 0.5;
     let mut cursor = MergeCursor::new(Vec::new(), inputs, cache.clone(), Token(0), Token(u64::MAX))
         .without_cache_fill();
     let mut builder = TableBuilder::create(dir, id, bits_per_key, hot.then_some(&*cache)).await?;

@@ -249,6 +249,12 @@ impl BlockCache {
         }
     }
 
+    /// The most bytes the cache holds.
+    #[must_use]
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
     /// Bytes currently cached.
     #[must_use]
     pub fn bytes(&self) -> u64 {
