@@ -23,6 +23,18 @@
 //! zeroed and writing resumes there, otherwise the shard refuses to open with
 //! [`Error::Corruption`] naming the file and offset. Acknowledged data is never cut off silently.
 //!
+//! # Recycling
+//!
+//! Up to [`RECYCLE_MAX`] released segments are renamed `recycle-<old id>.wal` instead of being
+//! deleted, and the next segment is made from one of them: its header is rewritten for the new
+//! id and synced before the rename into place, with no zero-fill (which doubled the bytes the
+//! WAL wrote). The old batches stay behind the new ones. They can never pass for data of the
+//! new segment, because every batch names its segment id under its crc: a whole old batch
+//! parses as stale (the end of this segment's data), and old bytes that do not start on a batch
+//! boundary are invalid. Such an end is accepted when the next segment's first batch continues
+//! the sequence numbers exactly (nothing is missing); without that continuation it is damage and
+//! the shard refuses to open, as before.
+//!
 //! # Group commit
 //!
 //! `append` frames a record into the pending buffer without waiting. One writer task takes
@@ -186,6 +198,23 @@ pub fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("wal-{id:016x}.log"))
 }
 
+/// Where a released segment waits to be reused (the id is the one it had).
+fn recycle_path(dir: &Path, old_id: u64) -> PathBuf {
+    dir.join(format!("recycle-{old_id:016x}.wal"))
+}
+
+fn parse_recycle_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("recycle-")?.strip_suffix(".wal")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Released segments kept for reuse. Reusing one skips the zero-fill that a fresh segment
+/// needs, which doubled the bytes the WAL wrote.
+const RECYCLE_MAX: usize = 2;
+
 fn parse_segment_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix("wal-")?.strip_suffix(".log")?;
     if hex.len() != 16 {
@@ -205,6 +234,9 @@ enum BatchParse<'a> {
     },
     /// All-zero header: nothing was ever written here.
     Empty,
+    /// A whole, valid batch of another segment: left by the file's life before it was recycled,
+    /// so this segment's data ends here.
+    Stale,
     /// Something was written but it is not a valid batch.
     Invalid(&'static str),
 }
@@ -228,7 +260,7 @@ fn parse_batch(image: &[u8], pos: usize, segment_id: u64) -> BatchParse<'_> {
         return BatchParse::Invalid("batch checksum mismatch");
     }
     if header.segment_id != segment_id {
-        return BatchParse::Invalid("batch belongs to another segment");
+        return BatchParse::Stale;
     }
     let next = align_up((body_start + body.len()) as u64) as usize;
     BatchParse::Valid {
@@ -313,6 +345,10 @@ pub struct WalStats {
     pub records: u64,
     /// Bytes written, padding included.
     pub bytes_written: u64,
+    /// Segments created and zero-filled since open.
+    pub segments_created: u64,
+    /// Released segments reused since open.
+    pub segments_recycled: u64,
 }
 
 #[derive(Default)]
@@ -337,6 +373,8 @@ struct Shared {
     /// Tasks waiting for room in the pending buffer.
     space_waiters: Vec<Waker>,
     segments: VecDeque<SegmentInfo>,
+    /// Released segment files waiting for reuse (at most [`RECYCLE_MAX`]).
+    recycled: Vec<PathBuf>,
     stats: WalStats,
 }
 
@@ -419,11 +457,22 @@ impl Wal {
         mut apply: impl FnMut(RecordRef<'_>),
     ) -> Result<(Wal, Recovered)> {
         let mut ids = Vec::new();
+        let mut recycled = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-            if let Some(id) = entry.file_name().to_str().and_then(parse_segment_name) {
+            let name = entry.file_name();
+            let name = name.to_str();
+            if let Some(id) = name.and_then(parse_segment_name) {
                 ids.push(id);
+            } else if name.and_then(parse_recycle_name).is_some() {
+                if recycled.len() < RECYCLE_MAX {
+                    recycled.push(entry.path());
+                } else {
+                    runtime::remove(&entry.path())
+                        .await
+                        .map_err(|e| Error::io("remove", entry.path(), e))?;
+                }
             }
         }
         ids.sort_unstable();
@@ -489,6 +538,7 @@ impl Wal {
             }
             let mut pos = FIRST_BATCH_OFFSET as usize;
             let mut first_seq = None;
+            let mut stale_end = false;
             loop {
                 match parse_batch(&image, pos, id) {
                     BatchParse::Valid {
@@ -498,14 +548,25 @@ impl Wal {
                         next,
                     } => {
                         if let Some((dpath, doff, why)) = &damaged_at {
-                            return Err(Error::corruption(
-                                dpath,
-                                *doff,
-                                format!(
-                                    "{why}, and valid WAL data follows at {}:{pos}",
-                                    path.display()
-                                ),
-                            ));
+                            // An earlier segment ended in bytes that are not a batch. If this
+                            // batch continues that segment's last one, nothing is missing: the
+                            // bytes were a recycled file's old contents (which need not start
+                            // on a batch boundary), not damaged data.
+                            let continues =
+                                prev_last.is_some_and(|p| batch_first.0 == p.0.wrapping_add(1));
+                            if !continues {
+                                return Err(Error::corruption(
+                                    dpath,
+                                    *doff,
+                                    format!(
+                                        "{why}, and valid WAL data follows at {}:{pos}",
+                                        path.display()
+                                    ),
+                                ));
+                            }
+                            let dpath = dpath.clone();
+                            tails.retain(|(p, _, _)| *p != dpath);
+                            damaged_at = None;
                         }
                         if let Some(prev) = prev_last {
                             if batch_first.0 != prev.0.wrapping_add(1) {
@@ -549,6 +610,23 @@ impl Wal {
                         }
                         break;
                     }
+                    BatchParse::Stale => {
+                        // A recycled file's old contents: this segment's data ends here. A
+                        // batch of this segment further on would mean damage in between.
+                        let after = prev_last.unwrap_or(SeqNo(0));
+                        if let Some(later) = valid_batch_after(&image, pos + 1, id, after) {
+                            return Err(Error::corruption(
+                                &path,
+                                pos as u64,
+                                format!(
+                                    "stale batch of another segment, and a valid batch \
+                                     follows at offset {later}"
+                                ),
+                            ));
+                        }
+                        stale_end = true;
+                        break;
+                    }
                     BatchParse::Invalid(why) => {
                         let after = prev_last.unwrap_or(SeqNo(0));
                         let from = scan_start_after_invalid(&image, pos);
@@ -564,8 +642,10 @@ impl Wal {
                     }
                 }
             }
-            // Whatever follows the last valid batch (a torn tail, or nothing) is zeroed later.
-            if image[pos.min(image.len())..].iter().any(|&b| b != 0) {
+            // Whatever follows the last valid batch (a torn tail, or nothing) is zeroed later; a
+            // recycled file's stale batches are left alone (they can never pass for this
+            // segment's data, and writing resumes over them).
+            if !stale_end && image[pos.min(image.len())..].iter().any(|&b| b != 0) {
                 let garbage_end = image.iter().rposition(|&b| b != 0).map_or(pos, |p| p + 1);
                 let len = align_up((garbage_end - pos) as u64);
                 tails.push((path.clone(), pos as u64, len));
@@ -611,7 +691,9 @@ impl Wal {
             Some(a) => a,
             None => {
                 let id = ids.last().map_or(1, |l| l + 1);
-                let seg = prepare_segment(dir, id, shard_id, options.segment_bytes).await?;
+                let (seg, _) =
+                    prepare_segment(dir, id, shard_id, options.segment_bytes, recycled.pop())
+                        .await?;
                 segments.push_back(SegmentInfo {
                     path: segment_path(dir, id),
                     first_seq: None,
@@ -626,6 +708,7 @@ impl Wal {
             durable_seq: last_seq,
             pending_last_seq: last_seq,
             segments,
+            recycled,
             ..Shared::default()
         }));
         let writer = runtime::spawn_detached(writer_loop(
@@ -751,9 +834,23 @@ impl Wal {
             doomed
         };
         for path in &doomed {
-            runtime::remove(path)
-                .await
-                .map_err(|e| Error::io("remove", path, e))?;
+            let old_id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_segment_name)
+                .expect("INVARIANT: segment paths are made by segment_path");
+            let keep = self.shared.borrow().recycled.len() < RECYCLE_MAX;
+            if keep {
+                let to = recycle_path(dir, old_id);
+                runtime::rename(path, &to)
+                    .await
+                    .map_err(|e| Error::io("rename", path, e))?;
+                self.shared.borrow_mut().recycled.push(to);
+            } else {
+                runtime::remove(path)
+                    .await
+                    .map_err(|e| Error::io("remove", path, e))?;
+            }
         }
         if !doomed.is_empty() {
             runtime::sync_dir(dir)
@@ -904,14 +1001,54 @@ fn replay_batch(
 }
 
 /// Creates segment `id`: allocated, zero-filled, header written, synced, directory synced.
+/// With `recycled` (a released segment file) of the right size, that file is reused instead:
+/// its header is rewritten for `id` and synced before it is renamed into place, and its old
+/// batches stay, recognisable by their segment id. A file of another size is deleted.
 async fn prepare_segment(
     dir: &Path,
     id: u64,
     shard_id: ShardId,
     capacity: u64,
-) -> Result<ActiveSegment> {
+    recycled: Option<PathBuf>,
+) -> Result<(ActiveSegment, bool)> {
     let capacity = align_up(capacity.max(2 * IO_ALIGN));
     let path = segment_path(dir, id);
+    if let Some(old) = recycled {
+        let file = File::open_rw(&old)
+            .await
+            .map_err(|e| Error::io("open", &old, e))?;
+        let size = file.size().await.map_err(|e| Error::io("stat", &old, e))?;
+        if size == capacity {
+            write_segment_header(&file, id, shard_id, capacity, &old).await?;
+            file.close()
+                .await
+                .map_err(|e| Error::io("close", &old, e))?;
+            runtime::rename(&old, &path)
+                .await
+                .map_err(|e| Error::io("rename", &old, e))?;
+            runtime::sync_dir(dir)
+                .await
+                .map_err(|e| Error::io("sync directory", dir, e))?;
+            let file = File::open_rw(&path)
+                .await
+                .map_err(|e| Error::io("open", &path, e))?;
+            return Ok((
+                ActiveSegment {
+                    id,
+                    file,
+                    capacity,
+                    pos: FIRST_BATCH_OFFSET,
+                },
+                true,
+            ));
+        }
+        file.close()
+            .await
+            .map_err(|e| Error::io("close", &old, e))?;
+        runtime::remove(&old)
+            .await
+            .map_err(|e| Error::io("remove", &old, e))?;
+    }
     let file = File::create_new(&path)
         .await
         .map_err(|e| Error::io("create", &path, e))?;
@@ -929,24 +1066,38 @@ async fn prepare_segment(
             .map_err(|e| Error::io("zero-fill", &path, e))?;
         at += n;
     }
+    write_segment_header(&file, id, shard_id, capacity, &path).await?;
+    runtime::sync_dir(dir)
+        .await
+        .map_err(|e| Error::io("sync directory", dir, e))?;
+    Ok((
+        ActiveSegment {
+            id,
+            file,
+            capacity,
+            pos: FIRST_BATCH_OFFSET,
+        },
+        false,
+    ))
+}
+
+/// Writes the header block of segment `id` and syncs the file.
+async fn write_segment_header(
+    file: &File,
+    id: u64,
+    shard_id: ShardId,
+    capacity: u64,
+    path: &Path,
+) -> Result<()> {
     let mut block = vec![0u8; IO_ALIGN as usize];
     let header = SegmentHeader::new(id, shard_id, capacity);
     block[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
     file.write_aligned(0, &block)
         .await
-        .map_err(|e| Error::io("write header of", &path, e))?;
+        .map_err(|e| Error::io("write header of", path, e))?;
     file.sync_data()
         .await
-        .map_err(|e| Error::io("sync", &path, e))?;
-    runtime::sync_dir(dir)
-        .await
-        .map_err(|e| Error::io("sync directory", dir, e))?;
-    Ok(ActiveSegment {
-        id,
-        file,
-        capacity,
-        pos: FIRST_BATCH_OFFSET,
-    })
+        .map_err(|e| Error::io("sync", path, e))
 }
 
 /// With `Sync` durability, reopens the segment with `O_DSYNC` so that each group commit is one
@@ -1023,7 +1174,7 @@ async fn writer_loop(
     options: WalOptions,
     mut active: ActiveSegment,
 ) {
-    let mut spare: Option<runtime::JoinHandle<Result<ActiveSegment>>> = None;
+    let mut spare: Option<runtime::JoinHandle<Result<(ActiveSegment, bool)>>> = None;
     let mut unsynced = false;
     let mut last_sync = Instant::now();
     loop {
@@ -1110,7 +1261,7 @@ async fn writer_loop(
         }
     }
     if let Some(spare) = spare.take() {
-        if let Some(Ok(seg)) = spare.await {
+        if let Some(Ok((seg, _))) = spare.await {
             let _ = seg.file.close().await;
         }
     }
@@ -1133,7 +1284,7 @@ async fn write_batch(
     shard_id: ShardId,
     options: &WalOptions,
     active: &mut ActiveSegment,
-    spare: &mut Option<runtime::JoinHandle<Result<ActiveSegment>>>,
+    spare: &mut Option<runtime::JoinHandle<Result<(ActiveSegment, bool)>>>,
     first_seq: SeqNo,
     count: u32,
     body: &[u8],
@@ -1151,7 +1302,10 @@ async fn write_batch(
         // Size the segment for the batch up front when it is larger than a default segment.
         let wanted = options.segment_bytes.max(needed + FIRST_BATCH_OFFSET);
         let prepared = match spare.take() {
-            None => prepare_segment(dir, next_id, shard_id, wanted).await?,
+            None => {
+                let recycled = shared.borrow_mut().recycled.pop();
+                prepare_segment(dir, next_id, shard_id, wanted, recycled).await?
+            }
             Some(handle) => match handle.await {
                 Some(Ok(seg)) => seg,
                 failed => {
@@ -1168,10 +1322,19 @@ async fn write_batch(
                             .await
                             .map_err(|e| Error::io("remove", &path, e))?;
                     }
-                    prepare_segment(dir, next_id, shard_id, wanted).await?
+                    prepare_segment(dir, next_id, shard_id, wanted, None).await?
                 }
             },
         };
+        let (prepared, reused) = prepared;
+        {
+            let mut s = shared.borrow_mut();
+            if reused {
+                s.stats.segments_recycled += 1;
+            } else {
+                s.stats.segments_created += 1;
+            }
+        }
         let prepared = reopen_for_writing(prepared, options.durability).await?;
         let next = if prepared.capacity - FIRST_BATCH_OFFSET >= needed {
             prepared
@@ -1186,7 +1349,9 @@ async fn write_batch(
             runtime::remove(&path)
                 .await
                 .map_err(|e| Error::io("remove", &path, e))?;
-            let seg = prepare_segment(dir, next_id, shard_id, needed + FIRST_BATCH_OFFSET).await?;
+            let (seg, _) =
+                prepare_segment(dir, next_id, shard_id, needed + FIRST_BATCH_OFFSET, None).await?;
+            shared.borrow_mut().stats.segments_created += 1;
             reopen_for_writing(seg, options.durability).await?
         };
         let old = std::mem::replace(active, next);
@@ -1224,8 +1389,9 @@ async fn write_batch(
     // Prepare the next segment in the background once this one is half full.
     if spare.is_none() && active.pos * 2 >= active.capacity {
         let (dir, id, bytes) = (dir.to_path_buf(), active.id + 1, options.segment_bytes);
+        let recycled = shared.borrow_mut().recycled.pop();
         *spare = Some(runtime::spawn_detached(async move {
-            prepare_segment(&dir, id, shard_id, bytes).await
+            prepare_segment(&dir, id, shard_id, bytes, recycled).await
         }));
     }
     Ok(())
@@ -1266,10 +1432,8 @@ mod tests {
             }
             _ => panic!("batch must parse"),
         }
-        assert!(matches!(
-            parse_batch(&image, pos, 8),
-            BatchParse::Invalid(_)
-        ));
+        // A whole batch of another segment is a recycled file's stale data.
+        assert!(matches!(parse_batch(&image, pos, 8), BatchParse::Stale));
         assert!(matches!(
             parse_batch(&image, pos + IO_ALIGN as usize, 9),
             BatchParse::Empty
