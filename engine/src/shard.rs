@@ -801,21 +801,10 @@ impl Shard {
                 (s.tables.clone(), std::mem::take(&mut s.major_requested))
             };
             let sizes: Vec<u64> = tables.iter().map(|t| t.size_bytes()).collect();
-            let overlap: Vec<f64> = tables
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    if i == 0 {
-                        0.0
-                    } else {
-                        t.overlap_with(&tables[0])
-                    }
-                })
-                .collect();
             let run = if major && !tables.is_empty() {
                 Some(0..tables.len())
             } else {
-                compaction::choose(&sizes, &overlap, o)
+                compaction::choose(&sizes, o)
             };
             let Some(run) = run else {
                 break;
@@ -1185,50 +1174,6 @@ mod tests {
                 panic!("test did not finish within 60 s");
             })
             .await;
-        });
-    }
-
-    async fn table_of(dir: &Path, id: u64, keys: std::ops::Range<u32>) -> SsTable {
-        let mut recs: Vec<(Token, Vec<u8>)> = keys
-            .map(|i| {
-                let k = i.to_be_bytes().to_vec();
-                (Token::of(&k), k)
-            })
-            .collect();
-        recs.sort_by(|a, b| crate::record::cmp_keys(a.0, &a.1, b.0, &b.1));
-        let mut b = TableBuilder::create(dir, TableId(id), 10, None)
-            .await
-            .expect("create");
-        for (token, key) in &recs {
-            let rec = RecordRef {
-                key,
-                value: Some(&[7u8; 100]),
-                seq: SeqNo(1),
-                write_ts_ms: 0,
-                expiry_ms: None,
-                version: &[],
-            };
-            b.add(*token, &rec).await.expect("add");
-        }
-        b.finish().await.expect("finish");
-        SsTable::open(dir, TableId(id)).await.expect("open")
-    }
-
-    /// The space-amplification trigger's input: how many of a newer table's keys the oldest
-    /// table holds, estimated from its Bloom filter.
-    #[test]
-    fn overlap_estimate_follows_shared_keys() {
-        let dir = temp_dir();
-        let path = dir.path().to_path_buf();
-        run(async move {
-            let oldest = table_of(&path, 1, 0..10_000).await;
-            let same = table_of(&path, 2, 0..10_000).await;
-            let half = table_of(&path, 3, 5_000..15_000).await;
-            let new = table_of(&path, 4, 20_000..30_000).await;
-            assert!(same.overlap_with(&oldest) > 0.95);
-            let h = half.overlap_with(&oldest);
-            assert!((0.35..0.65).contains(&h), "{h}");
-            assert!(new.overlap_with(&oldest) < 0.05);
         });
     }
 

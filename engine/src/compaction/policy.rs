@@ -21,12 +21,10 @@ pub struct CompactionOptions {
     /// Above this many tables, the cheapest run is merged whatever the sizes (bounds read
     /// amplification).
     pub tables_max: usize,
-    /// Merge every table once the newer tables' bytes that shadow keys of the oldest table
-    /// exceed this percentage of the oldest's bytes (`None`: never). The oldest table is where
-    /// settled data ends up, and a shadowed version in it is garbage, so this bounds space
-    /// amplification near `1 + percent / 100`, at the price of rewriting the whole shard (and
-    /// needing its size again in free space while it runs). New keys do not count: merging
-    /// them early would drop nothing.
+    /// Merge every table once the bytes of all but the oldest exceed this percentage of the
+    /// oldest's (`None`: never). The oldest table is where settled data ends up, so this bounds
+    /// space amplification near `1 + percent / 100` for overwrite-heavy data, at the price of
+    /// rewriting the whole shard (and needing its size again in free space while it runs).
     pub space_amp_max_percent: Option<u64>,
     /// A tombstone is dropped only once it is this old (and the merge includes the oldest
     /// table, so that nothing it shadows can remain).
@@ -60,30 +58,20 @@ impl Default for CompactionOptions {
 }
 
 /// Picks the run of adjacent tables to merge, given their sizes (oldest first), or `None`.
-/// `overlap[i]` (for `i >= 1`) is the estimated fraction of table `i`'s keys that the oldest
-/// table also holds; `overlap[0]` is ignored.
 ///
 /// First, if the space-amplification trigger fires, every table. Otherwise, among runs of
 /// `min_run..=max_run` tables whose sizes are within `size_ratio_max` of each
 /// other, the one with the fewest bytes wins (cheap merges first; ties go to the longer run).
 /// With more than `tables_max` tables, the cheapest `min_run`-run is taken whatever the sizes.
 #[must_use]
-pub fn choose(sizes: &[u64], overlap: &[f64], o: &CompactionOptions) -> Option<Range<usize>> {
-    assert_eq!(sizes.len(), overlap.len(), "one overlap estimate per table");
+pub fn choose(sizes: &[u64], o: &CompactionOptions) -> Option<Range<usize>> {
     let min_run = o.min_run.max(2);
     if !o.enabled || sizes.len() < 2 {
         return None;
     }
     if let Some(pct) = o.space_amp_max_percent {
-        #[allow(clippy::cast_precision_loss)]
-        let shadowing: f64 = sizes[1..]
-            .iter()
-            .zip(&overlap[1..])
-            .map(|(&s, &f)| s as f64 * f.clamp(0.0, 1.0))
-            .sum();
-        #[allow(clippy::cast_precision_loss)]
-        let limit = sizes[0] as f64 * pct as f64 / 100.0;
-        if shadowing > limit {
+        let newer: u64 = sizes[1..].iter().sum();
+        if u128::from(newer) * 100 > u128::from(sizes[0]) * u128::from(pct) {
             return Some(0..sizes.len());
         }
     }
@@ -124,11 +112,6 @@ pub fn choose(sizes: &[u64], overlap: &[f64], o: &CompactionOptions) -> Option<R
 mod tests {
     use super::*;
 
-    /// Every newer table overwrites keys of the oldest.
-    fn full(sizes: &[u64]) -> Vec<f64> {
-        vec![1.0; sizes.len()]
-    }
-
     /// The size-tiered rules alone.
     fn o() -> CompactionOptions {
         CompactionOptions {
@@ -139,35 +122,28 @@ mod tests {
 
     #[test]
     fn too_few_tables_or_disabled() {
-        assert_eq!(choose(&[10, 10, 10], &full(&[10, 10, 10]), &o()), None);
+        assert_eq!(choose(&[10, 10, 10], &o()), None);
         let off = CompactionOptions {
             enabled: false,
             ..o()
         };
-        assert_eq!(choose(&[10; 8], &full(&[10; 8]), &off), None);
+        assert_eq!(choose(&[10; 8], &off), None);
     }
 
     #[test]
     fn similar_sizes_merge_and_the_cheapest_run_wins() {
         // A big old table, then four small similar ones: merge the small ones.
-        assert_eq!(
-            choose(
-                &[1000, 10, 12, 11, 10],
-                &full(&[1000, 10, 12, 11, 10]),
-                &o()
-            ),
-            Some(1..5)
-        );
+        assert_eq!(choose(&[1000, 10, 12, 11, 10], &o()), Some(1..5));
         // Eight equal tables: the cheapest run is the first four.
-        assert_eq!(choose(&[5; 8], &full(&[5; 8]), &o()), Some(0..4));
+        assert_eq!(choose(&[5; 8], &o()), Some(0..4));
     }
 
     #[test]
     fn dissimilar_sizes_wait_until_there_are_too_many() {
         let sizes: Vec<u64> = (0..10).map(|i| 1 << (3 * i)).collect();
-        assert_eq!(choose(&sizes, &full(&sizes), &o()), None);
+        assert_eq!(choose(&sizes, &o()), None);
         let sizes: Vec<u64> = (0..17).map(|i| 1u64 << (3 * i)).collect();
-        assert_eq!(choose(&sizes, &full(&sizes), &o()), Some(0..4));
+        assert_eq!(choose(&sizes, &o()), Some(0..4));
     }
 
     #[test]
@@ -177,45 +153,15 @@ mod tests {
             ..o()
         };
         // Newer tables hold 40 % of the oldest: below the trigger, and too few for a run.
-        assert_eq!(choose(&[100, 20, 20], &full(&[100, 20, 20]), &amp), None);
+        assert_eq!(choose(&[100, 20, 20], &amp), None);
         // 60 %: merge all of them, even though they are too few and too unequal for a run.
-        assert_eq!(
-            choose(&[100, 30, 30], &full(&[100, 30, 30]), &amp),
-            Some(0..3)
-        );
-        assert_eq!(choose(&[100, 51], &full(&[100, 51]), &amp), Some(0..2));
+        assert_eq!(choose(&[100, 30, 30], &amp), Some(0..3));
+        assert_eq!(choose(&[100, 51], &amp), Some(0..2));
         // A run of similar small tables below the trigger still merges as size-tiered.
-        assert_eq!(
-            choose(
-                &[1000, 10, 10, 10, 10],
-                &full(&[1000, 10, 10, 10, 10]),
-                &amp
-            ),
-            Some(1..5)
-        );
+        assert_eq!(choose(&[1000, 10, 10, 10, 10], &amp), Some(1..5));
         // One table never merges with itself; huge sizes do not overflow.
-        assert_eq!(choose(&[100], &full(&[100]), &amp), None);
-        assert_eq!(
-            choose(&[u64::MAX, u64::MAX], &full(&[u64::MAX, u64::MAX]), &amp),
-            Some(0..2)
-        );
-        assert_eq!(choose(&[u64::MAX, 1], &full(&[u64::MAX, 1]), &amp), None);
-    }
-
-    #[test]
-    fn new_keys_do_not_fire_the_space_amplification_trigger() {
-        let amp = CompactionOptions {
-            space_amp_max_percent: Some(40),
-            ..o()
-        };
-        let sizes = [100, 30, 30];
-        // Newer tables of new keys: nothing to drop, so no full merge.
-        assert_eq!(choose(&sizes, &[0.0, 0.0, 0.0], &amp), None);
-        // Half their keys overwrite the oldest's: 30 bytes of garbage, under 40.
-        assert_eq!(choose(&sizes, &[0.0, 0.5, 0.5], &amp), None);
-        // All of them: 60 bytes of garbage.
-        assert_eq!(choose(&sizes, &[0.0, 1.0, 1.0], &amp), Some(0..3));
-        // Out-of-range estimates are clamped.
-        assert_eq!(choose(&sizes, &[0.0, 7.0, -1.0], &amp), None);
+        assert_eq!(choose(&[100], &amp), None);
+        assert_eq!(choose(&[u64::MAX, u64::MAX], &amp), Some(0..2));
+        assert_eq!(choose(&[u64::MAX, 1], &amp), None);
     }
 }

@@ -181,24 +181,6 @@ impl SsTable {
         self.index.partition_point(|e| e.last_token < token.0)
     }
 
-    /// Estimates the fraction of this table's keys that `older` also holds, by probing `older`'s
-    /// Bloom filter with up to 256 of this table's tokens (the last of each block, evenly
-    /// spread). No I/O; biased up by the filter's false-positive rate (about 1 %).
-    #[must_use]
-    pub fn overlap_with(&self, older: &SsTable) -> f64 {
-        let n = self.index.len();
-        if n == 0 {
-            return 0.0;
-        }
-        let step = n.div_ceil(256);
-        let (mut probed, mut found) = (0u32, 0u32);
-        for e in self.index.iter().step_by(step) {
-            probed += 1;
-            found += u32::from(older.may_contain(Token(e.last_token)));
-        }
-        f64::from(found) / f64::from(probed)
-    }
-
     /// The file offset of data block `i` (its cache key).
     #[must_use]
     pub fn block_offset(&self, i: usize) -> u64 {
