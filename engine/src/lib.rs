@@ -20,6 +20,7 @@
 //! format; `dynacore-net` drives it.
 #![deny(unsafe_code)]
 
+pub mod blob;
 pub mod compaction;
 pub mod error;
 pub mod manifest;
@@ -32,6 +33,9 @@ pub mod shard;
 pub mod sstable;
 pub mod version;
 pub mod wal;
+
+#[cfg(test)]
+mod test_util;
 
 pub use error::{Error, LimitError, Result};
 pub use object::{Object, Sibling};

@@ -1152,30 +1152,8 @@ async fn remove_orphan_tables(dir: &Path, manifest: &Manifest) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    fn temp_dir() -> tempfile::TempDir {
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
-        std::fs::create_dir_all(&base).expect("create target/tmp");
-        tempfile::Builder::new()
-            .prefix("dynacore-unit-")
-            .tempdir_in(base)
-            .expect("temp dir")
-    }
-
-    fn run(f: impl std::future::Future<Output = ()> + 'static) {
-        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
-        ex.run(async move {
-            futures_lite::future::or(f, async {
-                // NOTE: a watchdog, not a wait for a condition: it only ends a hung test.
-                runtime::sleep(Duration::from_secs(60)).await;
-                panic!("test did not finish within 60 s");
-            })
-            .await;
-        });
-    }
+    use crate::test_util::{run, temp_dir};
 
     /// An fdatasync failure fails the unacknowledged write and fences the log: no retry, no
     /// later write accepted; reads of acknowledged data still work; a reopen recovers.

@@ -1,0 +1,508 @@
+//! Blob files: the storage of the value log for large values (BlobDB-style key-value
+//! separation, `docs/compaction.md`). **Not wired in yet**: this is the file format, its writer
+//! and its checked reader. A flush will write values above the separation threshold here and
+//! put a [`BlobRef`] in the SSTable instead; that step, compaction copying references, and
+//! garbage collection come next.
+//!
+//! # Layout
+//!
+//! ```text
+//! block 0 (4096 bytes): BlobHeader (32 bytes, bytemuck Pod) then zeros
+//!    0 u64 magic "DYNBLOB1"   8 u32 format_version (1)   12 u32 header_crc
+//!   16 u64 file_id           24 u32 shard_id            28 u32 reserved
+//!    header_crc = crc32c of the 32 bytes with header_crc zeroed
+//!
+//! from offset 4096: entries, each starting on a 4096-byte boundary and zero-padded to the next
+//!    0 u32 magic "DBV1"       4 u32 crc32c over bytes 8.. of the entry (header rest, key, value)
+//!    8 u32 value_len         12 u32 key_len
+//!   16 key, then value
+//! ```
+//!
+//! Every entry is aligned, so a reference is read with one direct read of exactly its blocks.
+//! The key is stored beside the value so that garbage collection can ask the LSM whether the
+//! entry is still the live version of its key (as WiscKey does).
+//!
+//! INVARIANT: a [`BlobRef`] is only handed out for an entry that is written; it is durable once
+//! [`BlobWriter::finish`] has returned (the file and its directory synced).
+
+use std::path::{Path, PathBuf};
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::record::{ShardId, VALUE_BYTES_MAX};
+use crate::runtime::{self, align_up, File, IO_ALIGN};
+
+const BLOB_MAGIC: u64 = u64::from_le_bytes(*b"DYNBLOB1");
+const BLOB_FORMAT_VERSION: u32 = 1;
+const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"DBV1");
+const ENTRY_HEADER_BYTES: usize = 16;
+/// Offset of the first entry.
+const FIRST_ENTRY_OFFSET: u64 = IO_ALIGN;
+/// Unwritten bytes after which the writer writes a chunk out.
+const WRITE_CHUNK_BYTES: usize = 256 << 10;
+
+/// The fixed header in block 0 of a blob file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+struct BlobHeader {
+    magic: u64,
+    format_version: u32,
+    header_crc: u32,
+    file_id: u64,
+    shard_id: u32,
+    reserved: u32,
+}
+
+impl BlobHeader {
+    fn new(file_id: u64, shard_id: ShardId) -> Self {
+        let mut h = BlobHeader {
+            magic: BLOB_MAGIC,
+            format_version: BLOB_FORMAT_VERSION,
+            header_crc: 0,
+            file_id,
+            shard_id: shard_id.0,
+            reserved: 0,
+        };
+        h.header_crc = h.checksum();
+        h
+    }
+
+    fn checksum(&self) -> u32 {
+        let mut copy = *self;
+        copy.header_crc = 0;
+        crc32c::crc32c(bytemuck::bytes_of(&copy))
+    }
+}
+
+/// Where a value lives in the value log: what an SSTable stores instead of a large value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobRef {
+    /// The blob file.
+    pub file_id: u64,
+    /// Offset of the entry (block-aligned).
+    pub offset: u64,
+    /// Length of the value.
+    pub value_len: u32,
+}
+
+/// Encoded size of a [`BlobRef`].
+pub const BLOB_REF_BYTES: usize = 20;
+
+impl BlobRef {
+    /// The 20-byte little-endian encoding: file id, offset, value length.
+    #[must_use]
+    pub fn encode(&self) -> [u8; BLOB_REF_BYTES] {
+        let mut out = [0u8; BLOB_REF_BYTES];
+        out[..8].copy_from_slice(&self.file_id.to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..].copy_from_slice(&self.value_len.to_le_bytes());
+        out
+    }
+
+    /// Decodes [`BlobRef::encode`]'s output; `None` for a wrong length or an unaligned or
+    /// out-of-range reference.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<BlobRef> {
+        if bytes.len() != BLOB_REF_BYTES {
+            return None;
+        }
+        let r = BlobRef {
+            file_id: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            offset: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            value_len: u32::from_le_bytes(bytes[16..].try_into().ok()?),
+        };
+        let aligned = r.offset >= FIRST_ENTRY_OFFSET && r.offset.is_multiple_of(IO_ALIGN);
+        (aligned && r.value_len as usize <= VALUE_BYTES_MAX).then_some(r)
+    }
+
+    /// Bytes the entry occupies on disk for a key of `key_len` bytes (block-aligned).
+    #[must_use]
+    pub fn entry_bytes(&self, key_len: usize) -> u64 {
+        align_up((ENTRY_HEADER_BYTES + key_len + self.value_len as usize) as u64)
+    }
+}
+
+/// The path of blob file `id` in `dir`.
+#[must_use]
+pub fn blob_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("blob-{id:016x}.blob"))
+}
+
+/// Parses a blob file name back to its id.
+#[must_use]
+pub fn parse_blob_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("blob-")?.strip_suffix(".blob")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Appends values to a new blob file.
+#[derive(Debug)]
+pub struct BlobWriter {
+    id: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes written to the file so far (block-aligned).
+    written: u64,
+    out: Vec<u8>,
+}
+
+impl BlobWriter {
+    /// Creates blob file `id` in `dir` and writes its header.
+    ///
+    /// # Errors
+    /// I/O errors, `AlreadyExists` included.
+    pub async fn create(dir: &Path, id: u64, shard_id: ShardId) -> Result<BlobWriter> {
+        let path = blob_path(dir, id);
+        let file = File::create_new(&path)
+            .await
+            .map_err(|e| Error::io("create", &path, e))?;
+        let mut out = Vec::with_capacity(WRITE_CHUNK_BYTES * 2);
+        out.resize(IO_ALIGN as usize, 0);
+        out[..std::mem::size_of::<BlobHeader>()]
+            .copy_from_slice(bytemuck::bytes_of(&BlobHeader::new(id, shard_id)));
+        Ok(BlobWriter {
+            id,
+            path,
+            file,
+            written: 0,
+            out,
+        })
+    }
+
+    /// Appends `value` for `key` and returns its reference.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for a key or value over the limits; I/O errors.
+    pub async fn append(&mut self, key: &[u8], value: &[u8]) -> Result<BlobRef> {
+        crate::record::validate_key(key)?;
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(crate::error::LimitError::ValueTooLarge {
+                len: value.len(),
+                max: VALUE_BYTES_MAX,
+            }
+            .into());
+        }
+        let offset = self.written + self.out.len() as u64;
+        debug_assert!(offset.is_multiple_of(IO_ALIGN));
+        let start = self.out.len();
+        let value_len = u32::try_from(value.len()).expect("INVARIANT: checked against the limit");
+        let key_len = u32::try_from(key.len()).expect("INVARIANT: checked against the limit");
+        self.out.extend_from_slice(&ENTRY_MAGIC.to_le_bytes());
+        self.out.extend_from_slice(&[0u8; 4]);
+        self.out.extend_from_slice(&value_len.to_le_bytes());
+        self.out.extend_from_slice(&key_len.to_le_bytes());
+        self.out.extend_from_slice(key);
+        self.out.extend_from_slice(value);
+        let crc = crc32c::crc32c(&self.out[start + 8..]);
+        self.out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        let padded = align_up(self.out.len() as u64) as usize;
+        self.out.resize(padded, 0);
+        if self.out.len() >= WRITE_CHUNK_BYTES {
+            self.write_out().await?;
+        }
+        Ok(BlobRef {
+            file_id: self.id,
+            offset,
+            value_len,
+        })
+    }
+
+    async fn write_out(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_aligned(self.written, &self.out)
+            .await
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.written += self.out.len() as u64;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes what is buffered, syncs the file and its directory, and returns the file's size.
+    /// Every reference handed out is durable after this.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn finish(mut self, dir: &Path) -> Result<u64> {
+        self.write_out().await?;
+        self.file
+            .sync_data()
+            .await
+            .map_err(|e| Error::io("sync", &self.path, e))?;
+        self.file
+            .close()
+            .await
+            .map_err(|e| Error::io("close", &self.path, e))?;
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+        Ok(self.written)
+    }
+
+    /// Removes the unfinished file (after an error).
+    pub async fn abandon(self) {
+        let _ = self.file.close().await;
+        let _ = runtime::remove(&self.path).await;
+    }
+}
+
+/// An open blob file, for reading values by reference.
+#[derive(Debug)]
+pub struct BlobFile {
+    id: u64,
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl BlobFile {
+    /// Opens blob file `id` in `dir` and checks its header.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for a damaged header,
+    /// [`Error::Incompatible`] for another shard's or format's file; I/O errors.
+    pub async fn open(dir: &Path, id: u64, shard_id: ShardId) -> Result<BlobFile> {
+        let path = blob_path(dir, id);
+        let file = File::open_read(&path)
+            .await
+            .map_err(|e| Error::io("open", &path, e))?;
+        let size = file.size().await.map_err(|e| Error::io("stat", &path, e))?;
+        if size < FIRST_ENTRY_OFFSET {
+            return Err(Error::corruption(
+                &path,
+                0,
+                "blob file shorter than its header",
+            ));
+        }
+        let raw = file
+            .read_exact_at(0, std::mem::size_of::<BlobHeader>())
+            .await
+            .map_err(|e| Error::io("read header of", &path, e))?;
+        let h: BlobHeader = bytemuck::pod_read_unaligned(&raw);
+        if h.magic != BLOB_MAGIC {
+            return Err(Error::corruption(&path, 0, "bad blob file magic"));
+        }
+        let actual = h.checksum();
+        if actual != h.header_crc {
+            return Err(Error::ChecksumMismatch {
+                path,
+                offset: 0,
+                expected: h.header_crc,
+                actual,
+            });
+        }
+        if h.format_version != BLOB_FORMAT_VERSION || h.shard_id != shard_id.0 || h.file_id != id {
+            return Err(Error::Incompatible {
+                path,
+                reason: format!(
+                    "blob file says format {}, shard {}, id {}",
+                    h.format_version, h.shard_id, h.file_id
+                ),
+            });
+        }
+        Ok(BlobFile {
+            id,
+            path,
+            file,
+            size,
+        })
+    }
+
+    /// The file's id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Reads the value `r` points at, checking that the entry is whole, undamaged and belongs
+    /// to `key`.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] for a reference that does not fit the file or an entry of another
+    /// key, [`Error::ChecksumMismatch`] for damaged bytes; I/O errors.
+    pub async fn read(&self, r: &BlobRef, key: &[u8]) -> Result<Vec<u8>> {
+        assert_eq!(r.file_id, self.id, "a reference is read from its own file");
+        let len = r.entry_bytes(key.len());
+        if r.offset < FIRST_ENTRY_OFFSET || r.offset.saturating_add(len) > self.size {
+            return Err(Error::corruption(
+                &self.path,
+                r.offset,
+                "blob reference points outside the file",
+            ));
+        }
+        let entry = self
+            .file
+            .read_exact_at(r.offset, usize::try_from(len).unwrap_or(usize::MAX))
+            .await
+            .map_err(|e| Error::io("read blob of", &self.path, e))?;
+        let word = |at: usize| {
+            u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]])
+        };
+        if word(0) != ENTRY_MAGIC {
+            return Err(Error::corruption(
+                &self.path,
+                r.offset,
+                "bad blob entry magic",
+            ));
+        }
+        let (value_len, key_len) = (word(8) as usize, word(12) as usize);
+        if value_len != r.value_len as usize || key_len != key.len() {
+            return Err(Error::corruption(
+                &self.path,
+                r.offset,
+                "blob entry lengths differ from the reference",
+            ));
+        }
+        let body_end = ENTRY_HEADER_BYTES + key_len + value_len;
+        let actual = crc32c::crc32c(&entry[8..body_end]);
+        if actual != word(4) {
+            return Err(Error::ChecksumMismatch {
+                path: self.path.clone(),
+                offset: r.offset,
+                expected: word(4),
+                actual,
+            });
+        }
+        if &entry[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + key_len] != key {
+            return Err(Error::corruption(
+                &self.path,
+                r.offset,
+                "blob entry belongs to another key",
+            ));
+        }
+        Ok(entry[ENTRY_HEADER_BYTES + key_len..body_end].to_vec())
+    }
+
+    /// Closes the file.
+    ///
+    /// # Errors
+    /// I/O errors from `close`.
+    pub async fn close(self) -> Result<()> {
+        self.file
+            .close()
+            .await
+            .map_err(|e| Error::io("close", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{run, temp_dir};
+
+    fn value(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 31 + j) as u8).collect()
+    }
+
+    #[test]
+    fn reference_encoding_round_trips_and_rejects_nonsense() {
+        let r = BlobRef {
+            file_id: 7,
+            offset: 3 * IO_ALIGN,
+            value_len: 70_000,
+        };
+        assert_eq!(BlobRef::decode(&r.encode()), Some(r));
+        assert_eq!(BlobRef::decode(&r.encode()[..19]), None);
+        let mut unaligned = r;
+        unaligned.offset += 1;
+        assert_eq!(BlobRef::decode(&unaligned.encode()), None);
+        let mut header = r;
+        header.offset = 0;
+        assert_eq!(BlobRef::decode(&header.encode()), None);
+        assert_eq!(parse_blob_name("blob-00000000000000ff.blob"), Some(255));
+        assert_eq!(parse_blob_name("blob-ff.blob"), None);
+    }
+
+    #[test]
+    fn values_round_trip_through_a_blob_file() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut w = BlobWriter::create(&path, 1, ShardId(3))
+                .await
+                .expect("create");
+            let lens = [65 << 10, 1, 300 << 10, 0, 10 << 20, 4090];
+            let mut refs = Vec::new();
+            for (i, &len) in lens.iter().enumerate() {
+                let key = format!("key-{i}");
+                refs.push((key.clone(), w.append(key.as_bytes(), &value(i, len)).await));
+            }
+            w.finish(&path).await.expect("finish");
+            let f = BlobFile::open(&path, 1, ShardId(3)).await.expect("open");
+            for (i, (key, r)) in refs.iter().enumerate() {
+                let r = r.as_ref().expect("append");
+                assert_eq!(r.offset % IO_ALIGN, 0);
+                let got = f.read(r, key.as_bytes()).await.expect("read");
+                assert_eq!(got, value(i, lens[i]), "value {i}");
+            }
+            // A reference read with the wrong key is refused, not answered.
+            let (_, r) = &refs[0];
+            assert!(matches!(
+                f.read(r.as_ref().expect("append"), b"other").await,
+                Err(Error::Corruption { .. })
+            ));
+            f.close().await.expect("close");
+            assert!(matches!(
+                BlobFile::open(&path, 1, ShardId(4)).await,
+                Err(Error::Incompatible { .. })
+            ));
+        });
+    }
+
+    #[test]
+    fn damaged_or_out_of_range_entries_are_typed_errors() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        let p = path.clone();
+        let refs = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let r2 = refs.clone();
+        run(async move {
+            let mut w = BlobWriter::create(&p, 2, ShardId(0)).await.expect("create");
+            for i in 0..3 {
+                let r = w.append(b"k", &value(i, 100 << 10)).await.expect("append");
+                r2.borrow_mut().push(r);
+            }
+            w.finish(&p).await.expect("finish");
+        });
+        let refs = refs.borrow().clone();
+        // Flip a bit inside the second value.
+        let file = blob_path(&path, 2);
+        let mut bytes = std::fs::read(&file).expect("read");
+        bytes[usize::try_from(refs[1].offset).expect("fits") + 5000] ^= 0x04;
+        std::fs::write(&file, &bytes).expect("write");
+        run(async move {
+            let f = BlobFile::open(&path, 2, ShardId(0)).await.expect("open");
+            assert_eq!(
+                f.read(&refs[0], b"k").await.expect("read"),
+                value(0, 100 << 10)
+            );
+            assert!(matches!(
+                f.read(&refs[1], b"k").await,
+                Err(Error::ChecksumMismatch { .. })
+            ));
+            let beyond = BlobRef {
+                offset: refs[2].offset + 1024 * IO_ALIGN,
+                ..refs[2]
+            };
+            assert!(matches!(
+                f.read(&beyond, b"k").await,
+                Err(Error::Corruption { .. })
+            ));
+            let misread = BlobRef {
+                value_len: 5,
+                ..refs[2]
+            };
+            assert!(matches!(
+                f.read(&misread, b"k").await,
+                Err(Error::Corruption { .. })
+            ));
+            f.close().await.expect("close");
+        });
+    }
+}
