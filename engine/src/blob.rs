@@ -231,14 +231,7 @@ impl BlobWriter {
     /// I/O errors.
     pub async fn finish(mut self, dir: &Path) -> Result<u64> {
         self.write_out().await?;
-        self.file
-            .sync_data()
-            .await
-            .map_err(|e| Error::io("sync", &self.path, e))?;
-        self.file
-            .close()
-            .await
-            .map_err(|e| Error::io("close", &self.path, e))?;
+        crate::sstable::sync_and_close(self.file, &self.path).await?;
         runtime::sync_dir(dir)
             .await
             .map_err(|e| Error::io("sync directory", dir, e))?;

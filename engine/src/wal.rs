@@ -597,34 +597,24 @@ impl Wal {
                         }
                         pos = next;
                     }
-                    BatchParse::Empty => {
+                    end @ (BatchParse::Empty | BatchParse::Stale) => {
+                        // Nothing written here, or a recycled file's old contents: this
+                        // segment's data ends here. A batch of this segment further on would
+                        // mean damage in between.
+                        let what = if matches!(end, BatchParse::Stale) {
+                            stale_end = true;
+                            "stale batch of another segment"
+                        } else {
+                            "zeroed block"
+                        };
                         let after = prev_last.unwrap_or(SeqNo(0));
                         if let Some(later) = valid_batch_after(&image, pos + 1, id, after) {
                             return Err(Error::corruption(
                                 &path,
                                 pos as u64,
-                                format!(
-                                    "zeroed block, and a valid batch follows at offset {later}"
-                                ),
+                                format!("{what}, and a valid batch follows at offset {later}"),
                             ));
                         }
-                        break;
-                    }
-                    BatchParse::Stale => {
-                        // A recycled file's old contents: this segment's data ends here. A
-                        // batch of this segment further on would mean damage in between.
-                        let after = prev_last.unwrap_or(SeqNo(0));
-                        if let Some(later) = valid_batch_after(&image, pos + 1, id, after) {
-                            return Err(Error::corruption(
-                                &path,
-                                pos as u64,
-                                format!(
-                                    "stale batch of another segment, and a valid batch \
-                                     follows at offset {later}"
-                                ),
-                            ));
-                        }
-                        stale_end = true;
                         break;
                     }
                     BatchParse::Invalid(why) => {

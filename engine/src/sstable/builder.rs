@@ -204,14 +204,7 @@ impl<'c> TableBuilder<'c> {
         let footer = footer.seal();
         self.out.extend_from_slice(bytemuck::bytes_of(&footer));
         self.write_out(true).await?;
-        self.file
-            .sync_data()
-            .await
-            .map_err(|e| Error::io("sync", &self.path, e))?;
-        self.file
-            .close()
-            .await
-            .map_err(|e| Error::io("close", &self.path, e))?;
+        sync_and_close(self.file, &self.path).await?;
         Ok(footer)
     }
 
@@ -222,4 +215,15 @@ impl<'c> TableBuilder<'c> {
             tracing::warn!(path = %self.path.display(), error = %e, "removing abandoned table");
         }
     }
+}
+
+/// Syncs a finished file's data and closes it (`path` names it in errors).
+///
+/// # Errors
+/// I/O errors from `fdatasync` or `close`.
+pub(crate) async fn sync_and_close(file: File, path: &Path) -> Result<()> {
+    file.sync_data()
+        .await
+        .map_err(|e| Error::io("sync", path, e))?;
+    file.close().await.map_err(|e| Error::io("close", path, e))
 }

@@ -31,6 +31,7 @@ use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
+pub(crate) use builder::sync_and_close;
 pub use builder::TableBuilder;
 pub use reader::SsTable;
 
