@@ -29,9 +29,9 @@
 //! deleted, and the next segment is made from one of them: its header is rewritten for the new
 //! id and synced before the rename into place, with no zero-fill (which doubled the bytes the
 //! WAL wrote). The old batches stay behind the new ones. They can never pass for data of the
-//! new segment, because every batch names its segment id under its crc: a whole old batch
-//! parses as stale (the end of this segment's data), and old bytes that do not start on a batch
-//! boundary are invalid. Such an end is accepted when the next segment's first batch continues
+//! new segment: every segment header carries a random salt, new for each life of the file,
+//! that every batch checksum covers, so old batches (and any value crafted to look like a batch)
+//! are invalid in the new life. Renamed files join the pool only after a directory sync. Such an end is accepted when the next segment's first batch continues
 //! the sequence numbers exactly (nothing is missing); without that continuation it is damage and
 //! the shard refuses to open, as before.
 //!
@@ -74,7 +74,8 @@ pub enum Durability {
 
 /// Magic at the start of a segment header: "DYNWAL01" as little-endian bytes.
 const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"DYNWAL01");
-const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// 2 since batch checksums are salted; segments of version 1 (salt field zero) still open.
+const SEGMENT_FORMAT_VERSION: u32 = 2;
 /// Magic at the start of a batch: "DWB1".
 const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"DWB1");
 const BATCH_HEADER_BYTES: usize = 32;
@@ -100,8 +101,11 @@ pub struct SegmentHeader {
     pub segment_id: u64,
     /// The shard that wrote it.
     pub shard_id: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Mixed into every batch checksum of this life of the file (0 in segments written before
+    /// recycling existed: their checksums have no salt). A recycled file gets a new random
+    /// salt, so no byte left from its earlier life, nor a crafted value stored there, can pass
+    /// for a batch of its new life.
+    pub salt: u32,
     /// Size of the segment file.
     pub capacity: u64,
 }
@@ -109,14 +113,14 @@ pub struct SegmentHeader {
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 40);
 
 impl SegmentHeader {
-    fn new(segment_id: u64, shard_id: ShardId, capacity: u64) -> Self {
+    fn new(segment_id: u64, shard_id: ShardId, capacity: u64, salt: u32) -> Self {
         let mut h = SegmentHeader {
             magic: SEGMENT_MAGIC,
             format_version: SEGMENT_FORMAT_VERSION,
             header_crc: 0,
             segment_id,
             shard_id: shard_id.0,
-            reserved: 0,
+            salt,
             capacity,
         };
         h.header_crc = crc32c::crc32c(bytemuck::bytes_of(&h));
@@ -144,9 +148,27 @@ struct BatchHeader {
 
 const _: () = assert!(std::mem::size_of::<BatchHeader>() == BATCH_HEADER_BYTES);
 
-fn batch_crc(header: &BatchHeader, body: &[u8]) -> u32 {
+fn batch_crc(salt: u32, header: &BatchHeader, body: &[u8]) -> u32 {
     let bytes = bytemuck::bytes_of(header);
-    crc32c::crc32c_append(crc32c::crc32c(&bytes[8..]), body)
+    let seed = if salt == 0 {
+        0
+    } else {
+        crc32c::crc32c(&salt.to_le_bytes())
+    };
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, &bytes[8..]), body)
+}
+
+/// A fresh non-zero salt for a segment's new life: unpredictable from outside the process.
+fn new_salt(segment_id: u64) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = Vec::with_capacity(32);
+    seed.extend_from_slice(&nanos.to_le_bytes());
+    seed.extend_from_slice(&segment_id.to_le_bytes());
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    let salt = xxhash_rust::xxh3::xxh3_64(&seed) as u32;
+    salt.max(1)
 }
 
 /// Appends a framed record to `out`.
@@ -168,7 +190,13 @@ fn batch_len(body_len: usize) -> usize {
 
 /// Writes a whole batch (header, body, zero padding) into `out`, which is
 /// [`batch_len`]`(body.len())` bytes.
-fn build_batch_into(out: &mut [u8], segment_id: u64, first_seq: SeqNo, count: u32, body: &[u8]) {
+fn build_batch_into(
+    out: &mut [u8],
+    (segment_id, salt): (u64, u32),
+    first_seq: SeqNo,
+    count: u32,
+    body: &[u8],
+) {
     assert_eq!(out.len(), batch_len(body.len()), "batch buffer size");
     let mut header = BatchHeader {
         magic: BATCH_MAGIC,
@@ -178,7 +206,7 @@ fn build_batch_into(out: &mut [u8], segment_id: u64, first_seq: SeqNo, count: u3
         first_seq: first_seq.0,
         segment_id,
     };
-    header.crc = batch_crc(&header, body);
+    header.crc = batch_crc(salt, &header, body);
     out[..BATCH_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
     let end = BATCH_HEADER_BYTES + body.len();
     out[BATCH_HEADER_BYTES..end].copy_from_slice(body);
@@ -186,9 +214,9 @@ fn build_batch_into(out: &mut [u8], segment_id: u64, first_seq: SeqNo, count: u3
 }
 
 #[cfg(test)]
-fn build_batch(segment_id: u64, first_seq: SeqNo, count: u32, body: &[u8]) -> Vec<u8> {
+fn build_batch(segment: (u64, u32), first_seq: SeqNo, count: u32, body: &[u8]) -> Vec<u8> {
     let mut out = vec![0; batch_len(body.len())];
-    build_batch_into(&mut out, segment_id, first_seq, count, body);
+    build_batch_into(&mut out, segment, first_seq, count, body);
     out
 }
 
@@ -241,7 +269,7 @@ enum BatchParse<'a> {
     Invalid(&'static str),
 }
 
-fn parse_batch(image: &[u8], pos: usize, segment_id: u64) -> BatchParse<'_> {
+fn parse_batch(image: &[u8], pos: usize, (segment_id, salt): (u64, u32)) -> BatchParse<'_> {
     let Some(head) = image.get(pos..pos + BATCH_HEADER_BYTES) else {
         return BatchParse::Empty;
     };
@@ -256,7 +284,7 @@ fn parse_batch(image: &[u8], pos: usize, segment_id: u64) -> BatchParse<'_> {
     let Some(body) = image.get(body_start..body_start + header.body_len as usize) else {
         return BatchParse::Invalid("batch runs past the end of the segment");
     };
-    if batch_crc(&header, body) != header.crc {
+    if batch_crc(salt, &header, body) != header.crc {
         return BatchParse::Invalid("batch checksum mismatch");
     }
     if header.segment_id != segment_id {
@@ -273,13 +301,18 @@ fn parse_batch(image: &[u8], pos: usize, segment_id: u64) -> BatchParse<'_> {
 
 /// The first block-aligned position at or after `from` that holds a valid, non-empty batch
 /// whose records come after sequence number `after` — evidence that the log goes on.
-fn valid_batch_after(image: &[u8], from: usize, segment_id: u64, after: SeqNo) -> Option<usize> {
+fn valid_batch_after(
+    image: &[u8],
+    from: usize,
+    segment: (u64, u32),
+    after: SeqNo,
+) -> Option<usize> {
     let mut pos = align_up(from as u64) as usize;
     while pos + BATCH_HEADER_BYTES <= image.len() {
         if image[pos..pos + 4] == BATCH_MAGIC.to_le_bytes() {
             if let BatchParse::Valid {
                 first_seq, count, ..
-            } = parse_batch(image, pos, segment_id)
+            } = parse_batch(image, pos, segment)
             {
                 if count > 0 && first_seq > after {
                     return Some(pos);
@@ -289,6 +322,21 @@ fn valid_batch_after(image: &[u8], from: usize, segment_id: u64, after: SeqNo) -
         pos += IO_ALIGN as usize;
     }
     None
+}
+
+/// Whether any block of `image` after the header starts like a batch of segment `id` (magic
+/// and id; the checksum cannot be checked without the segment's salt).
+fn looks_like_batch_of(image: &[u8], id: u64) -> bool {
+    let mut pos = FIRST_BATCH_OFFSET as usize;
+    while pos + BATCH_HEADER_BYTES <= image.len() {
+        let header: BatchHeader =
+            bytemuck::pod_read_unaligned(&image[pos..pos + BATCH_HEADER_BYTES]);
+        if header.magic == BATCH_MAGIC && header.segment_id == id {
+            return true;
+        }
+        pos += IO_ALIGN as usize;
+    }
+    false
 }
 
 /// Where to look for valid data after an invalid batch at `pos`: past its declared extent when
@@ -319,6 +367,8 @@ struct SegmentInfo {
 #[derive(Debug)]
 struct ActiveSegment {
     id: u64,
+    /// The salt of this life of the file (see [`SegmentHeader::salt`]).
+    salt: u32,
     file: File,
     capacity: u64,
     /// Next write position (block-aligned).
@@ -476,6 +526,12 @@ impl Wal {
             }
         }
         ids.sort_unstable();
+        if !recycled.is_empty() {
+            // Their renames may predate a crash: make them durable before any is reused.
+            runtime::sync_dir(dir)
+                .await
+                .map_err(|e| Error::io("sync directory", dir, e))?;
+        }
 
         let mut segments = VecDeque::new();
         let mut last_seq = floor;
@@ -506,13 +562,13 @@ impl Wal {
                 h.magic == SEGMENT_MAGIC
                     && h.checksum_ok()
                     && h.segment_id == id
-                    && h.format_version == SEGMENT_FORMAT_VERSION
+                    && (h.format_version == SEGMENT_FORMAT_VERSION
+                        || (h.format_version == 1 && h.salt == 0))
             };
             if !header_ok {
-                if is_last
-                    && valid_batch_after(&image, FIRST_BATCH_OFFSET as usize, id, SeqNo(0))
-                        .is_none()
-                {
+                // Without a header there is no salt to check batches with: any block that looks
+                // like a batch of this segment means it held records, and must not be removed.
+                if is_last && !looks_like_batch_of(&image, id) {
                     // A segment whose preparation was cut short: it never held a record.
                     tracing::warn!(path = %path.display(), "removing half-prepared WAL segment");
                     file.close()
@@ -536,11 +592,12 @@ impl Wal {
                     ),
                 });
             }
+            let segment = (id, header.salt);
             let mut pos = FIRST_BATCH_OFFSET as usize;
             let mut first_seq = None;
             let mut stale_end = false;
             loop {
-                match parse_batch(&image, pos, id) {
+                match parse_batch(&image, pos, segment) {
                     BatchParse::Valid {
                         first_seq: batch_first,
                         count,
@@ -608,7 +665,7 @@ impl Wal {
                             "zeroed block"
                         };
                         let after = prev_last.unwrap_or(SeqNo(0));
-                        if let Some(later) = valid_batch_after(&image, pos + 1, id, after) {
+                        if let Some(later) = valid_batch_after(&image, pos + 1, segment, after) {
                             return Err(Error::corruption(
                                 &path,
                                 pos as u64,
@@ -620,7 +677,7 @@ impl Wal {
                     BatchParse::Invalid(why) => {
                         let after = prev_last.unwrap_or(SeqNo(0));
                         let from = scan_start_after_invalid(&image, pos);
-                        if let Some(later) = valid_batch_after(&image, from, id, after) {
+                        if let Some(later) = valid_batch_after(&image, from, segment, after) {
                             return Err(Error::corruption(
                                 &path,
                                 pos as u64,
@@ -632,11 +689,16 @@ impl Wal {
                     }
                 }
             }
-            // Whatever follows the last valid batch (a torn tail, or nothing) is zeroed later; a
-            // recycled file's stale batches are left alone (they can never pass for this
-            // segment's data, and writing resumes over them).
+            // Whatever follows the last valid batch (a torn tail, or nothing) is zeroed later. In
+            // a salted segment only the torn batch itself is: nothing after it can pass for data
+            // of this life of the file, and the rest may be a recycled file's old contents, up to
+            // the whole segment.
             if !stale_end && image[pos.min(image.len())..].iter().any(|&b| b != 0) {
-                let garbage_end = image.iter().rposition(|&b| b != 0).map_or(pos, |p| p + 1);
+                let garbage_end = if header.salt == 0 {
+                    image.iter().rposition(|&b| b != 0).map_or(pos, |p| p + 1)
+                } else {
+                    scan_start_after_invalid(&image, pos).min(image.len())
+                };
                 let len = align_up((garbage_end - pos) as u64);
                 tails.push((path.clone(), pos as u64, len));
             }
@@ -652,6 +714,7 @@ impl Wal {
             }
             active = Some(ActiveSegment {
                 id,
+                salt: header.salt,
                 file,
                 capacity: size,
                 pos: pos as u64,
@@ -823,19 +886,23 @@ impl Wal {
             }
             doomed
         };
+        // Renamed files join the pool only once the directory sync made the renames durable:
+        // a file reused (its header rewritten for a new id) while the directory may still name
+        // it as the old segment would look damaged after a power failure.
+        let mut pooled = Vec::new();
         for path in &doomed {
             let old_id = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(parse_segment_name)
                 .expect("INVARIANT: segment paths are made by segment_path");
-            let keep = self.shared.borrow().recycled.len() < RECYCLE_MAX;
+            let keep = self.shared.borrow().recycled.len() + pooled.len() < RECYCLE_MAX;
             if keep {
                 let to = recycle_path(dir, old_id);
                 runtime::rename(path, &to)
                     .await
                     .map_err(|e| Error::io("rename", path, e))?;
-                self.shared.borrow_mut().recycled.push(to);
+                pooled.push(to);
             } else {
                 runtime::remove(path)
                     .await
@@ -847,6 +914,7 @@ impl Wal {
                 .await
                 .map_err(|e| Error::io("sync directory", dir, e))?;
         }
+        self.shared.borrow_mut().recycled.extend(pooled);
         Ok(doomed.len())
     }
 
@@ -1009,7 +1077,7 @@ async fn prepare_segment(
             .map_err(|e| Error::io("open", &old, e))?;
         let size = file.size().await.map_err(|e| Error::io("stat", &old, e))?;
         if size == capacity {
-            write_segment_header(&file, id, shard_id, capacity, &old).await?;
+            let salt = write_segment_header(&file, id, shard_id, capacity, &old).await?;
             file.close()
                 .await
                 .map_err(|e| Error::io("close", &old, e))?;
@@ -1025,6 +1093,7 @@ async fn prepare_segment(
             return Ok((
                 ActiveSegment {
                     id,
+                    salt,
                     file,
                     capacity,
                     pos: FIRST_BATCH_OFFSET,
@@ -1056,13 +1125,14 @@ async fn prepare_segment(
             .map_err(|e| Error::io("zero-fill", &path, e))?;
         at += n;
     }
-    write_segment_header(&file, id, shard_id, capacity, &path).await?;
+    let salt = write_segment_header(&file, id, shard_id, capacity, &path).await?;
     runtime::sync_dir(dir)
         .await
         .map_err(|e| Error::io("sync directory", dir, e))?;
     Ok((
         ActiveSegment {
             id,
+            salt,
             file,
             capacity,
             pos: FIRST_BATCH_OFFSET,
@@ -1071,23 +1141,26 @@ async fn prepare_segment(
     ))
 }
 
-/// Writes the header block of segment `id` and syncs the file.
+/// Writes the header block of segment `id`, with a fresh salt, and syncs the file; returns the
+/// salt.
 async fn write_segment_header(
     file: &File,
     id: u64,
     shard_id: ShardId,
     capacity: u64,
     path: &Path,
-) -> Result<()> {
+) -> Result<u32> {
     let mut block = vec![0u8; IO_ALIGN as usize];
-    let header = SegmentHeader::new(id, shard_id, capacity);
+    let salt = new_salt(id);
+    let header = SegmentHeader::new(id, shard_id, capacity, salt);
     block[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
     file.write_aligned(0, &block)
         .await
         .map_err(|e| Error::io("write header of", path, e))?;
     file.sync_data()
         .await
-        .map_err(|e| Error::io("sync", path, e))
+        .map_err(|e| Error::io("sync", path, e))?;
+    Ok(salt)
 }
 
 /// With `Sync` durability, reopens the segment with `O_DSYNC` so that each group commit is one
@@ -1362,11 +1435,11 @@ async fn write_batch(
         }
     }
     let len = batch_len(body.len());
-    let segment_id = active.id;
+    let segment = (active.id, active.salt);
     active
         .file
         .write_filled(active.pos, len, |out| {
-            build_batch_into(out, segment_id, first_seq, count, body);
+            build_batch_into(out, segment, first_seq, count, body);
         })
         .await
         .map_err(|e| Error::io("write", active.file.path(), e))?;
@@ -1405,13 +1478,13 @@ mod tests {
             };
             frame_record(&rec, &mut body);
         }
-        let batch = build_batch(9, SeqNo(1), 3, &body);
+        let batch = build_batch((9, 77), SeqNo(1), 3, &body);
         assert_eq!(batch.len() % IO_ALIGN as usize, 0);
         let mut image = vec![0u8; IO_ALIGN as usize];
         image.extend_from_slice(&batch);
         image.resize(image.len() + 2 * IO_ALIGN as usize, 0);
         let pos = IO_ALIGN as usize;
-        match parse_batch(&image, pos, 9) {
+        match parse_batch(&image, pos, (9, 77)) {
             BatchParse::Valid { count, body, .. } => {
                 let mut seqs = Vec::new();
                 replay_batch(Path::new("x"), pos, SeqNo(1), count, body, |r| {
@@ -1422,15 +1495,24 @@ mod tests {
             }
             _ => panic!("batch must parse"),
         }
-        // A whole batch of another segment is a recycled file's stale data.
-        assert!(matches!(parse_batch(&image, pos, 8), BatchParse::Stale));
+        // The same bytes in another life of the file (another salt) are not a batch of it,
+        // even under the same segment id.
         assert!(matches!(
-            parse_batch(&image, pos + IO_ALIGN as usize, 9),
+            parse_batch(&image, pos, (9, 78)),
+            BatchParse::Invalid(_)
+        ));
+        // A whole batch of another segment written under the same salt is stale data.
+        assert!(matches!(
+            parse_batch(&image, pos, (8, 77)),
+            BatchParse::Stale
+        ));
+        assert!(matches!(
+            parse_batch(&image, pos + IO_ALIGN as usize, (9, 77)),
             BatchParse::Empty
         ));
         image[pos + 40] ^= 1;
         assert!(matches!(
-            parse_batch(&image, pos, 9),
+            parse_batch(&image, pos, (9, 77)),
             BatchParse::Invalid(_)
         ));
     }
@@ -1446,7 +1528,7 @@ mod tests {
 
     #[test]
     fn segment_header_checksum() {
-        let h = SegmentHeader::new(3, ShardId(1), 1 << 20);
+        let h = SegmentHeader::new(3, ShardId(1), 1 << 20, 5);
         assert!(h.checksum_ok());
         let mut bad = h;
         bad.capacity += 1;
