@@ -1071,61 +1071,58 @@ async fn prepare_segment(
 ) -> Result<(ActiveSegment, bool)> {
     let capacity = align_up(capacity.max(2 * IO_ALIGN));
     let path = segment_path(dir, id);
+    let mut reused = None;
     if let Some(old) = recycled {
         let file = File::open_rw(&old)
             .await
             .map_err(|e| Error::io("open", &old, e))?;
         let size = file.size().await.map_err(|e| Error::io("stat", &old, e))?;
-        if size == capacity {
-            let salt = write_segment_header(&file, id, shard_id, capacity, &old).await?;
-            file.close()
-                .await
-                .map_err(|e| Error::io("close", &old, e))?;
-            runtime::rename(&old, &path)
-                .await
-                .map_err(|e| Error::io("rename", &old, e))?;
-            runtime::sync_dir(dir)
-                .await
-                .map_err(|e| Error::io("sync directory", dir, e))?;
-            let file = File::open_rw(&path)
-                .await
-                .map_err(|e| Error::io("open", &path, e))?;
-            return Ok((
-                ActiveSegment {
-                    id,
-                    salt,
-                    file,
-                    capacity,
-                    pos: FIRST_BATCH_OFFSET,
-                },
-                true,
-            ));
+        let fits = size == capacity;
+        if fits {
+            reused = Some(write_segment_header(&file, id, shard_id, capacity, &old).await?);
         }
         file.close()
             .await
             .map_err(|e| Error::io("close", &old, e))?;
-        runtime::remove(&old)
-            .await
-            .map_err(|e| Error::io("remove", &old, e))?;
+        if fits {
+            runtime::rename(&old, &path)
+                .await
+                .map_err(|e| Error::io("rename", &old, e))?;
+        } else {
+            runtime::remove(&old)
+                .await
+                .map_err(|e| Error::io("remove", &old, e))?;
+        }
     }
-    let file = File::create_new(&path)
-        .await
-        .map_err(|e| Error::io("create", &path, e))?;
-    file.pre_allocate(capacity, true)
-        .await
-        .map_err(|e| Error::io("allocate", &path, e))?;
-    // Zero-fill so that later writes overwrite written extents: fdatasync then has no extent
-    // conversion to journal, which halves its cost on ext4.
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    let mut at = IO_ALIGN;
-    while at < capacity {
-        let n = (capacity - at).min(ZERO_CHUNK_BYTES as u64);
-        file.write_aligned(at, &zeros[..usize::try_from(n).unwrap_or(ZERO_CHUNK_BYTES)])
-            .await
-            .map_err(|e| Error::io("zero-fill", &path, e))?;
-        at += n;
-    }
-    let salt = write_segment_header(&file, id, shard_id, capacity, &path).await?;
+    let (file, salt) = match reused {
+        Some(salt) => {
+            let file = File::open_rw(&path)
+                .await
+                .map_err(|e| Error::io("open", &path, e))?;
+            (file, salt)
+        }
+        None => {
+            let file = File::create_new(&path)
+                .await
+                .map_err(|e| Error::io("create", &path, e))?;
+            file.pre_allocate(capacity, true)
+                .await
+                .map_err(|e| Error::io("allocate", &path, e))?;
+            // Zero-fill so that later writes overwrite written extents: fdatasync then has no
+            // extent conversion to journal, which halves its cost on ext4.
+            let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+            let mut at = IO_ALIGN;
+            while at < capacity {
+                let n = (capacity - at).min(ZERO_CHUNK_BYTES as u64);
+                file.write_aligned(at, &zeros[..usize::try_from(n).unwrap_or(ZERO_CHUNK_BYTES)])
+                    .await
+                    .map_err(|e| Error::io("zero-fill", &path, e))?;
+                at += n;
+            }
+            let salt = write_segment_header(&file, id, shard_id, capacity, &path).await?;
+            (file, salt)
+        }
+    };
     runtime::sync_dir(dir)
         .await
         .map_err(|e| Error::io("sync directory", dir, e))?;
@@ -1137,7 +1134,7 @@ async fn prepare_segment(
             capacity,
             pos: FIRST_BATCH_OFFSET,
         },
-        false,
+        reused.is_some(),
     ))
 }
 
