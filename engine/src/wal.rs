@@ -1387,16 +1387,14 @@ async fn write_batch(
             },
         };
         let (prepared, reused) = prepared;
-        {
+        let prepared = reopen_for_writing(prepared, options.durability).await?;
+        let next = if prepared.capacity - FIRST_BATCH_OFFSET >= needed {
             let mut s = shared.borrow_mut();
             if reused {
                 s.stats.segments_recycled += 1;
             } else {
                 s.stats.segments_created += 1;
             }
-        }
-        let prepared = reopen_for_writing(prepared, options.durability).await?;
-        let next = if prepared.capacity - FIRST_BATCH_OFFSET >= needed {
             prepared
         } else {
             // Oversized batch: the spare is too small; replace it by one that fits.
