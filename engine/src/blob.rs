@@ -1,8 +1,9 @@
-//! Blob files: the storage of the value log for large values (BlobDB-style key-value
-//! separation, `docs/compaction.md`). **Not wired in yet**: this is the file format, its writer
-//! and its checked reader. A flush will write values above the separation threshold here and
-//! put a [`BlobRef`] in the SSTable instead; that step, compaction copying references, and
-//! garbage collection come next.
+//! Blob files: the value log for large values (BlobDB-style key-value separation,
+//! `docs/compaction.md`). A flush writes each value above the shard's separation threshold to
+//! a new blob file and puts a [`BlobRef`] in the SSTable instead; compaction copies references,
+//! not values, except for values in files that are mostly garbage, which it relocates to a new
+//! file. Each table records how many bytes of each blob file it points at, so the live bytes of
+//! every file are known without reading it; a file nothing points at is deleted.
 //!
 //! # Layout
 //!
@@ -25,20 +26,22 @@
 //! INVARIANT: a [`BlobRef`] is only handed out for an entry that is written; it is durable once
 //! [`BlobWriter::finish`] has returned (the file and its directory synced).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::record::{ShardId, VALUE_BYTES_MAX};
+use crate::record::{Record, ShardId, VALUE_BYTES_MAX};
 use crate::runtime::{self, align_up, File, IO_ALIGN};
 
 const BLOB_MAGIC: u64 = u64::from_le_bytes(*b"DYNBLOB1");
 const BLOB_FORMAT_VERSION: u32 = 1;
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"DBV1");
 const ENTRY_HEADER_BYTES: usize = 16;
-/// Offset of the first entry.
-const FIRST_ENTRY_OFFSET: u64 = IO_ALIGN;
+/// Offset of the first entry (the bytes before it are the header block).
+pub const FIRST_ENTRY_OFFSET: u64 = IO_ALIGN;
 /// Unwritten bytes after which the writer writes a chunk out.
 const WRITE_CHUNK_BYTES: usize = 256 << 10;
 
@@ -151,6 +154,18 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// The file's id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Bytes of entries appended so far (block-aligned, header excluded).
+    #[must_use]
+    pub fn entry_bytes(&self) -> u64 {
+        self.written + self.out.len() as u64 - FIRST_ENTRY_OFFSET
+    }
+
     /// Creates blob file `id` in `dir` and writes its header.
     ///
     /// # Errors
@@ -313,6 +328,12 @@ impl BlobFile {
         self.id
     }
 
+    /// Bytes of entries in the file (its size less the header block).
+    #[must_use]
+    pub fn entry_bytes(&self) -> u64 {
+        self.size - FIRST_ENTRY_OFFSET
+    }
+
     /// Reads the value `r` points at, checking that the entry is whole, undamaged and belongs
     /// to `key`.
     ///
@@ -381,6 +402,76 @@ impl BlobFile {
             .close()
             .await
             .map_err(|e| Error::io("close", &self.path, e))
+    }
+}
+
+/// A shard's open blob files. The shard replaces its set (copy on write) when files come and
+/// go, so a read or scan holds the set it started with and every file in it stays open.
+#[derive(Debug, Default)]
+pub(crate) struct BlobSet {
+    files: HashMap<u64, Rc<BlobFile>>,
+}
+
+impl BlobSet {
+    /// The file `id`, if the set holds it.
+    pub(crate) fn get(&self, id: u64) -> Option<&Rc<BlobFile>> {
+        self.files.get(&id)
+    }
+
+    /// Every file, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Rc<BlobFile>> {
+        self.files.values()
+    }
+
+    /// Number of files.
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// A set with `added` too.
+    pub(crate) fn with(&self, added: impl IntoIterator<Item = Rc<BlobFile>>) -> BlobSet {
+        let mut files = self.files.clone();
+        for f in added {
+            let previous = files.insert(f.id(), f);
+            assert!(previous.is_none(), "blob file ids are never reused");
+        }
+        BlobSet { files }
+    }
+
+    /// A set without `removed`, and the files taken out.
+    pub(crate) fn without(&self, removed: &[u64]) -> (BlobSet, Vec<Rc<BlobFile>>) {
+        let mut files = self.files.clone();
+        let taken = removed.iter().filter_map(|id| files.remove(id)).collect();
+        (BlobSet { files }, taken)
+    }
+
+    /// Reads the value a record's reference points at.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if the file is not in the set (a table points at a file the shard
+    /// does not have), and the errors of [`BlobFile::read`].
+    pub(crate) async fn read(&self, r: &BlobRef, key: &[u8], dir: &Path) -> Result<Vec<u8>> {
+        let Some(file) = self.get(r.file_id) else {
+            return Err(Error::corruption(
+                blob_path(dir, r.file_id),
+                r.offset,
+                "a table points at a blob file the shard does not have",
+            ));
+        };
+        file.read(r, key).await
+    }
+
+    /// Replaces a blob record's reference by its value, in place (other records are left
+    /// alone).
+    ///
+    /// # Errors
+    /// As [`BlobSet::read`].
+    pub(crate) async fn resolve(&self, rec: &mut Record, dir: &Path) -> Result<()> {
+        if let Some(r) = rec.blob_ref() {
+            rec.value = Some(self.read(&r, &rec.key, dir).await?);
+            rec.blob = false;
+        }
+        Ok(())
     }
 }
 

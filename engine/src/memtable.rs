@@ -84,6 +84,7 @@ fn to_record(k: &InternalKey, v: &Version) -> Record {
         write_ts_ms: v.write_ts_ms,
         expiry_ms: v.expiry_ms,
         version: v.version.to_vec(),
+        blob: false,
     }
 }
 
@@ -116,6 +117,7 @@ impl Memtable {
 
     /// Adds one version.
     pub fn insert(&mut self, token: Token, rec: &RecordRef<'_>) {
+        assert!(!rec.blob, "memtables hold values inline");
         self.bytes += ENTRY_OVERHEAD_BYTES
             + rec.key.len()
             + rec.value.map_or(0, <[u8]>::len)
@@ -223,6 +225,7 @@ impl Memtable {
                     write_ts_ms: v.write_ts_ms,
                     expiry_ms: v.expiry_ms,
                     version: &v.version,
+                    blob: false,
                 },
             ))
         })
@@ -241,6 +244,7 @@ mod tests {
             write_ts_ms: seq,
             expiry_ms: None,
             version: &[],
+            blob: false,
         }
     }
 

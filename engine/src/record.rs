@@ -7,7 +7,8 @@
 //! ```text
 //! offset  size  field
 //!      0     1  kind          1 = put, 2 = tombstone
-//!      1     1  flags         bit 0: expiry present, bit 1: version blob present
+//!      1     1  flags         bit 0: expiry present, bit 1: version blob present,
+//!                             bit 2: the value bytes are a 20-byte blob reference (tables only)
 //!      2     2  key_len       u16 LE, 1..=256
 //!      4     4  value_len     u32 LE, 0..=10 MiB (0 for a tombstone)
 //!      8     8  seq           u64 LE
@@ -17,11 +18,16 @@
 //!      .     .  key bytes, version bytes, value bytes
 //! ```
 //!
+//! A record whose value was moved to the value log (`blob.rs`) carries, in SSTables only, the
+//! encoded [`BlobRef`] in place of the value and flag bit 2; the shard resolves it before a
+//! record leaves it. The WAL and memtables always hold values inline.
+//!
 //! INVARIANT: an encoded record is self-delimiting; decoding never reads past the lengths it
 //! declares and reports any length that runs past the input as [`DecodeError`].
 
 use std::cmp::Ordering;
 
+use crate::blob::{BlobRef, BLOB_REF_BYTES};
 use crate::error::LimitError;
 
 /// The largest key, in bytes (keys hold at least one byte).
@@ -34,6 +40,7 @@ pub const VERSION_BYTES_MAX: usize = 64 * 1024;
 const HEADER_BYTES: usize = 24;
 const FLAG_EXPIRY: u8 = 1;
 const FLAG_VERSION: u8 = 2;
+const FLAG_BLOB: u8 = 4;
 const KIND_PUT: u8 = 1;
 const KIND_TOMBSTONE: u8 = 2;
 
@@ -76,9 +83,44 @@ pub struct Record {
     pub expiry_ms: Option<u64>,
     /// The opaque causal context stored with the value (empty when unused).
     pub version: Vec<u8>,
+    /// `value` holds an encoded [`BlobRef`], not the value (inside a shard only: it resolves
+    /// references before records leave it).
+    pub(crate) blob: bool,
 }
 
 impl Record {
+    /// A record with its value inline.
+    #[must_use]
+    pub fn new(
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        seq: SeqNo,
+        write_ts_ms: u64,
+        expiry_ms: Option<u64>,
+        version: Vec<u8>,
+    ) -> Self {
+        Record {
+            key,
+            value,
+            seq,
+            write_ts_ms,
+            expiry_ms,
+            version,
+            blob: false,
+        }
+    }
+
+    /// The value-log reference this record holds in place of its value, if any.
+    #[must_use]
+    pub(crate) fn blob_ref(&self) -> Option<BlobRef> {
+        if !self.blob {
+            return None;
+        }
+        let r = self.value.as_deref().and_then(BlobRef::decode);
+        assert!(r.is_some(), "INVARIANT: decode checked the reference");
+        r
+    }
+
     /// Borrows the record for encoding.
     #[must_use]
     pub fn borrowed(&self) -> RecordRef<'_> {
@@ -89,6 +131,7 @@ impl Record {
             write_ts_ms: self.write_ts_ms,
             expiry_ms: self.expiry_ms,
             version: &self.version,
+            blob: self.blob,
         }
     }
 
@@ -201,6 +244,8 @@ pub struct RecordRef<'a> {
     pub expiry_ms: Option<u64>,
     /// Version blob.
     pub version: &'a [u8],
+    /// `value` holds an encoded [`BlobRef`], not the value (SSTables only).
+    pub(crate) blob: bool,
 }
 
 impl RecordRef<'_> {
@@ -214,6 +259,7 @@ impl RecordRef<'_> {
             write_ts_ms: self.write_ts_ms,
             expiry_ms: self.expiry_ms,
             version: self.version.to_vec(),
+            blob: self.blob,
         }
     }
 
@@ -243,6 +289,10 @@ impl RecordRef<'_> {
         );
         let value = self.value.unwrap_or(&[]);
         assert!(value.len() <= VALUE_BYTES_MAX, "unvalidated value");
+        assert!(
+            !self.blob || (self.value.is_some() && value.len() == BLOB_REF_BYTES),
+            "a blob record holds a reference"
+        );
         out.reserve(self.encoded_len());
         let mut flags = 0;
         if self.expiry_ms.is_some() {
@@ -250,6 +300,9 @@ impl RecordRef<'_> {
         }
         if !self.version.is_empty() {
             flags |= FLAG_VERSION;
+        }
+        if self.blob {
+            flags |= FLAG_BLOB;
         }
         out.push(if self.value.is_some() {
             KIND_PUT
@@ -306,7 +359,7 @@ pub fn decode(buf: &[u8]) -> Result<(RecordRef<'_>, usize), DecodeError> {
     if kind != KIND_PUT && kind != KIND_TOMBSTONE {
         return Err(DecodeError("unknown kind"));
     }
-    if flags & !(FLAG_EXPIRY | FLAG_VERSION) != 0 {
+    if flags & !(FLAG_EXPIRY | FLAG_VERSION | FLAG_BLOB) != 0 {
         return Err(DecodeError("unknown flags"));
     }
     let key_len = usize::from(read_u16(buf, 2));
@@ -349,6 +402,10 @@ pub fn decode(buf: &[u8]) -> Result<(RecordRef<'_>, usize), DecodeError> {
     let key = &buf[at..at + key_len];
     let version = &buf[at + key_len..at + key_len + version_len];
     let value = (kind == KIND_PUT).then(|| &buf[at + key_len + version_len..end]);
+    let blob = flags & FLAG_BLOB != 0;
+    if blob && value.and_then(BlobRef::decode).is_none() {
+        return Err(DecodeError("bad blob reference"));
+    }
     Ok((
         RecordRef {
             key,
@@ -357,6 +414,7 @@ pub fn decode(buf: &[u8]) -> Result<(RecordRef<'_>, usize), DecodeError> {
             write_ts_ms,
             expiry_ms,
             version,
+            blob,
         },
         end,
     ))
@@ -374,6 +432,7 @@ mod tests {
             write_ts_ms: 1_700_000_000_000,
             expiry_ms: Some(1_800_000_000_000),
             version: vec![1, 2, 3],
+            blob: false,
         }
     }
 
@@ -396,6 +455,28 @@ mod tests {
             assert_eq!(used, buf.len());
             assert_eq!(back.to_record(), r);
         }
+    }
+
+    #[test]
+    fn blob_references_round_trip_and_bad_ones_are_refused() {
+        let r = BlobRef {
+            file_id: 9,
+            offset: 8192,
+            value_len: 100_000,
+        };
+        let mut rec = sample();
+        rec.value = Some(r.encode().to_vec());
+        rec.blob = true;
+        let mut buf = Vec::new();
+        rec.borrowed().encode_into(&mut buf);
+        let (back, _) = decode(&buf).expect("decodes");
+        assert_eq!(back.to_record(), rec);
+        assert_eq!(back.to_record().blob_ref(), Some(r));
+        assert_eq!(sample().blob_ref(), None);
+        // An unaligned reference in a blob record is damage, not a value.
+        let value_at = buf.len() - BLOB_REF_BYTES;
+        buf[value_at + 8] = 1;
+        assert_eq!(decode(&buf), Err(DecodeError("bad blob reference")));
     }
 
     #[test]

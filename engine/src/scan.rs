@@ -10,8 +10,10 @@
 //! Anti-entropy (hashing a vnode's range) and streaming (moving it) are the users.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::rc::Rc;
 
+use crate::blob::BlobSet;
 use crate::error::Result;
 use crate::record::{cmp_keys, Record, SeqNo, Token};
 use crate::sstable::block::Block;
@@ -207,6 +209,9 @@ impl MergeCursor {
 /// A scan of the live records with tokens in `[start, end]`, in `(token, key)` order.
 pub struct ShardScan {
     cursor: MergeCursor,
+    /// The blob files of the tables the scan reads (held open for the scan's length).
+    blobs: Rc<BlobSet>,
+    dir: PathBuf,
     now_ms: u64,
 }
 
@@ -220,9 +225,15 @@ impl std::fmt::Debug for ShardScan {
 }
 
 impl ShardScan {
-    /// Live records of `cursor` at `now_ms`.
-    pub(crate) fn new(cursor: MergeCursor, now_ms: u64) -> Self {
-        ShardScan { cursor, now_ms }
+    /// Live records of `cursor` at `now_ms`, with value-log references resolved through
+    /// `blobs` (files in `dir`).
+    pub(crate) fn new(cursor: MergeCursor, blobs: Rc<BlobSet>, dir: PathBuf, now_ms: u64) -> Self {
+        ShardScan {
+            cursor,
+            blobs,
+            dir,
+            now_ms,
+        }
     }
 
     /// The next live record, or `None` at the end of the range.
@@ -230,8 +241,9 @@ impl ShardScan {
     /// # Errors
     /// A damaged block ([`crate::Error::ChecksumMismatch`]) or an I/O error.
     pub async fn next(&mut self) -> Result<Option<Record>> {
-        while let Some((_, record)) = self.cursor.next().await? {
+        while let Some((_, mut record)) = self.cursor.next().await? {
             if record.is_live_at(self.now_ms) {
+                self.blobs.resolve(&mut record, &self.dir).await?;
                 return Ok(Some(record));
             }
         }

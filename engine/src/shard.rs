@@ -16,7 +16,18 @@
 //! # Flush
 //! A full memtable is frozen and a background task in a low-priority queue writes it as an
 //! SSTable once all its records are durable, syncs file and directory, records the table in the
-//! manifest, and only then deletes the WAL segments it covers.
+//! manifest, and only then deletes the WAL segments it covers. Values over
+//! `blob_threshold_bytes` go to a new blob file (`blob.rs`), synced before the table, and the
+//! table holds references to them.
+//!
+//! # Value log
+//! The blob files live beside the tables; the manifest does not list them. A blob file is live
+//! while a live table points into it: each table records how many bytes of which files its
+//! records point at. After a compaction, files nothing points at are deleted (and at open, any
+//! such file a crash left). Reads resolve references before a record leaves the shard.
+//!
+//! INVARIANT: the shard's blob set holds every file its tables point at, at every moment; a
+//! read that took the tables and the blob set together can resolve every reference.
 //!
 //! **Architecture Invariant:** a `Shard` lives on one executor thread; it is `!Send` and is never
 //! shared across threads.
@@ -30,8 +41,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::compaction::worker::Pacer;
-use crate::compaction::{self, CompactionOptions, TombstoneGate};
+use crate::blob::{self, BlobFile, BlobSet, BlobWriter};
+use crate::compaction::worker::{Pacer, Relocation};
+use crate::compaction::{self, BlobUsage, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
@@ -72,11 +84,15 @@ pub struct ShardOptions {
     /// Asked before compaction drops a tombstone past its grace period (`None`: the grace
     /// period alone decides). The hook for anti-entropy: "dropped once repair covered it".
     pub tombstone_gate: Option<TombstoneGate>,
+    /// Values longer than this are stored in the value log (blob files) by flushes, so that
+    /// compaction copies a 20-byte reference instead of the value (`None`: values stay in the
+    /// tables).
+    pub blob_threshold_bytes: Option<usize>,
 }
 
 impl ShardOptions {
     /// The defaults: `Sync` durability, 64 MiB memtables, 64 MiB WAL segments, 256 MiB block
-    /// cache, 10 Bloom bits per key.
+    /// cache, 10 Bloom bits per key, values over 64 KiB in the value log.
     #[must_use]
     pub fn new(dir: impl Into<PathBuf>, shard_id: ShardId) -> Self {
         ShardOptions {
@@ -91,6 +107,7 @@ impl ShardOptions {
             clock: ClockHandle::system(),
             compaction: CompactionOptions::default(),
             tombstone_gate: None,
+            blob_threshold_bytes: Some(64 << 10),
         }
     }
 }
@@ -130,6 +147,19 @@ pub struct ShardStats {
     pub block_cache_hits: u64,
     /// Block lookups that read from disk since open.
     pub block_cache_misses: u64,
+    /// Live blob files (the value log).
+    pub blob_files: usize,
+    /// Bytes of live blob files.
+    pub blob_file_bytes: u64,
+    /// Bytes of blob entries that live tables point at (the rest of `blob_file_bytes` is
+    /// garbage waiting for collection, or headers).
+    pub blob_live_bytes: u64,
+    /// Bytes of blob files written by flushes since open.
+    pub blob_bytes_written: u64,
+    /// Bytes of blob entries rewritten by garbage collection since open.
+    pub blob_bytes_relocated: u64,
+    /// Blob files deleted since open.
+    pub blob_files_deleted: u64,
 }
 
 #[derive(Debug)]
@@ -139,6 +169,11 @@ struct State {
     immutables: VecDeque<Rc<Memtable>>,
     /// Live tables, oldest first; replaced (copy on write) so reads can hold a snapshot.
     tables: Rc<Vec<Rc<SsTable>>>,
+    /// Open blob files; replaced together with `tables`.
+    blobs: Rc<BlobSet>,
+    blob_bytes_written: u64,
+    blob_bytes_relocated: u64,
+    blob_files_deleted: u64,
     last_seq: SeqNo,
     /// The manifest as last stored.
     manifest: Manifest,
@@ -260,6 +295,7 @@ impl Shard {
             last_seq = last_seq.max(SeqNo(table.footer().max_seq));
             tables.push(Rc::new(table));
         }
+        let blobs = open_blob_files(&dir, options.shard_id, &tables).await?;
 
         let mut active = Memtable::new();
         let mut immutables = VecDeque::new();
@@ -326,6 +362,10 @@ impl Shard {
                     active,
                     immutables,
                     tables: Rc::new(tables),
+                    blobs: Rc::new(blobs),
+                    blob_bytes_written: 0,
+                    blob_bytes_relocated: 0,
+                    blob_files_deleted: 0,
                     last_seq,
                     next_table_id: manifest.next_table_id,
                     manifest,
@@ -414,6 +454,7 @@ impl Shard {
                     .unwrap_or_else(|| inner.options.clock.now_ms()),
                 expiry_ms: m.expiry_ms,
                 version: m.version,
+                blob: false,
             };
             inner.wal.append(&rec)?;
             s.last_seq = seq;
@@ -480,10 +521,12 @@ impl Shard {
                     return Ok(Some(r));
                 }
             }
-            s.tables.clone()
+            (s.tables.clone(), s.blobs.clone())
         };
+        let (tables, blobs) = tables;
         for table in tables.iter().rev() {
-            if let Some(r) = table.get(token, key, &self.inner.cache).await? {
+            if let Some(mut r) = table.get(token, key, &self.inner.cache).await? {
+                blobs.resolve(&mut r, &self.inner.options.dir).await?;
                 return Ok(Some(r));
             }
         }
@@ -621,6 +664,8 @@ impl Shard {
         }
         ShardScan::new(
             MergeCursor::new(runs, &s.tables, self.inner.cache.clone(), start, end),
+            s.blobs.clone(),
+            self.inner.options.dir.clone(),
             self.inner.options.clock.now_ms(),
         )
     }
@@ -703,20 +748,36 @@ impl Shard {
             Duration::from_micros(inner.options.compaction.slice_us.max(1)),
             inner.activity.clone(),
         );
-        for (token, rec) in mem.newest_versions() {
-            if let Err(e) = builder.add(token, &rec).await {
+        let mut blob_writer: Option<BlobWriter> = None;
+        let written = self
+            .write_flush(mem, &mut builder, &mut blob_writer, &mut pacer)
+            .await;
+        if let Err(e) = written {
+            builder.abandon().await;
+            if let Some(w) = blob_writer {
+                w.abandon().await;
+            }
+            return Err(e);
+        }
+        // The blob file first: a table must never point at bytes that are not durable.
+        let blob_id = blob_writer.as_ref().map(BlobWriter::id);
+        if let Some(w) = blob_writer {
+            if let Err(e) = w.finish(dir).await {
                 builder.abandon().await;
                 return Err(e);
             }
-            pacer
-                .account((rec.key.len() + rec.value.map_or(0, <[u8]>::len)) as u64)
-                .await;
         }
         builder.finish().await?;
         runtime::sync_dir(dir)
             .await
             .map_err(|e| Error::io("sync directory", dir, e))?;
         let table = Rc::new(SsTable::open(dir, id).await?);
+        let blob_file = match blob_id {
+            Some(b) => Some(Rc::new(
+                BlobFile::open(dir, b, inner.options.shard_id).await?,
+            )),
+            None => None,
+        };
         let table_bytes = table.size_bytes();
         let held = inner.manifest_lock.lock(&[]).await;
         let mut manifest = {
@@ -737,6 +798,10 @@ impl Shard {
             tables.push(table);
             inner.table_count.set(tables.len());
             s.tables = Rc::new(tables);
+            if let Some(f) = blob_file {
+                s.blob_bytes_written += f.entry_bytes() + blob::FIRST_ENTRY_OFFSET;
+                s.blobs = Rc::new(s.blobs.with([f]));
+            }
             let front = s.immutables.pop_front();
             assert!(
                 front.is_some_and(|f| Rc::ptr_eq(&f, mem)),
@@ -751,6 +816,46 @@ impl Shard {
         let mut s = inner.state.borrow_mut();
         s.wal_released_seq = flushed;
         s.wake_waiters();
+        Ok(())
+    }
+
+    /// Writes a memtable's newest versions to `builder`, values over the blob threshold to a
+    /// blob file created on the first one.
+    async fn write_flush(
+        &self,
+        mem: &Memtable,
+        builder: &mut TableBuilder<'_>,
+        blob_writer: &mut Option<BlobWriter>,
+        pacer: &mut Pacer,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let threshold = inner.options.blob_threshold_bytes;
+        for (token, mut rec) in mem.newest_versions() {
+            let bytes = (rec.key.len() + rec.value.map_or(0, <[u8]>::len)) as u64;
+            let separate = rec
+                .value
+                .filter(|v| threshold.is_some_and(|t| v.len() > t));
+            let reference;
+            if let Some(value) = separate {
+                if blob_writer.is_none() {
+                    let blob_id = {
+                        let mut s = inner.state.borrow_mut();
+                        s.next_table_id += 1;
+                        s.next_table_id - 1
+                    };
+                    *blob_writer = Some(
+                        BlobWriter::create(&inner.options.dir, blob_id, inner.options.shard_id)
+                            .await?,
+                    );
+                }
+                let w = blob_writer.as_mut().expect("INVARIANT: created above");
+                reference = w.append(rec.key, value).await?.encode();
+                rec.value = Some(&reference);
+                rec.blob = true;
+            }
+            builder.add(token, &rec).await?;
+            pacer.account(bytes).await;
+        }
         Ok(())
     }
 
@@ -793,24 +898,37 @@ impl Shard {
             self.inner.activity.clone(),
         );
         loop {
-            let (tables, major) = {
+            let (tables, blobs, major) = {
                 let mut s = self.inner.state.borrow_mut();
                 if s.closing {
                     break;
                 }
-                (s.tables.clone(), std::mem::take(&mut s.major_requested))
+                (
+                    s.tables.clone(),
+                    s.blobs.clone(),
+                    std::mem::take(&mut s.major_requested),
+                )
             };
             let sizes: Vec<u64> = tables.iter().map(|t| t.size_bytes()).collect();
-            let run = if major && !tables.is_empty() {
+            let mut run = if major && !tables.is_empty() {
                 Some(0..tables.len())
             } else {
                 compaction::choose(&sizes, o)
             };
+            // Value-log garbage is collected by a merge of every table (only then is every
+            // reference to a relocated file rewritten).
+            let mut gc = None;
+            if !tables.is_empty() && run.as_ref().is_none_or(|r| r.len() == tables.len()) {
+                gc = compaction::choose_blob_gc(&blob_usage(&tables, &blobs), o);
+                if gc.is_some() {
+                    run = Some(0..tables.len());
+                }
+            }
             let Some(run) = run else {
                 break;
             };
             if let Err(e) = self
-                .compact_run(&tables[run.clone()], run.start == 0, &mut pacer)
+                .compact_run(&tables[run.clone()], run.start == 0, &mut pacer, gc)
                 .await
             {
                 // The inputs are untouched and still live; writes and reads go on. The next
@@ -824,22 +942,46 @@ impl Shard {
         s.wake_waiters();
     }
 
-    /// Merges adjacent tables `inputs` and swaps the result in, durably, then deletes them.
+    /// Merges adjacent tables `inputs` and swaps the result in, durably, then deletes them and
+    /// the blob files nothing points at any more. With `relocate` (the inputs must be every
+    /// table), the live values in those blob files are moved to new ones.
     async fn compact_run(
         &self,
         inputs: &[Rc<SsTable>],
         bottom: bool,
         pacer: &mut Pacer,
+        relocate: Option<Vec<u64>>,
     ) -> Result<()> {
         let inner = &*self.inner;
         let dir = &inner.options.dir;
-        let id = {
+        let alloc_id = || {
             let mut s = inner.state.borrow_mut();
-            let id = TableId(s.next_table_id);
             s.next_table_id += 1;
-            id
+            s.next_table_id - 1
         };
-        let (output, stats) = compaction::worker::merge(
+        let id = TableId(alloc_id());
+        let blobs = inner.state.borrow().blobs.clone();
+        let mut alloc_blob_id = alloc_id;
+        let relocation = relocate.map(|files| {
+            // Tables flushed since the inputs were chosen point only at their own new files.
+            let s = inner.state.borrow();
+            let others = s.tables.iter().filter(|t| !inputs.iter().any(|i| i.id() == t.id()));
+            assert!(
+                bottom
+                    && others
+                        .flat_map(|t| t.blob_refs())
+                        .all(|(id, _)| !files.contains(id)),
+                "blob files are emptied only by a merge of every table pointing into them"
+            );
+            Relocation {
+                files: files.into_iter().collect(),
+                blobs: &blobs,
+                shard_id: inner.options.shard_id,
+                file_bytes_max: inner.options.compaction.blob_file_bytes_max,
+                alloc_id: &mut alloc_blob_id,
+            }
+        });
+        let (output, new_blobs, stats) = compaction::worker::merge(
             dir,
             id,
             inputs,
@@ -850,6 +992,7 @@ impl Shard {
             inner.options.bloom_bits_per_key,
             inner.cache.clone(),
             pacer,
+            relocation,
         )
         .await
         .inspect_err(|_| inner.cache.forget_table(id))?;
@@ -857,8 +1000,14 @@ impl Shard {
             Some(id) => Some(Rc::new(SsTable::open(dir, id).await?)),
             None => None,
         };
+        let mut new_blob_files = Vec::with_capacity(new_blobs.len());
+        for b in new_blobs {
+            new_blob_files.push(Rc::new(
+                BlobFile::open(dir, b, inner.options.shard_id).await?,
+            ));
+        }
         let input_ids: Vec<TableId> = inputs.iter().map(|t| t.id()).collect();
-        {
+        let dropped_blobs = {
             let _held = inner.manifest_lock.lock(&[]).await;
             let mut manifest = {
                 let s = inner.state.borrow();
@@ -887,44 +1036,62 @@ impl Shard {
             let written = table.as_ref().map_or(0, |t| t.size_bytes());
             tables.splice(at..at + input_ids.len(), table);
             inner.table_count.set(tables.len());
+            // Blob files come and go with the tables that point at them.
+            let with_new = s.blobs.with(new_blob_files);
+            let unreferenced: Vec<u64> = blob_usage(&tables, &with_new)
+                .iter()
+                .filter(|u| u.live_bytes == 0)
+                .map(|u| u.id)
+                .collect();
+            let (blobs, dropped) = with_new.without(&unreferenced);
             s.tables = Rc::new(tables);
+            s.blobs = Rc::new(blobs);
             s.compactions += 1;
             s.compaction_bytes_written += written;
+            s.blob_bytes_relocated += stats.relocated_bytes;
+            s.blob_files_deleted += dropped.len() as u64;
+            s.retiring += 1;
             s.wake_waiters();
-        }
+            dropped
+        };
         tracing::debug!(inputs = input_ids.len(), ?stats, "compaction done");
-        inner.state.borrow_mut().retiring += 1;
         let shard = self.clone();
         let retired = inputs.to_vec();
         runtime::spawn_detached_into(
-            async move { shard.retire_tables(retired).await },
+            async move { shard.retire(retired, dropped_blobs).await },
             inner.compact_queue,
         );
         Ok(())
     }
 
-    /// Deletes tables a compaction replaced, once no reader holds them any more: their blocks
-    /// leave the cache 512 KiB at a time (freeing 100 MiB of blocks at once stalled the executor
-    /// for 20 ms), then each file is closed before it is unlinked (see [`SsTable::close`]). A
-    /// crash before this leaves files the manifest does not name, which the next open removes.
-    async fn retire_tables(self, tables: Vec<Rc<SsTable>>) {
+    /// Waits until no reader holds `shared` (readers hold tables and blob files for the length
+    /// of a get or a scan); `None` if the shard starts closing first.
+    async fn sole_owner<T>(&self, mut shared: Rc<T>) -> Option<T> {
+        loop {
+            match Rc::try_unwrap(shared) {
+                Ok(t) => return Some(t),
+                Err(s) if !self.inner.state.borrow().closing => {
+                    shared = s;
+                    runtime::sleep(Duration::from_millis(1)).await;
+                }
+                // Closing with a reader still holding it: the next open removes the file.
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Deletes tables a compaction replaced and blob files nothing points at any more, once no
+    /// reader holds them: a table's blocks leave the cache 512 KiB at a time (freeing 100 MiB of
+    /// blocks at once stalled the executor for 20 ms), then each file is closed before it is
+    /// unlinked (see [`SsTable::close`]). A crash before this leaves files that the manifest's
+    /// tables do not name or point at, which the next open removes.
+    async fn retire(self, tables: Vec<Rc<SsTable>>, blobs: Vec<Rc<BlobFile>>) {
         let dir = self.inner.options.dir.clone();
         let mut failed = None;
         for table in tables {
-            let mut table = table;
-            // Readers hold a table for the length of a get or a scan.
-            let owned = loop {
-                match Rc::try_unwrap(table) {
-                    Ok(t) => break Some(t),
-                    Err(shared) if !self.inner.state.borrow().closing => {
-                        table = shared;
-                        runtime::sleep(Duration::from_millis(1)).await;
-                    }
-                    // Closing with a reader still holding it: the next open removes the file.
-                    Err(_) => break None,
-                }
+            let Some(owned) = self.sole_owner(table).await else {
+                continue;
             };
-            let Some(owned) = owned else { continue };
             let mut freed = 0;
             for i in 0..owned.block_count() {
                 freed += self.inner.cache.remove(owned.id(), owned.block_offset(i));
@@ -941,12 +1108,24 @@ impl Shard {
                 failed = Some(Error::io("remove", &path, e));
             }
         }
+        for file in blobs {
+            let Some(owned) = self.sole_owner(file).await else {
+                continue;
+            };
+            let path = blob::blob_path(&dir, owned.id());
+            if let Err(e) = owned.close().await {
+                failed = Some(e);
+            }
+            if let Err(e) = runtime::remove(&path).await {
+                failed = Some(Error::io("remove", &path, e));
+            }
+        }
         if let Err(e) = runtime::sync_dir(&dir).await {
             failed = Some(Error::io("sync directory", &dir, e));
         }
         if let Some(e) = failed {
             // The manifest no longer names these tables; the next open removes what is left.
-            tracing::warn!(error = %e, "deleting compacted tables failed");
+            tracing::warn!(error = %e, "deleting compacted tables or blob files failed");
         }
         let mut s = self.inner.state.borrow_mut();
         s.retiring -= 1;
@@ -1017,6 +1196,15 @@ impl Shard {
             block_cache_bytes: self.inner.cache.bytes(),
             block_cache_hits: self.inner.cache.hits(),
             block_cache_misses: self.inner.cache.misses(),
+            blob_files: s.blobs.len(),
+            blob_file_bytes: s.blobs.iter().map(|f| f.entry_bytes() + blob::FIRST_ENTRY_OFFSET).sum(),
+            blob_live_bytes: blob_usage(&s.tables, &s.blobs)
+                .iter()
+                .map(|u| u.live_bytes)
+                .sum(),
+            blob_bytes_written: s.blob_bytes_written,
+            blob_bytes_relocated: s.blob_bytes_relocated,
+            blob_files_deleted: s.blob_files_deleted,
         }
     }
 
@@ -1025,10 +1213,17 @@ impl Shard {
     /// # Errors
     /// As [`Shard::get_record`].
     pub async fn scan_tables(&self) -> Result<Vec<Vec<Record>>> {
-        let tables = self.inner.state.borrow().tables.clone();
+        let (tables, blobs) = {
+            let s = self.inner.state.borrow();
+            (s.tables.clone(), s.blobs.clone())
+        };
         let mut out = Vec::with_capacity(tables.len());
         for t in tables.iter() {
-            out.push(t.scan(&self.inner.cache).await?);
+            let mut records = t.scan(&self.inner.cache).await?;
+            for r in &mut records {
+                blobs.resolve(r, &self.inner.options.dir).await?;
+            }
+            out.push(records);
         }
         Ok(out)
     }
@@ -1119,6 +1314,69 @@ fn check_expected(local: Option<&Object>, expected: Option<&VersionVector>) -> R
     } else {
         Err(Error::ConditionFailed { current })
     }
+}
+
+/// Opens every blob file the tables point at, and removes the ones none points at (a crash
+/// left them: a flush or garbage collection that did not reach its manifest, or files whose
+/// deletion it interrupted).
+async fn open_blob_files(dir: &Path, shard_id: ShardId, tables: &[Rc<SsTable>]) -> Result<BlobSet> {
+    let referenced: std::collections::BTreeSet<u64> = tables
+        .iter()
+        .flat_map(|t| t.blob_refs().iter().map(|&(id, _)| id))
+        .collect();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(id) = entry.file_name().to_str().and_then(blob::parse_blob_name) else {
+            continue;
+        };
+        if !referenced.contains(&id) {
+            tracing::warn!(blob_file = id, "removing blob file no table points at");
+            runtime::remove(&entry.path())
+                .await
+                .map_err(|e| Error::io("remove", entry.path(), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    let mut files = Vec::with_capacity(referenced.len());
+    for id in referenced {
+        let path = blob::blob_path(dir, id);
+        if !path.exists() {
+            return Err(Error::corruption(
+                path,
+                0,
+                "a table points at this blob file, which is missing",
+            ));
+        }
+        files.push(Rc::new(BlobFile::open(dir, id, shard_id).await?));
+    }
+    Ok(BlobSet::default().with(files))
+}
+
+/// Per blob file, its size and the bytes of it that `tables` point at.
+fn blob_usage(tables: &[Rc<SsTable>], blobs: &BlobSet) -> Vec<BlobUsage> {
+    let mut live: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for t in tables {
+        for &(id, bytes) in t.blob_refs() {
+            *live.entry(id).or_default() += bytes;
+        }
+    }
+    let mut usage: Vec<BlobUsage> = blobs
+        .iter()
+        .map(|f| BlobUsage {
+            id: f.id(),
+            entry_bytes: f.entry_bytes(),
+            live_bytes: live.get(&f.id()).copied().unwrap_or(0),
+        })
+        .collect();
+    usage.sort_unstable_by_key(|u| u.id);
+    usage
 }
 
 /// Removes tables that a crash left behind before the manifest named them.

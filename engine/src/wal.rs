@@ -1025,6 +1025,14 @@ fn replay_batch(
                 "record length mismatch",
             ));
         }
+        if rec.blob {
+            // Only tables hold value-log references; the log holds every value inline.
+            return Err(Error::corruption(
+                path,
+                offset_of(at),
+                "value-log reference in the write-ahead log",
+            ));
+        }
         if rec.seq != expected_seq {
             return Err(Error::corruption(
                 path,
@@ -1470,6 +1478,7 @@ mod tests {
                 write_ts_ms: 5,
                 expiry_ms: None,
                 version: &[],
+                blob: false,
             };
             frame_record(&rec, &mut body);
         }

@@ -9,5 +9,5 @@
 pub mod policy;
 pub(crate) mod worker;
 
-pub use policy::{choose, CompactionOptions};
+pub use policy::{choose, choose_blob_gc, BlobUsage, CompactionOptions};
 pub use worker::{MergeStats, TombstoneGate};

@@ -38,6 +38,12 @@ pub struct CompactionOptions {
     pub slice_us: u64,
     /// Writes wait while the shard has more tables than this (compaction is behind).
     pub tables_stall: usize,
+    /// Collect value-log garbage once the bytes of blob files that no table points at exceed
+    /// this percentage of the bytes tables do point at (`None`: only whole files that nothing
+    /// points at are deleted). See [`choose_blob_gc`].
+    pub blob_garbage_max_percent: Option<u64>,
+    /// A blob file written by garbage collection is closed at this size and a new one started.
+    pub blob_file_bytes_max: u64,
 }
 
 impl Default for CompactionOptions {
@@ -53,8 +59,57 @@ impl Default for CompactionOptions {
             rate_bytes_per_sec: Some(64 << 20),
             slice_us: 50,
             tables_stall: 48,
+            blob_garbage_max_percent: Some(25),
+            blob_file_bytes_max: 256 << 20,
         }
     }
+}
+
+/// A blob file's size and how much of it live tables point at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobUsage {
+    /// The blob file.
+    pub id: u64,
+    /// Bytes of entries in the file.
+    pub entry_bytes: u64,
+    /// Bytes of entries that live tables point at (the rest is garbage).
+    pub live_bytes: u64,
+}
+
+/// Picks the blob files whose live values a full merge should relocate, or `None` while the
+/// value log's garbage is within `blob_garbage_max_percent` of its live bytes.
+///
+/// Files go in order of their garbage fraction, highest first (they free the most space for the
+/// bytes rewritten), until the garbage left is half the allowance, so that a collection is not
+/// followed at once by another.
+#[must_use]
+pub fn choose_blob_gc(files: &[BlobUsage], o: &CompactionOptions) -> Option<Vec<u64>> {
+    let pct = u128::from(o.blob_garbage_max_percent?);
+    if !o.enabled {
+        return None;
+    }
+    let garbage_of = |f: &BlobUsage| u128::from(f.entry_bytes.saturating_sub(f.live_bytes));
+    let live: u128 = files.iter().map(|f| u128::from(f.live_bytes)).sum();
+    let mut garbage: u128 = files.iter().map(garbage_of).sum();
+    if garbage == 0 || garbage * 100 <= live * pct {
+        return None;
+    }
+    let mut by_fraction: Vec<&BlobUsage> = files.iter().filter(|f| garbage_of(f) > 0).collect();
+    // Highest garbage fraction first: live / entry ascending, compared without division.
+    by_fraction.sort_by(|a, b| {
+        (u128::from(a.live_bytes) * u128::from(b.entry_bytes))
+            .cmp(&(u128::from(b.live_bytes) * u128::from(a.entry_bytes)))
+            .then(a.id.cmp(&b.id))
+    });
+    let mut chosen = Vec::new();
+    for f in by_fraction {
+        if garbage * 200 <= live * pct {
+            break;
+        }
+        garbage -= garbage_of(f);
+        chosen.push(f.id);
+    }
+    Some(chosen)
 }
 
 /// Picks the run of adjacent tables to merge, given their sizes (oldest first), or `None`.
@@ -144,6 +199,46 @@ mod tests {
         assert_eq!(choose(&sizes, &o()), None);
         let sizes: Vec<u64> = (0..17).map(|i| 1u64 << (3 * i)).collect();
         assert_eq!(choose(&sizes, &o()), Some(0..4));
+    }
+
+    fn usage(id: u64, entry_bytes: u64, live_bytes: u64) -> BlobUsage {
+        BlobUsage {
+            id,
+            entry_bytes,
+            live_bytes,
+        }
+    }
+
+    #[test]
+    fn blob_gc_waits_for_enough_garbage_then_takes_the_emptiest_files() {
+        let o = CompactionOptions::default();
+        assert_eq!(o.blob_garbage_max_percent, Some(25));
+        assert_eq!(choose_blob_gc(&[], &o), None);
+        // 20 % garbage: within the allowance.
+        assert_eq!(choose_blob_gc(&[usage(1, 120, 100)], &o), None);
+        // 150 garbage on 150 live: over. The emptiest files go first, until the garbage left
+        // (10) is at most half the allowance (18.75).
+        let files = [usage(1, 100, 90), usage(2, 100, 30), usage(3, 100, 30)];
+        assert_eq!(choose_blob_gc(&files, &o), Some(vec![2, 3]));
+        // One mostly-empty file among full ones: only it.
+        let files = [
+            usage(1, 1000, 1000),
+            usage(2, 1000, 1000),
+            usage(3, 1000, 100),
+        ];
+        assert_eq!(choose_blob_gc(&files, &o), Some(vec![3]));
+        // A file nothing points at is collected by the merge with nothing to relocate.
+        assert_eq!(
+            choose_blob_gc(&[usage(1, 100, 100), usage(2, 100, 0)], &o),
+            Some(vec![2])
+        );
+        let off = CompactionOptions {
+            blob_garbage_max_percent: None,
+            ..o.clone()
+        };
+        assert_eq!(choose_blob_gc(&[usage(1, 100, 0)], &off), None);
+        let disabled = CompactionOptions { enabled: false, ..o };
+        assert_eq!(choose_blob_gc(&[usage(1, 100, 0)], &disabled), None);
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! version of each key to a new table, dropping what no read can see any more.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::blob::{BlobSet, BlobWriter};
 use crate::error::Result;
-use crate::record::Token;
+use crate::record::{ShardId, Token};
 use crate::runtime;
 use crate::scan::MergeCursor;
 use crate::sstable::{BlockCache, SsTable, TableBuilder, TableId};
@@ -139,11 +141,31 @@ impl Pacer {
     }
 }
 
+/// Value-log garbage collection riding on a merge: values in `files` are copied to new blob
+/// files, so that once the merge's output replaces every table (the merge must include all of
+/// them) nothing points at `files` any more.
+pub(crate) struct Relocation<'a> {
+    /// The blob files to empty.
+    pub(crate) files: HashSet<u64>,
+    /// The shard's open blob files.
+    pub(crate) blobs: &'a BlobSet,
+    /// The shard's id, for new files' headers.
+    pub(crate) shard_id: ShardId,
+    /// New files are closed at this size.
+    pub(crate) file_bytes_max: u64,
+    /// Hands out ids for new blob files.
+    pub(crate) alloc_id: &'a mut dyn FnMut() -> u64,
+}
+
 /// What a merge dropped and wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MergeStats {
     /// Entries written.
     pub written: u64,
+    /// Values copied to new blob files (garbage collection).
+    pub relocated: u64,
+    /// Bytes of blob entries written by garbage collection.
+    pub relocated_bytes: u64,
     /// Tombstones dropped (past their grace, at the bottom).
     pub tombstones_dropped: u64,
     /// Expired values dropped (at the bottom).
@@ -178,7 +200,9 @@ fn cached_fraction(inputs: &[Rc<SsTable>], cache: &BlockCache) -> f64 {
 /// table, so nothing older can be shadowed) tombstones older than `grace_ms` and expired values
 /// are dropped too (a tombstone only if `gate` agrees); otherwise they are kept, because they
 /// still hide older versions.
-/// Returns `None` (and leaves no file) when nothing is left to write.
+/// With `relocation`, live values in the files it names are moved to new blob files.
+/// Returns the table (`None`, leaving no file, when nothing is left to write) and the new blob
+/// files, all synced with their directory.
 ///
 /// # Errors
 /// Damaged input blocks or I/O errors; the partial output is removed.
@@ -194,6 +218,113 @@ pub(crate) async fn merge(
     bits_per_key: u32,
     cache: Rc<BlockCache>,
     pacer: &mut Pacer,
+    relocation: Option<Relocation<'_>>,
+) -> Result<(Option<TableId>, Vec<u64>, MergeStats)> {
+    let mut blobs = BlobOutput {
+        relocation,
+        writer: None,
+        finished: Vec::new(),
+    };
+    let merged = merge_into(
+        dir,
+        id,
+        inputs,
+        bottom,
+        now_ms,
+        grace_ms,
+        gate,
+        bits_per_key,
+        cache,
+        pacer,
+        &mut blobs,
+    )
+    .await;
+    match merged {
+        Ok((table, stats)) => Ok((table, blobs.finished, stats)),
+        Err(e) => {
+            blobs.abandon(dir).await;
+            Err(e)
+        }
+    }
+}
+
+/// The blob files a merge writes while it relocates values.
+struct BlobOutput<'a> {
+    relocation: Option<Relocation<'a>>,
+    writer: Option<BlobWriter>,
+    /// Files finished (synced) so far.
+    finished: Vec<u64>,
+}
+
+impl BlobOutput<'_> {
+    /// Moves the value of `r` to a new blob file if it is in one being emptied; returns the new
+    /// reference's encoding.
+    async fn relocate(
+        &mut self,
+        dir: &Path,
+        r: &crate::record::Record,
+        stats: &mut MergeStats,
+        pacer: &mut Pacer,
+    ) -> Result<Option<[u8; crate::blob::BLOB_REF_BYTES]>> {
+        let (Some(reloc), Some(old)) = (self.relocation.as_mut(), r.blob_ref()) else {
+            return Ok(None);
+        };
+        if !reloc.files.contains(&old.file_id) {
+            return Ok(None);
+        }
+        let value = reloc.blobs.read(&old, &r.key, dir).await?;
+        if self.writer.is_none() {
+            let id = (reloc.alloc_id)();
+            self.writer = Some(BlobWriter::create(dir, id, reloc.shard_id).await?);
+        }
+        let writer = self.writer.as_mut().expect("INVARIANT: created above");
+        let new = writer.append(&r.key, &value).await?;
+        stats.relocated += 1;
+        stats.relocated_bytes += new.entry_bytes(r.key.len());
+        // Read once, written once.
+        pacer.account(2 * value.len() as u64).await;
+        if writer.entry_bytes() >= reloc.file_bytes_max {
+            self.finish_writer(dir).await?;
+        }
+        Ok(Some(new.encode()))
+    }
+
+    async fn finish_writer(&mut self, dir: &Path) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            let id = w.id();
+            w.finish(dir).await?;
+            self.finished.push(id);
+        }
+        Ok(())
+    }
+
+    /// Removes every file written (after an error; a crash leaves them to the next open).
+    async fn abandon(self, dir: &Path) {
+        if let Some(w) = self.writer {
+            w.abandon().await;
+        }
+        for id in self.finished {
+            let path = crate::blob::blob_path(dir, id);
+            if let Err(e) = runtime::remove(&path).await {
+                tracing::warn!(path = %path.display(), error = %e, "removing abandoned blob file");
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn merge_into(
+    dir: &Path,
+    id: TableId,
+    inputs: &[Rc<SsTable>],
+    bottom: bool,
+    now_ms: u64,
+    grace_ms: u64,
+    gate: Option<&TombstoneGate>,
+    bits_per_key: u32,
+    cache: Rc<BlockCache>,
+    pacer: &mut Pacer,
+    blobs: &mut BlobOutput<'_>,
 ) -> Result<(Option<TableId>, MergeStats)> {
     // Inputs that were mostly cached are being read: their output will be too, so it goes into
     // the cache as it is written (and the inputs' blocks leave it once they are deleted). Only
@@ -233,7 +364,18 @@ pub(crate) async fn merge(
                 continue;
             }
         }
-        if let Err(e) = builder.add(token, &r.borrowed()).await {
+        let relocated = match blobs.relocate(dir, &r, &mut stats, pacer).await {
+            Ok(rel) => rel,
+            Err(e) => {
+                builder.abandon().await;
+                return Err(e);
+            }
+        };
+        let mut rec = r.borrowed();
+        if let Some(new) = &relocated {
+            rec.value = Some(new);
+        }
+        if let Err(e) = builder.add(token, &rec).await {
             builder.abandon().await;
             return Err(e);
         }
@@ -244,6 +386,11 @@ pub(crate) async fn merge(
     if stats.written == 0 {
         builder.abandon().await;
         return Ok((None, stats));
+    }
+    // The blob files first: a table must never point at bytes that are not durable.
+    if let Err(e) = blobs.finish_writer(dir).await {
+        builder.abandon().await;
+        return Err(e);
     }
     builder.finish().await?;
     runtime::sync_dir(dir)

@@ -225,6 +225,7 @@ mod tests {
                 write_ts_ms: 0,
                 expiry_ms: None,
                 version: &[],
+                blob: false,
             };
             b.add(*t, &rec);
         }

@@ -1,6 +1,7 @@
 //! Writes one table from entries given in `(token, key)` order, streaming whole 4 KiB-aligned
 //! chunks to a direct-I/O file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -8,7 +9,7 @@ use bytemuck::Zeroable;
 
 use super::block::{Block, BlockBuilder, BLOCK_BYTES_TARGET};
 use super::bloom::Bloom;
-use super::{encode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES};
+use super::{encode_blob_refs, encode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES};
 use super::{TABLE_FORMAT_VERSION, TABLE_MAGIC};
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, RecordRef, Token};
@@ -36,6 +37,8 @@ pub struct TableBuilder<'c> {
     bits_per_key: u32,
     cache: Option<&'c BlockCache>,
     cache_evicts: bool,
+    /// Per blob file, the bytes of its entries that this table's records point at.
+    blob_refs: BTreeMap<u64, u64>,
 }
 
 impl<'c> TableBuilder<'c> {
@@ -75,6 +78,7 @@ impl<'c> TableBuilder<'c> {
             bits_per_key,
             cache,
             cache_evicts: false,
+            blob_refs: BTreeMap::new(),
         })
     }
 
@@ -100,6 +104,13 @@ impl<'c> TableBuilder<'c> {
                 cmp_keys(Token(last.last_token), &last.last_key, token, rec.key).is_lt(),
                 "table entries must be strictly increasing"
             );
+        }
+        if rec.blob {
+            let r = rec
+                .value
+                .and_then(crate::blob::BlobRef::decode)
+                .expect("INVARIANT: a blob record holds a valid reference");
+            *self.blob_refs.entry(r.file_id).or_default() += r.entry_bytes(rec.key.len());
         }
         self.block.add(token, rec);
         self.tokens.push(token);
@@ -195,6 +206,10 @@ impl<'c> TableBuilder<'c> {
         footer.filter_len = filter.len() as u64;
         footer.filter_crc = crc32c::crc32c(&filter);
         self.out.extend_from_slice(&filter);
+        let blob_refs = encode_blob_refs(&self.blob_refs);
+        footer.blob_refs_len = blob_refs.len() as u64;
+        footer.blob_refs_crc = crc32c::crc32c(&blob_refs);
+        self.out.extend_from_slice(&blob_refs);
         let end = self.written + self.out.len() as u64 + FOOTER_BYTES as u64;
         let padded_end = runtime::align_up(end);
         self.out.resize(

@@ -10,6 +10,9 @@
 //! |                           |                  u64 offset | u32 len;  then u32 count
 //! +---------------------------+  footer.filter_offset
 //! | Bloom filter block        |  bloom.rs
+//! +---------------------------+  footer.filter_offset + filter_len
+//! | blob references (v2)      |  u32 count | (u64 blob file id, u64 entry bytes) x count,
+//! |                           |  ids increasing; absent (length 0) when the table has none
 //! +---------------------------+
 //! | zero padding              |  so that the file ends on a 4 KiB boundary
 //! +---------------------------+  file_size - 128
@@ -39,8 +42,9 @@ use block::Block;
 
 /// "DYNSST01" as little-endian bytes.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"DYNSST01");
-/// The table format version this code writes and reads.
-pub const TABLE_FORMAT_VERSION: u32 = 1;
+/// The table format version this code writes. Version 1 (no blob-reference section, its footer
+/// fields zero) is still read.
+pub const TABLE_FORMAT_VERSION: u32 = 2;
 
 /// Identifies a table within a shard. Never reused within a data directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,8 +86,12 @@ pub struct Footer {
     pub table_id: u64,
     /// Bytes of data blocks.
     pub data_bytes: u64,
+    /// Length of the blob-reference section (0: the table references no blob file).
+    pub blob_refs_len: u64,
+    /// crc32c of the blob-reference section.
+    pub blob_refs_crc: u32,
     /// Reserved, zero.
-    pub reserved: [u64; 2],
+    pub reserved: u32,
 }
 
 /// Size of the footer in bytes.
@@ -155,6 +163,43 @@ fn decode_index(buf: &[u8]) -> Option<Vec<IndexEntry>> {
         });
     }
     (at == count_at).then_some(out)
+}
+
+/// Encodes a table's blob references: per blob file, the bytes of its entries the table points
+/// at.
+fn encode_blob_refs(refs: &std::collections::BTreeMap<u64, u64>) -> Vec<u8> {
+    if refs.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(4 + refs.len() * 16);
+    let count = u32::try_from(refs.len()).expect("INVARIANT: bounded by the table's entries");
+    out.extend_from_slice(&count.to_le_bytes());
+    for (id, bytes) in refs {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&bytes.to_le_bytes());
+    }
+    out
+}
+
+fn decode_blob_refs(buf: &[u8]) -> Option<Vec<(u64, u64)>> {
+    if buf.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    if buf.len() != 4 + count.checked_mul(16)? {
+        return None;
+    }
+    let refs: Vec<(u64, u64)> = buf[4..]
+        .chunks_exact(16)
+        .map(|c| {
+            let (id, bytes) = c.split_at(8);
+            (
+                u64::from_le_bytes(id.try_into().expect("8 bytes")),
+                u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+            )
+        })
+        .collect();
+    (count > 0 && refs.windows(2).all(|w| w[0].0 < w[1].0)).then_some(refs)
 }
 
 /// The path of table `id` in `dir`.
@@ -314,6 +359,22 @@ mod tests {
         for cut in 0..enc.len() {
             assert!(decode_index(&enc[..cut]).is_none() || cut == 0 && enc.len() == 4);
         }
+    }
+
+    #[test]
+    fn blob_refs_round_trip_and_damage() {
+        let refs: std::collections::BTreeMap<u64, u64> = [(3, 8192), (9, 1 << 20)].into();
+        let enc = encode_blob_refs(&refs);
+        let back: Vec<_> = refs.into_iter().collect();
+        assert_eq!(decode_blob_refs(&enc), Some(back));
+        assert_eq!(decode_blob_refs(&[]), Some(Vec::new()));
+        assert!(encode_blob_refs(&std::collections::BTreeMap::new()).is_empty());
+        for cut in 1..enc.len() {
+            assert_eq!(decode_blob_refs(&enc[..cut]), None);
+        }
+        let mut unordered = enc.clone();
+        unordered[4..12].copy_from_slice(&10u64.to_le_bytes());
+        assert_eq!(decode_blob_refs(&unordered), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use super::block::{Block, BlockError};
 use super::bloom::Bloom;
 use super::{
-    decode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES,
+    decode_blob_refs, decode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES,
     TABLE_FORMAT_VERSION, TABLE_MAGIC,
 };
 use crate::error::{Error, Result};
@@ -24,6 +24,8 @@ pub struct SsTable {
     index: Vec<IndexEntry>,
     bloom: Bloom,
     size: u64,
+    /// Per blob file the table points into, the bytes of entries it points at (ids increasing).
+    blob_refs: Vec<(u64, u64)>,
 }
 
 impl SsTable {
@@ -58,7 +60,9 @@ impl SsTable {
                 actual,
             });
         }
-        if footer.format_version != TABLE_FORMAT_VERSION {
+        if footer.format_version != TABLE_FORMAT_VERSION
+            && !(footer.format_version == 1 && footer.blob_refs_len == 0)
+        {
             return Err(Error::Incompatible {
                 path,
                 reason: format!("table format version {} is unknown", footer.format_version),
@@ -67,7 +71,11 @@ impl SsTable {
         if footer.table_id != id.0
             || footer.data_bytes > footer.index_offset
             || footer.index_offset.checked_add(footer.index_len) != Some(footer.filter_offset)
-            || footer.filter_offset.saturating_add(footer.filter_len) > footer_at
+            || footer
+                .filter_offset
+                .saturating_add(footer.filter_len)
+                .saturating_add(footer.blob_refs_len)
+                > footer_at
         {
             return Err(Error::corruption(
                 &path,
@@ -75,16 +83,20 @@ impl SsTable {
                 "footer fields are inconsistent",
             ));
         }
-        let meta_len = usize::try_from(footer.index_len + footer.filter_len)
+        let meta_len = usize::try_from(footer.index_len + footer.filter_len + footer.blob_refs_len)
             .map_err(|_| Error::corruption(&path, footer_at, "metadata too large"))?;
         let meta = file
             .read_exact_at(footer.index_offset, meta_len)
             .await
             .map_err(|e| Error::io("read index of", &path, e))?;
-        let (index_bytes, filter_bytes) = meta.split_at(meta_len - footer.filter_len as usize);
+        // Lengths are bounded by the file size (checked above), so they fit in usize.
+        let (index_bytes, rest) = meta.split_at(footer.index_len as usize);
+        let (filter_bytes, blob_bytes) = rest.split_at(footer.filter_len as usize);
+        let blob_offset = footer.filter_offset + footer.filter_len;
         for (bytes, expected, offset) in [
             (index_bytes, footer.index_crc, footer.index_offset),
             (filter_bytes, footer.filter_crc, footer.filter_offset),
+            (blob_bytes, footer.blob_refs_crc, blob_offset),
         ] {
             let actual = crc32c::crc32c(bytes);
             if actual != expected {
@@ -114,6 +126,9 @@ impl SsTable {
         let bloom = Bloom::decode(filter_bytes).ok_or_else(|| {
             Error::corruption(&path, footer.filter_offset, "filter does not parse")
         })?;
+        let blob_refs = decode_blob_refs(blob_bytes).ok_or_else(|| {
+            Error::corruption(&path, blob_offset, "blob references do not parse")
+        })?;
         Ok(SsTable {
             id,
             path,
@@ -122,6 +137,7 @@ impl SsTable {
             index,
             bloom,
             size,
+            blob_refs,
         })
     }
 
@@ -152,6 +168,13 @@ impl SsTable {
     #[must_use]
     pub fn footer(&self) -> &Footer {
         &self.footer
+    }
+
+    /// Per blob file the table's records point into: the bytes of the entries they point at
+    /// (ids increasing).
+    #[must_use]
+    pub fn blob_refs(&self) -> &[(u64, u64)] {
+        &self.blob_refs
     }
 
     /// File size in bytes.
