@@ -244,12 +244,25 @@ impl BlobWriter {
     ///
     /// # Errors
     /// I/O errors.
+    /// On an error the file is removed (nothing may point at it).
     pub async fn finish(mut self, dir: &Path) -> Result<u64> {
-        self.write_out().await?;
-        crate::sstable::sync_and_close(self.file, &self.path).await?;
-        runtime::sync_dir(dir)
-            .await
-            .map_err(|e| Error::io("sync directory", dir, e))?;
+        if let Err(e) = self.write_out().await {
+            self.abandon().await;
+            return Err(e);
+        }
+        let path = self.path.clone();
+        let synced = match crate::sstable::sync_and_close(self.file, &path).await {
+            Ok(()) => runtime::sync_dir(dir)
+                .await
+                .map_err(|e| Error::io("sync directory", dir, e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            if let Err(r) = runtime::remove(&path).await {
+                tracing::warn!(path = %path.display(), error = %r, "removing unsynced blob file");
+            }
+            return Err(e);
+        }
         Ok(self.written)
     }
 

@@ -918,7 +918,10 @@ impl Shard {
             // Value-log garbage is collected by a merge of every table (only then is every
             // reference to a relocated file rewritten).
             let mut gc = None;
-            if !tables.is_empty() && run.as_ref().is_none_or(|r| r.len() == tables.len()) {
+            if (o.enabled || major)
+                && !tables.is_empty()
+                && run.as_ref().is_none_or(|r| r.len() == tables.len())
+            {
                 gc = compaction::choose_blob_gc(&blob_usage(&tables, &blobs), o);
                 if gc.is_some() {
                     run = Some(0..tables.len());
@@ -1443,6 +1446,112 @@ mod tests {
                 .put(b"after", b"4")
                 .await
                 .expect("writes resume after reopen");
+            shard.close().await.expect("close");
+        });
+    }
+
+    fn blob_files_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".blob"))
+            })
+            .count()
+    }
+
+    fn big(i: u32, round: u32) -> Vec<u8> {
+        vec![(i + round * 100) as u8; 3000 + i as usize]
+    }
+
+    /// A failed sync of a flush's blob file fails the flush (nothing acknowledged is lost: the
+    /// WAL still holds it) and leaves no blob file behind; a reopen recovers everything.
+    #[test]
+    fn blob_file_sync_failure_fails_the_flush_and_loses_nothing() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut o = ShardOptions::new(&path, ShardId(0));
+            o.blob_threshold_bytes = Some(1024);
+            o.wal_segment_bytes = 1 << 20;
+            let shard = Shard::open(o.clone()).await.expect("open");
+            for i in 0..20u32 {
+                shard.put(&i.to_be_bytes(), &big(i, 0)).await.expect("put");
+            }
+            // The blob file's fdatasync is the flush's first.
+            runtime::inject_sync_failure_after(Some(0));
+            assert!(shard.flush().await.is_err(), "the flush must fail");
+            runtime::inject_sync_failure_after(None);
+            assert_eq!(blob_files_in(&path), 0, "the unsynced blob file is removed");
+            assert_eq!(shard.stats().tables, 0);
+            for i in 0..20u32 {
+                let got = shard.get(&i.to_be_bytes()).await.expect("get");
+                assert_eq!(got.and_then(|r| r.value), Some(big(i, 0)));
+            }
+            let _ = shard.close().await;
+            let shard = Shard::open(o.clone()).await.expect("reopen");
+            shard.flush().await.expect("flush after reopen");
+            assert_eq!(shard.stats().blob_files, 1);
+            shard.close().await.expect("close");
+            let shard = Shard::open(o).await.expect("reopen");
+            for i in 0..20u32 {
+                let got = shard.get(&i.to_be_bytes()).await.expect("get");
+                assert_eq!(got.and_then(|r| r.value), Some(big(i, 0)));
+            }
+            shard.close().await.expect("close");
+        });
+    }
+
+    /// A garbage collection that fails part-way (its new blob file cannot be synced) changes
+    /// nothing: the old files and tables stay live, no new file is left, and the next attempt
+    /// succeeds.
+    #[test]
+    fn failed_garbage_collection_keeps_the_old_files() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let mut o = ShardOptions::new(&path, ShardId(0));
+            o.blob_threshold_bytes = Some(1024);
+            o.durability = Durability::None;
+            o.compaction.enabled = false;
+            let shard = Shard::open(o.clone()).await.expect("open");
+            for i in 0..100u32 {
+                shard.put(&i.to_be_bytes(), &big(i, 0)).await.expect("put");
+            }
+            shard.flush().await.expect("flush");
+            for i in 0..80u32 {
+                shard.put(&i.to_be_bytes(), &big(i, 1)).await.expect("put");
+            }
+            shard.flush().await.expect("flush");
+            // Drops the shadowed references: the first file is now 80 % garbage.
+            shard.compact_all().await.expect("compact");
+            let before = shard.stats();
+            assert_eq!(before.blob_files, 2, "{before:?}");
+            assert_eq!(before.blob_bytes_relocated, 0);
+            runtime::inject_sync_failure_after(Some(0));
+            shard.compact_all().await.expect("a failed merge is logged");
+            runtime::inject_sync_failure_after(None);
+            let after = shard.stats();
+            assert_eq!(after.compactions, before.compactions, "{after:?}");
+            assert_eq!(after.blob_files, 2);
+            assert_eq!(blob_files_in(&path), 2, "no stray file");
+            let check = |shard: Shard| async move {
+                for i in 0..100u32 {
+                    let got = shard.get(&i.to_be_bytes()).await.expect("get");
+                    let want = big(i, u32::from(i < 80));
+                    assert_eq!(got.and_then(|r| r.value), Some(want), "key {i}");
+                }
+                shard
+            };
+            let shard = check(shard).await;
+            shard.compact_all().await.expect("compact");
+            let s = shard.stats();
+            assert!(s.blob_bytes_relocated > 0, "{s:?}");
+            assert_eq!(s.blob_files, 2, "the old file went, a new one came: {s:?}");
+            let shard = check(shard).await;
+            shard.close().await.expect("close");
+            let shard = check(Shard::open(o).await.expect("reopen")).await;
+            assert_eq!(blob_files_in(&path), 2);
             shard.close().await.expect("close");
         });
     }

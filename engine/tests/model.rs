@@ -134,6 +134,8 @@ proptest! {
             // Compact eagerly, and drop tombstones as soon as a merge reaches the oldest table.
             options.compaction.min_run = 2;
             options.compaction.tombstone_grace_ms = 0;
+            // Most large puts, and some TTL and versioned ones, go through the value log.
+            options.blob_threshold_bytes = Some(48);
             let now = || wall.load(Ordering::Relaxed);
             let mut shard = Shard::open(options.clone()).await.expect("open");
             let mut model: Model = BTreeMap::new();

@@ -77,7 +77,8 @@ pub struct BlobUsage {
 }
 
 /// Picks the blob files whose live values a full merge should relocate, or `None` while the
-/// value log's garbage is within `blob_garbage_max_percent` of its live bytes.
+/// value log's garbage is within `blob_garbage_max_percent` of its live bytes. (It does not
+/// look at `enabled`: a requested full merge collects garbage too.)
 ///
 /// Files go in order of their garbage fraction, highest first (they free the most space for the
 /// bytes rewritten), until the garbage left is half the allowance, so that a collection is not
@@ -85,9 +86,6 @@ pub struct BlobUsage {
 #[must_use]
 pub fn choose_blob_gc(files: &[BlobUsage], o: &CompactionOptions) -> Option<Vec<u64>> {
     let pct = u128::from(o.blob_garbage_max_percent?);
-    if !o.enabled {
-        return None;
-    }
     let garbage_of = |f: &BlobUsage| u128::from(f.entry_bytes.saturating_sub(f.live_bytes));
     let live: u128 = files.iter().map(|f| u128::from(f.live_bytes)).sum();
     let mut garbage: u128 = files.iter().map(garbage_of).sum();
@@ -237,8 +235,6 @@ mod tests {
             ..o.clone()
         };
         assert_eq!(choose_blob_gc(&[usage(1, 100, 0)], &off), None);
-        let disabled = CompactionOptions { enabled: false, ..o };
-        assert_eq!(choose_blob_gc(&[usage(1, 100, 0)], &disabled), None);
     }
 
     #[test]
