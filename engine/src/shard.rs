@@ -832,9 +832,7 @@ impl Shard {
         let threshold = inner.options.blob_threshold_bytes;
         for (token, mut rec) in mem.newest_versions() {
             let bytes = (rec.key.len() + rec.value.map_or(0, <[u8]>::len)) as u64;
-            let separate = rec
-                .value
-                .filter(|v| threshold.is_some_and(|t| v.len() > t));
+            let separate = rec.value.filter(|v| threshold.is_some_and(|t| v.len() > t));
             let reference;
             if let Some(value) = separate {
                 if blob_writer.is_none() {
@@ -968,7 +966,10 @@ impl Shard {
         let relocation = relocate.map(|files| {
             // Tables flushed since the inputs were chosen point only at their own new files.
             let s = inner.state.borrow();
-            let others = s.tables.iter().filter(|t| !inputs.iter().any(|i| i.id() == t.id()));
+            let others = s
+                .tables
+                .iter()
+                .filter(|t| !inputs.iter().any(|i| i.id() == t.id()));
             assert!(
                 bottom
                     && others
@@ -1200,7 +1201,11 @@ impl Shard {
             block_cache_hits: self.inner.cache.hits(),
             block_cache_misses: self.inner.cache.misses(),
             blob_files: s.blobs.len(),
-            blob_file_bytes: s.blobs.iter().map(|f| f.entry_bytes() + blob::FIRST_ENTRY_OFFSET).sum(),
+            blob_file_bytes: s
+                .blobs
+                .iter()
+                .map(|f| f.entry_bytes() + blob::FIRST_ENTRY_OFFSET)
+                .sum(),
             blob_live_bytes: blob_usage(&s.tables, &s.blobs)
                 .iter()
                 .map(|u| u.live_bytes)

@@ -65,7 +65,10 @@ async fn check(shard: &Shard, n: u32, round_of: impl Fn(u32) -> u32) {
         .collect()
         .await
         .expect("scan");
-    let scanned: Vec<_> = scanned.into_iter().filter(|r| r.key.starts_with(b"key-")).collect();
+    let scanned: Vec<_> = scanned
+        .into_iter()
+        .filter(|r| r.key.starts_with(b"key-"))
+        .collect();
     assert_eq!(scanned.len(), n as usize);
     for r in scanned {
         let i: u32 = std::str::from_utf8(&r.key[4..])
@@ -99,7 +102,11 @@ fn large_values_live_in_blob_files_and_read_back_everywhere() {
         assert_eq!(s.blob_files, 1, "{s:?}");
         assert_eq!(blob_files(&path).len(), 1);
         assert!(s.blob_bytes_written > 100 * THRESHOLD as u64, "{s:?}");
-        assert_eq!(s.blob_live_bytes + 4096, s.blob_file_bytes, "no garbage yet: {s:?}");
+        assert_eq!(
+            s.blob_live_bytes + 4096,
+            s.blob_file_bytes,
+            "no garbage yet: {s:?}"
+        );
         // The table holds references, not the values.
         assert!(s.table_bytes < s.blob_file_bytes / 10, "{s:?}");
         check(&shard, 200, |_| 0).await;
@@ -148,7 +155,10 @@ fn compaction_deletes_blob_files_nothing_points_at() {
         assert_eq!(s.tables, 1, "{s:?}");
         assert_eq!(s.blob_files, 1, "{s:?}");
         assert_eq!(s.blob_files_deleted, 2, "{s:?}");
-        assert_eq!(s.blob_bytes_relocated, 0, "nothing needed relocating: {s:?}");
+        assert_eq!(
+            s.blob_bytes_relocated, 0,
+            "nothing needed relocating: {s:?}"
+        );
         assert_eq!(blob_files(&path).len(), 1);
         // Compaction copied references: it wrote far fewer bytes than the values.
         assert!(

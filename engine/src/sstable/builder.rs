@@ -9,7 +9,10 @@ use bytemuck::Zeroable;
 
 use super::block::{Block, BlockBuilder, BLOCK_BYTES_TARGET};
 use super::bloom::Bloom;
-use super::{encode_blob_refs, encode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES};
+use super::{
+    encode_blob_refs, encode_index, table_path, BlockCache, Footer, IndexEntry, TableId,
+    FOOTER_BYTES,
+};
 use super::{TABLE_FORMAT_VERSION, TABLE_MAGIC};
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, RecordRef, Token};

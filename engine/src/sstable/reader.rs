@@ -7,8 +7,8 @@ use std::rc::Rc;
 use super::block::{Block, BlockError};
 use super::bloom::Bloom;
 use super::{
-    decode_blob_refs, decode_index, table_path, BlockCache, Footer, IndexEntry, TableId, FOOTER_BYTES,
-    TABLE_FORMAT_VERSION, TABLE_MAGIC,
+    decode_blob_refs, decode_index, table_path, BlockCache, Footer, IndexEntry, TableId,
+    FOOTER_BYTES, TABLE_FORMAT_VERSION, TABLE_MAGIC,
 };
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, Record, Token};
@@ -126,9 +126,8 @@ impl SsTable {
         let bloom = Bloom::decode(filter_bytes).ok_or_else(|| {
             Error::corruption(&path, footer.filter_offset, "filter does not parse")
         })?;
-        let blob_refs = decode_blob_refs(blob_bytes).ok_or_else(|| {
-            Error::corruption(&path, blob_offset, "blob references do not parse")
-        })?;
+        let blob_refs = decode_blob_refs(blob_bytes)
+            .ok_or_else(|| Error::corruption(&path, blob_offset, "blob references do not parse"))?;
         Ok(SsTable {
             id,
             path,
