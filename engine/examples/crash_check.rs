@@ -89,6 +89,8 @@ fn options(
     o.wal_segment_bytes = segment_bytes;
     o.block_cache_bytes = 8 << 20;
     o.blob_threshold_bytes = Some(blob_threshold);
+    // Fewer than the files a run makes, so that handles are evicted and reopened.
+    o.blob_open_files_max = 16;
     o
 }
 

@@ -418,21 +418,99 @@ impl BlobFile {
     }
 }
 
-/// A shard's open blob files. The shard replaces its set (copy on write) when files come and
-/// go, so a read or scan holds the set it started with and every file in it stays open.
-#[derive(Debug, Default)]
+/// A live blob file: what the shard knows of it without opening it.
+#[derive(Debug)]
+pub(crate) struct BlobMeta {
+    /// The file's id.
+    pub(crate) id: u64,
+    /// Bytes of entries in the file (its size less the header block).
+    pub(crate) entry_bytes: u64,
+}
+
+/// A shard's open blob-file handles: at most `capacity` are kept open (CLOCK eviction, as the
+/// block cache), the others are opened, and their header checked, when a read needs them. A
+/// shard may have thousands of blob files; it does not hold a descriptor for each.
+pub(crate) struct BlobHandles {
+    dir: PathBuf,
+    shard_id: ShardId,
+    cache: std::cell::RefCell<quick_cache::unsync::Cache<u64, Rc<BlobFile>>>,
+    opens: std::cell::Cell<u64>,
+}
+
+impl std::fmt::Debug for BlobHandles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobHandles")
+            .field("dir", &self.dir)
+            .field("open", &self.cache.borrow().len())
+            .field("opens", &self.opens.get())
+            .finish()
+    }
+}
+
+impl BlobHandles {
+    /// Handles for the blob files of shard `shard_id` in `dir`, at most `capacity` open.
+    pub(crate) fn new(dir: &Path, shard_id: ShardId, capacity: usize) -> Self {
+        BlobHandles {
+            dir: dir.to_path_buf(),
+            shard_id,
+            cache: std::cell::RefCell::new(quick_cache::unsync::Cache::new(capacity.max(1))),
+            opens: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The open file `id`, opening it if it is not.
+    async fn get(&self, id: u64) -> Result<Rc<BlobFile>> {
+        if let Some(f) = self.cache.borrow().get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Rc::new(BlobFile::open(&self.dir, id, self.shard_id).await?);
+        self.opens.set(self.opens.get() + 1);
+        // An eviction drops a handle here; glommio closes a dropped file in the background.
+        self.cache.borrow_mut().insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Takes file `id`'s handle out (to close it before deleting the file).
+    pub(crate) fn take(&self, id: u64) -> Option<Rc<BlobFile>> {
+        self.cache.borrow_mut().remove(&id).map(|(_, f)| f)
+    }
+
+    /// Files opened since the shard opened.
+    pub(crate) fn opens(&self) -> u64 {
+        self.opens.get()
+    }
+
+    /// The directory the files are in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A shard's live blob files. The shard replaces its set (copy on write) when files come and
+/// go, so a read or scan holds the set it started with, and a file is deleted only once no
+/// such snapshot holds it.
+#[derive(Debug)]
 pub(crate) struct BlobSet {
-    files: HashMap<u64, Rc<BlobFile>>,
+    files: HashMap<u64, Rc<BlobMeta>>,
+    handles: Rc<BlobHandles>,
 }
 
 impl BlobSet {
-    /// The file `id`, if the set holds it.
-    pub(crate) fn get(&self, id: u64) -> Option<&Rc<BlobFile>> {
-        self.files.get(&id)
+    /// An empty set reading through `handles`.
+    pub(crate) fn new(handles: Rc<BlobHandles>) -> Self {
+        BlobSet {
+            files: HashMap::new(),
+            handles,
+        }
+    }
+
+    /// The handles the set reads through.
+    pub(crate) fn handles(&self) -> &Rc<BlobHandles> {
+        &self.handles
     }
 
     /// Every file, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Rc<BlobFile>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Rc<BlobMeta>> {
         self.files.values()
     }
 
@@ -442,36 +520,45 @@ impl BlobSet {
     }
 
     /// A set with `added` too.
-    pub(crate) fn with(&self, added: impl IntoIterator<Item = Rc<BlobFile>>) -> BlobSet {
+    pub(crate) fn with(&self, added: impl IntoIterator<Item = BlobMeta>) -> BlobSet {
         let mut files = self.files.clone();
         for f in added {
-            let previous = files.insert(f.id(), f);
+            let previous = files.insert(f.id, Rc::new(f));
             assert!(previous.is_none(), "blob file ids are never reused");
         }
-        BlobSet { files }
+        BlobSet {
+            files,
+            handles: self.handles.clone(),
+        }
     }
 
     /// A set without `removed`, and the files taken out.
-    pub(crate) fn without(&self, removed: &[u64]) -> (BlobSet, Vec<Rc<BlobFile>>) {
+    pub(crate) fn without(&self, removed: &[u64]) -> (BlobSet, Vec<Rc<BlobMeta>>) {
         let mut files = self.files.clone();
         let taken = removed.iter().filter_map(|id| files.remove(id)).collect();
-        (BlobSet { files }, taken)
+        (
+            BlobSet {
+                files,
+                handles: self.handles.clone(),
+            },
+            taken,
+        )
     }
 
-    /// Reads the value a record's reference points at.
+    /// Reads the value a reference points at.
     ///
     /// # Errors
     /// [`Error::Corruption`] if the file is not in the set (a table points at a file the shard
-    /// does not have), and the errors of [`BlobFile::read`].
-    pub(crate) async fn read(&self, r: &BlobRef, key: &[u8], dir: &Path) -> Result<Vec<u8>> {
-        let Some(file) = self.get(r.file_id) else {
+    /// does not have), and the errors of [`BlobFile::open`] and [`BlobFile::read`].
+    pub(crate) async fn read(&self, r: &BlobRef, key: &[u8]) -> Result<Vec<u8>> {
+        if !self.files.contains_key(&r.file_id) {
             return Err(Error::corruption(
-                blob_path(dir, r.file_id),
+                blob_path(self.handles.dir(), r.file_id),
                 r.offset,
                 "a table points at a blob file the shard does not have",
             ));
-        };
-        file.read(r, key).await
+        }
+        self.handles.get(r.file_id).await?.read(r, key).await
     }
 
     /// Replaces a blob record's reference by its value, in place (other records are left
@@ -479,9 +566,9 @@ impl BlobSet {
     ///
     /// # Errors
     /// As [`BlobSet::read`].
-    pub(crate) async fn resolve(&self, rec: &mut Record, dir: &Path) -> Result<()> {
+    pub(crate) async fn resolve(&self, rec: &mut Record) -> Result<()> {
         if let Some(r) = rec.blob_ref() {
-            rec.value = Some(self.read(&r, &rec.key, dir).await?);
+            rec.value = Some(self.read(&r, &rec.key).await?);
             rec.blob = false;
         }
         Ok(())

@@ -10,7 +10,6 @@
 //! Anti-entropy (hashing a vnode's range) and streaming (moving it) are the users.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::rc::Rc;
 
 use crate::blob::BlobSet;
@@ -211,7 +210,6 @@ pub struct ShardScan {
     cursor: MergeCursor,
     /// The blob files of the tables the scan reads (held open for the scan's length).
     blobs: Rc<BlobSet>,
-    dir: PathBuf,
     now_ms: u64,
 }
 
@@ -226,12 +224,11 @@ impl std::fmt::Debug for ShardScan {
 
 impl ShardScan {
     /// Live records of `cursor` at `now_ms`, with value-log references resolved through
-    /// `blobs` (files in `dir`).
-    pub(crate) fn new(cursor: MergeCursor, blobs: Rc<BlobSet>, dir: PathBuf, now_ms: u64) -> Self {
+    /// `blobs`.
+    pub(crate) fn new(cursor: MergeCursor, blobs: Rc<BlobSet>, now_ms: u64) -> Self {
         ShardScan {
             cursor,
             blobs,
-            dir,
             now_ms,
         }
     }
@@ -243,7 +240,7 @@ impl ShardScan {
     pub async fn next(&mut self) -> Result<Option<Record>> {
         while let Some((_, mut record)) = self.cursor.next().await? {
             if record.is_live_at(self.now_ms) {
-                self.blobs.resolve(&mut record, &self.dir).await?;
+                self.blobs.resolve(&mut record).await?;
                 return Ok(Some(record));
             }
         }

@@ -41,7 +41,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::blob::{self, BlobFile, BlobSet, BlobWriter};
+use crate::blob::{self, BlobHandles, BlobMeta, BlobSet, BlobWriter};
 use crate::compaction::worker::{Pacer, Relocation};
 use crate::compaction::{self, BlobUsage, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
@@ -88,6 +88,8 @@ pub struct ShardOptions {
     /// compaction copies a 20-byte reference instead of the value (`None`: values stay in the
     /// tables).
     pub blob_threshold_bytes: Option<usize>,
+    /// Blob files the shard keeps open at once; others are opened when a read needs them.
+    pub blob_open_files_max: usize,
 }
 
 impl ShardOptions {
@@ -108,6 +110,7 @@ impl ShardOptions {
             compaction: CompactionOptions::default(),
             tombstone_gate: None,
             blob_threshold_bytes: Some(64 << 10),
+            blob_open_files_max: 256,
         }
     }
 }
@@ -160,6 +163,9 @@ pub struct ShardStats {
     pub blob_bytes_relocated: u64,
     /// Blob files deleted since open.
     pub blob_files_deleted: u64,
+    /// Times a blob file was opened for reading since open (more than the live files means the
+    /// open-file limit evicts handles).
+    pub blob_file_opens: u64,
 }
 
 #[derive(Debug)]
@@ -295,7 +301,12 @@ impl Shard {
             last_seq = last_seq.max(SeqNo(table.footer().max_seq));
             tables.push(Rc::new(table));
         }
-        let blobs = open_blob_files(&dir, options.shard_id, &tables).await?;
+        let handles = Rc::new(BlobHandles::new(
+            &dir,
+            options.shard_id,
+            options.blob_open_files_max,
+        ));
+        let blobs = open_blob_files(&dir, handles, &tables).await?;
 
         let mut active = Memtable::new();
         let mut immutables = VecDeque::new();
@@ -526,7 +537,7 @@ impl Shard {
         let (tables, blobs) = tables;
         for table in tables.iter().rev() {
             if let Some(mut r) = table.get(token, key, &self.inner.cache).await? {
-                blobs.resolve(&mut r, &self.inner.options.dir).await?;
+                blobs.resolve(&mut r).await?;
                 return Ok(Some(r));
             }
         }
@@ -665,7 +676,6 @@ impl Shard {
         ShardScan::new(
             MergeCursor::new(runs, &s.tables, self.inner.cache.clone(), start, end),
             s.blobs.clone(),
-            self.inner.options.dir.clone(),
             self.inner.options.clock.now_ms(),
         )
     }
@@ -760,11 +770,20 @@ impl Shard {
             return Err(e);
         }
         // The blob file first: a table must never point at bytes that are not durable.
-        let blob_id = blob_writer.as_ref().map(BlobWriter::id);
+        let mut blob_file = None;
         if let Some(w) = blob_writer {
-            if let Err(e) = w.finish(dir).await {
-                builder.abandon().await;
-                return Err(e);
+            let blob_id = w.id();
+            match w.finish(dir).await {
+                Ok(size) => {
+                    blob_file = Some(BlobMeta {
+                        id: blob_id,
+                        entry_bytes: size - blob::FIRST_ENTRY_OFFSET,
+                    });
+                }
+                Err(e) => {
+                    builder.abandon().await;
+                    return Err(e);
+                }
             }
         }
         builder.finish().await?;
@@ -772,12 +791,6 @@ impl Shard {
             .await
             .map_err(|e| Error::io("sync directory", dir, e))?;
         let table = Rc::new(SsTable::open(dir, id).await?);
-        let blob_file = match blob_id {
-            Some(b) => Some(Rc::new(
-                BlobFile::open(dir, b, inner.options.shard_id).await?,
-            )),
-            None => None,
-        };
         let table_bytes = table.size_bytes();
         let held = inner.manifest_lock.lock(&[]).await;
         let mut manifest = {
@@ -799,7 +812,7 @@ impl Shard {
             inner.table_count.set(tables.len());
             s.tables = Rc::new(tables);
             if let Some(f) = blob_file {
-                s.blob_bytes_written += f.entry_bytes() + blob::FIRST_ENTRY_OFFSET;
+                s.blob_bytes_written += f.entry_bytes + blob::FIRST_ENTRY_OFFSET;
                 s.blobs = Rc::new(s.blobs.with([f]));
             }
             let front = s.immutables.pop_front();
@@ -1004,12 +1017,6 @@ impl Shard {
             Some(id) => Some(Rc::new(SsTable::open(dir, id).await?)),
             None => None,
         };
-        let mut new_blob_files = Vec::with_capacity(new_blobs.len());
-        for b in new_blobs {
-            new_blob_files.push(Rc::new(
-                BlobFile::open(dir, b, inner.options.shard_id).await?,
-            ));
-        }
         let input_ids: Vec<TableId> = inputs.iter().map(|t| t.id()).collect();
         let dropped_blobs = {
             let _held = inner.manifest_lock.lock(&[]).await;
@@ -1041,7 +1048,7 @@ impl Shard {
             tables.splice(at..at + input_ids.len(), table);
             inner.table_count.set(tables.len());
             // Blob files come and go with the tables that point at them.
-            let with_new = s.blobs.with(new_blob_files);
+            let with_new = s.blobs.with(new_blobs);
             let unreferenced: Vec<u64> = blob_usage(&tables, &with_new)
                 .iter()
                 .filter(|u| u.live_bytes == 0)
@@ -1089,7 +1096,7 @@ impl Shard {
     /// blocks at once stalled the executor for 20 ms), then each file is closed before it is
     /// unlinked (see [`SsTable::close`]). A crash before this leaves files that the manifest's
     /// tables do not name or point at, which the next open removes.
-    async fn retire(self, tables: Vec<Rc<SsTable>>, blobs: Vec<Rc<BlobFile>>) {
+    async fn retire(self, tables: Vec<Rc<SsTable>>, blobs: Vec<Rc<BlobMeta>>) {
         let dir = self.inner.options.dir.clone();
         let mut failed = None;
         for table in tables {
@@ -1112,14 +1119,21 @@ impl Shard {
                 failed = Some(Error::io("remove", &path, e));
             }
         }
-        for file in blobs {
-            let Some(owned) = self.sole_owner(file).await else {
+        let handles = self.inner.state.borrow().blobs.handles().clone();
+        for meta in blobs {
+            // Once no snapshot of the blob set holds the file, no read can open it again.
+            let Some(meta) = self.sole_owner(meta).await else {
                 continue;
             };
-            let path = blob::blob_path(&dir, owned.id());
-            if let Err(e) = owned.close().await {
-                failed = Some(e);
+            if let Some(handle) = handles.take(meta.id) {
+                let Some(owned) = self.sole_owner(handle).await else {
+                    continue;
+                };
+                if let Err(e) = owned.close().await {
+                    failed = Some(e);
+                }
             }
+            let path = blob::blob_path(&dir, meta.id);
             if let Err(e) = runtime::remove(&path).await {
                 failed = Some(Error::io("remove", &path, e));
             }
@@ -1204,7 +1218,7 @@ impl Shard {
             blob_file_bytes: s
                 .blobs
                 .iter()
-                .map(|f| f.entry_bytes() + blob::FIRST_ENTRY_OFFSET)
+                .map(|f| f.entry_bytes + blob::FIRST_ENTRY_OFFSET)
                 .sum(),
             blob_live_bytes: blob_usage(&s.tables, &s.blobs)
                 .iter()
@@ -1213,6 +1227,7 @@ impl Shard {
             blob_bytes_written: s.blob_bytes_written,
             blob_bytes_relocated: s.blob_bytes_relocated,
             blob_files_deleted: s.blob_files_deleted,
+            blob_file_opens: s.blobs.handles().opens(),
         }
     }
 
@@ -1229,7 +1244,7 @@ impl Shard {
         for t in tables.iter() {
             let mut records = t.scan(&self.inner.cache).await?;
             for r in &mut records {
-                blobs.resolve(r, &self.inner.options.dir).await?;
+                blobs.resolve(r).await?;
             }
             out.push(records);
         }
@@ -1327,7 +1342,11 @@ fn check_expected(local: Option<&Object>, expected: Option<&VersionVector>) -> R
 /// Opens every blob file the tables point at, and removes the ones none points at (a crash
 /// left them: a flush or garbage collection that did not reach its manifest, or files whose
 /// deletion it interrupted).
-async fn open_blob_files(dir: &Path, shard_id: ShardId, tables: &[Rc<SsTable>]) -> Result<BlobSet> {
+async fn open_blob_files(
+    dir: &Path,
+    handles: Rc<BlobHandles>,
+    tables: &[Rc<SsTable>],
+) -> Result<BlobSet> {
     let referenced: std::collections::BTreeSet<u64> = tables
         .iter()
         .flat_map(|t| t.blob_refs().iter().map(|&(id, _)| id))
@@ -1352,19 +1371,34 @@ async fn open_blob_files(dir: &Path, shard_id: ShardId, tables: &[Rc<SsTable>]) 
             .await
             .map_err(|e| Error::io("sync directory", dir, e))?;
     }
+    // Files are opened (and their headers checked) when a read first needs them.
     let mut files = Vec::with_capacity(referenced.len());
     for id in referenced {
         let path = blob::blob_path(dir, id);
-        if !path.exists() {
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    "a table points at this blob file, which is missing",
+                ));
+            }
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        };
+        if size < blob::FIRST_ENTRY_OFFSET {
             return Err(Error::corruption(
                 path,
                 0,
-                "a table points at this blob file, which is missing",
+                "blob file shorter than its header",
             ));
         }
-        files.push(Rc::new(BlobFile::open(dir, id, shard_id).await?));
+        files.push(BlobMeta {
+            id,
+            entry_bytes: size - blob::FIRST_ENTRY_OFFSET,
+        });
     }
-    Ok(BlobSet::default().with(files))
+    Ok(BlobSet::new(handles).with(files))
 }
 
 /// Per blob file, its size and the bytes of it that `tables` point at.
@@ -1378,9 +1412,9 @@ fn blob_usage(tables: &[Rc<SsTable>], blobs: &BlobSet) -> Vec<BlobUsage> {
     let mut usage: Vec<BlobUsage> = blobs
         .iter()
         .map(|f| BlobUsage {
-            id: f.id(),
-            entry_bytes: f.entry_bytes(),
-            live_bytes: live.get(&f.id()).copied().unwrap_or(0),
+            id: f.id,
+            entry_bytes: f.entry_bytes,
+            live_bytes: live.get(&f.id).copied().unwrap_or(0),
         })
         .collect();
     usage.sort_unstable_by_key(|u| u.id);

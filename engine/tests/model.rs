@@ -136,6 +136,7 @@ proptest! {
             options.compaction.tombstone_grace_ms = 0;
             // Most large puts, and some TTL and versioned ones, go through the value log.
             options.blob_threshold_bytes = Some(48);
+            options.blob_open_files_max = 2;
             let now = || wall.load(Ordering::Relaxed);
             let mut shard = Shard::open(options.clone()).await.expect("open");
             let mut model: Model = BTreeMap::new();

@@ -19,6 +19,8 @@ fn options(path: &Path) -> ShardOptions {
     let mut o = small_options(path);
     o.blob_threshold_bytes = Some(THRESHOLD);
     o.memtable_bytes_max = 4 << 20;
+    // Few open files, so that reads open and evict handles.
+    o.blob_open_files_max = 2;
     o
 }
 
@@ -362,6 +364,27 @@ fn a_damaged_blob_entry_is_a_checksum_mismatch_never_wrong_bytes() {
             matches!(scanned, Err(Error::ChecksumMismatch { .. })),
             "{scanned:?}"
         );
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn blob_files_beyond_the_open_file_limit_are_opened_on_demand() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut o = options(&path);
+        o.compaction.enabled = false;
+        o.blob_open_files_max = 1;
+        let shard = Shard::open(o).await.expect("open");
+        for part in 0..4u32 {
+            put_all(&shard, part * 25..(part + 1) * 25, 0).await;
+            shard.flush().await.expect("flush");
+        }
+        assert_eq!(shard.stats().blob_files, 4);
+        check(&shard, 100, |_| 0).await;
+        check(&shard, 100, |_| 0).await;
+        let s = shard.stats();
+        // Four files through one open handle: each pass reopens them.
+        assert!(s.blob_file_opens >= 8, "{s:?}");
         shard.close().await.expect("close");
     });
 }

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::blob::{BlobSet, BlobWriter};
+use crate::blob::{BlobMeta, BlobSet, BlobWriter, FIRST_ENTRY_OFFSET};
 use crate::error::Result;
 use crate::record::{ShardId, Token};
 use crate::runtime;
@@ -219,7 +219,7 @@ pub(crate) async fn merge(
     cache: Rc<BlockCache>,
     pacer: &mut Pacer,
     relocation: Option<Relocation<'_>>,
-) -> Result<(Option<TableId>, Vec<u64>, MergeStats)> {
+) -> Result<(Option<TableId>, Vec<BlobMeta>, MergeStats)> {
     let mut blobs = BlobOutput {
         relocation,
         writer: None,
@@ -253,7 +253,7 @@ struct BlobOutput<'a> {
     relocation: Option<Relocation<'a>>,
     writer: Option<BlobWriter>,
     /// Files finished (synced) so far.
-    finished: Vec<u64>,
+    finished: Vec<BlobMeta>,
 }
 
 impl BlobOutput<'_> {
@@ -272,7 +272,7 @@ impl BlobOutput<'_> {
         if !reloc.files.contains(&old.file_id) {
             return Ok(None);
         }
-        let value = reloc.blobs.read(&old, &r.key, dir).await?;
+        let value = reloc.blobs.read(&old, &r.key).await?;
         if self.writer.is_none() {
             let id = (reloc.alloc_id)();
             self.writer = Some(BlobWriter::create(dir, id, reloc.shard_id).await?);
@@ -292,8 +292,12 @@ impl BlobOutput<'_> {
     async fn finish_writer(&mut self, dir: &Path) -> Result<()> {
         if let Some(w) = self.writer.take() {
             let id = w.id();
-            w.finish(dir).await?;
-            self.finished.push(id);
+            // On an error the writer removes its file itself.
+            let size = w.finish(dir).await?;
+            self.finished.push(BlobMeta {
+                id,
+                entry_bytes: size - FIRST_ENTRY_OFFSET,
+            });
         }
         Ok(())
     }
@@ -303,8 +307,8 @@ impl BlobOutput<'_> {
         if let Some(w) = self.writer {
             w.abandon().await;
         }
-        for id in self.finished {
-            let path = crate::blob::blob_path(dir, id);
+        for meta in self.finished {
+            let path = crate::blob::blob_path(dir, meta.id);
             if let Err(e) = runtime::remove(&path).await {
                 tracing::warn!(path = %path.display(), error = %e, "removing abandoned blob file");
             }
