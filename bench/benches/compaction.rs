@@ -9,12 +9,15 @@
 //! ```
 //! Settings (environment): `DYNACORE_BENCH_KEYS` (100000), `DYNACORE_BENCH_ROUNDS` (10),
 //! `DYNACORE_BENCH_VALUE_BYTES` (1024), `DYNACORE_BENCH_ENGINES` (`dynacore,fjall`; also
-//! `fjall-kv`: fjall with key-value separation, its BlobDB-style value log).
+//! `dynacore-inline`: Dynacore with its value log off, every value in the tables; and
+//! `fjall-kv`: fjall with key-value separation, its BlobDB-style value log). Dynacore's value
+//! log takes values over 64 KiB, so it only matters with `DYNACORE_BENCH_VALUE_BYTES` above
+//! that.
 //!
 //! Figures:
 //! * **put rate** during the overwrite rounds (WAL written without fsync on both engines).
-//! * **space amplification**: table bytes (Dynacore: SSTables; fjall: its reported disk space)
-//!   over live bytes (keys × (key + value)), after a flush and once compaction is idle; the
+//! * **space amplification**: table bytes (Dynacore: SSTables and blob files; fjall: its
+//!   reported disk space) over live bytes (keys × (key + value)), after a flush and once compaction is idle; the
 //!   data directory's total (WAL segments included) is printed beside it.
 //! * **write amplification**: bytes the block device wrote (from `/sys/dev/block/*/stat`,
 //!   after `sync`) over bytes the user wrote; the machine must be otherwise quiet.
@@ -171,7 +174,7 @@ fn report(name: &str, w: &Workload, a: &Amplification) {
         a.settle.as_secs_f64()
     );
     println!(
-        "  space amplification: {:.3} (tables {:.1} MiB / live {:.1} MiB); whole directory {:.1} MiB = {:.3}",
+        "  space amplification: {:.3} (tables and value log {:.1} MiB / live {:.1} MiB); whole directory {:.1} MiB = {:.3}",
         ratio(a.table_bytes, w.live_bytes()),
         mib(a.table_bytes),
         mib(w.live_bytes()),
@@ -275,10 +278,13 @@ fn print_latency(label: &str, h: &Histogram<u64>) {
     );
 }
 
-fn run_dynacore(w: &Arc<Workload>) {
+fn run_dynacore(w: &Arc<Workload>, value_log: bool) {
     let dir = temp_dir_in(&bench_dir());
     let mut o = ShardOptions::new(dir.path(), ShardId(0));
     o.durability = Durability::None;
+    if !value_log {
+        o.blob_threshold_bytes = None;
+    }
     if let Some(rate) = std::env::var("DYNACORE_BENCH_COMPACTION_MIBS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -319,12 +325,16 @@ fn run_dynacore(w: &Arc<Workload>) {
     let a = Amplification {
         put_rate,
         settle,
-        table_bytes: s.table_bytes,
+        table_bytes: s.table_bytes + s.blob_file_bytes,
         dir_bytes: dir_bytes(dir.path()),
         device_written: before.zip(after).map(|(b, a)| a - b),
     };
     report(
-        "dynacore (size-tiered + space-amplification trigger)",
+        if value_log {
+            "dynacore (size-tiered + space-amplification trigger, value log over 64 KiB)"
+        } else {
+            "dynacore-inline (size-tiered + space-amplification trigger, no value log)"
+        },
         w,
         &a,
     );
@@ -336,6 +346,15 @@ fn run_dynacore(w: &Arc<Workload>) {
         s.compactions,
         s.tables,
         s.write_stalls
+    );
+    println!(
+        "  value log: {} blob files, {:.1} MiB ({:.1} MiB live); flushes wrote {:.1} MiB, garbage collection rewrote {:.1} MiB, {} files deleted",
+        s.blob_files,
+        mib(s.blob_file_bytes),
+        mib(s.blob_live_bytes),
+        mib(s.blob_bytes_written),
+        mib(s.blob_bytes_relocated),
+        s.blob_files_deleted
     );
     print_table_samples("tables", &samples.lock().expect("lock"));
 
@@ -487,10 +506,13 @@ fn main() {
         std::env::var("DYNACORE_BENCH_ENGINES").unwrap_or_else(|_| "dynacore,fjall".to_owned());
     for engine in engines.split(',') {
         match engine.trim() {
-            "dynacore" => run_dynacore(&w),
+            "dynacore" => run_dynacore(&w, true),
+            "dynacore-inline" => run_dynacore(&w, false),
             "fjall" => run_fjall(&w, false),
             "fjall-kv" => run_fjall(&w, true),
-            other => eprintln!("unknown engine {other:?} (dynacore, fjall, fjall-kv)"),
+            other => {
+                eprintln!("unknown engine {other:?} (dynacore, dynacore-inline, fjall, fjall-kv)");
+            }
         }
     }
 }
