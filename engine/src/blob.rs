@@ -35,6 +35,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::record::{Record, ShardId, VALUE_BYTES_MAX};
 use crate::runtime::{self, align_up, File, IO_ALIGN};
+use crate::sstable::BlockCache;
 
 const BLOB_MAGIC: u64 = u64::from_le_bytes(*b"DYNBLOB1");
 const BLOB_FORMAT_VERSION: u32 = 1;
@@ -429,10 +430,12 @@ pub(crate) struct BlobMeta {
 
 /// A shard's open blob-file handles: at most `capacity` are kept open (CLOCK eviction, as the
 /// block cache), the others are opened, and their header checked, when a read needs them. A
-/// shard may have thousands of blob files; it does not hold a descriptor for each.
+/// shard may have thousands of blob files; it does not hold a descriptor for each. Values read
+/// go through the shard's block cache (direct I/O bypasses the page cache).
 pub(crate) struct BlobHandles {
     dir: PathBuf,
     shard_id: ShardId,
+    values: Rc<BlockCache>,
     cache: std::cell::RefCell<quick_cache::unsync::Cache<u64, Rc<BlobFile>>>,
     opens: std::cell::Cell<u64>,
 }
@@ -448,11 +451,18 @@ impl std::fmt::Debug for BlobHandles {
 }
 
 impl BlobHandles {
-    /// Handles for the blob files of shard `shard_id` in `dir`, at most `capacity` open.
-    pub(crate) fn new(dir: &Path, shard_id: ShardId, capacity: usize) -> Self {
+    /// Handles for the blob files of shard `shard_id` in `dir`, at most `capacity` open, with
+    /// values cached in `values`.
+    pub(crate) fn new(
+        dir: &Path,
+        shard_id: ShardId,
+        capacity: usize,
+        values: Rc<BlockCache>,
+    ) -> Self {
         BlobHandles {
             dir: dir.to_path_buf(),
             shard_id,
+            values,
             cache: std::cell::RefCell::new(quick_cache::unsync::Cache::new(capacity.max(1))),
             opens: std::cell::Cell::new(0),
         }
@@ -483,6 +493,15 @@ impl BlobHandles {
     /// The directory the files are in.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Caches a value just written at `r` (a flush's data is what is read next), if the cache
+    /// has room for it without evicting.
+    pub(crate) fn cache_written(&self, r: &BlobRef, value: &[u8]) {
+        if self.values.has_room_for(value.len() as u64) {
+            self.values
+                .insert_value(r.file_id, r.offset, Rc::from(value));
+        }
     }
 }
 
@@ -545,12 +564,12 @@ impl BlobSet {
         )
     }
 
-    /// Reads the value a reference points at.
+    /// Reads the value a reference points at, through the cache (filling it when `fill`).
     ///
     /// # Errors
     /// [`Error::Corruption`] if the file is not in the set (a table points at a file the shard
     /// does not have), and the errors of [`BlobFile::open`] and [`BlobFile::read`].
-    pub(crate) async fn read(&self, r: &BlobRef, key: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) async fn read(&self, r: &BlobRef, key: &[u8], fill: bool) -> Result<Vec<u8>> {
         if !self.files.contains_key(&r.file_id) {
             return Err(Error::corruption(
                 blob_path(self.handles.dir(), r.file_id),
@@ -558,7 +577,21 @@ impl BlobSet {
                 "a table points at a blob file the shard does not have",
             ));
         }
-        self.handles.get(r.file_id).await?.read(r, key).await
+        let cache = &self.handles.values;
+        if let Some(v) = cache.get_value(r.file_id, r.offset) {
+            // INVARIANT: a (file, offset) holds one entry for the file's life.
+            assert_eq!(
+                v.len(),
+                r.value_len as usize,
+                "cached value of another length"
+            );
+            return Ok(v.to_vec());
+        }
+        let value = self.handles.get(r.file_id).await?.read(r, key).await?;
+        if fill {
+            cache.insert_value(r.file_id, r.offset, Rc::from(value.as_slice()));
+        }
+        Ok(value)
     }
 
     /// Replaces a blob record's reference by its value, in place (other records are left
@@ -568,7 +601,7 @@ impl BlobSet {
     /// As [`BlobSet::read`].
     pub(crate) async fn resolve(&self, rec: &mut Record) -> Result<()> {
         if let Some(r) = rec.blob_ref() {
-            rec.value = Some(self.read(&r, &rec.key).await?);
+            rec.value = Some(self.read(&r, &rec.key, true).await?);
             rec.blob = false;
         }
         Ok(())

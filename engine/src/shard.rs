@@ -301,10 +301,12 @@ impl Shard {
             last_seq = last_seq.max(SeqNo(table.footer().max_seq));
             tables.push(Rc::new(table));
         }
+        let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
         let handles = Rc::new(BlobHandles::new(
             &dir,
             options.shard_id,
             options.blob_open_files_max,
+            cache.clone(),
         ));
         let blobs = open_blob_files(&dir, handles, &tables).await?;
 
@@ -339,7 +341,6 @@ impl Shard {
             last_seq = last_seq.0,
             "shard opened"
         );
-        let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
         let flush_queue = runtime::create_task_queue(
             100,
             Latency::NotImportant,
@@ -860,7 +861,14 @@ impl Shard {
                     );
                 }
                 let w = blob_writer.as_mut().expect("INVARIANT: created above");
-                reference = w.append(rec.key, value).await?.encode();
+                let r = w.append(rec.key, value).await?;
+                inner
+                    .state
+                    .borrow()
+                    .blobs
+                    .handles()
+                    .cache_written(&r, value);
+                reference = r.encode();
                 rec.value = Some(&reference);
                 rec.blob = true;
             }
@@ -1220,9 +1228,11 @@ impl Shard {
                 .iter()
                 .map(|f| f.entry_bytes + blob::FIRST_ENTRY_OFFSET)
                 .sum(),
-            blob_live_bytes: blob_usage(&s.tables, &s.blobs)
+            // Every reference points into a file of the set (the blob set's invariant).
+            blob_live_bytes: s
+                .tables
                 .iter()
-                .map(|u| u.live_bytes)
+                .flat_map(|t| t.blob_refs().iter().map(|&(_, bytes)| bytes))
                 .sum(),
             blob_bytes_written: s.blob_bytes_written,
             blob_bytes_relocated: s.blob_bytes_relocated,

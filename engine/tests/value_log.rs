@@ -132,9 +132,16 @@ fn large_values_live_in_blob_files_and_read_back_everywhere() {
             .sum();
         assert_eq!(records, 201);
         shard.close().await.expect("close");
-        let shard = Shard::open(options(&path)).await.expect("reopen");
+        let mut o = options(&path);
+        o.block_cache_bytes = 8 << 20;
+        let shard = Shard::open(o).await.expect("reopen");
         check(&shard, 200, |_| 0).await;
         assert_eq!(shard.stats().blob_files, 1);
+        // Values read from the value log are cached like blocks: a second pass reads nothing.
+        let misses = shard.stats().block_cache_misses;
+        check(&shard, 200, |_| 0).await;
+        let s = shard.stats();
+        assert_eq!(s.block_cache_misses, misses, "{s:?}");
         shard.close().await.expect("close");
     });
 }
@@ -374,6 +381,8 @@ fn blob_files_beyond_the_open_file_limit_are_opened_on_demand() {
         let mut o = options(&path);
         o.compaction.enabled = false;
         o.blob_open_files_max = 1;
+        // No value cache: every read goes to the files.
+        o.block_cache_bytes = 0;
         let shard = Shard::open(o).await.expect("open");
         for part in 0..4u32 {
             put_all(&shard, part * 25..(part + 1) * 25, 0).await;

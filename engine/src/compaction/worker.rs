@@ -272,7 +272,8 @@ impl BlobOutput<'_> {
         if !reloc.files.contains(&old.file_id) {
             return Ok(None);
         }
-        let value = reloc.blobs.read(&old, &r.key).await?;
+        // Read once: the cache is left alone.
+        let value = reloc.blobs.read(&old, &r.key, false).await?;
         if self.writer.is_none() {
             let id = (reloc.alloc_id)();
             self.writer = Some(BlobWriter::create(dir, id, reloc.shard_id).await?);

@@ -217,18 +217,29 @@ pub fn parse_table_name(name: &str) -> Option<TableId> {
         .flatten()
 }
 
+/// What the cache holds at a `(file id, offset)`: a table's data block, or a value read from
+/// a blob file (tables and blob files draw ids from one counter, so keys never collide).
+#[derive(Clone)]
+enum Cached {
+    Block(Rc<Block>),
+    Value(Rc<[u8]>),
+}
+
 struct BlockWeighter;
 
-impl quick_cache::Weighter<(TableId, u64), Rc<Block>> for BlockWeighter {
-    fn weight(&self, _key: &(TableId, u64), block: &Rc<Block>) -> u64 {
-        block.size_bytes() as u64 + 64
+impl quick_cache::Weighter<(TableId, u64), Cached> for BlockWeighter {
+    fn weight(&self, _key: &(TableId, u64), c: &Cached) -> u64 {
+        64 + match c {
+            Cached::Block(b) => b.size_bytes() as u64,
+            Cached::Value(v) => v.len() as u64,
+        }
     }
 }
 
-/// A shard's cache of checked, parsed data blocks (direct I/O bypasses the page cache, so this
-/// is the only cache there is). Bounded in bytes.
+/// A shard's cache of checked, parsed data blocks and of values read from the value log
+/// (direct I/O bypasses the page cache, so this is the only cache there is). Bounded in bytes.
 pub struct BlockCache {
-    cache: RefCell<quick_cache::unsync::Cache<(TableId, u64), Rc<Block>, BlockWeighter>>,
+    cache: RefCell<quick_cache::unsync::Cache<(TableId, u64), Cached, BlockWeighter>>,
     capacity_bytes: u64,
     hits: Cell<u64>,
     misses: Cell<u64>,
@@ -266,7 +277,7 @@ impl BlockCache {
         }
     }
 
-    fn get(&self, table: TableId, offset: u64) -> Option<Rc<Block>> {
+    fn lookup(&self, table: TableId, offset: u64) -> Option<Cached> {
         let found = self.cache.borrow().get(&(table, offset)).cloned();
         let counter = if found.is_some() {
             &self.hits
@@ -275,6 +286,30 @@ impl BlockCache {
         };
         counter.set(counter.get() + 1);
         found
+    }
+
+    fn get(&self, table: TableId, offset: u64) -> Option<Rc<Block>> {
+        match self.lookup(table, offset)? {
+            Cached::Block(b) => Some(b),
+            Cached::Value(_) => None,
+        }
+    }
+
+    /// The cached value of blob file `file` at `offset` (counted as a hit or a miss).
+    pub(crate) fn get_value(&self, file: u64, offset: u64) -> Option<Rc<[u8]>> {
+        match self.lookup(TableId(file), offset)? {
+            Cached::Value(v) => Some(v),
+            Cached::Block(_) => None,
+        }
+    }
+
+    /// Caches the value of blob file `file` at `offset`.
+    pub(crate) fn insert_value(&self, file: u64, offset: u64, value: Rc<[u8]>) {
+        if self.capacity_bytes > 0 {
+            self.cache
+                .borrow_mut()
+                .insert((TableId(file), offset), Cached::Value(value));
+        }
     }
 
     /// Lookups that found their block cached, since the cache was made.
@@ -291,7 +326,9 @@ impl BlockCache {
 
     fn insert(&self, table: TableId, offset: u64, block: Rc<Block>) {
         if self.capacity_bytes > 0 {
-            self.cache.borrow_mut().insert((table, offset), block);
+            self.cache
+                .borrow_mut()
+                .insert((table, offset), Cached::Block(block));
         }
     }
 
@@ -323,7 +360,10 @@ impl BlockCache {
     pub fn remove(&self, table: TableId, offset: u64) -> usize {
         // Dropped outside the borrow: freeing a block may be the last reference.
         let removed = self.cache.borrow_mut().remove(&(table, offset));
-        removed.map_or(0, |(_, b)| b.size_bytes())
+        removed.map_or(0, |(_, c)| match c {
+            Cached::Block(b) => b.size_bytes(),
+            Cached::Value(v) => v.len(),
+        })
     }
 
     /// Whether there is room for `bytes` more without evicting (used to decide on filling the
