@@ -941,7 +941,9 @@ impl Shard {
                 && !tables.is_empty()
                 && run.as_ref().is_none_or(|r| r.len() == tables.len())
             {
-                gc = compaction::choose_blob_gc(&blob_usage(&tables, &blobs), o);
+                // A full merge that happens anyway costs the collection nothing extra.
+                let merge_bytes = if run.is_some() { 0 } else { sizes.iter().sum() };
+                gc = compaction::choose_blob_gc(&blob_usage(&tables, &blobs), merge_bytes, o);
                 if gc.is_some() {
                     run = Some(0..tables.len());
                 }

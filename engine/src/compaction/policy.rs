@@ -80,16 +80,25 @@ pub struct BlobUsage {
 /// value log's garbage is within `blob_garbage_max_percent` of its live bytes. (It does not
 /// look at `enabled`: a requested full merge collects garbage too.)
 ///
+/// `merge_bytes` is what the full merge would rewrite only for the collection's sake: 0 when
+/// a full merge happens anyway, else the bytes of every table. A collection that would rewrite
+/// at least four times the garbage it frees waits, so that a little garbage in a value log
+/// beside large tables does not rewrite those tables over and over.
+///
 /// Files go in order of their garbage fraction, highest first (they free the most space for the
 /// bytes rewritten), until the garbage left is half the allowance, so that a collection is not
 /// followed at once by another.
 #[must_use]
-pub fn choose_blob_gc(files: &[BlobUsage], o: &CompactionOptions) -> Option<Vec<u64>> {
+pub fn choose_blob_gc(
+    files: &[BlobUsage],
+    merge_bytes: u64,
+    o: &CompactionOptions,
+) -> Option<Vec<u64>> {
     let pct = u128::from(o.blob_garbage_max_percent?);
     let garbage_of = |f: &BlobUsage| u128::from(f.entry_bytes.saturating_sub(f.live_bytes));
     let live: u128 = files.iter().map(|f| u128::from(f.live_bytes)).sum();
     let mut garbage: u128 = files.iter().map(garbage_of).sum();
-    if garbage == 0 || garbage * 100 <= live * pct {
+    if garbage == 0 || garbage * 100 <= live * pct || garbage * 4 < u128::from(merge_bytes) {
         return None;
     }
     let mut by_fraction: Vec<&BlobUsage> = files.iter().filter(|f| garbage_of(f) > 0).collect();
@@ -211,30 +220,34 @@ mod tests {
     fn blob_gc_waits_for_enough_garbage_then_takes_the_emptiest_files() {
         let o = CompactionOptions::default();
         assert_eq!(o.blob_garbage_max_percent, Some(25));
-        assert_eq!(choose_blob_gc(&[], &o), None);
+        assert_eq!(choose_blob_gc(&[], 0, &o), None);
         // 20 % garbage: within the allowance.
-        assert_eq!(choose_blob_gc(&[usage(1, 120, 100)], &o), None);
+        assert_eq!(choose_blob_gc(&[usage(1, 120, 100)], 0, &o), None);
         // 150 garbage on 150 live: over. The emptiest files go first, until the garbage left
         // (10) is at most half the allowance (18.75).
         let files = [usage(1, 100, 90), usage(2, 100, 30), usage(3, 100, 30)];
-        assert_eq!(choose_blob_gc(&files, &o), Some(vec![2, 3]));
+        assert_eq!(choose_blob_gc(&files, 0, &o), Some(vec![2, 3]));
         // One mostly-empty file among full ones: only it.
         let files = [
             usage(1, 1000, 1000),
             usage(2, 1000, 1000),
             usage(3, 1000, 100),
         ];
-        assert_eq!(choose_blob_gc(&files, &o), Some(vec![3]));
+        assert_eq!(choose_blob_gc(&files, 0, &o), Some(vec![3]));
         // A file nothing points at is collected by the merge with nothing to relocate.
         assert_eq!(
-            choose_blob_gc(&[usage(1, 100, 100), usage(2, 100, 0)], &o),
+            choose_blob_gc(&[usage(1, 100, 100), usage(2, 100, 0)], 0, &o),
             Some(vec![2])
         );
         let off = CompactionOptions {
             blob_garbage_max_percent: None,
             ..o.clone()
         };
-        assert_eq!(choose_blob_gc(&[usage(1, 100, 0)], &off), None);
+        assert_eq!(choose_blob_gc(&[usage(1, 100, 0)], 0, &off), None);
+        // 60 bytes of garbage would cost a rewrite of 300 bytes of tables: wait; 240: go.
+        let files = [usage(1, 100, 100), usage(2, 100, 40)];
+        assert_eq!(choose_blob_gc(&files, 300, &o), None);
+        assert_eq!(choose_blob_gc(&files, 240, &o), Some(vec![2]));
     }
 
     #[test]
