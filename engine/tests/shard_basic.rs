@@ -107,7 +107,8 @@ fn limits_are_typed_errors() {
             shard.put(b"big", &too_big).await,
             Err(Error::Limit(LimitError::ValueTooLarge { .. }))
         ));
-        // The largest key and value are accepted and survive WAL replay and an SSTable.
+        // The largest key and value are accepted and survive WAL replay and a flush (which puts
+        // the value in the value log).
         let max_key = vec![b'k'; 256];
         let max_value: Vec<u8> = (0..VALUE_BYTES_MAX).map(|i| (i % 251) as u8).collect();
         shard.put(&max_key, &max_value).await.expect("max put");
@@ -119,11 +120,12 @@ fn limits_are_typed_errors() {
             "10 MiB value after replay"
         );
         shard.flush().await.expect("flush");
+        assert_eq!(shard.stats().blob_files, 1);
         shard.close().await.expect("close");
         let shard = Shard::open(small_options(&path)).await.expect("reopen");
         assert!(
             common::value_of(&shard, &max_key).await.as_deref() == Some(max_value.as_slice()),
-            "10 MiB value from SSTable"
+            "10 MiB value from the value log"
         );
         assert_eq!(
             shard

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{run, small_options, temp_dir, with_temp_dir};
 use dynacore_engine::version::{ActorId, VersionVector};
-use dynacore_engine::{Error, Shard, ShardOptions, Token};
+use dynacore_engine::{Error, Shard, ShardOptions, Token, VALUE_BYTES_MAX};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Values longer than this go to the value log in these tests.
@@ -403,12 +403,21 @@ fn without_a_threshold_values_stay_in_the_tables() {
     with_temp_dir(LIMIT, |path| async move {
         let mut o = options(&path);
         o.blob_threshold_bytes = None;
-        let shard = Shard::open(o).await.expect("open");
+        let shard = Shard::open(o.clone()).await.expect("open");
         put_all(&shard, 0..50, 0).await;
+        // The largest value too, in a table block of its own.
+        let max_value: Vec<u8> = (0..VALUE_BYTES_MAX).map(|i| (i % 253) as u8).collect();
+        shard.put(b"max", &max_value).await.expect("put");
         shard.flush().await.expect("flush");
         assert_eq!(shard.stats().blob_files, 0);
         assert!(blob_files(&path).is_empty());
+        shard.close().await.expect("close");
+        let shard = Shard::open(o).await.expect("reopen");
         check(&shard, 50, |_| 0).await;
+        assert_eq!(
+            common::value_of(&shard, b"max").await.as_deref(),
+            Some(max_value.as_slice())
+        );
         shard.close().await.expect("close");
     });
 }
