@@ -436,6 +436,9 @@ pub(crate) struct BlobHandles {
     dir: PathBuf,
     shard_id: ShardId,
     values: Rc<BlockCache>,
+    /// Per file, the offsets of values put in `values` (so a deleted file's values can be
+    /// dropped; some may have been evicted since).
+    cached: std::cell::RefCell<HashMap<u64, std::collections::HashSet<u64>>>,
     cache: std::cell::RefCell<quick_cache::unsync::Cache<u64, Rc<BlobFile>>>,
     opens: std::cell::Cell<u64>,
 }
@@ -463,6 +466,7 @@ impl BlobHandles {
             dir: dir.to_path_buf(),
             shard_id,
             values,
+            cached: std::cell::RefCell::new(HashMap::new()),
             cache: std::cell::RefCell::new(quick_cache::unsync::Cache::new(capacity.max(1))),
             opens: std::cell::Cell::new(0),
         }
@@ -473,7 +477,18 @@ impl BlobHandles {
         if let Some(f) = self.cache.borrow().get(&id) {
             return Ok(f.clone());
         }
-        let f = Rc::new(BlobFile::open(&self.dir, id, self.shard_id).await?);
+        let f = match BlobFile::open(&self.dir, id, self.shard_id).await {
+            Ok(f) => Rc::new(f),
+            // The shard holds the file live: gone is damage, as at open.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(
+                    blob_path(&self.dir, id),
+                    0,
+                    "a table points at this blob file, which is missing",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         self.opens.set(self.opens.get() + 1);
         // An eviction drops a handle here; glommio closes a dropped file in the background.
         self.cache.borrow_mut().insert(id, f.clone());
@@ -499,9 +514,35 @@ impl BlobHandles {
     /// has room for it without evicting.
     pub(crate) fn cache_written(&self, r: &BlobRef, value: &[u8]) {
         if self.values.has_room_for(value.len() as u64) {
-            self.values
-                .insert_value(r.file_id, r.offset, Rc::from(value));
+            self.cache_value(r, Rc::from(value));
         }
+    }
+
+    fn cache_value(&self, r: &BlobRef, value: Rc<[u8]>) {
+        if self.values.capacity_bytes() == 0 {
+            return;
+        }
+        self.values.insert_value(r.file_id, r.offset, value);
+        self.cached
+            .borrow_mut()
+            .entry(r.file_id)
+            .or_default()
+            .insert(r.offset);
+    }
+
+    /// Forgets file `id` (being deleted): returns the offsets of its values that may still be
+    /// cached, for the caller to drop from the block cache.
+    pub(crate) fn forget(&self, id: u64) -> Vec<u64> {
+        self.cached
+            .borrow_mut()
+            .remove(&id)
+            .map(|o| o.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The block cache the values go through.
+    pub(crate) fn values(&self) -> &Rc<BlockCache> {
+        &self.values
     }
 }
 
@@ -577,31 +618,33 @@ impl BlobSet {
                 "a table points at a blob file the shard does not have",
             ));
         }
-        let cache = &self.handles.values;
-        if let Some(v) = cache.get_value(r.file_id, r.offset) {
-            // INVARIANT: a (file, offset) holds one entry for the file's life.
-            assert_eq!(
-                v.len(),
-                r.value_len as usize,
-                "cached value of another length"
-            );
+        if let Some(v) = self.handles.values.get_value(r.file_id, r.offset) {
+            // A (file, offset) holds one entry for the file's life: a reference that disagrees
+            // with it comes from a damaged table.
+            if v.len() != r.value_len as usize {
+                return Err(Error::corruption(
+                    blob_path(self.handles.dir(), r.file_id),
+                    r.offset,
+                    "blob reference length differs from the entry",
+                ));
+            }
             return Ok(v.to_vec());
         }
         let value = self.handles.get(r.file_id).await?.read(r, key).await?;
         if fill {
-            cache.insert_value(r.file_id, r.offset, Rc::from(value.as_slice()));
+            self.handles.cache_value(r, Rc::from(value.as_slice()));
         }
         Ok(value)
     }
 
     /// Replaces a blob record's reference by its value, in place (other records are left
-    /// alone).
+    /// alone); the value is cached when `fill`.
     ///
     /// # Errors
     /// As [`BlobSet::read`].
-    pub(crate) async fn resolve(&self, rec: &mut Record) -> Result<()> {
+    pub(crate) async fn resolve(&self, rec: &mut Record, fill: bool) -> Result<()> {
         if let Some(r) = rec.blob_ref() {
-            rec.value = Some(self.read(&r, &rec.key, true).await?);
+            rec.value = Some(self.read(&r, &rec.key, fill).await?);
             rec.blob = false;
         }
         Ok(())

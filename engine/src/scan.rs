@@ -240,7 +240,8 @@ impl ShardScan {
     pub async fn next(&mut self) -> Result<Option<Record>> {
         while let Some((_, mut record)) = self.cursor.next().await? {
             if record.is_live_at(self.now_ms) {
-                self.blobs.resolve(&mut record).await?;
+                // A scan reads each value once: it does not push hot data out of the cache.
+                self.blobs.resolve(&mut record, false).await?;
                 return Ok(Some(record));
             }
         }

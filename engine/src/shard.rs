@@ -177,6 +177,9 @@ struct State {
     tables: Rc<Vec<Rc<SsTable>>>,
     /// Open blob files; replaced together with `tables`.
     blobs: Rc<BlobSet>,
+    /// Blob files in which garbage collection met a value it could not read: not chosen again
+    /// (until the shard reopens).
+    blob_gc_skip: std::collections::HashSet<u64>,
     blob_bytes_written: u64,
     blob_bytes_relocated: u64,
     blob_files_deleted: u64,
@@ -308,7 +311,7 @@ impl Shard {
             options.blob_open_files_max,
             cache.clone(),
         ));
-        let blobs = open_blob_files(&dir, handles, &tables).await?;
+        let blobs = open_blob_files(&dir, handles, &tables, &manifest).await?;
 
         let mut active = Memtable::new();
         let mut immutables = VecDeque::new();
@@ -378,6 +381,7 @@ impl Shard {
                     blob_bytes_written: 0,
                     blob_bytes_relocated: 0,
                     blob_files_deleted: 0,
+                    blob_gc_skip: std::collections::HashSet::new(),
                     last_seq,
                     next_table_id: manifest.next_table_id,
                     manifest,
@@ -519,27 +523,37 @@ impl Shard {
     /// [`Error::Limit`] for a bad key; [`Error::ChecksumMismatch`] / [`Error::Corruption`] if a
     /// block on the way is damaged (never wrong bytes); I/O errors.
     pub async fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
+        let Some((mut r, blobs)) = self.lookup(key).await? else {
+            return Ok(None);
+        };
+        if let Some(blobs) = blobs {
+            blobs.resolve(&mut r, true).await?;
+        }
+        Ok(Some(r))
+    }
+
+    /// The newest version of `key` as stored, with the blob set to resolve it through if it
+    /// came from a table (its value may still be a value-log reference).
+    async fn lookup(&self, key: &[u8]) -> Result<Option<(Record, Option<Rc<BlobSet>>)>> {
         validate_key(key)?;
         self.inner.activity.set(self.inner.activity.get() + 1);
         let token = Token::of(key);
         let snapshot = self.snapshot();
-        let tables = {
+        let (tables, blobs) = {
             let s = self.inner.state.borrow();
             if let Some(r) = s.active.get(token, key, snapshot) {
-                return Ok(Some(r));
+                return Ok(Some((r, None)));
             }
             for m in s.immutables.iter().rev() {
                 if let Some(r) = m.get(token, key, snapshot) {
-                    return Ok(Some(r));
+                    return Ok(Some((r, None)));
                 }
             }
             (s.tables.clone(), s.blobs.clone())
         };
-        let (tables, blobs) = tables;
         for table in tables.iter().rev() {
-            if let Some(mut r) = table.get(token, key, &self.inner.cache).await? {
-                blobs.resolve(&mut r).await?;
-                return Ok(Some(r));
+            if let Some(r) = table.get(token, key, &self.inner.cache).await? {
+                return Ok(Some((r, Some(blobs))));
             }
         }
         Ok(None)
@@ -550,12 +564,21 @@ impl Shard {
     /// # Errors
     /// As [`Shard::get_record`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>> {
-        Ok(self.get_record(key).await?.filter(|r| {
-            // Read the clock only for a record that has an expiry.
-            r.value.is_some()
-                && r.expiry_ms
-                    .is_none_or(|_| r.is_live_at(self.inner.options.clock.now_ms()))
-        }))
+        let Some((mut r, blobs)) = self.lookup(key).await? else {
+            return Ok(None);
+        };
+        // Read the clock only for a record that has an expiry; read the value log only for a
+        // live value.
+        let live = r.value.is_some()
+            && r.expiry_ms
+                .is_none_or(|_| r.is_live_at(self.inner.options.clock.now_ms()));
+        if !live {
+            return Ok(None);
+        }
+        if let Some(blobs) = blobs {
+            blobs.resolve(&mut r, true).await?;
+        }
+        Ok(Some(r))
     }
 
     /// The stored object of `key`: every sibling, tombstones and expired ones included. A key
@@ -943,7 +966,12 @@ impl Shard {
             {
                 // A full merge that happens anyway costs the collection nothing extra.
                 let merge_bytes = if run.is_some() { 0 } else { sizes.iter().sum() };
-                gc = compaction::choose_blob_gc(&blob_usage(&tables, &blobs), merge_bytes, o);
+                let mut usage = blob_usage(&tables, &blobs);
+                {
+                    let s = self.inner.state.borrow();
+                    usage.retain(|u| !s.blob_gc_skip.contains(&u.id));
+                }
+                gc = compaction::choose_blob_gc(&usage, merge_bytes, o);
                 if gc.is_some() {
                     run = Some(0..tables.len());
                 }
@@ -1008,7 +1036,7 @@ impl Shard {
                 alloc_id: &mut alloc_blob_id,
             }
         });
-        let (output, new_blobs, stats) = compaction::worker::merge(
+        let merged = compaction::worker::merge(
             dir,
             id,
             inputs,
@@ -1023,8 +1051,30 @@ impl Shard {
         )
         .await
         .inspect_err(|_| inner.cache.forget_table(id))?;
-        let table = match output {
-            Some(id) => Some(Rc::new(SsTable::open(dir, id).await?)),
+        let stats = merged.stats;
+        let new_blobs = merged.blob_files;
+        if !merged.unreadable_blob_files.is_empty() {
+            let mut s = inner.state.borrow_mut();
+            s.blob_gc_skip.extend(merged.unreadable_blob_files);
+        }
+        let table = match merged.table {
+            Some(id) => match SsTable::open(dir, id).await {
+                Ok(t) => Some(Rc::new(t)),
+                Err(e) => {
+                    // Nothing names the output yet: remove it (a crash would leave it to the
+                    // next open). After the manifest store, files are left to the next open,
+                    // since a failed directory sync may follow a rename that happened.
+                    inner.cache.forget_table(id);
+                    let mut paths = vec![sstable::table_path(dir, id)];
+                    paths.extend(new_blobs.iter().map(|b| blob::blob_path(dir, b.id)));
+                    for p in paths {
+                        if let Err(r) = runtime::remove(&p).await {
+                            tracing::warn!(path = %p.display(), error = %r, "removing a failed merge's output");
+                        }
+                    }
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let input_ids: Vec<TableId> = inputs.iter().map(|t| t.id()).collect();
@@ -1135,6 +1185,15 @@ impl Shard {
             let Some(meta) = self.sole_owner(meta).await else {
                 continue;
             };
+            // Its cached values would never be read again: drop them, a little at a time.
+            let mut freed = 0;
+            for offset in handles.forget(meta.id) {
+                freed += handles.values().remove(TableId(meta.id), offset);
+                if freed >= 512 << 10 {
+                    freed = 0;
+                    runtime::pause_for_io().await;
+                }
+            }
             if let Some(handle) = handles.take(meta.id) {
                 let Some(owned) = self.sole_owner(handle).await else {
                     continue;
@@ -1256,7 +1315,7 @@ impl Shard {
         for t in tables.iter() {
             let mut records = t.scan(&self.inner.cache).await?;
             for r in &mut records {
-                blobs.resolve(r).await?;
+                blobs.resolve(r, false).await?;
             }
             out.push(records);
         }
@@ -1358,11 +1417,27 @@ async fn open_blob_files(
     dir: &Path,
     handles: Rc<BlobHandles>,
     tables: &[Rc<SsTable>],
+    manifest: &Manifest,
 ) -> Result<BlobSet> {
     let referenced: std::collections::BTreeSet<u64> = tables
         .iter()
         .flat_map(|t| t.blob_refs().iter().map(|&(id, _)| id))
         .collect();
+    // Blob ids come from the manifest's counter, like table ids: one that is not below it, or
+    // that a table has, is damage (it would collide with a file made later).
+    for t in tables {
+        if let Some(&(id, _)) = t.blob_refs().iter().find(|&&(id, _)| {
+            id >= manifest.next_table_id || manifest.tables.contains(&TableId(id))
+        }) {
+            return Err(Error::corruption(
+                sstable::table_path(dir, t.id()),
+                t.footer().filter_offset + t.footer().filter_len,
+                format!(
+                    "the table points at blob file {id}, an id the shard never gave a blob file"
+                ),
+            ));
+        }
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     let mut removed = false;
     for entry in entries {

@@ -38,11 +38,13 @@ pub struct CompactionOptions {
     pub slice_us: u64,
     /// Writes wait while the shard has more tables than this (compaction is behind).
     pub tables_stall: usize,
-    /// Collect value-log garbage once the bytes of blob files that no table points at exceed
-    /// this percentage of the bytes tables do point at (`None`: only whole files that nothing
-    /// points at are deleted). See [`choose_blob_gc`].
+    /// Collect value-log garbage once the bytes inside live blob files that no table points at
+    /// any more exceed this percentage of the bytes tables do point at (`None`: only whole
+    /// files that nothing points at are deleted). Unless a full merge happens anyway, the
+    /// garbage must also be at least a quarter of the tables' bytes. See [`choose_blob_gc`].
     pub blob_garbage_max_percent: Option<u64>,
-    /// A blob file written by garbage collection is closed at this size and a new one started.
+    /// A blob file written by garbage collection is closed once it reaches this size (so it may
+    /// exceed it by one value) and a new one started.
     pub blob_file_bytes_max: u64,
 }
 
@@ -81,9 +83,9 @@ pub struct BlobUsage {
 /// look at `enabled`: a requested full merge collects garbage too.)
 ///
 /// `merge_bytes` is what the full merge would rewrite only for the collection's sake: 0 when
-/// a full merge happens anyway, else the bytes of every table. A collection that would rewrite
-/// at least four times the garbage it frees waits, so that a little garbage in a value log
-/// beside large tables does not rewrite those tables over and over.
+/// a full merge happens anyway, else the bytes of every table. While those bytes are more than
+/// four times the value log's garbage the collection waits, so that a little garbage in a
+/// value log beside large tables does not rewrite those tables over and over.
 ///
 /// Files go in order of their garbage fraction, highest first (they free the most space for the
 /// bytes rewritten), until the garbage left is half the allowance, so that a collection is not

@@ -201,8 +201,6 @@ fn cached_fraction(inputs: &[Rc<SsTable>], cache: &BlockCache) -> f64 {
 /// are dropped too (a tombstone only if `gate` agrees); otherwise they are kept, because they
 /// still hide older versions.
 /// With `relocation`, live values in the files it names are moved to new blob files.
-/// Returns the table (`None`, leaving no file, when nothing is left to write) and the new blob
-/// files, all synced with their directory.
 ///
 /// # Errors
 /// Damaged input blocks or I/O errors; the partial output is removed.
@@ -219,11 +217,12 @@ pub(crate) async fn merge(
     cache: Rc<BlockCache>,
     pacer: &mut Pacer,
     relocation: Option<Relocation<'_>>,
-) -> Result<(Option<TableId>, Vec<BlobMeta>, MergeStats)> {
+) -> Result<MergeOutput> {
     let mut blobs = BlobOutput {
         relocation,
         writer: None,
         finished: Vec::new(),
+        unreadable: Vec::new(),
     };
     let merged = merge_into(
         dir,
@@ -240,7 +239,12 @@ pub(crate) async fn merge(
     )
     .await;
     match merged {
-        Ok((table, stats)) => Ok((table, blobs.finished, stats)),
+        Ok((table, stats)) => Ok(MergeOutput {
+            table,
+            blob_files: blobs.finished,
+            unreadable_blob_files: blobs.unreadable,
+            stats,
+        }),
         Err(e) => {
             blobs.abandon(dir).await;
             Err(e)
@@ -254,6 +258,21 @@ struct BlobOutput<'a> {
     writer: Option<BlobWriter>,
     /// Files finished (synced) so far.
     finished: Vec<BlobMeta>,
+    /// Files being emptied in which a value could not be read (they stay).
+    unreadable: Vec<u64>,
+}
+
+/// What a merge produced.
+pub(crate) struct MergeOutput {
+    /// The new table (`None`: nothing was left to write, and no file was made).
+    pub(crate) table: Option<TableId>,
+    /// New blob files holding relocated values, synced with their directory.
+    pub(crate) blob_files: Vec<BlobMeta>,
+    /// Blob files being emptied that hold a value that could not be read: they stay live, and
+    /// should not be chosen for collection again.
+    pub(crate) unreadable_blob_files: Vec<u64>,
+    /// Counts.
+    pub(crate) stats: MergeStats,
 }
 
 impl BlobOutput<'_> {
@@ -272,8 +291,18 @@ impl BlobOutput<'_> {
         if !reloc.files.contains(&old.file_id) {
             return Ok(None);
         }
-        // Read once: the cache is left alone.
-        let value = reloc.blobs.read(&old, &r.key, false).await?;
+        // Read once: the cache is not filled.
+        let value = match reloc.blobs.read(&old, &r.key, false).await {
+            Ok(v) => v,
+            Err(e) => {
+                // A damaged value must not stop compaction: the record keeps its reference
+                // (reads of it report the damage), the file stays, and it is not chosen again.
+                tracing::error!(error = %e, blob_file = old.file_id, "value-log garbage collection cannot read a value; the file is kept");
+                reloc.files.remove(&old.file_id);
+                self.unreadable.push(old.file_id);
+                return Ok(None);
+            }
+        };
         if self.writer.is_none() {
             let id = (reloc.alloc_id)();
             self.writer = Some(BlobWriter::create(dir, id, reloc.shard_id).await?);

@@ -210,6 +210,10 @@ impl<'c> TableBuilder<'c> {
         footer.filter_crc = crc32c::crc32c(&filter);
         self.out.extend_from_slice(&filter);
         let blob_refs = encode_blob_refs(&self.blob_refs);
+        if blob_refs.is_empty() {
+            // Nothing format 2 adds: a binary from before the value log can still read it.
+            footer.format_version = 1;
+        }
         footer.blob_refs_len = blob_refs.len() as u64;
         footer.blob_refs_crc = crc32c::crc32c(&blob_refs);
         self.out.extend_from_slice(&blob_refs);

@@ -42,8 +42,9 @@ use block::Block;
 
 /// "DYNSST01" as little-endian bytes.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"DYNSST01");
-/// The table format version this code writes. Version 1 (no blob-reference section, its footer
-/// fields zero) is still read.
+/// The table format version this code writes for a table with blob references. A table without
+/// any is written as version 1 (no blob-reference section, those footer fields zero), which a
+/// binary from before the value log can still read; both are read.
 pub const TABLE_FORMAT_VERSION: u32 = 2;
 
 /// Identifies a table within a shard. Never reused within a data directory.
