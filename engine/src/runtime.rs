@@ -91,6 +91,38 @@ pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;
 }
 
+/// How often [`ensure_heartbeat`] wakes the executor.
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// Alive while this thread's executor runs a heartbeat task (the task holds the `Rc`; it
+    /// is dropped with the executor).
+    static HEARTBEAT_ALIVE: RefCell<std::rc::Weak<()>> = const { RefCell::new(std::rc::Weak::new()) };
+}
+
+/// Makes sure the current executor wakes at least every [`HEARTBEAT`] (once per executor;
+/// later calls do nothing).
+///
+/// NOTE: glommio 0.9 can lose a wakeup. About once in a few hundred runs of a flush-and-compact
+/// test, the executor went to sleep in `io_uring_enter` with no timeout while a flush and a
+/// table deletion waited for I/O that had completed: the test hung until a timer woke the
+/// executor, and then went on at once (seen with a 20 s watchdog timer; the completions were
+/// there to be reaped). A periodic timer bounds such a stall to one heartbeat instead of
+/// forever. The cost is one wakeup of an idle executor per heartbeat.
+pub fn ensure_heartbeat() {
+    if HEARTBEAT_ALIVE.with(|h| h.borrow().strong_count() > 0) {
+        return;
+    }
+    let alive = std::rc::Rc::new(());
+    HEARTBEAT_ALIVE.with(|h| *h.borrow_mut() = std::rc::Rc::downgrade(&alive));
+    spawn_detached(async move {
+        let _alive = alive;
+        loop {
+            sleep(HEARTBEAT).await;
+        }
+    });
+}
+
 /// Builds an executor suitable for tests and tools: not pinned, with a small DMA arena, so that
 /// many can run side by side on a two-core machine.
 ///

@@ -251,6 +251,7 @@ impl Shard {
     /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for damage that recovery must not
     /// paper over; [`Error::Incompatible`]; I/O errors (a second opener gets `WouldBlock`).
     pub async fn open(mut options: ShardOptions) -> Result<Shard> {
+        runtime::ensure_heartbeat();
         let created = !options.dir.exists();
         std::fs::create_dir_all(&options.dir)
             .map_err(|e| Error::io("create directory", &options.dir, e))?;
