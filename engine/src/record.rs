@@ -89,27 +89,6 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record with its value inline.
-    #[must_use]
-    pub fn new(
-        key: Vec<u8>,
-        value: Option<Vec<u8>>,
-        seq: SeqNo,
-        write_ts_ms: u64,
-        expiry_ms: Option<u64>,
-        version: Vec<u8>,
-    ) -> Self {
-        Record {
-            key,
-            value,
-            seq,
-            write_ts_ms,
-            expiry_ms,
-            version,
-            blob: false,
-        }
-    }
-
     /// The value-log reference this record holds in place of its value, if any.
     #[must_use]
     pub(crate) fn blob_ref(&self) -> Option<BlobRef> {

@@ -42,7 +42,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::blob::{self, BlobHandles, BlobMeta, BlobSet, BlobWriter};
-use crate::compaction::worker::{Pacer, Relocation};
+use crate::compaction::worker::{MergeJob, Pacer, Relocation};
 use crate::compaction::{self, BlobUsage, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -1037,21 +1037,20 @@ impl Shard {
                 alloc_id: &mut alloc_blob_id,
             }
         });
-        let merged = compaction::worker::merge(
+        let job = MergeJob {
             dir,
             id,
             inputs,
             bottom,
-            inner.options.clock.now_ms(),
-            inner.options.compaction.tombstone_grace_ms,
-            inner.options.tombstone_gate.as_ref(),
-            inner.options.bloom_bits_per_key,
-            inner.cache.clone(),
-            pacer,
-            relocation,
-        )
-        .await
-        .inspect_err(|_| inner.cache.forget_table(id))?;
+            now_ms: inner.options.clock.now_ms(),
+            grace_ms: inner.options.compaction.tombstone_grace_ms,
+            gate: inner.options.tombstone_gate.as_ref(),
+            bits_per_key: inner.options.bloom_bits_per_key,
+            cache: inner.cache.clone(),
+        };
+        let merged = compaction::worker::merge(&job, pacer, relocation)
+            .await
+            .inspect_err(|_| inner.cache.forget_table(id))?;
         let stats = merged.stats;
         let new_blobs = merged.blob_files;
         if !merged.unreadable_blob_files.is_empty() {

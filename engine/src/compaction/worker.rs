@@ -194,7 +194,29 @@ fn cached_fraction(inputs: &[Rc<SsTable>], cache: &BlockCache) -> f64 {
     f64::from(cached) / f64::from(probed.max(1))
 }
 
-/// Merges `inputs` (adjacent tables, oldest data first) into table `id` in `dir`.
+/// What to merge and how.
+pub(crate) struct MergeJob<'a> {
+    /// The shard's directory.
+    pub(crate) dir: &'a Path,
+    /// The output table's id.
+    pub(crate) id: TableId,
+    /// Adjacent tables, oldest data first.
+    pub(crate) inputs: &'a [Rc<SsTable>],
+    /// Whether the inputs include the shard's oldest table.
+    pub(crate) bottom: bool,
+    /// The wall clock's reading, for expiry and the grace period.
+    pub(crate) now_ms: u64,
+    /// The tombstone grace period.
+    pub(crate) grace_ms: u64,
+    /// Asked before a tombstone past its grace is dropped.
+    pub(crate) gate: Option<&'a TombstoneGate>,
+    /// Bloom filter bits per key of the output.
+    pub(crate) bits_per_key: u32,
+    /// The shard's block cache.
+    pub(crate) cache: Rc<BlockCache>,
+}
+
+/// Merges `job.inputs` into table `job.id`.
 ///
 /// Shadowed versions are always dropped. When `bottom` (the inputs include the shard's oldest
 /// table, so nothing older can be shadowed) tombstones older than `grace_ms` and expired values
@@ -204,17 +226,8 @@ fn cached_fraction(inputs: &[Rc<SsTable>], cache: &BlockCache) -> f64 {
 ///
 /// # Errors
 /// Damaged input blocks or I/O errors; the partial output is removed.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn merge(
-    dir: &Path,
-    id: TableId,
-    inputs: &[Rc<SsTable>],
-    bottom: bool,
-    now_ms: u64,
-    grace_ms: u64,
-    gate: Option<&TombstoneGate>,
-    bits_per_key: u32,
-    cache: Rc<BlockCache>,
+    job: &MergeJob<'_>,
     pacer: &mut Pacer,
     relocation: Option<Relocation<'_>>,
 ) -> Result<MergeOutput> {
@@ -224,20 +237,7 @@ pub(crate) async fn merge(
         finished: Vec::new(),
         unreadable: Vec::new(),
     };
-    let merged = merge_into(
-        dir,
-        id,
-        inputs,
-        bottom,
-        now_ms,
-        grace_ms,
-        gate,
-        bits_per_key,
-        cache,
-        pacer,
-        &mut blobs,
-    )
-    .await;
+    let merged = merge_into(job, pacer, &mut blobs).await;
     match merged {
         Ok((table, stats)) => Ok(MergeOutput {
             table,
@@ -246,7 +246,7 @@ pub(crate) async fn merge(
             stats,
         }),
         Err(e) => {
-            blobs.abandon(dir).await;
+            blobs.abandon(job.dir).await;
             Err(e)
         }
     }
@@ -346,30 +346,32 @@ impl BlobOutput<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn merge_into(
-    dir: &Path,
-    id: TableId,
-    inputs: &[Rc<SsTable>],
-    bottom: bool,
-    now_ms: u64,
-    grace_ms: u64,
-    gate: Option<&TombstoneGate>,
-    bits_per_key: u32,
-    cache: Rc<BlockCache>,
+    job: &MergeJob<'_>,
     pacer: &mut Pacer,
     blobs: &mut BlobOutput<'_>,
 ) -> Result<(Option<TableId>, MergeStats)> {
+    let MergeJob {
+        dir,
+        id,
+        inputs,
+        bottom,
+        now_ms,
+        grace_ms,
+        gate,
+        bits_per_key,
+        ref cache,
+    } = *job;
     // Inputs that were mostly cached are being read: their output will be too, so it goes into
     // the cache as it is written (and the inputs' blocks leave it once they are deleted). Only
     // if the output fits beside what is cached: otherwise its blocks would only push each other
     // (and hot blocks) out while the inputs are still the ones being read.
     let input_bytes: u64 = inputs.iter().map(|t| t.size_bytes()).sum();
     let fits = cache.bytes() + input_bytes <= cache.capacity_bytes() / 10 * 9;
-    let hot = fits && cached_fraction(inputs, &cache) >= 0.5;
+    let hot = fits && cached_fraction(inputs, cache) >= 0.5;
     let mut cursor = MergeCursor::new(Vec::new(), inputs, cache.clone(), Token(0), Token(u64::MAX))
         .without_cache_fill();
-    let mut builder = TableBuilder::create(dir, id, bits_per_key, hot.then_some(&*cache)).await?;
+    let mut builder = TableBuilder::create(dir, id, bits_per_key, hot.then_some(cache)).await?;
     if hot {
         builder.fill_cache_evicting();
     }
