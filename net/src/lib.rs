@@ -3,5 +3,9 @@
 //! coordinator, hinted handoff, anti-entropy, membership, the client SDK and the `dynacore`
 //! binary.
 //!
-//! Empty today: it is built by the node and cluster issues. See the README's status table.
+//! Built so far: [`ring`], the sans-IO hash ring (vnode tokens, ownership, preference lists, the
+//! vnode → core map). The rest comes with the node and cluster issues; see the README's status
+//! table.
 #![forbid(unsafe_code)]
+
+pub mod ring;
