@@ -4,9 +4,11 @@
 //! binary.
 //!
 //! Built so far: [`ring`], the sans-IO hash ring (vnode tokens, ownership, preference lists, the
-//! vnode → core map), and [`protocol`], the frame codec and the flatbuffers schema's generated
-//! code. The rest comes with the node and cluster issues; see the README's status table.
+//! vnode → core map), [`protocol`], the frame codec and the flatbuffers schema's generated
+//! code, and [`http`], the HTTP API's request reader. The rest comes with the node and cluster
+//! issues; see the README's status table.
 // unsafe_code is denied workspace-wide; only the generated flatbuffers code is allowed it.
 
+pub mod http;
 pub mod protocol;
 pub mod ring;
