@@ -1,0 +1,336 @@
+//! What a request does to one shard: gets, puts and deletes with opaque versions, TTL and
+//! conditional writes, on top of the engine's versioned objects. The servers (binary and HTTP)
+//! call it on the core that owns the key; the cluster's coordinator will call it on each
+//! replica.
+//!
+//! * A value's **version** is the join of its object's dotted-version-vector context, encoded:
+//!   opaque to clients, who hand it back for a conditional write.
+//! * A **put without a version** supersedes what the key holds now (its context is the current
+//!   one), so that repeated blind puts replace each other as a client of a key-value store
+//!   expects, rather than piling up siblings.
+//! * **Reads** return the newest live sibling by hybrid-logical-clock timestamp
+//!   (last-writer-wins); a key whose newest sibling is a tombstone or expired reads as absent.
+
+use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock, VersionVector};
+use dynacore_engine::{Error as EngineError, LimitError, Object, Shard};
+
+/// Why a request failed, in the protocol's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The key is empty or too long.
+    InvalidKey(String),
+    /// The value is too long.
+    ValueTooLarge(String),
+    /// The expected version is not the current one (here, encoded).
+    ConditionFailed {
+        /// The current version.
+        current: Vec<u8>,
+    },
+    /// The request itself is wrong (a version that does not decode).
+    BadRequest(String),
+    /// The shard failed; the message says how.
+    Internal(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::InvalidKey(m)
+            | StoreError::ValueTooLarge(m)
+            | StoreError::BadRequest(m)
+            | StoreError::Internal(m) => f.write_str(m),
+            StoreError::ConditionFailed { .. } => f.write_str("the version is not the current one"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn encode_version(v: &VersionVector) -> Vec<u8> {
+    let mut out = Vec::new();
+    v.encode_into(&mut out);
+    out
+}
+
+impl From<EngineError> for StoreError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Limit(
+                l @ (LimitError::KeyEmpty { .. } | LimitError::KeyTooLong { .. }),
+            ) => StoreError::InvalidKey(l.to_string()),
+            EngineError::Limit(l @ LimitError::ValueTooLarge { .. }) => {
+                StoreError::ValueTooLarge(l.to_string())
+            }
+            EngineError::ConditionFailed { current } => StoreError::ConditionFailed {
+                current: encode_version(&current),
+            },
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A value as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Its version (opaque).
+    pub version: Vec<u8>,
+}
+
+/// One shard, as requests see it.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    shard: Shard,
+    actor: ActorId,
+    clock: ClockHandle,
+}
+
+impl LocalStore {
+    /// Requests to `shard`, whose writes are minted as dots of `actor` (this replica's id),
+    /// with expiry computed from `clock` (the clock the shard was opened with).
+    #[must_use]
+    pub fn new(shard: Shard, actor: ActorId, clock: ClockHandle) -> Self {
+        LocalStore {
+            shard,
+            actor,
+            clock,
+        }
+    }
+
+    /// The shard.
+    #[must_use]
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// The live value of `key` and its version, or `None` if absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidKey`]; [`StoreError::Internal`] for storage errors.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Found>, StoreError> {
+        let Some(obj) = self.shard.read_object(key).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now_ms();
+        // The newest sibling decides: a newer tombstone or expired value hides older values.
+        let newest = obj.values().max_by_key(|s| s.hlc);
+        Ok(newest
+            .filter(|s| s.is_live_at(now))
+            .and_then(|s| s.value.clone())
+            .map(|value| Found {
+                value,
+                version: encode_version(&obj.join()),
+            }))
+    }
+
+    /// Stores `value` under `key` (expiring after `ttl_seconds` when given), only if the key's
+    /// version is still `expected` when that is given. Returns the new version.
+    ///
+    /// # Errors
+    /// [`StoreError::ConditionFailed`] with the current version; [`StoreError::BadRequest`] for
+    /// an `expected` that does not decode; [`StoreError::InvalidKey`],
+    /// [`StoreError::ValueTooLarge`]; [`StoreError::Internal`].
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl_seconds: Option<u64>,
+        expected: Option<&[u8]>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let expiry_ms = ttl_seconds
+            .filter(|&t| t > 0)
+            .map(|t| self.clock.now_ms().saturating_add(t.saturating_mul(1000)));
+        self.write(key, Some(value), expiry_ms, expected).await
+    }
+
+    /// Deletes `key` (writes a tombstone), only if its version is still `expected` when that is
+    /// given. Returns the tombstone's version.
+    ///
+    /// # Errors
+    /// As [`LocalStore::put`].
+    pub async fn delete(&self, key: &[u8], expected: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
+        self.write(key, None, None, expected).await
+    }
+
+    async fn write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        expected: Option<&[u8]>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let expected = expected
+            .map(|v| {
+                VersionVector::decode(v)
+                    .map_err(|e| StoreError::BadRequest(format!("bad version: {e}")))
+            })
+            .transpose()?;
+        // A conditional write builds on the version the client read; a blind one on what the
+        // key holds now, so that it replaces it.
+        let ctx = match &expected {
+            Some(v) => v.clone(),
+            None => self
+                .shard
+                .read_object(key)
+                .await?
+                .as_ref()
+                .map(Object::join)
+                .unwrap_or_default(),
+        };
+        let obj = self
+            .shard
+            .coordinate_write(key, &ctx, value, expiry_ms, self.actor, expected.as_ref())
+            .await?;
+        Ok(encode_version(&obj.join()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use dynacore_engine::{runtime, ShardId, ShardOptions};
+
+    struct ManualClock(Arc<AtomicU64>);
+
+    impl PhysicalClock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Runs `f` with a store on a fresh shard, on an executor thread; fails the test after
+    /// 60 s (tests never hang).
+    fn with_store<F, Fut>(f: F)
+    where
+        F: FnOnce(LocalStore, Arc<AtomicU64>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        // Disk-backed, under target/tmp (never tmpfs: glommio silently drops O_DIRECT there).
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&base).expect("create target/tmp");
+        let dir = tempfile::Builder::new()
+            .prefix("dynacore-net-test-")
+            .tempdir_in(base)
+            .expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+            let wall = Arc::new(AtomicU64::new(1_000_000));
+            let clock = ClockHandle::new(ManualClock(wall.clone()));
+            let mut o = ShardOptions::new(&path, ShardId(0));
+            o.clock = clock.clone();
+            ex.run(async move {
+                let shard = Shard::open(o).await.expect("open");
+                let store = LocalStore::new(shard.clone(), ActorId(1), clock);
+                f(store, wall).await;
+                shard.close().await.expect("close");
+            });
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => handle.join().expect("test thread"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if let Err(p) = handle.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("test did not finish in 60 s")
+            }
+        }
+        drop(dir);
+    }
+
+    #[test]
+    fn blind_puts_replace_each_other_and_deletes_hide() {
+        with_store(|store, _| async move {
+            assert_eq!(store.get(b"k").await, Ok(None));
+            let v1 = store.put(b"k", b"one", None, None).await.expect("put");
+            let got = store.get(b"k").await.expect("get").expect("found");
+            assert_eq!((got.value.as_slice(), &got.version), (&b"one"[..], &v1));
+            for i in 0..150u32 {
+                // Far more than the 100-sibling limit: blind puts must not pile up.
+                store
+                    .put(b"k", &i.to_le_bytes(), None, None)
+                    .await
+                    .expect("put");
+            }
+            let got = store.get(b"k").await.expect("get").expect("found");
+            assert_eq!(got.value, 149u32.to_le_bytes());
+            let obj = store
+                .shard()
+                .read_object(b"k")
+                .await
+                .expect("read")
+                .expect("some");
+            assert_eq!(obj.size(), 1, "one sibling");
+            store.delete(b"k", None).await.expect("delete");
+            assert_eq!(store.get(b"k").await, Ok(None));
+        });
+    }
+
+    #[test]
+    fn conditional_writes_succeed_only_on_the_current_version() {
+        with_store(|store, _| async move {
+            let v1 = store.put(b"k", b"one", None, None).await.expect("put");
+            let v2 = store
+                .put(b"k", b"two", None, Some(&v1))
+                .await
+                .expect("conditional put");
+            assert_ne!(v1, v2);
+            let err = store.put(b"k", b"three", None, Some(&v1)).await;
+            assert_eq!(
+                err,
+                Err(StoreError::ConditionFailed {
+                    current: v2.clone()
+                })
+            );
+            assert_eq!(
+                store.get(b"k").await.expect("get").map(|f| f.value),
+                Some(b"two".to_vec())
+            );
+            assert!(matches!(
+                store.put(b"k", b"x", None, Some(b"\xff\xff")).await,
+                Err(StoreError::BadRequest(_))
+            ));
+            assert!(matches!(
+                store.delete(b"k", Some(&v1)).await,
+                Err(StoreError::ConditionFailed { .. })
+            ));
+            store
+                .delete(b"k", Some(&v2))
+                .await
+                .expect("conditional delete");
+            assert_eq!(store.get(b"k").await, Ok(None));
+        });
+    }
+
+    #[test]
+    fn ttl_expires_exactly_and_limits_are_typed() {
+        with_store(|store, wall| async move {
+            store.put(b"t", b"soon", Some(5), None).await.expect("put");
+            wall.fetch_add(4_999, Ordering::Relaxed);
+            assert!(store.get(b"t").await.expect("get").is_some());
+            wall.fetch_add(1, Ordering::Relaxed);
+            assert_eq!(store.get(b"t").await, Ok(None), "expired at 5 s");
+            assert!(matches!(
+                store.put(b"", b"v", None, None).await,
+                Err(StoreError::InvalidKey(_))
+            ));
+            assert!(matches!(
+                store.get(&[b'k'; 257]).await,
+                Err(StoreError::InvalidKey(_))
+            ));
+            let big = vec![0u8; dynacore_engine::VALUE_BYTES_MAX + 1];
+            assert!(matches!(
+                store.put(b"big", &big, None, None).await,
+                Err(StoreError::ValueTooLarge(_))
+            ));
+        });
+    }
+}
