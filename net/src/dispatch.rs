@@ -1,0 +1,464 @@
+//! Answers one binary-protocol request on the core that owns its key: verify, check the
+//! request's own limits (quorums against the replication factor), run it through the
+//! [`LocalStore`], and build the response. Sans sockets: the server only moves frames.
+
+use flatbuffers::FlatBufferBuilder;
+
+use crate::protocol::{fb, parse_request};
+use crate::ring::{NodeId, Ring};
+use crate::store::{Found, LocalStore, StoreError};
+
+/// A node as the topology describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeDesc {
+    /// The node.
+    pub id: NodeId,
+    /// Host of its binary protocol.
+    pub host: String,
+    /// Its base port; core `i` listens on `base_port + 1 + i`.
+    pub base_port: u16,
+    /// Its core count.
+    pub shards: u32,
+}
+
+/// What `Topology` answers and what quorums are checked against.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Every node.
+    pub nodes: Vec<NodeDesc>,
+    /// The ring of those nodes.
+    pub ring: Ring,
+    /// Replicas per key (at most the node count).
+    pub replication_factor: u8,
+}
+
+/// A response to send back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The response body (a `Response` flatbuffer), to be framed.
+    pub body: Vec<u8>,
+    /// Whether the connection must close after it (the request was malformed).
+    pub close: bool,
+}
+
+/// The error response for a frame that could not be read at all (too large, empty): id 0, and
+/// the connection closes.
+#[must_use]
+pub fn frame_error(code: fb::ErrorCode, message: &str) -> Answer {
+    Answer {
+        body: error_body(0, code, message, None),
+        close: true,
+    }
+}
+
+fn error_body(id: u64, code: fb::ErrorCode, message: &str, current: Option<&[u8]>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let message = b.create_string(message);
+    let current_version = current.map(|c| b.create_vector(c));
+    let err = fb::ErrorResponse::create(
+        &mut b,
+        &fb::ErrorResponseArgs {
+            code,
+            message: Some(message),
+            current_version,
+            acks: 0,
+            required: 0,
+        },
+    );
+    finish(b, id, fb::Reply::Error, err.as_union_value())
+}
+
+fn finish(
+    mut b: FlatBufferBuilder<'_>,
+    id: u64,
+    reply_type: fb::Reply,
+    reply: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> Vec<u8> {
+    let resp = fb::Response::create(
+        &mut b,
+        &fb::ResponseArgs {
+            id,
+            reply_type,
+            reply: Some(reply),
+        },
+    );
+    b.finish(resp, None);
+    b.finished_data().to_vec()
+}
+
+fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
+    match e {
+        StoreError::InvalidKey(m) => error_body(id, fb::ErrorCode::InvalidKey, m, None),
+        StoreError::ValueTooLarge(m) => error_body(id, fb::ErrorCode::ValueTooLarge, m, None),
+        StoreError::ConditionFailed { current } => error_body(
+            id,
+            fb::ErrorCode::ConditionFailed,
+            "the version is not the current one",
+            Some(current),
+        ),
+        StoreError::BadRequest(m) => error_body(id, fb::ErrorCode::BadRequest, m, None),
+        StoreError::Internal(m) => error_body(id, fb::ErrorCode::Internal, m, None),
+    }
+}
+
+/// Checks a requested quorum against the replication factor.
+fn check_quorum(q: Option<&fb::Quorum>, rf: u8, name: &str) -> Result<(), String> {
+    let Some(q) = q else { return Ok(()) };
+    match q.kind() {
+        fb::QuorumKind::Default | fb::QuorumKind::Quorum | fb::QuorumKind::All => Ok(()),
+        fb::QuorumKind::Count if (1..=rf).contains(&q.count()) => Ok(()),
+        fb::QuorumKind::Count => Err(format!(
+            "{name}={} is outside 1..={rf} (the replication factor)",
+            q.count()
+        )),
+        other => Err(format!("unknown {name} kind {}", other.0)),
+    }
+}
+
+/// Answers one request body.
+pub async fn answer(store: &LocalStore, topology: &Topology, body: &[u8]) -> Answer {
+    let req = match parse_request(body) {
+        Ok(r) => r,
+        Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
+    };
+    let id = req.id();
+    let rf = topology.replication_factor;
+    let body = match req.op_type() {
+        fb::Op::Get => match req.op_as_get() {
+            Some(get) => match check_quorum(get.r(), rf, "r") {
+                Err(m) => error_body(id, fb::ErrorCode::BadRequest, &m, None),
+                Ok(()) => match store.get(get.key().bytes()).await {
+                    Ok(found) => get_body(id, found.as_ref()),
+                    Err(e) => store_error(id, &e),
+                },
+            },
+            None => error_body(id, fb::ErrorCode::BadRequest, "get without fields", None),
+        },
+        fb::Op::Put => match req.op_as_put() {
+            Some(put) => match check_quorum(put.w(), rf, "w") {
+                Err(m) => error_body(id, fb::ErrorCode::BadRequest, &m, None),
+                Ok(()) => {
+                    let ttl = Some(put.ttl_seconds()).filter(|&t| t > 0);
+                    let expected = put.expected_version().map(|v| v.bytes());
+                    match store
+                        .put(put.key().bytes(), put.value().bytes(), ttl, expected)
+                        .await
+                    {
+                        Ok(version) => version_body(id, fb::Reply::Put, &version),
+                        Err(e) => store_error(id, &e),
+                    }
+                }
+            },
+            None => error_body(id, fb::ErrorCode::BadRequest, "put without fields", None),
+        },
+        fb::Op::Delete => match req.op_as_delete() {
+            Some(del) => match check_quorum(del.w(), rf, "w") {
+                Err(m) => error_body(id, fb::ErrorCode::BadRequest, &m, None),
+                Ok(()) => {
+                    let expected = del.expected_version().map(|v| v.bytes());
+                    match store.delete(del.key().bytes(), expected).await {
+                        Ok(version) => version_body(id, fb::Reply::Delete, &version),
+                        Err(e) => store_error(id, &e),
+                    }
+                }
+            },
+            None => error_body(id, fb::ErrorCode::BadRequest, "delete without fields", None),
+        },
+        fb::Op::Ping => {
+            let payload = req.op_as_ping().map_or(0, |p| p.payload());
+            let mut b = FlatBufferBuilder::new();
+            let ping = fb::PingResponse::create(&mut b, &fb::PingResponseArgs { payload });
+            finish(b, id, fb::Reply::Ping, ping.as_union_value())
+        }
+        fb::Op::Topology => topology_body(id, topology),
+        other => error_body(
+            id,
+            fb::ErrorCode::BadRequest,
+            &format!("unknown operation {}", other.0),
+            None,
+        ),
+    };
+    Answer { body, close: false }
+}
+
+fn get_body(id: u64, found: Option<&Found>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (value, version) = match found {
+        Some(f) => (
+            Some(b.create_vector(&f.value)),
+            Some(b.create_vector(&f.version)),
+        ),
+        None => (None, None),
+    };
+    let get = fb::GetResponse::create(
+        &mut b,
+        &fb::GetResponseArgs {
+            found: found.is_some(),
+            value,
+            version,
+        },
+    );
+    finish(b, id, fb::Reply::Get, get.as_union_value())
+}
+
+fn version_body(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let version = Some(b.create_vector(version));
+    let reply = if kind == fb::Reply::Put {
+        fb::PutResponse::create(&mut b, &fb::PutResponseArgs { version }).as_union_value()
+    } else {
+        fb::DeleteResponse::create(&mut b, &fb::DeleteResponseArgs { version }).as_union_value()
+    };
+    finish(b, id, kind, reply)
+}
+
+fn topology_body(id: u64, t: &Topology) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let nodes: Vec<_> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            let host = b.create_string(&n.host);
+            fb::NodeInfo::create(
+                &mut b,
+                &fb::NodeInfoArgs {
+                    id: n.id.0,
+                    host: Some(host),
+                    base_port: n.base_port,
+                    shards: n.shards,
+                },
+            )
+        })
+        .collect();
+    let nodes = b.create_vector(&nodes);
+    let vnodes: Vec<fb::VnodeEntry> = t
+        .ring
+        .vnodes()
+        .iter()
+        .map(|v| fb::VnodeEntry::new(v.token.0, v.node.0, v.index))
+        .collect();
+    let vnodes = b.create_vector(&vnodes);
+    let topo = fb::TopologyResponse::create(
+        &mut b,
+        &fb::TopologyResponseArgs {
+            nodes: Some(nodes),
+            vnodes: Some(vnodes),
+            replication_factor: t.replication_factor,
+        },
+    );
+    finish(b, id, fb::Reply::Topology, topo.as_union_value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parse_response;
+    use crate::ring::VNODES_DEFAULT;
+    use crate::test_util::with_store;
+
+    fn topology() -> Topology {
+        let node = NodeId(7);
+        Topology {
+            nodes: vec![NodeDesc {
+                id: node,
+                host: "127.0.0.1".to_owned(),
+                base_port: 7400,
+                shards: 2,
+            }],
+            ring: Ring::new(&[(node, VNODES_DEFAULT)]).expect("ring"),
+            replication_factor: 1,
+        }
+    }
+
+    /// Builds a request body around `op`.
+    fn request(
+        id: u64,
+        build: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> (fb::Op, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>),
+    ) -> Vec<u8> {
+        let mut b = FlatBufferBuilder::new();
+        let (op_type, op) = build(&mut b);
+        let req = fb::Request::create(
+            &mut b,
+            &fb::RequestArgs {
+                id,
+                timeout_ms: 0,
+                op_type,
+                op: Some(op),
+            },
+        );
+        b.finish(req, None);
+        b.finished_data().to_vec()
+    }
+
+    fn put(
+        id: u64,
+        key: &[u8],
+        value: &[u8],
+        expected: Option<&[u8]>,
+        w: Option<fb::Quorum>,
+    ) -> Vec<u8> {
+        request(id, |b| {
+            let key = b.create_vector(key);
+            let value = b.create_vector(value);
+            let expected_version = expected.map(|e| b.create_vector(e));
+            let p = fb::PutRequest::create(
+                b,
+                &fb::PutRequestArgs {
+                    key: Some(key),
+                    value: Some(value),
+                    ttl_seconds: 0,
+                    expected_version,
+                    w: w.as_ref(),
+                },
+            );
+            (fb::Op::Put, p.as_union_value())
+        })
+    }
+
+    fn get(id: u64, key: &[u8], r: Option<fb::Quorum>) -> Vec<u8> {
+        request(id, |b| {
+            let key = b.create_vector(key);
+            let g = fb::GetRequest::create(
+                b,
+                &fb::GetRequestArgs {
+                    key: Some(key),
+                    r: r.as_ref(),
+                    read_repair: fb::ReadRepair::Default,
+                },
+            );
+            (fb::Op::Get, g.as_union_value())
+        })
+    }
+
+    #[test]
+    fn puts_gets_and_conditions_over_the_protocol() {
+        with_store(|store, _| async move {
+            let t = topology();
+            let a = answer(&store, &t, &put(1, b"k", b"v1", None, None)).await;
+            assert!(!a.close);
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(resp.id(), 1);
+            let v1 = resp
+                .reply_as_put()
+                .and_then(|p| p.version())
+                .expect("version")
+                .bytes()
+                .to_vec();
+            let a = answer(&store, &t, &get(2, b"k", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            let g = resp.reply_as_get().expect("get reply");
+            assert!(g.found());
+            assert_eq!(g.value().map(|v| v.bytes()), Some(&b"v1"[..]));
+            assert_eq!(g.version().map(|v| v.bytes().to_vec()), Some(v1.clone()));
+            // A conditional put on the current version goes through, on a stale one it fails
+            // and says what the current version is.
+            let a = answer(&store, &t, &put(3, b"k", b"v2", Some(&v1), None)).await;
+            let v2 = parse_response(&a.body)
+                .expect("response")
+                .reply_as_put()
+                .and_then(|p| p.version())
+                .expect("v")
+                .bytes()
+                .to_vec();
+            let a = answer(&store, &t, &put(4, b"k", b"v3", Some(&v1), None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            let e = resp.reply_as_error().expect("error");
+            assert_eq!(e.code(), fb::ErrorCode::ConditionFailed);
+            assert_eq!(e.current_version().map(|v| v.bytes().to_vec()), Some(v2));
+            let a = answer(&store, &t, &get(5, b"absent", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert!(!resp.reply_as_get().expect("get").found());
+        });
+    }
+
+    #[test]
+    fn bad_requests_are_typed_errors_and_malformed_ones_close() {
+        with_store(|store, _| async move {
+            let t = topology();
+            let code = |a: &Answer| {
+                parse_response(&a.body)
+                    .expect("response")
+                    .reply_as_error()
+                    .map(|e| e.code())
+            };
+            // W=2 with one replica: refused, the connection stays.
+            let a = answer(
+                &store,
+                &t,
+                &put(
+                    1,
+                    b"k",
+                    b"v",
+                    None,
+                    Some(fb::Quorum::new(fb::QuorumKind::Count, 2)),
+                ),
+            )
+            .await;
+            assert_eq!(
+                (code(&a), a.close),
+                (Some(fb::ErrorCode::BadRequest), false)
+            );
+            let a = answer(
+                &store,
+                &t,
+                &put(
+                    1,
+                    b"k",
+                    b"v",
+                    None,
+                    Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
+                ),
+            )
+            .await;
+            assert_eq!(code(&a), None, "quorum is accepted");
+            let a = answer(
+                &store,
+                &t,
+                &get(2, b"", Some(fb::Quorum::new(fb::QuorumKind::Count, 1))),
+            )
+            .await;
+            assert_eq!(code(&a), Some(fb::ErrorCode::InvalidKey));
+            let a = answer(&store, &t, &put(3, b"k", b"v", Some(b"\xff"), None)).await;
+            assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
+            // Garbage: an error with id 0, and the connection closes.
+            let a = answer(&store, &t, b"definitely not a flatbuffer").await;
+            assert!(a.close);
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(resp.id(), 0);
+            assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
+        });
+    }
+
+    #[test]
+    fn ping_and_topology() {
+        with_store(|store, _| async move {
+            let t = topology();
+            let ping = request(9, |b| {
+                let p = fb::PingRequest::create(b, &fb::PingRequestArgs { payload: 77 });
+                (fb::Op::Ping, p.as_union_value())
+            });
+            let a = answer(&store, &t, &ping).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(resp.reply_as_ping().map(|p| p.payload()), Some(77));
+            let topo = request(10, |b| {
+                let p = fb::TopologyRequest::create(b, &fb::TopologyRequestArgs {});
+                (fb::Op::Topology, p.as_union_value())
+            });
+            let a = answer(&store, &t, &topo).await;
+            let resp = parse_response(&a.body).expect("response");
+            let topo = resp.reply_as_topology().expect("topology");
+            assert_eq!(topo.nodes().len(), 1);
+            assert_eq!(topo.nodes().get(0).host(), "127.0.0.1");
+            assert_eq!(topo.nodes().get(0).shards(), 2);
+            let vnodes = topo.vnodes();
+            assert_eq!(vnodes.len(), usize::from(VNODES_DEFAULT));
+            assert!(vnodes
+                .iter()
+                .zip(vnodes.iter().skip(1))
+                .all(|(a, b)| a.token() <= b.token()));
+            assert_eq!(topo.replication_factor(), 1);
+        });
+    }
+}
