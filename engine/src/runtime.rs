@@ -91,6 +91,65 @@ pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;
 }
 
+/// A TCP listener on the current executor.
+#[derive(Debug)]
+pub struct TcpListener(glommio::net::TcpListener);
+
+impl TcpListener {
+    /// Listens on `addr` (port 0: any free port).
+    ///
+    /// # Errors
+    /// Any error from `bind` or `listen`.
+    pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+        glommio::net::TcpListener::bind(addr)
+            .map(TcpListener)
+            .map_err(io::Error::from)
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// Any error from `getsockname`.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+
+    /// The next connection.
+    ///
+    /// # Errors
+    /// Any error from `accept`.
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        self.0
+            .accept()
+            .await
+            .map(TcpStream)
+            .map_err(io::Error::from)
+    }
+}
+
+/// A TCP connection on the current executor.
+#[derive(Debug)]
+pub struct TcpStream(glommio::net::TcpStream);
+
+impl TcpStream {
+    /// Fills `buf` from the connection.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the peer closes first; any read error.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        futures_lite::AsyncReadExt::read_exact(&mut self.0, buf).await
+    }
+
+    /// Writes all of `buf` and flushes it.
+    ///
+    /// # Errors
+    /// Any write error.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::write_all(&mut self.0, buf).await?;
+        futures_lite::AsyncWriteExt::flush(&mut self.0).await
+    }
+}
+
 /// How often [`ensure_heartbeat`] wakes the executor.
 pub const HEARTBEAT: Duration = Duration::from_millis(50);
 

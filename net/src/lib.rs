@@ -6,13 +6,15 @@
 //! Built so far: [`ring`], the sans-IO hash ring (vnode tokens, ownership, preference lists, the
 //! vnode → core map), [`protocol`], the frame codec and the flatbuffers schema's generated
 //! code, [`http`], the HTTP API's request reader, [`store`], what a request does to one
-//! shard, and [`dispatch`], a binary-protocol request answered through it. The rest comes with the node and cluster issues; see the README's status table.
+//! shard, [`dispatch`], a binary-protocol request answered through it, and [`server`], the
+//! per-core binary server. The rest comes with the node and cluster issues; see the README's status table.
 // unsafe_code is denied workspace-wide; only the generated flatbuffers code is allowed it.
 
 pub mod dispatch;
 pub mod http;
 pub mod protocol;
 pub mod ring;
+pub mod server;
 pub mod store;
 
 #[cfg(test)]

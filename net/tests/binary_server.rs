@@ -1,0 +1,215 @@
+//! The binary server over real loopback sockets: round trips, pipelining, and bad frames that
+//! close only their own connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::time::Duration;
+
+use dynacore_engine::version::{ActorId, ClockHandle};
+use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
+use dynacore_net::dispatch::{NodeDesc, Topology};
+use dynacore_net::protocol::{encode_frame, fb, parse_response, FRAME_BYTES_MAX};
+use dynacore_net::ring::{NodeId, Ring};
+use dynacore_net::server::serve_binary;
+use dynacore_net::store::LocalStore;
+use flatbuffers::FlatBufferBuilder;
+
+/// Starts a one-shard server on a free loopback port, on its own executor thread (it runs until
+/// the test process exits); returns its address.
+fn start_server() -> (SocketAddr, tempfile::TempDir) {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf();
+    let dir = tempfile::Builder::new()
+        .prefix("dynacore-server-test-")
+        .tempdir_in(base)
+        .expect("temp dir");
+    let path = dir.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+        ex.run(async move {
+            let shard = Shard::open(ShardOptions::new(&path, ShardId(0)))
+                .await
+                .expect("open");
+            let store = LocalStore::new(shard, ActorId(1), ClockHandle::system());
+            let listener =
+                runtime::TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let node = NodeId(1);
+            let topology = Rc::new(Topology {
+                nodes: vec![NodeDesc {
+                    id: node,
+                    host: "127.0.0.1".to_owned(),
+                    base_port: addr.port(),
+                    shards: 1,
+                }],
+                ring: Ring::new(&[(node, 16)]).expect("ring"),
+                replication_factor: 1,
+            });
+            tx.send(addr).expect("send address");
+            let _ = serve_binary(listener, store, topology).await;
+        });
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server started");
+    (addr, dir)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+fn request_frame(
+    id: u64,
+    build: impl FnOnce(
+        &mut FlatBufferBuilder<'static>,
+    ) -> (fb::Op, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>),
+) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (op_type, op) = build(&mut b);
+    let req = fb::Request::create(
+        &mut b,
+        &fb::RequestArgs {
+            id,
+            timeout_ms: 0,
+            op_type,
+            op: Some(op),
+        },
+    );
+    b.finish(req, None);
+    let mut out = Vec::new();
+    encode_frame(b.finished_data(), &mut out);
+    out
+}
+
+fn put_frame(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
+    request_frame(id, |b| {
+        let key = b.create_vector(key);
+        let value = b.create_vector(value);
+        let put = fb::PutRequest::create(
+            b,
+            &fb::PutRequestArgs {
+                key: Some(key),
+                value: Some(value),
+                ..Default::default()
+            },
+        );
+        (fb::Op::Put, put.as_union_value())
+    })
+}
+
+fn get_frame(id: u64, key: &[u8]) -> Vec<u8> {
+    request_frame(id, |b| {
+        let key = b.create_vector(key);
+        let get = fb::GetRequest::create(
+            b,
+            &fb::GetRequestArgs {
+                key: Some(key),
+                ..Default::default()
+            },
+        );
+        (fb::Op::Get, get.as_union_value())
+    })
+}
+
+/// Reads one response frame's body.
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).expect("response header");
+    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut body).expect("response body");
+    body
+}
+
+/// Whether the server closed the connection (a read returns end of stream).
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0))
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (addr, _dir) = start_server();
+    let mut s = connect(addr);
+    let mut batch = Vec::new();
+    for i in 0..20u8 {
+        batch.extend(put_frame(
+            u64::from(i),
+            format!("key-{i}").as_bytes(),
+            &[i; 100],
+        ));
+    }
+    batch.extend(get_frame(100, b"key-7"));
+    s.write_all(&batch).expect("send");
+    for i in 0..20u64 {
+        let body = read_frame(&mut s);
+        let resp = parse_response(&body).expect("response");
+        assert_eq!(resp.id(), i);
+        assert!(resp.reply_as_put().is_some(), "put {i} succeeded");
+    }
+    let body = read_frame(&mut s);
+    let resp = parse_response(&body).expect("response");
+    assert_eq!(resp.id(), 100);
+    let get = resp.reply_as_get().expect("get reply");
+    assert!(get.found());
+    assert_eq!(
+        get.value().map(|v| v.bytes().to_vec()),
+        Some(vec![7u8; 100])
+    );
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let (addr, _dir) = start_server();
+    let mut good = connect(addr);
+    good.write_all(&put_frame(1, b"k", b"v")).expect("send");
+    assert!(parse_response(&read_frame(&mut good)).is_ok());
+
+    // A header announcing more than the limit: an error, then the connection closes without
+    // the server waiting for (or reading) the body.
+    let mut big = connect(addr);
+    let len = u32::try_from(FRAME_BYTES_MAX + 1).expect("fits");
+    big.write_all(&len.to_le_bytes()).expect("send");
+    let body = read_frame(&mut big);
+    let resp = parse_response(&body).expect("response");
+    assert_eq!(
+        resp.reply_as_error().map(|e| e.code()),
+        Some(fb::ErrorCode::ValueTooLarge)
+    );
+    assert!(closed(&mut big));
+
+    // A body that is not a request: an error with id 0, then the connection closes.
+    let mut garbage = connect(addr);
+    let mut frame = Vec::new();
+    encode_frame(b"this is not a flatbuffer", &mut frame);
+    garbage.write_all(&frame).expect("send");
+    let resp_body = read_frame(&mut garbage);
+    let resp = parse_response(&resp_body).expect("response");
+    assert_eq!(resp.id(), 0);
+    assert_eq!(
+        resp.reply_as_error().map(|e| e.code()),
+        Some(fb::ErrorCode::BadRequest)
+    );
+    assert!(closed(&mut garbage));
+
+    // A truncated frame (the client goes away mid-body) ends that connection only.
+    let mut cut = connect(addr);
+    let whole = put_frame(2, b"k2", b"v2");
+    cut.write_all(&whole[..whole.len() / 2]).expect("send");
+    drop(cut);
+
+    // The first connection still works.
+    good.write_all(&get_frame(3, b"k")).expect("send");
+    let body = read_frame(&mut good);
+    let resp = parse_response(&body).expect("response");
+    assert_eq!(
+        resp.reply_as_get()
+            .and_then(|g| g.value())
+            .map(|v| v.bytes().to_vec()),
+        Some(b"v".to_vec())
+    );
+}
