@@ -252,7 +252,7 @@ fn topology_body(id: u64, t: &Topology) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::parse_response;
+    use crate::protocol::{build, parse_response};
     use crate::ring::VNODES_DEFAULT;
     use crate::test_util::with_store;
 
@@ -270,28 +270,6 @@ mod tests {
         }
     }
 
-    /// Builds a request body around `op`.
-    fn request(
-        id: u64,
-        build: impl FnOnce(
-            &mut FlatBufferBuilder<'static>,
-        ) -> (fb::Op, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>),
-    ) -> Vec<u8> {
-        let mut b = FlatBufferBuilder::new();
-        let (op_type, op) = build(&mut b);
-        let req = fb::Request::create(
-            &mut b,
-            &fb::RequestArgs {
-                id,
-                timeout_ms: 0,
-                op_type,
-                op: Some(op),
-            },
-        );
-        b.finish(req, None);
-        b.finished_data().to_vec()
-    }
-
     fn put(
         id: u64,
         key: &[u8],
@@ -299,37 +277,20 @@ mod tests {
         expected: Option<&[u8]>,
         w: Option<fb::Quorum>,
     ) -> Vec<u8> {
-        request(id, |b| {
-            let key = b.create_vector(key);
-            let value = b.create_vector(value);
-            let expected_version = expected.map(|e| b.create_vector(e));
-            let p = fb::PutRequest::create(
-                b,
-                &fb::PutRequestArgs {
-                    key: Some(key),
-                    value: Some(value),
-                    ttl_seconds: 0,
-                    expected_version,
-                    w: w.as_ref(),
-                },
-            );
-            (fb::Op::Put, p.as_union_value())
-        })
+        build::put(
+            id,
+            &build::Put {
+                key,
+                value,
+                expected_version: expected,
+                w,
+                ..build::Put::default()
+            },
+        )
     }
 
     fn get(id: u64, key: &[u8], r: Option<fb::Quorum>) -> Vec<u8> {
-        request(id, |b| {
-            let key = b.create_vector(key);
-            let g = fb::GetRequest::create(
-                b,
-                &fb::GetRequestArgs {
-                    key: Some(key),
-                    r: r.as_ref(),
-                    read_repair: fb::ReadRepair::Default,
-                },
-            );
-            (fb::Op::Get, g.as_union_value())
-        })
+        build::get(id, key, r, fb::ReadRepair::Default)
     }
 
     #[test]
@@ -435,17 +396,11 @@ mod tests {
     fn ping_and_topology() {
         with_store(|store, _| async move {
             let t = topology();
-            let ping = request(9, |b| {
-                let p = fb::PingRequest::create(b, &fb::PingRequestArgs { payload: 77 });
-                (fb::Op::Ping, p.as_union_value())
-            });
+            let ping = build::ping(9, 77);
             let a = answer(&store, &t, &ping).await;
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.reply_as_ping().map(|p| p.payload()), Some(77));
-            let topo = request(10, |b| {
-                let p = fb::TopologyRequest::create(b, &fb::TopologyRequestArgs {});
-                (fb::Op::Topology, p.as_union_value())
-            });
+            let topo = build::topology(10);
             let a = answer(&store, &t, &topo).await;
             let resp = parse_response(&a.body).expect("response");
             let topo = resp.reply_as_topology().expect("topology");

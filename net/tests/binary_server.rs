@@ -9,11 +9,10 @@ use std::time::Duration;
 use dynacore_engine::version::{ActorId, ClockHandle};
 use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
 use dynacore_net::dispatch::{NodeDesc, Topology};
-use dynacore_net::protocol::{encode_frame, fb, parse_response, FRAME_BYTES_MAX};
+use dynacore_net::protocol::{build, encode_frame, fb, parse_response, FRAME_BYTES_MAX};
 use dynacore_net::ring::{NodeId, Ring};
 use dynacore_net::server::serve_binary;
 use dynacore_net::store::LocalStore;
-use flatbuffers::FlatBufferBuilder;
 
 /// Starts a one-shard server on a free loopback port, on its own executor thread (it runs until
 /// the test process exits); returns its address.
@@ -63,57 +62,25 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-fn request_frame(
-    id: u64,
-    build: impl FnOnce(
-        &mut FlatBufferBuilder<'static>,
-    ) -> (fb::Op, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>),
-) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let (op_type, op) = build(&mut b);
-    let req = fb::Request::create(
-        &mut b,
-        &fb::RequestArgs {
-            id,
-            timeout_ms: 0,
-            op_type,
-            op: Some(op),
-        },
-    );
-    b.finish(req, None);
+fn framed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_frame(b.finished_data(), &mut out);
+    encode_frame(body, &mut out);
     out
 }
 
 fn put_frame(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
-    request_frame(id, |b| {
-        let key = b.create_vector(key);
-        let value = b.create_vector(value);
-        let put = fb::PutRequest::create(
-            b,
-            &fb::PutRequestArgs {
-                key: Some(key),
-                value: Some(value),
-                ..Default::default()
-            },
-        );
-        (fb::Op::Put, put.as_union_value())
-    })
+    framed(&build::put(
+        id,
+        &build::Put {
+            key,
+            value,
+            ..build::Put::default()
+        },
+    ))
 }
 
 fn get_frame(id: u64, key: &[u8]) -> Vec<u8> {
-    request_frame(id, |b| {
-        let key = b.create_vector(key);
-        let get = fb::GetRequest::create(
-            b,
-            &fb::GetRequestArgs {
-                key: Some(key),
-                ..Default::default()
-            },
-        );
-        (fb::Op::Get, get.as_union_value())
-    })
+    framed(&build::get(id, key, None, fb::ReadRepair::Default))
 }
 
 /// Reads one response frame's body.

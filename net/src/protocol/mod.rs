@@ -21,6 +21,8 @@ mod dynacore_generated;
 
 pub use dynacore_generated::dynacore::protocol as fb;
 
+pub mod build;
+
 use dynacore_engine::VALUE_BYTES_MAX;
 
 /// Bytes of a frame's length prefix.
@@ -141,30 +143,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn put_request(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
-        let mut b = flatbuffers::FlatBufferBuilder::new();
-        let key = b.create_vector(key);
-        let value = b.create_vector(value);
-        let put = fb::PutRequest::create(
-            &mut b,
-            &fb::PutRequestArgs {
-                key: Some(key),
-                value: Some(value),
+        build::put(
+            id,
+            &build::Put {
+                key,
+                value,
                 ttl_seconds: 30,
-                expected_version: None,
-                w: Some(&fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
+                w: Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
+                ..build::Put::default()
             },
-        );
-        let req = fb::Request::create(
-            &mut b,
-            &fb::RequestArgs {
-                id,
-                timeout_ms: 500,
-                op_type: fb::Op::Put,
-                op: Some(put.as_union_value()),
-            },
-        );
-        b.finish(req, None);
-        b.finished_data().to_vec()
+        )
     }
 
     #[test]
@@ -177,7 +165,7 @@ mod tests {
         assert_eq!(used, 4 + body.len());
         let req = parse_request(first).expect("parses");
         assert_eq!(req.id(), 42);
-        assert_eq!(req.timeout_ms(), 500);
+        assert_eq!(req.timeout_ms(), 0);
         let put = req.op_as_put().expect("a put");
         assert_eq!(put.key().bytes(), b"user:1");
         assert_eq!(put.value().len(), 1000);
