@@ -344,35 +344,14 @@ mod tests {
                     .reply_as_error()
                     .map(|e| e.code())
             };
+            let with_w = |kind, count| put(1, b"k", b"v", None, Some(fb::Quorum::new(kind, count)));
             // W=2 with one replica: refused, the connection stays.
-            let a = answer(
-                &store,
-                &t,
-                &put(
-                    1,
-                    b"k",
-                    b"v",
-                    None,
-                    Some(fb::Quorum::new(fb::QuorumKind::Count, 2)),
-                ),
-            )
-            .await;
+            let a = answer(&store, &t, &with_w(fb::QuorumKind::Count, 2)).await;
             assert_eq!(
                 (code(&a), a.close),
                 (Some(fb::ErrorCode::BadRequest), false)
             );
-            let a = answer(
-                &store,
-                &t,
-                &put(
-                    1,
-                    b"k",
-                    b"v",
-                    None,
-                    Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
-                ),
-            )
-            .await;
+            let a = answer(&store, &t, &with_w(fb::QuorumKind::Quorum, 0)).await;
             assert_eq!(code(&a), None, "quorum is accepted");
             let a = answer(
                 &store,
