@@ -618,6 +618,37 @@ impl Shard {
         actor: ActorId,
         expected: Option<&VersionVector>,
     ) -> Result<Object> {
+        self.coordinate(key, Some(ctx), value, expiry_ms, actor, expected)
+            .await
+    }
+
+    /// A blind write that supersedes whatever `key` holds: [`Shard::coordinate_write`] with the
+    /// key's current context, read under the key's lock (so the one read serves both, and a
+    /// write landing in between cannot turn it into a sibling).
+    ///
+    /// # Errors
+    /// As [`Shard::coordinate_write`], without `ConditionFailed`.
+    pub async fn overwrite(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        actor: ActorId,
+    ) -> Result<Object> {
+        self.coordinate(key, None, value, expiry_ms, actor, None)
+            .await
+    }
+
+    /// [`Shard::coordinate_write`]; `ctx` `None` takes the local object's context.
+    async fn coordinate(
+        &self,
+        key: &[u8],
+        ctx: Option<&VersionVector>,
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        actor: ActorId,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object> {
         Mutation {
             key,
             value,
@@ -636,6 +667,14 @@ impl Shard {
             value: value.map(<[u8]>::to_vec),
             hlc: self.inner.hlc.now(),
             expiry_ms,
+        };
+        let current;
+        let ctx = match ctx {
+            Some(c) => c,
+            None => {
+                current = local.as_ref().map(Object::join).unwrap_or_default();
+                &current
+            }
         };
         let obj = Object::update(ctx, sibling, local.as_ref(), actor)?;
         self.store_object(key, &obj).await?;

@@ -219,3 +219,34 @@ fn far_future_timestamps_are_refused_and_plain_puts_read_as_objects() {
         shard.close().await.expect("close");
     });
 }
+
+#[test]
+fn an_overwrite_supersedes_every_sibling() {
+    with_temp_dir(LIMIT, |path| async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let me = ActorId(1);
+        let none = VersionVector::new();
+        // Two blind writes with no context: siblings.
+        for v in [b"x", b"y"] {
+            shard
+                .coordinate_write(b"k", &none, Some(v), None, me, None)
+                .await
+                .expect("write");
+        }
+        let before = shard.read_object(b"k").await.expect("read").expect("some");
+        assert_eq!(before.size(), 2);
+        let after = shard
+            .overwrite(b"k", Some(b"z"), None, me)
+            .await
+            .expect("overwrite");
+        assert_eq!(values(&after), vec![b"z".to_vec()]);
+        assert!(after.join().descends(&before.join()));
+        let stored = shard.read_object(b"k").await.expect("read").expect("some");
+        assert_eq!(values(&stored), vec![b"z".to_vec()]);
+        // A tombstone overwrite supersedes it in turn.
+        let gone = shard.overwrite(b"k", None, None, me).await.expect("delete");
+        assert_eq!(gone.size(), 1);
+        assert!(values(&gone).is_empty());
+        shard.close().await.expect("close");
+    });
+}

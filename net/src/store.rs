@@ -12,7 +12,7 @@
 //!   (last-writer-wins); a key whose newest sibling is a tombstone or expired reads as absent.
 
 use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock, VersionVector};
-use dynacore_engine::{Error as EngineError, LimitError, Object, Shard};
+use dynacore_engine::{Error as EngineError, LimitError, Shard};
 
 /// Why a request failed, in the protocol's terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,20 +168,18 @@ impl LocalStore {
             .transpose()?;
         // A conditional write builds on the version the client read; a blind one on what the
         // key holds now, so that it replaces it.
-        let ctx = match &expected {
-            Some(v) => v.clone(),
-            None => self
-                .shard
-                .read_object(key)
-                .await?
-                .as_ref()
-                .map(Object::join)
-                .unwrap_or_default(),
+        let obj = match &expected {
+            Some(v) => {
+                self.shard
+                    .coordinate_write(key, v, value, expiry_ms, self.actor, Some(v))
+                    .await?
+            }
+            None => {
+                self.shard
+                    .overwrite(key, value, expiry_ms, self.actor)
+                    .await?
+            }
         };
-        let obj = self
-            .shard
-            .coordinate_write(key, &ctx, value, expiry_ms, self.actor, expected.as_ref())
-            .await?;
         Ok(encode_version(&obj.join()))
     }
 }
