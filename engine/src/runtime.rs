@@ -91,6 +91,76 @@ pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;
 }
 
+/// A task that is cancelled when dropped (see [`spawn`]).
+pub use glommio::Task;
+
+/// Spawns a task on the current executor's default queue; dropping the returned [`Task`]
+/// cancels it (call `.detach()` to keep it running).
+pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) -> Task<T> {
+    glommio::spawn_local(fut)
+}
+
+/// Runs `fut` for at most `d`: `None` if the time ran out first (the future is dropped).
+pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    futures_lite::FutureExt::or(async { Some(fut.await) }, async {
+        sleep(d).await;
+        None
+    })
+    .await
+}
+
+/// The ids of the machine's online CPUs (from `/sys/devices/system/cpu/online`, which is what
+/// glommio pins by; the process's affinity mask is not consulted).
+///
+/// # Errors
+/// When the topology cannot be read.
+pub fn online_cpus() -> io::Result<Vec<usize>> {
+    let set = glommio::CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
+    let mut cpus: Vec<usize> = set.iter().map(|l| l.cpu).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// An executor running on its own thread (see [`spawn_executor`]).
+#[derive(Debug)]
+pub struct ExecutorHandle<T: Send + 'static>(glommio::ExecutorJoinHandle<T>);
+
+impl<T: Send + 'static> ExecutorHandle<T> {
+    /// Waits for the executor's top-level future to finish and returns its output.
+    ///
+    /// # Errors
+    /// When the executor thread panicked or could not start.
+    pub fn join(self) -> io::Result<T> {
+        self.0.join().map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// Starts an executor on a new thread named `name`, pinned to `cpu` when given (else unbound),
+/// with an `io_memory_bytes` DMA arena, running the future `make` returns until it finishes.
+///
+/// # Errors
+/// When the executor cannot be built (a CPU that does not exist, `RLIMIT_MEMLOCK` too low).
+pub fn spawn_executor<F, Fut, T>(
+    name: &str,
+    cpu: Option<usize>,
+    io_memory_bytes: usize,
+    make: F,
+) -> io::Result<ExecutorHandle<T>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    glommio::LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(io_memory_bytes)
+        .spawn(make)
+        .map(ExecutorHandle)
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
 /// A TCP listener on the current executor.
 #[derive(Debug)]
 pub struct TcpListener(glommio::net::TcpListener);
@@ -132,6 +202,42 @@ impl TcpListener {
 pub struct TcpStream(glommio::net::TcpStream);
 
 impl TcpStream {
+    /// Connects to `addr`, giving up after `timeout`; the connection has `TCP_NODELAY` set.
+    ///
+    /// # Errors
+    /// `TimedOut`, or any error from `connect`.
+    pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let s = glommio::net::TcpStream::connect_timeout(addr, timeout)
+            .await
+            .map_err(io::Error::from)?;
+        s.set_nodelay(true).map_err(io::Error::from)?;
+        Ok(TcpStream(s))
+    }
+
+    /// Sets `TCP_NODELAY` (no Nagle delay for small writes).
+    ///
+    /// # Errors
+    /// Any error from `setsockopt`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.0.set_nodelay(on).map_err(io::Error::from)
+    }
+
+    /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
+    ///
+    /// # Errors
+    /// Any read error.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::AsyncReadExt::read(&mut self.0, buf).await
+    }
+
+    /// Splits the connection into halves that separate tasks of this executor can read and
+    /// write at the same time.
+    #[must_use]
+    pub fn split(self) -> (TcpReader, TcpWriter) {
+        let (r, w) = futures_lite::io::split(self.0);
+        (TcpReader(r), TcpWriter(w))
+    }
+
     /// Fills `buf` from the connection.
     ///
     /// # Errors
@@ -147,6 +253,51 @@ impl TcpStream {
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         futures_lite::AsyncWriteExt::write_all(&mut self.0, buf).await?;
         futures_lite::AsyncWriteExt::flush(&mut self.0).await
+    }
+}
+
+/// The reading half of a [`TcpStream`].
+#[derive(Debug)]
+pub struct TcpReader(futures_lite::io::ReadHalf<glommio::net::TcpStream>);
+
+impl TcpReader {
+    /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
+    ///
+    /// # Errors
+    /// Any read error.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::AsyncReadExt::read(&mut self.0, buf).await
+    }
+
+    /// Fills `buf` from the connection.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the peer closes first; any read error.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        futures_lite::AsyncReadExt::read_exact(&mut self.0, buf).await
+    }
+}
+
+/// The writing half of a [`TcpStream`].
+#[derive(Debug)]
+pub struct TcpWriter(futures_lite::io::WriteHalf<glommio::net::TcpStream>);
+
+impl TcpWriter {
+    /// Writes all of `buf` and flushes it.
+    ///
+    /// # Errors
+    /// Any write error.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::write_all(&mut self.0, buf).await?;
+        futures_lite::AsyncWriteExt::flush(&mut self.0).await
+    }
+
+    /// Closes the writing direction (the peer reads end of stream).
+    ///
+    /// # Errors
+    /// Any error from `shutdown`.
+    pub async fn close(&mut self) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::close(&mut self.0).await
     }
 }
 

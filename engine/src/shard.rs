@@ -116,7 +116,7 @@ impl ShardOptions {
 }
 
 /// A point-in-time view of a shard's state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {
     /// Accounted bytes of the active memtable.
     pub memtable_bytes: usize,

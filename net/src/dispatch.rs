@@ -4,9 +4,13 @@
 
 use flatbuffers::FlatBufferBuilder;
 
+use std::time::Duration;
+
+use crate::cores::{Core, ShardOp, ShardReply};
+use crate::metrics::Op;
 use crate::protocol::{fb, parse_request};
 use crate::ring::{NodeId, Ring};
-use crate::store::{Found, LocalStore, StoreError};
+use crate::store::{Found, StoreError};
 
 /// A node as the topology describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +43,10 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// Whether the connection must close after it (the request was malformed).
     pub close: bool,
+    /// What the request was, for the metrics.
+    pub op: Op,
+    /// Whether it succeeded (a get of an absent key succeeds).
+    pub ok: bool,
 }
 
 /// The error response for a frame that could not be read at all (too large, empty): id 0, and
@@ -48,7 +56,15 @@ pub fn frame_error(code: fb::ErrorCode, message: &str) -> Answer {
     Answer {
         body: error_body(0, code, message, None),
         close: true,
+        op: Op::Other,
+        ok: false,
     }
+}
+
+/// An error response to request `id`.
+#[must_use]
+pub fn error_response(id: u64, code: fb::ErrorCode, message: &str) -> Vec<u8> {
+    error_body(id, code, message, None)
 }
 
 fn error_body(id: u64, code: fb::ErrorCode, message: &str, current: Option<&[u8]>) -> Vec<u8> {
@@ -98,6 +114,8 @@ fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
         ),
         StoreError::BadRequest(m) => error_body(id, fb::ErrorCode::BadRequest, m, None),
         StoreError::Internal(m) => error_body(id, fb::ErrorCode::Internal, m, None),
+        StoreError::Unavailable(m) => error_body(id, fb::ErrorCode::Unavailable, m, None),
+        StoreError::Timeout(m) => error_body(id, fb::ErrorCode::Timeout, m, None),
     }
 }
 
@@ -115,70 +133,111 @@ fn check_quorum(q: Option<&fb::Quorum>, rf: u8, name: &str) -> Result<(), String
     }
 }
 
-/// Answers one request body.
-pub async fn answer(store: &LocalStore, topology: &Topology, body: &[u8]) -> Answer {
+/// Answers one request body on `core` (the operation runs on the core that owns its key).
+pub async fn answer(core: &Core, body: &[u8]) -> Answer {
     let req = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
     };
     let id = req.id();
-    let rf = topology.replication_factor;
-    let body = match req.op_type() {
-        fb::Op::Get => match req.op_as_get() {
-            Some(get) => match check_quorum(get.r(), rf, "r") {
-                Err(m) => error_body(id, fb::ErrorCode::BadRequest, &m, None),
-                Ok(()) => match store.get(get.key().bytes()).await {
-                    Ok(found) => get_body(id, found.as_ref()),
-                    Err(e) => store_error(id, &e),
+    let timeout = match req.timeout_ms() {
+        0 => core.default_timeout(),
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    let rf = core.topology().replication_factor;
+    let bad = |m: &str| Err(error_body(id, fb::ErrorCode::BadRequest, m, None));
+    let (op, body) = match req.op_type() {
+        fb::Op::Get => (
+            Op::Get,
+            match req.op_as_get() {
+                Some(get) => match check_quorum(get.r(), rf, "r") {
+                    Err(m) => bad(&m),
+                    Ok(()) => {
+                        let op = ShardOp::Get {
+                            key: get.key().bytes().to_vec(),
+                        };
+                        match core.execute(op, timeout).await {
+                            ShardReply::Get(Ok(found)) => Ok(get_body(id, found.as_ref())),
+                            ShardReply::Get(Err(e)) => Err(store_error(id, &e)),
+                            other => Err(unexpected(id, &other)),
+                        }
+                    }
                 },
+                None => bad("get without fields"),
             },
-            None => error_body(id, fb::ErrorCode::BadRequest, "get without fields", None),
-        },
-        fb::Op::Put => match req.op_as_put() {
-            Some(put) => match check_quorum(put.w(), rf, "w") {
-                Err(m) => error_body(id, fb::ErrorCode::BadRequest, &m, None),
-                Ok(()) => {
-                    let ttl = Some(put.ttl_seconds()).filter(|&t| t > 0);
-                    let expected = put.expected_version().map(|v| v.bytes());
-                    match store
-                        .put(put.key().bytes(), put.value().bytes(), ttl, expected)
-                        .await
-                    {
-                        Ok(version) => version_body(id, fb::Reply::Put, &version),
-                        Err(e) => store_error(id, &e),
+        ),
+        fb::Op::Put => (
+            Op::Put,
+            match req.op_as_put() {
+                Some(put) => match check_quorum(put.w(), rf, "w") {
+                    Err(m) => bad(&m),
+                    Ok(()) => {
+                        let op = ShardOp::Put {
+                            key: put.key().bytes().to_vec(),
+                            value: put.value().bytes().to_vec(),
+                            ttl_seconds: Some(put.ttl_seconds()).filter(|&t| t > 0),
+                            expected: put.expected_version().map(|v| v.bytes().to_vec()),
+                        };
+                        written(id, fb::Reply::Put, core.execute(op, timeout).await)
                     }
-                }
+                },
+                None => bad("put without fields"),
             },
-            None => error_body(id, fb::ErrorCode::BadRequest, "put without fields", None),
-        },
-        fb::Op::Delete => match req.op_as_delete() {
-            Some(del) => match check_quorum(del.w(), rf, "w") {
-                Err(m) => error_body(id, fb::ErrorCode::BadRequest, &m, None),
-                Ok(()) => {
-                    let expected = del.expected_version().map(|v| v.bytes());
-                    match store.delete(del.key().bytes(), expected).await {
-                        Ok(version) => version_body(id, fb::Reply::Delete, &version),
-                        Err(e) => store_error(id, &e),
+        ),
+        fb::Op::Delete => (
+            Op::Delete,
+            match req.op_as_delete() {
+                Some(del) => match check_quorum(del.w(), rf, "w") {
+                    Err(m) => bad(&m),
+                    Ok(()) => {
+                        let op = ShardOp::Delete {
+                            key: del.key().bytes().to_vec(),
+                            expected: del.expected_version().map(|v| v.bytes().to_vec()),
+                        };
+                        written(id, fb::Reply::Delete, core.execute(op, timeout).await)
                     }
-                }
+                },
+                None => bad("delete without fields"),
             },
-            None => error_body(id, fb::ErrorCode::BadRequest, "delete without fields", None),
-        },
+        ),
         fb::Op::Ping => {
             let payload = req.op_as_ping().map_or(0, |p| p.payload());
             let mut b = FlatBufferBuilder::new();
             let ping = fb::PingResponse::create(&mut b, &fb::PingResponseArgs { payload });
-            finish(b, id, fb::Reply::Ping, ping.as_union_value())
+            (
+                Op::Other,
+                Ok(finish(b, id, fb::Reply::Ping, ping.as_union_value())),
+            )
         }
-        fb::Op::Topology => topology_body(id, topology),
-        other => error_body(
-            id,
-            fb::ErrorCode::BadRequest,
-            &format!("unknown operation {}", other.0),
-            None,
-        ),
+        fb::Op::Topology => (Op::Other, Ok(topology_body(id, core))),
+        other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
     };
-    Answer { body, close: false }
+    let ok = body.is_ok();
+    Answer {
+        body: body.unwrap_or_else(|e| e),
+        close: false,
+        op,
+        ok,
+    }
+}
+
+fn written(id: u64, kind: fb::Reply, reply: ShardReply) -> Result<Vec<u8>, Vec<u8>> {
+    match reply {
+        ShardReply::Written(Ok(version)) => Ok(version_body(id, kind, &version)),
+        ShardReply::Written(Err(e)) => Err(store_error(id, &e)),
+        other => Err(unexpected(id, &other)),
+    }
+}
+
+fn unexpected(id: u64, reply: &ShardReply) -> Vec<u8> {
+    // INVARIANT: a core answers each operation with its own kind of reply.
+    debug_assert!(false, "mismatched reply {reply:?}");
+    error_body(
+        id,
+        fb::ErrorCode::Internal,
+        "mismatched reply from a core",
+        None,
+    )
 }
 
 fn get_body(id: u64, found: Option<&Found>) -> Vec<u8> {
@@ -212,7 +271,8 @@ fn version_body(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
     finish(b, id, kind, reply)
 }
 
-fn topology_body(id: u64, t: &Topology) -> Vec<u8> {
+fn topology_body(id: u64, core: &Core) -> Vec<u8> {
+    let t = core.topology();
     let mut b = FlatBufferBuilder::new();
     let nodes: Vec<_> = t
         .nodes
@@ -296,8 +356,8 @@ mod tests {
     #[test]
     fn puts_gets_and_conditions_over_the_protocol() {
         with_store(|store, _| async move {
-            let t = topology();
-            let a = answer(&store, &t, &put(1, b"k", b"v1", None, None)).await;
+            let core = Core::single(store, std::rc::Rc::new(topology()));
+            let a = answer(&core, &put(1, b"k", b"v1", None, None)).await;
             assert!(!a.close);
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.id(), 1);
@@ -307,7 +367,7 @@ mod tests {
                 .expect("version")
                 .bytes()
                 .to_vec();
-            let a = answer(&store, &t, &get(2, b"k", None)).await;
+            let a = answer(&core, &get(2, b"k", None)).await;
             let resp = parse_response(&a.body).expect("response");
             let g = resp.reply_as_get().expect("get reply");
             assert!(g.found());
@@ -315,7 +375,7 @@ mod tests {
             assert_eq!(g.version().map(|v| v.bytes().to_vec()), Some(v1.clone()));
             // A conditional put on the current version goes through, on a stale one it fails
             // and says what the current version is.
-            let a = answer(&store, &t, &put(3, b"k", b"v2", Some(&v1), None)).await;
+            let a = answer(&core, &put(3, b"k", b"v2", Some(&v1), None)).await;
             let v2 = parse_response(&a.body)
                 .expect("response")
                 .reply_as_put()
@@ -323,12 +383,12 @@ mod tests {
                 .expect("v")
                 .bytes()
                 .to_vec();
-            let a = answer(&store, &t, &put(4, b"k", b"v3", Some(&v1), None)).await;
+            let a = answer(&core, &put(4, b"k", b"v3", Some(&v1), None)).await;
             let resp = parse_response(&a.body).expect("response");
             let e = resp.reply_as_error().expect("error");
             assert_eq!(e.code(), fb::ErrorCode::ConditionFailed);
             assert_eq!(e.current_version().map(|v| v.bytes().to_vec()), Some(v2));
-            let a = answer(&store, &t, &get(5, b"absent", None)).await;
+            let a = answer(&core, &get(5, b"absent", None)).await;
             let resp = parse_response(&a.body).expect("response");
             assert!(!resp.reply_as_get().expect("get").found());
         });
@@ -337,7 +397,7 @@ mod tests {
     #[test]
     fn bad_requests_are_typed_errors_and_malformed_ones_close() {
         with_store(|store, _| async move {
-            let t = topology();
+            let core = Core::single(store, std::rc::Rc::new(topology()));
             let code = |a: &Answer| {
                 parse_response(&a.body)
                     .expect("response")
@@ -346,24 +406,23 @@ mod tests {
             };
             let with_w = |kind, count| put(1, b"k", b"v", None, Some(fb::Quorum::new(kind, count)));
             // W=2 with one replica: refused, the connection stays.
-            let a = answer(&store, &t, &with_w(fb::QuorumKind::Count, 2)).await;
+            let a = answer(&core, &with_w(fb::QuorumKind::Count, 2)).await;
             assert_eq!(
                 (code(&a), a.close),
                 (Some(fb::ErrorCode::BadRequest), false)
             );
-            let a = answer(&store, &t, &with_w(fb::QuorumKind::Quorum, 0)).await;
+            let a = answer(&core, &with_w(fb::QuorumKind::Quorum, 0)).await;
             assert_eq!(code(&a), None, "quorum is accepted");
             let a = answer(
-                &store,
-                &t,
+                &core,
                 &get(2, b"", Some(fb::Quorum::new(fb::QuorumKind::Count, 1))),
             )
             .await;
             assert_eq!(code(&a), Some(fb::ErrorCode::InvalidKey));
-            let a = answer(&store, &t, &put(3, b"k", b"v", Some(b"\xff"), None)).await;
+            let a = answer(&core, &put(3, b"k", b"v", Some(b"\xff"), None)).await;
             assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
             // Garbage: an error with id 0, and the connection closes.
-            let a = answer(&store, &t, b"definitely not a flatbuffer").await;
+            let a = answer(&core, b"definitely not a flatbuffer").await;
             assert!(a.close);
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.id(), 0);
@@ -374,13 +433,13 @@ mod tests {
     #[test]
     fn ping_and_topology() {
         with_store(|store, _| async move {
-            let t = topology();
+            let core = Core::single(store, std::rc::Rc::new(topology()));
             let ping = build::ping(9, 77);
-            let a = answer(&store, &t, &ping).await;
+            let a = answer(&core, &ping).await;
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.reply_as_ping().map(|p| p.payload()), Some(77));
             let topo = build::topology(10);
-            let a = answer(&store, &t, &topo).await;
+            let a = answer(&core, &topo).await;
             let resp = parse_response(&a.body).expect("response");
             let topo = resp.reply_as_topology().expect("topology");
             assert_eq!(topo.nodes().len(), 1);

@@ -30,6 +30,11 @@ pub enum StoreError {
     BadRequest(String),
     /// The shard failed; the message says how.
     Internal(String),
+    /// The owning core cannot answer now (the node is shutting down).
+    Unavailable(String),
+    /// The deadline passed before the shard answered; a write's outcome is unknown (it may
+    /// still be applied).
+    Timeout(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -38,7 +43,9 @@ impl std::fmt::Display for StoreError {
             StoreError::InvalidKey(m)
             | StoreError::ValueTooLarge(m)
             | StoreError::BadRequest(m)
-            | StoreError::Internal(m) => f.write_str(m),
+            | StoreError::Internal(m)
+            | StoreError::Unavailable(m)
+            | StoreError::Timeout(m) => f.write_str(m),
             StoreError::ConditionFailed { .. } => f.write_str("the version is not the current one"),
         }
     }

@@ -1,0 +1,383 @@
+//! The node's metrics: counters and latency histograms per core, written by that core with
+//! relaxed atomics (no contention: one writer each) and read by whichever core renders
+//! `GET /metrics` in the Prometheus text format, together with each shard's engine statistics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dynacore_engine::ShardStats;
+
+/// Which front door a request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// The flatbuffers protocol.
+    Binary = 0,
+    /// The HTTP API.
+    Http = 1,
+}
+
+const PROTOCOLS: [(Protocol, &str); 2] = [(Protocol::Binary, "binary"), (Protocol::Http, "http")];
+
+/// What a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A read.
+    Get = 0,
+    /// A write.
+    Put = 1,
+    /// A tombstone.
+    Delete = 2,
+    /// Anything else (ping, topology, health, cluster, metrics).
+    Other = 3,
+}
+
+const OPS: [(Op, &str); 4] = [
+    (Op::Get, "get"),
+    (Op::Put, "put"),
+    (Op::Delete, "delete"),
+    (Op::Other, "other"),
+];
+
+/// Upper bounds of the latency buckets, in microseconds (the `+Inf` bucket is the count).
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+
+/// A cumulative-on-render latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// One core's counters.
+#[derive(Debug, Default)]
+pub struct CoreMetrics {
+    requests: [[AtomicU64; OPS.len()]; PROTOCOLS.len()],
+    errors: [[AtomicU64; OPS.len()]; PROTOCOLS.len()],
+    latency: [Histogram; OPS.len()],
+    forwarded: AtomicU64,
+    forwarded_in: AtomicU64,
+    connections_accepted: [AtomicU64; PROTOCOLS.len()],
+    frames_refused: AtomicU64,
+}
+
+impl CoreMetrics {
+    /// Counts one answered request and its latency.
+    pub fn request(&self, protocol: Protocol, op: Op, ok: bool, latency: Duration) {
+        self.requests[protocol as usize][op as usize].fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors[protocol as usize][op as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency[op as usize].record(latency);
+    }
+
+    /// Counts a request this core sent to the core that owns its key.
+    pub fn forwarded(&self) {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request another core sent here.
+    pub fn forwarded_in(&self) {
+        self.forwarded_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an accepted connection.
+    pub fn connection(&self, protocol: Protocol) {
+        self.connections_accepted[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a frame or request refused before it was read (malformed, oversized).
+    pub fn refused(&self) {
+        self.frames_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests of `op` through `protocol` so far.
+    #[must_use]
+    pub fn requests(&self, protocol: Protocol, op: Op) -> u64 {
+        self.requests[protocol as usize][op as usize].load(Ordering::Relaxed)
+    }
+
+    /// Requests this core forwarded so far.
+    #[must_use]
+    pub fn forwarded_count(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every core's counters and its shard's statistics (index `i` of `stats` is core
+/// `i`; `None` when that core did not answer) in the Prometheus text format.
+#[must_use]
+#[allow(clippy::too_many_lines)]
+pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Duration) -> String {
+    let mut o = String::with_capacity(16 << 10);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    family(
+        &mut o,
+        "dynacore_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+    );
+    let _ = writeln!(o, "dynacore_uptime_seconds {:.3}", uptime.as_secs_f64());
+    family(
+        &mut o,
+        "dynacore_requests_total",
+        "counter",
+        "Requests answered, per core (the one that received it), protocol and operation.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (p, pname) in PROTOCOLS {
+            for (op, oname) in OPS {
+                let _ = writeln!(
+                    o,
+                    "dynacore_requests_total{{core=\"{c}\",protocol=\"{pname}\",op=\"{oname}\"}} {}",
+                    load(&m.requests[p as usize][op as usize])
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
+        "dynacore_request_errors_total",
+        "counter",
+        "Requests answered with an error, per core, protocol and operation.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (p, pname) in PROTOCOLS {
+            for (op, oname) in OPS {
+                let _ = writeln!(
+                    o,
+                    "dynacore_request_errors_total{{core=\"{c}\",protocol=\"{pname}\",op=\"{oname}\"}} {}",
+                    load(&m.errors[p as usize][op as usize])
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
+        "dynacore_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to its answer, per core and operation.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (op, oname) in OPS {
+            let h = &m.latency[op as usize];
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+                cumulative += load(&h.buckets[i]);
+                #[allow(clippy::cast_precision_loss)]
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(
+                    o,
+                    "dynacore_request_duration_seconds_bucket{{core=\"{c}\",op=\"{oname}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let count = load(&h.count);
+            let _ = writeln!(
+                o,
+                "dynacore_request_duration_seconds_bucket{{core=\"{c}\",op=\"{oname}\",le=\"+Inf\"}} {count}"
+            );
+            #[allow(clippy::cast_precision_loss)]
+            let sum = load(&h.sum_us) as f64 / 1e6;
+            let _ = writeln!(
+                o,
+                "dynacore_request_duration_seconds_sum{{core=\"{c}\",op=\"{oname}\"}} {sum}"
+            );
+            let _ = writeln!(
+                o,
+                "dynacore_request_duration_seconds_count{{core=\"{c}\",op=\"{oname}\"}} {count}"
+            );
+        }
+    }
+    type CoreFn<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
+    let simple: [(&str, &str, CoreFn); 4] = [
+        (
+            "dynacore_forwarded_requests_total",
+            "Requests that arrived on a core that does not own their key and were forwarded to the owner.",
+            &|m| load(&m.forwarded),
+        ),
+        (
+            "dynacore_forwarded_requests_received_total",
+            "Requests this core answered for another core.",
+            &|m| load(&m.forwarded_in),
+        ),
+        (
+            "dynacore_refused_frames_total",
+            "Frames or HTTP requests refused before being read (malformed or over a limit).",
+            &|m| load(&m.frames_refused),
+        ),
+        (
+            "dynacore_connections_accepted_total",
+            "Connections accepted (binary and HTTP).",
+            &|m| m.connections_accepted.iter().map(load).sum(),
+        ),
+    ];
+    for (name, help, get) in simple {
+        family(&mut o, name, "counter", help);
+        for (c, m) in cores.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(m));
+        }
+    }
+    type StatFn = fn(&ShardStats) -> u64;
+    let shard: [(&str, &str, &str, StatFn); 13] = [
+        (
+            "dynacore_wal_syncs_total",
+            "counter",
+            "fdatasync calls of the WAL.",
+            |s| s.wal.syncs,
+        ),
+        (
+            "dynacore_wal_batches_total",
+            "counter",
+            "Group-commit batches written to the WAL.",
+            |s| s.wal.batches,
+        ),
+        (
+            "dynacore_wal_records_total",
+            "counter",
+            "Records written to the WAL (batch size = records / batches).",
+            |s| s.wal.records,
+        ),
+        (
+            "dynacore_wal_bytes_written_total",
+            "counter",
+            "Bytes written to the WAL, padding included.",
+            |s| s.wal.bytes_written,
+        ),
+        (
+            "dynacore_memtable_bytes",
+            "gauge",
+            "Accounted bytes of the active memtable.",
+            |s| s.memtable_bytes as u64,
+        ),
+        (
+            "dynacore_immutable_memtables",
+            "gauge",
+            "Frozen memtables waiting to be flushed.",
+            |s| s.immutable_memtables as u64,
+        ),
+        ("dynacore_sstables", "gauge", "Live SSTables.", |s| {
+            s.tables as u64
+        }),
+        (
+            "dynacore_sstable_bytes",
+            "gauge",
+            "Bytes of live SSTables.",
+            |s| s.table_bytes,
+        ),
+        (
+            "dynacore_compactions_total",
+            "counter",
+            "Compactions completed.",
+            |s| s.compactions,
+        ),
+        (
+            "dynacore_write_stalls_total",
+            "counter",
+            "Writes that waited for compaction.",
+            |s| s.write_stalls,
+        ),
+        (
+            "dynacore_block_cache_hits_total",
+            "counter",
+            "Block lookups served from the cache.",
+            |s| s.block_cache_hits,
+        ),
+        (
+            "dynacore_block_cache_misses_total",
+            "counter",
+            "Block lookups read from disk.",
+            |s| s.block_cache_misses,
+        ),
+        (
+            "dynacore_blob_file_bytes",
+            "gauge",
+            "Bytes of live value-log files.",
+            |s| s.blob_file_bytes,
+        ),
+    ];
+    for (name, kind, help, get) in shard {
+        family(&mut o, name, kind, help);
+        for (c, s) in stats.iter().enumerate() {
+            if let Some(s) = s {
+                let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(s));
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_counts_add_up() {
+        let cores = [CoreMetrics::default(), CoreMetrics::default()];
+        cores[0].request(Protocol::Binary, Op::Get, true, Duration::from_micros(40));
+        cores[0].request(Protocol::Binary, Op::Get, false, Duration::from_micros(700));
+        cores[0].request(Protocol::Http, Op::Put, true, Duration::from_secs(100));
+        cores[1].forwarded();
+        let text = render(
+            &cores,
+            &[Some(ShardStats::default()), None],
+            Duration::from_secs(3),
+        );
+        for line in [
+            "dynacore_requests_total{core=\"0\",protocol=\"binary\",op=\"get\"} 2",
+            "dynacore_request_errors_total{core=\"0\",protocol=\"binary\",op=\"get\"} 1",
+            "dynacore_request_duration_seconds_bucket{core=\"0\",op=\"get\",le=\"0.00005\"} 1",
+            "dynacore_request_duration_seconds_bucket{core=\"0\",op=\"get\",le=\"0.001\"} 2",
+            "dynacore_request_duration_seconds_bucket{core=\"0\",op=\"get\",le=\"+Inf\"} 2",
+            // Beyond the last bound: only in +Inf.
+            "dynacore_request_duration_seconds_bucket{core=\"0\",op=\"put\",le=\"10\"} 0",
+            "dynacore_request_duration_seconds_bucket{core=\"0\",op=\"put\",le=\"+Inf\"} 1",
+            "dynacore_forwarded_requests_total{core=\"1\"} 1",
+            "dynacore_wal_syncs_total{core=\"0\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(!text.contains("dynacore_wal_syncs_total{core=\"1\"}"));
+        // Every sample line belongs to a family declared before it.
+        let mut declared = std::collections::HashSet::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().expect("name").to_owned());
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().expect("name");
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|b| declared.contains(*b))
+                    .unwrap_or(name);
+                assert!(declared.contains(base), "undeclared {name}");
+            }
+        }
+    }
+}
