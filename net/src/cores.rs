@@ -62,6 +62,8 @@ pub enum ShardReply {
     Written(Result<Vec<u8>, StoreError>),
     /// To [`ShardOp::Stats`].
     Stats(Box<ShardStats>),
+    /// To [`ShardOp::Stats`], when the core could not answer.
+    NoStats(StoreError),
 }
 
 /// Which kind of reply an operation gets.
@@ -86,7 +88,7 @@ impl ReplyKind {
         match self {
             ReplyKind::Get => ShardReply::Get(Err(e)),
             ReplyKind::Written => ShardReply::Written(Err(e)),
-            ReplyKind::Stats => ShardReply::Stats(Box::default()),
+            ReplyKind::Stats => ShardReply::NoStats(e),
         }
     }
 }

@@ -426,6 +426,31 @@ pub fn parse_json_put(body: &[u8]) -> Result<(Vec<u8>, Option<u64>), HttpError> 
     Ok((put.value.into_bytes(), put.ttl_seconds))
 }
 
+/// A version as the HTTP API shows it: lower-case hex of its opaque bytes.
+#[must_use]
+pub fn version_to_hex(version: &[u8]) -> String {
+    let mut out = String::with_capacity(version.len() * 2);
+    for b in version {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The bytes of a version given as hex (`If-Match`).
+///
+/// # Errors
+/// [`HttpError::BadRequest`] for anything but an even number of hex digits.
+pub fn version_from_hex(hex: &str) -> Result<Vec<u8>, HttpError> {
+    let bad = || HttpError::BadRequest(format!("{hex:?} is not a version (hex digits)"));
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+        return Err(bad());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -434,10 +459,13 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         411 => "Length Required",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
         412 => "Precondition Failed",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Internal Server Error",
     }
 }

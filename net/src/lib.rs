@@ -10,10 +10,13 @@
 //! per-core binary server. The rest comes with the node and cluster issues; see the README's status table.
 // unsafe_code is denied workspace-wide; only the generated flatbuffers code is allowed it.
 
+pub mod client;
 pub mod cores;
 pub mod dispatch;
 pub mod http;
+pub mod httpd;
 pub mod metrics;
+pub mod node;
 pub mod protocol;
 pub mod ring;
 pub mod server;

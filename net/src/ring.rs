@@ -177,6 +177,24 @@ impl Ring {
         out
     }
 
+    /// The ring of explicit vnodes (as a topology response lists them). Order does not matter.
+    ///
+    /// # Errors
+    /// [`RingError::Empty`] when there is none.
+    pub fn from_vnodes(mut vnodes: Vec<Vnode>) -> Result<Ring, RingError> {
+        if vnodes.is_empty() {
+            return Err(RingError::Empty);
+        }
+        vnodes.sort_unstable_by_key(|v| (v.token, v.node, v.index));
+        let mut nodes: Vec<NodeId> = vnodes.iter().map(|v| v.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        Ok(Ring {
+            vnodes,
+            nodes: nodes.len(),
+        })
+    }
+
     /// The core of a node with `shards` cores that holds `token`'s keys.
     #[must_use]
     pub fn shard_of(&self, token: Token, shards: u32) -> u32 {

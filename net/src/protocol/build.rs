@@ -37,12 +37,14 @@ pub struct Put<'a> {
     pub expected_version: Option<&'a [u8]>,
     /// How many replicas must acknowledge.
     pub w: Option<fb::Quorum>,
+    /// How long the client waits, in ms (0: the server's default).
+    pub timeout_ms: u32,
 }
 
 /// A `Put` request.
 #[must_use]
 pub fn put(id: u64, p: &Put<'_>) -> Vec<u8> {
-    request(id, 0, |b| {
+    request(id, p.timeout_ms, |b| {
         let key = b.create_vector(p.key);
         let value = b.create_vector(p.value);
         let expected_version = p.expected_version.map(|e| b.create_vector(e));
@@ -63,7 +65,19 @@ pub fn put(id: u64, p: &Put<'_>) -> Vec<u8> {
 /// A `Get` request.
 #[must_use]
 pub fn get(id: u64, key: &[u8], r: Option<fb::Quorum>, read_repair: fb::ReadRepair) -> Vec<u8> {
-    request(id, 0, |b| {
+    get_timed(id, 0, key, r, read_repair)
+}
+
+/// A `Get` request the server gives up on after `timeout_ms` (0: its default).
+#[must_use]
+pub fn get_timed(
+    id: u64,
+    timeout_ms: u32,
+    key: &[u8],
+    r: Option<fb::Quorum>,
+    read_repair: fb::ReadRepair,
+) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
         let key = b.create_vector(key);
         let get = fb::GetRequest::create(
             b,
@@ -80,7 +94,19 @@ pub fn get(id: u64, key: &[u8], r: Option<fb::Quorum>, read_repair: fb::ReadRepa
 /// A `Delete` request.
 #[must_use]
 pub fn delete(id: u64, key: &[u8], expected: Option<&[u8]>, w: Option<fb::Quorum>) -> Vec<u8> {
-    request(id, 0, |b| {
+    delete_timed(id, 0, key, expected, w)
+}
+
+/// A `Delete` request the server gives up on after `timeout_ms` (0: its default).
+#[must_use]
+pub fn delete_timed(
+    id: u64,
+    timeout_ms: u32,
+    key: &[u8],
+    expected: Option<&[u8]>,
+    w: Option<fb::Quorum>,
+) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
         let key = b.create_vector(key);
         let expected_version = expected.map(|e| b.create_vector(e));
         let del = fb::DeleteRequest::create(

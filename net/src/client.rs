@@ -1,0 +1,778 @@
+//! The Rust client SDK for the binary protocol.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dynacore_net::client::ClientError> {
+//! use dynacore_net::client::{Client, Quorum, ReadRepair};
+//! let client = Client::connect(&["127.0.0.1:7400".parse().unwrap()]).await?;
+//! let version = client.put(b"user:1", b"Ada").await?;
+//! let got = client.consistent_get(b"user:1", Quorum::Quorum, ReadRepair::Default).await?;
+//! assert_eq!(got.map(|v| v.value), Some(b"Ada".to_vec()));
+//! // Optimistic locking: only if nobody wrote since.
+//! client.put_if(b"user:1", b"Ada Lovelace", &version).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! * **Runs on a glommio executor** (Dynacore's [`runtime`](dynacore_engine::runtime)), like
+//!   the node: a [`Client`] is `!Send` and belongs to the executor that made it. One executor
+//!   per thread, one client per executor.
+//! * **Token- and shard-aware.** [`Client::connect`] fetches the topology from the first seed
+//!   that answers (nodes, their core counts, the ring) and sends each request straight to the
+//!   port of the core that owns the key (`base_port + 1 + shard`), so no request is forwarded
+//!   between cores.
+//! * **Pipelined.** Requests are futures: many may be in flight on one connection at once
+//!   (each carries an id; answers come back in any order). Run them concurrently (for example
+//!   with `futures_lite::future::zip`, or tasks) to pipeline.
+//! * **Timeouts.** Every request has a deadline ([`ClientOptions::timeout`]), which is also sent
+//!   to the server. A write that times out has an *unknown* outcome.
+//! * **Retries only where safe.** A read, ping or topology request whose connection breaks is
+//!   retried once on a fresh connection; puts and deletes are never retried.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::runtime::{self, TcpReader, TcpStream, TcpWriter};
+use dynacore_engine::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+use crate::dispatch::NodeDesc;
+pub use crate::http::{Quorum, ReadRepair};
+use crate::protocol::{build, encode_frame, fb, frame_len, parse_response, FRAME_HEADER_BYTES};
+use crate::ring::{shard_for_vnode, NodeId, Ring, Vnode};
+
+/// How a client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline of each request (sent to the server too).
+    pub timeout: Duration,
+    /// Deadline of each connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// An opaque version of a value, as a read or write returned it; give it back for a
+/// conditional write. Shown (and parsed) as hex, as the HTTP API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(pub Vec<u8>);
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::http::version_to_hex(&self.0))
+    }
+}
+
+impl std::str::FromStr for Version {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::http::version_from_hex(s)
+            .map(Version)
+            .map_err(|e| ClientError::InvalidArgument(e.message()))
+    }
+}
+
+/// A value as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// Its version.
+    pub version: Version,
+}
+
+/// The server's error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The key is empty or longer than 256 bytes.
+    InvalidKey,
+    /// The value is longer than 10 MiB.
+    ValueTooLarge,
+    /// The expected version is not the current one.
+    ConditionFailed,
+    /// The server sheds load.
+    Overloaded,
+    /// Too few replicas answered (a write's outcome is unknown).
+    Unavailable,
+    /// The server's deadline passed (a write's outcome is unknown).
+    Timeout,
+    /// The request does not make sense.
+    BadRequest,
+    /// The server failed.
+    Internal,
+    /// A code this client does not know.
+    Unknown(u16),
+}
+
+impl From<fb::ErrorCode> for ErrorCode {
+    fn from(c: fb::ErrorCode) -> Self {
+        match c {
+            fb::ErrorCode::InvalidKey => ErrorCode::InvalidKey,
+            fb::ErrorCode::ValueTooLarge => ErrorCode::ValueTooLarge,
+            fb::ErrorCode::ConditionFailed => ErrorCode::ConditionFailed,
+            fb::ErrorCode::Overloaded => ErrorCode::Overloaded,
+            fb::ErrorCode::Unavailable => ErrorCode::Unavailable,
+            fb::ErrorCode::Timeout => ErrorCode::Timeout,
+            fb::ErrorCode::BadRequest => ErrorCode::BadRequest,
+            fb::ErrorCode::Internal => ErrorCode::Internal,
+            other => ErrorCode::Unknown(other.0),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No seed or node could be reached.
+    Connect {
+        /// The address tried last.
+        addr: SocketAddr,
+        /// What happened.
+        source: io::Error,
+    },
+    /// The connection broke while the request was in flight (a write's outcome is unknown).
+    Io(io::Error),
+    /// No answer within the deadline (a write's outcome is unknown).
+    Timeout,
+    /// Refused before sending: the key, value or quorum is out of range.
+    InvalidArgument(String),
+    /// The conditional write's version is not the current one.
+    ConditionFailed {
+        /// The current version.
+        current: Version,
+    },
+    /// The server answered with an error.
+    Server {
+        /// What kind.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+        /// Replicas that acknowledged (for [`ErrorCode::Unavailable`]).
+        acks: u8,
+        /// Replicas that were required.
+        required: u8,
+    },
+    /// The server's answer could not be understood.
+    Protocol(String),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { addr, source } => {
+                write!(f, "cannot connect to {addr}: {source}")
+            }
+            ClientError::Io(e) => write!(f, "connection failed: {e}"),
+            ClientError::Timeout => f.write_str("no answer within the deadline"),
+            ClientError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            ClientError::ConditionFailed { current } => {
+                write!(f, "condition failed: the current version is {current}")
+            }
+            ClientError::Server { code, message, .. } => write!(f, "{code:?}: {message}"),
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Options of a write.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Expire the value after this long (whole seconds; below one second is refused).
+    pub ttl: Option<Duration>,
+    /// Write only if this is still the key's current version.
+    pub expected: Option<Version>,
+    /// Replicas that must acknowledge.
+    pub w: Option<Quorum>,
+}
+
+/// The cluster as a client sees it.
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    /// Every node.
+    pub nodes: Vec<NodeDesc>,
+    /// Replicas per key.
+    pub replication_factor: u8,
+    /// The ring.
+    pub ring: Ring,
+}
+
+/// One open connection: a writer task fed by a queue, a reader task that hands each answer to
+/// the request waiting for its id.
+struct Conn {
+    frames: flume::Sender<Vec<u8>>,
+    pending: Rc<RefCell<HashMap<u64, flume::Sender<Vec<u8>>>>>,
+    broken: Rc<Cell<bool>>,
+    _tasks: [runtime::Task<()>; 2],
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, timeout: Duration) -> Result<Conn, ClientError> {
+        let stream = TcpStream::connect(addr, timeout)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let (reader, writer) = stream.split();
+        let (frames, queue) = flume::unbounded();
+        let pending = Rc::new(RefCell::new(HashMap::new()));
+        let broken = Rc::new(Cell::new(false));
+        let writing = runtime::spawn(write_frames(writer, queue, broken.clone()));
+        let reading = runtime::spawn(read_frames(reader, pending.clone(), broken.clone()));
+        Ok(Conn {
+            frames,
+            pending,
+            broken,
+            _tasks: [writing, reading],
+        })
+    }
+}
+
+async fn write_frames(mut w: TcpWriter, queue: flume::Receiver<Vec<u8>>, broken: Rc<Cell<bool>>) {
+    let mut batch = Vec::new();
+    while let Ok(first) = queue.recv_async().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < (256 << 10) {
+            match queue.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&batch).await.is_err() {
+            broken.set(true);
+            return;
+        }
+    }
+}
+
+async fn read_frames(
+    mut r: TcpReader,
+    pending: Rc<RefCell<HashMap<u64, flume::Sender<Vec<u8>>>>>,
+    broken: Rc<Cell<bool>>,
+) {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    loop {
+        if r.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let Ok(len) = frame_len(header) else { break };
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        let Ok(id) = parse_response(&body).map(|resp| resp.id()) else {
+            break;
+        };
+        // An answer nobody waits for any more (timed out) is dropped.
+        if let Some(waiter) = pending.borrow_mut().remove(&id) {
+            let _ = waiter.send(body);
+        }
+    }
+    // Every request still waiting learns the connection is gone.
+    broken.set(true);
+    pending.borrow_mut().clear();
+}
+
+struct Inner {
+    seeds: Vec<SocketAddr>,
+    options: ClientOptions,
+    view: RefCell<ClusterView>,
+    conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
+    next_id: Cell<u64>,
+}
+
+/// A connection pool to a Dynacore cluster (see the module documentation).
+#[derive(Clone)]
+pub struct Client(Rc<Inner>);
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("seeds", &self.0.seeds)
+            .field("connections", &self.0.conns.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a request may be sent again after its connection broke.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Once,
+    Never,
+}
+
+impl Client {
+    /// Connects with the default options (see [`Client::connect_with`]).
+    ///
+    /// # Errors
+    /// As [`Client::connect_with`].
+    pub async fn connect(seeds: &[SocketAddr]) -> Result<Client, ClientError> {
+        Client::connect_with(seeds, ClientOptions::default()).await
+    }
+
+    /// Fetches the topology from the first of `seeds` that answers.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none
+    /// answers.
+    pub async fn connect_with(
+        seeds: &[SocketAddr],
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let Some(&first) = seeds.first() else {
+            return Err(ClientError::InvalidArgument("no seed address".to_owned()));
+        };
+        let placeholder = ClusterView {
+            nodes: Vec::new(),
+            replication_factor: 1,
+            ring: Ring::new(&[(NodeId(0), 1)]).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        };
+        let client = Client(Rc::new(Inner {
+            seeds: seeds.to_vec(),
+            options,
+            view: RefCell::new(placeholder),
+            conns: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+        }));
+        let mut last = ClientError::Connect {
+            addr: first,
+            source: io::Error::other("not tried"),
+        };
+        for &seed in seeds {
+            match client.fetch_topology(seed).await {
+                Ok(view) => {
+                    *client.0.view.borrow_mut() = view;
+                    return Ok(client);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Fetches the topology again from the seeds (after the cluster changed).
+    ///
+    /// # Errors
+    /// The last seed's error when none answers.
+    pub async fn refresh_topology(&self) -> Result<(), ClientError> {
+        let mut last = ClientError::InvalidArgument("no seed address".to_owned());
+        for &seed in &self.0.seeds {
+            match self.fetch_topology(seed).await {
+                Ok(view) => {
+                    *self.0.view.borrow_mut() = view;
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The cluster as last fetched.
+    #[must_use]
+    pub fn cluster(&self) -> ClusterView {
+        self.0.view.borrow().clone()
+    }
+
+    /// The address of the core that owns `key` (on the first replica).
+    #[must_use]
+    pub fn route(&self, key: &[u8]) -> SocketAddr {
+        let view = self.0.view.borrow();
+        let vnode = view.ring.owner(Token::of(key));
+        let seed = self.0.seeds[0];
+        match view.nodes.iter().find(|n| n.id == vnode.node) {
+            Some(node) => {
+                let shard = shard_for_vnode(vnode.token, node.shards.max(1));
+                let ip = match node.host.parse::<IpAddr>() {
+                    // A node listening on every address is reached where the seed was.
+                    Ok(ip) if !ip.is_unspecified() => ip,
+                    _ => seed.ip(),
+                };
+                let port = u32::from(node.base_port) + 1 + shard;
+                SocketAddr::new(ip, u16::try_from(port).unwrap_or(node.base_port))
+            }
+            None => seed,
+        }
+    }
+
+    /// The value of `key` and its version, or `None` when it is absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Value>, ClientError> {
+        self.consistent_get(key, Quorum::Default, ReadRepair::Default)
+            .await
+    }
+
+    /// [`Client::get`] answered by `r` replicas, with the given read repair.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad key or `r`; [`ClientError`].
+    pub async fn consistent_get(
+        &self,
+        key: &[u8],
+        r: Quorum,
+        read_repair: ReadRepair,
+    ) -> Result<Option<Value>, ClientError> {
+        check_key(key)?;
+        let r = self.quorum(r, "r")?;
+        let rr = match read_repair {
+            ReadRepair::Default => fb::ReadRepair::Default,
+            ReadRepair::Off => fb::ReadRepair::Off,
+            ReadRepair::Background => fb::ReadRepair::Background,
+            ReadRepair::Blocking => fb::ReadRepair::Blocking,
+        };
+        let timeout_ms = self.timeout_ms();
+        let body = self
+            .call(self.route(key), Retry::Once, |id| {
+                build::get_timed(id, timeout_ms, key, r, rr)
+            })
+            .await?;
+        let resp = parse_response(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(e) = resp.reply_as_error() {
+            return Err(server_error(&e));
+        }
+        let get = resp
+            .reply_as_get()
+            .ok_or_else(|| ClientError::Protocol("a get answered with another reply".into()))?;
+        if !get.found() {
+            return Ok(None);
+        }
+        Ok(Some(Value {
+            value: get.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
+            version: Version(
+                get.version()
+                    .map(|v| v.bytes().to_vec())
+                    .unwrap_or_default(),
+            ),
+        }))
+    }
+
+    /// Stores `value` under `key`, replacing what it holds; returns the new version.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
+        self.put_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// [`Client::put`] acknowledged by `w` replicas.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad `w`; [`ClientError`].
+    pub async fn consistent_put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        w: Quorum,
+    ) -> Result<Version, ClientError> {
+        let options = WriteOptions {
+            w: Some(w),
+            ..WriteOptions::default()
+        };
+        self.put_with(key, value, &options).await
+    }
+
+    /// Stores `value` only if `key`'s current version is still `expected`.
+    ///
+    /// # Errors
+    /// [`ClientError::ConditionFailed`] with the current version; [`ClientError`].
+    pub async fn put_if(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expected: &Version,
+    ) -> Result<Version, ClientError> {
+        let options = WriteOptions {
+            expected: Some(expected.clone()),
+            ..WriteOptions::default()
+        };
+        self.put_with(key, value, &options).await
+    }
+
+    /// Stores `value` under `key` with a TTL, a condition and a write quorum as given.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn put_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Version, ClientError> {
+        check_key(key)?;
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "a value holds at most {VALUE_BYTES_MAX} bytes, not {}",
+                value.len()
+            )));
+        }
+        let ttl_seconds = match options.ttl {
+            None => 0,
+            Some(t) if t.as_secs() == 0 => {
+                return Err(ClientError::InvalidArgument(
+                    "a TTL is at least one second".to_owned(),
+                ))
+            }
+            Some(t) => t.as_secs(),
+        };
+        let w = self.quorum(options.w.unwrap_or(Quorum::Default), "w")?;
+        let timeout_ms = self.timeout_ms();
+        let body = self
+            .call(self.route(key), Retry::Never, |id| {
+                build::put(
+                    id,
+                    &build::Put {
+                        key,
+                        value,
+                        ttl_seconds,
+                        expected_version: options.expected.as_ref().map(|v| v.0.as_slice()),
+                        w,
+                        timeout_ms,
+                    },
+                )
+            })
+            .await?;
+        written(&body, fb::Reply::Put)
+    }
+
+    /// Deletes `key` (writes a tombstone); returns the tombstone's version.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete(&self, key: &[u8]) -> Result<Version, ClientError> {
+        self.delete_with(key, &WriteOptions::default()).await
+    }
+
+    /// Deletes `key` under a condition and a write quorum (a TTL is refused).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete_with(
+        &self,
+        key: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Version, ClientError> {
+        check_key(key)?;
+        if options.ttl.is_some() {
+            return Err(ClientError::InvalidArgument(
+                "a delete has no TTL".to_owned(),
+            ));
+        }
+        let w = self.quorum(options.w.unwrap_or(Quorum::Default), "w")?;
+        let timeout_ms = self.timeout_ms();
+        let expected = options.expected.as_ref().map(|v| v.0.as_slice());
+        let body = self
+            .call(self.route(key), Retry::Never, |id| {
+                build::delete_timed(id, timeout_ms, key, expected, w)
+            })
+            .await?;
+        written(&body, fb::Reply::Delete)
+    }
+
+    /// Round-trip time to `addr` (any node's port).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn ping(&self, addr: SocketAddr) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        let payload: u64 = rand::random();
+        let body = self
+            .call(addr, Retry::Once, |id| build::ping(id, payload))
+            .await?;
+        let resp = parse_response(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match resp.reply_as_ping() {
+            Some(p) if p.payload() == payload => Ok(started.elapsed()),
+            Some(_) => Err(ClientError::Protocol(
+                "ping answered with another payload".into(),
+            )),
+            None => Err(resp.reply_as_error().map_or_else(
+                || ClientError::Protocol("ping answered with another reply".into()),
+                |e| server_error(&e),
+            )),
+        }
+    }
+
+    fn timeout_ms(&self) -> u32 {
+        u32::try_from(self.0.options.timeout.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn quorum(&self, q: Quorum, name: &str) -> Result<Option<fb::Quorum>, ClientError> {
+        let rf = self.0.view.borrow().replication_factor;
+        Ok(match q {
+            Quorum::Default => None,
+            Quorum::Quorum => Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
+            Quorum::All => Some(fb::Quorum::new(fb::QuorumKind::All, 0)),
+            Quorum::Count(n) if (1..=rf).contains(&n) => {
+                Some(fb::Quorum::new(fb::QuorumKind::Count, n))
+            }
+            Quorum::Count(n) => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{name}={n} is outside 1..={rf} (the replication factor)"
+                )))
+            }
+        })
+    }
+
+    async fn fetch_topology(&self, seed: SocketAddr) -> Result<ClusterView, ClientError> {
+        let body = self.call(seed, Retry::Once, build::topology).await?;
+        let resp = parse_response(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(e) = resp.reply_as_error() {
+            return Err(server_error(&e));
+        }
+        let t = resp
+            .reply_as_topology()
+            .ok_or_else(|| ClientError::Protocol("topology answered with another reply".into()))?;
+        let nodes = t
+            .nodes()
+            .iter()
+            .map(|n| NodeDesc {
+                id: NodeId(n.id()),
+                host: n.host().to_owned(),
+                base_port: n.base_port(),
+                shards: n.shards(),
+            })
+            .collect();
+        let vnodes = t
+            .vnodes()
+            .iter()
+            .map(|v| Vnode {
+                token: Token(v.token()),
+                node: NodeId(v.node()),
+                index: v.index(),
+            })
+            .collect();
+        let ring = Ring::from_vnodes(vnodes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(ClusterView {
+            nodes,
+            replication_factor: t.replication_factor().max(1),
+            ring,
+        })
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Rc<Conn>, ClientError> {
+        if let Some(c) = self.0.conns.borrow().get(&addr) {
+            if !c.broken.get() {
+                return Ok(c.clone());
+            }
+        }
+        let conn = Rc::new(Conn::open(addr, self.0.options.connect_timeout).await?);
+        // Another request may have connected meanwhile: keep one.
+        let mut conns = self.0.conns.borrow_mut();
+        match conns.get(&addr) {
+            Some(c) if !c.broken.get() => Ok(c.clone()),
+            _ => {
+                conns.insert(addr, conn.clone());
+                Ok(conn)
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        retry: Retry,
+        build: impl Fn(u64) -> Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let deadline = Instant::now() + self.0.options.timeout;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.call_once(addr, &build, deadline).await {
+                Err(ClientError::Io(_)) if retry == Retry::Once && attempt == 1 => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        addr: SocketAddr,
+        build: &impl Fn(u64) -> Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let conn = runtime::timeout(left, self.conn(addr))
+            .await
+            .ok_or(ClientError::Timeout)??;
+        let id = self.0.next_id.get();
+        self.0.next_id.set(id.wrapping_add(1));
+        let body = build(id);
+        let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
+        encode_frame(&body, &mut frame);
+        let (tx, rx) = flume::bounded(1);
+        conn.pending.borrow_mut().insert(id, tx);
+        if conn.frames.send(frame).is_err() || conn.broken.get() {
+            conn.pending.borrow_mut().remove(&id);
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection is closed",
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, rx.recv_async()).await {
+            Some(Ok(body)) => Ok(body),
+            Some(Err(_)) => Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection closed before the answer came",
+            ))),
+            None => {
+                conn.pending.borrow_mut().remove(&id);
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), ClientError> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "a key holds 1 to {KEY_BYTES_MAX} bytes, not {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn server_error(e: &fb::ErrorResponse<'_>) -> ClientError {
+    if e.code() == fb::ErrorCode::ConditionFailed {
+        if let Some(current) = e.current_version() {
+            return ClientError::ConditionFailed {
+                current: Version(current.bytes().to_vec()),
+            };
+        }
+    }
+    ClientError::Server {
+        code: e.code().into(),
+        message: e.message().unwrap_or_default().to_owned(),
+        acks: e.acks(),
+        required: e.required(),
+    }
+}
+
+fn written(body: &[u8], kind: fb::Reply) -> Result<Version, ClientError> {
+    let resp = parse_response(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let Some(e) = resp.reply_as_error() {
+        return Err(server_error(&e));
+    }
+    let version = match kind {
+        fb::Reply::Put => resp.reply_as_put().map(|p| p.version()),
+        _ => resp.reply_as_delete().map(|d| d.version()),
+    };
+    match version {
+        Some(v) => Ok(Version(v.map(|v| v.bytes().to_vec()).unwrap_or_default())),
+        None => Err(ClientError::Protocol(
+            "a write answered with another reply".into(),
+        )),
+    }
+}

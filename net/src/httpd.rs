@@ -1,0 +1,428 @@
+//! The per-core HTTP server: the seed's API on top of [`http`](crate::http)'s sans-IO reader,
+//! answered through the core that owns each key.
+//!
+//! * Keep-alive and pipelined requests are answered in order, one at a time per connection.
+//! * Limits: the head ([`Limits`]), the body (`Content-Length` checked before any of it is
+//!   read: an oversized value is a 413 without being buffered), the connections a core keeps
+//!   open ([`HttpOptions::connections_max`]), and time: an idle keep-alive connection closes
+//!   after [`HttpOptions::idle_timeout`], a request whose head or body stalls after
+//!   [`HttpOptions::read_timeout`] (408).
+//! * Versions travel as hex strings (`{"version": "..."}`, `X-Dynacore-Version`, `If-Match`).
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::runtime::{self, TcpListener, TcpStream};
+use serde_json::json;
+
+use crate::cores::{Core, ShardOp, ShardReply};
+use crate::http::{
+    error_body, parse_head, parse_json_put, response, version_from_hex, version_to_hex, HttpError,
+    Limits, Quorum, RequestHead, Route,
+};
+use crate::metrics::{self, Op, Protocol};
+use crate::store::StoreError;
+
+/// The HTTP server's limits.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Head and body limits.
+    pub limits: Limits,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// How long the rest of a started request (head or body) may take to arrive.
+    pub read_timeout: Duration,
+    /// Connections one core keeps open; more are answered 503 and closed.
+    pub connections_max: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(30),
+            connections_max: 4096,
+        }
+    }
+}
+
+/// Accepts HTTP connections on `listener` until accepting fails.
+///
+/// # Errors
+/// The error that stopped `accept`.
+pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions) -> io::Result<()> {
+    let open = Rc::new(Cell::new(0usize));
+    let options = Rc::new(options);
+    loop {
+        let mut stream = listener.accept().await?;
+        core.metrics().connection(Protocol::Http);
+        if open.get() >= options.connections_max {
+            core.metrics().refused();
+            runtime::spawn_detached(async move {
+                let body = error_body("overloaded", "too many open HTTP connections");
+                let _ = stream
+                    .write_all(&response(
+                        503,
+                        "application/json",
+                        &[],
+                        body.as_bytes(),
+                        false,
+                    ))
+                    .await;
+            });
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (core, open, options) = (core.clone(), open.clone(), options.clone());
+        runtime::spawn_detached(async move {
+            if let Err(e) = serve_connection(stream, &core, &options).await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+            open.set(open.get() - 1);
+        });
+    }
+}
+
+/// Reads into `buf` with a deadline: `Ok(0)` at end of stream, `TimedOut` past it.
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    within: Duration,
+) -> io::Result<usize> {
+    let mut chunk = [0u8; 16 << 10];
+    match runtime::timeout(within, stream.read(&mut chunk)).await {
+        Some(Ok(n)) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(n)
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    core: &Core,
+    options: &HttpOptions,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        // The head: idle time allowed before its first byte, read time after.
+        let (head, head_len) = loop {
+            match parse_head(&buf, &options.limits) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => {
+                    let within = if buf.is_empty() {
+                        options.idle_timeout
+                    } else {
+                        options.read_timeout
+                    };
+                    match read_some(&mut stream, &mut buf, within).await {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut && buf.is_empty() => {
+                            return Ok(()); // idle keep-alive connection
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            let body =
+                                error_body("timeout", "the request head did not arrive in time");
+                            let r = response(408, "application/json", &[], body.as_bytes(), false);
+                            return stream.write_all(&r).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => {
+                    core.metrics().refused();
+                    return stream.write_all(&e.to_response()).await;
+                }
+            }
+        };
+        let started = Instant::now();
+        let end = head_len + head.content_length;
+        while buf.len() < end {
+            match read_some(&mut stream, &mut buf, options.read_timeout).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    let body = error_body("timeout", "the request body did not arrive in time");
+                    let r = response(408, "application/json", &[], body.as_bytes(), false);
+                    return stream.write_all(&r).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let keep_alive = head.keep_alive;
+        let (resp, op, ok, close) = match core.admit() {
+            Some(_admission) => {
+                let (resp, op, ok) = handle(core, &head, &buf[head_len..end]).await;
+                (resp, op, ok, !keep_alive)
+            }
+            None => {
+                let body = error_body("unavailable", "the node is shutting down");
+                let resp = response(503, "application/json", &[], body.as_bytes(), false);
+                (resp, Op::Other, false, true)
+            }
+        };
+        core.metrics()
+            .request(Protocol::Http, op, ok, started.elapsed());
+        stream.write_all(&resp).await?;
+        if close {
+            return Ok(());
+        }
+        buf.drain(..end);
+    }
+}
+
+/// A response: status, content type, extra headers, body.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    version: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            version: None,
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> Reply {
+        Reply::json(status, &json!({ "error": code, "message": message }))
+    }
+
+    fn from_http_error(e: &HttpError) -> Reply {
+        Reply::error(e.status(), e.code(), &e.message())
+    }
+
+    fn from_store_error(e: &StoreError) -> Reply {
+        match e {
+            StoreError::InvalidKey(m) => Reply::error(400, "invalid_key", m),
+            StoreError::ValueTooLarge(m) => Reply::error(413, "value_too_large", m),
+            StoreError::BadRequest(m) => Reply::error(400, "bad_request", m),
+            StoreError::ConditionFailed { current } => {
+                let version = version_to_hex(current);
+                let mut r = Reply::json(
+                    412,
+                    &json!({
+                        "error": "condition_failed",
+                        "message": "the version given in If-Match is not the current one",
+                        "version": version,
+                    }),
+                );
+                r.version = Some(version);
+                r
+            }
+            StoreError::Unavailable(m) => Reply::error(503, "unavailable", m),
+            StoreError::Timeout(m) => Reply::error(504, "timeout", m),
+            StoreError::Internal(m) => Reply::error(500, "internal", m),
+        }
+    }
+}
+
+/// Checks `?w=` / `?r=` against the replication factor.
+fn check_quorum(q: Quorum, rf: u8, name: &str) -> Result<(), HttpError> {
+    match q {
+        Quorum::Count(n) if n > rf => Err(HttpError::BadRequest(format!(
+            "{name}={n} is outside 1..={rf} (the replication factor)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, bool) {
+    let (op, reply) = match &head.route {
+        Route::Get(key) => (Op::Get, get(core, head, key).await),
+        Route::Put(key) => (Op::Put, put(core, head, key, body).await),
+        Route::Delete(key) => (Op::Delete, delete(core, head, key).await),
+        Route::Health => (Op::Other, health(core)),
+        Route::Cluster => (Op::Other, cluster(core)),
+        Route::Metrics => (Op::Other, metrics_text(core).await),
+    };
+    let reply = reply.unwrap_or_else(|r| r);
+    let ok = reply.status < 400;
+    let headers: Vec<(&str, &str)> = reply
+        .version
+        .as_deref()
+        .map(|v| vec![("X-Dynacore-Version", v)])
+        .unwrap_or_default();
+    let resp = response(
+        reply.status,
+        reply.content_type,
+        &headers,
+        &reply.body,
+        head.keep_alive,
+    );
+    (resp, op, ok)
+}
+
+async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
+    check_quorum(head.r, core.topology().replication_factor, "r")
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let op = ShardOp::Get { key: key.to_vec() };
+    let found = match core.execute(op, core.default_timeout()).await {
+        ShardReply::Get(Ok(found)) => found,
+        ShardReply::Get(Err(e)) => return Err(Reply::from_store_error(&e)),
+        _ => return Err(mismatch()),
+    };
+    let Some(found) = found else {
+        return Err(Reply::error(404, "not_found", "no value for this key"));
+    };
+    let version = version_to_hex(&found.version);
+    if head.accept_raw {
+        return Ok(Reply {
+            status: 200,
+            content_type: "application/octet-stream",
+            version: Some(version),
+            body: found.value,
+        });
+    }
+    let Ok(value) = String::from_utf8(found.value) else {
+        return Err(Reply::error(
+            406,
+            "not_utf8",
+            "the value is not UTF-8 text; read it with Accept: application/octet-stream",
+        ));
+    };
+    let mut r = Reply::json(200, &json!({ "value": value, "version": version }));
+    r.version = Some(version);
+    Ok(r)
+}
+
+fn expected_version(head: &RequestHead) -> Result<Option<Vec<u8>>, Reply> {
+    head.if_match
+        .as_deref()
+        .map(version_from_hex)
+        .transpose()
+        .map_err(|e| Reply::from_http_error(&e))
+}
+
+async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result<Reply, Reply> {
+    check_quorum(head.w, core.topology().replication_factor, "w")
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let (value, ttl_seconds) = if head.raw_body {
+        (body.to_vec(), head.ttl_seconds)
+    } else {
+        let (value, ttl) = parse_json_put(body).map_err(|e| Reply::from_http_error(&e))?;
+        (value, ttl.or(head.ttl_seconds))
+    };
+    let op = ShardOp::Put {
+        key: key.to_vec(),
+        value,
+        ttl_seconds: ttl_seconds.filter(|&t| t > 0),
+        expected: expected_version(head)?,
+    };
+    written(core.execute(op, core.default_timeout()).await)
+}
+
+async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
+    check_quorum(head.w, core.topology().replication_factor, "w")
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let op = ShardOp::Delete {
+        key: key.to_vec(),
+        expected: expected_version(head)?,
+    };
+    written(core.execute(op, core.default_timeout()).await)
+}
+
+fn written(reply: ShardReply) -> Result<Reply, Reply> {
+    match reply {
+        ShardReply::Written(Ok(version)) => {
+            let version = version_to_hex(&version);
+            let mut r = Reply::json(200, &json!({ "version": version }));
+            r.version = Some(version);
+            Ok(r)
+        }
+        ShardReply::Written(Err(e)) => Err(Reply::from_store_error(&e)),
+        _ => Err(mismatch()),
+    }
+}
+
+fn mismatch() -> Reply {
+    // INVARIANT: a core answers each operation with its own kind of reply.
+    debug_assert!(false, "mismatched reply from a core");
+    Reply::error(500, "internal", "mismatched reply from a core")
+}
+
+fn health(core: &Core) -> Result<Reply, Reply> {
+    if core.shared().is_closing() {
+        return Err(Reply::json(503, &json!({ "status": "shutting_down" })));
+    }
+    Ok(Reply::json(
+        200,
+        &json!({
+            "status": "ok",
+            "cores": core.shards(),
+            "uptime_seconds": core.shared().uptime().as_secs(),
+        }),
+    ))
+}
+
+fn cluster(core: &Core) -> Result<Reply, Reply> {
+    let t = core.topology();
+    let ownership = t.ring.ownership();
+    let vnodes_of = |id| t.ring.vnodes().iter().filter(|v| v.node == id).count();
+    let nodes: Vec<_> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            #[allow(clippy::cast_precision_loss)]
+            let owned = ownership.get(&n.id).copied().unwrap_or(0) as f64 / (1u128 << 64) as f64;
+            json!({
+                "id": n.id.to_string(),
+                "host": n.host,
+                "port": n.base_port,
+                "shard_ports": (0..n.shards).map(|s| u32::from(n.base_port) + 1 + s).collect::<Vec<_>>(),
+                "shards": n.shards,
+                "vnodes": vnodes_of(n.id),
+                "owned_fraction": owned,
+                "status": "normal",
+            })
+        })
+        .collect();
+    let mut per_shard = vec![0usize; core.shards() as usize];
+    for v in t.ring.vnodes() {
+        per_shard[crate::ring::shard_for_vnode(v.token, core.shards()) as usize] += 1;
+    }
+    Ok(Reply::json(
+        200,
+        &json!({
+            "nodes": nodes,
+            "replication_factor": t.replication_factor,
+            "vnodes": t.ring.vnodes().len(),
+            "vnodes_per_shard": per_shard,
+            "ownership_balance": t.ring.ownership_balance(),
+        }),
+    ))
+}
+
+async fn metrics_text(core: &Core) -> Result<Reply, Reply> {
+    let mut stats = Vec::with_capacity(core.shards() as usize);
+    for shard in 0..core.shards() {
+        stats.push(
+            match core
+                .execute_on(shard, ShardOp::Stats, Duration::from_secs(2))
+                .await
+            {
+                ShardReply::Stats(s) => Some(*s),
+                _ => None,
+            },
+        );
+    }
+    let text = metrics::render(core.shared().metrics(), &stats, core.shared().uptime());
+    Ok(Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        version: None,
+        body: text.into_bytes(),
+    })
+}

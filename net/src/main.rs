@@ -1,0 +1,295 @@
+//! `dynacore`: the server (`dynacore serve`) and a command-line client
+//! (`dynacore put|get|delete|status`).
+//!
+//! Exit codes: 0 done (or found), 1 not found (`get`) or the node failed at run time,
+//! 2 an error (bad arguments or configuration, unreachable node, a server error).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dynacore_engine::runtime;
+use dynacore_net::client::{Client, ClientError, ClientOptions, Version, WriteOptions};
+use dynacore_net::node::{self, NodeConfig, NodeError, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dynacore",
+    version,
+    about = "Dynacore: a distributed key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node (every setting has a default: `dynacore serve` just works).
+    Serve {
+        /// A TOML file of settings (flags override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory [default: ./dynacore-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Binary protocol address; core i also listens on port + 1 + i [default: 127.0.0.1:7400].
+        #[arg(long)]
+        listen: Option<String>,
+        /// HTTP API address [default: 127.0.0.1:8400].
+        #[arg(long)]
+        http: Option<String>,
+        /// Executors (shards) [default: one per online CPU].
+        #[arg(long)]
+        cores: Option<u32>,
+        /// Do not pin executors to CPUs.
+        #[arg(long)]
+        no_pin: bool,
+        /// When writes are acknowledged: sync, periodic:<ms> or none [default: sync].
+        #[arg(long)]
+        durability: Option<String>,
+    },
+    /// Store a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Write only if the key's version is still this one (hex, as `get -v` prints it).
+        #[arg(long)]
+        if_version: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a value (exit code 1 when absent).
+    Get {
+        /// The key.
+        key: String,
+        /// Also print the version on stderr.
+        #[arg(short, long)]
+        verbose: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the cluster as the node sees it.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// A node's binary protocol address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    addr: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            http,
+            cores,
+            no_pin,
+            durability,
+        } => {
+            init_logging();
+            let flags = Overrides {
+                data_dir,
+                listen,
+                http,
+                cores,
+                no_pin,
+                durability,
+            };
+            serve(config.as_deref(), &flags)
+        }
+        Command::Put {
+            key,
+            value,
+            ttl,
+            if_version,
+            target,
+        } => client_command(&target, move |client| async move {
+            let expected = if_version.map(|v| v.parse::<Version>()).transpose()?;
+            let options = WriteOptions {
+                ttl: ttl.map(Duration::from_secs),
+                expected,
+                w: None,
+            };
+            let version = client
+                .put_with(key.as_bytes(), value.as_bytes(), &options)
+                .await?;
+            println!("{version}");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Get {
+            key,
+            verbose,
+            target,
+        } => client_command(&target, move |client| async move {
+            match client.get(key.as_bytes()).await? {
+                Some(v) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&v.value);
+                    let _ = out.write_all(b"\n");
+                    if verbose {
+                        eprintln!("version {}", v.version);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("not found");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }),
+        Command::Delete { key, target } => client_command(&target, move |client| async move {
+            let version = client.delete(key.as_bytes()).await?;
+            println!("deleted (tombstone version {version})");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Status { target } => client_command(&target, move |client| async move {
+            let view = client.cluster();
+            println!(
+                "replication factor {}, {} vnodes, ownership balance {:.3}",
+                view.replication_factor,
+                view.ring.vnodes().len(),
+                view.ring.ownership_balance()
+            );
+            for n in &view.nodes {
+                let addr = SocketAddr::new(
+                    n.host
+                        .parse()
+                        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                    n.base_port,
+                );
+                let state = match client.ping(addr).await {
+                    Ok(rtt) => format!("up (ping {} us)", rtt.as_micros()),
+                    Err(e) => format!("unreachable ({e})"),
+                };
+                println!(
+                    "node {} {}:{} cores {} (ports {}-{}) {state}",
+                    n.id,
+                    n.host,
+                    n.base_port,
+                    n.shards,
+                    u32::from(n.base_port) + 1,
+                    u32::from(n.base_port) + n.shards
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn serve(config: Option<&std::path::Path>, flags: &Overrides) -> ExitCode {
+    let text = match config.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dynacore: cannot read the config file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match NodeConfig::build(text.as_deref(), flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dynacore: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = node::run(config, |ready| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{ready}");
+        let _ = out.flush();
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(NodeError::Config(m)) => {
+            eprintln!("dynacore: {m}");
+            ExitCode::from(2)
+        }
+        Err(NodeError::Runtime(m)) => {
+            eprintln!("dynacore: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `f` with a client connected to `target` on a small executor; errors exit with 2.
+fn client_command<F, Fut>(target: &Target, f: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<ExitCode, ClientError>> + 'static,
+{
+    let addr: SocketAddr = match target.addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!(
+                "dynacore: --addr must be ip:port, such as 127.0.0.1:7400, not {:?}",
+                target.addr
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let options = ClientOptions {
+        timeout: Duration::from_millis(target.timeout_ms.max(1)),
+        ..ClientOptions::default()
+    };
+    let outcome = runtime::spawn_executor("dynacore-cli", None, 1 << 20, move || async move {
+        let client = Client::connect_with(&[addr], options).await?;
+        f(client).await
+    })
+    .and_then(runtime::ExecutorHandle::join);
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("dynacore: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("dynacore: cannot start the client: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

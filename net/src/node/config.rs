@@ -1,0 +1,308 @@
+//! The node's settings: built-in defaults, overridden by a TOML file, overridden by flags.
+//!
+//! ```toml
+//! data_dir = "./dynacore-data"
+//! listen = "127.0.0.1:7400"      # binary protocol; core i also listens on port + 1 + i
+//! http = "127.0.0.1:8400"
+//! cores = 4                      # default: every online CPU
+//! pin = true                     # pin core i's executor to the i-th online CPU
+//! durability = "sync"            # "sync", "periodic:<ms>" or "none"
+//! vnodes = 256
+//! request_timeout_ms = 5000
+//! io_memory_mib = 10             # each executor's DMA arena (locked memory)
+//! memtable_mib = 64
+//! http_idle_timeout_s = 60
+//! http_connections_max = 4096    # per core
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dynacore_engine::Durability;
+
+/// Why a configuration is refused (the process exits with code 2).
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Everything `dynacore serve` can be told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    /// Where the node keeps its shards (`shard-<i>/`) and its identity (`NODE`).
+    pub data_dir: PathBuf,
+    /// The binary protocol's shared port; core `i` also listens on `port + 1 + i`.
+    pub listen: SocketAddr,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    /// Executors (shards); `None`: one per online CPU.
+    pub cores: Option<u32>,
+    /// Pin each executor to its own CPU.
+    pub pin: bool,
+    /// When a write is acknowledged.
+    pub durability: Durability,
+    /// Vnodes of this node on the ring.
+    pub vnodes: u16,
+    /// How long a request may take when its client does not say.
+    pub request_timeout: Duration,
+    /// Each executor's DMA arena, in bytes.
+    pub io_memory_bytes: usize,
+    /// Memtable size per shard, in bytes.
+    pub memtable_bytes: usize,
+    /// Idle time after which a keep-alive HTTP connection is closed.
+    pub http_idle_timeout: Duration,
+    /// HTTP connections one core keeps open.
+    pub http_connections_max: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./dynacore-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http: SocketAddr::from(([127, 0, 0, 1], 8400)),
+            cores: None,
+            pin: true,
+            durability: Durability::Sync,
+            vnodes: crate::ring::VNODES_DEFAULT,
+            request_timeout: Duration::from_secs(5),
+            io_memory_bytes: 10 << 20,
+            memtable_bytes: 64 << 20,
+            http_idle_timeout: Duration::from_secs(60),
+            http_connections_max: 4096,
+        }
+    }
+}
+
+/// The TOML file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    http: Option<String>,
+    cores: Option<u32>,
+    pin: Option<bool>,
+    durability: Option<String>,
+    vnodes: Option<u16>,
+    request_timeout_ms: Option<u64>,
+    io_memory_mib: Option<usize>,
+    memtable_mib: Option<usize>,
+    http_idle_timeout_s: Option<u64>,
+    http_connections_max: Option<usize>,
+}
+
+/// Overrides given on the command line (`None`: not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--http`.
+    pub http: Option<String>,
+    /// `--cores`.
+    pub cores: Option<u32>,
+    /// `--no-pin`.
+    pub no_pin: bool,
+    /// `--durability`.
+    pub durability: Option<String>,
+}
+
+/// Parses `sync`, `periodic:<ms>` or `none`.
+///
+/// # Errors
+/// [`ConfigError`] naming what is accepted.
+pub fn parse_durability(s: &str) -> Result<Durability, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "durability must be sync, periodic:<milliseconds> or none, not {s:?}"
+        ))
+    };
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "none" => Ok(Durability::None),
+        _ => match s.strip_prefix("periodic:").map(str::parse::<u64>) {
+            Some(Ok(ms)) if ms > 0 => Ok(Durability::Periodic(ms)),
+            _ => Err(bad()),
+        },
+    }
+}
+
+fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError(format!(
+            "{what} must be an ip:port address such as 127.0.0.1:7400, not {s:?}"
+        ))
+    })
+}
+
+impl NodeConfig {
+    /// The defaults, then `file` (TOML text, if any), then `flags`; checked.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a file that does not parse, an unknown key, or a value out of range.
+    pub fn build(file: Option<&str>, flags: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let mut c = NodeConfig::default();
+        if let Some(text) = file {
+            let f: FileConfig =
+                toml::from_str(text).map_err(|e| ConfigError(format!("config file: {e}")))?;
+            if let Some(v) = f.data_dir {
+                c.data_dir = v;
+            }
+            if let Some(v) = f.listen {
+                c.listen = parse_addr("listen", &v)?;
+            }
+            if let Some(v) = f.http {
+                c.http = parse_addr("http", &v)?;
+            }
+            if f.cores.is_some() {
+                c.cores = f.cores;
+            }
+            if let Some(v) = f.pin {
+                c.pin = v;
+            }
+            if let Some(v) = f.durability {
+                c.durability = parse_durability(&v)?;
+            }
+            if let Some(v) = f.vnodes {
+                c.vnodes = v;
+            }
+            if let Some(v) = f.request_timeout_ms {
+                c.request_timeout = Duration::from_millis(v);
+            }
+            if let Some(v) = f.io_memory_mib {
+                c.io_memory_bytes = v.saturating_mul(1 << 20);
+            }
+            if let Some(v) = f.memtable_mib {
+                c.memtable_bytes = v.saturating_mul(1 << 20);
+            }
+            if let Some(v) = f.http_idle_timeout_s {
+                c.http_idle_timeout = Duration::from_secs(v);
+            }
+            if let Some(v) = f.http_connections_max {
+                c.http_connections_max = v;
+            }
+        }
+        if let Some(v) = &flags.data_dir {
+            c.data_dir.clone_from(v);
+        }
+        if let Some(v) = &flags.listen {
+            c.listen = parse_addr("--listen", v)?;
+        }
+        if let Some(v) = &flags.http {
+            c.http = parse_addr("--http", v)?;
+        }
+        if flags.cores.is_some() {
+            c.cores = flags.cores;
+        }
+        if flags.no_pin {
+            c.pin = false;
+        }
+        if let Some(v) = &flags.durability {
+            c.durability = parse_durability(v)?;
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if let Some(n) = self.cores {
+            if n == 0 || n > 1024 {
+                return err(format!("cores must be 1..=1024, not {n}"));
+            }
+            let last = u32::from(self.listen.port()) + n;
+            if self.listen.port() != 0 && last > u32::from(u16::MAX) {
+                return err(format!(
+                    "listen port {} plus one port per core ({n}) passes 65535",
+                    self.listen.port()
+                ));
+            }
+        }
+        if self.vnodes == 0 {
+            return err("vnodes must be at least 1".to_owned());
+        }
+        if self.request_timeout.is_zero() {
+            return err("request_timeout_ms must be at least 1".to_owned());
+        }
+        if self.io_memory_bytes < (1 << 20) {
+            return err("io_memory_mib must be at least 1".to_owned());
+        }
+        if self.memtable_bytes < (1 << 20) {
+            return err("memtable_mib must be at least 1".to_owned());
+        }
+        if self.http_connections_max == 0 {
+            return err("http_connections_max must be at least 1".to_owned());
+        }
+        if self.http_idle_timeout.is_zero() {
+            return err("http_idle_timeout_s must be at least 1".to_owned());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return err("data_dir must not be empty".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let c = NodeConfig::build(None, &Overrides::default()).expect("defaults");
+        assert_eq!(c, NodeConfig::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7400");
+        assert_eq!(c.http.to_string(), "127.0.0.1:8400");
+        let file = "cores = 2\ndurability = \"periodic:10\"\nlisten = \"127.0.0.1:9000\"\n";
+        let c = NodeConfig::build(Some(file), &Overrides::default()).expect("file");
+        assert_eq!(
+            (c.cores, c.durability, c.listen.port()),
+            (Some(2), Durability::Periodic(10), 9000)
+        );
+        let flags = Overrides {
+            cores: Some(1),
+            durability: Some("none".to_owned()),
+            no_pin: true,
+            ..Overrides::default()
+        };
+        let c = NodeConfig::build(Some(file), &flags).expect("flags");
+        assert_eq!(
+            (c.cores, c.durability, c.pin, c.listen.port()),
+            (Some(1), Durability::None, false, 9000)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let bad = |file: &str| {
+            NodeConfig::build(Some(file), &Overrides::default())
+                .expect_err(file)
+                .0
+        };
+        assert!(bad("colours = 3").contains("unknown field"));
+        assert!(bad("cores = 0").contains("cores must be"));
+        assert!(bad("durability = \"always\"").contains("durability must be"));
+        assert!(bad("durability = \"periodic:0\"").contains("durability must be"));
+        assert!(bad("listen = \"localhost\"").contains("listen must be"));
+        assert!(bad("listen = \"127.0.0.1:65535\"\ncores = 2").contains("passes 65535"));
+        assert!(bad("vnodes = 0").contains("vnodes"));
+        assert!(bad("cores = [").contains("config file"));
+        let flags = Overrides {
+            http: Some("nowhere".to_owned()),
+            ..Overrides::default()
+        };
+        assert!(NodeConfig::build(None, &flags)
+            .expect_err("bad flag")
+            .0
+            .contains("--http"));
+    }
+}

@@ -1,0 +1,474 @@
+//! `dynacore serve`: one node — one pinned executor per core, each with its own engine shard
+//! under `<data-dir>/shard-<i>/`, its own binary-protocol port (`listen` port + 1 + i), and a
+//! share of the node's common binary and HTTP ports (every core listens on them with
+//! `SO_REUSEPORT`, so the kernel spreads connections over the cores; a request for a key
+//! another core owns is forwarded to it, see [`cores`](crate::cores)).
+//!
+//! Start-up: the settings are checked (a bad one is [`NodeError::Config`], exit code 2), the
+//! data directory's identity file `NODE` is created or checked (its shard count must match),
+//! every port is checked free, the executors open their shards and bind, and then the node
+//! prints one `ready` line on stdout.
+//!
+//! Shutdown (SIGINT or SIGTERM): no new request is admitted (such a request is answered
+//! "unavailable" and its connection closed), the listeners close, the node waits for every
+//! admitted request to be answered (at most the request timeout plus a second), then each
+//! core closes its shard — the WAL written and synced — and the process exits 0. A second
+//! signal exits at once with code 130.
+
+pub mod config;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::version::{ActorId, ClockHandle};
+use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
+
+use crate::cores::{serve_inbox, Core, NodeShared};
+use crate::dispatch::{NodeDesc, Topology};
+use crate::httpd::{serve_http, HttpOptions};
+use crate::ring::{NodeId, Ring};
+use crate::server::serve_binary;
+use crate::store::LocalStore;
+pub use config::{ConfigError, NodeConfig, Overrides};
+
+/// Why the node did not start or did not stop cleanly.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The settings or the data directory do not allow starting (exit code 2).
+    Config(String),
+    /// Start-up or shutdown failed (exit code 1).
+    Runtime(String),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Config(m) | NodeError::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl From<ConfigError> for NodeError {
+    fn from(e: ConfigError) -> Self {
+        NodeError::Config(e.0)
+    }
+}
+
+/// Name of the identity file in the data directory.
+pub const NODE_FILE: &str = "NODE";
+
+/// What the data directory records about the node that owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeMeta {
+    /// The node's id, generated at its first start.
+    pub node_id: NodeId,
+    /// Its shard count: the data is split this way.
+    pub shards: u32,
+    /// Its vnode count: the ring depends on it.
+    pub vnodes: u16,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaFile {
+    format: u32,
+    node_id: String,
+    shards: u32,
+    vnodes: u16,
+}
+
+/// Reads the data directory's identity, or creates it (durably: written, synced, renamed,
+/// directory synced) for a new node with `shards` and `vnodes`. An existing identity with
+/// another shard or vnode count is refused: the data is split by them.
+///
+/// # Errors
+/// [`NodeError::Config`] for a mismatch or an unreadable identity file;
+/// [`NodeError::Runtime`] for I/O errors.
+pub fn load_or_create_meta(dir: &Path, shards: u32, vnodes: u16) -> Result<NodeMeta, NodeError> {
+    let path = dir.join(NODE_FILE);
+    let io = |what: &str, e: std::io::Error| {
+        NodeError::Runtime(format!("{what} {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let m: MetaFile = toml::from_str(&text)
+                .map_err(|e| NodeError::Config(format!("{} is damaged: {e}", path.display())))?;
+            let node_id = u64::from_str_radix(&m.node_id, 16).map_err(|_| {
+                NodeError::Config(format!("{}: bad node_id {:?}", path.display(), m.node_id))
+            })?;
+            if m.format != 1 {
+                return Err(NodeError::Config(format!(
+                    "{}: format {} is not known to this version",
+                    path.display(),
+                    m.format
+                )));
+            }
+            if m.shards != shards {
+                return Err(NodeError::Config(format!(
+                    "the data in {} is split into {} shards, but this node was started with {shards} \
+                     cores; start it with --cores {} (resharding does not exist yet)",
+                    dir.display(),
+                    m.shards,
+                    m.shards
+                )));
+            }
+            if m.vnodes != vnodes {
+                return Err(NodeError::Config(format!(
+                    "the node in {} has {} vnodes, but this configuration says {vnodes}; \
+                     changing it would move data (set vnodes = {})",
+                    dir.display(),
+                    m.vnodes,
+                    m.vnodes
+                )));
+            }
+            Ok(NodeMeta {
+                node_id: NodeId(node_id),
+                shards,
+                vnodes,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| io("cannot create the directory of", e))?;
+            let meta = NodeMeta {
+                node_id: NodeId(rand::random::<u64>()),
+                shards,
+                vnodes,
+            };
+            let text = format!(
+                "# This node's identity, written at its first start. Do not edit: the data is\n\
+                 # split by these numbers.\nformat = 1\nnode_id = \"{}\"\nshards = {shards}\nvnodes = {vnodes}\n",
+                meta.node_id
+            );
+            let tmp = dir.join(format!("{NODE_FILE}.tmp"));
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io("cannot write", e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename into", e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("cannot sync the directory of", e))?;
+            Ok(meta)
+        }
+        Err(e) => Err(io("cannot read", e)),
+    }
+}
+
+/// Checks that nothing listens on `addr` (the executors bind with `SO_REUSEPORT`, which would
+/// otherwise silently share a port with another node).
+fn check_free(addr: SocketAddr, what: &str) -> Result<(), NodeError> {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|e| {
+        NodeError::Config(format!(
+            "cannot listen on {addr} ({what}): {e} — is another node running?"
+        ))
+    })
+}
+
+/// Picks a base port whose `count` following ports are free too (for `listen` port 0).
+fn pick_free_ports(ip: std::net::IpAddr, count: u16) -> Result<u16, NodeError> {
+    for _ in 0..64 {
+        let base: u16 = rand::random::<u16>() % 20_000 + 20_000;
+        let free = (0..=count).all(|i| std::net::TcpListener::bind((ip, base + i)).is_ok());
+        if free {
+            return Ok(base);
+        }
+    }
+    Err(NodeError::Config(format!(
+        "found no {} consecutive free ports on {ip}",
+        count + 1
+    )))
+}
+
+/// The addresses a running node serves.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// The shared binary port.
+    pub listen: SocketAddr,
+    /// Core `i`'s own port.
+    pub shard_ports: Vec<SocketAddr>,
+    /// The HTTP API.
+    pub http: SocketAddr,
+    /// The node.
+    pub node_id: NodeId,
+}
+
+impl std::fmt::Display for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = self.shard_ports.first().map_or(0, SocketAddr::port);
+        let last = self.shard_ports.last().map_or(0, SocketAddr::port);
+        write!(
+            f,
+            "ready node={} binary={} shards={}:{first}-{last} http={} cores={}",
+            self.node_id,
+            self.listen,
+            self.listen.ip(),
+            self.http,
+            self.shard_ports.len()
+        )
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM; `on_ready` is called once it accepts requests.
+///
+/// # Errors
+/// [`NodeError::Config`] (exit code 2) or [`NodeError::Runtime`] (exit code 1).
+#[allow(clippy::too_many_lines)]
+pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), NodeError> {
+    let cpus = runtime::online_cpus()
+        .map_err(|e| NodeError::Runtime(format!("cannot read the CPU topology: {e}")))?;
+    let cores = config
+        .cores
+        .unwrap_or_else(|| u32::try_from(cpus.len()).unwrap_or(1).max(1));
+    if config.pin && cores as usize > cpus.len() {
+        return Err(NodeError::Config(format!(
+            "cannot pin {cores} cores on a machine with {} online CPUs (use fewer --cores, or --no-pin)",
+            cpus.len()
+        )));
+    }
+    let shard_count =
+        u16::try_from(cores).map_err(|_| NodeError::Config("too many cores".into()))?;
+    if config.listen.port() == 0 {
+        let base = pick_free_ports(config.listen.ip(), shard_count)?;
+        config.listen.set_port(base);
+    } else if u32::from(config.listen.port()) + cores > u32::from(u16::MAX) {
+        return Err(NodeError::Config(format!(
+            "listen port {} plus one port per core ({cores}) passes 65535",
+            config.listen.port()
+        )));
+    }
+    let shard_addrs: Vec<SocketAddr> = (1..=shard_count)
+        .map(|i| SocketAddr::new(config.listen.ip(), config.listen.port() + i))
+        .collect();
+    if config.http.port() == 0 {
+        let probe = std::net::TcpListener::bind(config.http)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http)))?;
+        config.http = probe;
+    }
+    check_free(config.listen, "binary protocol")?;
+    for a in &shard_addrs {
+        check_free(*a, "a core's binary port")?;
+    }
+    check_free(config.http, "HTTP")?;
+    let meta = load_or_create_meta(&config.data_dir, cores, config.vnodes)?;
+    let ring = Ring::new(&[(meta.node_id, config.vnodes)])
+        .map_err(|e| NodeError::Runtime(format!("cannot build the ring: {e}")))?;
+    let topology = Topology {
+        nodes: vec![NodeDesc {
+            id: meta.node_id,
+            host: config.listen.ip().to_string(),
+            base_port: config.listen.port(),
+            shards: cores,
+        }],
+        ring,
+        replication_factor: 1,
+    };
+    let (shared, inboxes) = NodeShared::new(cores);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
+    let mut controls = Vec::new();
+    let mut executors = Vec::new();
+    let config = Arc::new(config);
+    for (i, inbox) in (0..cores).zip(inboxes) {
+        let (control_tx, control_rx) = flume::bounded::<()>(1);
+        controls.push(control_tx);
+        let cpu = config.pin.then(|| cpus[i as usize]);
+        let (config, topology, core_shared, ready_tx) = (
+            config.clone(),
+            topology.clone(),
+            shared.clone(),
+            ready_tx.clone(),
+        );
+        let shard_addr = shard_addrs[i as usize];
+        let spawned = runtime::spawn_executor(
+            &format!("dynacore-core-{i}"),
+            cpu,
+            config.io_memory_bytes,
+            move || async move {
+                core_main(CoreStart {
+                    index: i,
+                    config,
+                    node_id: meta.node_id,
+                    topology,
+                    shared: core_shared,
+                    inbox,
+                    control: control_rx,
+                    shard_addr,
+                    ready: ready_tx,
+                })
+                .await
+            },
+        );
+        match spawned {
+            Ok(handle) => executors.push(handle),
+            Err(e) => {
+                stop_all(&shared, &controls);
+                join_all(executors);
+                return Err(NodeError::Runtime(format!("cannot start core {i}: {e}")));
+            }
+        }
+    }
+    drop(ready_tx);
+    install_signal_handler(shared.clone(), controls.clone())?;
+    let mut failure = None;
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a core stopped during start-up".to_owned());
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        stop_all(&shared, &controls);
+        join_all(executors);
+        return Err(NodeError::Runtime(e));
+    }
+    on_ready(&Ready {
+        listen: config.listen,
+        shard_ports: shard_addrs,
+        http: config.http,
+        node_id: meta.node_id,
+    });
+    let errors = join_all(executors);
+    if errors.is_empty() {
+        tracing::info!("stopped cleanly");
+        Ok(())
+    } else {
+        Err(NodeError::Runtime(errors.join("; ")))
+    }
+}
+
+fn stop_all(shared: &NodeShared, controls: &[flume::Sender<()>]) {
+    shared.start_closing();
+    for c in controls {
+        let _ = c.try_send(());
+    }
+}
+
+fn join_all(executors: Vec<runtime::ExecutorHandle<Result<(), String>>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, e) in executors.into_iter().enumerate() {
+        match e.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(m)) => errors.push(format!("core {i}: {m}")),
+            Err(m) => errors.push(format!("core {i} failed: {m}")),
+        }
+    }
+    errors
+}
+
+fn install_signal_handler(
+    shared: Arc<NodeShared>,
+    controls: Vec<flume::Sender<()>>,
+) -> Result<(), NodeError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| NodeError::Runtime(format!("cannot handle signals: {e}")))?;
+    std::thread::Builder::new()
+        .name("dynacore-signals".to_owned())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    tracing::warn!(signal = sig, "second signal: exiting now");
+                    std::process::exit(130);
+                }
+                tracing::info!(signal = sig, "shutting down: finishing requests in flight");
+                stop_all(&shared, &controls);
+            }
+        })
+        .map(drop)
+        .map_err(|e| NodeError::Runtime(format!("cannot start the signal thread: {e}")))
+}
+
+struct CoreStart {
+    index: u32,
+    config: Arc<NodeConfig>,
+    node_id: NodeId,
+    topology: Topology,
+    shared: Arc<NodeShared>,
+    inbox: flume::Receiver<crate::cores::Forward>,
+    control: flume::Receiver<()>,
+    shard_addr: SocketAddr,
+    ready: std::sync::mpsc::Sender<Result<u32, String>>,
+}
+
+async fn core_main(s: CoreStart) -> Result<(), String> {
+    let i = s.index;
+    let mut options = ShardOptions::new(s.config.data_dir.join(format!("shard-{i}")), ShardId(i));
+    options.durability = s.config.durability;
+    options.memtable_bytes_max = s.config.memtable_bytes;
+    let shard = match Shard::open(options).await {
+        Ok(shard) => shard,
+        Err(e) => {
+            let m = format!("cannot open shard {i}: {e}");
+            let _ = s.ready.send(Err(m.clone()));
+            return Err(m);
+        }
+    };
+    let store = LocalStore::new(shard.clone(), ActorId(s.node_id.0), ClockHandle::system());
+    let core = Core::new(
+        i,
+        store,
+        Rc::new(s.topology),
+        s.shared.clone(),
+        s.config.request_timeout,
+    );
+    runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
+    let bound = (|| {
+        let main = runtime::TcpListener::bind(s.config.listen)?;
+        let own = runtime::TcpListener::bind(s.shard_addr)?;
+        let http = runtime::TcpListener::bind(s.config.http)?;
+        Ok::<_, std::io::Error>((main, own, http))
+    })();
+    let (main, own, http) = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            let m = format!("core {i} cannot listen: {e}");
+            let _ = s.ready.send(Err(m.clone()));
+            let _ = shard.close().await;
+            return Err(m);
+        }
+    };
+    let http_options = HttpOptions {
+        idle_timeout: s.config.http_idle_timeout,
+        connections_max: s.config.http_connections_max,
+        ..HttpOptions::default()
+    };
+    let listeners = vec![
+        runtime::spawn(serve_binary(main, core.clone())),
+        runtime::spawn(serve_binary(own, core.clone())),
+        runtime::spawn(serve_http(http, core.clone(), http_options)),
+    ];
+    tracing::debug!(core = i, "ready");
+    let _ = s.ready.send(Ok(i));
+    // Until shutdown is asked for (or the node's start-up failed elsewhere).
+    let _ = s.control.recv_async().await;
+    drop(listeners);
+    let deadline = Instant::now() + s.config.request_timeout + Duration::from_secs(1);
+    while s.shared.in_flight() > 0 && Instant::now() < deadline {
+        runtime::sleep(Duration::from_millis(2)).await;
+    }
+    if s.shared.in_flight() > 0 {
+        tracing::warn!(
+            core = i,
+            in_flight = s.shared.in_flight(),
+            "requests still running at shutdown"
+        );
+    }
+    shard
+        .close()
+        .await
+        .map_err(|e| format!("closing shard {i} failed: {e}"))
+}
