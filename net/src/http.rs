@@ -268,10 +268,16 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
             }
         }
     }
-    if head.content_length > limits.body_bytes_max {
+    // A raw body is the value itself; a JSON body may add an envelope around it.
+    let body_max = if head.raw_body {
+        limits.body_bytes_max.min(VALUE_BYTES_MAX)
+    } else {
+        limits.body_bytes_max
+    };
+    if head.content_length > body_max {
         return Err(HttpError::PayloadTooLarge {
             len: head.content_length,
-            max: limits.body_bytes_max,
+            max: body_max,
         });
     }
     if matches!(head.route, Route::Put(_)) && !length_given {
@@ -581,6 +587,20 @@ mod tests {
                 "PUT /keys/a HTTP/1.1\r\nContent-Length: {big}\r\n\r\n"
             )),
             413
+        );
+        // A raw value one byte over 10 MiB: refused too (no envelope to allow for).
+        let raw = VALUE_BYTES_MAX + 1;
+        assert_eq!(
+            status(&format!(
+                "PUT /keys/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {raw}\r\n\r\n"
+            )),
+            413
+        );
+        assert_eq!(
+            status(&format!(
+                "PUT /keys/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {VALUE_BYTES_MAX}\r\n\r\n"
+            )),
+            200
         );
         assert_eq!(status("GARBAGE\r\n\r\n"), 400);
         let e = HttpError::NotFound.to_response();

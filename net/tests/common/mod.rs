@@ -1,0 +1,309 @@
+//! Helpers for tests that run the real `dynacore` binary: start a node on free loopback ports
+//! in a disk-backed temporary directory, talk HTTP and raw frames to it, run SDK code on an
+//! executor, and stop it. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dynacore_engine::runtime;
+
+/// How long any single wait in these tests may take.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// A disk-backed temporary directory (never tmpfs: glommio drops O_DIRECT there).
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+/// A running node.
+pub struct Node {
+    pub child: Child,
+    /// The shared binary port.
+    pub addr: SocketAddr,
+    /// Core `i`'s port.
+    pub shard_ports: Vec<SocketAddr>,
+    pub http: SocketAddr,
+    /// What the node wrote to stderr is in this file.
+    pub log: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `dynacore` command.
+pub fn dynacore() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dynacore"))
+}
+
+/// Starts `dynacore serve` on `data_dir` with `cores` unpinned cores on free ports (plus
+/// `extra` arguments), and waits for its `ready` line.
+pub fn start(data_dir: &Path, cores: u32, extra: &[&str]) -> Node {
+    try_start(data_dir, cores, extra)
+        .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
+}
+
+/// As [`start`], or the exit status and stderr of a node that did not start.
+pub fn try_start(
+    data_dir: &Path,
+    cores: u32,
+    extra: &[&str],
+) -> Result<Node, (Option<ExitStatus>, String)> {
+    let log = data_dir.with_extension(format!("log-{}", std::process::id()));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let cores = cores.to_string();
+    let mut child = dynacore()
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--no-pin",
+        ])
+        .args(["--cores", &cores])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn dynacore");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep reading so that the node never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let Ok(line) = rx.recv_timeout(BOUND) else {
+        let status = wait_exit(&mut child, Duration::from_secs(5));
+        let _ = child.kill();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        return Err((status, text));
+    };
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .to_owned()
+    };
+    assert!(line.starts_with("ready "), "first line: {line:?}");
+    let addr: SocketAddr = field("binary").parse().expect("binary address");
+    let shards = field("shards");
+    let (ip, range) = shards.rsplit_once(':').expect("shards ip:first-last");
+    let (first, last) = range.split_once('-').expect("port range");
+    let (first, last): (u16, u16) = (first.parse().expect("port"), last.parse().expect("port"));
+    let shard_ports = (first..=last)
+        .map(|p| SocketAddr::new(ip.parse().expect("ip"), p))
+        .collect();
+    Ok(Node {
+        child,
+        addr,
+        shard_ports,
+        http: field("http").parse().expect("http address"),
+        log,
+    })
+}
+
+/// Waits up to `within` for the process to exit.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+impl Node {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("TERM");
+        wait_exit(&mut self.child, BOUND).expect("the node exits after SIGTERM")
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A connection for HTTP requests (keep-alive).
+pub struct HttpConn(BufReader<TcpStream>);
+
+impl HttpConn {
+    pub fn open(addr: SocketAddr) -> HttpConn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(BOUND)).expect("timeout");
+        HttpConn(BufReader::new(s))
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, raw: &[u8]) {
+        self.0.get_mut().write_all(raw).expect("send");
+    }
+
+    /// Reads one response.
+    pub fn read(&mut self) -> HttpResponse {
+        let mut line = String::new();
+        self.0.read_line(&mut line).expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).expect("header");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (n, v) = l.split_once(':').expect("header line");
+            headers.push((n.trim().to_owned(), v.trim().to_owned()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().expect("length"));
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).expect("body");
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends a request and reads its response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        for (n, v) in headers {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "PUT" {
+            raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        raw.push_str("\r\n");
+        let mut bytes = raw.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send(&bytes);
+        self.read()
+    }
+
+    /// Whether the server closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// One request on a fresh connection.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    HttpConn::open(addr).request(method, target, headers, body)
+}
+
+/// Sums a metric's samples over all cores in `/metrics`.
+pub fn metric_sum(http_addr: SocketAddr, name: &str) -> u64 {
+    let text = http(http_addr, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Runs `f` on a fresh executor thread and returns its output; panics after [`BOUND`].
+pub fn on_executor<T, F, Fut>(f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let out = runtime::spawn_executor("test-client", None, 1 << 20, f)
+            .expect("executor")
+            .join()
+            .expect("executor finished");
+        let _ = tx.send(out);
+    });
+    match rx.recv_timeout(BOUND) {
+        Ok(out) => {
+            let _ = handle.join();
+            out
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => panic!("the executor ended without an answer"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("client code did not finish in {BOUND:?}")
+        }
+    }
+}

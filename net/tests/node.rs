@@ -1,0 +1,792 @@
+//! The real `dynacore` binary, started on free loopback ports: the SDK, raw frames, the HTTP
+//! API, the CLI, restarts and shutdown.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{
+    dynacore, http, metric_sum, on_executor, start, temp_dir, try_start, HttpConn, BOUND,
+};
+use dynacore_engine::runtime;
+use dynacore_net::client::{
+    Client, ClientError, ErrorCode, Quorum, ReadRepair, Version, WriteOptions,
+};
+use dynacore_net::protocol::{build, encode_frame, fb, parse_response, FRAME_BYTES_MAX};
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(body, &mut out);
+    out
+}
+
+fn raw_conn(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).expect("timeout");
+    s
+}
+
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).expect("response header");
+    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut body).expect("response body");
+    body
+}
+
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+fn error_code(body: &[u8]) -> Option<fb::ErrorCode> {
+    parse_response(body)
+        .expect("response")
+        .reply_as_error()
+        .map(|e| e.code())
+}
+
+#[test]
+fn sdk_round_trips_go_straight_to_the_owning_core() {
+    let dir = temp_dir("dynacore-node-sdk-");
+    let node = start(&dir.path().join("data"), 2, &[]);
+    let seed = node.addr;
+    let shard_ports = node.shard_ports.clone();
+    on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        let view = client.cluster();
+        assert_eq!(view.nodes.len(), 1);
+        assert_eq!(view.nodes[0].shards, 2);
+        assert_eq!(view.ring.vnodes().len(), 256);
+        // Keys spread over both cores' ports.
+        let ports: std::collections::BTreeSet<_> = (0..64)
+            .map(|i| client.route(format!("k{i}").as_bytes()))
+            .collect();
+        assert_eq!(ports.into_iter().collect::<Vec<_>>(), shard_ports);
+
+        let v1 = client.put(b"user:1", b"Ada").await.expect("put");
+        let got = client.get(b"user:1").await.expect("get").expect("found");
+        assert_eq!((got.value.as_slice(), &got.version), (&b"Ada"[..], &v1));
+        // Conditional put: on the current version it succeeds, on a stale one it fails and
+        // says what the current version is.
+        let v2 = client
+            .put_if(b"user:1", b"Ada L.", &v1)
+            .await
+            .expect("put_if");
+        match client.put_if(b"user:1", b"stale", &v1).await {
+            Err(ClientError::ConditionFailed { current }) => assert_eq!(current, v2),
+            other => panic!("expected a failed condition, got {other:?}"),
+        }
+        // Quorums are validated against the replication factor (1 on one node).
+        client
+            .consistent_put(b"q", b"1", Quorum::Count(1))
+            .await
+            .expect("w=1");
+        client
+            .consistent_put(b"q", b"2", Quorum::Quorum)
+            .await
+            .expect("w=quorum");
+        assert!(matches!(
+            client.consistent_put(b"q", b"3", Quorum::Count(2)).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        let q = client
+            .consistent_get(b"q", Quorum::All, ReadRepair::Blocking)
+            .await
+            .expect("r=all");
+        assert_eq!(q.map(|v| v.value), Some(b"2".to_vec()));
+        assert!(matches!(
+            client
+                .consistent_get(b"q", Quorum::Count(3), ReadRepair::Off)
+                .await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        // Keys and values out of range are refused before sending.
+        assert!(matches!(
+            client.get(b"").await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            client.put(&[b'k'; 257], b"v").await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        // Delete, then the key reads as absent.
+        client.delete(b"user:1").await.expect("delete");
+        assert_eq!(client.get(b"user:1").await.expect("get"), None);
+        // TTL: the value is there, then gone.
+        let options = WriteOptions {
+            ttl: Some(Duration::from_secs(1)),
+            ..WriteOptions::default()
+        };
+        client
+            .put_with(b"ttl", b"brief", &options)
+            .await
+            .expect("ttl put");
+        assert!(client.get(b"ttl").await.expect("get").is_some());
+        let mut gone = false;
+        for _ in 0..100 {
+            runtime::sleep(Duration::from_millis(50)).await;
+            if client.get(b"ttl").await.expect("get").is_none() {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "a 1 s TTL expires within 5 s");
+        // Pipelining: 300 puts in flight at once from one client, then all read back.
+        let tasks: Vec<_> = (0..300u32)
+            .map(|i| {
+                let c = client.clone();
+                runtime::spawn(
+                    async move { c.put(format!("p{i}").as_bytes(), &i.to_le_bytes()).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("pipelined put");
+        }
+        for i in (0..300u32).step_by(7) {
+            let v = client.get(format!("p{i}").as_bytes()).await.expect("get");
+            assert_eq!(v.map(|v| v.value), Some(i.to_le_bytes().to_vec()));
+        }
+        // A large value (the value log's path) round-trips.
+        let big = vec![7u8; 3 << 20];
+        client.put(b"big", &big).await.expect("big put");
+        assert_eq!(
+            client.get(b"big").await.expect("get").map(|v| v.value),
+            Some(big)
+        );
+        let rtt = client.ping(seed).await.expect("ping");
+        assert!(rtt < BOUND);
+    });
+    // The SDK routed everything itself: nothing was forwarded between cores.
+    assert_eq!(
+        metric_sum(node.http, "dynacore_forwarded_requests_total"),
+        0
+    );
+    assert!(metric_sum(node.http, "dynacore_requests_total") >= 300);
+}
+
+#[test]
+fn a_request_on_the_wrong_core_is_forwarded_and_answered() {
+    let dir = temp_dir("dynacore-node-forward-");
+    let node = start(&dir.path().join("data"), 2, &[]);
+    let seed = node.addr;
+    // Find a key core 1 owns, and send it to core 0's port.
+    let (key, owner) = on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        (0..1000)
+            .map(|i| format!("key-{i}"))
+            .map(|k| {
+                let owner = client.route(k.as_bytes());
+                (k, owner)
+            })
+            .find(|(_, owner)| owner.port() == seed.port() + 2)
+            .expect("a key of core 1")
+    });
+    assert_eq!(owner, node.shard_ports[1]);
+    let mut wrong = raw_conn(node.shard_ports[0]);
+    let put = build::put(
+        1,
+        &build::Put {
+            key: key.as_bytes(),
+            value: b"forwarded",
+            ..build::Put::default()
+        },
+    );
+    wrong.write_all(&framed(&put)).expect("send");
+    let resp = read_frame(&mut wrong);
+    assert!(parse_response(&resp)
+        .expect("response")
+        .reply_as_put()
+        .is_some());
+    wrong
+        .write_all(&framed(&build::get(
+            2,
+            key.as_bytes(),
+            None,
+            fb::ReadRepair::Default,
+        )))
+        .expect("send");
+    let resp = read_frame(&mut wrong);
+    let resp = parse_response(&resp).expect("response");
+    let get = resp.reply_as_get().expect("get reply");
+    assert_eq!(get.value().map(|v| v.bytes()), Some(&b"forwarded"[..]));
+    // The owner's own port sees the same value.
+    let mut right = raw_conn(node.shard_ports[1]);
+    right
+        .write_all(&framed(&build::get(
+            3,
+            key.as_bytes(),
+            None,
+            fb::ReadRepair::Default,
+        )))
+        .expect("send");
+    let resp = read_frame(&mut right);
+    let resp = parse_response(&resp).expect("response");
+    assert_eq!(
+        resp.reply_as_get()
+            .and_then(|g| g.value())
+            .map(|v| v.bytes()),
+        Some(&b"forwarded"[..])
+    );
+    assert_eq!(
+        metric_sum(node.http, "dynacore_forwarded_requests_total"),
+        2
+    );
+    assert_eq!(
+        metric_sum(node.http, "dynacore_forwarded_requests_received_total"),
+        2
+    );
+}
+
+#[test]
+fn malformed_truncated_and_oversized_frames_close_only_their_connection() {
+    let dir = temp_dir("dynacore-node-frames-");
+    let node = start(&dir.path().join("data"), 1, &[]);
+    let mut good = raw_conn(node.addr);
+    good.write_all(&framed(&build::ping(1, 42))).expect("send");
+    assert!(parse_response(&read_frame(&mut good)).is_ok());
+
+    // Oversized: refused from the header alone (the body is never sent), and closed.
+    let mut s = raw_conn(node.addr);
+    let len = u32::try_from(FRAME_BYTES_MAX + 1).expect("fits");
+    s.write_all(&len.to_le_bytes()).expect("send header");
+    let body = read_frame(&mut s);
+    assert_eq!(parse_response(&body).expect("response").id(), 0);
+    assert_eq!(error_code(&body), Some(fb::ErrorCode::ValueTooLarge));
+    assert!(closed(&mut s));
+
+    // Empty frame.
+    let mut s = raw_conn(node.addr);
+    s.write_all(&0u32.to_le_bytes()).expect("send");
+    assert_eq!(
+        error_code(&read_frame(&mut s)),
+        Some(fb::ErrorCode::BadRequest)
+    );
+    assert!(closed(&mut s));
+
+    // Garbage the verifier refuses.
+    let mut s = raw_conn(node.addr);
+    s.write_all(&framed(b"this is not a flatbuffer at all"))
+        .expect("send");
+    assert_eq!(
+        error_code(&read_frame(&mut s)),
+        Some(fb::ErrorCode::BadRequest)
+    );
+    assert!(closed(&mut s));
+
+    // A valid request cut short: the bytes announced never come; the client gives up and
+    // closes, and the server drops the connection without answering.
+    let mut s = raw_conn(node.addr);
+    let ping = framed(&build::ping(5, 5));
+    s.write_all(&ping[..ping.len() - 3]).expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert!(closed(&mut s));
+
+    // A damaged request body (one flipped byte in a valid put): an error or an answer, never
+    // a crash.
+    let put = build::put(
+        9,
+        &build::Put {
+            key: b"k",
+            value: b"v",
+            ..build::Put::default()
+        },
+    );
+    for i in 0..put.len() {
+        let mut damaged = put.clone();
+        damaged[i] ^= 0xA5;
+        let mut s = raw_conn(node.addr);
+        s.write_all(&framed(&damaged)).expect("send");
+        let _ = parse_response(&read_frame(&mut s)).expect("some response");
+    }
+
+    // The first connection never noticed.
+    good.write_all(&framed(&build::ping(2, 43))).expect("send");
+    let body = read_frame(&mut good);
+    assert_eq!(
+        parse_response(&body)
+            .expect("response")
+            .reply_as_ping()
+            .map(|p| p.payload()),
+        Some(43)
+    );
+    assert!(metric_sum(node.http, "dynacore_refused_frames_total") >= 3);
+}
+
+#[test]
+#[allow(clippy::too_many_lines)]
+fn every_http_route_and_error() {
+    let dir = temp_dir("dynacore-node-http-");
+    let node = start(&dir.path().join("data"), 2, &[]);
+    let h = node.http;
+    let json_ct = ("Content-Type", "application/json");
+
+    // PUT JSON, GET JSON: one connection, kept alive.
+    let mut c = HttpConn::open(h);
+    let r = c.request("PUT", "/keys/user%3A1", &[json_ct], br#"{"value": "Ada"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v1 = r.json()["version"].as_str().expect("version").to_owned();
+    assert_eq!(r.header("X-Dynacore-Version"), Some(v1.as_str()));
+    let r = c.request("GET", "/keys/user%3A1", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({"value": "Ada", "version": v1}));
+    // Raw bytes back, version in a header.
+    let r = c.request(
+        "GET",
+        "/keys/user:1",
+        &[("Accept", "application/octet-stream")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"Ada"[..]));
+    assert_eq!(r.header("X-Dynacore-Version"), Some(v1.as_str()));
+    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
+
+    // If-Match: the current version wins, a stale one is 412 with the current version.
+    let r = c.request(
+        "PUT",
+        "/keys/user:1",
+        &[("If-Match", &format!("\"{v1}\""))],
+        br#"{"value": "Ada L."}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v2 = r.json()["version"].as_str().expect("version").to_owned();
+    let r = c.request(
+        "PUT",
+        "/keys/user:1",
+        &[("If-Match", &v1)],
+        br#"{"value": "stale"}"#,
+    );
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(r.json()["error"], "condition_failed");
+    assert_eq!(r.json()["version"], v2.as_str());
+    let r = c.request(
+        "PUT",
+        "/keys/user:1",
+        &[("If-Match", "zz")],
+        br#"{"value": "x"}"#,
+    );
+    assert_eq!(r.status, 400);
+
+    // Raw body with a TTL in the query; JSON body with a TTL.
+    let r = c.request(
+        "PUT",
+        "/keys/raw?ttl_seconds=3600",
+        &[("Content-Type", "application/octet-stream")],
+        b"\x00\xffbinary",
+    );
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "GET",
+        "/keys/raw",
+        &[("Accept", "application/octet-stream")],
+        b"",
+    );
+    assert_eq!(r.body, b"\x00\xffbinary");
+    // Not UTF-8: JSON cannot carry it.
+    let r = c.request("GET", "/keys/raw", &[], b"");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (406, Some("not_utf8"))
+    );
+    let r = c.request(
+        "PUT",
+        "/keys/t",
+        &[],
+        br#"{"value": "v", "ttl_seconds": 100}"#,
+    );
+    assert_eq!(r.status, 200);
+
+    // Quorum parameters: accepted in range, refused outside (RF is 1 on one node).
+    for (target, status) in [
+        ("/keys/user:1?r=1", 200),
+        ("/keys/user:1?r=quorum&read_repair=false", 200),
+        ("/keys/user:1?r=all&read_repair=blocking", 200),
+        ("/keys/user:1?r=2", 400),
+        ("/keys/user:1?r=0", 400),
+        ("/keys/user:1?read_repair=maybe", 400),
+        ("/keys/user:1?colour=red", 400),
+    ] {
+        // A request the reader refuses closes its connection: a fresh one each.
+        let r = http(h, "GET", target, &[], b"");
+        assert_eq!(r.status, status, "{target}: {}", r.text());
+    }
+    let r = c.request("PUT", "/keys/q?w=2", &[], br#"{"value": "v"}"#);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let r = c.request("PUT", "/keys/q?w=all", &[], br#"{"value": "v"}"#);
+    assert_eq!(r.status, 200);
+
+    // DELETE writes a tombstone: then 404.
+    let r = c.request("DELETE", "/keys/user:1", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.json()["version"].is_string());
+    let r = c.request("GET", "/keys/user:1", &[], b"");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = c.request("GET", "/keys/never-written", &[], b"");
+    assert_eq!(r.status, 404);
+
+    // Errors: JSON bodies with the codes of the API.
+    let long = "k".repeat(257);
+    for (method, target, body, status, code) in [
+        ("GET", "/keys/", &b""[..], 400, "invalid_key"),
+        (
+            "GET",
+            &format!("/keys/{long}")[..],
+            &b""[..],
+            400,
+            "invalid_key",
+        ),
+        ("GET", "/keys/%zz", &b""[..], 400, "invalid_key"),
+        ("PUT", "/keys/j", &b"{not json"[..], 400, "bad_request"),
+        (
+            "PUT",
+            "/keys/j",
+            &br#"{"value": 5}"#[..],
+            400,
+            "bad_request",
+        ),
+        ("GET", "/nope", &b""[..], 404, "not_found"),
+        ("POST", "/keys/k", &b""[..], 405, "method_not_allowed"),
+    ] {
+        let r = http(h, method, target, &[], body);
+        assert_eq!(r.status, status, "{method} {target}: {}", r.text());
+        assert_eq!(r.json()["error"], code, "{method} {target}");
+        assert!(r.json()["message"].is_string());
+    }
+
+    // A value over 10 MiB is refused from its Content-Length, before the body is sent.
+    let mut big = HttpConn::open(h);
+    big.send(b"PUT /keys/big HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 10485761\r\n\r\n");
+    let r = big.read();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("value_too_large"))
+    );
+    assert!(big.closed());
+    // A raw value of exactly 10 MiB is stored.
+    let max = vec![b'x'; 10 << 20];
+    let r = http(
+        h,
+        "PUT",
+        "/keys/max",
+        &[("Content-Type", "application/octet-stream")],
+        &max,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Operations.
+    let r = http(h, "GET", "/health", &[], b"");
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = http(h, "GET", "/cluster", &[], b"");
+    assert_eq!(r.status, 200);
+    let cluster = r.json();
+    assert_eq!(cluster["nodes"][0]["shards"], 2);
+    assert_eq!(cluster["nodes"][0]["vnodes"], 256);
+    assert_eq!(cluster["vnodes"], 256);
+    assert_eq!(cluster["replication_factor"], 1);
+    let per_shard: u64 = cluster["vnodes_per_shard"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(per_shard, 256);
+    let r = http(h, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with("text/plain")));
+    let text = r.text();
+    for family in [
+        "dynacore_requests_total",
+        "dynacore_request_duration_seconds_bucket",
+        "dynacore_forwarded_requests_total",
+        "dynacore_wal_syncs_total",
+        "dynacore_wal_records_total",
+        "dynacore_memtable_bytes",
+        "dynacore_sstables",
+    ] {
+        assert!(
+            text.contains(&format!("{family}{{core=\"1\"")),
+            "{family} for core 1 in /metrics"
+        );
+    }
+    assert!(metric_sum(h, "dynacore_wal_syncs_total") > 0);
+    // HTTP requests landed on whichever core accepted the connection: some were forwarded.
+    assert!(metric_sum(h, "dynacore_requests_total") > 20);
+}
+
+#[test]
+fn cli_exit_codes() {
+    let dir = temp_dir("dynacore-node-cli-");
+    let node = start(&dir.path().join("data"), 1, &[]);
+    let addr = node.addr.to_string();
+    let run = |args: &[&str]| {
+        let out = dynacore()
+            .args(args)
+            .args(["--addr", &addr])
+            .output()
+            .expect("run the CLI");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, version) = run(&["put", "greeting", "hello world"]);
+    assert_eq!(code, Some(0));
+    assert!(version.trim().parse::<Version>().is_ok(), "{version:?}");
+    assert_eq!(
+        run(&["get", "greeting"]),
+        (Some(0), "hello world\n".to_owned())
+    );
+    let (code, _) = run(&["put", "greeting", "again", "--if-version", version.trim()]);
+    assert_eq!(code, Some(0));
+    let (code, _) = run(&["put", "greeting", "stale", "--if-version", version.trim()]);
+    assert_eq!(code, Some(2), "a failed condition is an error");
+    assert_eq!(run(&["get", "absent"]).0, Some(1));
+    assert_eq!(run(&["delete", "greeting"]).0, Some(0));
+    assert_eq!(run(&["get", "greeting"]).0, Some(1));
+    let (code, status) = run(&["status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        status.contains("cores 1") && status.contains("up"),
+        "{status}"
+    );
+    assert_eq!(run(&["put", "k", "v", "--ttl", "60"]).0, Some(0));
+    // Errors: an unreachable node, a bad address, a bad key.
+    let closed = dynacore()
+        .args(["get", "k", "--addr", "127.0.0.1:1", "--timeout-ms", "2000"])
+        .output()
+        .expect("run");
+    assert_eq!(closed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&closed.stderr).contains("cannot connect"));
+    let bad = dynacore()
+        .args(["get", "k", "--addr", "nowhere"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(run(&["get", ""]).0, Some(2));
+}
+
+#[test]
+fn bad_configuration_exits_with_code_2() {
+    let dir = temp_dir("dynacore-node-config-");
+    let code = |args: &[&str]| {
+        let out = dynacore()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (c, err) = code(&["--durability", "always"]);
+    assert_eq!(c, Some(2));
+    assert!(err.contains("durability must be"), "{err}");
+    let (c, err) = code(&["--listen", "localhost"]);
+    assert_eq!(c, Some(2));
+    assert!(err.contains("--listen"), "{err}");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "cores = 2\ncolour = \"blue\"\n").expect("write");
+    let (c, err) = code(&["--config", file.to_str().expect("utf-8")]);
+    assert_eq!(c, Some(2));
+    assert!(err.contains("unknown field"), "{err}");
+    let (c, _) = code(&["--config", "/nonexistent/dynacore.toml"]);
+    assert_eq!(c, Some(2));
+    let (c, _) = code(&["--cores", "0"]);
+    assert_eq!(c, Some(2));
+    let (c, err) = code(&["--cores", "4096"]);
+    assert_eq!(c, Some(2), "{err}");
+    // A port in use is refused, not silently shared (the executors use SO_REUSEPORT).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let (c, err) = code(&["--http", &port, "--no-pin", "--cores", "1"]);
+    assert_eq!(c, Some(2));
+    assert!(err.contains("is another node running"), "{err}");
+}
+
+#[test]
+fn restart_keeps_every_acknowledged_write_and_refuses_another_core_count() {
+    let dir = temp_dir("dynacore-node-restart-");
+    let data = dir.path().join("data");
+    let node = start(&data, 2, &[]);
+    let seed = node.addr;
+    let written = on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        for i in 0..200u32 {
+            client
+                .put(
+                    format!("key-{i}").as_bytes(),
+                    format!("value-{i}").as_bytes(),
+                )
+                .await
+                .expect("put");
+        }
+        client.delete(b"key-7").await.expect("delete");
+        200u32
+    });
+    assert!(node.stop().success(), "SIGTERM exits 0");
+
+    // Another core count is a clear error, and the data is untouched.
+    match try_start(&data, 3, &[]) {
+        Ok(_) => panic!("a node with another core count started"),
+        Err((status, log)) => {
+            assert_eq!(status.and_then(|s| s.code()), Some(2));
+            assert!(log.contains("split into 2 shards"), "{log}");
+        }
+    }
+
+    let node = start(&data, 2, &[]);
+    let seed = node.addr;
+    // While a stream of pipelined writes runs, kill -9 the node: every write it acknowledged
+    // (durability sync) must be there after a restart.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acked_in = acked.clone();
+    let writer = std::thread::spawn(move || {
+        on_executor(move || async move {
+            let client = Client::connect(&[seed]).await.expect("connect");
+            let mut tasks = Vec::new();
+            for i in 0..20_000u32 {
+                let c = client.clone();
+                let acked = acked_in.clone();
+                tasks.push(runtime::spawn(async move {
+                    let key = format!("crash-{i}");
+                    if c.put(key.as_bytes(), b"durable").await.is_ok() {
+                        acked.lock().expect("lock").push(key);
+                    }
+                }));
+                if tasks.len() >= 64 {
+                    for t in tasks.drain(..) {
+                        t.await;
+                    }
+                }
+            }
+            for t in tasks {
+                t.await;
+            }
+        });
+    });
+    // Let some writes land, then kill.
+    let until = std::time::Instant::now() + BOUND;
+    while acked.lock().expect("lock").len() < 500 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    node.signal("KILL");
+    writer.join().expect("writer");
+    drop(node);
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= 500, "{} writes acknowledged", acked.len());
+
+    let node = start(&data, 2, &[]);
+    let seed = node.addr;
+    on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        for i in 0..written {
+            let got = client
+                .get(format!("key-{i}").as_bytes())
+                .await
+                .expect("get");
+            if i == 7 {
+                assert_eq!(got, None, "the delete survived");
+            } else {
+                assert_eq!(
+                    got.map(|v| v.value),
+                    Some(format!("value-{i}").into_bytes()),
+                    "key-{i}"
+                );
+            }
+        }
+        for key in &acked {
+            let got = client.get(key.as_bytes()).await.expect("get");
+            assert_eq!(
+                got.map(|v| v.value),
+                Some(b"durable".to_vec()),
+                "{key} was acknowledged"
+            );
+        }
+    });
+    assert!(node.stop().success());
+}
+
+#[test]
+fn shutdown_finishes_or_fails_requests_in_flight_and_loses_none() {
+    let dir = temp_dir("dynacore-node-shutdown-");
+    let data = dir.path().join("data");
+    let node = start(&data, 2, &["--durability", "periodic:50"]);
+    let seed = node.addr;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acked_in = acked.clone();
+    let writer = std::thread::spawn(move || {
+        on_executor(move || async move {
+            let client = Client::connect(&[seed]).await.expect("connect");
+            let mut refused = 0u32;
+            let mut tasks = Vec::new();
+            for i in 0..50_000u32 {
+                let c = client.clone();
+                let acked = acked_in.clone();
+                tasks.push(runtime::spawn(async move {
+                    let key = format!("s-{i}");
+                    match c.put(key.as_bytes(), b"v").await {
+                        Ok(_) => {
+                            acked.lock().expect("lock").push(key);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }));
+                if tasks.len() >= 32 {
+                    for t in tasks.drain(..) {
+                        if let Err(e) = t.await {
+                            // Only "shutting down" or a closed connection are expected.
+                            match e {
+                                ClientError::Server {
+                                    code: ErrorCode::Unavailable,
+                                    ..
+                                }
+                                | ClientError::Io(_)
+                                | ClientError::Connect { .. } => refused += 1,
+                                other => panic!("unexpected error {other:?}"),
+                            }
+                        }
+                    }
+                    if refused > 0 {
+                        return refused;
+                    }
+                }
+            }
+            refused
+        })
+    });
+    let until = std::time::Instant::now() + BOUND;
+    while acked.lock().expect("lock").len() < 300 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = node.stop();
+    assert!(status.success(), "exit status {status:?}");
+    let refused = writer.join().expect("writer");
+    assert!(refused > 0, "the writer saw the node stop");
+    let acked = acked.lock().expect("lock").clone();
+    // Periodic durability, but a clean shutdown syncs the WAL: nothing acknowledged is lost.
+    let node = start(&data, 2, &[]);
+    let seed = node.addr;
+    on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        for key in &acked {
+            let got = client.get(key.as_bytes()).await.expect("get");
+            assert!(got.is_some(), "{key} was acknowledged before the shutdown");
+        }
+    });
+    let _ = node.stop();
+}
