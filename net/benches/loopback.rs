@@ -1,0 +1,230 @@
+//! Loopback benchmark of a real node, until `loadgen` exists: one client process (this one)
+//! against `dynacore serve` on 127.0.0.1, through the SDK (shard-aware, pipelined).
+//!
+//! For each operation and each depth (requests in flight at once, over the SDK's one connection
+//! per core), `depth` tasks loop for a fixed time, each timing its own requests into an
+//! HdrHistogram (closed loop). The baseline, run the same way beside them, is `ping`: the same
+//! client, connections and protocol with no storage work — the floor this machine's loopback
+//! and the protocol set.
+//!
+//! ```sh
+//! cargo bench -p dynacore-net --bench loopback
+//! DYNACORE_BENCH_SECONDS=10 DYNACORE_BENCH_KEYS=200000 cargo bench -p dynacore-net --bench loopback
+//! ```
+//!
+//! Operations: `ping`; `put` (1 KiB values, durability `sync`: acknowledged after
+//! `fdatasync`); `get` (uniformly random keys among those loaded, all present).
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::runtime;
+use dynacore_net::client::Client;
+use hdrhistogram::Histogram;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Ping,
+    Put,
+    Get,
+}
+
+struct Outcome {
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("bench-{i:012}").into_bytes()
+}
+
+/// `depth` tasks each send one request after another for `time`.
+async fn run(
+    client: &Client,
+    seed: SocketAddr,
+    op: Op,
+    depth: usize,
+    time: Duration,
+    keys: u64,
+) -> Outcome {
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
+    let errors = Rc::new(RefCell::new(0u64));
+    let started = Instant::now();
+    let deadline = started + time;
+    let tasks: Vec<_> = (0..depth)
+        .map(|t| {
+            let (client, hist, errors) = (client.clone(), hist.clone(), errors.clone());
+            runtime::spawn(async move {
+                let value = vec![0x5a_u8; 1024];
+                let mut rng = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let t0 = Instant::now();
+                    let ok = match op {
+                        Op::Ping => client.ping(seed).await.is_ok(),
+                        Op::Put => client.put(&key(rng % keys.max(1)), &value).await.is_ok(),
+                        Op::Get => client
+                            .get(&key(rng % keys.max(1)))
+                            .await
+                            .is_ok_and(|v| v.is_some()),
+                    };
+                    let us = u64::try_from(t0.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    if ok {
+                        hist.borrow_mut().saturating_record(us);
+                    } else {
+                        *errors.borrow_mut() += 1;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut ops = 0;
+    for t in tasks {
+        ops += t.await;
+    }
+    let elapsed = started.elapsed();
+    let hist = hist.borrow().clone();
+    let errors = *errors.borrow();
+    Outcome {
+        ops,
+        errors,
+        elapsed,
+        hist,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported here.
+    let seconds: u64 = env_or("DYNACORE_BENCH_SECONDS", 5);
+    let keys: u64 = env_or("DYNACORE_BENCH_KEYS", 100_000);
+    let depths: Vec<usize> = std::env::var("DYNACORE_BENCH_DEPTHS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|d| d.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 128]);
+    let dir = tempfile::Builder::new()
+        .prefix("dynacore-loopback-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dynacore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(
+            std::env::var("DYNACORE_BENCH_SERVE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start dynacore");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    println!("node: {}", line.trim());
+    let seed: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("binary="))
+        .expect("binary address")
+        .parse()
+        .expect("address");
+    let report = runtime::spawn_executor("bench-client", None, 4 << 20, move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        // Load every key once (durable puts, deep pipeline).
+        let t0 = Instant::now();
+        let loaders: Vec<_> = (0..256u64)
+            .map(|w| {
+                let client = client.clone();
+                runtime::spawn(async move {
+                    let value = vec![0x5a_u8; 1024];
+                    let mut i = w;
+                    while i < keys {
+                        client.put(&key(i), &value).await.expect("load put");
+                        i += 256;
+                    }
+                })
+            })
+            .collect();
+        for l in loaders {
+            l.await;
+        }
+        let load = t0.elapsed();
+        let mut rows = Vec::new();
+        for &depth in &depths {
+            for op in [Op::Ping, Op::Put, Op::Get] {
+                let o = run(&client, seed, op, depth, Duration::from_secs(seconds), keys).await;
+                rows.push((op, depth, o));
+            }
+        }
+        (load, rows)
+    })
+    .expect("client executor")
+    .join()
+    .expect("client run");
+    let (load, rows) = report;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = |o: &Outcome| o.ops as f64 / o.elapsed.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let load_rate = keys as f64 / load.as_secs_f64();
+    println!("load: {keys} durable 1 KiB puts, 256 in flight: {load_rate:.0} ops/s");
+    println!(
+        "{:<5} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>14}",
+        "op",
+        "depth",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "errors",
+        "",
+        "vs ping ops/s"
+    );
+    for (op, depth, o) in &rows {
+        let ping = rows
+            .iter()
+            .find(|(p, d, _)| *p == Op::Ping && d == depth)
+            .map_or(1.0, |(_, _, p)| rate(p));
+        println!(
+            "{:<5} {:>5} {:>11.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>13.2}x",
+            format!("{op:?}").to_lowercase(),
+            depth,
+            rate(o),
+            o.hist.value_at_quantile(0.5),
+            o.hist.value_at_quantile(0.99),
+            o.hist.value_at_quantile(0.999),
+            o.hist.max(),
+            o.errors,
+            "",
+            rate(o) / ping
+        );
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
