@@ -115,6 +115,19 @@ async fn run(
     }
 }
 
+/// The node's `/metrics` text.
+fn scrape(http: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported here.
     let seconds: u64 = env_or("DYNACORE_BENCH_SECONDS", 5);
@@ -220,6 +233,49 @@ fn main() {
             o.errors,
             "",
             rate(o) / ping
+        );
+    }
+    if let Some(http) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    {
+        let metrics = scrape(http);
+        let sum = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        println!(
+            "node: {:.0} WAL batches, {:.1} records per batch, {:.0} syncs, {:.0} write stalls, {:.0} compactions, {:.0} forwarded requests",
+            sum("dynacore_wal_batches_total"),
+            sum("dynacore_wal_records_total") / sum("dynacore_wal_batches_total").max(1.0),
+            sum("dynacore_wal_syncs_total"),
+            sum("dynacore_write_stalls_total"),
+            sum("dynacore_compactions_total"),
+            sum("dynacore_forwarded_requests_total"),
+        );
+        // The server's own view of put latency: how many puts took longer than 10 ms from
+        // arrival to answer (the client's tail includes its own scheduling too).
+        let bucket = |le: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("dynacore_request_duration_seconds_bucket{")
+                        && l.contains("op=\"put\"")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        println!(
+            "node: puts answered in > 5 ms: {:.0}, > 10 ms: {:.0}, > 25 ms: {:.0} of {:.0}",
+            bucket("+Inf") - bucket("0.005"),
+            bucket("+Inf") - bucket("0.01"),
+            bucket("+Inf") - bucket("0.025"),
+            bucket("+Inf")
         );
     }
     let _ = Command::new("kill")
