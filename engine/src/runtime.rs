@@ -230,6 +230,17 @@ impl TcpStream {
         futures_lite::AsyncReadExt::read(&mut self.0, buf).await
     }
 
+    /// Closes the writing direction (the peer reads end of stream); reading goes on.
+    ///
+    /// # Errors
+    /// Any error from `shutdown`.
+    pub async fn shutdown_write(&self) -> io::Result<()> {
+        self.0
+            .shutdown(std::net::Shutdown::Write)
+            .await
+            .map_err(io::Error::from)
+    }
+
     /// Splits the connection into halves that separate tasks of this executor can read and
     /// write at the same time.
     #[must_use]

@@ -40,7 +40,9 @@ use dynacore_engine::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 use crate::dispatch::NodeDesc;
 pub use crate::http::{Quorum, ReadRepair};
-use crate::protocol::{build, encode_frame, fb, frame_len, parse_response, FRAME_HEADER_BYTES};
+use crate::protocol::{
+    build, encode_frame, fb, frame_len, parse_response, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+};
 use crate::ring::{shard_for_vnode, NodeId, Ring, Vnode};
 
 /// How a client behaves.
@@ -212,9 +214,27 @@ pub struct ClusterView {
 /// the request waiting for its id.
 struct Conn {
     frames: flume::Sender<Vec<u8>>,
-    pending: Rc<RefCell<HashMap<u64, flume::Sender<Vec<u8>>>>>,
+    pending: Pending,
     broken: Rc<Cell<bool>>,
+    /// When the last answer arrived on it.
+    last_answer: Rc<Cell<Instant>>,
     _tasks: [runtime::Task<()>; 2],
+}
+
+/// Requests waiting for their answer on one connection, by id.
+type Pending = Rc<RefCell<HashMap<u64, flume::Sender<Vec<u8>>>>>;
+
+/// Removes a request's pending entry when its call ends, however it ends (answered, timed
+/// out, or the caller dropped the future).
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.borrow_mut().remove(&self.id);
+    }
 }
 
 impl Conn {
@@ -224,20 +244,32 @@ impl Conn {
             .map_err(|source| ClientError::Connect { addr, source })?;
         let (reader, writer) = stream.split();
         let (frames, queue) = flume::unbounded();
-        let pending = Rc::new(RefCell::new(HashMap::new()));
+        let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
         let broken = Rc::new(Cell::new(false));
-        let writing = runtime::spawn(write_frames(writer, queue, broken.clone()));
-        let reading = runtime::spawn(read_frames(reader, pending.clone(), broken.clone()));
+        let last_answer = Rc::new(Cell::new(Instant::now()));
+        let writing = runtime::spawn(write_frames(writer, queue, pending.clone(), broken.clone()));
+        let reading = runtime::spawn(read_frames(
+            reader,
+            pending.clone(),
+            broken.clone(),
+            last_answer.clone(),
+        ));
         Ok(Conn {
             frames,
             pending,
             broken,
+            last_answer,
             _tasks: [writing, reading],
         })
     }
 }
 
-async fn write_frames(mut w: TcpWriter, queue: flume::Receiver<Vec<u8>>, broken: Rc<Cell<bool>>) {
+async fn write_frames(
+    mut w: TcpWriter,
+    queue: flume::Receiver<Vec<u8>>,
+    pending: Pending,
+    broken: Rc<Cell<bool>>,
+) {
     let mut batch = Vec::new();
     while let Ok(first) = queue.recv_async().await {
         batch.clear();
@@ -249,16 +281,22 @@ async fn write_frames(mut w: TcpWriter, queue: flume::Receiver<Vec<u8>>, broken:
             }
         }
         if w.write_all(&batch).await.is_err() {
+            // Every request waiting on this connection learns it is gone.
             broken.set(true);
+            pending.borrow_mut().clear();
             return;
+        }
+        if batch.capacity() > (1 << 20) {
+            batch = Vec::new();
         }
     }
 }
 
 async fn read_frames(
     mut r: TcpReader,
-    pending: Rc<RefCell<HashMap<u64, flume::Sender<Vec<u8>>>>>,
+    pending: Pending,
     broken: Rc<Cell<bool>>,
+    last_answer: Rc<Cell<Instant>>,
 ) {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     loop {
@@ -273,6 +311,7 @@ async fn read_frames(
         let Ok(id) = parse_response(&body).map(|resp| resp.id()) else {
             break;
         };
+        last_answer.set(Instant::now());
         // An answer nobody waits for any more (timed out) is dropped.
         if let Some(waiter) = pending.borrow_mut().remove(&id) {
             let _ = waiter.send(body);
@@ -398,7 +437,7 @@ impl Client {
                     Ok(ip) if !ip.is_unspecified() => ip,
                     _ => seed.ip(),
                 };
-                let port = u32::from(node.base_port) + 1 + shard;
+                let port = u64::from(node.base_port) + 1 + u64::from(shard);
                 SocketAddr::new(ip, u16::try_from(port).unwrap_or(node.base_port))
             }
             None => seed,
@@ -603,8 +642,13 @@ impl Client {
         }
     }
 
+    /// The deadline sent to the server: a little shorter than the client's own, so that the
+    /// server's `Timeout` answer arrives before the client gives up.
     fn timeout_ms(&self) -> u32 {
-        u32::try_from(self.0.options.timeout.as_millis()).unwrap_or(u32::MAX)
+        let ms = self.0.options.timeout.as_millis();
+        u32::try_from(ms - (ms / 10).min(100))
+            .unwrap_or(u32::MAX)
+            .max(1)
     }
 
     fn quorum(&self, q: Quorum, name: &str) -> Result<Option<fb::Quorum>, ClientError> {
@@ -708,12 +752,22 @@ impl Client {
         let id = self.0.next_id.get();
         self.0.next_id.set(id.wrapping_add(1));
         let body = build(id);
+        if body.len() > FRAME_BYTES_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "the request is {} bytes, over the {FRAME_BYTES_MAX}-byte frame limit",
+                body.len()
+            )));
+        }
         let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
         encode_frame(&body, &mut frame);
         let (tx, rx) = flume::bounded(1);
         conn.pending.borrow_mut().insert(id, tx);
+        let _guard = PendingGuard {
+            pending: &conn.pending,
+            id,
+        };
+        let sent_at = Instant::now();
         if conn.frames.send(frame).is_err() || conn.broken.get() {
-            conn.pending.borrow_mut().remove(&id);
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the connection is closed",
@@ -727,7 +781,11 @@ impl Client {
                 "the connection closed before the answer came",
             ))),
             None => {
-                conn.pending.borrow_mut().remove(&id);
+                // Nothing at all came back on this connection since the request went out: the
+                // peer may be gone without a reset. The next request opens a new connection.
+                if conn.last_answer.get() < sent_at {
+                    conn.broken.set(true);
+                }
                 Err(ClientError::Timeout)
             }
         }

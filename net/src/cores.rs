@@ -98,6 +98,8 @@ impl ReplyKind {
 pub struct Forward {
     op: ShardOp,
     reply: flume::Sender<ShardReply>,
+    /// Keeps the node's in-flight count up until the owner has run it.
+    work: Admission,
 }
 
 /// What all cores of a node share (`Send + Sync`; one per node).
@@ -158,6 +160,14 @@ impl NodeShared {
     #[must_use]
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Counts work that continues an admitted request (an operation running in its own task,
+    /// which may outlive the request's deadline): admitted even while closing, so that the
+    /// shards close only after it.
+    fn hold(self: &Arc<Self>) -> Admission {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Admission(self.clone())
     }
 }
 
@@ -297,11 +307,13 @@ impl Core {
     pub async fn execute_on(&self, shard: u32, op: ShardOp, timeout: Duration) -> ShardReply {
         let (tx, rx) = flume::bounded(1);
         let kind = ReplyKind::of(&op);
+        let work = self.0.shared.hold();
         if shard == self.0.index {
             // Run it in its own task so that a timeout leaves the operation to complete.
             let store = self.0.store.clone();
             runtime::spawn_detached(async move {
                 let _ = tx.send(run_local(&store, op).await);
+                drop(work);
             });
         } else {
             let Some(inbox) = self.0.shared.inboxes.get(shard as usize) else {
@@ -312,7 +324,12 @@ impl Core {
             if !matches!(kind, ReplyKind::Stats) {
                 self.metrics().forwarded();
             }
-            if inbox.send(Forward { op, reply: tx }).is_err() {
+            let forward = Forward {
+                op,
+                reply: tx,
+                work,
+            };
+            if inbox.send(forward).is_err() {
                 return kind.failed(StoreError::Unavailable(format!("core {shard} has stopped")));
             }
         }
@@ -349,16 +366,18 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
     }
 }
 
-/// Answers what other cores send to `core` until every sender is gone. Runs on `core`'s
-/// executor; each operation runs in its own task, so a slow one does not hold up the rest.
+/// Answers what other cores send to `core`, for as long as the core's executor runs (the
+/// senders live in [`NodeShared`], which every core holds). Each operation runs in its own
+/// task, so a slow one does not hold up the rest.
 pub async fn serve_inbox(core: Core, inbox: flume::Receiver<Forward>) {
-    while let Ok(Forward { op, reply }) = inbox.recv_async().await {
+    while let Ok(Forward { op, reply, work }) = inbox.recv_async().await {
         if !matches!(op, ShardOp::Stats) {
             core.metrics().forwarded_in();
         }
         let store = core.0.store.clone();
         runtime::spawn_detached(async move {
             let _ = reply.send(run_local(&store, op).await);
+            drop(work);
         });
     }
 }

@@ -140,9 +140,10 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
     };
     let id = req.id();
+    // A client may ask for less time than the server's limit, never more.
     let timeout = match req.timeout_ms() {
         0 => core.default_timeout(),
-        ms => Duration::from_millis(u64::from(ms)),
+        ms => Duration::from_millis(u64::from(ms)).min(core.default_timeout()),
     };
     let rf = core.topology().replication_factor;
     let bad = |m: &str| Err(error_body(id, fb::ErrorCode::BadRequest, m, None));

@@ -246,9 +246,20 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
             .trim();
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            head.content_length = value
-                .parse()
-                .map_err(|_| HttpError::BadRequest("bad Content-Length".to_owned()))?;
+            // Digits only (no sign), and one value: conflicting lengths are how requests get
+            // smuggled past a proxy.
+            let len = value
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| value.parse::<usize>().ok())
+                .flatten()
+                .ok_or_else(|| HttpError::BadRequest("bad Content-Length".to_owned()))?;
+            if length_given && len != head.content_length {
+                return Err(HttpError::BadRequest(
+                    "conflicting Content-Length headers".to_owned(),
+                ));
+            }
+            head.content_length = len;
             length_given = true;
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::LengthRequired);
@@ -579,6 +590,18 @@ mod tests {
         assert_eq!(
             status("GET /keys/a HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
             400
+        );
+        assert_eq!(
+            status("PUT /keys/a HTTP/1.1\r\nContent-Length: +5\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("PUT /keys/a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status("PUT /keys/a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            200
         );
         // 10 MiB + 64 KiB + 1: refused from the header, before any body byte is read.
         let big = VALUE_BYTES_MAX + (64 << 10) + 1;

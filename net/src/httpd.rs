@@ -5,8 +5,12 @@
 //! * Limits: the head ([`Limits`]), the body (`Content-Length` checked before any of it is
 //!   read: an oversized value is a 413 without being buffered), the connections a core keeps
 //!   open ([`HttpOptions::connections_max`]), and time: an idle keep-alive connection closes
-//!   after [`HttpOptions::idle_timeout`], a request whose head or body stalls after
-//!   [`HttpOptions::read_timeout`] (408).
+//!   after [`HttpOptions::idle_timeout`]; a request whose head and body do not arrive within
+//!   [`HttpOptions::read_timeout`] of its first byte gets 408; a response the client does not
+//!   read within 30 s closes the connection.
+//! * A connection closed after an error response (4xx from the reader, 408, 503) first closes
+//!   its writing side and reads what the client still sends for a second, so that the
+//!   response is not destroyed by a reset.
 //! * Versions travel as hex strings (`{"version": "..."}`, `X-Dynacore-Version`, `If-Match`).
 
 use std::cell::Cell;
@@ -32,7 +36,7 @@ pub struct HttpOptions {
     pub limits: Limits,
     /// How long a keep-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
-    /// How long the rest of a started request (head or body) may take to arrive.
+    /// How long a request, head and body, may take to arrive once its first byte did.
     pub read_timeout: Duration,
     /// Connections one core keeps open; more are answered 503 and closed.
     pub connections_max: usize,
@@ -49,29 +53,27 @@ impl Default for HttpOptions {
     }
 }
 
-/// Accepts HTTP connections on `listener` until accepting fails.
-///
-/// # Errors
-/// The error that stopped `accept`.
-pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions) -> io::Result<()> {
+/// Accepts HTTP connections on `listener` for as long as the task runs. A failed `accept` is
+/// logged and retried after a short pause.
+pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions) {
     let open = Rc::new(Cell::new(0usize));
     let options = Rc::new(options);
     loop {
-        let mut stream = listener.accept().await?;
+        let mut stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                runtime::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         core.metrics().connection(Protocol::Http);
         if open.get() >= options.connections_max {
             core.metrics().refused();
             runtime::spawn_detached(async move {
                 let body = error_body("overloaded", "too many open HTTP connections");
-                let _ = stream
-                    .write_all(&response(
-                        503,
-                        "application/json",
-                        &[],
-                        body.as_bytes(),
-                        false,
-                    ))
-                    .await;
+                let r = response(503, "application/json", &[], body.as_bytes(), false);
+                close_with(&mut stream, &r).await;
             });
             continue;
         }
@@ -86,13 +88,44 @@ pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions)
     }
 }
 
-/// Reads into `buf` with a deadline: `Ok(0)` at end of stream, `TimedOut` past it.
+/// How long a closing connection still reads (and drops) what the client sends, so that the
+/// last response is not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How long writing a response may make no progress.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes a last response, closes the writing side, and reads what the client still sends for
+/// a moment before the connection is dropped.
+async fn close_with(stream: &mut TcpStream, last: &[u8]) {
+    if runtime::timeout(WRITE_TIMEOUT, stream.write_all(last))
+        .await
+        .is_none_or(|r| r.is_err())
+    {
+        return;
+    }
+    if stream.shutdown_write().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    let mut sink = vec![0u8; 16 << 10];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, stream.read(&mut sink)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// Reads into `buf` until `deadline`: `Ok(0)` at end of stream, `TimedOut` past it.
 async fn read_some(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    within: Duration,
+    deadline: Instant,
 ) -> io::Result<usize> {
     let mut chunk = [0u8; 16 << 10];
+    let within = deadline.saturating_duration_since(Instant::now());
     match runtime::timeout(within, stream.read(&mut chunk)).await {
         Some(Ok(n)) => {
             buf.extend_from_slice(&chunk[..n]);
@@ -103,6 +136,14 @@ async fn read_some(
     }
 }
 
+fn timeout_response(what: &str) -> Vec<u8> {
+    let body = error_body(
+        "timeout",
+        &format!("the request {what} did not arrive in time"),
+    );
+    response(408, "application/json", &[], body.as_bytes(), false)
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     core: &Core,
@@ -111,70 +152,82 @@ async fn serve_connection(
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(16 << 10);
     loop {
-        // The head: idle time allowed before its first byte, read time after.
+        // The head: idle time allowed before its first byte; then the whole request (head and
+        // body) must arrive within the read timeout.
+        let mut deadline = Instant::now() + options.idle_timeout;
+        let mut started = !buf.is_empty();
+        if started {
+            deadline = Instant::now() + options.read_timeout;
+        }
         let (head, head_len) = loop {
             match parse_head(&buf, &options.limits) {
                 Ok(Some(parsed)) => break parsed,
-                Ok(None) => {
-                    let within = if buf.is_empty() {
-                        options.idle_timeout
-                    } else {
-                        options.read_timeout
-                    };
-                    match read_some(&mut stream, &mut buf, within).await {
-                        Ok(0) => return Ok(()),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut && buf.is_empty() => {
-                            return Ok(()); // idle keep-alive connection
+                Ok(None) => match read_some(&mut stream, &mut buf, deadline).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {
+                        if !started {
+                            started = true;
+                            deadline = Instant::now() + options.read_timeout;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            let body =
-                                error_body("timeout", "the request head did not arrive in time");
-                            let r = response(408, "application/json", &[], body.as_bytes(), false);
-                            return stream.write_all(&r).await;
-                        }
-                        Err(e) => return Err(e),
                     }
-                }
+                    // An idle keep-alive connection closes quietly.
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut && buf.is_empty() => {
+                        return Ok(())
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        close_with(&mut stream, &timeout_response("head")).await;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(e) => {
                     core.metrics().refused();
-                    return stream.write_all(&e.to_response()).await;
+                    close_with(&mut stream, &e.to_response()).await;
+                    return Ok(());
                 }
             }
         };
-        let started = Instant::now();
+        let arrived = Instant::now();
         let end = head_len + head.content_length;
         while buf.len() < end {
-            match read_some(&mut stream, &mut buf, options.read_timeout).await {
+            match read_some(&mut stream, &mut buf, deadline).await {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    let body = error_body("timeout", "the request body did not arrive in time");
-                    let r = response(408, "application/json", &[], body.as_bytes(), false);
-                    return stream.write_all(&r).await;
+                    close_with(&mut stream, &timeout_response("body")).await;
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             }
         }
-        let keep_alive = head.keep_alive;
-        let (resp, op, ok, close) = match core.admit() {
-            Some(_admission) => {
-                let (resp, op, ok) = handle(core, &head, &buf[head_len..end]).await;
-                (resp, op, ok, !keep_alive)
-            }
-            None => {
-                let body = error_body("unavailable", "the node is shutting down");
-                let resp = response(503, "application/json", &[], body.as_bytes(), false);
-                (resp, Op::Other, false, true)
-            }
-        };
+        // Health answers even while the node shuts down (that is what it reports).
+        let admission = core.admit();
+        if admission.is_none() && head.route != Route::Health {
+            let body = error_body("unavailable", "the node is shutting down");
+            let resp = response(503, "application/json", &[], body.as_bytes(), false);
+            core.metrics()
+                .request(Protocol::Http, Op::Other, false, arrived.elapsed());
+            close_with(&mut stream, &resp).await;
+            return Ok(());
+        }
+        let (resp, op, ok) = handle(core, &head, &buf[head_len..end]).await;
         core.metrics()
-            .request(Protocol::Http, op, ok, started.elapsed());
-        stream.write_all(&resp).await?;
-        if close {
+            .request(Protocol::Http, op, ok, arrived.elapsed());
+        let written = runtime::timeout(WRITE_TIMEOUT, stream.write_all(&resp)).await;
+        // The request counts as running until its answer is written.
+        drop(admission);
+        match written {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()), // the client does not read
+        }
+        if !head.keep_alive {
             return Ok(());
         }
         buf.drain(..end);
+        if buf.capacity() > 1 << 20 {
+            buf.shrink_to(16 << 10);
+        }
     }
 }
 

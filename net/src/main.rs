@@ -214,8 +214,8 @@ fn main() -> ExitCode {
                     n.host,
                     n.base_port,
                     n.shards,
-                    u32::from(n.base_port) + 1,
-                    u32::from(n.base_port) + n.shards
+                    u64::from(n.base_port) + 1,
+                    u64::from(n.base_port) + u64::from(n.shards)
                 );
             }
             Ok(ExitCode::SUCCESS)

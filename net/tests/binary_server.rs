@@ -12,12 +12,16 @@ use dynacore_net::cores::Core;
 use dynacore_net::dispatch::{NodeDesc, Topology};
 use dynacore_net::protocol::{build, encode_frame, fb, parse_response, FRAME_BYTES_MAX};
 use dynacore_net::ring::{NodeId, Ring};
-use dynacore_net::server::serve_binary;
+use dynacore_net::server::{serve_binary, ConnectionLimits};
 use dynacore_net::store::LocalStore;
 
 /// Starts a one-shard server on a free loopback port, on its own executor thread (it runs until
 /// the test process exits); returns its address.
 fn start_server() -> (SocketAddr, tempfile::TempDir) {
+    start_server_with(ConnectionLimits::default())
+}
+
+fn start_server_with(limits: ConnectionLimits) -> (SocketAddr, tempfile::TempDir) {
     let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).to_path_buf();
     let dir = tempfile::Builder::new()
         .prefix("dynacore-server-test-")
@@ -47,7 +51,7 @@ fn start_server() -> (SocketAddr, tempfile::TempDir) {
                 replication_factor: 1,
             });
             tx.send(addr).expect("send address");
-            let _ = serve_binary(listener, Core::single(store, topology)).await;
+            serve_binary(listener, Core::single(store, topology), limits).await;
         });
     });
     let addr = rx
@@ -182,5 +186,83 @@ fn bad_frames_close_only_their_connection() {
             .and_then(|g| g.value())
             .map(|v| v.bytes().to_vec()),
         Some(b"v".to_vec())
+    );
+}
+
+#[test]
+fn a_connection_past_its_limits_pays_alone() {
+    let limits = ConnectionLimits {
+        answer_bytes_max: 1 << 20,
+        read_timeout: Duration::from_millis(200),
+        connections_max: 3,
+        ..ConnectionLimits::default()
+    };
+    let (addr, _dir) = start_server_with(limits);
+    let mut good = connect(addr);
+    good.write_all(&put_frame(1, b"big", &vec![1u8; 256 << 10]))
+        .expect("send");
+    assert!(parse_response(&read_frame(&mut good))
+        .expect("response")
+        .reply_as_put()
+        .is_some());
+
+    // A client that asks for the 256 KiB value again and again without reading: once more
+    // than 1 MiB of answers waits for it (beyond what the socket buffers hold), the server
+    // closes its connection.
+    let mut greedy = connect(addr);
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut requests = Vec::new();
+    for i in 0..400u64 {
+        requests.extend(get_frame(i, b"big"));
+    }
+    // The server may close before taking every request: a failed write is fine.
+    let _ = greedy.write_all(&requests);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut drained = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match greedy.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    assert!(
+        drained < 400 * (256 << 10),
+        "the connection closed before every answer came ({drained} bytes)"
+    );
+
+    // A frame whose body never comes: the connection closes after the read timeout.
+    let mut stalled = connect(addr);
+    let whole = put_frame(2, b"k", b"v");
+    stalled.write_all(&whole[..6]).expect("send");
+    assert!(closed(&mut stalled));
+
+    // Past the connection limit (3 at once: `good`, and two more), a new one is refused.
+    let _second = connect(addr);
+    let _third = connect(addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fourth = connect(addr);
+    let body = read_frame(&mut fourth);
+    assert_eq!(
+        parse_response(&body)
+            .expect("response")
+            .reply_as_error()
+            .map(|e| e.code()),
+        Some(fb::ErrorCode::Overloaded)
+    );
+    assert!(closed(&mut fourth));
+
+    // The well-behaved connection never noticed.
+    good.write_all(&get_frame(9, b"big")).expect("send");
+    let resp = read_frame(&mut good);
+    assert_eq!(
+        parse_response(&resp)
+            .expect("response")
+            .reply_as_get()
+            .and_then(|g| g.value())
+            .map(|v| v.len()),
+        Some(256 << 10)
     );
 }

@@ -230,8 +230,8 @@ impl NodeConfig {
         if self.vnodes == 0 {
             return err("vnodes must be at least 1".to_owned());
         }
-        if self.request_timeout.is_zero() {
-            return err("request_timeout_ms must be at least 1".to_owned());
+        if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(600) {
+            return err("request_timeout_ms must be 1..=600000".to_owned());
         }
         if self.io_memory_bytes < (1 << 20) {
             return err("io_memory_mib must be at least 1".to_owned());
@@ -242,8 +242,14 @@ impl NodeConfig {
         if self.http_connections_max == 0 {
             return err("http_connections_max must be at least 1".to_owned());
         }
-        if self.http_idle_timeout.is_zero() {
-            return err("http_idle_timeout_s must be at least 1".to_owned());
+        if self.http_idle_timeout.is_zero() || self.http_idle_timeout > Duration::from_secs(86_400)
+        {
+            return err("http_idle_timeout_s must be 1..=86400".to_owned());
+        }
+        if self.io_memory_bytes > (1 << 30) || self.memtable_bytes > (64 << 30) {
+            return err(
+                "io_memory_mib must be at most 1024 and memtable_mib at most 65536".to_owned(),
+            );
         }
         if self.data_dir.as_os_str().is_empty() {
             return err("data_dir must not be empty".to_owned());
@@ -295,6 +301,8 @@ mod tests {
         assert!(bad("listen = \"localhost\"").contains("listen must be"));
         assert!(bad("listen = \"127.0.0.1:65535\"\ncores = 2").contains("passes 65535"));
         assert!(bad("vnodes = 0").contains("vnodes"));
+        assert!(bad("http_idle_timeout_s = 100000000").contains("http_idle_timeout_s"));
+        assert!(bad("request_timeout_ms = 0").contains("request_timeout_ms"));
         assert!(bad("cores = [").contains("config file"));
         let flags = Overrides {
             http: Some("nowhere".to_owned()),

@@ -31,7 +31,7 @@ use crate::cores::{serve_inbox, Core, NodeShared};
 use crate::dispatch::{NodeDesc, Topology};
 use crate::httpd::{serve_http, HttpOptions};
 use crate::ring::{NodeId, Ring};
-use crate::server::serve_binary;
+use crate::server::{serve_binary, ConnectionLimits};
 use crate::store::LocalStore;
 pub use config::{ConfigError, NodeConfig, Overrides};
 
@@ -446,9 +446,10 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         connections_max: s.config.http_connections_max,
         ..HttpOptions::default()
     };
+    let binary_limits = ConnectionLimits::default();
     let listeners = vec![
-        runtime::spawn(serve_binary(main, core.clone())),
-        runtime::spawn(serve_binary(own, core.clone())),
+        runtime::spawn(serve_binary(main, core.clone(), binary_limits.clone())),
+        runtime::spawn(serve_binary(own, core.clone(), binary_limits)),
         runtime::spawn(serve_http(http, core.clone(), http_options)),
     ];
     tracing::debug!(core = i, "ready");
