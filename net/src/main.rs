@@ -33,24 +33,8 @@ enum Command {
         /// A TOML file of settings (flags override it).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Data directory [default: ./dynacore-data].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Binary protocol address; core i also listens on port + 1 + i [default: 127.0.0.1:7400].
-        #[arg(long)]
-        listen: Option<String>,
-        /// HTTP API address [default: 127.0.0.1:8400].
-        #[arg(long)]
-        http: Option<String>,
-        /// Executors (shards) [default: one per online CPU].
-        #[arg(long)]
-        cores: Option<u32>,
-        /// Do not pin executors to CPUs.
-        #[arg(long)]
-        no_pin: bool,
-        /// When writes are acknowledged: sync, periodic:<ms> or none [default: sync].
-        #[arg(long)]
-        durability: Option<String>,
+        #[command(flatten)]
+        flags: Overrides,
     },
     /// Store a value.
     Put {
@@ -124,24 +108,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve {
-            config,
-            data_dir,
-            listen,
-            http,
-            cores,
-            no_pin,
-            durability,
-        } => {
+        Command::Serve { config, flags } => {
             init_logging();
-            let flags = Overrides {
-                data_dir,
-                listen,
-                http,
-                cores,
-                no_pin,
-                durability,
-            };
             serve(config.as_deref(), &flags)
         }
         Command::Put {

@@ -1,8 +1,10 @@
 //! The binary server over real loopback sockets: round trips, pipelining (answers by id), and bad frames that
 //! close only their own connection.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,10 +12,12 @@ use dynacore_engine::version::{ActorId, ClockHandle};
 use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
 use dynacore_net::cores::Core;
 use dynacore_net::dispatch::{NodeDesc, Topology};
-use dynacore_net::protocol::{build, encode_frame, fb, parse_response, FRAME_BYTES_MAX};
+use dynacore_net::protocol::{encode_frame, fb, parse_response, FRAME_BYTES_MAX};
 use dynacore_net::ring::{NodeId, Ring};
 use dynacore_net::server::{serve_binary, ConnectionLimits};
 use dynacore_net::store::LocalStore;
+
+use common::{closed, get_frame, put_frame, raw_conn as connect, read_frame};
 
 /// Starts a one-shard server on a free loopback port, on its own executor thread (it runs until
 /// the test process exits); returns its address.
@@ -58,49 +62,6 @@ fn start_server_with(limits: ConnectionLimits) -> (SocketAddr, tempfile::TempDir
         .recv_timeout(Duration::from_secs(30))
         .expect("server started");
     (addr, dir)
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s
-}
-
-fn framed(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_frame(body, &mut out);
-    out
-}
-
-fn put_frame(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
-    framed(&build::put(
-        id,
-        &build::Put {
-            key,
-            value,
-            ..build::Put::default()
-        },
-    ))
-}
-
-fn get_frame(id: u64, key: &[u8]) -> Vec<u8> {
-    framed(&build::get(id, key, None, fb::ReadRepair::Default))
-}
-
-/// Reads one response frame's body.
-fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut header = [0u8; 4];
-    s.read_exact(&mut header).expect("response header");
-    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
-    s.read_exact(&mut body).expect("response body");
-    body
-}
-
-/// Whether the server closed the connection (a read returns end of stream).
-fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0))
 }
 
 #[test]

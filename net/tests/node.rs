@@ -3,43 +3,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+
 use std::time::Duration;
 
 use common::{
-    dynacore, http, metric_sum, on_executor, start, temp_dir, try_start, HttpConn, BOUND,
+    closed, dynacore, framed, get_value, http, metric_sum, on_executor, raw_conn, read_frame,
+    start, temp_dir, try_start, HttpConn, BOUND,
 };
 use dynacore_engine::runtime;
 use dynacore_net::client::{
     Client, ClientError, ErrorCode, Quorum, ReadRepair, Version, WriteOptions,
 };
-use dynacore_net::protocol::{build, encode_frame, fb, parse_response, FRAME_BYTES_MAX};
-
-fn framed(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_frame(body, &mut out);
-    out
-}
-
-fn raw_conn(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(BOUND)).expect("timeout");
-    s
-}
-
-fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut header = [0u8; 4];
-    s.read_exact(&mut header).expect("response header");
-    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
-    s.read_exact(&mut body).expect("response body");
-    body
-}
-
-fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
-}
+use dynacore_net::protocol::{build, fb, parse_response, FRAME_BYTES_MAX};
 
 fn error_code(body: &[u8]) -> Option<fb::ErrorCode> {
     parse_response(body)
@@ -201,35 +177,15 @@ fn a_request_on_the_wrong_core_is_forwarded_and_answered() {
         .expect("response")
         .reply_as_put()
         .is_some());
-    wrong
-        .write_all(&framed(&build::get(
-            2,
-            key.as_bytes(),
-            None,
-            fb::ReadRepair::Default,
-        )))
-        .expect("send");
-    let resp = read_frame(&mut wrong);
-    let resp = parse_response(&resp).expect("response");
-    let get = resp.reply_as_get().expect("get reply");
-    assert_eq!(get.value().map(|v| v.bytes()), Some(&b"forwarded"[..]));
+    assert_eq!(
+        get_value(&mut wrong, 2, key.as_bytes()),
+        Some(b"forwarded".to_vec())
+    );
     // The owner's own port sees the same value.
     let mut right = raw_conn(node.shard_ports[1]);
-    right
-        .write_all(&framed(&build::get(
-            3,
-            key.as_bytes(),
-            None,
-            fb::ReadRepair::Default,
-        )))
-        .expect("send");
-    let resp = read_frame(&mut right);
-    let resp = parse_response(&resp).expect("response");
     assert_eq!(
-        resp.reply_as_get()
-            .and_then(|g| g.value())
-            .map(|v| v.bytes()),
-        Some(&b"forwarded"[..])
+        get_value(&mut right, 3, key.as_bytes()),
+        Some(b"forwarded".to_vec())
     );
     assert_eq!(
         metric_sum(node.http, "dynacore_forwarded_requests_total"),

@@ -99,20 +99,26 @@ struct FileConfig {
     http_connections_max: Option<usize>,
 }
 
-/// Overrides given on the command line (`None`: not given).
-#[derive(Clone, Debug, Default)]
+/// Overrides given on the command line (`None`: not given); also `dynacore serve`'s flags.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
-    /// `--data-dir`.
+    /// Data directory [default: ./dynacore-data].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// `--listen`.
+    /// Binary protocol address; core i also listens on port + 1 + i [default: 127.0.0.1:7400].
+    #[arg(long)]
     pub listen: Option<String>,
-    /// `--http`.
+    /// HTTP API address [default: 127.0.0.1:8400].
+    #[arg(long)]
     pub http: Option<String>,
-    /// `--cores`.
+    /// Executors (shards) [default: one per online CPU].
+    #[arg(long)]
     pub cores: Option<u32>,
-    /// `--no-pin`.
+    /// Do not pin executors to CPUs.
+    #[arg(long)]
     pub no_pin: bool,
-    /// `--durability`.
+    /// When writes are acknowledged: sync, periodic:<ms> or none [default: sync].
+    #[arg(long)]
     pub durability: Option<String>,
 }
 

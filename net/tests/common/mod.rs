@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dynacore_engine::runtime;
+use dynacore_net::protocol::{build, encode_frame, fb, parse_response};
 
 /// How long any single wait in these tests may take.
 pub const BOUND: Duration = Duration::from_secs(60);
@@ -306,4 +307,61 @@ where
             panic!("client code did not finish in {BOUND:?}")
         }
     }
+}
+
+/// `body` framed.
+pub fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(body, &mut out);
+    out
+}
+
+/// A framed blind put.
+pub fn put_frame(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
+    framed(&build::put(
+        id,
+        &build::Put {
+            key,
+            value,
+            ..build::Put::default()
+        },
+    ))
+}
+
+/// A framed get.
+pub fn get_frame(id: u64, key: &[u8]) -> Vec<u8> {
+    framed(&build::get(id, key, None, fb::ReadRepair::Default))
+}
+
+/// A plain connection for raw frames, with a read timeout of [`BOUND`].
+pub fn raw_conn(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).expect("timeout");
+    s
+}
+
+/// Reads one response frame's body.
+pub fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).expect("response header");
+    let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut body).expect("response body");
+    body
+}
+
+/// Sends a get and returns the value its answer carries (`None`: not found).
+pub fn get_value(s: &mut TcpStream, id: u64, key: &[u8]) -> Option<Vec<u8>> {
+    s.write_all(&get_frame(id, key)).expect("send");
+    let body = read_frame(s);
+    let resp = parse_response(&body).expect("response");
+    assert_eq!(resp.id(), id);
+    let get = resp.reply_as_get().expect("get reply");
+    get.found()
+        .then(|| get.value().map(|v| v.bytes().to_vec()).unwrap_or_default())
+}
+
+/// Whether the server closed the connection (a read returns end of stream or fails).
+pub fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
 }
