@@ -145,37 +145,31 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         "Seconds since the node started.",
     );
     let _ = writeln!(o, "dynacore_uptime_seconds {:.3}", uptime.as_secs_f64());
-    family(
-        &mut o,
-        "dynacore_requests_total",
-        "counter",
-        "Requests answered, per core (the one that received it), protocol and operation.",
-    );
-    for (c, m) in cores.iter().enumerate() {
-        for (p, pname) in PROTOCOLS {
-            for (op, oname) in OPS {
-                let _ = writeln!(
-                    o,
-                    "dynacore_requests_total{{core=\"{c}\",protocol=\"{pname}\",op=\"{oname}\"}} {}",
-                    load(&m.requests[p as usize][op as usize])
-                );
-            }
-        }
-    }
-    family(
-        &mut o,
-        "dynacore_request_errors_total",
-        "counter",
-        "Requests answered with an error, per core, protocol and operation.",
-    );
-    for (c, m) in cores.iter().enumerate() {
-        for (p, pname) in PROTOCOLS {
-            for (op, oname) in OPS {
-                let _ = writeln!(
-                    o,
-                    "dynacore_request_errors_total{{core=\"{c}\",protocol=\"{pname}\",op=\"{oname}\"}} {}",
-                    load(&m.errors[p as usize][op as usize])
-                );
+    type ByOp = [[AtomicU64; OPS.len()]; PROTOCOLS.len()];
+    type ByOpFn = fn(&CoreMetrics) -> &ByOp;
+    let by_op: [(&str, &str, ByOpFn); 2] = [
+        (
+            "dynacore_requests_total",
+            "Requests answered, per core (the one that received it), protocol and operation.",
+            |m| &m.requests,
+        ),
+        (
+            "dynacore_request_errors_total",
+            "Requests answered with an error, per core, protocol and operation.",
+            |m| &m.errors,
+        ),
+    ];
+    for (name, help, counters) in by_op {
+        family(&mut o, name, "counter", help);
+        for (c, m) in cores.iter().enumerate() {
+            for (p, pname) in PROTOCOLS {
+                for (op, oname) in OPS {
+                    let _ = writeln!(
+                        o,
+                        "{name}{{core=\"{c}\",protocol=\"{pname}\",op=\"{oname}\"}} {}",
+                        load(&counters(m)[p as usize][op as usize])
+                    );
+                }
             }
         }
     }
