@@ -418,6 +418,23 @@ fn every_http_route_and_error() {
         assert!(r.json()["message"].is_string());
     }
 
+    // A body without Content-Length (chunked), and a head over 16 KiB.
+    let mut chunked = HttpConn::open(h);
+    chunked
+        .send(b"PUT /keys/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    let r = chunked.read();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (411, Some("length_required"))
+    );
+    let mut fat = HttpConn::open(h);
+    let filler = "x".repeat(20 << 10);
+    fat.send(format!("GET /keys/k HTTP/1.1\r\nX-Filler: {filler}\r\n\r\n").as_bytes());
+    let r = fat.read();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (431, Some("headers_too_large"))
+    );
     // A value over 10 MiB is refused from its Content-Length, before the body is sent.
     let mut big = HttpConn::open(h);
     big.send(b"PUT /keys/big HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 10485761\r\n\r\n");
