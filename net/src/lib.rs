@@ -11,6 +11,7 @@
 // unsafe_code is denied workspace-wide; only the generated flatbuffers code is allowed it.
 
 pub mod client;
+pub mod coordinator;
 pub mod cores;
 pub mod dispatch;
 pub mod http;
