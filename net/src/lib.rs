@@ -16,6 +16,7 @@ pub mod cores;
 pub mod dispatch;
 pub mod http;
 pub mod httpd;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
