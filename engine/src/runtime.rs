@@ -267,6 +267,46 @@ impl TcpStream {
     }
 }
 
+/// A UDP socket on the current executor.
+#[derive(Debug)]
+pub struct UdpSocket(glommio::net::UdpSocket);
+
+impl UdpSocket {
+    /// Binds `addr`.
+    ///
+    /// # Errors
+    /// Any error from `bind`.
+    pub fn bind(addr: std::net::SocketAddr) -> io::Result<UdpSocket> {
+        glommio::net::UdpSocket::bind(addr)
+            .map(UdpSocket)
+            .map_err(io::Error::from)
+    }
+
+    /// The address it is bound to.
+    ///
+    /// # Errors
+    /// Any error from `getsockname`.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+
+    /// Sends one datagram.
+    ///
+    /// # Errors
+    /// Any error from `sendto`.
+    pub async fn send_to(&self, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
+        self.0.send_to(buf, to).await.map_err(io::Error::from)
+    }
+
+    /// Receives one datagram into `buf` (a longer one is cut to `buf`'s size).
+    ///
+    /// # Errors
+    /// Any error from `recvfrom`.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+        self.0.recv_from(buf).await.map_err(io::Error::from)
+    }
+}
+
 /// The reading half of a [`TcpStream`].
 #[derive(Debug)]
 pub struct TcpReader(futures_lite::io::ReadHalf<glommio::net::TcpStream>);

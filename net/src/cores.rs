@@ -115,6 +115,8 @@ pub struct NodeShared {
     metrics: Vec<CoreMetrics>,
     /// When the node started.
     started: Instant,
+    /// What the membership driver (core 0) last published.
+    members: crate::gossip::SharedMembers,
 }
 
 impl NodeShared {
@@ -129,6 +131,7 @@ impl NodeShared {
             inboxes: senders,
             metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
             started: Instant::now(),
+            members: crate::gossip::SharedMembers::default(),
         };
         (Arc::new(shared), receivers)
     }
@@ -160,6 +163,12 @@ impl NodeShared {
     #[must_use]
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The membership as last published (`None` before the driver's first step).
+    #[must_use]
+    pub fn members(&self) -> &crate::gossip::SharedMembers {
+        &self.members
     }
 
     /// Counts work that continues an admitted request (an operation running in its own task,

@@ -26,6 +26,7 @@ use crate::http::{
     error_body, parse_head, parse_json_put, response, version_from_hex, version_to_hex, HttpError,
     Limits, Quorum, RequestHead, Route,
 };
+use crate::membership::NodeStatus;
 use crate::metrics::{self, Op, Protocol};
 use crate::store::StoreError;
 
@@ -424,24 +425,54 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
     let t = core.topology();
     let ownership = t.ring.ownership();
     let vnodes_of = |id| t.ring.vnodes().iter().filter(|v| v.node == id).count();
-    let nodes: Vec<_> = t
+    let members = core.shared().members().read().ok().and_then(|m| m.clone());
+    let status_name = |s: NodeStatus| match s {
+        NodeStatus::Joining => "joining",
+        NodeStatus::Normal => "normal",
+        NodeStatus::Leaving => "leaving",
+    };
+    // This node first (it serves the ring), then every other node the membership knows.
+    let mut nodes: Vec<_> = t
         .nodes
         .iter()
         .map(|n| {
             #[allow(clippy::cast_precision_loss)]
             let owned = ownership.get(&n.id).copied().unwrap_or(0) as f64 / (1u128 << 64) as f64;
+            let own = members.as_ref().map(|m| &m.own);
             json!({
                 "id": n.id.to_string(),
+                "self": true,
                 "host": n.host,
                 "port": n.base_port,
                 "shard_ports": (0..n.shards).map(|s| u32::from(n.base_port) + 1 + s).collect::<Vec<_>>(),
+                "http": own.map(|m| m.http.to_string()),
                 "shards": n.shards,
                 "vnodes": vnodes_of(n.id),
+                "generation": own.map(|m| m.generation),
                 "owned_fraction": owned,
-                "status": "normal",
+                "up": true,
+                "status": own.map_or("normal", |m| status_name(m.status)),
             })
         })
         .collect();
+    if let Some(m) = &members {
+        for v in &m.others {
+            let meta = v.meta.as_ref();
+            nodes.push(json!({
+                "id": crate::ring::NodeId(v.id.node).to_string(),
+                "self": false,
+                "host": meta.map(|m| m.binary.ip().to_string()),
+                "port": meta.map(|m| m.binary.port()),
+                "http": meta.map(|m| m.http.to_string()),
+                "gossip": v.id.addr.to_string(),
+                "shards": meta.map(|m| m.shards),
+                "vnodes": meta.map(|m| m.vnodes),
+                "generation": v.id.generation,
+                "up": v.up,
+                "status": if v.up { meta.map_or("normal", |m| status_name(m.status)) } else { "down" },
+            }));
+        }
+    }
     let mut per_shard = vec![0usize; core.shards() as usize];
     for v in t.ring.vnodes() {
         per_shard[crate::ring::shard_for_vnode(v.token, core.shards()) as usize] += 1;
@@ -451,9 +482,15 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
         &json!({
             "nodes": nodes,
             "replication_factor": t.replication_factor,
+            "ring_nodes": t.ring.node_count(),
             "vnodes": t.ring.vnodes().len(),
             "vnodes_per_shard": per_shard,
             "ownership_balance": t.ring.ownership_balance(),
+            "membership": members.map(|m| json!({
+                "bad_packets": m.stats.bad_packets,
+                "members_up": m.stats.ups,
+                "members_down": m.stats.downs,
+            })),
         }),
     ))
 }

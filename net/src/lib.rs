@@ -14,6 +14,7 @@ pub mod client;
 pub mod coordinator;
 pub mod cores;
 pub mod dispatch;
+pub mod gossip;
 pub mod http;
 pub mod httpd;
 pub mod membership;

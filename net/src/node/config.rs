@@ -60,6 +60,12 @@ pub struct NodeConfig {
     pub http_idle_timeout: Duration,
     /// HTTP connections one core keeps open.
     pub http_connections_max: usize,
+    /// Other nodes' binary addresses to join through (gossip goes to the same ports, over
+    /// UDP); empty: a cluster of one until others join this node.
+    pub seeds: Vec<SocketAddr>,
+    /// The node's id, when it must be a given one (otherwise generated at the first start and
+    /// kept in the data directory).
+    pub node_id: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -77,6 +83,8 @@ impl Default for NodeConfig {
             memtable_bytes: 64 << 20,
             http_idle_timeout: Duration::from_secs(60),
             http_connections_max: 4096,
+            seeds: Vec::new(),
+            node_id: None,
         }
     }
 }
@@ -97,6 +105,8 @@ struct FileConfig {
     memtable_mib: Option<usize>,
     http_idle_timeout_s: Option<u64>,
     http_connections_max: Option<usize>,
+    seeds: Option<Vec<String>>,
+    node_id: Option<String>,
 }
 
 /// Overrides given on the command line (`None`: not given); also `dynacore serve`'s flags.
@@ -120,6 +130,12 @@ pub struct Overrides {
     /// When writes are acknowledged: sync, periodic:<ms> or none [default: sync].
     #[arg(long)]
     pub durability: Option<String>,
+    /// Other nodes' binary addresses to join through, comma-separated (ip:port,...).
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// This node's id (16 hex digits) [default: generated at the first start and kept].
+    #[arg(long)]
+    pub node_id: Option<String>,
 }
 
 /// Parses `sync`, `periodic:<ms>` or `none`.
@@ -140,6 +156,26 @@ pub fn parse_durability(s: &str) -> Result<Durability, ConfigError> {
             _ => Err(bad()),
         },
     }
+}
+
+fn parse_node_id(what: &str, s: &str) -> Result<u64, ConfigError> {
+    match u64::from_str_radix(s, 16) {
+        Ok(id) if id != 0 && !s.is_empty() && s.len() <= 16 => Ok(id),
+        _ => Err(ConfigError(format!(
+            "{what} must be 1 to 16 hex digits, not zero, not {s:?}"
+        ))),
+    }
+}
+
+fn parse_seeds<'a>(
+    what: &str,
+    seeds: impl Iterator<Item = &'a str>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    seeds
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_addr(what, s))
+        .collect()
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -196,6 +232,12 @@ impl NodeConfig {
             if let Some(v) = f.http_connections_max {
                 c.http_connections_max = v;
             }
+            if let Some(v) = f.seeds {
+                c.seeds = parse_seeds("seeds", v.iter().map(String::as_str))?;
+            }
+            if let Some(v) = f.node_id {
+                c.node_id = Some(parse_node_id("node_id", &v)?);
+            }
         }
         if let Some(v) = &flags.data_dir {
             c.data_dir.clone_from(v);
@@ -214,6 +256,12 @@ impl NodeConfig {
         }
         if let Some(v) = &flags.durability {
             c.durability = parse_durability(v)?;
+        }
+        if let Some(v) = &flags.seeds {
+            c.seeds = parse_seeds("--seeds", v.split(','))?;
+        }
+        if let Some(v) = &flags.node_id {
+            c.node_id = Some(parse_node_id("--node-id", v)?);
         }
         c.check()?;
         Ok(c)
@@ -310,6 +358,26 @@ mod tests {
         assert!(bad("http_idle_timeout_s = 100000000").contains("http_idle_timeout_s"));
         assert!(bad("request_timeout_ms = 0").contains("request_timeout_ms"));
         assert!(bad("cores = [").contains("config file"));
+        assert!(bad("seeds = [\"nowhere\"]").contains("seeds must be"));
+        assert!(bad("node_id = \"xyz\"").contains("node_id must be"));
+        assert!(bad("node_id = \"0\"").contains("node_id must be"));
+        let c = NodeConfig::build(
+            Some("seeds = [\"127.0.0.2:7400\", \"127.0.0.3:7400\"]\nnode_id = \"00ff\""),
+            &Overrides::default(),
+        )
+        .expect("seeds");
+        assert_eq!((c.seeds.len(), c.node_id), (2, Some(255)));
+        let flags = Overrides {
+            seeds: Some("127.0.0.1:7400, 127.0.0.2:7400".to_owned()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            NodeConfig::build(None, &flags)
+                .expect("flag seeds")
+                .seeds
+                .len(),
+            2
+        );
         let flags = Overrides {
             http: Some("nowhere".to_owned()),
             ..Overrides::default()

@@ -66,12 +66,14 @@ pub const NODE_FILE: &str = "NODE";
 /// What the data directory records about the node that owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeMeta {
-    /// The node's id, generated at its first start.
+    /// The node's id, generated at its first start (or given then).
     pub node_id: NodeId,
     /// Its shard count: the data is split this way.
     pub shards: u32,
     /// Its vnode count: the ring depends on it.
     pub vnodes: u16,
+    /// This start's generation: one more than the previous start's.
+    pub generation: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -81,21 +83,49 @@ struct MetaFile {
     node_id: String,
     shards: u32,
     vnodes: u16,
+    #[serde(default)]
+    generation: u64,
 }
 
-/// Reads the data directory's identity, or creates it (durably: written, synced, renamed,
-/// directory synced) for a new node with `shards` and `vnodes`. An existing identity with
-/// another shard or vnode count is refused: the data is split by them.
-///
-/// # Errors
-/// [`NodeError::Config`] for a mismatch or an unreadable identity file;
-/// [`NodeError::Runtime`] for I/O errors.
-pub fn load_or_create_meta(dir: &Path, shards: u32, vnodes: u16) -> Result<NodeMeta, NodeError> {
+/// Writes the identity file durably: written, synced, renamed, directory synced.
+fn store_meta(dir: &Path, meta: &NodeMeta) -> Result<(), NodeError> {
     let path = dir.join(NODE_FILE);
     let io = |what: &str, e: std::io::Error| {
         NodeError::Runtime(format!("{what} {}: {e}", path.display()))
     };
-    match std::fs::read_to_string(&path) {
+    let text = format!(
+        "# This node's identity, written at its first start; the generation grows at every\n\
+         # start. Do not edit: the data is split by these numbers.\nformat = 1\n\
+         node_id = \"{}\"\nshards = {}\nvnodes = {}\ngeneration = {}\n",
+        meta.node_id, meta.shards, meta.vnodes, meta.generation
+    );
+    let tmp = dir.join(format!("{NODE_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("cannot write", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename into", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync the directory of", e))
+}
+
+/// Reads the data directory's identity, or creates it for a new node with `shards` and
+/// `vnodes` (and the id `wanted`, or a random one), and records this start's generation. An
+/// existing identity with another shard or vnode count, or another id than `wanted`, is
+/// refused: the data is split by them.
+///
+/// # Errors
+/// [`NodeError::Config`] for a mismatch or an unreadable identity file;
+/// [`NodeError::Runtime`] for I/O errors.
+pub fn load_or_create_meta(
+    dir: &Path,
+    shards: u32,
+    vnodes: u16,
+    wanted: Option<NodeId>,
+) -> Result<NodeMeta, NodeError> {
+    let path = dir.join(NODE_FILE);
+    let meta = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let m: MetaFile = toml::from_str(&text)
                 .map_err(|e| NodeError::Config(format!("{} is damaged: {e}", path.display())))?;
@@ -127,37 +157,39 @@ pub fn load_or_create_meta(dir: &Path, shards: u32, vnodes: u16) -> Result<NodeM
                     m.vnodes
                 )));
             }
-            Ok(NodeMeta {
+            if let Some(w) = wanted.filter(|w| w.0 != node_id) {
+                return Err(NodeError::Config(format!(
+                    "the data in {} belongs to node {}, not {w}",
+                    dir.display(),
+                    NodeId(node_id)
+                )));
+            }
+            NodeMeta {
                 node_id: NodeId(node_id),
                 shards,
                 vnodes,
-            })
+                generation: m.generation + 1,
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| io("cannot create the directory of", e))?;
-            let meta = NodeMeta {
-                node_id: NodeId(rand::random::<u64>()),
+            std::fs::create_dir_all(dir)
+                .map_err(|e| NodeError::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+            NodeMeta {
+                node_id: wanted.unwrap_or_else(|| NodeId(rand::random::<u64>().max(1))),
                 shards,
                 vnodes,
-            };
-            let text = format!(
-                "# This node's identity, written at its first start. Do not edit: the data is\n\
-                 # split by these numbers.\nformat = 1\nnode_id = \"{}\"\nshards = {shards}\nvnodes = {vnodes}\n",
-                meta.node_id
-            );
-            let tmp = dir.join(format!("{NODE_FILE}.tmp"));
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
-            f.write_all(text.as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io("cannot write", e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("cannot rename into", e))?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("cannot sync the directory of", e))?;
-            Ok(meta)
+                generation: 1,
+            }
         }
-        Err(e) => Err(io("cannot read", e)),
-    }
+        Err(e) => {
+            return Err(NodeError::Runtime(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    store_meta(dir, &meta)?;
+    Ok(meta)
 }
 
 /// Checks that nothing listens on `addr` (the executors bind with `SO_REUSEPORT`, which would
@@ -256,7 +288,20 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         check_free(*a, "a core's binary port")?;
     }
     check_free(config.http, "HTTP")?;
-    let meta = load_or_create_meta(&config.data_dir, cores, config.vnodes)?;
+    std::net::UdpSocket::bind(config.listen)
+        .map(drop)
+        .map_err(|e| {
+            NodeError::Config(format!(
+                "cannot gossip on {} (UDP): {e} — is another node running?",
+                config.listen
+            ))
+        })?;
+    let meta = load_or_create_meta(
+        &config.data_dir,
+        cores,
+        config.vnodes,
+        config.node_id.map(NodeId),
+    )?;
     let ring = Ring::new(&[(meta.node_id, config.vnodes)])
         .map_err(|e| NodeError::Runtime(format!("cannot build the ring: {e}")))?;
     let topology = Topology {
@@ -294,6 +339,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                     index: i,
                     config,
                     node_id: meta.node_id,
+                    generation: meta.generation,
                     topology,
                     shared: core_shared,
                     inbox,
@@ -396,6 +442,7 @@ struct CoreStart {
     index: u32,
     config: Arc<NodeConfig>,
     node_id: NodeId,
+    generation: u64,
     topology: Topology,
     shared: Arc<NodeShared>,
     inbox: flume::Receiver<crate::cores::Forward>,
@@ -452,10 +499,58 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         runtime::spawn(serve_binary(own, core.clone(), binary_limits)),
         runtime::spawn(serve_http(http, core.clone(), http_options)),
     ];
+    // Core 0 runs the membership, gossiping on the binary address over UDP.
+    let (gossip_control, gossip_inbox) = flume::bounded(1);
+    let gossip = if i == 0 {
+        match runtime::UdpSocket::bind(s.config.listen) {
+            Ok(socket) => {
+                let own = crate::membership::NodeMeta {
+                    node: s.node_id.0,
+                    generation: s.generation,
+                    version: 0,
+                    status: crate::membership::NodeStatus::Normal,
+                    shards: core.shards(),
+                    vnodes: s.config.vnodes,
+                    binary: s.config.listen,
+                    http: s.config.http,
+                    gossip: s.config.listen,
+                };
+                let members = core.shared().members().clone();
+                let seeds = s.config.seeds.clone();
+                Some(runtime::spawn(crate::gossip::run(
+                    socket,
+                    own,
+                    seeds,
+                    members,
+                    gossip_inbox,
+                )))
+            }
+            Err(e) => {
+                let m = format!("cannot gossip on {} (UDP): {e}", s.config.listen);
+                let _ = s.ready.send(Err(m.clone()));
+                drop(listeners);
+                let _ = shard.close().await;
+                return Err(m);
+            }
+        }
+    } else {
+        None
+    };
     tracing::debug!(core = i, "ready");
     let _ = s.ready.send(Ok(i));
     // Until shutdown is asked for (or the node's start-up failed elsewhere).
     let _ = s.control.recv_async().await;
+    if gossip.is_some() {
+        // Tell the cluster at once rather than letting it find out by failed probes.
+        let (done_tx, done) = flume::bounded(1);
+        if gossip_control
+            .send(crate::gossip::Control::Leave(done_tx))
+            .is_ok()
+        {
+            let _ = runtime::timeout(Duration::from_secs(1), done.recv_async()).await;
+        }
+    }
+    drop(gossip);
     drop(listeners);
     let deadline = Instant::now() + s.config.request_timeout + Duration::from_secs(1);
     while s.shared.in_flight() > 0 && Instant::now() < deadline {

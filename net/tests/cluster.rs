@@ -1,0 +1,101 @@
+//! Several real `dynacore` processes on loopback forming a cluster: membership through gossip,
+//! a killed node declared down, its restart taken back with a new generation, and a clean
+//! leave. Every wait is bounded.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{http, start, temp_dir, BOUND};
+
+/// What node at `http_addr` says of every node: (id, up, status, generation, shards).
+fn members(http_addr: SocketAddr) -> Vec<(String, bool, String, u64, u64)> {
+    let c = http(http_addr, "GET", "/cluster", &[], b"").json();
+    c["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_owned(),
+                n["up"].as_bool().unwrap_or(false),
+                n["status"].as_str().unwrap_or_default().to_owned(),
+                n["generation"].as_u64().unwrap_or(0),
+                n["shards"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most [`BOUND`]) until `check` holds for what `http_addr` says.
+fn wait_for(
+    http_addr: SocketAddr,
+    what: &str,
+    check: impl Fn(&[(String, bool, String, u64, u64)]) -> bool,
+) {
+    let until = Instant::now() + BOUND;
+    loop {
+        let seen = members(http_addr);
+        if check(&seen) {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}: still {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node_id(http_addr: SocketAddr) -> String {
+    members(http_addr)[0].0.clone()
+}
+
+#[test]
+fn nodes_gossip_detect_a_death_take_back_a_restart_and_see_a_leave() {
+    let dir = temp_dir("dynacore-cluster-membership-");
+    let a = start(&dir.path().join("a"), 1, &[]);
+    let seed = a.addr.to_string();
+    let b = start(&dir.path().join("b"), 1, &["--seeds", &seed]);
+    let c_dir = dir.path().join("c");
+    let c = start(&c_dir, 1, &["--seeds", &seed]);
+    let (ida, idb, idc) = (node_id(a.http), node_id(b.http), node_id(c.http));
+    let all_up = |seen: &[(String, bool, String, u64, u64)]| {
+        seen.len() == 3 && seen.iter().all(|n| n.1 && n.2 == "normal" && n.4 == 1)
+    };
+    // Every node learns every other one, b and c through a alone, with their metadata.
+    for (n, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        wait_for(n.http, &format!("{name} sees three nodes up"), all_up);
+    }
+    let seen = members(b.http);
+    for id in [&ida, &idb, &idc] {
+        assert!(seen.iter().any(|n| &n.0 == id), "b knows {id}");
+    }
+
+    // kill -9 c: the others declare it down.
+    c.signal("KILL");
+    drop(c);
+    for (n, name) in [(&a, "a"), (&b, "b")] {
+        wait_for(n.http, &format!("{name} sees c down"), |seen| {
+            seen.iter().any(|n| n.0 == idc && !n.1 && n.2 == "down")
+        });
+    }
+
+    // Restart c on the same data: the same node id, the next generation.
+    let c = start(&c_dir, 1, &["--seeds", &seed]);
+    assert_eq!(node_id(c.http), idc);
+    for (n, name) in [(&a, "a"), (&b, "b")] {
+        wait_for(
+            n.http,
+            &format!("{name} sees c back, generation 2"),
+            |seen| seen.iter().any(|n| n.0 == idc && n.1 && n.3 == 2),
+        );
+    }
+
+    // A clean shutdown of b: it tells the others (leaving, or already down).
+    assert!(b.stop().success());
+    for (n, name) in [(&a, "a"), (&c, "c")] {
+        wait_for(n.http, &format!("{name} sees b leave"), |seen| {
+            seen.iter()
+                .any(|n| n.0 == idb && (!n.1 || n.2 == "leaving"))
+        });
+    }
+}
