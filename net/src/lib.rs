@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod gossip;
 pub mod http;
 pub mod httpd;
+pub mod local_cluster;
 pub mod membership;
 pub mod metrics;
 pub mod node;

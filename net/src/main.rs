@@ -73,6 +73,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run N nodes on this machine (127.0.0.1, 127.0.0.2, …) until Ctrl-C.
+    LocalCluster(dynacore_net::local_cluster::LocalCluster),
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::LocalCluster(args) => ExitCode::from(dynacore_net::local_cluster::run(&args)),
         Command::Serve { config, flags } => {
             init_logging();
             serve(config.as_deref(), &flags)

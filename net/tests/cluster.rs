@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{http, start, temp_dir, BOUND};
+use common::{dynacore, http, start, temp_dir, wait_exit, BOUND};
 
 /// What node at `http_addr` says of every node: (id, up, status, generation, shards).
 fn members(http_addr: SocketAddr) -> Vec<(String, bool, String, u64, u64)> {
@@ -98,4 +98,77 @@ fn nodes_gossip_detect_a_death_take_back_a_restart_and_see_a_leave() {
                 .any(|n| n.0 == idb && (!n.1 || n.2 == "leaving"))
         });
     }
+}
+
+#[test]
+fn local_cluster_starts_three_nodes_that_see_each_other_and_stops_them() {
+    let dir = temp_dir("dynacore-local-cluster-");
+    // Ports free on 127.0.0.1..3 (binary, its core's port, HTTP).
+    let free = |p: u16| {
+        (1..=3u8).all(|i| {
+            let ip = std::net::Ipv4Addr::new(127, 0, 0, i);
+            std::net::TcpListener::bind((ip, p)).is_ok()
+                && std::net::TcpListener::bind((ip, p + 1)).is_ok()
+                && std::net::UdpSocket::bind((ip, p)).is_ok()
+        })
+    };
+    let port = (0..200u16)
+        .map(|k| 31_000 + k * 7 + u16::try_from(std::process::id() % 5).expect("small"))
+        .find(|&p| free(p) && free(p + 3))
+        .expect("free ports");
+    let http_port = port + 3;
+    let mut child = dynacore()
+        .current_dir(dir.path())
+        .args(["local-cluster", "--nodes", "3", "--port", &port.to_string()])
+        .args([
+            "--http-port",
+            &http_port.to_string(),
+            "--durability",
+            "none",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("local-cluster");
+    let stdout = child.stdout.take().expect("stdout");
+    // If the test fails half-way, the cluster is stopped all the same.
+    struct StopOnDrop(u32);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _stop = StopOnDrop(child.id());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("nodes up")) {
+        lines.push(rx.recv_timeout(BOUND).expect("local-cluster output"));
+    }
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("ready node=")).count(),
+        3,
+        "{lines:?}"
+    );
+    let third = SocketAddr::from(([127, 0, 0, 3], http_port));
+    wait_for(third, "node 3 sees three nodes up", |seen| {
+        seen.len() == 3 && seen.iter().all(|n| n.1)
+    });
+    assert!(dir.path().join("dynacore-cluster/node-2/NODE").exists());
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = wait_exit(&mut child, BOUND).expect("local-cluster stops");
+    assert!(exit.success(), "every node stopped cleanly: {exit:?}");
 }
