@@ -199,11 +199,39 @@ pub struct WriteOptions {
     pub w: Option<Quorum>,
 }
 
+/// A node's state as the answering node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Serving.
+    Normal,
+    /// Starting.
+    Joining,
+    /// Shutting down or being decommissioned.
+    Leaving,
+    /// Not answering the failure detector.
+    Down,
+}
+
+/// A node the answering node knows of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its addresses and cores.
+    pub node: NodeDesc,
+    /// Grows at every start of the node.
+    pub generation: u64,
+    /// Its state.
+    pub state: NodeState,
+    /// Whether requests are routed to it (its vnodes are in the ring).
+    pub in_ring: bool,
+}
+
 /// The cluster as a client sees it.
 #[derive(Clone, Debug)]
 pub struct ClusterView {
-    /// Every node.
+    /// The nodes requests are routed to (those in the ring).
     pub nodes: Vec<NodeDesc>,
+    /// Every node the answering node knows of, itself first.
+    pub members: Vec<MemberInfo>,
     /// Replicas per key.
     pub replication_factor: u8,
     /// The ring.
@@ -373,6 +401,7 @@ impl Client {
         };
         let placeholder = ClusterView {
             nodes: Vec::new(),
+            members: Vec::new(),
             replication_factor: 1,
             ring: Ring::new(&[(NodeId(0), 1)]).map_err(|e| ClientError::Protocol(e.to_string()))?,
         };
@@ -677,15 +706,30 @@ impl Client {
         let t = resp
             .reply_as_topology()
             .ok_or_else(|| ClientError::Protocol("topology answered with another reply".into()))?;
-        let nodes = t
+        let members: Vec<MemberInfo> = t
             .nodes()
             .iter()
-            .map(|n| NodeDesc {
-                id: NodeId(n.id()),
-                host: n.host().to_owned(),
-                base_port: n.base_port(),
-                shards: n.shards(),
+            .map(|n| MemberInfo {
+                node: NodeDesc {
+                    id: NodeId(n.id()),
+                    host: n.host().to_owned(),
+                    base_port: n.base_port(),
+                    shards: n.shards(),
+                },
+                generation: n.generation(),
+                state: match n.state() {
+                    fb::NodeState::Joining => NodeState::Joining,
+                    fb::NodeState::Leaving => NodeState::Leaving,
+                    fb::NodeState::Down => NodeState::Down,
+                    _ => NodeState::Normal,
+                },
+                in_ring: n.in_ring(),
             })
+            .collect();
+        let nodes = members
+            .iter()
+            .filter(|m| m.in_ring)
+            .map(|m| m.node.clone())
             .collect();
         let vnodes = t
             .vnodes()
@@ -699,6 +743,7 @@ impl Client {
         let ring = Ring::from_vnodes(vnodes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(ClusterView {
             nodes,
+            members,
             replication_factor: t.replication_factor().max(1),
             ring,
         })

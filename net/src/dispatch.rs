@@ -7,6 +7,7 @@ use flatbuffers::FlatBufferBuilder;
 use std::time::Duration;
 
 use crate::cores::{Core, ShardOp, ShardReply};
+use crate::membership::NodeStatus;
 use crate::metrics::Op;
 use crate::protocol::{fb, parse_request};
 use crate::ring::{NodeId, Ring};
@@ -274,8 +275,11 @@ fn version_body(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
 
 fn topology_body(id: u64, core: &Core) -> Vec<u8> {
     let t = core.topology();
+    let members = core.shared().members().read().ok().and_then(|m| m.clone());
     let mut b = FlatBufferBuilder::new();
-    let nodes: Vec<_> = t
+    let own_generation = members.as_ref().map_or(0, |m| m.own.generation);
+    // The ring's nodes first (this one), then every other member the node knows of.
+    let mut nodes: Vec<_> = t
         .nodes
         .iter()
         .map(|n| {
@@ -287,10 +291,35 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
                     host: Some(host),
                     base_port: n.base_port,
                     shards: n.shards,
+                    generation: own_generation,
+                    state: fb::NodeState::Normal,
+                    in_ring: true,
                 },
             )
         })
         .collect();
+    for v in members.iter().flat_map(|m| &m.others) {
+        let meta = v.meta.as_ref();
+        let host = b.create_string(&meta.map_or(v.id.addr.ip(), |m| m.binary.ip()).to_string());
+        let state = match (v.up, meta.map(|m| m.status)) {
+            (false, _) => fb::NodeState::Down,
+            (true, Some(NodeStatus::Joining)) => fb::NodeState::Joining,
+            (true, Some(NodeStatus::Leaving)) => fb::NodeState::Leaving,
+            (true, _) => fb::NodeState::Normal,
+        };
+        nodes.push(fb::NodeInfo::create(
+            &mut b,
+            &fb::NodeInfoArgs {
+                id: v.id.node,
+                host: Some(host),
+                base_port: meta.map_or(v.id.addr.port(), |m| m.binary.port()),
+                shards: meta.map_or(0, |m| m.shards),
+                generation: v.id.generation,
+                state,
+                in_ring: false,
+            },
+        ));
+    }
     let nodes = b.create_vector(&nodes);
     let vnodes: Vec<fb::VnodeEntry> = t
         .ring

@@ -168,25 +168,30 @@ fn main() -> ExitCode {
                 view.ring.vnodes().len(),
                 view.ring.ownership_balance()
             );
-            for n in &view.nodes {
+            for m in &view.members {
+                let n = &m.node;
                 let addr = SocketAddr::new(
                     n.host
                         .parse()
                         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
                     n.base_port,
                 );
-                let state = match client.ping(addr).await {
-                    Ok(rtt) => format!("up (ping {} us)", rtt.as_micros()),
-                    Err(e) => format!("unreachable ({e})"),
+                // What the answering node says, and whether this client reaches it too.
+                let reach = match client.ping(addr).await {
+                    Ok(rtt) => format!("ping {} us", rtt.as_micros()),
+                    Err(e) => format!("unreachable from here ({e})"),
                 };
                 println!(
-                    "node {} {}:{} cores {} (ports {}-{}) {state}",
+                    "node {} {}:{} generation {} cores {} (ports {}-{}) {:?}{} ({reach})",
                     n.id,
                     n.host,
                     n.base_port,
+                    m.generation,
                     n.shards,
                     u64::from(n.base_port) + 1,
-                    u64::from(n.base_port) + u64::from(n.shards)
+                    u64::from(n.base_port) + u64::from(n.shards),
+                    m.state,
+                    if m.in_ring { ", in the ring" } else { "" },
                 );
             }
             Ok(ExitCode::SUCCESS)

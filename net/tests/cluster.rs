@@ -69,6 +69,23 @@ fn nodes_gossip_detect_a_death_take_back_a_restart_and_see_a_leave() {
     for id in [&ida, &idb, &idc] {
         assert!(seen.iter().any(|n| &n.0 == id), "b knows {id}");
     }
+    // `dynacore status` shows every node as the node it asks sees them.
+    let status = |addr: SocketAddr| {
+        let out = dynacore()
+            .args(["status", "--addr", &addr.to_string()])
+            .output()
+            .expect("status");
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = status(a.addr);
+    for id in [&ida, &idb, &idc] {
+        assert!(
+            text.contains(&format!("node {id} ")),
+            "status lists {id}:\n{text}"
+        );
+    }
+    assert_eq!(text.matches("Normal").count(), 3, "{text}");
 
     // kill -9 c: the others declare it down.
     c.signal("KILL");
@@ -78,6 +95,13 @@ fn nodes_gossip_detect_a_death_take_back_a_restart_and_see_a_leave() {
             seen.iter().any(|n| n.0 == idc && !n.1 && n.2 == "down")
         });
     }
+
+    let text = status(a.addr);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("node {idc} ")) && l.contains("Down")),
+        "status shows c down:\n{text}"
+    );
 
     // Restart c on the same data: the same node id, the next generation.
     let c = start(&c_dir, 1, &["--seeds", &seed]);

@@ -530,7 +530,7 @@ fn cli_exit_codes() {
     let (code, status) = run(&["status"]);
     assert_eq!(code, Some(0));
     assert!(
-        status.contains("cores 1") && status.contains("up"),
+        status.contains("cores 1") && status.contains("Normal, in the ring (ping"),
         "{status}"
     );
     assert_eq!(run(&["put", "k", "v", "--ttl", "60"]).0, Some(0));

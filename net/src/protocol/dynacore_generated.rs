@@ -405,6 +405,98 @@ impl<'a> ::flatbuffers::Verifiable for ErrorCode {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_NODE_STATE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_NODE_STATE: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_NODE_STATE: [NodeState; 4] = [
+  NodeState::Normal,
+  NodeState::Joining,
+  NodeState::Leaving,
+  NodeState::Down,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct NodeState(pub u8);
+#[allow(non_upper_case_globals)]
+impl NodeState {
+  pub const Normal: Self = Self(0);
+  pub const Joining: Self = Self(1);
+  pub const Leaving: Self = Self(2);
+  pub const Down: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Normal,
+    Self::Joining,
+    Self::Leaving,
+    Self::Down,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Normal => Some("Normal"),
+      Self::Joining => Some("Joining"),
+      Self::Leaving => Some("Leaving"),
+      Self::Down => Some("Down"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for NodeState {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for NodeState {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for NodeState {
+    type Output = NodeState;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for NodeState {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for NodeState {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for NodeState {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_REPLY: u8 = 6;
@@ -2006,6 +2098,9 @@ impl<'a> NodeInfo<'a> {
   pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
   pub const VT_BASE_PORT: ::flatbuffers::VOffsetT = 8;
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_GENERATION: ::flatbuffers::VOffsetT = 12;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_IN_RING: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2017,10 +2112,13 @@ impl<'a> NodeInfo<'a> {
     args: &'args NodeInfoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<NodeInfo<'bldr>> {
     let mut builder = NodeInfoBuilder::new(_fbb);
+    builder.add_generation(args.generation);
     builder.add_id(args.id);
     builder.add_shards(args.shards);
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_base_port(args.base_port);
+    builder.add_in_ring(args.in_ring);
+    builder.add_state(args.state);
     builder.finish()
   }
 
@@ -2053,6 +2151,27 @@ impl<'a> NodeInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(NodeInfo::VT_SHARDS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn generation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeInfo::VT_GENERATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn state(&self) -> NodeState {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<NodeState>(NodeInfo::VT_STATE, Some(NodeState::Normal)).unwrap()}
+  }
+  #[inline]
+  pub fn in_ring(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(NodeInfo::VT_IN_RING, Some(true)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for NodeInfo<'_> {
@@ -2065,6 +2184,9 @@ impl ::flatbuffers::Verifiable for NodeInfo<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, true)?
      .visit_field::<u16>("base_port", Self::VT_BASE_PORT, false)?
      .visit_field::<u32>("shards", Self::VT_SHARDS, false)?
+     .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+     .visit_field::<NodeState>("state", Self::VT_STATE, false)?
+     .visit_field::<bool>("in_ring", Self::VT_IN_RING, false)?
      .finish();
     Ok(())
   }
@@ -2074,6 +2196,9 @@ pub struct NodeInfoArgs<'a> {
     pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub base_port: u16,
     pub shards: u32,
+    pub generation: u64,
+    pub state: NodeState,
+    pub in_ring: bool,
 }
 impl<'a> Default for NodeInfoArgs<'a> {
   #[inline]
@@ -2083,6 +2208,9 @@ impl<'a> Default for NodeInfoArgs<'a> {
       host: None, // required field
       base_port: 0,
       shards: 0,
+      generation: 0,
+      state: NodeState::Normal,
+      in_ring: true,
     }
   }
 }
@@ -2109,6 +2237,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(NodeInfo::VT_SHARDS, shards, 0);
   }
   #[inline]
+  pub fn add_generation(&mut self, generation: u64) {
+    self.fbb_.push_slot::<u64>(NodeInfo::VT_GENERATION, generation, 0);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: NodeState) {
+    self.fbb_.push_slot::<NodeState>(NodeInfo::VT_STATE, state, NodeState::Normal);
+  }
+  #[inline]
+  pub fn add_in_ring(&mut self, in_ring: bool) {
+    self.fbb_.push_slot::<bool>(NodeInfo::VT_IN_RING, in_ring, true);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeInfoBuilder {
@@ -2131,6 +2271,9 @@ impl ::core::fmt::Debug for NodeInfo<'_> {
       ds.field("host", &self.host());
       ds.field("base_port", &self.base_port());
       ds.field("shards", &self.shards());
+      ds.field("generation", &self.generation());
+      ds.field("state", &self.state());
+      ds.field("in_ring", &self.in_ring());
       ds.finish()
   }
 }
