@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynacore_engine::{runtime, ShardStats, Token};
+use dynacore_engine::{runtime, Object, ShardStats, Token};
 
 use crate::dispatch::Topology;
 use crate::metrics::CoreMetrics;
@@ -49,6 +49,18 @@ pub enum ShardOp {
         /// The version the delete is conditional on.
         expected: Option<Vec<u8>>,
     },
+    /// Read this replica's own copy of a key.
+    ReplicaRead {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Merge an object into this replica's copy of a key.
+    ReplicaApply {
+        /// The key.
+        key: Vec<u8>,
+        /// The incoming copy.
+        object: Object,
+    },
     /// Report the shard's statistics.
     Stats,
 }
@@ -64,6 +76,8 @@ pub enum ShardReply {
     Stats(Box<ShardStats>),
     /// To [`ShardOp::Stats`], when the core could not answer.
     NoStats(StoreError),
+    /// To [`ShardOp::ReplicaRead`] and [`ShardOp::ReplicaApply`]: the replica's copy.
+    Object(Result<Option<Object>, StoreError>),
 }
 
 /// Which kind of reply an operation gets.
@@ -72,6 +86,7 @@ enum ReplyKind {
     Get,
     Written,
     Stats,
+    Object,
 }
 
 impl ReplyKind {
@@ -80,6 +95,7 @@ impl ReplyKind {
             ShardOp::Get { .. } => ReplyKind::Get,
             ShardOp::Put { .. } | ShardOp::Delete { .. } => ReplyKind::Written,
             ShardOp::Stats => ReplyKind::Stats,
+            ShardOp::ReplicaRead { .. } | ShardOp::ReplicaApply { .. } => ReplyKind::Object,
         }
     }
 
@@ -89,6 +105,7 @@ impl ReplyKind {
             ReplyKind::Get => ShardReply::Get(Err(e)),
             ReplyKind::Written => ShardReply::Written(Err(e)),
             ReplyKind::Stats => ShardReply::NoStats(e),
+            ReplyKind::Object => ShardReply::Object(Err(e)),
         }
     }
 }
@@ -304,9 +321,11 @@ impl Core {
     /// that times out may still be applied.
     pub async fn execute(&self, op: ShardOp, timeout: Duration) -> ShardReply {
         let owner = match &op {
-            ShardOp::Get { key } | ShardOp::Put { key, .. } | ShardOp::Delete { key, .. } => {
-                self.owner_of(key)
-            }
+            ShardOp::Get { key }
+            | ShardOp::Put { key, .. }
+            | ShardOp::Delete { key, .. }
+            | ShardOp::ReplicaRead { key }
+            | ShardOp::ReplicaApply { key, .. } => self.owner_of(key),
             ShardOp::Stats => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
@@ -370,6 +389,10 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
         ),
         ShardOp::Delete { key, expected } => {
             ShardReply::Written(store.delete(&key, expected.as_deref()).await)
+        }
+        ShardOp::ReplicaRead { key } => ShardReply::Object(store.read_replica(&key).await),
+        ShardOp::ReplicaApply { key, object } => {
+            ShardReply::Object(store.apply_replica(&key, &object).await.map(Some))
         }
         ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
     }

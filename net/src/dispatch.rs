@@ -6,6 +6,8 @@ use flatbuffers::FlatBufferBuilder;
 
 use std::time::Duration;
 
+use dynacore_engine::object;
+
 use crate::cores::{Core, ShardOp, ShardReply};
 use crate::membership::NodeStatus;
 use crate::metrics::Op;
@@ -212,6 +214,37 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
             )
         }
         fb::Op::Topology => (Op::Other, Ok(topology_body(id, core))),
+        fb::Op::ReplicaRead => (
+            Op::Other,
+            match req.op_as_replica_read() {
+                Some(r) => {
+                    let op = ShardOp::ReplicaRead {
+                        key: r.key().bytes().to_vec(),
+                    };
+                    replica_object(id, core.execute(op, timeout).await)
+                }
+                None => bad("replica read without fields"),
+            },
+        ),
+        fb::Op::ReplicaApply => (
+            Op::Other,
+            match req.op_as_replica_apply() {
+                Some(a) => {
+                    let values = a.values().map(|v| v.bytes()).unwrap_or_default();
+                    match object::from_parts(a.version().bytes(), values) {
+                        Err(e) => bad(&format!("bad object: {e}")),
+                        Ok(object) => {
+                            let op = ShardOp::ReplicaApply {
+                                key: a.key().bytes().to_vec(),
+                                object,
+                            };
+                            replica_object(id, core.execute(op, timeout).await)
+                        }
+                    }
+                }
+                None => bad("replica apply without fields"),
+            },
+        ),
         other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
     };
     let ok = body.is_ok();
@@ -221,6 +254,45 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         op,
         ok,
     }
+}
+
+fn replica_object(id: u64, reply: ShardReply) -> Result<Vec<u8>, Vec<u8>> {
+    match reply {
+        ShardReply::Object(Ok(found)) => {
+            let parts = found.as_ref().map(object::to_parts).transpose();
+            match parts {
+                Ok(parts) => Ok(replica_object_body(id, parts.as_ref())),
+                Err(e) => Err(error_body(
+                    id,
+                    fb::ErrorCode::Internal,
+                    &e.to_string(),
+                    None,
+                )),
+            }
+        }
+        ShardReply::Object(Err(e)) => Err(store_error(id, &e)),
+        other => Err(unexpected(id, &other)),
+    }
+}
+
+fn replica_object_body(id: u64, parts: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (version, values) = match parts {
+        Some((version, values)) => (
+            Some(b.create_vector(version)),
+            Some(b.create_vector(values)),
+        ),
+        None => (None, None),
+    };
+    let r = fb::ReplicaObjectResponse::create(
+        &mut b,
+        &fb::ReplicaObjectResponseArgs {
+            found: parts.is_some(),
+            version,
+            values,
+        },
+    );
+    finish(b, id, fb::Reply::ReplicaObject, r.as_union_value())
 }
 
 fn written(id: u64, kind: fb::Reply, reply: ShardReply) -> Result<Vec<u8>, Vec<u8>> {
@@ -457,6 +529,100 @@ mod tests {
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.id(), 0);
             assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
+        });
+    }
+
+    #[test]
+    fn replicas_read_and_merge_objects() {
+        use dynacore_engine::version::{ActorId, HlcTimestamp, VersionVector};
+        use dynacore_engine::{Object, Sibling};
+        with_store(|store, _| async move {
+            let core = Core::single(store, std::rc::Rc::new(topology()));
+            let object_of = |body: &[u8]| {
+                let resp = parse_response(body).expect("response");
+                let r = resp.reply_as_replica_object().expect("replica object");
+                r.found().then(|| {
+                    object::from_parts(
+                        r.version().expect("version").bytes(),
+                        r.values().map(|v| v.bytes()).unwrap_or_default(),
+                    )
+                    .expect("decodes")
+                })
+            };
+            let a = answer(&core, &build::replica_read(1, 0, b"k")).await;
+            assert_eq!(object_of(&a.body), None, "nothing yet");
+            answer(&core, &put(2, b"k", b"local", None, None)).await;
+            let a = answer(&core, &build::replica_read(3, 0, b"k")).await;
+            let local = object_of(&a.body).expect("found");
+            assert_eq!(local.size(), 1);
+            // Another replica's concurrent write: after the merge both siblings are kept.
+            let remote = Object::update(
+                &VersionVector::new(),
+                Sibling {
+                    value: Some(b"remote".to_vec()),
+                    hlc: HlcTimestamp::from_parts(1_000_100, 0),
+                    expiry_ms: None,
+                },
+                None,
+                ActorId(99),
+            )
+            .expect("object");
+            let (version, values) = object::to_parts(&remote).expect("parts");
+            let a = answer(&core, &build::replica_apply(4, 0, b"k", &version, &values)).await;
+            assert!(
+                a.ok,
+                "{:?}",
+                parse_response(&a.body)
+                    .ok()
+                    .and_then(|r| r.reply_as_error())
+                    .and_then(|e| e.message())
+            );
+            let merged = object_of(&a.body).expect("merged");
+            assert_eq!(merged.size(), 2, "concurrent siblings both survive");
+            assert!(merged.equal(&local.sync(&remote)));
+            // Reads return the newest sibling (last writer wins by HLC).
+            let a = answer(&core, &get(5, b"k", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_get()
+                    .and_then(|g| g.value())
+                    .map(|v| v.bytes()),
+                Some(&b"remote"[..])
+            );
+            // Applying the same object again changes nothing (idempotent).
+            let a = answer(&core, &build::replica_apply(6, 0, b"k", &version, &values)).await;
+            assert!(object_of(&a.body).expect("merged").equal(&merged));
+            // An object from a clock far ahead is refused.
+            let future = Object::update(
+                &VersionVector::new(),
+                Sibling {
+                    value: Some(b"future".to_vec()),
+                    hlc: HlcTimestamp::from_parts(u64::MAX >> 20, 0),
+                    expiry_ms: None,
+                },
+                None,
+                ActorId(98),
+            )
+            .expect("object");
+            let (fv, fvals) = object::to_parts(&future).expect("parts");
+            let a = answer(&core, &build::replica_apply(8, 0, b"k", &fv, &fvals)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_error().map(|e| e.code()),
+                Some(fb::ErrorCode::BadRequest)
+            );
+            // A damaged object is a typed error; the connection stays.
+            let a = answer(
+                &core,
+                &build::replica_apply(7, 0, b"k", b"\x09garbage", b""),
+            )
+            .await;
+            assert!(!a.close);
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_error().map(|e| e.code()),
+                Some(fb::ErrorCode::BadRequest)
+            );
         });
     }
 

@@ -12,7 +12,7 @@
 //!   (last-writer-wins); a key whose newest sibling is a tombstone or expired reads as absent.
 
 use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock, VersionVector};
-use dynacore_engine::{Error as EngineError, LimitError, Shard};
+use dynacore_engine::{Error as EngineError, LimitError, Object, Shard};
 
 /// Why a request failed, in the protocol's terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +158,33 @@ impl LocalStore {
     /// As [`LocalStore::put`].
     pub async fn delete(&self, key: &[u8], expected: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
         self.write(key, None, None, expected).await
+    }
+
+    /// This replica's own copy of `key`, as stored (every sibling, tombstones and expired
+    /// values included): what a coordinator merges.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidKey`]; [`StoreError::Internal`] for storage errors.
+    pub async fn read_replica(&self, key: &[u8]) -> Result<Option<Object>, StoreError> {
+        Ok(self.shard.read_object(key).await?)
+    }
+
+    /// Merges `incoming` (a coordinator's or another replica's copy) into this replica's copy
+    /// of `key` by DVV `sync`, durably; returns the merged object.
+    ///
+    /// # Errors
+    /// [`StoreError::BadRequest`] for an object that breaks the DVV invariants or carries a
+    /// timestamp too far ahead of this node's clock;
+    /// [`StoreError::InvalidKey`], [`StoreError::ValueTooLarge`], [`StoreError::Internal`].
+    pub async fn apply_replica(&self, key: &[u8], incoming: &Object) -> Result<Object, StoreError> {
+        match self.shard.apply_object(key, incoming, None).await {
+            Err(EngineError::Version(e)) => Err(StoreError::BadRequest(format!("bad object: {e}"))),
+            // A timestamp too far ahead of this node's clock: refused, not stored.
+            Err(EngineError::Clock(e)) => Err(StoreError::BadRequest(format!(
+                "the object's timestamp is refused: {e}"
+            ))),
+            other => Ok(other?),
+        }
     }
 
     async fn write(

@@ -138,3 +138,38 @@ pub fn topology(id: u64) -> Vec<u8> {
         (fb::Op::Topology, t.as_union_value())
     })
 }
+
+/// A `ReplicaRead` request (node to node).
+#[must_use]
+pub fn replica_read(id: u64, timeout_ms: u32, key: &[u8]) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let key = b.create_vector(key);
+        let r = fb::ReplicaReadRequest::create(b, &fb::ReplicaReadRequestArgs { key: Some(key) });
+        (fb::Op::ReplicaRead, r.as_union_value())
+    })
+}
+
+/// A `ReplicaApply` request (node to node) carrying an object's parts.
+#[must_use]
+pub fn replica_apply(
+    id: u64,
+    timeout_ms: u32,
+    key: &[u8],
+    version: &[u8],
+    values: &[u8],
+) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let key = b.create_vector(key);
+        let version = b.create_vector(version);
+        let values = b.create_vector(values);
+        let r = fb::ReplicaApplyRequest::create(
+            b,
+            &fb::ReplicaApplyRequestArgs {
+                key: Some(key),
+                version: Some(version),
+                values: Some(values),
+            },
+        );
+        (fb::Op::ReplicaApply, r.as_union_value())
+    })
+}

@@ -197,16 +197,18 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReadRepair {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 5;
+pub const ENUM_MAX_OP: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 6] = [
+pub const ENUM_VALUES_OP: [Op; 8] = [
   Op::NONE,
   Op::Get,
   Op::Put,
   Op::Delete,
   Op::Topology,
   Op::Ping,
+  Op::ReplicaRead,
+  Op::ReplicaApply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -220,9 +222,11 @@ impl Op {
   pub const Delete: Self = Self(3);
   pub const Topology: Self = Self(4);
   pub const Ping: Self = Self(5);
+  pub const ReplicaRead: Self = Self(6);
+  pub const ReplicaApply: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -230,6 +234,8 @@ impl Op {
     Self::Delete,
     Self::Topology,
     Self::Ping,
+    Self::ReplicaRead,
+    Self::ReplicaApply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -240,6 +246,8 @@ impl Op {
       Self::Delete => Some("Delete"),
       Self::Topology => Some("Topology"),
       Self::Ping => Some("Ping"),
+      Self::ReplicaRead => Some("ReplicaRead"),
+      Self::ReplicaApply => Some("ReplicaApply"),
       _ => None,
     }
   }
@@ -499,10 +507,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for NodeState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 6;
+pub const ENUM_MAX_REPLY: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 7] = [
+pub const ENUM_VALUES_REPLY: [Reply; 8] = [
   Reply::NONE,
   Reply::Get,
   Reply::Put,
@@ -510,6 +518,7 @@ pub const ENUM_VALUES_REPLY: [Reply; 7] = [
   Reply::Topology,
   Reply::Ping,
   Reply::Error,
+  Reply::ReplicaObject,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -524,9 +533,10 @@ impl Reply {
   pub const Topology: Self = Self(4);
   pub const Ping: Self = Self(5);
   pub const Error: Self = Self(6);
+  pub const ReplicaObject: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -535,6 +545,7 @@ impl Reply {
     Self::Topology,
     Self::Ping,
     Self::Error,
+    Self::ReplicaObject,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -546,6 +557,7 @@ impl Reply {
       Self::Topology => Some("Topology"),
       Self::Ping => Some("Ping"),
       Self::Error => Some("Error"),
+      Self::ReplicaObject => Some("ReplicaObject"),
       _ => None,
     }
   }
@@ -1490,6 +1502,235 @@ impl ::core::fmt::Debug for PingRequest<'_> {
       ds.finish()
   }
 }
+pub enum ReplicaReadRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaReadRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaReadRequest<'a> {
+  type Inner = ReplicaReadRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaReadRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaReadRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaReadRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaReadRequest<'bldr>> {
+    let mut builder = ReplicaReadRequestBuilder::new(_fbb);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaReadRequest::VT_KEY, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaReadRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaReadRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ReplicaReadRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaReadRequestArgs {
+      key: None, // required field
+    }
+  }
+}
+
+pub struct ReplicaReadRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaReadRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaReadRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaReadRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaReadRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaReadRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReplicaReadRequest::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaReadRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaReadRequest");
+      ds.field("key", &self.key());
+      ds.finish()
+  }
+}
+pub enum ReplicaApplyRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaApplyRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaApplyRequest<'a> {
+  type Inner = ReplicaApplyRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaApplyRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaApplyRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaApplyRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaApplyRequest<'bldr>> {
+    let mut builder = ReplicaApplyRequestBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaApplyRequest::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaApplyRequest::VT_VERSION, None).unwrap()}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaApplyRequest::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaApplyRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaApplyRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ReplicaApplyRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaApplyRequestArgs {
+      key: None, // required field
+      version: None, // required field
+      values: None,
+    }
+  }
+}
+
+pub struct ReplicaApplyRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaApplyRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaApplyRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaApplyRequest::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaApplyRequest::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaApplyRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaApplyRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaApplyRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReplicaApplyRequest::VT_KEY,"key");
+    self.fbb_.required(o, ReplicaApplyRequest::VT_VERSION,"version");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaApplyRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaApplyRequest");
+      ds.field("key", &self.key());
+      ds.field("version", &self.version());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1627,6 +1868,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_replica_read(&self) -> Option<ReplicaReadRequest<'a>> {
+    if self.op_type() == Op::ReplicaRead {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReplicaReadRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_replica_apply(&self) -> Option<ReplicaApplyRequest<'a>> {
+    if self.op_type() == Op::ReplicaApply {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReplicaApplyRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -1644,6 +1913,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Delete => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteRequest>>("Op::Delete", pos),
           Op::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TopologyRequest>>("Op::Topology", pos),
           Op::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingRequest>>("Op::Ping", pos),
+          Op::ReplicaRead => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaReadRequest>>("Op::ReplicaRead", pos),
+          Op::ReplicaApply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaApplyRequest>>("Op::ReplicaApply", pos),
           _ => Ok(()),
         }
      })?
@@ -1743,6 +2014,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Ping => {
           if let Some(x) = self.op_as_ping() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::ReplicaRead => {
+          if let Some(x) = self.op_as_replica_read() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::ReplicaApply => {
+          if let Some(x) = self.op_as_replica_apply() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2669,6 +2954,136 @@ impl ::core::fmt::Debug for ErrorResponse<'_> {
       ds.finish()
   }
 }
+pub enum ReplicaObjectResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReplicaObjectResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaObjectResponse<'a> {
+  type Inner = ReplicaObjectResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaObjectResponse<'a> {
+  pub const VT_FOUND: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaObjectResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaObjectResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaObjectResponse<'bldr>> {
+    let mut builder = ReplicaObjectResponseBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.version { builder.add_version(x); }
+    builder.add_found(args.found);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn found(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ReplicaObjectResponse::VT_FOUND, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaObjectResponse::VT_VERSION, None)}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaObjectResponse::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaObjectResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("found", Self::VT_FOUND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaObjectResponseArgs<'a> {
+    pub found: bool,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ReplicaObjectResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaObjectResponseArgs {
+      found: false,
+      version: None,
+      values: None,
+    }
+  }
+}
+
+pub struct ReplicaObjectResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaObjectResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_found(&mut self, found: bool) {
+    self.fbb_.push_slot::<bool>(ReplicaObjectResponse::VT_FOUND, found, false);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaObjectResponse::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaObjectResponse::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaObjectResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaObjectResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaObjectResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaObjectResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaObjectResponse");
+      ds.field("found", &self.found());
+      ds.field("version", &self.version());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2811,6 +3226,20 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_replica_object(&self) -> Option<ReplicaObjectResponse<'a>> {
+    if self.reply_type() == Reply::ReplicaObject {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReplicaObjectResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -2828,6 +3257,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::Topology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TopologyResponse>>("Reply::Topology", pos),
           Reply::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingResponse>>("Reply::Ping", pos),
           Reply::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Reply::Error", pos),
+          Reply::ReplicaObject => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaObjectResponse>>("Reply::ReplicaObject", pos),
           _ => Ok(()),
         }
      })?
@@ -2927,6 +3357,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::Error => {
           if let Some(x) = self.reply_as_error() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::ReplicaObject => {
+          if let Some(x) = self.reply_as_replica_object() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
