@@ -704,10 +704,32 @@ impl Shard {
         if let Some(newest) = incoming.values().map(|s| s.hlc).max() {
             self.inner.hlc.observe(newest)?;
         }
-        let merged = match &local {
+        let mut merged = match &local {
             Some(l) => l.sync(incoming),
             None => incoming.clone(),
         };
+        if merged.size() > crate::version::SIBLINGS_MAX {
+            // Each side was within the bound but their merge is not: resolve by last writer
+            // wins (the context is kept, so the result still covers both). Every replica
+            // resolves the same way, so they converge.
+            tracing::warn!(
+                siblings = merged.size(),
+                "a replica merge exceeds the sibling bound; keeping the newest"
+            );
+            merged = merged.lww_by(|s| s.hlc);
+        }
+        let bytes: usize = merged
+            .values()
+            .filter_map(|s| s.value.as_ref())
+            .map(Vec::len)
+            .sum();
+        if bytes > crate::record::VALUE_BYTES_MAX {
+            tracing::warn!(
+                bytes,
+                "a replica merge exceeds the value limit; keeping the newest"
+            );
+            merged = merged.lww_by(|s| s.hlc);
+        }
         if local.as_ref() != Some(&merged) {
             self.store_object(key, &merged).await?;
         }

@@ -592,6 +592,44 @@ mod tests {
             // Applying the same object again changes nothing (idempotent).
             let a = answer(&core, &build::replica_apply(6, 0, b"k", &version, &values)).await;
             assert!(object_of(&a.body).expect("merged").equal(&merged));
+            // Two replicas' copies each within the sibling bound, whose merge is not: the
+            // replica keeps the newest (LWW), so the key stays readable and replicas converge.
+            let many = |actors: std::ops::Range<u64>| {
+                actors
+                    .map(|a| {
+                        Object::update(
+                            &VersionVector::new(),
+                            Sibling {
+                                value: Some(a.to_le_bytes().to_vec()),
+                                hlc: HlcTimestamp::from_parts(
+                                    1_000_000,
+                                    u16::try_from(a).expect("small"),
+                                ),
+                                expiry_ms: None,
+                            },
+                            None,
+                            ActorId(1000 + a),
+                        )
+                        .expect("object")
+                    })
+                    .reduce(|x, y| x.sync(&y))
+                    .expect("some")
+            };
+            for (id, half) in [(20, many(0..60)), (21, many(60..120))] {
+                let (v, vals) = object::to_parts(&half).expect("parts");
+                let a = answer(&core, &build::replica_apply(id, 0, b"wide", &v, &vals)).await;
+                assert!(a.ok);
+                assert!(object_of(&a.body).expect("merged").size() <= 100);
+            }
+            let a = answer(&core, &get(22, b"wide", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_get()
+                    .and_then(|g| g.value())
+                    .map(|v| v.bytes().to_vec()),
+                Some(119u64.to_le_bytes().to_vec()),
+                "the newest sibling wins"
+            );
             // An object from a clock far ahead is refused.
             let future = Object::update(
                 &VersionVector::new(),

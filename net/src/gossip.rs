@@ -83,6 +83,9 @@ pub async fn run(
     let mut next_reannounce = Instant::now() + REANNOUNCE;
     let mut next_rebroadcast = Instant::now() + REBROADCAST;
     let mut out = Vec::new();
+    let mut published = None;
+    // Datagrams handled in a row before timers get a turn (a flood must not starve them).
+    let mut burst = 0u32;
     membership.start(&mut out);
     loop {
         for o in out.drain(..) {
@@ -99,7 +102,25 @@ pub async fn run(
                 }
             }
         }
-        publish(&shared, &membership);
+        if published != Some(membership.revision()) {
+            published = Some(membership.revision());
+            publish(&shared, &membership);
+        }
+        // Datagrams already here go first (an ack waiting in the queue must not lose to the
+        // probe timer that would call its sender suspect), then control, then due timers.
+        if burst < 64 {
+            if let Ok(d) = datagrams.try_recv() {
+                burst += 1;
+                membership.handle_data(&d, &mut out);
+                continue;
+            }
+        }
+        burst = 0;
+        if let Ok(Control::Leave(done)) = control.try_recv() {
+            leave(&socket, &mut membership, &shared, &mut out).await;
+            let _ = done.send(());
+            continue;
+        }
         // Every due timer, in deadline order.
         let now = Instant::now();
         if let Some(&Reverse((at, id))) = timers.peek() {
@@ -130,17 +151,17 @@ pub async fn run(
         let input = futures_lite::FutureExt::or(
             futures_lite::FutureExt::or(
                 async {
-                    datagrams
-                        .recv_async()
-                        .await
-                        .map_or(Input::Due, Input::Datagram)
-                },
-                async {
                     match control.recv_async().await {
                         Ok(c) => Input::Control(c),
                         // Nobody can ask anything any more: keep gossiping.
                         Err(_) => std::future::pending().await,
                     }
+                },
+                async {
+                    datagrams
+                        .recv_async()
+                        .await
+                        .map_or(Input::Due, Input::Datagram)
                 },
             ),
             async {
@@ -152,18 +173,28 @@ pub async fn run(
         match input {
             Input::Datagram(d) => membership.handle_data(&d, &mut out),
             Input::Control(Control::Leave(done)) => {
-                membership.leave(&mut out);
-                for o in out.drain(..) {
-                    if let Output::Send(to, data) = o {
-                        let _ = socket.send_to(&data, to).await;
-                    }
-                }
-                publish(&shared, &membership);
+                leave(&socket, &mut membership, &shared, &mut out).await;
                 let _ = done.send(());
             }
             Input::Due => {}
         }
     }
+}
+
+/// Leaves the cluster and sends the news at once (the loop ignores input afterwards).
+async fn leave(
+    socket: &UdpSocket,
+    membership: &mut Membership,
+    shared: &SharedMembers,
+    out: &mut Vec<Output>,
+) {
+    membership.leave(out);
+    for o in out.drain(..) {
+        if let Output::Send(to, data) = o {
+            let _ = socket.send_to(&data, to).await;
+        }
+    }
+    publish(shared, membership);
 }
 
 fn publish(shared: &SharedMembers, m: &Membership) {

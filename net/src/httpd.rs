@@ -469,7 +469,12 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
                 "vnodes": meta.map(|m| m.vnodes),
                 "generation": v.id.generation,
                 "up": v.up,
-                "status": if v.up { meta.map_or("normal", |m| status_name(m.status)) } else { "down" },
+                // A node that announced it was leaving and then went away left cleanly.
+                "status": match (v.up, meta.map(|m| m.status)) {
+                    (true, status) => status.map_or("normal", status_name),
+                    (false, Some(NodeStatus::Leaving)) => "left",
+                    (false, _) => "down",
+                },
             }));
         }
     }

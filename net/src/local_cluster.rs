@@ -47,8 +47,10 @@ fn stop(children: &mut [(u8, Child)]) -> bool {
             .status();
     }
     let mut clean = true;
+    // One deadline for all of them: they stop in parallel.
+    let until = Instant::now() + BOUND;
     for (i, c) in children.iter_mut() {
-        match wait(c, BOUND) {
+        match wait(c, until.saturating_duration_since(Instant::now())) {
             Some(s) if s.success() => {}
             Some(s) => {
                 eprintln!("local-cluster: node {i} exited with {s}");
@@ -94,6 +96,7 @@ pub fn run(args: &LocalCluster) -> u8 {
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]);
     let mut signals = match signals {
         Ok(s) => s,

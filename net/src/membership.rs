@@ -17,7 +17,7 @@
 //!   no one (foca stops all periodic work once idle).
 //! * A node that is **down** changes routing (hints, sloppy quorum), never ring ownership.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU8};
@@ -142,7 +142,18 @@ impl std::error::Error for MetaError {}
 /// The latest metadata of every node heard of, shared between foca's handler and the view.
 type MetaTable = Rc<RefCell<BTreeMap<u64, NodeMeta>>>;
 
-struct MetaHandler(MetaTable);
+/// Nodes whose metadata one node keeps at most (a bound on what datagrams can make it hold).
+pub const NODES_MAX: usize = 1024;
+
+struct MetaHandler {
+    table: MetaTable,
+    /// This node's id: what others say about it is not taken (it knows better), except that
+    /// the version it saw is remembered so that its own next broadcast supersedes it.
+    own: u64,
+    own_seen: Rc<Cell<(u64, u32)>>,
+    /// Bumped at every change of the table.
+    revision: Rc<Cell<u64>>,
+}
 
 impl foca::BroadcastHandler<MemberId> for MetaHandler {
     type Key = MetaKey;
@@ -151,18 +162,28 @@ impl foca::BroadcastHandler<MemberId> for MetaHandler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&MemberId>,
+        sender: Option<&MemberId>,
     ) -> Result<Option<MetaKey>, MetaError> {
         let meta: NodeMeta = postcard::from_bytes(data).map_err(|e| MetaError(e.to_string()))?;
-        let mut table = self.0.borrow_mut();
+        if meta.node == self.own && sender.is_some() {
+            // An older process of this node, or a stale copy: never adopted nor spread.
+            let seen = self.own_seen.get();
+            self.own_seen.set(seen.max(meta.key().order));
+            return Ok(None);
+        }
+        let mut table = self.table.borrow_mut();
         let newer = table
             .get(&meta.node)
             .is_none_or(|known| meta.key().order > known.key().order);
         if !newer {
             return Ok(None); // stale or known: stop spreading it
         }
+        if !table.contains_key(&meta.node) && table.len() >= NODES_MAX {
+            return Ok(None);
+        }
         let key = meta.key();
         table.insert(meta.node, meta);
+        self.revision.set(self.revision.get() + 1);
         Ok(Some(key))
     }
 }
@@ -208,6 +229,10 @@ pub struct Membership {
     /// Every identity foca told us about, by address, with whether it is up.
     members: BTreeMap<SocketAddr, (MemberId, bool)>,
     stats: MembershipStats,
+    own_seen: Rc<Cell<(u64, u32)>>,
+    revision: Rc<Cell<u64>>,
+    /// Left the cluster: input is ignored from then on (foca would otherwise rejoin).
+    left: bool,
 }
 
 impl std::fmt::Debug for Membership {
@@ -236,21 +261,35 @@ impl Membership {
         config.max_transmissions = config.max_transmissions.max(SIX);
         config.remove_down_after = None;
         let table: MetaTable = Rc::new(RefCell::new(BTreeMap::new()));
+        let own_seen = Rc::new(Cell::new((0, 0)));
+        let revision = Rc::new(Cell::new(0));
         let foca = Foca::with_custom_broadcast(
             id,
             config,
             rand_foca::rngs::StdRng::seed_from_u64(rng_seed),
             foca::PostcardCodec,
-            MetaHandler(table.clone()),
+            MetaHandler {
+                table: table.clone(),
+                own: own.node,
+                own_seen: own_seen.clone(),
+                revision: revision.clone(),
+            },
         );
+        let mut seeds: Vec<SocketAddr> =
+            seeds.iter().copied().filter(|&s| s != own.gossip).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
         Membership {
             foca,
             runtime: AccumulatingRuntime::new(),
             table,
-            seeds: seeds.iter().copied().filter(|&s| s != own.gossip).collect(),
+            seeds,
             own,
             members: BTreeMap::new(),
             stats: MembershipStats::default(),
+            own_seen,
+            revision,
+            left: false,
         }
     }
 
@@ -278,6 +317,9 @@ impl Membership {
 
     /// A datagram arrived. A bad one is counted and dropped.
     pub fn handle_data(&mut self, data: &[u8], out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
         if data.len() > PACKET_BYTES_MAX || self.foca.handle_data(data, &mut self.runtime).is_err()
         {
             self.stats.bad_packets += 1;
@@ -287,6 +329,9 @@ impl Membership {
 
     /// A timer this membership scheduled is due.
     pub fn handle_timer(&mut self, timer: Timer<MemberId>, out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
         // Errors here are foca noticing stale or out-of-order timers, which it recovers from.
         let _ = self.foca.handle_timer(timer, &mut self.runtime);
         self.drain(out);
@@ -295,14 +340,31 @@ impl Membership {
     /// The driver's periodic duty ([`REANNOUNCE`]): a node that knows no one announces to its
     /// seeds again (foca alone would stay idle, split from the cluster).
     pub fn reannounce_if_alone(&mut self, out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
         if self.foca.num_members() == 0 {
             self.announce_to_seeds();
+            // A node with no seed (or whose seeds are gone) finds its way back through the
+            // members it knew.
+            let known: Vec<MemberId> = self
+                .members
+                .values()
+                .filter(|(id, _)| id.node != 0)
+                .map(|&(id, _)| id)
+                .collect();
+            for id in known {
+                let _ = self.foca.announce(id, &mut self.runtime);
+            }
         }
         self.drain(out);
     }
 
     /// The driver's periodic duty ([`REBROADCAST`]): spreads this node's metadata again.
     pub fn rebroadcast(&mut self, out: &mut Vec<Output>) {
+        if self.left {
+            return;
+        }
         self.broadcast_own();
         self.drain(out);
     }
@@ -320,6 +382,13 @@ impl Membership {
         self.broadcast_own();
         let _ = self.foca.leave_cluster(&mut self.runtime);
         self.drain(out);
+        self.left = true;
+    }
+
+    /// Grows whenever what [`Membership::view`] returns may have changed.
+    #[must_use]
+    pub fn revision(&self) -> u64 {
+        self.revision.get()
     }
 
     /// Every member heard of (not this node), by gossip address.
@@ -332,7 +401,11 @@ impl Membership {
             .map(|&(id, up)| MemberView {
                 id,
                 up,
-                meta: table.get(&id.node).cloned(),
+                // Metadata of an earlier process of that node does not describe this one.
+                meta: table
+                    .get(&id.node)
+                    .filter(|m| m.generation == id.generation)
+                    .cloned(),
             })
             .collect()
     }
@@ -356,7 +429,16 @@ impl Membership {
     }
 
     fn broadcast_own(&mut self) {
-        self.own.version = self.own.version.wrapping_add(1);
+        // Past anything the cluster has seen for this node at this generation (an earlier
+        // process may have used the same generation after a rejoin).
+        let (gen_seen, version_seen) = self.own_seen.get();
+        let floor = if gen_seen == self.own.generation {
+            version_seen
+        } else {
+            0
+        };
+        self.own.version = self.own.version.max(floor).saturating_add(1);
+        self.revision.set(self.revision.get() + 1);
         match postcard::to_allocvec(&self.own) {
             Ok(bytes) => {
                 let _ = self.foca.add_broadcast(&bytes);
@@ -368,6 +450,7 @@ impl Membership {
     fn drain(&mut self, out: &mut Vec<Output>) {
         let mut rebroadcast = false;
         while let Some(n) = self.runtime.to_notify() {
+            self.revision.set(self.revision.get() + 1);
             match n {
                 OwnedNotification::MemberUp(id) => {
                     self.stats.ups += 1;

@@ -177,8 +177,11 @@ impl LocalStore {
     /// timestamp too far ahead of this node's clock;
     /// [`StoreError::InvalidKey`], [`StoreError::ValueTooLarge`], [`StoreError::Internal`].
     pub async fn apply_replica(&self, key: &[u8], incoming: &Object) -> Result<Object, StoreError> {
+        // The incoming object is the peer's; anything else that fails to decode is ours.
+        incoming
+            .check()
+            .map_err(|e| StoreError::BadRequest(format!("bad object: {e}")))?;
         match self.shard.apply_object(key, incoming, None).await {
-            Err(EngineError::Version(e)) => Err(StoreError::BadRequest(format!("bad object: {e}"))),
             // A timestamp too far ahead of this node's clock: refused, not stored.
             Err(EngineError::Clock(e)) => Err(StoreError::BadRequest(format!(
                 "the object's timestamp is refused: {e}"

@@ -29,6 +29,10 @@ pub const SIBLINGS_WARN: usize = 25;
 /// Sibling count beyond which a write is refused.
 pub const SIBLINGS_MAX: usize = 100;
 
+/// The largest event counter an actor may reach (2^62: far beyond any real key's history, and
+/// far from overflow, so a peer cannot make the next write's counter wrap).
+pub const COUNTER_MAX: u64 = 1 << 62;
+
 const FORMAT_VERSION: u8 = 1;
 
 /// What can go wrong with versions.
@@ -341,7 +345,11 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         match merged.entries.binary_search_by_key(&actor, |e| e.actor) {
             Ok(i) => {
                 let e = &mut merged.entries[i];
-                e.counter += 1;
+                e.counter = e
+                    .counter
+                    .checked_add(1)
+                    .filter(|&c| c <= COUNTER_MAX)
+                    .ok_or(DvvError::Malformed("counter out of range"))?;
                 e.values.insert(0, value);
             }
             Err(i) => merged.entries.insert(
@@ -424,6 +432,9 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         }
         if self.entries.iter().any(|e| e.counter == 0) {
             return Err(DvvError::Malformed("zero counter"));
+        }
+        if self.entries.iter().any(|e| e.counter > COUNTER_MAX) {
+            return Err(DvvError::Malformed("counter out of range"));
         }
         if self
             .entries
@@ -810,6 +821,30 @@ mod tests {
             }
         }
         (replicas, writes)
+    }
+
+    #[test]
+    fn counters_stay_in_range() {
+        let at_max: DvvSet<u8> = DvvSet {
+            entries: vec![Entry {
+                actor: ActorId(1),
+                counter: COUNTER_MAX,
+                values: vec![1],
+            }],
+            anonymous: Vec::new(),
+        };
+        assert!(at_max.check().is_ok());
+        // The next write by that actor is a typed error, not a wrap or a panic.
+        assert!(DvvSet::update(&at_max.join(), 2, Some(&at_max), ActorId(1)).is_err());
+        let past = DvvSet {
+            entries: vec![Entry {
+                actor: ActorId(1),
+                counter: COUNTER_MAX + 1,
+                values: vec![1u8],
+            }],
+            anonymous: Vec::new(),
+        };
+        assert!(past.check().is_err());
     }
 
     proptest! {

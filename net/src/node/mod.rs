@@ -87,6 +87,16 @@ struct MetaFile {
     generation: u64,
 }
 
+/// The generation of a new start: above the last one recorded, and above the wall clock's
+/// seconds, so that it also passes any generation an earlier process took by rejoining the
+/// cluster at run time (each rejoin adds one; the file records only starts).
+fn next_generation(recorded: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (recorded + 1).max(now)
+}
+
 /// Writes the identity file durably: written, synced, renamed, directory synced.
 fn store_meta(dir: &Path, meta: &NodeMeta) -> Result<(), NodeError> {
     let path = dir.join(NODE_FILE);
@@ -168,7 +178,7 @@ pub fn load_or_create_meta(
                 node_id: NodeId(node_id),
                 shards,
                 vnodes,
-                generation: m.generation + 1,
+                generation: next_generation(m.generation),
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -178,7 +188,7 @@ pub fn load_or_create_meta(
                 node_id: wanted.unwrap_or_else(|| NodeId(rand::random::<u64>().max(1))),
                 shards,
                 vnodes,
-                generation: 1,
+                generation: next_generation(0),
             }
         }
         Err(e) => {
@@ -501,7 +511,14 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
     ];
     // Core 0 runs the membership, gossiping on the binary address over UDP.
     let (gossip_control, gossip_inbox) = flume::bounded(1);
-    let gossip = if i == 0 {
+    let gossip = if i == 0 && s.config.listen.ip().is_unspecified() {
+        // Peers address a node by the address it announces: "every address" is not one.
+        tracing::warn!(
+            listen = %s.config.listen,
+            "not joining a cluster: listen on a specific address to gossip"
+        );
+        None
+    } else if i == 0 {
         match runtime::UdpSocket::bind(s.config.listen) {
             Ok(socket) => {
                 let own = crate::membership::NodeMeta {
