@@ -9,7 +9,8 @@
 //!   `DELETE /keys/{key}`.
 //! * `?w=` / `?r=` take `1..=255`, `quorum` or `all`; `?read_repair=` takes `true`, `false` or
 //!   `blocking`.
-//! * `GET /health`, `GET /cluster`, `GET /metrics`.
+//! * `GET /health`, `GET /cluster`, `GET /metrics`, and `GET /internal/local/{key}` (this node's
+//!   own copy, for operators and tests).
 //!
 //! Keys are percent-decoded path segments of 1..=256 bytes. The head is parsed with `httparse`
 //! under limits on its size and header count; a body's length is known from `Content-Length`
@@ -84,6 +85,8 @@ pub enum Route {
     Cluster,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /internal/local/{key}`: this node's own replica copy, without coordinating.
+    LocalCopy(Vec<u8>),
 }
 
 /// A request's head, checked.
@@ -307,18 +310,31 @@ fn media_type(value: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The key of a `…/{key}` path segment: percent-decoded, 1..=256 bytes.
+fn key_segment(raw: &str) -> Result<Vec<u8>, HttpError> {
+    if raw.contains('/') {
+        return Err(HttpError::NotFound);
+    }
+    let key = percent_decode(raw)?;
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(HttpError::InvalidKey(format!(
+            "a key holds 1 to {KEY_BYTES_MAX} bytes, not {}",
+            key.len()
+        )));
+    }
+    Ok(key)
+}
+
 fn route(method: &str, path: &str) -> Result<Route, HttpError> {
+    if let Some(raw) = path.strip_prefix("/internal/local/") {
+        let key = key_segment(raw)?;
+        return match method {
+            "GET" => Ok(Route::LocalCopy(key)),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
+    }
     if let Some(raw) = path.strip_prefix("/keys/") {
-        if raw.contains('/') {
-            return Err(HttpError::NotFound);
-        }
-        let key = percent_decode(raw)?;
-        if key.is_empty() || key.len() > KEY_BYTES_MAX {
-            return Err(HttpError::InvalidKey(format!(
-                "a key holds 1 to {KEY_BYTES_MAX} bytes, not {}",
-                key.len()
-            )));
-        }
+        let key = key_segment(raw)?;
         return match method {
             "PUT" => Ok(Route::Put(key)),
             "GET" => Ok(Route::Get(key)),

@@ -301,6 +301,7 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::Health => (Op::Other, health(core)),
         Route::Cluster => (Op::Other, cluster(core)),
         Route::Metrics => (Op::Other, metrics_text(core).await),
+        Route::LocalCopy(key) => (Op::Get, local_copy(core, key).await),
     };
     let reply = reply.unwrap_or_else(|r| r);
     let ok = reply.status < 400;
@@ -350,6 +351,43 @@ async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply
     let mut r = Reply::json(200, &json!({ "value": value, "version": version }));
     r.version = Some(version);
     Ok(r)
+}
+
+/// This node's own copy of `key`, every sibling shown (tombstones and expired values too).
+async fn local_copy(core: &Core, key: &[u8]) -> Result<Reply, Reply> {
+    let op = ShardOp::ReplicaRead { key: key.to_vec() };
+    let object = match core.execute(op, core.default_timeout()).await {
+        ShardReply::Object(Ok(o)) => o,
+        ShardReply::Object(Err(e)) => return Err(Reply::from_store_error(&e)),
+        _ => return Err(mismatch()),
+    };
+    let Some(object) = object else {
+        return Err(Reply::error(
+            404,
+            "not_found",
+            "this node holds no copy of this key",
+        ));
+    };
+    let mut version = Vec::new();
+    object.join().encode_into(&mut version);
+    let siblings: Vec<_> = object
+        .values()
+        .map(|s| {
+            let text = s.value.as_ref().and_then(|v| std::str::from_utf8(v).ok());
+            json!({
+                "deleted": s.value.is_none(),
+                "value": text,
+                "value_hex": s.value.as_ref().filter(|_| text.is_none()).map(|v| version_to_hex(v)),
+                "hlc": s.hlc.0,
+                "written_ms": s.hlc.physical_ms(),
+                "expiry_ms": s.expiry_ms,
+            })
+        })
+        .collect();
+    Ok(Reply::json(
+        200,
+        &json!({ "version": version_to_hex(&version), "siblings": siblings }),
+    ))
 }
 
 fn expected_version(head: &RequestHead) -> Result<Option<Vec<u8>>, Reply> {

@@ -377,6 +377,23 @@ fn every_http_route_and_error() {
     let r = c.request("PUT", "/keys/q?w=all", &[], br#"{"value": "v"}"#);
     assert_eq!(r.status, 200);
 
+    // This node's own copy, without coordinating: every sibling, with its timestamp.
+    let current = c.request("GET", "/keys/user:1", &[], b"").json()["version"].clone();
+    let r = c.request("GET", "/internal/local/user%3A1", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let local = r.json();
+    assert_eq!(local["version"], current);
+    assert_eq!(local["siblings"][0]["value"], "Ada L.");
+    assert_eq!(local["siblings"][0]["deleted"], false);
+    assert!(local["siblings"][0]["hlc"].as_u64().is_some_and(|h| h > 0));
+    let r = c.request("GET", "/internal/local/raw", &[], b"");
+    assert_eq!(r.json()["siblings"][0]["value_hex"], "00ff62696e617279");
+    assert_eq!(
+        c.request("GET", "/internal/local/nothing-here", &[], b"")
+            .status,
+        404
+    );
+
     // DELETE writes a tombstone: then 404.
     let r = c.request("DELETE", "/keys/user:1", &[], b"");
     assert_eq!(r.status, 200);
@@ -388,6 +405,9 @@ fn every_http_route_and_error() {
     );
     let r = c.request("GET", "/keys/never-written", &[], b"");
     assert_eq!(r.status, 404);
+    // The replica still holds the tombstone.
+    let r = c.request("GET", "/internal/local/user:1", &[], b"");
+    assert_eq!(r.json()["siblings"][0]["deleted"], true);
 
     // Errors: JSON bodies with the codes of the API.
     let long = "k".repeat(257);
@@ -411,6 +431,13 @@ fn every_http_route_and_error() {
         ),
         ("GET", "/nope", &b""[..], 404, "not_found"),
         ("POST", "/keys/k", &b""[..], 405, "method_not_allowed"),
+        (
+            "PUT",
+            "/internal/local/k",
+            &b"x"[..],
+            405,
+            "method_not_allowed",
+        ),
     ] {
         let r = http(h, method, target, &[], body);
         assert_eq!(r.status, status, "{method} {target}: {}", r.text());
