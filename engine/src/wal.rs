@@ -420,8 +420,8 @@ struct Shared {
     writer_waker: Option<Waker>,
     /// Tasks waiting for a sequence number to become durable.
     waiters: Vec<Waker>,
-    /// Tasks waiting for room in the pending buffer.
-    space_waiters: Vec<Waker>,
+    /// Appends waiting for room in the pending buffer, served in arrival order.
+    space: SpaceQueue,
     segments: VecDeque<SegmentInfo>,
     /// Released segment files waiting for reuse (at most [`RECYCLE_MAX`]).
     recycled: Vec<PathBuf>,
@@ -451,9 +451,7 @@ impl Shared {
 
     fn wake_all(&mut self) {
         self.wake_waiters();
-        for w in self.space_waiters.drain(..) {
-            w.wake();
-        }
+        self.space.wake_all();
     }
 
     fn fence(&mut self, reason: String) {
@@ -797,10 +795,9 @@ impl Wal {
     /// # Errors
     /// [`Error::WalFenced`] or [`Error::Closed`].
     pub async fn reserve(&self) -> Result<()> {
-        WaitFor {
+        WaitSpace {
             shared: &self.shared,
-            ready: |s: &Shared| s.pending.len() < PENDING_BYTES_MAX,
-            space: true,
+            ticket: None,
         }
         .await
     }
@@ -840,7 +837,6 @@ impl Wal {
         WaitFor {
             shared: &self.shared,
             ready: move |s: &Shared| s.durable_seq >= seq,
-            space: false,
         }
         .await
     }
@@ -1189,8 +1185,106 @@ async fn reopen_for_writing(seg: ActiveSegment, durability: Durability) -> Resul
 struct WaitFor<'a, F> {
     shared: &'a Rc<RefCell<Shared>>,
     ready: F,
-    /// Waits for buffer space (woken when the writer takes a batch) rather than durability.
-    space: bool,
+}
+
+/// Appends waiting for room in the pending buffer, by ticket: first come, first served. A
+/// newcomer does not pass anyone already waiting (without this, writers that loop on puts took
+/// every freed byte and one writer waited a whole 6 s benchmark run).
+#[derive(Debug, Default)]
+struct SpaceQueue {
+    next_ticket: u64,
+    /// Tickets waiting, oldest first, with the waker of each (once it has polled).
+    waiting: VecDeque<(u64, Option<Waker>)>,
+}
+
+impl SpaceQueue {
+    fn take_ticket(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        self.waiting.push_back((t, None));
+        t
+    }
+
+    fn is_head(&self, ticket: u64) -> bool {
+        self.waiting.front().is_some_and(|&(t, _)| t == ticket)
+    }
+
+    fn set_waker(&mut self, ticket: u64, waker: &Waker) {
+        if let Some(entry) = self.waiting.iter_mut().find(|(t, _)| *t == ticket) {
+            entry.1 = Some(waker.clone());
+        }
+    }
+
+    /// Removes a ticket (served, or its append was dropped) and wakes the new head, which may
+    /// fit in the room left.
+    fn remove(&mut self, ticket: u64) {
+        self.waiting.retain(|&(t, _)| t != ticket);
+        self.wake_head();
+    }
+
+    fn wake_head(&self) {
+        if let Some((_, Some(w))) = self.waiting.front() {
+            w.wake_by_ref();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (_, w) in &self.waiting {
+            if let Some(w) = w {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// Resolves once the pending buffer has room for this append and no earlier append waits.
+struct WaitSpace<'a> {
+    shared: &'a Rc<RefCell<Shared>>,
+    ticket: Option<u64>,
+}
+
+impl Future for WaitSpace<'_> {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let shared = self.shared;
+        let mut s = shared.borrow_mut();
+        let failed = s
+            .fenced_error()
+            .or_else(|| s.writer_done.then_some(Error::Closed));
+        if let Some(e) = failed {
+            if let Some(t) = self.ticket.take() {
+                s.space.remove(t);
+            }
+            return Poll::Ready(Err(e));
+        }
+        let room = s.pending.len() < PENDING_BYTES_MAX;
+        let ticket = match self.ticket {
+            None if room && s.space.waiting.is_empty() => return Poll::Ready(Ok(())),
+            None => {
+                let t = s.space.take_ticket();
+                self.ticket = Some(t);
+                t
+            }
+            Some(t) => t,
+        };
+        if room && s.space.is_head(ticket) {
+            self.ticket = None;
+            s.space.remove(ticket);
+            return Poll::Ready(Ok(()));
+        }
+        s.space.set_waker(ticket, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitSpace<'_> {
+    fn drop(&mut self) {
+        // An append abandoned while waiting must not hold up those behind it.
+        if let Some(t) = self.ticket.take() {
+            self.shared.borrow_mut().space.remove(t);
+        }
+    }
 }
 
 impl<F: Fn(&Shared) -> bool + Unpin> Future for WaitFor<'_, F> {
@@ -1207,11 +1301,7 @@ impl<F: Fn(&Shared) -> bool + Unpin> Future for WaitFor<'_, F> {
         if s.writer_done {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.space {
-            s.space_waiters.push(cx.waker().clone());
-        } else {
-            s.waiters.push(cx.waker().clone());
-        }
+        s.waiters.push(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -1264,10 +1354,8 @@ async fn writer_loop(
             let body = std::mem::replace(&mut s.pending, fresh);
             let count = std::mem::take(&mut s.pending_count);
             let first = s.pending_first_seq.take();
-            // Appends blocked on a full buffer may go on.
-            for w in s.space_waiters.drain(..) {
-                w.wake();
-            }
+            // Appends blocked on a full buffer may go on, oldest first.
+            s.space.wake_head();
             (body, count, first, s.pending_last_seq, s.closing)
         };
         if let Some(first_seq) = first_seq {
