@@ -603,7 +603,8 @@ impl Shard {
 
     /// The coordinator's versioned write: `value` (or a tombstone) from a client that had seen
     /// `ctx`, minted as a new dot of `actor`, which must be this replica's own id. With
-    /// `expected`, the write happens only if the key's current context equals it.
+    /// `expected`, the write happens only if the key's current context holds nothing that
+    /// `expected` does not (it equals it, or is older).
     ///
     /// # Errors
     /// [`Error::ConditionFailed`] with the current context; [`Error::Version`] when the write
@@ -684,7 +685,7 @@ impl Shard {
     /// A replica's apply: merges `incoming` (a coordinator's result, a read repair, an
     /// anti-entropy transfer) with the local object, so that replicas converge whatever order
     /// writes arrive in. Writes only if the merge changed something. With `expected`, applies
-    /// only if the local context equals it.
+    /// only if the local context holds nothing that `expected` does not.
     ///
     /// # Errors
     /// [`Error::ConditionFailed`]; [`Error::Version`] for an invalid incoming object;
@@ -1464,7 +1465,10 @@ fn check_expected(local: Option<&Object>, expected: Option<&VersionVector>) -> R
         return Ok(());
     };
     let current = local.map(Object::join).unwrap_or_default();
-    if current == *expected {
+    // The copy holds no write the client did not see: the version it read, or an older one
+    // (a replica that missed the latest write is not a conflict; a write the client has not
+    // seen is).
+    if expected.descends(&current) {
         Ok(())
     } else {
         Err(Error::ConditionFailed { current })

@@ -28,7 +28,7 @@
 //!   retried once on a fresh connection; puts and deletes are never retried.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -43,7 +43,7 @@ pub use crate::http::{Quorum, ReadRepair};
 use crate::protocol::{
     build, encode_frame, fb, frame_len, parse_response, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
 };
-use crate::ring::{shard_for_vnode, NodeId, Ring, Vnode};
+use crate::ring::{NodeId, Ring, ShardMap, Vnode};
 
 /// How a client behaves.
 #[derive(Clone, Debug)]
@@ -90,6 +90,15 @@ pub struct Value {
     /// The bytes.
     pub value: Vec<u8>,
     /// Its version.
+    pub version: Version,
+}
+
+/// Every concurrent value of a key, as [`Client::get_siblings`] read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Siblings {
+    /// The values, newest first.
+    pub values: Vec<Vec<u8>>,
+    /// The merged version: a write with it as context replaces them all.
     pub version: Version,
 }
 
@@ -197,6 +206,10 @@ pub struct WriteOptions {
     pub expected: Option<Version>,
     /// Replicas that must acknowledge.
     pub w: Option<Quorum>,
+    /// The version a read returned: the write replaces the values it covers (all siblings a
+    /// [`Client::get_siblings`] returned), and values written concurrently stay as siblings.
+    /// `None`: the write replaces what the coordinating replica holds.
+    pub context: Option<Version>,
 }
 
 /// A node's state as the answering node sees it.
@@ -236,6 +249,8 @@ pub struct ClusterView {
     pub replication_factor: u8,
     /// The ring.
     pub ring: Ring,
+    /// Which core of each node holds a token's keys.
+    pub shard_maps: BTreeMap<NodeId, ShardMap>,
 }
 
 /// One open connection: a writer task fed by a queue, a reader task that hands each answer to
@@ -350,12 +365,129 @@ async fn read_frames(
     pending.borrow_mut().clear();
 }
 
+/// Open connections to any number of servers, one per address, each carrying many requests
+/// at once (matched by id). The client SDK routes through one; each core of a node keeps one
+/// to its peers.
+pub struct ConnPool {
+    connect_timeout: Duration,
+    conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
+    next_id: Cell<u64>,
+}
+
+impl fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("connections", &self.conns.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnPool {
+    /// A pool whose connection attempts give up after `connect_timeout`.
+    #[must_use]
+    pub fn new(connect_timeout: Duration) -> ConnPool {
+        ConnPool {
+            connect_timeout,
+            conns: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+        }
+    }
+
+    /// Open connections.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Whether no connection is open.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Rc<Conn>, ClientError> {
+        if let Some(c) = self.conns.borrow().get(&addr) {
+            if !c.broken.get() {
+                return Ok(c.clone());
+            }
+        }
+        let conn = Rc::new(Conn::open(addr, self.connect_timeout).await?);
+        // Another request may have connected meanwhile: keep one.
+        let mut conns = self.conns.borrow_mut();
+        match conns.get(&addr) {
+            Some(c) if !c.broken.get() => Ok(c.clone()),
+            _ => {
+                conns.insert(addr, conn.clone());
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Sends the request `build` makes (given its id) to `addr` and waits for its answer until
+    /// `deadline`; never retries.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`], [`ClientError::Io`] when the connection breaks,
+    /// [`ClientError::Timeout`], [`ClientError::InvalidArgument`] for a request over the
+    /// frame limit.
+    pub async fn call_once(
+        &self,
+        addr: SocketAddr,
+        build: &impl Fn(u64) -> Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let conn = runtime::timeout(left, self.conn(addr))
+            .await
+            .ok_or(ClientError::Timeout)??;
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let body = build(id);
+        if body.len() > FRAME_BYTES_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "the request is {} bytes, over the {FRAME_BYTES_MAX}-byte frame limit",
+                body.len()
+            )));
+        }
+        let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
+        encode_frame(&body, &mut frame);
+        let (tx, rx) = flume::bounded(1);
+        conn.pending.borrow_mut().insert(id, tx);
+        let _guard = PendingGuard {
+            pending: &conn.pending,
+            id,
+        };
+        let sent_at = Instant::now();
+        if conn.frames.send(frame).is_err() || conn.broken.get() {
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection is closed",
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, rx.recv_async()).await {
+            Some(Ok(body)) => Ok(body),
+            Some(Err(_)) => Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection closed before the answer came",
+            ))),
+            None => {
+                // Nothing at all came back on this connection since the request went out: the
+                // peer may be gone without a reset. The next request opens a new connection.
+                if conn.last_answer.get() < sent_at {
+                    conn.broken.set(true);
+                }
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+}
+
 struct Inner {
     seeds: Vec<SocketAddr>,
     options: ClientOptions,
     view: RefCell<ClusterView>,
-    conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
-    next_id: Cell<u64>,
+    pool: ConnPool,
 }
 
 /// A connection pool to a Dynacore cluster (see the module documentation).
@@ -366,7 +498,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("seeds", &self.0.seeds)
-            .field("connections", &self.0.conns.borrow().len())
+            .field("connections", &self.0.pool.len())
             .finish_non_exhaustive()
     }
 }
@@ -404,13 +536,14 @@ impl Client {
             members: Vec::new(),
             replication_factor: 1,
             ring: Ring::new(&[(NodeId(0), 1)]).map_err(|e| ClientError::Protocol(e.to_string()))?,
+            shard_maps: BTreeMap::new(),
         };
+        let options_connect_timeout = options.connect_timeout;
         let client = Client(Rc::new(Inner {
             seeds: seeds.to_vec(),
             options,
             view: RefCell::new(placeholder),
-            conns: RefCell::new(HashMap::new()),
-            next_id: Cell::new(1),
+            pool: ConnPool::new(options_connect_timeout),
         }));
         let mut last = ClientError::Connect {
             addr: first,
@@ -452,15 +585,32 @@ impl Client {
         self.0.view.borrow().clone()
     }
 
-    /// The address of the core that owns `key` (on the first replica).
+    /// The address of the core that holds `key` on its first replica not known to be down
+    /// (the replica coordinates the request without a hop).
     #[must_use]
     pub fn route(&self, key: &[u8]) -> SocketAddr {
         let view = self.0.view.borrow();
-        let vnode = view.ring.owner(Token::of(key));
+        let token = Token::of(key);
         let seed = self.0.seeds[0];
-        match view.nodes.iter().find(|n| n.id == vnode.node) {
+        let replicas = view
+            .ring
+            .preference_list(token, usize::from(view.replication_factor));
+        let down = |id: NodeId| {
+            view.members
+                .iter()
+                .any(|m| m.node.id == id && m.state == NodeState::Down)
+        };
+        let chosen = replicas
+            .iter()
+            .find(|&&id| !down(id))
+            .or(replicas.first())
+            .and_then(|id| view.nodes.iter().find(|n| n.id == *id));
+        match chosen {
             Some(node) => {
-                let shard = shard_for_vnode(vnode.token, node.shards.max(1));
+                let shard = view
+                    .shard_maps
+                    .get(&node.id)
+                    .map_or(0, |m| m.shard_of(token));
                 let ip = match node.host.parse::<IpAddr>() {
                     // A node listening on every address is reached where the seed was.
                     Ok(ip) if !ip.is_unspecified() => ip,
@@ -518,6 +668,59 @@ impl Client {
         }
         Ok(Some(Value {
             value: get.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
+            version: Version(
+                get.version()
+                    .map(|v| v.bytes().to_vec())
+                    .unwrap_or_default(),
+            ),
+        }))
+    }
+
+    /// Every concurrent value of `key` (siblings, newest first) and one merged version to
+    /// write back as a [`WriteOptions::context`] to replace them all; `None` when it is
+    /// absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad key or `r`; [`ClientError`].
+    pub async fn get_siblings(
+        &self,
+        key: &[u8],
+        r: Quorum,
+    ) -> Result<Option<Siblings>, ClientError> {
+        check_key(key)?;
+        let r = self.quorum(r, "r")?;
+        let timeout_ms = self.timeout_ms();
+        let body = self
+            .call(self.route(key), Retry::Once, |id| {
+                build::get_with(
+                    id,
+                    &build::Get {
+                        key,
+                        r,
+                        read_repair: fb::ReadRepair::Default,
+                        conflicts: fb::Conflicts::Siblings,
+                        timeout_ms,
+                    },
+                )
+            })
+            .await?;
+        let resp = parse_response(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(e) = resp.reply_as_error() {
+            return Err(server_error(&e));
+        }
+        let get = resp
+            .reply_as_get()
+            .ok_or_else(|| ClientError::Protocol("a get answered with another reply".into()))?;
+        if !get.found() {
+            return Ok(None);
+        }
+        Ok(Some(Siblings {
+            values: get
+                .siblings()
+                .iter()
+                .flatten()
+                .map(|s| s.value().bytes().to_vec())
+                .collect(),
             version: Version(
                 get.version()
                     .map(|v| v.bytes().to_vec())
@@ -607,6 +810,8 @@ impl Client {
                         expected_version: options.expected.as_ref().map(|v| v.0.as_slice()),
                         w,
                         timeout_ms,
+                        context: options.context.as_ref().map(|v| v.0.as_slice()),
+                        forwarded: false,
                     },
                 )
             })
@@ -642,7 +847,17 @@ impl Client {
         let expected = options.expected.as_ref().map(|v| v.0.as_slice());
         let body = self
             .call(self.route(key), Retry::Never, |id| {
-                build::delete_timed(id, timeout_ms, key, expected, w)
+                build::delete_with(
+                    id,
+                    &build::Delete {
+                        key,
+                        expected_version: expected,
+                        w,
+                        timeout_ms,
+                        context: options.context.as_ref().map(|v| v.0.as_slice()),
+                        forwarded: false,
+                    },
+                )
             })
             .await?;
         written(&body, fb::Reply::Delete)
@@ -726,7 +941,7 @@ impl Client {
                 in_ring: n.in_ring(),
             })
             .collect();
-        let nodes = members
+        let nodes: Vec<NodeDesc> = members
             .iter()
             .filter(|m| m.in_ring)
             .map(|m| m.node.clone())
@@ -741,30 +956,21 @@ impl Client {
             })
             .collect();
         let ring = Ring::from_vnodes(vnodes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let counts = ring.vnode_counts();
+        let shard_maps = nodes
+            .iter()
+            .map(|n: &NodeDesc| {
+                let vnodes = counts.get(&n.id).copied().unwrap_or(0);
+                (n.id, ShardMap::new(n.id, vnodes, n.shards.max(1)))
+            })
+            .collect();
         Ok(ClusterView {
             nodes,
             members,
             replication_factor: t.replication_factor().max(1),
             ring,
+            shard_maps,
         })
-    }
-
-    async fn conn(&self, addr: SocketAddr) -> Result<Rc<Conn>, ClientError> {
-        if let Some(c) = self.0.conns.borrow().get(&addr) {
-            if !c.broken.get() {
-                return Ok(c.clone());
-            }
-        }
-        let conn = Rc::new(Conn::open(addr, self.0.options.connect_timeout).await?);
-        // Another request may have connected meanwhile: keep one.
-        let mut conns = self.0.conns.borrow_mut();
-        match conns.get(&addr) {
-            Some(c) if !c.broken.get() => Ok(c.clone()),
-            _ => {
-                conns.insert(addr, conn.clone());
-                Ok(conn)
-            }
-        }
     }
 
     async fn call(
@@ -777,61 +983,9 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.call_once(addr, &build, deadline).await {
+            match self.0.pool.call_once(addr, &build, deadline).await {
                 Err(ClientError::Io(_)) if retry == Retry::Once && attempt == 1 => {}
                 other => return other,
-            }
-        }
-    }
-
-    async fn call_once(
-        &self,
-        addr: SocketAddr,
-        build: &impl Fn(u64) -> Vec<u8>,
-        deadline: Instant,
-    ) -> Result<Vec<u8>, ClientError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let conn = runtime::timeout(left, self.conn(addr))
-            .await
-            .ok_or(ClientError::Timeout)??;
-        let id = self.0.next_id.get();
-        self.0.next_id.set(id.wrapping_add(1));
-        let body = build(id);
-        if body.len() > FRAME_BYTES_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "the request is {} bytes, over the {FRAME_BYTES_MAX}-byte frame limit",
-                body.len()
-            )));
-        }
-        let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
-        encode_frame(&body, &mut frame);
-        let (tx, rx) = flume::bounded(1);
-        conn.pending.borrow_mut().insert(id, tx);
-        let _guard = PendingGuard {
-            pending: &conn.pending,
-            id,
-        };
-        let sent_at = Instant::now();
-        if conn.frames.send(frame).is_err() || conn.broken.get() {
-            return Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the connection is closed",
-            )));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match runtime::timeout(left, rx.recv_async()).await {
-            Some(Ok(body)) => Ok(body),
-            Some(Err(_)) => Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "the connection closed before the answer came",
-            ))),
-            None => {
-                // Nothing at all came back on this connection since the request went out: the
-                // peer may be gone without a reset. The next request opens a new connection.
-                if conn.last_answer.get() < sent_at {
-                    conn.broken.set(true);
-                }
-                Err(ClientError::Timeout)
             }
         }
     }

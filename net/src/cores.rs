@@ -1,7 +1,7 @@
 //! The cores of one node and the way a request reaches the core that owns its key.
 //!
-//! Every core runs one executor with one engine shard. A key belongs to the core
-//! [`Ring::shard_of`](crate::ring::Ring::shard_of) names for its token; a request that arrives on
+//! Every core runs one executor with one engine shard. A key belongs to the core the node's
+//! [`ShardMap`] names for its token; a request that arrives on
 //! another core (through the shared port, or a client that routed it wrongly) is *forwarded*:
 //! a [`ShardOp`] goes into the owner's inbox (a multi-producer queue) with a one-shot reply
 //! channel inside, the owner runs it and answers, and the forward is counted in the metrics.
@@ -17,37 +17,32 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dynacore_engine::version::VersionVector;
 use dynacore_engine::{runtime, Object, ShardStats, Token};
 
-use crate::dispatch::Topology;
+use crate::client::ConnPool;
+use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+use crate::hints::HintStore;
 use crate::metrics::CoreMetrics;
-use crate::store::{Found, LocalStore, StoreError};
+use crate::node::config::ReplicationConfig;
+use crate::ring::{NodeId, ShardMap};
+use crate::store::{LocalStore, StoreError};
 
 /// What one shard is asked to do.
 #[derive(Debug)]
 pub enum ShardOp {
-    /// Read a key.
-    Get {
+    /// A coordinator's write on its own replica: a new version of the key, minted here.
+    Write {
         /// The key.
         key: Vec<u8>,
-    },
-    /// Write a value.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
+        /// The value, or `None` for a tombstone.
+        value: Option<Vec<u8>>,
         /// Expiry in seconds from now.
         ttl_seconds: Option<u64>,
-        /// The version the write is conditional on.
-        expected: Option<Vec<u8>>,
-    },
-    /// Write a tombstone.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-        /// The version the delete is conditional on.
-        expected: Option<Vec<u8>>,
+        /// Write only if the copy holds nothing this version does not.
+        expected: Option<VersionVector>,
+        /// The causal context the write builds on (`None`: the copy's own, a blind write).
+        context: Option<VersionVector>,
     },
     /// Read this replica's own copy of a key.
     ReplicaRead {
@@ -60,6 +55,8 @@ pub enum ShardOp {
         key: Vec<u8>,
         /// The incoming copy.
         object: Object,
+        /// Apply only if the copy holds nothing this version does not.
+        expected: Option<VersionVector>,
     },
     /// Report the shard's statistics.
     Stats,
@@ -68,23 +65,34 @@ pub enum ShardOp {
 /// A shard's answer.
 #[derive(Debug)]
 pub enum ShardReply {
-    /// To [`ShardOp::Get`].
-    Get(Result<Option<Found>, StoreError>),
-    /// To [`ShardOp::Put`] and [`ShardOp::Delete`]: the new version.
-    Written(Result<Vec<u8>, StoreError>),
     /// To [`ShardOp::Stats`].
     Stats(Box<ShardStats>),
     /// To [`ShardOp::Stats`], when the core could not answer.
     NoStats(StoreError),
-    /// To [`ShardOp::ReplicaRead`] and [`ShardOp::ReplicaApply`]: the replica's copy.
+    /// To the other operations: the replica's copy (after the write or merge).
     Object(Result<Option<Object>, StoreError>),
+}
+
+impl ShardReply {
+    /// The object of an [`ShardReply::Object`] answer.
+    ///
+    /// # Errors
+    /// The operation's error; [`StoreError::Internal`] for another kind of answer.
+    pub fn into_object(self) -> Result<Option<Object>, StoreError> {
+        match self {
+            ShardReply::Object(r) => r,
+            other => {
+                // INVARIANT: a core answers each operation with its own kind of reply.
+                debug_assert!(false, "mismatched reply {other:?}");
+                Err(StoreError::Internal("mismatched reply from a core".into()))
+            }
+        }
+    }
 }
 
 /// Which kind of reply an operation gets.
 #[derive(Clone, Copy)]
 enum ReplyKind {
-    Get,
-    Written,
     Stats,
     Object,
 }
@@ -92,18 +100,14 @@ enum ReplyKind {
 impl ReplyKind {
     fn of(op: &ShardOp) -> ReplyKind {
         match op {
-            ShardOp::Get { .. } => ReplyKind::Get,
-            ShardOp::Put { .. } | ShardOp::Delete { .. } => ReplyKind::Written,
             ShardOp::Stats => ReplyKind::Stats,
-            ShardOp::ReplicaRead { .. } | ShardOp::ReplicaApply { .. } => ReplyKind::Object,
+            _ => ReplyKind::Object,
         }
     }
 
     /// The reply when the operation could not be run or answered.
     fn failed(self, e: StoreError) -> ShardReply {
         match self {
-            ReplyKind::Get => ShardReply::Get(Err(e)),
-            ReplyKind::Written => ShardReply::Written(Err(e)),
             ReplyKind::Stats => ShardReply::NoStats(e),
             ReplyKind::Object => ShardReply::Object(Err(e)),
         }
@@ -153,6 +157,12 @@ impl NodeShared {
         (Arc::new(shared), receivers)
     }
 
+    /// The node's core count.
+    #[must_use]
+    pub fn cores(&self) -> u32 {
+        u32::try_from(self.inboxes.len()).expect("INVARIANT: cores fit in u32")
+    }
+
     /// Stops admitting requests (requests already admitted go on).
     pub fn start_closing(&self) {
         self.closing.store(true, Ordering::SeqCst);
@@ -191,7 +201,7 @@ impl NodeShared {
     /// Counts work that continues an admitted request (an operation running in its own task,
     /// which may outlive the request's deadline): admitted even while closing, so that the
     /// shards close only after it.
-    fn hold(self: &Arc<Self>) -> Admission {
+    pub fn hold(self: &Arc<Self>) -> Admission {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Admission(self.clone())
     }
@@ -211,10 +221,36 @@ struct CoreInner {
     index: u32,
     shards: u32,
     store: LocalStore,
-    topology: Rc<Topology>,
+    /// Which core holds a token's keys on this node.
+    shard_map: ShardMap,
+    cluster: SharedCluster,
     shared: Arc<NodeShared>,
     /// How long a request may take when its sender does not say.
     default_timeout: Duration,
+    /// This core's connections to other nodes' cores.
+    peers: ConnPool,
+    /// This core's hints (`None`: hinted handoff is off).
+    hints: Option<Rc<HintStore>>,
+    replication: ReplicationConfig,
+}
+
+/// What a core is made of.
+#[derive(Debug)]
+pub struct CoreParts {
+    /// Its index.
+    pub index: u32,
+    /// Its shard.
+    pub store: LocalStore,
+    /// The cluster as the node sees it.
+    pub cluster: SharedCluster,
+    /// What the node's cores share.
+    pub shared: Arc<NodeShared>,
+    /// How long a request may take when its sender does not say.
+    pub default_timeout: Duration,
+    /// Its hints (`None`: hinted handoff is off).
+    pub hints: Option<Rc<HintStore>>,
+    /// How the cluster replicates.
+    pub replication: ReplicationConfig,
 }
 
 /// One core's view of the node: its own shard, and the way to every other core's.
@@ -231,35 +267,58 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// Core `index` of a node with `shared`'s cores, answering from `store`.
+    /// A core made of `parts`.
     ///
     /// # Panics
-    /// If `index` is not one of `shared`'s cores (a bug in the node's start-up).
+    /// If the index is not one of the node's cores (a bug in the node's start-up).
     #[must_use]
-    pub fn new(
-        index: u32,
-        store: LocalStore,
-        topology: Rc<Topology>,
-        shared: Arc<NodeShared>,
-        default_timeout: Duration,
-    ) -> Core {
-        let shards = u32::try_from(shared.inboxes.len()).expect("INVARIANT: cores fit in u32");
-        assert!(index < shards, "core {index} of {shards}");
+    pub fn new(parts: CoreParts) -> Core {
+        let shards =
+            u32::try_from(parts.shared.inboxes.len()).expect("INVARIANT: cores fit in u32");
+        assert!(parts.index < shards, "core {} of {shards}", parts.index);
+        let own = parts.cluster.get().own_node().clone();
+        assert_eq!(
+            own.shards, shards,
+            "the cluster state knows this node's cores"
+        );
         Core(Rc::new(CoreInner {
-            index,
+            index: parts.index,
             shards,
-            store,
-            topology,
-            shared,
-            default_timeout,
+            store: parts.store,
+            shard_map: own.shard_map,
+            cluster: parts.cluster,
+            shared: parts.shared,
+            default_timeout: parts.default_timeout,
+            peers: ConnPool::new(Duration::from_secs(1)),
+            hints: parts.hints,
+            replication: parts.replication,
         }))
     }
 
-    /// A node of one core around `store` (for tests and tools).
+    /// A node of one core around `store`, alone in its cluster (for tests and tools).
     #[must_use]
-    pub fn single(store: LocalStore, topology: Rc<Topology>) -> Core {
+    pub fn single(store: LocalStore, node: NodeId) -> Core {
         let (shared, _inbox) = NodeShared::new(1);
-        Core::new(0, store, topology, shared, Duration::from_secs(10))
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7400));
+        let own = RingMember {
+            id: node.to_string(),
+            binary: addr,
+            http: addr,
+            shards: 1,
+            vnodes: crate::ring::VNODES_DEFAULT,
+            generation: 1,
+        };
+        let book = RingBook::in_memory(own);
+        let cluster = SharedCluster::new(ClusterState::build(node, &book, None, 1));
+        Core::new(CoreParts {
+            index: 0,
+            store,
+            cluster,
+            shared,
+            default_timeout: Duration::from_secs(10),
+            hints: None,
+            replication: ReplicationConfig::default(),
+        })
     }
 
     /// This core's index.
@@ -274,10 +333,28 @@ impl Core {
         self.0.shards
     }
 
-    /// The topology this node serves.
+    /// The cluster as this node sees it now.
     #[must_use]
-    pub fn topology(&self) -> &Topology {
-        &self.0.topology
+    pub fn cluster(&self) -> Arc<ClusterState> {
+        self.0.cluster.get()
+    }
+
+    /// This core's connections to other nodes.
+    #[must_use]
+    pub fn peers(&self) -> &ConnPool {
+        &self.0.peers
+    }
+
+    /// This core's hints (`None`: hinted handoff is off).
+    #[must_use]
+    pub fn hints(&self) -> Option<&Rc<HintStore>> {
+        self.0.hints.as_ref()
+    }
+
+    /// How the cluster replicates.
+    #[must_use]
+    pub fn replication(&self) -> &ReplicationConfig {
+        &self.0.replication
     }
 
     /// What the cores share.
@@ -301,7 +378,7 @@ impl Core {
     /// The core that owns `key`.
     #[must_use]
     pub fn owner_of(&self, key: &[u8]) -> u32 {
-        self.0.topology.ring.shard_of(Token::of(key), self.0.shards)
+        self.0.shard_map.shard_of(Token::of(key))
     }
 
     /// Admits a request, or `None` once the node is shutting down.
@@ -321,9 +398,7 @@ impl Core {
     /// that times out may still be applied.
     pub async fn execute(&self, op: ShardOp, timeout: Duration) -> ShardReply {
         let owner = match &op {
-            ShardOp::Get { key }
-            | ShardOp::Put { key, .. }
-            | ShardOp::Delete { key, .. }
+            ShardOp::Write { key, .. }
             | ShardOp::ReplicaRead { key }
             | ShardOp::ReplicaApply { key, .. } => self.owner_of(key),
             ShardOp::Stats => self.0.index,
@@ -376,24 +451,35 @@ impl Core {
 
 async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
     match op {
-        ShardOp::Get { key } => ShardReply::Get(store.get(&key).await),
-        ShardOp::Put {
+        ShardOp::Write {
             key,
             value,
             ttl_seconds,
             expected,
-        } => ShardReply::Written(
+            context,
+        } => ShardReply::Object(
             store
-                .put(&key, &value, ttl_seconds, expected.as_deref())
-                .await,
+                .coordinate(
+                    &key,
+                    value.as_deref(),
+                    ttl_seconds,
+                    expected.as_ref(),
+                    context.as_ref(),
+                )
+                .await
+                .map(Some),
         ),
-        ShardOp::Delete { key, expected } => {
-            ShardReply::Written(store.delete(&key, expected.as_deref()).await)
-        }
         ShardOp::ReplicaRead { key } => ShardReply::Object(store.read_replica(&key).await),
-        ShardOp::ReplicaApply { key, object } => {
-            ShardReply::Object(store.apply_replica(&key, &object).await.map(Some))
-        }
+        ShardOp::ReplicaApply {
+            key,
+            object,
+            expected,
+        } => ShardReply::Object(
+            store
+                .apply_replica(&key, &object, expected.as_ref())
+                .await
+                .map(Some),
+        ),
         ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
     }
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use dynacore_engine::object;
 
-use crate::cores::{Core, ShardOp, ShardReply};
+use crate::coordinate::{self, Conflicts, ReadRequest, ReadResult, WriteRequest};
+use crate::cores::{Core, ShardOp};
+use crate::http::{Quorum, ReadRepair};
 use crate::membership::NodeStatus;
 use crate::metrics::Op;
 use crate::protocol::{fb, parse_request};
-use crate::ring::{NodeId, Ring};
-use crate::store::{Found, StoreError};
+use crate::ring::NodeId;
+use crate::store::{decode_version, StoreError};
 
 /// A node as the topology describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,17 +28,6 @@ pub struct NodeDesc {
     pub base_port: u16,
     /// Its core count.
     pub shards: u32,
-}
-
-/// What `Topology` answers and what quorums are checked against.
-#[derive(Clone, Debug)]
-pub struct Topology {
-    /// Every node.
-    pub nodes: Vec<NodeDesc>,
-    /// The ring of those nodes.
-    pub ring: Ring,
-    /// Replicas per key (at most the node count).
-    pub replication_factor: u8,
 }
 
 /// A response to send back.
@@ -71,6 +62,16 @@ pub fn error_response(id: u64, code: fb::ErrorCode, message: &str) -> Vec<u8> {
 }
 
 fn error_body(id: u64, code: fb::ErrorCode, message: &str, current: Option<&[u8]>) -> Vec<u8> {
+    error_body_with(id, code, message, current, (0, 0))
+}
+
+fn error_body_with(
+    id: u64,
+    code: fb::ErrorCode,
+    message: &str,
+    current: Option<&[u8]>,
+    (acks, required): (u8, u8),
+) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let message = b.create_string(message);
     let current_version = current.map(|c| b.create_vector(c));
@@ -80,8 +81,8 @@ fn error_body(id: u64, code: fb::ErrorCode, message: &str, current: Option<&[u8]
             code,
             message: Some(message),
             current_version,
-            acks: 0,
-            required: 0,
+            acks,
+            required,
         },
     );
     finish(b, id, fb::Reply::Error, err.as_union_value())
@@ -119,20 +120,52 @@ fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
         StoreError::Internal(m) => error_body(id, fb::ErrorCode::Internal, m, None),
         StoreError::Unavailable(m) => error_body(id, fb::ErrorCode::Unavailable, m, None),
         StoreError::Timeout(m) => error_body(id, fb::ErrorCode::Timeout, m, None),
+        StoreError::Quorum {
+            acks,
+            required,
+            message,
+        } => error_body_with(
+            id,
+            fb::ErrorCode::Unavailable,
+            message,
+            None,
+            (*acks, *required),
+        ),
     }
 }
 
-/// Checks a requested quorum against the replication factor.
-fn check_quorum(q: Option<&fb::Quorum>, rf: u8, name: &str) -> Result<(), String> {
-    let Some(q) = q else { return Ok(()) };
+/// A requested quorum, checked against the replication factor.
+fn quorum(q: Option<&fb::Quorum>, rf: u8, name: &str) -> Result<Quorum, String> {
+    let Some(q) = q else {
+        return Ok(Quorum::Default);
+    };
     match q.kind() {
-        fb::QuorumKind::Default | fb::QuorumKind::Quorum | fb::QuorumKind::All => Ok(()),
-        fb::QuorumKind::Count if (1..=rf).contains(&q.count()) => Ok(()),
+        fb::QuorumKind::Default => Ok(Quorum::Default),
+        fb::QuorumKind::Quorum => Ok(Quorum::Quorum),
+        fb::QuorumKind::All => Ok(Quorum::All),
+        fb::QuorumKind::Count if (1..=rf).contains(&q.count()) => Ok(Quorum::Count(q.count())),
         fb::QuorumKind::Count => Err(format!(
             "{name}={} is outside 1..={rf} (the replication factor)",
             q.count()
         )),
         other => Err(format!("unknown {name} kind {}", other.0)),
+    }
+}
+
+fn read_repair(r: fb::ReadRepair) -> ReadRepair {
+    match r {
+        fb::ReadRepair::Off => ReadRepair::Off,
+        fb::ReadRepair::Blocking => ReadRepair::Blocking,
+        fb::ReadRepair::Background => ReadRepair::Background,
+        _ => ReadRepair::Default,
+    }
+}
+
+fn conflicts(c: fb::Conflicts) -> Conflicts {
+    match c {
+        fb::Conflicts::Lww => Conflicts::Lww,
+        fb::Conflicts::Siblings => Conflicts::Siblings,
+        _ => Conflicts::Default,
     }
 }
 
@@ -148,22 +181,27 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         0 => core.default_timeout(),
         ms => Duration::from_millis(u64::from(ms)).min(core.default_timeout()),
     };
-    let rf = core.topology().replication_factor;
+    let rf = core.cluster().replication_factor;
     let bad = |m: &str| Err(error_body(id, fb::ErrorCode::BadRequest, m, None));
     let (op, body) = match req.op_type() {
         fb::Op::Get => (
             Op::Get,
             match req.op_as_get() {
-                Some(get) => match check_quorum(get.r(), rf, "r") {
+                Some(get) => match quorum(get.r(), rf, "r") {
                     Err(m) => bad(&m),
-                    Ok(()) => {
-                        let op = ShardOp::Get {
+                    Ok(r) => {
+                        let read = ReadRequest {
                             key: get.key().bytes().to_vec(),
+                            r,
+                            read_repair: read_repair(get.read_repair()),
+                            conflicts: conflicts(get.conflicts()),
                         };
-                        match core.execute(op, timeout).await {
-                            ShardReply::Get(Ok(found)) => Ok(get_body(id, found.as_ref())),
-                            ShardReply::Get(Err(e)) => Err(store_error(id, &e)),
-                            other => Err(unexpected(id, &other)),
+                        let siblings = read.conflicts == Conflicts::Siblings
+                            || (read.conflicts == Conflicts::Default
+                                && core.replication().siblings);
+                        match coordinate::read(core, read, timeout).await {
+                            Ok(found) => Ok(get_body(id, found.as_ref(), siblings)),
+                            Err(e) => Err(store_error(id, &e)),
                         }
                     }
                 },
@@ -173,16 +211,23 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         fb::Op::Put => (
             Op::Put,
             match req.op_as_put() {
-                Some(put) => match check_quorum(put.w(), rf, "w") {
+                Some(put) => match quorum(put.w(), rf, "w") {
                     Err(m) => bad(&m),
-                    Ok(()) => {
-                        let op = ShardOp::Put {
+                    Ok(w) => {
+                        let write = WriteRequest {
                             key: put.key().bytes().to_vec(),
-                            value: put.value().bytes().to_vec(),
+                            value: Some(put.value().bytes().to_vec()),
                             ttl_seconds: Some(put.ttl_seconds()).filter(|&t| t > 0),
                             expected: put.expected_version().map(|v| v.bytes().to_vec()),
+                            context: put.context().map(|v| v.bytes().to_vec()),
+                            w,
+                            forwarded: req.forwarded(),
                         };
-                        written(id, fb::Reply::Put, core.execute(op, timeout).await)
+                        written(
+                            id,
+                            fb::Reply::Put,
+                            coordinate::write(core, write, timeout).await,
+                        )
                     }
                 },
                 None => bad("put without fields"),
@@ -191,14 +236,23 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         fb::Op::Delete => (
             Op::Delete,
             match req.op_as_delete() {
-                Some(del) => match check_quorum(del.w(), rf, "w") {
+                Some(del) => match quorum(del.w(), rf, "w") {
                     Err(m) => bad(&m),
-                    Ok(()) => {
-                        let op = ShardOp::Delete {
+                    Ok(w) => {
+                        let write = WriteRequest {
                             key: del.key().bytes().to_vec(),
+                            value: None,
+                            ttl_seconds: None,
                             expected: del.expected_version().map(|v| v.bytes().to_vec()),
+                            context: del.context().map(|v| v.bytes().to_vec()),
+                            w,
+                            forwarded: req.forwarded(),
                         };
-                        written(id, fb::Reply::Delete, core.execute(op, timeout).await)
+                        written(
+                            id,
+                            fb::Reply::Delete,
+                            coordinate::write(core, write, timeout).await,
+                        )
                     }
                 },
                 None => bad("delete without fields"),
@@ -221,7 +275,7 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
                     let op = ShardOp::ReplicaRead {
                         key: r.key().bytes().to_vec(),
                     };
-                    replica_object(id, core.execute(op, timeout).await)
+                    replica_object(id, core.execute(op, timeout).await.into_object())
                 }
                 None => bad("replica read without fields"),
             },
@@ -231,14 +285,29 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
             match req.op_as_replica_apply() {
                 Some(a) => {
                     let values = a.values().map(|v| v.bytes()).unwrap_or_default();
-                    match object::from_parts(a.version().bytes(), values) {
-                        Err(e) => bad(&format!("bad object: {e}")),
-                        Ok(object) => {
+                    let expected = a
+                        .expected_version()
+                        .map(|v| decode_version(v.bytes()))
+                        .transpose();
+                    match (object::from_parts(a.version().bytes(), values), expected) {
+                        (Err(e), _) => bad(&format!("bad object: {e}")),
+                        (_, Err(e)) => Err(store_error(id, &e)),
+                        (Ok(object), Ok(_)) if a.hint_for() != 0 => {
+                            let key = a.key().bytes();
+                            match coordinate::store_hint(core, NodeId(a.hint_for()), key, &object)
+                                .await
+                            {
+                                Ok(()) => replica_object(id, Ok(Some(object))),
+                                Err(e) => Err(store_error(id, &e)),
+                            }
+                        }
+                        (Ok(object), Ok(expected)) => {
                             let op = ShardOp::ReplicaApply {
                                 key: a.key().bytes().to_vec(),
                                 object,
+                                expected,
                             };
-                            replica_object(id, core.execute(op, timeout).await)
+                            replica_object(id, core.execute(op, timeout).await.into_object())
                         }
                     }
                 }
@@ -256,9 +325,12 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
     }
 }
 
-fn replica_object(id: u64, reply: ShardReply) -> Result<Vec<u8>, Vec<u8>> {
+fn replica_object(
+    id: u64,
+    reply: Result<Option<dynacore_engine::Object>, StoreError>,
+) -> Result<Vec<u8>, Vec<u8>> {
     match reply {
-        ShardReply::Object(Ok(found)) => {
+        Ok(found) => {
             let parts = found.as_ref().map(object::to_parts).transpose();
             match parts {
                 Ok(parts) => Ok(replica_object_body(id, parts.as_ref())),
@@ -270,8 +342,7 @@ fn replica_object(id: u64, reply: ShardReply) -> Result<Vec<u8>, Vec<u8>> {
                 )),
             }
         }
-        ShardReply::Object(Err(e)) => Err(store_error(id, &e)),
-        other => Err(unexpected(id, &other)),
+        Err(e) => Err(store_error(id, &e)),
     }
 }
 
@@ -295,33 +366,50 @@ fn replica_object_body(id: u64, parts: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
     finish(b, id, fb::Reply::ReplicaObject, r.as_union_value())
 }
 
-fn written(id: u64, kind: fb::Reply, reply: ShardReply) -> Result<Vec<u8>, Vec<u8>> {
+fn written(
+    id: u64,
+    kind: fb::Reply,
+    reply: Result<Vec<u8>, StoreError>,
+) -> Result<Vec<u8>, Vec<u8>> {
     match reply {
-        ShardReply::Written(Ok(version)) => Ok(version_body(id, kind, &version)),
-        ShardReply::Written(Err(e)) => Err(store_error(id, &e)),
-        other => Err(unexpected(id, &other)),
+        Ok(version) => Ok(version_body(id, kind, &version)),
+        Err(e) => Err(store_error(id, &e)),
     }
 }
 
-fn unexpected(id: u64, reply: &ShardReply) -> Vec<u8> {
-    // INVARIANT: a core answers each operation with its own kind of reply.
-    debug_assert!(false, "mismatched reply {reply:?}");
-    error_body(
-        id,
-        fb::ErrorCode::Internal,
-        "mismatched reply from a core",
-        None,
-    )
-}
-
-fn get_body(id: u64, found: Option<&Found>) -> Vec<u8> {
+fn get_body(id: u64, found: Option<&ReadResult>, siblings: bool) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
-    let (value, version) = match found {
-        Some(f) => (
-            Some(b.create_vector(&f.value)),
-            Some(b.create_vector(&f.version)),
-        ),
-        None => (None, None),
+    let (value, version, list) = match found {
+        Some(f) => {
+            let list = siblings.then(|| {
+                let items: Vec<_> = f
+                    .values
+                    .iter()
+                    .map(|(v, written_ms)| {
+                        let value = b.create_vector(v);
+                        fb::SiblingValue::create(
+                            &mut b,
+                            &fb::SiblingValueArgs {
+                                value: Some(value),
+                                written_ms: *written_ms,
+                            },
+                        )
+                    })
+                    .collect();
+                b.create_vector(&items)
+            });
+            let newest = f
+                .values
+                .first()
+                .map(|(v, _)| v.as_slice())
+                .unwrap_or_default();
+            (
+                Some(b.create_vector(newest)),
+                Some(b.create_vector(&f.version)),
+                list,
+            )
+        }
+        None => (None, None, None),
     };
     let get = fb::GetResponse::create(
         &mut b,
@@ -329,6 +417,7 @@ fn get_body(id: u64, found: Option<&Found>) -> Vec<u8> {
             found: found.is_some(),
             value,
             version,
+            siblings: list,
         },
     );
     finish(b, id, fb::Reply::Get, get.as_union_value())
@@ -346,39 +435,42 @@ fn version_body(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
 }
 
 fn topology_body(id: u64, core: &Core) -> Vec<u8> {
-    let t = core.topology();
+    let cluster = core.cluster();
     let members = core.shared().members().read().ok().and_then(|m| m.clone());
     let mut b = FlatBufferBuilder::new();
-    let own_generation = members.as_ref().map_or(0, |m| m.own.generation);
-    // The ring's nodes first (this one), then every other member the node knows of.
-    let mut nodes: Vec<_> = t
-        .nodes
+    let state_of = |up: bool, status: Option<NodeStatus>| match (up, status) {
+        (false, _) => fb::NodeState::Down,
+        (true, Some(NodeStatus::Joining)) => fb::NodeState::Joining,
+        (true, Some(NodeStatus::Leaving)) => fb::NodeState::Leaving,
+        (true, _) => fb::NodeState::Normal,
+    };
+    // The ring's nodes first (this one first of all), then members not (yet) in the ring.
+    let mut ring_nodes: Vec<_> = cluster.nodes.values().collect();
+    ring_nodes.sort_by_key(|n| (n.id != cluster.own, n.id));
+    let mut nodes: Vec<_> = ring_nodes
         .iter()
         .map(|n| {
-            let host = b.create_string(&n.host);
+            let host = b.create_string(&n.binary.ip().to_string());
             fb::NodeInfo::create(
                 &mut b,
                 &fb::NodeInfoArgs {
                     id: n.id.0,
                     host: Some(host),
-                    base_port: n.base_port,
+                    base_port: n.binary.port(),
                     shards: n.shards,
-                    generation: own_generation,
-                    state: fb::NodeState::Normal,
+                    generation: n.generation,
+                    state: state_of(n.up, n.status),
                     in_ring: true,
                 },
             )
         })
         .collect();
     for v in members.iter().flat_map(|m| &m.others) {
+        if cluster.nodes.contains_key(&NodeId(v.id.node)) {
+            continue;
+        }
         let meta = v.meta.as_ref();
         let host = b.create_string(&meta.map_or(v.id.addr.ip(), |m| m.binary.ip()).to_string());
-        let state = match (v.up, meta.map(|m| m.status)) {
-            (false, _) => fb::NodeState::Down,
-            (true, Some(NodeStatus::Joining)) => fb::NodeState::Joining,
-            (true, Some(NodeStatus::Leaving)) => fb::NodeState::Leaving,
-            (true, _) => fb::NodeState::Normal,
-        };
         nodes.push(fb::NodeInfo::create(
             &mut b,
             &fb::NodeInfoArgs {
@@ -387,13 +479,13 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
                 base_port: meta.map_or(v.id.addr.port(), |m| m.binary.port()),
                 shards: meta.map_or(0, |m| m.shards),
                 generation: v.id.generation,
-                state,
+                state: state_of(v.up, meta.map(|m| m.status)),
                 in_ring: false,
             },
         ));
     }
     let nodes = b.create_vector(&nodes);
-    let vnodes: Vec<fb::VnodeEntry> = t
+    let vnodes: Vec<fb::VnodeEntry> = cluster
         .ring
         .vnodes()
         .iter()
@@ -405,7 +497,7 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
         &fb::TopologyResponseArgs {
             nodes: Some(nodes),
             vnodes: Some(vnodes),
-            replication_factor: t.replication_factor,
+            replication_factor: cluster.replication_factor,
         },
     );
     finish(b, id, fb::Reply::Topology, topo.as_union_value())
@@ -417,20 +509,6 @@ mod tests {
     use crate::protocol::{build, parse_response};
     use crate::ring::VNODES_DEFAULT;
     use crate::test_util::with_store;
-
-    fn topology() -> Topology {
-        let node = NodeId(7);
-        Topology {
-            nodes: vec![NodeDesc {
-                id: node,
-                host: "127.0.0.1".to_owned(),
-                base_port: 7400,
-                shards: 2,
-            }],
-            ring: Ring::new(&[(node, VNODES_DEFAULT)]).expect("ring"),
-            replication_factor: 1,
-        }
-    }
 
     fn put(
         id: u64,
@@ -458,7 +536,7 @@ mod tests {
     #[test]
     fn puts_gets_and_conditions_over_the_protocol() {
         with_store(|store, _| async move {
-            let core = Core::single(store, std::rc::Rc::new(topology()));
+            let core = Core::single(store, NodeId(7));
             let a = answer(&core, &put(1, b"k", b"v1", None, None)).await;
             assert!(!a.close);
             let resp = parse_response(&a.body).expect("response");
@@ -499,7 +577,7 @@ mod tests {
     #[test]
     fn bad_requests_are_typed_errors_and_malformed_ones_close() {
         with_store(|store, _| async move {
-            let core = Core::single(store, std::rc::Rc::new(topology()));
+            let core = Core::single(store, NodeId(7));
             let code = |a: &Answer| {
                 parse_response(&a.body)
                     .expect("response")
@@ -537,7 +615,7 @@ mod tests {
         use dynacore_engine::version::{ActorId, HlcTimestamp, VersionVector};
         use dynacore_engine::{Object, Sibling};
         with_store(|store, _| async move {
-            let core = Core::single(store, std::rc::Rc::new(topology()));
+            let core = Core::single(store, NodeId(7));
             let object_of = |body: &[u8]| {
                 let resp = parse_response(body).expect("response");
                 let r = resp.reply_as_replica_object().expect("replica object");
@@ -667,7 +745,7 @@ mod tests {
     #[test]
     fn ping_and_topology() {
         with_store(|store, _| async move {
-            let core = Core::single(store, std::rc::Rc::new(topology()));
+            let core = Core::single(store, NodeId(7));
             let ping = build::ping(9, 77);
             let a = answer(&core, &ping).await;
             let resp = parse_response(&a.body).expect("response");
@@ -678,7 +756,8 @@ mod tests {
             let topo = resp.reply_as_topology().expect("topology");
             assert_eq!(topo.nodes().len(), 1);
             assert_eq!(topo.nodes().get(0).host(), "127.0.0.1");
-            assert_eq!(topo.nodes().get(0).shards(), 2);
+            assert_eq!(topo.nodes().get(0).shards(), 1);
+            assert_eq!(topo.nodes().get(0).id(), 7);
             let vnodes = topo.vnodes();
             assert_eq!(vnodes.len(), usize::from(VNODES_DEFAULT));
             assert!(vnodes

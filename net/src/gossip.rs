@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use dynacore_engine::runtime::{self, UdpSocket};
 
+use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
 use crate::membership::{
     MemberView, Membership, MembershipStats, MembershipTimer, NodeMeta, Output, PACKET_BYTES_MAX,
     REANNOUNCE, REBROADCAST,
 };
+use crate::ring::NodeId;
 
 /// What the membership knows, as the other cores read it.
 #[derive(Clone, Debug)]
@@ -46,13 +48,26 @@ enum Input {
     Due,
 }
 
+/// Where the driver publishes what it learns.
+#[derive(Debug)]
+pub struct Publish {
+    /// The membership snapshot.
+    pub members: SharedMembers,
+    /// The ring members, kept in the data directory.
+    pub book: RingBook,
+    /// The cluster state every core routes by.
+    pub cluster: SharedCluster,
+    /// The configured replication factor.
+    pub replication_factor: u8,
+}
+
 /// Runs the membership of `own` (gossiping on `socket`, joining through `seeds`) until the
-/// task is dropped, publishing into `shared` after every step.
+/// task is dropped, publishing into `shared` after every change.
 pub async fn run(
     socket: UdpSocket,
     own: NodeMeta,
     seeds: Vec<SocketAddr>,
-    shared: SharedMembers,
+    mut shared: Publish,
     control: flume::Receiver<Control>,
 ) {
     let socket = Rc::new(socket);
@@ -104,7 +119,7 @@ pub async fn run(
         }
         if published != Some(membership.revision()) {
             published = Some(membership.revision());
-            publish(&shared, &membership);
+            publish(&mut shared, &membership);
         }
         // Datagrams already here go first (an ack waiting in the queue must not lose to the
         // probe timer that would call its sender suspect), then control, then due timers.
@@ -117,7 +132,7 @@ pub async fn run(
         }
         burst = 0;
         if let Ok(Control::Leave(done)) = control.try_recv() {
-            leave(&socket, &mut membership, &shared, &mut out).await;
+            leave(&socket, &mut membership, &mut shared, &mut out).await;
             let _ = done.send(());
             continue;
         }
@@ -173,7 +188,7 @@ pub async fn run(
         match input {
             Input::Datagram(d) => membership.handle_data(&d, &mut out),
             Input::Control(Control::Leave(done)) => {
-                leave(&socket, &mut membership, &shared, &mut out).await;
+                leave(&socket, &mut membership, &mut shared, &mut out).await;
                 let _ = done.send(());
             }
             Input::Due => {}
@@ -185,7 +200,7 @@ pub async fn run(
 async fn leave(
     socket: &UdpSocket,
     membership: &mut Membership,
-    shared: &SharedMembers,
+    shared: &mut Publish,
     out: &mut Vec<Output>,
 ) {
     membership.leave(out);
@@ -197,13 +212,29 @@ async fn leave(
     publish(shared, membership);
 }
 
-fn publish(shared: &SharedMembers, m: &Membership) {
+fn publish(shared: &mut Publish, m: &Membership) {
     let snapshot = Members {
         own: m.own().clone(),
         others: m.view(),
         stats: m.stats(),
     };
-    if let Ok(mut slot) = shared.write() {
+    // Every node heard with its metadata is in the ring from now on.
+    let mut changed = false;
+    for meta in snapshot.others.iter().filter_map(|v| v.meta.as_ref()) {
+        changed |= shared.book.record(RingMember::of(meta));
+    }
+    if changed {
+        if let Err(e) = shared.book.save() {
+            tracing::error!(error = %e, "cannot record the ring members");
+        }
+    }
+    shared.cluster.set(ClusterState::build(
+        NodeId(snapshot.own.node),
+        &shared.book,
+        Some(&snapshot),
+        shared.replication_factor,
+    ));
+    if let Ok(mut slot) = shared.members.write() {
         *slot = Some(snapshot);
     }
 }

@@ -108,6 +108,10 @@ pub struct RequestHead {
     pub accept_raw: bool,
     /// `If-Match`.
     pub if_match: Option<String>,
+    /// `X-Dynacore-Context`: the version a read returned, which a write builds on.
+    pub context: Option<String>,
+    /// `?conflicts=siblings` (`Some(true)`) or `lww` (`Some(false)`).
+    pub siblings: Option<bool>,
     /// `Content-Length` (0 when absent).
     pub content_length: usize,
     /// Whether the connection stays open after the response.
@@ -237,6 +241,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         raw_body: false,
         accept_raw: false,
         if_match: None,
+        context: None,
+        siblings: None,
         content_length: 0,
         // HTTP/1.1 keeps connections open unless asked otherwise; 1.0 closes them.
         keep_alive: req.version == Some(1),
@@ -274,6 +280,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
                 .any(|t| media_type(t) == "application/octet-stream");
         } else if name.eq_ignore_ascii_case("if-match") {
             head.if_match = Some(value.trim_matches('"').to_owned());
+        } else if name.eq_ignore_ascii_case("x-dynacore-context") {
+            head.context = Some(value.trim_matches('"').to_owned());
         } else if name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 head.keep_alive = false;
@@ -417,6 +425,17 @@ fn parse_query(query: &str, head: &mut RequestHead) -> Result<(), HttpError> {
                         )))
                     }
                 }
+            }
+            "conflicts" => {
+                head.siblings = Some(match value.as_str() {
+                    "siblings" => true,
+                    "lww" => false,
+                    _ => {
+                        return Err(HttpError::BadRequest(format!(
+                            "conflicts must be lww or siblings, not {value:?}"
+                        )))
+                    }
+                });
             }
             "ttl_seconds" => {
                 head.ttl_seconds = Some(value.parse().map_err(|_| {

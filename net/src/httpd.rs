@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use dynacore_engine::runtime::{self, TcpListener, TcpStream};
 use serde_json::json;
 
+use crate::coordinate::{self, Conflicts, ReadRequest, WriteRequest};
 use crate::cores::{Core, ShardOp, ShardReply};
 use crate::http::{
     error_body, parse_head, parse_json_put, response, version_from_hex, version_to_hex, HttpError,
@@ -28,6 +29,7 @@ use crate::http::{
 };
 use crate::membership::NodeStatus;
 use crate::metrics::{self, Op, Protocol};
+use crate::ring::NodeId;
 use crate::store::StoreError;
 
 /// The HTTP server's limits.
@@ -279,6 +281,19 @@ impl Reply {
             StoreError::Unavailable(m) => Reply::error(503, "unavailable", m),
             StoreError::Timeout(m) => Reply::error(504, "timeout", m),
             StoreError::Internal(m) => Reply::error(500, "internal", m),
+            StoreError::Quorum {
+                acks,
+                required,
+                message,
+            } => Reply::json(
+                503,
+                &json!({
+                    "error": "unavailable",
+                    "acks": acks,
+                    "required": required,
+                    "message": message,
+                }),
+            ),
         }
     }
 }
@@ -321,27 +336,53 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
 }
 
 async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
-    check_quorum(head.r, core.topology().replication_factor, "r")
+    check_quorum(head.r, core.cluster().replication_factor, "r")
         .map_err(|e| Reply::from_http_error(&e))?;
-    let op = ShardOp::Get { key: key.to_vec() };
-    let found = match core.execute(op, core.default_timeout()).await {
-        ShardReply::Get(Ok(found)) => found,
-        ShardReply::Get(Err(e)) => return Err(Reply::from_store_error(&e)),
-        _ => return Err(mismatch()),
+    let conflicts = match head.siblings {
+        None => Conflicts::Default,
+        Some(true) => Conflicts::Siblings,
+        Some(false) => Conflicts::Lww,
     };
+    let siblings = head.siblings.unwrap_or(core.replication().siblings);
+    let read = ReadRequest {
+        key: key.to_vec(),
+        r: head.r,
+        read_repair: head.read_repair,
+        conflicts,
+    };
+    let found = coordinate::read(core, read, core.default_timeout())
+        .await
+        .map_err(|e| Reply::from_store_error(&e))?;
     let Some(found) = found else {
         return Err(Reply::error(404, "not_found", "no value for this key"));
     };
     let version = version_to_hex(&found.version);
+    if siblings && found.values.len() > 1 {
+        // Concurrent values: every one, and the merged version that replaces them all.
+        let list: Vec<_> = found
+            .values
+            .iter()
+            .map(|(v, written_ms)| match std::str::from_utf8(v) {
+                Ok(text) => json!({ "value": text, "written_ms": written_ms }),
+                Err(_) => json!({ "value_hex": version_to_hex(v), "written_ms": written_ms }),
+            })
+            .collect();
+        let mut r = Reply::json(300, &json!({ "siblings": list, "version": version }));
+        r.version = Some(version);
+        return Ok(r);
+    }
+    let Some((value, _)) = found.values.into_iter().next() else {
+        return Err(Reply::error(404, "not_found", "no value for this key"));
+    };
     if head.accept_raw {
         return Ok(Reply {
             status: 200,
             content_type: "application/octet-stream",
             version: Some(version),
-            body: found.value,
+            body: value,
         });
     }
-    let Ok(value) = String::from_utf8(found.value) else {
+    let Ok(value) = String::from_utf8(value) else {
         return Err(Reply::error(
             406,
             "not_utf8",
@@ -356,11 +397,11 @@ async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply
 /// This node's own copy of `key`, every sibling shown (tombstones and expired values too).
 async fn local_copy(core: &Core, key: &[u8]) -> Result<Reply, Reply> {
     let op = ShardOp::ReplicaRead { key: key.to_vec() };
-    let object = match core.execute(op, core.default_timeout()).await {
-        ShardReply::Object(Ok(o)) => o,
-        ShardReply::Object(Err(e)) => return Err(Reply::from_store_error(&e)),
-        _ => return Err(mismatch()),
-    };
+    let object = core
+        .execute(op, core.default_timeout())
+        .await
+        .into_object()
+        .map_err(|e| Reply::from_store_error(&e))?;
     let Some(object) = object else {
         return Err(Reply::error(
             404,
@@ -390,16 +431,15 @@ async fn local_copy(core: &Core, key: &[u8]) -> Result<Reply, Reply> {
     ))
 }
 
-fn expected_version(head: &RequestHead) -> Result<Option<Vec<u8>>, Reply> {
-    head.if_match
-        .as_deref()
+fn hex_header(value: Option<&str>) -> Result<Option<Vec<u8>>, Reply> {
+    value
         .map(version_from_hex)
         .transpose()
         .map_err(|e| Reply::from_http_error(&e))
 }
 
 async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result<Reply, Reply> {
-    check_quorum(head.w, core.topology().replication_factor, "w")
+    check_quorum(head.w, core.cluster().replication_factor, "w")
         .map_err(|e| Reply::from_http_error(&e))?;
     let (value, ttl_seconds) = if head.raw_body {
         (body.to_vec(), head.ttl_seconds)
@@ -407,42 +447,43 @@ async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result
         let (value, ttl) = parse_json_put(body).map_err(|e| Reply::from_http_error(&e))?;
         (value, ttl.or(head.ttl_seconds))
     };
-    let op = ShardOp::Put {
+    let write = WriteRequest {
         key: key.to_vec(),
-        value,
+        value: Some(value),
         ttl_seconds: ttl_seconds.filter(|&t| t > 0),
-        expected: expected_version(head)?,
+        expected: hex_header(head.if_match.as_deref())?,
+        context: hex_header(head.context.as_deref())?,
+        w: head.w,
+        forwarded: false,
     };
-    written(core.execute(op, core.default_timeout()).await)
+    written(coordinate::write(core, write, core.default_timeout()).await)
 }
 
 async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
-    check_quorum(head.w, core.topology().replication_factor, "w")
+    check_quorum(head.w, core.cluster().replication_factor, "w")
         .map_err(|e| Reply::from_http_error(&e))?;
-    let op = ShardOp::Delete {
+    let write = WriteRequest {
         key: key.to_vec(),
-        expected: expected_version(head)?,
+        value: None,
+        ttl_seconds: None,
+        expected: hex_header(head.if_match.as_deref())?,
+        context: hex_header(head.context.as_deref())?,
+        w: head.w,
+        forwarded: false,
     };
-    written(core.execute(op, core.default_timeout()).await)
+    written(coordinate::write(core, write, core.default_timeout()).await)
 }
 
-fn written(reply: ShardReply) -> Result<Reply, Reply> {
+fn written(reply: Result<Vec<u8>, StoreError>) -> Result<Reply, Reply> {
     match reply {
-        ShardReply::Written(Ok(version)) => {
+        Ok(version) => {
             let version = version_to_hex(&version);
             let mut r = Reply::json(200, &json!({ "version": version }));
             r.version = Some(version);
             Ok(r)
         }
-        ShardReply::Written(Err(e)) => Err(Reply::from_store_error(&e)),
-        _ => Err(mismatch()),
+        Err(e) => Err(Reply::from_store_error(&e)),
     }
-}
-
-fn mismatch() -> Reply {
-    // INVARIANT: a core answers each operation with its own kind of reply.
-    debug_assert!(false, "mismatched reply from a core");
-    Reply::error(500, "internal", "mismatched reply from a core")
 }
 
 fn health(core: &Core) -> Result<Reply, Reply> {
@@ -460,45 +501,66 @@ fn health(core: &Core) -> Result<Reply, Reply> {
 }
 
 fn cluster(core: &Core) -> Result<Reply, Reply> {
-    let t = core.topology();
-    let ownership = t.ring.ownership();
-    let vnodes_of = |id| t.ring.vnodes().iter().filter(|v| v.node == id).count();
+    let cluster = core.cluster();
+    let ring = &cluster.ring;
+    let ownership = ring.ownership();
     let members = core.shared().members().read().ok().and_then(|m| m.clone());
     let status_name = |s: NodeStatus| match s {
         NodeStatus::Joining => "joining",
         NodeStatus::Normal => "normal",
         NodeStatus::Leaving => "leaving",
     };
-    // This node first (it serves the ring), then every other node the membership knows.
-    let mut nodes: Vec<_> = t
-        .nodes
+    let gossip_of = |id: NodeId| {
+        members.as_ref().and_then(|m| {
+            m.others
+                .iter()
+                .find(|v| v.id.node == id.0)
+                .map(|v| v.id.addr.to_string())
+        })
+    };
+    // This node first, then the other ring members, then members not in the ring.
+    let mut ring_nodes: Vec<_> = cluster.nodes.values().collect();
+    ring_nodes.sort_by_key(|n| (n.id != cluster.own, n.id));
+    let mut nodes: Vec<_> = ring_nodes
         .iter()
         .map(|n| {
             #[allow(clippy::cast_precision_loss)]
             let owned = ownership.get(&n.id).copied().unwrap_or(0) as f64 / (1u128 << 64) as f64;
-            let own = members.as_ref().map(|m| &m.own);
+            let is_self = n.id == cluster.own;
             json!({
                 "id": n.id.to_string(),
-                "self": true,
-                "host": n.host,
-                "port": n.base_port,
-                "shard_ports": (0..n.shards).map(|s| u32::from(n.base_port) + 1 + s).collect::<Vec<_>>(),
-                "http": own.map(|m| m.http.to_string()),
+                "self": is_self,
+                "in_ring": true,
+                "host": n.binary.ip().to_string(),
+                "port": n.binary.port(),
+                "shard_ports": (0..n.shards).map(|s| u32::from(n.binary.port()) + 1 + s).collect::<Vec<_>>(),
+                "http": n.http.to_string(),
+                "gossip": if is_self { Some(n.binary.to_string()) } else { gossip_of(n.id) },
                 "shards": n.shards,
-                "vnodes": vnodes_of(n.id),
-                "generation": own.map(|m| m.generation),
+                "vnodes": n.vnodes,
+                "generation": n.generation,
                 "owned_fraction": owned,
-                "up": true,
-                "status": own.map_or("normal", |m| status_name(m.status)),
+                "up": n.up,
+                // A node that announced it was leaving and then went away left cleanly.
+                "status": match (n.up, n.status) {
+                    (true, status) => status.map_or("normal", status_name),
+                    (false, Some(NodeStatus::Leaving)) => "left",
+                    (false, _) => "down",
+                },
             })
         })
         .collect();
     if let Some(m) = &members {
-        for v in &m.others {
+        for v in m
+            .others
+            .iter()
+            .filter(|v| !cluster.nodes.contains_key(&NodeId(v.id.node)))
+        {
             let meta = v.meta.as_ref();
             nodes.push(json!({
-                "id": crate::ring::NodeId(v.id.node).to_string(),
+                "id": NodeId(v.id.node).to_string(),
                 "self": false,
+                "in_ring": false,
                 "host": meta.map(|m| m.binary.ip().to_string()),
                 "port": meta.map(|m| m.binary.port()),
                 "http": meta.map(|m| m.http.to_string()),
@@ -507,7 +569,6 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
                 "vnodes": meta.map(|m| m.vnodes),
                 "generation": v.id.generation,
                 "up": v.up,
-                // A node that announced it was leaving and then went away left cleanly.
                 "status": match (v.up, meta.map(|m| m.status)) {
                     (true, status) => status.map_or("normal", status_name),
                     (false, Some(NodeStatus::Leaving)) => "left",
@@ -516,19 +577,25 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
             }));
         }
     }
-    let mut per_shard = vec![0usize; core.shards() as usize];
-    for v in t.ring.vnodes() {
-        per_shard[crate::ring::shard_for_vnode(v.token, core.shards()) as usize] += 1;
+    // How this node's own vnodes spread over its cores.
+    let own = cluster.own_node();
+    let mut per_shard = vec![0usize; own.shards as usize];
+    for t in crate::ring::vnode_tokens(own.id, own.vnodes) {
+        per_shard[crate::ring::shard_for_vnode(t, own.shards) as usize] += 1;
     }
     Ok(Reply::json(
         200,
         &json!({
             "nodes": nodes,
-            "replication_factor": t.replication_factor,
-            "ring_nodes": t.ring.node_count(),
-            "vnodes": t.ring.vnodes().len(),
+            "replication_factor": cluster.replication_factor,
+            "configured_replication_factor": cluster.configured_rf,
+            "sloppy_quorum": core.replication().sloppy_quorum,
+            "hinted_handoff": core.replication().hinted_handoff,
+            "conflicts": if core.replication().siblings { "siblings" } else { "lww" },
+            "ring_nodes": ring.node_count(),
+            "vnodes": ring.vnodes().len(),
             "vnodes_per_shard": per_shard,
-            "ownership_balance": t.ring.ownership_balance(),
+            "ownership_balance": ring.ownership_balance(),
             "membership": members.map(|m| json!({
                 "bad_packets": m.stats.bad_packets,
                 "members_up": m.stats.ups,

@@ -11,10 +11,13 @@
 // unsafe_code is denied workspace-wide; only the generated flatbuffers code is allowed it.
 
 pub mod client;
+pub mod cluster;
+pub mod coordinate;
 pub mod coordinator;
 pub mod cores;
 pub mod dispatch;
 pub mod gossip;
+pub mod hints;
 pub mod http;
 pub mod httpd;
 pub mod local_cluster;

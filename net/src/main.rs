@@ -127,6 +127,7 @@ fn main() -> ExitCode {
                 ttl: ttl.map(Duration::from_secs),
                 expected,
                 w: None,
+                context: None,
             };
             let version = client
                 .put_with(key.as_bytes(), value.as_bytes(), &options)

@@ -81,6 +81,28 @@ pub struct CoreMetrics {
     forwarded_in: AtomicU64,
     connections_accepted: [AtomicU64; PROTOCOLS.len()],
     frames_refused: AtomicU64,
+    writes_passed_on: AtomicU64,
+    read_repairs: AtomicU64,
+    hints_pending: AtomicU64,
+    hints_pending_bytes: AtomicU64,
+    hints_stored: AtomicU64,
+    hints_replayed: AtomicU64,
+    hints_dropped: AtomicU64,
+}
+
+/// A core's hints, as its metrics show them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HintGauges {
+    /// Hints waiting for their target.
+    pub pending: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+    /// Hints stored since start.
+    pub stored: u64,
+    /// Hints handed over since start.
+    pub replayed: u64,
+    /// Hints refused or dropped since start.
+    pub dropped: u64,
 }
 
 impl CoreMetrics {
@@ -101,6 +123,26 @@ impl CoreMetrics {
     /// Counts a request another core sent here.
     pub fn forwarded_in(&self) {
         self.forwarded_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a write passed to a replica because this node is not one of the key's.
+    pub fn passed_on(&self) {
+        self.writes_passed_on.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a stale replica brought up to date by a read.
+    pub fn read_repaired(&self) {
+        self.read_repairs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets what this core's hints are.
+    pub fn set_hints(&self, h: HintGauges) {
+        self.hints_pending.store(h.pending, Ordering::Relaxed);
+        self.hints_pending_bytes
+            .store(h.pending_bytes, Ordering::Relaxed);
+        self.hints_stored.store(h.stored, Ordering::Relaxed);
+        self.hints_replayed.store(h.replayed, Ordering::Relaxed);
+        self.hints_dropped.store(h.dropped, Ordering::Relaxed);
     }
 
     /// Counts an accepted connection.
@@ -210,7 +252,32 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     type CoreFn<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
-    let simple: [(&str, &str, CoreFn); 4] = [
+    let simple: [(&str, &str, CoreFn); 9] = [
+        (
+            "dynacore_writes_passed_on_total",
+            "Writes passed to a replica of their key because this node is not one.",
+            &|m| load(&m.writes_passed_on),
+        ),
+        (
+            "dynacore_read_repairs_total",
+            "Stale replicas brought up to date by a read.",
+            &|m| load(&m.read_repairs),
+        ),
+        (
+            "dynacore_hints_stored_total",
+            "Hints stored for replicas that missed a write.",
+            &|m| load(&m.hints_stored),
+        ),
+        (
+            "dynacore_hints_replayed_total",
+            "Hints handed over to their replica.",
+            &|m| load(&m.hints_replayed),
+        ),
+        (
+            "dynacore_hints_dropped_total",
+            "Hints refused (over the per-target bound) or dropped (too old).",
+            &|m| load(&m.hints_dropped),
+        ),
         (
             "dynacore_forwarded_requests_total",
             "Requests that arrived on a core that does not own their key and were forwarded to the owner.",
@@ -234,6 +301,24 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
     ];
     for (name, help, get) in simple {
         family(&mut o, name, "counter", help);
+        for (c, m) in cores.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(m));
+        }
+    }
+    let gauges: [(&str, &str, CoreFn); 2] = [
+        (
+            "dynacore_hints_pending",
+            "Hints waiting for their replica to come back (updated every second).",
+            &|m| load(&m.hints_pending),
+        ),
+        (
+            "dynacore_hints_pending_bytes",
+            "Bytes of hints waiting for their replica.",
+            &|m| load(&m.hints_pending_bytes),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        family(&mut o, name, "gauge", help);
         for (c, m) in cores.iter().enumerate() {
             let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(m));
         }

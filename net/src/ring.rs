@@ -9,10 +9,15 @@
 //!   the last token.
 //! * The preference list of a token is the first `rf` distinct nodes met walking clockwise from
 //!   the vnode that owns it.
-//! * Inside a node, each vnode of the ring (its own and those it replicates) belongs to one core:
-//!   [`shard_for_vnode`] of the vnode's token and the node's core count. So one vnode's keys are
-//!   one contiguous `(token, key)` range of one shard, which anti-entropy hashes and streaming
-//!   moves, and a client that knows a node's core count routes a key to its core directly.
+//! * Inside a node, each of the node's **own** vnodes belongs to one core
+//!   ([`shard_for_vnode`] of its token and the node's core count), and a token's keys live on
+//!   the core of the node's first own vnode at or after the token ([`ShardMap`]). The map
+//!   depends on the node alone (its id, vnode count and core count), never on the rest of the
+//!   ring: when nodes join or leave, no key changes core on the nodes that keep it. Every ring
+//!   vnode's range is a sub-range of one own vnode's range, so it is one contiguous
+//!   `(token, key)` range of one shard (what anti-entropy hashes and streaming moves), and a
+//!   client that knows a node's id, vnode count and core count routes a key to its core
+//!   directly.
 //!
 //! INVARIANT: a [`Ring`] is sorted by `(token, node)` and holds at least one vnode; equal tokens
 //! (two nodes' vnodes hashing alike, about one chance in 2^64 / vnodes²) are ordered by node id,
@@ -61,6 +66,49 @@ pub fn shard_for_vnode(vnode_token: Token, shards: u32) -> u32 {
     // The vnode token is already a uniform hash: its high bits, scaled, spread vnodes evenly.
     u32::try_from((u128::from(vnode_token.0) * u128::from(shards)) >> 64)
         .expect("INVARIANT: the product shifted down is below `shards`")
+}
+
+/// Which core of one node holds a token's keys: the core of the node's first own vnode at or
+/// after the token (wrapping), so that the map depends on the node alone (see the module
+/// documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardMap {
+    /// The node's own vnode tokens, sorted, each with its core.
+    tokens: Vec<(Token, u32)>,
+    shards: u32,
+}
+
+impl ShardMap {
+    /// The map of `node` with `vnodes` vnodes and `shards` cores (a node without vnodes keeps
+    /// everything on core 0).
+    ///
+    /// # Panics
+    /// If `shards` is 0 (a node has at least one core).
+    #[must_use]
+    pub fn new(node: NodeId, vnodes: u16, shards: u32) -> ShardMap {
+        let mut tokens: Vec<(Token, u32)> = vnode_tokens(node, vnodes)
+            .into_iter()
+            .map(|t| (t, shard_for_vnode(t, shards)))
+            .collect();
+        tokens.sort_unstable();
+        ShardMap { tokens, shards }
+    }
+
+    /// The core that holds `token`'s keys.
+    #[must_use]
+    pub fn shard_of(&self, token: Token) -> u32 {
+        let i = self.tokens.partition_point(|&(t, _)| t < token);
+        self.tokens
+            .get(i)
+            .or_else(|| self.tokens.first())
+            .map_or(0, |&(_, shard)| shard)
+    }
+
+    /// The node's core count.
+    #[must_use]
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
 }
 
 /// Why a ring cannot be built.
@@ -195,10 +243,15 @@ impl Ring {
         })
     }
 
-    /// The core of a node with `shards` cores that holds `token`'s keys.
+    /// Each node's vnode count.
     #[must_use]
-    pub fn shard_of(&self, token: Token, shards: u32) -> u32 {
-        shard_for_vnode(self.owner(token).token, shards)
+    pub fn vnode_counts(&self) -> BTreeMap<NodeId, u16> {
+        let mut out = BTreeMap::new();
+        for v in &self.vnodes {
+            let n: &mut u16 = out.entry(v.node).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+        out
     }
 
     /// The number of tokens each vnode owns: the distance from the previous vnode's token.
@@ -334,16 +387,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_nodes_own_vnodes_split_its_keys_evenly_over_its_cores() {
+        let map = ShardMap::new(NodeId(1), 256, 4);
+        let mut per = [0u32; 4];
+        for key in 0u32..40_000 {
+            per[map.shard_of(Token::of(&key.to_le_bytes())) as usize] += 1;
+        }
+        assert!(per.iter().all(|&n| (6_000..14_000).contains(&n)), "{per:?}");
+        assert_eq!(ShardMap::new(NodeId(1), 0, 4).shard_of(Token(5)), 0);
+    }
+
     proptest! {
-        /// A key's shard is the shard of the vnode that owns its token, on every node whatever
-        /// its core count, and is below the core count.
+        /// A key's core on a node is the core of the node's own vnode at or after its token,
+        /// below the core count, and does not change when other nodes join the ring.
         #[test]
-        fn keys_route_to_their_vnodes_core(key in prop::collection::vec(any::<u8>(), 1..64), shards in 1u32..64) {
-            let ring = Ring::new(&three()).expect("ring");
+        fn keys_route_to_their_own_vnodes_core(key in prop::collection::vec(any::<u8>(), 1..64), shards in 1u32..64) {
             let token = Token::of(&key);
-            let shard = ring.shard_of(token, shards);
+            let map = ShardMap::new(NodeId(1), 256, shards);
+            let shard = map.shard_of(token);
             prop_assert!(shard < shards);
-            prop_assert_eq!(shard, shard_for_vnode(ring.owner(token).token, shards));
+            let alone = Ring::new(&[(NodeId(1), 256)]).expect("ring");
+            prop_assert_eq!(shard, shard_for_vnode(alone.owner(token).token, shards));
+            // However many nodes join, the node's own map is what it was.
+            prop_assert_eq!(ShardMap::new(NodeId(1), 256, shards), map);
         }
     }
 }

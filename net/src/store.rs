@@ -35,6 +35,16 @@ pub enum StoreError {
     /// The deadline passed before the shard answered; a write's outcome is unknown (it may
     /// still be applied).
     Timeout(String),
+    /// Fewer replicas than required answered in time. For a write the outcome is unknown: it
+    /// may exist on fewer replicas and spread later.
+    Quorum {
+        /// Replicas that acknowledged (writes) or answered (reads).
+        acks: u8,
+        /// Replicas that were required.
+        required: u8,
+        /// What happened.
+        message: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -45,7 +55,8 @@ impl std::fmt::Display for StoreError {
             | StoreError::BadRequest(m)
             | StoreError::Internal(m)
             | StoreError::Unavailable(m)
-            | StoreError::Timeout(m) => f.write_str(m),
+            | StoreError::Timeout(m)
+            | StoreError::Quorum { message: m, .. } => f.write_str(m),
             StoreError::ConditionFailed { .. } => f.write_str("the version is not the current one"),
         }
     }
@@ -170,18 +181,24 @@ impl LocalStore {
     }
 
     /// Merges `incoming` (a coordinator's or another replica's copy) into this replica's copy
-    /// of `key` by DVV `sync`, durably; returns the merged object.
+    /// of `key` by DVV `sync`, durably; returns the merged object. With `expected`, only if
+    /// the copy holds nothing that version does not.
     ///
     /// # Errors
-    /// [`StoreError::BadRequest`] for an object that breaks the DVV invariants or carries a
-    /// timestamp too far ahead of this node's clock;
+    /// [`StoreError::ConditionFailed`]; [`StoreError::BadRequest`] for an object that breaks
+    /// the DVV invariants or carries a timestamp too far ahead of this node's clock;
     /// [`StoreError::InvalidKey`], [`StoreError::ValueTooLarge`], [`StoreError::Internal`].
-    pub async fn apply_replica(&self, key: &[u8], incoming: &Object) -> Result<Object, StoreError> {
+    pub async fn apply_replica(
+        &self,
+        key: &[u8],
+        incoming: &Object,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object, StoreError> {
         // The incoming object is the peer's; anything else that fails to decode is ours.
         incoming
             .check()
             .map_err(|e| StoreError::BadRequest(format!("bad object: {e}")))?;
-        match self.shard.apply_object(key, incoming, None).await {
+        match self.shard.apply_object(key, incoming, expected).await {
             // A timestamp too far ahead of this node's clock: refused, not stored.
             Err(EngineError::Clock(e)) => Err(StoreError::BadRequest(format!(
                 "the object's timestamp is refused: {e}"
@@ -197,27 +214,78 @@ impl LocalStore {
         expiry_ms: Option<u64>,
         expected: Option<&[u8]>,
     ) -> Result<Vec<u8>, StoreError> {
-        let expected = expected
-            .map(|v| {
-                VersionVector::decode(v)
-                    .map_err(|e| StoreError::BadRequest(format!("bad version: {e}")))
-            })
-            .transpose()?;
+        let expected = expected.map(decode_version).transpose()?;
+        let obj = self
+            .coordinate_at(key, value, expiry_ms, expected.as_ref(), None)
+            .await?;
+        Ok(encode_version(&obj.join()))
+    }
+
+    /// A coordinator's write on this replica: `value` (or a tombstone when `None`) as a new
+    /// version minted by this replica, expiring after `ttl_seconds` when given. It replaces
+    /// what `context` covers (`None`: the copy's own context, so a blind write replaces the
+    /// copy). With `expected`, only if the copy holds nothing that version does not; a
+    /// conditional write without a context builds on `expected`. Returns the new object.
+    ///
+    /// # Errors
+    /// As [`LocalStore::put`].
+    pub async fn coordinate(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        ttl_seconds: Option<u64>,
+        expected: Option<&VersionVector>,
+        context: Option<&VersionVector>,
+    ) -> Result<Object, StoreError> {
+        let expiry_ms = ttl_seconds
+            .filter(|&t| t > 0)
+            .map(|t| self.clock.now_ms().saturating_add(t.saturating_mul(1000)));
+        self.coordinate_at(key, value, expiry_ms, expected, context)
+            .await
+    }
+
+    async fn coordinate_at(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        expected: Option<&VersionVector>,
+        context: Option<&VersionVector>,
+    ) -> Result<Object, StoreError> {
         // A conditional write builds on the version the client read; a blind one on what the
         // key holds now, so that it replaces it.
-        let obj = match &expected {
-            Some(v) => {
-                self.shard
-                    .coordinate_write(key, v, value, expiry_ms, self.actor, Some(v))
-                    .await?
-            }
-            None => {
-                self.shard
-                    .overwrite(key, value, expiry_ms, self.actor)
-                    .await?
-            }
-        };
-        Ok(encode_version(&obj.join()))
+        match context.or(expected) {
+            Some(ctx) => Ok(self
+                .shard
+                .coordinate_write(key, ctx, value, expiry_ms, self.actor, expected)
+                .await?),
+            None => Ok(self
+                .shard
+                .overwrite(key, value, expiry_ms, self.actor)
+                .await?),
+        }
+    }
+}
+
+/// Decodes a client's version.
+///
+/// # Errors
+/// [`StoreError::BadRequest`] when it does not decode.
+pub fn decode_version(v: &[u8]) -> Result<VersionVector, StoreError> {
+    VersionVector::decode(v).map_err(|e| StoreError::BadRequest(format!("bad version: {e}")))
+}
+
+/// Encodes a version for a client.
+#[must_use]
+pub fn version_bytes(v: &VersionVector) -> Vec<u8> {
+    encode_version(v)
+}
+
+impl LocalStore {
+    /// The actor id this replica mints its writes as.
+    #[must_use]
+    pub fn actor(&self) -> ActorId {
+        self.actor
     }
 }
 

@@ -16,6 +16,38 @@ impl PhysicalClock for ManualClock {
     }
 }
 
+/// A disk-backed directory for test data (never tmpfs: glommio silently drops O_DIRECT there).
+pub(crate) fn disk_tmp() -> std::path::PathBuf {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+    std::fs::create_dir_all(&base).expect("create target/tmp");
+    base
+}
+
+/// Runs `fut` on a fresh executor thread; fails the test after 60 s (tests never hang).
+pub(crate) fn on_test_executor<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+        ex.run(f());
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(()) => handle.join().expect("test thread"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(p) = handle.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("test did not finish in 60 s")
+        }
+    }
+}
+
 /// Runs `f` with a store on a fresh shard, on an executor thread; fails the test after
 /// 60 s (tests never hang).
 pub(crate) fn with_store<F, Fut>(f: F)

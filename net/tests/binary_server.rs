@@ -5,15 +5,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use dynacore_engine::version::{ActorId, ClockHandle};
 use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
 use dynacore_net::cores::Core;
-use dynacore_net::dispatch::{NodeDesc, Topology};
 use dynacore_net::protocol::{encode_frame, fb, parse_response, FRAME_BYTES_MAX};
-use dynacore_net::ring::{NodeId, Ring};
+use dynacore_net::ring::NodeId;
 use dynacore_net::server::{serve_binary, ConnectionLimits};
 use dynacore_net::store::LocalStore;
 
@@ -43,19 +41,8 @@ fn start_server_with(limits: ConnectionLimits) -> (SocketAddr, tempfile::TempDir
             let listener =
                 runtime::TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let node = NodeId(1);
-            let topology = Rc::new(Topology {
-                nodes: vec![NodeDesc {
-                    id: node,
-                    host: "127.0.0.1".to_owned(),
-                    base_port: addr.port(),
-                    shards: 1,
-                }],
-                ring: Ring::new(&[(node, 16)]).expect("ring"),
-                replication_factor: 1,
-            });
             tx.send(addr).expect("send address");
-            serve_binary(listener, Core::single(store, topology), limits).await;
+            serve_binary(listener, Core::single(store, NodeId(1)), limits).await;
         });
     });
     let addr = rx

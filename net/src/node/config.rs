@@ -13,6 +13,13 @@
 //! memtable_mib = 64
 //! http_idle_timeout_s = 60
 //! http_connections_max = 4096    # per core
+//! replication_factor = 3         # replicas per key (capped at the nodes in the ring)
+//! sloppy_quorum = true           # a down replica's write goes to a stand-in that counts for W
+//! hinted_handoff = true          # keep writes for down replicas and hand them over later
+//! hint_max_age_s = 10800         # hints older than this are dropped (3 h)
+//! hint_mib_per_target = 1024     # hints kept per down node (the node's whole budget)
+//! hint_replay_per_s = 2000       # hints handed back per second, per core
+//! conflicts = "lww"              # reads: "lww" (newest value) or "siblings" (all concurrent)
 //! ```
 
 use std::net::SocketAddr;
@@ -66,6 +73,42 @@ pub struct NodeConfig {
     /// The node's id, when it must be a given one (otherwise generated at the first start and
     /// kept in the data directory).
     pub node_id: Option<u64>,
+    /// How replicas are written and read.
+    pub replication: ReplicationConfig,
+}
+
+/// How the cluster replicates: replicas per key, quorums, hints and conflicts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Replicas per key (capped at the ring's node count).
+    pub replication_factor: u8,
+    /// A down replica's write goes to the next healthy node, which keeps it as a hint and
+    /// counts towards W (`false`: strict quorums; hints are still kept but do not count).
+    pub sloppy_quorum: bool,
+    /// Writes that miss a replica are kept as hints and handed over when it is back.
+    pub hinted_handoff: bool,
+    /// Hints older than this are dropped.
+    pub hint_max_age: Duration,
+    /// Bytes of hints the node keeps for one target node.
+    pub hint_bytes_per_target: u64,
+    /// Hints each core hands back per second.
+    pub hint_replay_per_second: u32,
+    /// Reads return every concurrent value (siblings) unless a request says otherwise.
+    pub siblings: bool,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            replication_factor: crate::coordinator::RF_DEFAULT,
+            sloppy_quorum: true,
+            hinted_handoff: true,
+            hint_max_age: Duration::from_secs(3 * 3600),
+            hint_bytes_per_target: 1 << 30,
+            hint_replay_per_second: 2000,
+            siblings: false,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -85,6 +128,7 @@ impl Default for NodeConfig {
             http_connections_max: 4096,
             seeds: Vec::new(),
             node_id: None,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -107,6 +151,13 @@ struct FileConfig {
     http_connections_max: Option<usize>,
     seeds: Option<Vec<String>>,
     node_id: Option<String>,
+    replication_factor: Option<u8>,
+    sloppy_quorum: Option<bool>,
+    hinted_handoff: Option<bool>,
+    hint_max_age_s: Option<u64>,
+    hint_mib_per_target: Option<u64>,
+    hint_replay_per_s: Option<u32>,
+    conflicts: Option<String>,
 }
 
 /// Overrides given on the command line (`None`: not given); also `dynacore serve`'s flags.
@@ -136,6 +187,28 @@ pub struct Overrides {
     /// This node's id (16 hex digits) [default: generated at the first start and kept].
     #[arg(long)]
     pub node_id: Option<String>,
+    /// Replicas per key [default: 3].
+    #[arg(long)]
+    pub replication_factor: Option<u8>,
+    /// Strict quorums: a down replica's write is not taken by a stand-in.
+    #[arg(long)]
+    pub no_sloppy_quorum: bool,
+    /// Keep no hints for replicas that miss a write.
+    #[arg(long)]
+    pub no_hinted_handoff: bool,
+    /// How reads answer concurrent values: lww or siblings [default: lww].
+    #[arg(long)]
+    pub conflicts: Option<String>,
+}
+
+fn parse_conflicts(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "lww" => Ok(false),
+        "siblings" => Ok(true),
+        other => Err(ConfigError(format!(
+            "{name} must be \"lww\" or \"siblings\", not {other:?}"
+        ))),
+    }
 }
 
 /// Parses `sync`, `periodic:<ms>` or `none`.
@@ -238,6 +311,28 @@ impl NodeConfig {
             if let Some(v) = f.node_id {
                 c.node_id = Some(parse_node_id("node_id", &v)?);
             }
+            let r = &mut c.replication;
+            if let Some(v) = f.replication_factor {
+                r.replication_factor = v;
+            }
+            if let Some(v) = f.sloppy_quorum {
+                r.sloppy_quorum = v;
+            }
+            if let Some(v) = f.hinted_handoff {
+                r.hinted_handoff = v;
+            }
+            if let Some(v) = f.hint_max_age_s {
+                r.hint_max_age = Duration::from_secs(v);
+            }
+            if let Some(v) = f.hint_mib_per_target {
+                r.hint_bytes_per_target = v.saturating_mul(1 << 20);
+            }
+            if let Some(v) = f.hint_replay_per_s {
+                r.hint_replay_per_second = v;
+            }
+            if let Some(v) = f.conflicts {
+                r.siblings = parse_conflicts("conflicts", &v)?;
+            }
         }
         if let Some(v) = &flags.data_dir {
             c.data_dir.clone_from(v);
@@ -263,6 +358,18 @@ impl NodeConfig {
         if let Some(v) = &flags.node_id {
             c.node_id = Some(parse_node_id("--node-id", v)?);
         }
+        if let Some(v) = flags.replication_factor {
+            c.replication.replication_factor = v;
+        }
+        if flags.no_sloppy_quorum {
+            c.replication.sloppy_quorum = false;
+        }
+        if flags.no_hinted_handoff {
+            c.replication.hinted_handoff = false;
+        }
+        if let Some(v) = &flags.conflicts {
+            c.replication.siblings = parse_conflicts("--conflicts", v)?;
+        }
         c.check()?;
         Ok(c)
     }
@@ -283,6 +390,22 @@ impl NodeConfig {
         }
         if self.vnodes == 0 {
             return err("vnodes must be at least 1".to_owned());
+        }
+        let r = &self.replication;
+        if !(1..=16).contains(&r.replication_factor) {
+            return err(format!(
+                "replication_factor must be 1..=16, not {}",
+                r.replication_factor
+            ));
+        }
+        if r.hint_max_age.is_zero() {
+            return err("hint_max_age_s must be at least 1".to_owned());
+        }
+        if r.hint_bytes_per_target < (1 << 20) {
+            return err("hint_mib_per_target must be at least 1".to_owned());
+        }
+        if r.hint_replay_per_second == 0 {
+            return err("hint_replay_per_s must be at least 1".to_owned());
         }
         if self.request_timeout.is_zero() || self.request_timeout > Duration::from_secs(600) {
             return err("request_timeout_ms must be 1..=600000".to_owned());

@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 use dynacore_engine::version::{ActorId, ClockHandle};
 use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
 
-use crate::cores::{serve_inbox, Core, NodeShared};
-use crate::dispatch::{NodeDesc, Topology};
+use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+use crate::cores::{serve_inbox, Core, CoreParts, NodeShared};
+use crate::hints::{HintLimits, HintStore};
 use crate::httpd::{serve_http, HttpOptions};
-use crate::ring::{NodeId, Ring};
+use crate::ring::NodeId;
 use crate::server::{serve_binary, ConnectionLimits};
 use crate::store::LocalStore;
 pub use config::{ConfigError, NodeConfig, Overrides};
@@ -312,18 +313,29 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         config.vnodes,
         config.node_id.map(NodeId),
     )?;
-    let ring = Ring::new(&[(meta.node_id, config.vnodes)])
-        .map_err(|e| NodeError::Runtime(format!("cannot build the ring: {e}")))?;
-    let topology = Topology {
-        nodes: vec![NodeDesc {
-            id: meta.node_id,
-            host: config.listen.ip().to_string(),
-            base_port: config.listen.port(),
-            shards: cores,
-        }],
-        ring,
-        replication_factor: 1,
+    let own_member = RingMember {
+        id: meta.node_id.to_string(),
+        binary: config.listen,
+        http: config.http,
+        shards: cores,
+        vnodes: config.vnodes,
+        generation: meta.generation,
     };
+    // A node that does not gossip is a cluster of one whatever its file says.
+    let book = if config.listen.ip().is_unspecified() {
+        RingBook::in_memory(own_member)
+    } else {
+        let book = RingBook::load(&config.data_dir, own_member).map_err(NodeError::Config)?;
+        book.save().map_err(NodeError::Runtime)?;
+        book
+    };
+    let cluster = SharedCluster::new(ClusterState::build(
+        meta.node_id,
+        &book,
+        None,
+        config.replication.replication_factor,
+    ));
+    let mut book = Some(book);
     let (shared, inboxes) = NodeShared::new(cores);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut controls = Vec::new();
@@ -333,12 +345,14 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         let (control_tx, control_rx) = flume::bounded::<()>(1);
         controls.push(control_tx);
         let cpu = config.pin.then(|| cpus[i as usize]);
-        let (config, topology, core_shared, ready_tx) = (
+        let (config, cluster, core_shared, ready_tx) = (
             config.clone(),
-            topology.clone(),
+            cluster.clone(),
             shared.clone(),
             ready_tx.clone(),
         );
+        // Core 0 keeps the ring book (its membership driver records new members).
+        let book = if i == 0 { book.take() } else { None };
         let shard_addr = shard_addrs[i as usize];
         let spawned = runtime::spawn_executor(
             &format!("dynacore-core-{i}"),
@@ -350,7 +364,8 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                     config,
                     node_id: meta.node_id,
                     generation: meta.generation,
-                    topology,
+                    cluster,
+                    book,
                     shared: core_shared,
                     inbox,
                     control: control_rx,
@@ -453,7 +468,8 @@ struct CoreStart {
     config: Arc<NodeConfig>,
     node_id: NodeId,
     generation: u64,
-    topology: Topology,
+    cluster: SharedCluster,
+    book: Option<RingBook>,
     shared: Arc<NodeShared>,
     inbox: flume::Receiver<crate::cores::Forward>,
     control: flume::Receiver<()>,
@@ -475,14 +491,38 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         }
     };
     let store = LocalStore::new(shard.clone(), ActorId(s.node_id.0), ClockHandle::system());
-    let core = Core::new(
-        i,
+    let replication = &s.config.replication;
+    let hints = if replication.hinted_handoff {
+        let limits = HintLimits {
+            bytes_per_target: (replication.hint_bytes_per_target / u64::from(s.shared.cores()))
+                .max(1 << 20),
+            max_age: replication.hint_max_age,
+            replay_per_second: replication.hint_replay_per_second,
+        };
+        let dir = s.config.data_dir.join(format!("hints-{i}"));
+        match HintStore::open(dir, ShardId(i), s.config.durability, limits).await {
+            Ok(h) => Some(Rc::new(h)),
+            Err(e) => {
+                let m = format!("cannot open the hints of core {i}: {e}");
+                let _ = s.ready.send(Err(m.clone()));
+                let _ = shard.close().await;
+                return Err(m);
+            }
+        }
+    } else {
+        None
+    };
+    let core = Core::new(CoreParts {
+        index: i,
         store,
-        Rc::new(s.topology),
-        s.shared.clone(),
-        s.config.request_timeout,
-    );
+        cluster: s.cluster.clone(),
+        shared: s.shared.clone(),
+        default_timeout: s.config.request_timeout,
+        hints: hints.clone(),
+        replication: replication.clone(),
+    });
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
+    let replay = runtime::spawn(crate::coordinate::replay_hints(core.clone()));
     let bound = (|| {
         let main = runtime::TcpListener::bind(s.config.listen)?;
         let own = runtime::TcpListener::bind(s.shard_addr)?;
@@ -532,13 +572,18 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
                     http: s.config.http,
                     gossip: s.config.listen,
                 };
-                let members = core.shared().members().clone();
+                let publish = crate::gossip::Publish {
+                    members: core.shared().members().clone(),
+                    book: s.book.expect("INVARIANT: core 0 holds the ring book"),
+                    cluster: s.cluster.clone(),
+                    replication_factor: replication.replication_factor,
+                };
                 let seeds = s.config.seeds.clone();
                 Some(runtime::spawn(crate::gossip::run(
                     socket,
                     own,
                     seeds,
-                    members,
+                    publish,
                     gossip_inbox,
                 )))
             }
@@ -579,6 +624,13 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
             in_flight = s.shared.in_flight(),
             "requests still running at shutdown"
         );
+    }
+    drop(replay);
+    drop(core);
+    if let Some(hints) = hints {
+        if let Err(e) = hints.close().await {
+            tracing::warn!(core = i, error = %e, "closing the hints failed");
+        }
     }
     shard
         .close()

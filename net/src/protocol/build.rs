@@ -9,6 +9,15 @@ fn request(
     timeout_ms: u32,
     build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> (fb::Op, WIPOffset<UnionWIPOffset>),
 ) -> Vec<u8> {
+    request_with(id, timeout_ms, false, build)
+}
+
+fn request_with(
+    id: u64,
+    timeout_ms: u32,
+    forwarded: bool,
+    build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> (fb::Op, WIPOffset<UnionWIPOffset>),
+) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let (op_type, op) = build(&mut b);
     let req = fb::Request::create(
@@ -18,6 +27,7 @@ fn request(
             timeout_ms,
             op_type,
             op: Some(op),
+            forwarded,
         },
     );
     b.finish(req, None);
@@ -39,15 +49,20 @@ pub struct Put<'a> {
     pub w: Option<fb::Quorum>,
     /// How long the client waits, in ms (0: the server's default).
     pub timeout_ms: u32,
+    /// The causal context the write builds on (absent: a blind write).
+    pub context: Option<&'a [u8]>,
+    /// Passed on by a node to a replica, which must coordinate it.
+    pub forwarded: bool,
 }
 
 /// A `Put` request.
 #[must_use]
 pub fn put(id: u64, p: &Put<'_>) -> Vec<u8> {
-    request(id, p.timeout_ms, |b| {
+    request_with(id, p.timeout_ms, p.forwarded, |b| {
         let key = b.create_vector(p.key);
         let value = b.create_vector(p.value);
         let expected_version = p.expected_version.map(|e| b.create_vector(e));
+        let context = p.context.map(|c| b.create_vector(c));
         let put = fb::PutRequest::create(
             b,
             &fb::PutRequestArgs {
@@ -56,6 +71,7 @@ pub fn put(id: u64, p: &Put<'_>) -> Vec<u8> {
                 ttl_seconds: p.ttl_seconds,
                 expected_version,
                 w: p.w.as_ref(),
+                context,
             },
         );
         (fb::Op::Put, put.as_union_value())
@@ -77,14 +93,45 @@ pub fn get_timed(
     r: Option<fb::Quorum>,
     read_repair: fb::ReadRepair,
 ) -> Vec<u8> {
-    request(id, timeout_ms, |b| {
-        let key = b.create_vector(key);
+    get_with(
+        id,
+        &Get {
+            key,
+            r,
+            read_repair,
+            conflicts: fb::Conflicts::Default,
+            timeout_ms,
+        },
+    )
+}
+
+/// A get's fields.
+#[derive(Clone, Copy, Debug)]
+pub struct Get<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// How many replicas must answer.
+    pub r: Option<fb::Quorum>,
+    /// Whether stale replicas are repaired, and when.
+    pub read_repair: fb::ReadRepair,
+    /// One value (last writer wins) or every concurrent one.
+    pub conflicts: fb::Conflicts,
+    /// How long the client waits, in ms (0: the server's default).
+    pub timeout_ms: u32,
+}
+
+/// A `Get` request with every field.
+#[must_use]
+pub fn get_with(id: u64, g: &Get<'_>) -> Vec<u8> {
+    request(id, g.timeout_ms, |b| {
+        let key = b.create_vector(g.key);
         let get = fb::GetRequest::create(
             b,
             &fb::GetRequestArgs {
                 key: Some(key),
-                r: r.as_ref(),
-                read_repair,
+                r: g.r.as_ref(),
+                read_repair: g.read_repair,
+                conflicts: g.conflicts,
             },
         );
         (fb::Op::Get, get.as_union_value())
@@ -106,15 +153,49 @@ pub fn delete_timed(
     expected: Option<&[u8]>,
     w: Option<fb::Quorum>,
 ) -> Vec<u8> {
-    request(id, timeout_ms, |b| {
-        let key = b.create_vector(key);
-        let expected_version = expected.map(|e| b.create_vector(e));
+    delete_with(
+        id,
+        &Delete {
+            key,
+            expected_version: expected,
+            w,
+            timeout_ms,
+            ..Delete::default()
+        },
+    )
+}
+
+/// A delete's fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Delete<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// Delete only if this is still the current version.
+    pub expected_version: Option<&'a [u8]>,
+    /// How many replicas must acknowledge.
+    pub w: Option<fb::Quorum>,
+    /// How long the client waits, in ms (0: the server's default).
+    pub timeout_ms: u32,
+    /// The causal context the delete builds on (absent: a blind delete).
+    pub context: Option<&'a [u8]>,
+    /// Passed on by a node to a replica, which must coordinate it.
+    pub forwarded: bool,
+}
+
+/// A `Delete` request with every field.
+#[must_use]
+pub fn delete_with(id: u64, d: &Delete<'_>) -> Vec<u8> {
+    request_with(id, d.timeout_ms, d.forwarded, |b| {
+        let key = b.create_vector(d.key);
+        let expected_version = d.expected_version.map(|e| b.create_vector(e));
+        let context = d.context.map(|c| b.create_vector(c));
         let del = fb::DeleteRequest::create(
             b,
             &fb::DeleteRequestArgs {
                 key: Some(key),
                 expected_version,
-                w: w.as_ref(),
+                w: d.w.as_ref(),
+                context,
             },
         );
         (fb::Op::Delete, del.as_union_value())
@@ -158,16 +239,52 @@ pub fn replica_apply(
     version: &[u8],
     values: &[u8],
 ) -> Vec<u8> {
-    request(id, timeout_ms, |b| {
-        let key = b.create_vector(key);
-        let version = b.create_vector(version);
-        let values = b.create_vector(values);
+    replica_apply_with(
+        id,
+        &ReplicaApply {
+            key,
+            version,
+            values,
+            expected_version: None,
+            hint_for: 0,
+            timeout_ms,
+        },
+    )
+}
+
+/// A replica apply's fields.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaApply<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The object's version part.
+    pub version: &'a [u8],
+    /// The object's values part.
+    pub values: &'a [u8],
+    /// Apply only if the replica holds nothing this version does not.
+    pub expected_version: Option<&'a [u8]>,
+    /// Not 0: store it as a hint for this node.
+    pub hint_for: u64,
+    /// How long the sender waits, in ms.
+    pub timeout_ms: u32,
+}
+
+/// A `ReplicaApply` request with every field.
+#[must_use]
+pub fn replica_apply_with(id: u64, a: &ReplicaApply<'_>) -> Vec<u8> {
+    request(id, a.timeout_ms, |b| {
+        let key = b.create_vector(a.key);
+        let version = b.create_vector(a.version);
+        let values = b.create_vector(a.values);
+        let expected_version = a.expected_version.map(|e| b.create_vector(e));
         let r = fb::ReplicaApplyRequest::create(
             b,
             &fb::ReplicaApplyRequestArgs {
                 key: Some(key),
                 version: Some(version),
                 values: Some(values),
+                expected_version,
+                hint_for: a.hint_for,
             },
         );
         (fb::Op::ReplicaApply, r.as_union_value())

@@ -195,6 +195,94 @@ impl<'a> ::flatbuffers::Verifiable for ReadRepair {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ReadRepair {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_CONFLICTS: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_CONFLICTS: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_CONFLICTS: [Conflicts; 3] = [
+  Conflicts::Default,
+  Conflicts::Lww,
+  Conflicts::Siblings,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Conflicts(pub u8);
+#[allow(non_upper_case_globals)]
+impl Conflicts {
+  pub const Default: Self = Self(0);
+  pub const Lww: Self = Self(1);
+  pub const Siblings: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Default,
+    Self::Lww,
+    Self::Siblings,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Default => Some("Default"),
+      Self::Lww => Some("Lww"),
+      Self::Siblings => Some("Siblings"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Conflicts {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Conflicts {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Conflicts {
+    type Output = Conflicts;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Conflicts {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Conflicts {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Conflicts {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_OP: u8 = 7;
@@ -919,6 +1007,7 @@ impl<'a> GetRequest<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_R: ::flatbuffers::VOffsetT = 6;
   pub const VT_READ_REPAIR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CONFLICTS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -932,6 +1021,7 @@ impl<'a> GetRequest<'a> {
     let mut builder = GetRequestBuilder::new(_fbb);
     if let Some(x) = args.r { builder.add_r(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_conflicts(args.conflicts);
     builder.add_read_repair(args.read_repair);
     builder.finish()
   }
@@ -958,6 +1048,13 @@ impl<'a> GetRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<ReadRepair>(GetRequest::VT_READ_REPAIR, Some(ReadRepair::Default)).unwrap()}
   }
+  #[inline]
+  pub fn conflicts(&self) -> Conflicts {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Conflicts>(GetRequest::VT_CONFLICTS, Some(Conflicts::Default)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetRequest<'_> {
@@ -969,6 +1066,7 @@ impl ::flatbuffers::Verifiable for GetRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<Quorum>("r", Self::VT_R, false)?
      .visit_field::<ReadRepair>("read_repair", Self::VT_READ_REPAIR, false)?
+     .visit_field::<Conflicts>("conflicts", Self::VT_CONFLICTS, false)?
      .finish();
     Ok(())
   }
@@ -977,6 +1075,7 @@ pub struct GetRequestArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub r: Option<&'a Quorum>,
     pub read_repair: ReadRepair,
+    pub conflicts: Conflicts,
 }
 impl<'a> Default for GetRequestArgs<'a> {
   #[inline]
@@ -985,6 +1084,7 @@ impl<'a> Default for GetRequestArgs<'a> {
       key: None, // required field
       r: None,
       read_repair: ReadRepair::Default,
+      conflicts: Conflicts::Default,
     }
   }
 }
@@ -1005,6 +1105,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetRequestBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_read_repair(&mut self, read_repair: ReadRepair) {
     self.fbb_.push_slot::<ReadRepair>(GetRequest::VT_READ_REPAIR, read_repair, ReadRepair::Default);
+  }
+  #[inline]
+  pub fn add_conflicts(&mut self, conflicts: Conflicts) {
+    self.fbb_.push_slot::<Conflicts>(GetRequest::VT_CONFLICTS, conflicts, Conflicts::Default);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetRequestBuilder<'a, 'b, A> {
@@ -1028,6 +1132,7 @@ impl ::core::fmt::Debug for GetRequest<'_> {
       ds.field("key", &self.key());
       ds.field("r", &self.r());
       ds.field("read_repair", &self.read_repair());
+      ds.field("conflicts", &self.conflicts());
       ds.finish()
   }
 }
@@ -1052,6 +1157,7 @@ impl<'a> PutRequest<'a> {
   pub const VT_TTL_SECONDS: ::flatbuffers::VOffsetT = 8;
   pub const VT_EXPECTED_VERSION: ::flatbuffers::VOffsetT = 10;
   pub const VT_W: ::flatbuffers::VOffsetT = 12;
+  pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1064,6 +1170,7 @@ impl<'a> PutRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<PutRequest<'bldr>> {
     let mut builder = PutRequestBuilder::new(_fbb);
     builder.add_ttl_seconds(args.ttl_seconds);
+    if let Some(x) = args.context { builder.add_context(x); }
     if let Some(x) = args.w { builder.add_w(x); }
     if let Some(x) = args.expected_version { builder.add_expected_version(x); }
     if let Some(x) = args.value { builder.add_value(x); }
@@ -1107,6 +1214,13 @@ impl<'a> PutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Quorum>(PutRequest::VT_W, None)}
   }
+  #[inline]
+  pub fn context(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PutRequest::VT_CONTEXT, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PutRequest<'_> {
@@ -1120,6 +1234,7 @@ impl ::flatbuffers::Verifiable for PutRequest<'_> {
      .visit_field::<u64>("ttl_seconds", Self::VT_TTL_SECONDS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("expected_version", Self::VT_EXPECTED_VERSION, false)?
      .visit_field::<Quorum>("w", Self::VT_W, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
      .finish();
     Ok(())
   }
@@ -1130,6 +1245,7 @@ pub struct PutRequestArgs<'a> {
     pub ttl_seconds: u64,
     pub expected_version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub w: Option<&'a Quorum>,
+    pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for PutRequestArgs<'a> {
   #[inline]
@@ -1140,6 +1256,7 @@ impl<'a> Default for PutRequestArgs<'a> {
       ttl_seconds: 0,
       expected_version: None,
       w: None,
+      context: None,
     }
   }
 }
@@ -1170,6 +1287,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutRequestBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<&Quorum>(PutRequest::VT_W, w);
   }
   #[inline]
+  pub fn add_context(&mut self, context: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PutRequest::VT_CONTEXT, context);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PutRequestBuilder {
@@ -1194,6 +1315,7 @@ impl ::core::fmt::Debug for PutRequest<'_> {
       ds.field("ttl_seconds", &self.ttl_seconds());
       ds.field("expected_version", &self.expected_version());
       ds.field("w", &self.w());
+      ds.field("context", &self.context());
       ds.finish()
   }
 }
@@ -1216,6 +1338,7 @@ impl<'a> DeleteRequest<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_EXPECTED_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_W: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1227,6 +1350,7 @@ impl<'a> DeleteRequest<'a> {
     args: &'args DeleteRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<DeleteRequest<'bldr>> {
     let mut builder = DeleteRequestBuilder::new(_fbb);
+    if let Some(x) = args.context { builder.add_context(x); }
     if let Some(x) = args.w { builder.add_w(x); }
     if let Some(x) = args.expected_version { builder.add_expected_version(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -1255,6 +1379,13 @@ impl<'a> DeleteRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Quorum>(DeleteRequest::VT_W, None)}
   }
+  #[inline]
+  pub fn context(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(DeleteRequest::VT_CONTEXT, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for DeleteRequest<'_> {
@@ -1266,6 +1397,7 @@ impl ::flatbuffers::Verifiable for DeleteRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("expected_version", Self::VT_EXPECTED_VERSION, false)?
      .visit_field::<Quorum>("w", Self::VT_W, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
      .finish();
     Ok(())
   }
@@ -1274,6 +1406,7 @@ pub struct DeleteRequestArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub expected_version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub w: Option<&'a Quorum>,
+    pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for DeleteRequestArgs<'a> {
   #[inline]
@@ -1282,6 +1415,7 @@ impl<'a> Default for DeleteRequestArgs<'a> {
       key: None, // required field
       expected_version: None,
       w: None,
+      context: None,
     }
   }
 }
@@ -1302,6 +1436,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteRequestBuilder<'a, 'b, 
   #[inline]
   pub fn add_w(&mut self, w: &Quorum) {
     self.fbb_.push_slot_always::<&Quorum>(DeleteRequest::VT_W, w);
+  }
+  #[inline]
+  pub fn add_context(&mut self, context: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteRequest::VT_CONTEXT, context);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteRequestBuilder<'a, 'b, A> {
@@ -1325,6 +1463,7 @@ impl ::core::fmt::Debug for DeleteRequest<'_> {
       ds.field("key", &self.key());
       ds.field("expected_version", &self.expected_version());
       ds.field("w", &self.w());
+      ds.field("context", &self.context());
       ds.finish()
   }
 }
@@ -1618,6 +1757,8 @@ impl<'a> ReplicaApplyRequest<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_VALUES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_EXPECTED_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HINT_FOR: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1629,6 +1770,8 @@ impl<'a> ReplicaApplyRequest<'a> {
     args: &'args ReplicaApplyRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ReplicaApplyRequest<'bldr>> {
     let mut builder = ReplicaApplyRequestBuilder::new(_fbb);
+    builder.add_hint_for(args.hint_for);
+    if let Some(x) = args.expected_version { builder.add_expected_version(x); }
     if let Some(x) = args.values { builder.add_values(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -1657,6 +1800,20 @@ impl<'a> ReplicaApplyRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaApplyRequest::VT_VALUES, None)}
   }
+  #[inline]
+  pub fn expected_version(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReplicaApplyRequest::VT_EXPECTED_VERSION, None)}
+  }
+  #[inline]
+  pub fn hint_for(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaApplyRequest::VT_HINT_FOR, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ReplicaApplyRequest<'_> {
@@ -1668,6 +1825,8 @@ impl ::flatbuffers::Verifiable for ReplicaApplyRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("expected_version", Self::VT_EXPECTED_VERSION, false)?
+     .visit_field::<u64>("hint_for", Self::VT_HINT_FOR, false)?
      .finish();
     Ok(())
   }
@@ -1676,6 +1835,8 @@ pub struct ReplicaApplyRequestArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub expected_version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub hint_for: u64,
 }
 impl<'a> Default for ReplicaApplyRequestArgs<'a> {
   #[inline]
@@ -1684,6 +1845,8 @@ impl<'a> Default for ReplicaApplyRequestArgs<'a> {
       key: None, // required field
       version: None, // required field
       values: None,
+      expected_version: None,
+      hint_for: 0,
     }
   }
 }
@@ -1704,6 +1867,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaApplyRequestBuilder<'a
   #[inline]
   pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaApplyRequest::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn add_expected_version(&mut self, expected_version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaApplyRequest::VT_EXPECTED_VERSION, expected_version);
+  }
+  #[inline]
+  pub fn add_hint_for(&mut self, hint_for: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaApplyRequest::VT_HINT_FOR, hint_for, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaApplyRequestBuilder<'a, 'b, A> {
@@ -1728,6 +1899,8 @@ impl ::core::fmt::Debug for ReplicaApplyRequest<'_> {
       ds.field("key", &self.key());
       ds.field("version", &self.version());
       ds.field("values", &self.values());
+      ds.field("expected_version", &self.expected_version());
+      ds.field("hint_for", &self.hint_for());
       ds.finish()
   }
 }
@@ -1751,6 +1924,7 @@ impl<'a> Request<'a> {
   pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
   pub const VT_OP_TYPE: ::flatbuffers::VOffsetT = 8;
   pub const VT_OP: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1765,6 +1939,7 @@ impl<'a> Request<'a> {
     builder.add_id(args.id);
     if let Some(x) = args.op { builder.add_op(x); }
     builder.add_timeout_ms(args.timeout_ms);
+    builder.add_forwarded(args.forwarded);
     builder.add_op_type(args.op_type);
     builder.finish()
   }
@@ -1797,6 +1972,13 @@ impl<'a> Request<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Request::VT_OP, None).unwrap()}
+  }
+  #[inline]
+  pub fn forwarded(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Request::VT_FORWARDED, Some(false)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -1918,6 +2100,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           _ => Ok(()),
         }
      })?
+     .visit_field::<bool>("forwarded", Self::VT_FORWARDED, false)?
      .finish();
     Ok(())
   }
@@ -1927,6 +2110,7 @@ pub struct RequestArgs {
     pub timeout_ms: u32,
     pub op_type: Op,
     pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub forwarded: bool,
 }
 impl<'a> Default for RequestArgs {
   #[inline]
@@ -1936,6 +2120,7 @@ impl<'a> Default for RequestArgs {
       timeout_ms: 0,
       op_type: Op::NONE,
       op: None, // required field
+      forwarded: false,
     }
   }
 }
@@ -1960,6 +2145,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_op(&mut self, op: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Request::VT_OP, op);
+  }
+  #[inline]
+  pub fn add_forwarded(&mut self, forwarded: bool) {
+    self.fbb_.push_slot::<bool>(Request::VT_FORWARDED, forwarded, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBuilder<'a, 'b, A> {
@@ -2038,6 +2227,121 @@ impl ::core::fmt::Debug for Request<'_> {
           ds.field("op", &x)
         },
       };
+      ds.field("forwarded", &self.forwarded());
+      ds.finish()
+  }
+}
+pub enum SiblingValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SiblingValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SiblingValue<'a> {
+  type Inner = SiblingValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SiblingValue<'a> {
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_WRITTEN_MS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SiblingValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SiblingValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SiblingValue<'bldr>> {
+    let mut builder = SiblingValueBuilder::new(_fbb);
+    builder.add_written_ms(args.written_ms);
+    if let Some(x) = args.value { builder.add_value(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn value(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SiblingValue::VT_VALUE, None).unwrap()}
+  }
+  #[inline]
+  pub fn written_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SiblingValue::VT_WRITTEN_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SiblingValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, true)?
+     .visit_field::<u64>("written_ms", Self::VT_WRITTEN_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SiblingValueArgs<'a> {
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub written_ms: u64,
+}
+impl<'a> Default for SiblingValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SiblingValueArgs {
+      value: None, // required field
+      written_ms: 0,
+    }
+  }
+}
+
+pub struct SiblingValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SiblingValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SiblingValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_written_ms(&mut self, written_ms: u64) {
+    self.fbb_.push_slot::<u64>(SiblingValue::VT_WRITTEN_MS, written_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SiblingValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SiblingValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SiblingValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, SiblingValue::VT_VALUE,"value");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SiblingValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SiblingValue");
+      ds.field("value", &self.value());
+      ds.field("written_ms", &self.written_ms());
       ds.finish()
   }
 }
@@ -2060,6 +2364,7 @@ impl<'a> GetResponse<'a> {
   pub const VT_FOUND: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SIBLINGS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2071,6 +2376,7 @@ impl<'a> GetResponse<'a> {
     args: &'args GetResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GetResponse<'bldr>> {
     let mut builder = GetResponseBuilder::new(_fbb);
+    if let Some(x) = args.siblings { builder.add_siblings(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     if let Some(x) = args.value { builder.add_value(x); }
     builder.add_found(args.found);
@@ -2099,6 +2405,13 @@ impl<'a> GetResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(GetResponse::VT_VERSION, None)}
   }
+  #[inline]
+  pub fn siblings(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SiblingValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SiblingValue>>>>(GetResponse::VT_SIBLINGS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetResponse<'_> {
@@ -2110,6 +2423,7 @@ impl ::flatbuffers::Verifiable for GetResponse<'_> {
      .visit_field::<bool>("found", Self::VT_FOUND, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SiblingValue>>>>("siblings", Self::VT_SIBLINGS, false)?
      .finish();
     Ok(())
   }
@@ -2118,6 +2432,7 @@ pub struct GetResponseArgs<'a> {
     pub found: bool,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub siblings: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SiblingValue<'a>>>>>,
 }
 impl<'a> Default for GetResponseArgs<'a> {
   #[inline]
@@ -2126,6 +2441,7 @@ impl<'a> Default for GetResponseArgs<'a> {
       found: false,
       value: None,
       version: None,
+      siblings: None,
     }
   }
 }
@@ -2148,6 +2464,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetResponseBuilder<'a, 'b, A>
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetResponse::VT_VERSION, version);
   }
   #[inline]
+  pub fn add_siblings(&mut self, siblings: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<SiblingValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetResponse::VT_SIBLINGS, siblings);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GetResponseBuilder {
@@ -2168,6 +2488,7 @@ impl ::core::fmt::Debug for GetResponse<'_> {
       ds.field("found", &self.found());
       ds.field("value", &self.value());
       ds.field("version", &self.version());
+      ds.field("siblings", &self.siblings());
       ds.finish()
   }
 }
