@@ -233,8 +233,10 @@ impl ClusterState {
             let (up, status) = if id == own {
                 (true, members.map(|ms| ms.own.status))
             } else {
+                // Up only as the incarnation whose addresses the book holds: a node that
+                // restarted elsewhere is reached once its new metadata has arrived.
                 (
-                    view.is_some_and(|v| v.up),
+                    view.is_some_and(|v| v.up && v.id.generation == m.generation),
                     view.and_then(|v| v.meta.as_ref()).map(|meta| meta.status),
                 )
             };

@@ -402,7 +402,12 @@ pub async fn write(
         let mut refusers = Vec::new();
         let mut decided_tx = Some(decided_tx);
         loop {
-            if let Some(outcome) = tally.outcome() {
+            // A failure is told once nothing more can come, so that it says how many
+            // acknowledged.
+            let outcome = tally
+                .outcome()
+                .filter(|o| matches!(o, Outcome::Done(_)) || tally.pending() == 0);
+            if let Some(outcome) = outcome {
                 if let Some(tx) = decided_tx.take() {
                     let answer = match outcome {
                         Outcome::Done(_) => Ok(version.clone()),
@@ -632,7 +637,12 @@ pub async fn read(
         let mut merged_at_answer: Option<Object> = None;
         loop {
             if decided_tx.is_some() {
-                if let Some(outcome) = tally.outcome() {
+                // A failure is told once nothing more can come, so that it says how many
+                // answered.
+                let outcome = tally
+                    .outcome()
+                    .filter(|o| matches!(o, Outcome::Done(_)) || tally.pending() == 0);
+                if let Some(outcome) = outcome {
                     let tx = decided_tx.take().expect("checked");
                     match outcome {
                         Outcome::Done(merged) => {

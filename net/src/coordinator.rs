@@ -211,6 +211,15 @@ impl WriteTally {
         u8::try_from(self.targets.iter().filter(|&&(_, s)| s == a).count()).unwrap_or(u8::MAX)
     }
 
+    /// Targets that have not answered yet.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.targets
+            .iter()
+            .filter(|&&(_, s)| s == Answer::Pending)
+            .count()
+    }
+
     /// `Some` once decided: `Done(acks)` at W acknowledgements, `Unavailable` once W can no
     /// longer be reached.
     #[must_use]
@@ -294,6 +303,16 @@ impl ReadTally {
 
     fn answered(&self) -> u8 {
         u8::try_from(self.replies.iter().filter(|r| r.is_some()).count()).unwrap_or(u8::MAX)
+    }
+
+    /// Replicas that have neither answered nor failed.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.replies
+            .iter()
+            .zip(&self.failed)
+            .filter(|(r, f)| r.is_none() && !**f)
+            .count()
     }
 
     /// The merge of every copy received so far (`None`: no replica holds the key).

@@ -391,13 +391,22 @@ impl Membership {
         self.revision.get()
     }
 
-    /// Every member heard of (not this node), by gossip address.
+    /// Every member heard of (not this node), by gossip address; a node heard at several
+    /// addresses (it restarted on another one) appears once, as its latest generation.
     #[must_use]
     pub fn view(&self) -> Vec<MemberView> {
         let table = self.table.borrow();
+        let mut latest: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+        for (id, up) in self.members.values() {
+            let e = latest.entry(id.node).or_insert((id.generation, *up));
+            if (id.generation, *up) > *e {
+                *e = (id.generation, *up);
+            }
+        }
         self.members
             .values()
             .filter(|(id, _)| id.node != 0 && id.node != self.own.node)
+            .filter(|(id, up)| latest.get(&id.node) == Some(&(id.generation, *up)))
             .map(|&(id, up)| MemberView {
                 id,
                 up,

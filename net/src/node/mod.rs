@@ -205,12 +205,26 @@ pub fn load_or_create_meta(
 
 /// Checks that nothing listens on `addr` (the executors bind with `SO_REUSEPORT`, which would
 /// otherwise silently share a port with another node).
+///
+/// A port held only by connections in `TIME_WAIT` (left by a node that crashed a moment ago)
+/// refuses a plain bind but takes a `SO_REUSEPORT` one: it counts as free when nothing accepts
+/// a connection on it.
 fn check_free(addr: SocketAddr, what: &str) -> Result<(), NodeError> {
-    std::net::TcpListener::bind(addr).map(drop).map_err(|e| {
-        NodeError::Config(format!(
-            "cannot listen on {addr} ({what}): {e} — is another node running?"
-        ))
-    })
+    let Err(e) = std::net::TcpListener::bind(addr) else {
+        return Ok(());
+    };
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    let listening =
+        std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok();
+    if e.kind() == std::io::ErrorKind::AddrInUse && !listening {
+        return Ok(());
+    }
+    Err(NodeError::Config(format!(
+        "cannot listen on {addr} ({what}): {e} — is another node running?"
+    )))
 }
 
 /// Picks a base port whose `count` following ports are free too (for `listen` port 0).

@@ -76,7 +76,10 @@ pub fn try_start(
         ])
         .args(["--cores", &cores])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("DYNACORE_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()

@@ -1,0 +1,396 @@
+//! Three real `dynacore` processes on loopback replicating keys (RF=3): quorum writes and reads
+//! through different coordinators, a killed node covered by hints that are handed back when it
+//! returns, strict quorums failing with how many acknowledged, siblings, read repair. Every
+//! wait is bounded.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{http, metric_sum, start, temp_dir, HttpResponse, Node, BOUND};
+
+/// Starts three nodes (the first with two cores) joined through the first, and waits until
+/// each sees all three in its ring, up.
+fn three(dir: &Path, extra: &[&str]) -> Vec<Node> {
+    let a = start(&dir.join("a"), 2, extra);
+    let seed = a.addr.to_string();
+    let mut args = vec!["--seeds", seed.as_str()];
+    args.extend_from_slice(extra);
+    let b = start(&dir.join("b"), 1, &args);
+    let c = start(&dir.join("c"), 1, &args);
+    let nodes = vec![a, b, c];
+    for n in &nodes {
+        wait_until(&format!("{} sees 3 ring nodes up", n.http), || {
+            ring_up(n.http) == (3, 3)
+        });
+    }
+    nodes
+}
+
+/// (ring nodes, of which up) as `http_addr` sees them.
+fn ring_up(http_addr: SocketAddr) -> (usize, usize) {
+    let c = http(http_addr, "GET", "/cluster", &[], b"").json();
+    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+    let ring: Vec<_> = nodes
+        .iter()
+        .filter(|n| n["in_ring"].as_bool() == Some(true))
+        .collect();
+    let up = ring
+        .iter()
+        .filter(|n| n["up"].as_bool() == Some(true))
+        .count();
+    (ring.len(), up)
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + BOUND;
+    while !check() {
+        assert!(Instant::now() < until, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn put(node: &Node, key: &str, value: &str, query: &str) -> HttpResponse {
+    put_with(node, key, value, query, &[])
+}
+
+fn put_with(
+    node: &Node,
+    key: &str,
+    value: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let body = serde_json::json!({ "value": value }).to_string();
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    http(
+        node.http,
+        "PUT",
+        &format!("/keys/{key}?{query}"),
+        &h,
+        body.as_bytes(),
+    )
+}
+
+fn get(node: &Node, key: &str, query: &str) -> HttpResponse {
+    http(node.http, "GET", &format!("/keys/{key}?{query}"), &[], b"")
+}
+
+/// The live values of `node`'s own copy of `key` (empty when it holds none).
+fn local_values(node: &Node, key: &str) -> Vec<String> {
+    let r = http(
+        node.http,
+        "GET",
+        &format!("/internal/local/{key}"),
+        &[],
+        b"",
+    );
+    if r.status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["siblings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s["value"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn value_of(r: &HttpResponse) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["value"].as_str().expect("value").to_owned()
+}
+
+#[test]
+fn a_quorum_write_through_one_node_is_read_through_another_and_reaches_every_replica() {
+    let dir = temp_dir("dynacore-repl-quorum-");
+    let nodes = three(dir.path(), &[]);
+    let r = put(&nodes[0], "greeting", "hello", "w=2");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(value_of(&get(&nodes[2], "greeting", "r=2")), "hello");
+    // Every node is a replica with RF=3 and three nodes: the third copy arrives too.
+    for n in &nodes {
+        wait_until("every replica holds the write", || {
+            local_values(n, "greeting") == ["hello"]
+        });
+    }
+    // Many keys through every coordinator, read back through another with R=all.
+    for i in 0..60 {
+        let r = put(
+            &nodes[i % 3],
+            &format!("k{i}"),
+            &format!("v{i}"),
+            "w=quorum",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for i in 0..60 {
+        let got = get(&nodes[(i + 1) % 3], &format!("k{i}"), "r=all");
+        assert_eq!(value_of(&got), format!("v{i}"));
+    }
+    // A quorum above RF is refused; a delete through one node hides the key everywhere.
+    assert_eq!(put(&nodes[1], "x", "y", "w=4").status, 400);
+    let r = http(nodes[1].http, "DELETE", "/keys/greeting?w=all", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&nodes[0], "greeting", "r=1").status, 404);
+    // The SDK, routed by the topology, reads what HTTP wrote.
+    let seed = nodes[1].addr;
+    let got = common::on_executor(move || async move {
+        let client = dynacore_net::client::Client::connect(&[seed])
+            .await
+            .expect("connect");
+        assert_eq!(client.cluster().replication_factor, 3);
+        client
+            .consistent_put(b"sdk", b"typed", dynacore_net::client::Quorum::All)
+            .await
+            .expect("put");
+        client.get(b"k7").await.expect("get").map(|v| v.value)
+    });
+    assert_eq!(got, Some(b"v7".to_vec()));
+    assert_eq!(value_of(&get(&nodes[2], "sdk", "r=all")), "typed");
+}
+
+#[test]
+fn a_killed_node_is_covered_by_hints_that_are_handed_back_when_it_returns() {
+    let dir = temp_dir("dynacore-repl-hints-");
+    let mut nodes = three(dir.path(), &[]);
+    let c = nodes.pop().expect("c");
+    let c_id = http(c.http, "GET", "/cluster", &[], b"").json()["nodes"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    c.signal("KILL");
+    drop(c);
+    // W=2 writes and R=2 reads through the two others keep succeeding, before and after the
+    // failure detector declares c down.
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let (key, value) = (format!("h{i}"), format!("while-down-{i}"));
+        let r = put(&nodes[i % 2], &key, &value, "w=2");
+        assert_eq!(r.status, 200, "write {i}: {}", r.text());
+        assert_eq!(value_of(&get(&nodes[(i + 1) % 2], &key, "r=2")), value);
+        written.push((key, value));
+        if i == 19 {
+            for n in &nodes {
+                wait_until("c is declared down", || ring_up(n.http) == (3, 2));
+            }
+        }
+    }
+    let pending = |nodes: &[Node]| {
+        nodes
+            .iter()
+            .map(|n| metric_sum(n.http, "dynacore_hints_pending"))
+            .sum::<u64>()
+    };
+    wait_until("the hints are counted", || pending(&nodes) >= 40);
+    // c comes back (same data, a later generation, new ports): its hints are replayed.
+    let seed = nodes[0].addr.to_string();
+    let c = start(&dir.path().join("c"), 1, &["--seeds", &seed]);
+    let id_again = http(c.http, "GET", "/cluster", &[], b"").json()["nodes"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(id_again, c_id);
+    wait_until("every hint is handed back", || pending(&nodes) == 0);
+    for (key, value) in &written {
+        assert_eq!(
+            local_values(&c, key),
+            [value.clone()],
+            "c's own copy of {key}"
+        );
+    }
+    let replayed: u64 = nodes
+        .iter()
+        .map(|n| metric_sum(n.http, "dynacore_hints_replayed_total"))
+        .sum();
+    assert!(replayed >= 40, "{replayed} hints replayed");
+}
+
+#[test]
+fn strict_quorums_fail_with_how_many_acknowledged_when_two_nodes_are_down() {
+    let dir = temp_dir("dynacore-repl-strict-");
+    let mut nodes = three(dir.path(), &["--no-sloppy-quorum"]);
+    let c = nodes.pop().expect("c");
+    let b = nodes.pop().expect("b");
+    c.signal("KILL");
+    b.signal("KILL");
+    drop((b, c));
+    let a = &nodes[0];
+    let check = |r: &HttpResponse| {
+        assert_eq!(r.status, 503, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["error"], "unavailable");
+        assert_eq!(
+            (j["acks"].as_u64(), j["required"].as_u64()),
+            (Some(1), Some(2))
+        );
+    };
+    // Before the failure detector notices (the replicas refuse connections) and after.
+    check(&put(a, "s1", "v", "w=2"));
+    wait_until("b and c are declared down", || ring_up(a.http) == (3, 1));
+    check(&put(a, "s2", "v", "w=2"));
+    // W=1 still succeeds; R=2 fails the same way.
+    assert_eq!(put(a, "s3", "v", "w=1").status, 200);
+    let r = get(a, "s3", "r=2");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["acks"].as_u64(), Some(1));
+    assert_eq!(value_of(&get(a, "s3", "r=1")), "v");
+}
+
+#[test]
+fn concurrent_writes_become_siblings_and_a_write_with_the_merged_version_replaces_them() {
+    let dir = temp_dir("dynacore-repl-siblings-");
+    let nodes = three(dir.path(), &[]);
+    let r = put(&nodes[0], "doc", "v0", "w=all");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let base = r.json()["version"].as_str().expect("version").to_owned();
+    // Two writes from the same context through different coordinators.
+    let r = put_with(
+        &nodes[0],
+        "doc",
+        "from-a",
+        "w=all",
+        &[("X-Dynacore-Context", &base)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(5));
+    let r = put_with(
+        &nodes[1],
+        "doc",
+        "from-b",
+        "w=all",
+        &[("X-Dynacore-Context", &base)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Siblings mode: 300 with both values and one merged version.
+    let r = get(&nodes[2], "doc", "r=all&conflicts=siblings");
+    assert_eq!(r.status, 300, "{}", r.text());
+    let j = r.json();
+    let mut values: Vec<String> = j["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .map(|s| s["value"].as_str().expect("value").to_owned())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["from-a", "from-b"]);
+    let merged = j["version"].as_str().expect("version").to_owned();
+    assert_eq!(r.header("X-Dynacore-Version"), Some(merged.as_str()));
+    // LWW mode (the default): the later timestamp wins.
+    assert_eq!(value_of(&get(&nodes[2], "doc", "r=all")), "from-b");
+    // A write with the merged version replaces both.
+    let r = put_with(
+        &nodes[2],
+        "doc",
+        "resolved",
+        "w=all",
+        &[("X-Dynacore-Context", &merged)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&nodes[0], "doc", "r=all&conflicts=siblings");
+    assert_eq!(value_of(&r), "resolved");
+    for n in &nodes {
+        wait_until("every replica holds only the resolution", || {
+            local_values(n, "doc") == ["resolved"]
+        });
+    }
+    // The SDK sees the same through the binary protocol.
+    let seed = nodes[1].addr;
+    let (siblings, after) = common::on_executor(move || async move {
+        use dynacore_net::client::{Client, Quorum, WriteOptions};
+        let client = Client::connect(&[seed]).await.expect("connect");
+        let base = client.put(b"sdk-doc", b"v0").await.expect("put");
+        for v in [&b"x"[..], b"y"] {
+            let options = WriteOptions {
+                context: Some(base.clone()),
+                w: Some(Quorum::All),
+                ..WriteOptions::default()
+            };
+            client.put_with(b"sdk-doc", v, &options).await.expect("put");
+        }
+        let s = client
+            .get_siblings(b"sdk-doc", Quorum::All)
+            .await
+            .expect("get")
+            .expect("found");
+        let options = WriteOptions {
+            context: Some(s.version.clone()),
+            w: Some(Quorum::All),
+            ..WriteOptions::default()
+        };
+        client
+            .put_with(b"sdk-doc", b"z", &options)
+            .await
+            .expect("put");
+        let after = client
+            .get_siblings(b"sdk-doc", Quorum::All)
+            .await
+            .expect("get")
+            .expect("found");
+        (s.values, after.values)
+    });
+    let mut siblings = siblings;
+    siblings.sort();
+    assert_eq!(siblings, [b"x".to_vec(), b"y".to_vec()]);
+    assert_eq!(after, [b"z".to_vec()]);
+}
+
+#[test]
+fn a_stale_replica_is_repaired_by_a_read() {
+    let dir = temp_dir("dynacore-repl-repair-");
+    let mut nodes = three(dir.path(), &["--no-hinted-handoff"]);
+    let c = nodes.pop().expect("c");
+    c.signal("KILL");
+    drop(c);
+    for key in ["r-blocking", "r-background"] {
+        let r = put(&nodes[0], key, "fresh", "w=2");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seed = nodes[0].addr.to_string();
+    let c = start(
+        &dir.path().join("c"),
+        1,
+        &["--seeds", &seed, "--no-hinted-handoff"],
+    );
+    for n in nodes.iter().chain([&c]) {
+        wait_until("c is back in every view", || ring_up(n.http) == (3, 3));
+    }
+    // No hints: c missed both writes.
+    assert!(local_values(&c, "r-blocking").is_empty());
+    assert!(local_values(&c, "r-background").is_empty());
+    // A blocking read repair answers once c has the merge.
+    let r = get(&nodes[1], "r-blocking", "r=all&read_repair=blocking");
+    assert_eq!(value_of(&r), "fresh");
+    assert_eq!(local_values(&c, "r-blocking"), ["fresh"]);
+    // The default repair happens in the background, after the answer.
+    assert_eq!(value_of(&get(&nodes[0], "r-background", "r=all")), "fresh");
+    wait_until("the background repair reaches c", || {
+        local_values(&c, "r-background") == ["fresh"]
+    });
+    let repairs: u64 = nodes
+        .iter()
+        .map(|n| metric_sum(n.http, "dynacore_read_repairs_total"))
+        .sum();
+    assert!(repairs >= 2, "{repairs} repairs");
+    // read_repair=false leaves a stale copy alone.
+    c.signal("KILL");
+    drop(c);
+    assert_eq!(put(&nodes[0], "r-off", "fresh", "w=2").status, 200);
+    let c = start(
+        &dir.path().join("c"),
+        1,
+        &["--seeds", &seed, "--no-hinted-handoff"],
+    );
+    wait_until("c is back", || ring_up(nodes[0].http) == (3, 3));
+    assert_eq!(
+        value_of(&get(&nodes[0], "r-off", "r=all&read_repair=false")),
+        "fresh"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(local_values(&c, "r-off").is_empty());
+}
