@@ -200,7 +200,7 @@ fn a_killed_node_is_covered_by_hints_that_are_handed_back_when_it_returns() {
     for (key, value) in &written {
         assert_eq!(
             local_values(&c, key),
-            [value.clone()],
+            std::slice::from_ref(value),
             "c's own copy of {key}"
         );
     }
