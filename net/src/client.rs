@@ -281,10 +281,16 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, timeout: Duration) -> Result<Conn, ClientError> {
-        let stream = TcpStream::connect(addr, timeout)
-            .await
-            .map_err(|source| ClientError::Connect { addr, source })?;
+    async fn open(
+        addr: SocketAddr,
+        from: Option<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
+        let stream = match from {
+            Some(ip) => TcpStream::connect_from(ip, addr, timeout).await,
+            None => TcpStream::connect(addr, timeout).await,
+        }
+        .map_err(|source| ClientError::Connect { addr, source })?;
         let (reader, writer) = stream.split();
         let (frames, queue) = flume::unbounded();
         let pending: Pending = Rc::new(RefCell::new(HashMap::new()));
@@ -370,6 +376,8 @@ async fn read_frames(
 /// to its peers.
 pub struct ConnPool {
     connect_timeout: Duration,
+    /// The local address connections come from (`None`: the system's choice).
+    source: Option<IpAddr>,
     conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
     next_id: Cell<u64>,
 }
@@ -388,9 +396,17 @@ impl ConnPool {
     pub fn new(connect_timeout: Duration) -> ConnPool {
         ConnPool {
             connect_timeout,
+            source: None,
             conns: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
         }
+    }
+
+    /// The same pool, its connections made from local address `ip`.
+    #[must_use]
+    pub fn from_source(mut self, ip: IpAddr) -> ConnPool {
+        self.source = Some(ip);
+        self
     }
 
     /// Open connections.
@@ -411,7 +427,7 @@ impl ConnPool {
                 return Ok(c.clone());
             }
         }
-        let conn = Rc::new(Conn::open(addr, self.connect_timeout).await?);
+        let conn = Rc::new(Conn::open(addr, self.source, self.connect_timeout).await?);
         // Another request may have connected meanwhile: keep one.
         let mut conns = self.conns.borrow_mut();
         match conns.get(&addr) {

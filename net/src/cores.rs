@@ -251,6 +251,8 @@ pub struct CoreParts {
     pub hints: Option<Rc<HintStore>>,
     /// How the cluster replicates.
     pub replication: ReplicationConfig,
+    /// The local address connections to other nodes come from (`None`: the system's choice).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// One core's view of the node: its own shard, and the way to every other core's.
@@ -289,7 +291,10 @@ impl Core {
             cluster: parts.cluster,
             shared: parts.shared,
             default_timeout: parts.default_timeout,
-            peers: ConnPool::new(Duration::from_secs(1)),
+            peers: match parts.source_ip {
+                Some(ip) => ConnPool::new(Duration::from_secs(1)).from_source(ip),
+                None => ConnPool::new(Duration::from_secs(1)),
+            },
             hints: parts.hints,
             replication: parts.replication,
         }))
@@ -318,6 +323,7 @@ impl Core {
             default_timeout: Duration::from_secs(10),
             hints: None,
             replication: ReplicationConfig::default(),
+            source_ip: None,
         })
     }
 

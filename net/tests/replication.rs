@@ -351,6 +351,10 @@ fn a_stale_replica_is_repaired_by_a_read() {
         let r = put(&nodes[0], key, "fresh", "w=2");
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    // Restarted only once the others know it died, so that "up" below means the new process.
+    for n in &nodes {
+        wait_until("c is declared down", || ring_up(n.http) == (3, 2));
+    }
     let seed = nodes[0].addr.to_string();
     let c = start(
         &dir.path().join("c"),
@@ -381,6 +385,7 @@ fn a_stale_replica_is_repaired_by_a_read() {
     c.signal("KILL");
     drop(c);
     assert_eq!(put(&nodes[0], "r-off", "fresh", "w=2").status, 200);
+    wait_until("c is declared down", || ring_up(nodes[0].http) == (3, 2));
     let c = start(
         &dir.path().join("c"),
         1,
@@ -393,4 +398,105 @@ fn a_stale_replica_is_repaired_by_a_read() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(local_values(&c, "r-off").is_empty());
+}
+
+#[test]
+fn a_partition_between_two_nodes_loses_no_acknowledged_write() {
+    use common::proxy::Proxy;
+    use std::net::IpAddr;
+    let dir = temp_dir("dynacore-repl-partition-");
+    // Three nodes on three loopback addresses, each behind its own proxy: peers reach a node
+    // only through its proxy, and connect from their own address, so a proxy can cut one
+    // link (node to node) in one direction.
+    let ips: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|s| s.parse().expect("ip"))
+        .collect();
+    let proxies: Vec<Proxy> = ips.iter().map(|&ip| Proxy::start(ip, 1)).collect();
+    let seed = proxies[0].front.to_string();
+    // A short request deadline: a replica that does not answer gets its hint sooner.
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "request_timeout_ms = 1500\n").expect("config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let advertise = proxies[i].front.to_string();
+            let mut args = vec!["--advertise", advertise.as_str(), "--config", &config];
+            if i > 0 {
+                args.extend_from_slice(&["--seeds", seed.as_str()]);
+            }
+            let node = common::start_on(
+                &ips[i].to_string(),
+                &dir.path().join(format!("n{i}")),
+                1,
+                &args,
+            );
+            proxies[i].set_backend(node.addr);
+            node
+        })
+        .collect();
+    for n in &nodes {
+        wait_until("every node sees three ring nodes up", || {
+            ring_up(n.http) == (3, 3)
+        });
+    }
+    // Cut the link between nodes 0 and 1, both ways; node 2 still reaches both.
+    proxies[0].block(ips[1]);
+    proxies[1].block(ips[0]);
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for i in 0..90 {
+        let (key, value) = (format!("p{i}"), format!("during-{i}"));
+        let r = put(&nodes[i % 3], &key, &value, "w=2");
+        match r.status {
+            200 => acked.push((key, value)),
+            503 | 504 => failed += 1,
+            other => panic!("write {i}: {other} {}", r.text()),
+        }
+    }
+    // Every coordinator has a quorum (itself and node 2, or all three for node 2).
+    assert_eq!(failed, 0, "writes failed during the partition");
+    // Reads with R=2 through node 2, which reaches both sides, see what was acknowledged
+    // (without read repair: the hints are what must bring the partitioned replicas up to date).
+    for (key, value) in &acked {
+        assert_eq!(
+            value_of(&get(&nodes[2], key, "r=2&read_repair=false")),
+            *value
+        );
+    }
+    // The writes that could not reach the other side of the cut became hints.
+    let pending = || {
+        nodes
+            .iter()
+            .map(|n| metric_sum(n.http, "dynacore_hints_pending"))
+            .sum::<u64>()
+    };
+    wait_until("hints are kept for the cut-off replicas", || {
+        pending() >= 30
+    });
+    let missing = acked
+        .iter()
+        .filter(|(key, _)| local_values(&nodes[1], key).is_empty())
+        .count();
+    assert!(
+        missing > 0,
+        "node 1 missed the writes coordinated by node 0"
+    );
+    // Heal: every acknowledged write is on every replica once the hints are handed over.
+    proxies[0].unblock(ips[1]);
+    proxies[1].unblock(ips[0]);
+    wait_until(
+        "the hints kept during the partition are handed over",
+        || pending() == 0,
+    );
+    for (key, value) in &acked {
+        for n in &nodes {
+            wait_until(&format!("{key} on every replica"), || {
+                local_values(n, key) == std::slice::from_ref(value)
+            });
+        }
+        assert_eq!(value_of(&get(&nodes[0], key, "r=all")), *value);
+    }
+    drop(nodes);
+    drop(proxies);
 }

@@ -4,6 +4,7 @@
 //! data_dir = "./dynacore-data"
 //! listen = "127.0.0.1:7400"      # binary protocol; core i also listens on port + 1 + i
 //! http = "127.0.0.1:8400"
+//! advertise = "10.0.0.5:7400"    # where peers reach this node (default: listen)
 //! cores = 4                      # default: every online CPU
 //! pin = true                     # pin core i's executor to the i-th online CPU
 //! durability = "sync"            # "sync", "periodic:<ms>" or "none"
@@ -49,6 +50,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The HTTP API.
     pub http: SocketAddr,
+    /// The address peers and clients reach this node's binary port (and gossip) at, when it
+    /// is not `listen` (behind a NAT or a proxy); core `i` at its port + 1 + i.
+    pub advertise: Option<SocketAddr>,
     /// Executors (shards); `None`: one per online CPU.
     pub cores: Option<u32>,
     /// Pin each executor to its own CPU.
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./dynacore-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http: SocketAddr::from(([127, 0, 0, 1], 8400)),
+            advertise: None,
             cores: None,
             pin: true,
             durability: Durability::Sync,
@@ -140,6 +145,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     http: Option<String>,
+    advertise: Option<String>,
     cores: Option<u32>,
     pin: Option<bool>,
     durability: Option<String>,
@@ -172,6 +178,10 @@ pub struct Overrides {
     /// HTTP API address [default: 127.0.0.1:8400].
     #[arg(long)]
     pub http: Option<String>,
+    /// Where peers reach this node's binary port and gossip, if not at --listen (core i at
+    /// port + 1 + i there too).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Executors (shards) [default: one per online CPU].
     #[arg(long)]
     pub cores: Option<u32>,
@@ -278,6 +288,9 @@ impl NodeConfig {
             if let Some(v) = f.http {
                 c.http = parse_addr("http", &v)?;
             }
+            if let Some(v) = f.advertise {
+                c.advertise = Some(parse_addr("advertise", &v)?);
+            }
             if f.cores.is_some() {
                 c.cores = f.cores;
             }
@@ -343,6 +356,9 @@ impl NodeConfig {
         if let Some(v) = &flags.http {
             c.http = parse_addr("--http", v)?;
         }
+        if let Some(v) = &flags.advertise {
+            c.advertise = Some(parse_addr("--advertise", v)?);
+        }
         if flags.cores.is_some() {
             c.cores = flags.cores;
         }
@@ -374,8 +390,21 @@ impl NodeConfig {
         Ok(c)
     }
 
+    /// Where peers reach this node: `advertise`, or `listen`.
+    #[must_use]
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
+        if let Some(a) = self.advertise {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return err(format!(
+                    "advertise must be a specific address and port, not {a}"
+                ));
+            }
+        }
         if let Some(n) = self.cores {
             if n == 0 || n > 1024 {
                 return err(format!("cores must be 1..=1024, not {n}"));

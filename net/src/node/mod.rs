@@ -329,7 +329,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
     )?;
     let own_member = RingMember {
         id: meta.node_id.to_string(),
-        binary: config.listen,
+        binary: config.advertised(),
         http: config.http,
         shards: cores,
         vnodes: config.vnodes,
@@ -534,6 +534,8 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         default_timeout: s.config.request_timeout,
         hints: hints.clone(),
         replication: replication.clone(),
+        // Peers see this node's connections come from its own address.
+        source_ip: Some(s.config.listen.ip()).filter(|ip| !ip.is_unspecified()),
     });
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
     let replay = runtime::spawn(crate::coordinate::replay_hints(core.clone()));
@@ -582,9 +584,9 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
                     status: crate::membership::NodeStatus::Normal,
                     shards: core.shards(),
                     vnodes: s.config.vnodes,
-                    binary: s.config.listen,
+                    binary: s.config.advertised(),
                     http: s.config.http,
-                    gossip: s.config.listen,
+                    gossip: s.config.advertised(),
                 };
                 let publish = crate::gossip::Publish {
                     members: core.shared().members().clone(),

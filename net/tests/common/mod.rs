@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,8 +57,24 @@ pub fn start(data_dir: &Path, cores: u32, extra: &[&str]) -> Node {
         .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
 }
 
+/// As [`start`], with every port on loopback address `ip`.
+pub fn start_on(ip: &str, data_dir: &Path, cores: u32, extra: &[&str]) -> Node {
+    try_start_on(ip, data_dir, cores, extra)
+        .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
+}
+
 /// As [`start`], or the exit status and stderr of a node that did not start.
 pub fn try_start(
+    data_dir: &Path,
+    cores: u32,
+    extra: &[&str],
+) -> Result<Node, (Option<ExitStatus>, String)> {
+    try_start_on("127.0.0.1", data_dir, cores, extra)
+}
+
+/// As [`try_start`], with every port on loopback address `ip`.
+pub fn try_start_on(
+    ip: &str,
     data_dir: &Path,
     cores: u32,
     extra: &[&str],
@@ -69,9 +87,9 @@ pub fn try_start(
         .arg(data_dir)
         .args([
             "--listen",
-            "127.0.0.1:0",
+            &format!("{ip}:0"),
             "--http",
-            "127.0.0.1:0",
+            &format!("{ip}:0"),
             "--no-pin",
         ])
         .args(["--cores", &cores])
