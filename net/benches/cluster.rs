@@ -16,6 +16,7 @@
 //! ```sh
 //! cargo bench -p dynacore-net --bench cluster
 //! DYNACORE_BENCH_SECONDS=10 DYNACORE_BENCH_DEPTH=128 cargo bench -p dynacore-net --bench cluster
+//! DYNACORE_BENCH_SERVE_ARGS="--config big-memtable.toml" cargo bench -p dynacore-net --bench cluster
 //! ```
 
 use std::cell::RefCell;
@@ -204,6 +205,11 @@ fn serve(ip: &str, dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
+        .args(
+            std::env::var("DYNACORE_BENCH_SERVE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
