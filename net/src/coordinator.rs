@@ -455,10 +455,17 @@ mod tests {
                 required: 2
             })
         );
+        // Decided before every target answered: what is still pending is counted.
+        let mut t = WriteTally::new(plan.clone(), 3);
+        assert_eq!(t.pending(), 3);
+        t.fail(0);
+        assert!(matches!(t.outcome(), Some(Outcome::Unavailable { .. })));
+        assert_eq!(t.pending(), 2);
         // The deadline: everything pending fails.
         let mut t = WriteTally::new(plan, 3);
         t.ack(0);
         t.expire();
+        assert_eq!(t.pending(), 0);
         assert_eq!(
             t.outcome(),
             Some(Outcome::Unavailable {
@@ -493,9 +500,12 @@ mod tests {
         assert_eq!(t.repairs(merged.as_ref()), vec![NodeId(2)]);
         // Unavailable: two failures with R=2.
         let mut t = ReadTally::new(nodes, 2);
+        assert_eq!(t.pending(), 3);
         t.reply(0, Some(a));
         t.fail(1);
+        assert_eq!(t.pending(), 1);
         t.expire();
+        assert_eq!(t.pending(), 0);
         assert_eq!(
             t.outcome(),
             Some(Outcome::Unavailable {
