@@ -100,12 +100,15 @@ impl RingBook {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
-        let mut book = RingBook {
+        let Some(own_node) = own.node() else {
+            return Err(format!("bad own node id {:?}", own.id));
+        };
+        // This process's own entry wins over whatever the file says of it.
+        members.insert(own_node, own);
+        Ok(RingBook {
             path: Some(path),
             members,
-        };
-        book.record(own);
-        Ok(book)
+        })
     }
 
     /// A book kept in memory only (tests, and nodes that do not gossip).
