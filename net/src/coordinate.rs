@@ -304,7 +304,22 @@ async fn apply_at(
         )
         .await
         .map_err(peer_error)?;
-    object_reply(&body).map(drop)
+    applied_reply(&body)
+}
+
+/// A replica's answer to an apply: its acknowledgement (the merged version only), or its error.
+fn applied_reply(body: &[u8]) -> Result<(), StoreError> {
+    let resp = parse_response(body)
+        .map_err(|e| StoreError::Unavailable(format!("a replica's answer is malformed: {e}")))?;
+    if let Some(e) = resp.reply_as_error() {
+        return Err(response_error(&e));
+    }
+    match resp.reply_as_replica_object() {
+        Some(r) if r.found() => Ok(()),
+        _ => Err(StoreError::Unavailable(
+            "a replica answered an apply with another reply".into(),
+        )),
+    }
 }
 
 /// Coordinates a client's write; returns the new version (encoded).

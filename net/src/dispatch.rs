@@ -297,7 +297,7 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
                             match coordinate::store_hint(core, NodeId(a.hint_for()), key, &object)
                                 .await
                             {
-                                Ok(()) => replica_object(id, Ok(Some(object))),
+                                Ok(()) => replica_applied(id, Ok(Some(object))),
                                 Err(e) => Err(store_error(id, &e)),
                             }
                         }
@@ -307,7 +307,7 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
                                 object,
                                 expected,
                             };
-                            replica_object(id, core.execute(op, timeout).await.into_object())
+                            replica_applied(id, core.execute(op, timeout).await.into_object())
                         }
                     }
                 }
@@ -342,6 +342,44 @@ fn replica_object(
                 )),
             }
         }
+        Err(e) => Err(store_error(id, &e)),
+    }
+}
+
+/// The answer to a `ReplicaApply`: the merged copy's version part only (the sender does not
+/// need the values back).
+fn replica_applied(
+    id: u64,
+    reply: Result<Option<dynacore_engine::Object>, StoreError>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    match reply {
+        Ok(Some(merged)) => match object::to_parts(&merged) {
+            Ok((version, _)) => {
+                let mut b = FlatBufferBuilder::new();
+                let version = Some(b.create_vector(&version));
+                let r = fb::ReplicaObjectResponse::create(
+                    &mut b,
+                    &fb::ReplicaObjectResponseArgs {
+                        found: true,
+                        version,
+                        values: None,
+                    },
+                );
+                Ok(finish(b, id, fb::Reply::ReplicaObject, r.as_union_value()))
+            }
+            Err(e) => Err(error_body(
+                id,
+                fb::ErrorCode::Internal,
+                &e.to_string(),
+                None,
+            )),
+        },
+        Ok(None) => Err(error_body(
+            id,
+            fb::ErrorCode::Internal,
+            "an apply returned no object",
+            None,
+        )),
         Err(e) => Err(store_error(id, &e)),
     }
 }
@@ -655,7 +693,24 @@ mod tests {
                     .and_then(|r| r.reply_as_error())
                     .and_then(|e| e.message())
             );
-            let merged = object_of(&a.body).expect("merged");
+            let resp = parse_response(&a.body).expect("response");
+            let ack = resp.reply_as_replica_object().expect("replica object");
+            assert!(
+                ack.found() && ack.values().is_none(),
+                "an apply answers its version only"
+            );
+            let read_back = |id| {
+                let core = core.clone();
+                async move {
+                    let a = answer(&core, &build::replica_read(id, 0, b"k")).await;
+                    object_of(&a.body).expect("found")
+                }
+            };
+            let merged = read_back(30).await;
+            assert_eq!(
+                ack.version().map(|v| v.bytes().to_vec()),
+                Some(object::to_parts(&merged).expect("parts").0)
+            );
             assert_eq!(merged.size(), 2, "concurrent siblings both survive");
             assert!(merged.equal(&local.sync(&remote)));
             // Reads return the newest sibling (last writer wins by HLC).
@@ -669,7 +724,8 @@ mod tests {
             );
             // Applying the same object again changes nothing (idempotent).
             let a = answer(&core, &build::replica_apply(6, 0, b"k", &version, &values)).await;
-            assert!(object_of(&a.body).expect("merged").equal(&merged));
+            assert!(a.ok);
+            assert!(read_back(31).await.equal(&merged));
             // Two replicas' copies each within the sibling bound, whose merge is not: the
             // replica keeps the newest (LWW), so the key stays readable and replicas converge.
             let many = |actors: std::ops::Range<u64>| {
@@ -697,6 +753,7 @@ mod tests {
                 let (v, vals) = object::to_parts(&half).expect("parts");
                 let a = answer(&core, &build::replica_apply(id, 0, b"wide", &v, &vals)).await;
                 assert!(a.ok);
+                let a = answer(&core, &build::replica_read(id + 10, 0, b"wide")).await;
                 assert!(object_of(&a.body).expect("merged").size() <= 100);
             }
             let a = answer(&core, &get(22, b"wide", None)).await;
