@@ -500,3 +500,72 @@ fn a_partition_between_two_nodes_loses_no_acknowledged_write() {
     drop(nodes);
     drop(proxies);
 }
+
+#[test]
+fn with_a_sloppy_quorum_a_stand_in_node_keeps_a_down_replicas_writes_and_counts() {
+    // Four nodes, RF=3: for a key whose replica is down, the fourth node stands in.
+    let dir = temp_dir("dynacore-repl-sloppy-");
+    let a = start(&dir.path().join("a"), 1, &[]);
+    let seed = a.addr.to_string();
+    let mut nodes = vec![a];
+    for name in ["b", "c", "d"] {
+        nodes.push(start(&dir.path().join(name), 1, &["--seeds", &seed]));
+    }
+    for n in &nodes {
+        wait_until("every node sees four ring nodes up", || {
+            ring_up(n.http) == (4, 4)
+        });
+    }
+    let d = nodes.pop().expect("d");
+    d.signal("KILL");
+    drop(d);
+    for n in &nodes {
+        wait_until("d is declared down", || ring_up(n.http) == (4, 3));
+    }
+    // W=3 (every replica) succeeds for every key: where d is a replica, a stand-in stores its
+    // copy as a hint and acknowledges for it.
+    let mut written = Vec::new();
+    for i in 0..40 {
+        let (key, value) = (format!("s{i}"), format!("sloppy-{i}"));
+        let r = put(&nodes[i % 3], &key, &value, "w=all");
+        assert_eq!(r.status, 200, "write {i}: {}", r.text());
+        written.push((key, value));
+    }
+    let pending = || {
+        nodes
+            .iter()
+            .map(|n| metric_sum(n.http, "dynacore_hints_pending"))
+            .sum::<u64>()
+    };
+    // (The hint metrics are published once a second.)
+    wait_until("the stand-ins count their hints", || pending() > 0);
+    // d returns: the stand-ins hand its writes over.
+    let d = start(&dir.path().join("d"), 1, &["--seeds", &seed]);
+    wait_until("every hint is handed back", || pending() == 0);
+    let held: Vec<_> = written
+        .iter()
+        .filter(|(key, _)| !local_values(&d, key).is_empty())
+        .collect();
+    assert!(!held.is_empty(), "d holds the writes made for it");
+    for (key, value) in held {
+        assert_eq!(local_values(&d, key), std::slice::from_ref(value));
+    }
+}
+
+#[test]
+fn a_conditional_write_is_checked_on_every_replica() {
+    let dir = temp_dir("dynacore-repl-cond-");
+    let nodes = three(dir.path(), &[]);
+    let r = put(&nodes[0], "acct", "100", "w=all");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v1 = r.json()["version"].as_str().expect("version").to_owned();
+    // Through another coordinator, with the version read: it succeeds.
+    let r = put_with(&nodes[1], "acct", "90", "w=all", &[("If-Match", &v1)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v2 = r.json()["version"].as_str().expect("version").to_owned();
+    // A stale version through a third one: every replica holds a write it did not see.
+    let r = put_with(&nodes[2], "acct", "80", "w=2", &[("If-Match", &v1)]);
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(r.json()["version"].as_str(), Some(v2.as_str()));
+    assert_eq!(value_of(&get(&nodes[0], "acct", "r=all")), "90");
+}
