@@ -19,6 +19,8 @@
 //! DYNACORE_BENCH_SERVE_ARGS="--config big-memtable.toml" cargo bench -p dynacore-net --bench cluster
 //! ```
 
+mod common;
+
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -26,16 +28,10 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::{env_or, metric_sum, scrape};
 use dynacore_engine::runtime;
 use dynacore_net::client::{Client, Quorum, ReadRepair, WriteOptions};
 use hdrhistogram::Histogram;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -345,13 +341,7 @@ fn main() {
     }
     for (i, http) in https.iter().enumerate() {
         let metrics = scrape(*http);
-        let sum = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let sum = |name: &str| metric_sum(&metrics, name);
         println!(
             "node {}: {:.1} WAL records per batch, {:.0} writes passed on, {:.0} read repairs, {:.0} hints stored",
             i + 1,
@@ -370,17 +360,4 @@ fn main() {
     for mut child in children {
         let _ = child.wait();
     }
-}
-
-/// A node's `/metrics` text.
-fn scrape(http: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(http) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }

@@ -15,6 +15,8 @@
 //! Operations: `ping`; `put` (1 KiB values, durability `sync`: acknowledged after
 //! `fdatasync`); `get` (uniformly random keys among those loaded, all present).
 
+mod common;
+
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -22,16 +24,10 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::{env_or, metric_sum, scrape};
 use dynacore_engine::runtime;
 use dynacore_net::client::Client;
 use hdrhistogram::Histogram;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -113,19 +109,6 @@ async fn run(
         elapsed,
         hist,
     }
-}
-
-/// The node's `/metrics` text.
-fn scrape(http: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(http) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 fn main() {
@@ -241,13 +224,7 @@ fn main() {
         .and_then(|a| a.parse::<SocketAddr>().ok())
     {
         let metrics = scrape(http);
-        let sum = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let sum = |name: &str| metric_sum(&metrics, name);
         println!(
             "node: {:.0} WAL batches, {:.1} records per batch, {:.0} syncs, {:.0} write stalls, {:.0} compactions, {:.0} forwarded requests",
             sum("dynacore_wal_batches_total"),

@@ -93,6 +93,13 @@ pub struct Value {
     pub version: Version,
 }
 
+/// A `Get`'s answer, decoded.
+struct Read {
+    value: Vec<u8>,
+    version: Version,
+    siblings: Vec<Vec<u8>>,
+}
+
 /// Every concurrent value of a key, as [`Client::get_siblings`] read them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Siblings {
@@ -666,29 +673,10 @@ impl Client {
             ReadRepair::Background => fb::ReadRepair::Background,
             ReadRepair::Blocking => fb::ReadRepair::Blocking,
         };
-        let timeout_ms = self.timeout_ms();
-        let body = self
-            .call(self.route(key), Retry::Once, |id| {
-                build::get_timed(id, timeout_ms, key, r, rr)
-            })
-            .await?;
-        let resp = parse_response(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let Some(e) = resp.reply_as_error() {
-            return Err(server_error(&e));
-        }
-        let get = resp
-            .reply_as_get()
-            .ok_or_else(|| ClientError::Protocol("a get answered with another reply".into()))?;
-        if !get.found() {
-            return Ok(None);
-        }
-        Ok(Some(Value {
-            value: get.value().map(|v| v.bytes().to_vec()).unwrap_or_default(),
-            version: Version(
-                get.version()
-                    .map(|v| v.bytes().to_vec())
-                    .unwrap_or_default(),
-            ),
+        let found = self.read(key, r, rr, fb::Conflicts::Default).await?;
+        Ok(found.map(|f| Value {
+            value: f.value,
+            version: f.version,
         }))
     }
 
@@ -705,6 +693,23 @@ impl Client {
     ) -> Result<Option<Siblings>, ClientError> {
         check_key(key)?;
         let r = self.quorum(r, "r")?;
+        let found = self
+            .read(key, r, fb::ReadRepair::Default, fb::Conflicts::Siblings)
+            .await?;
+        Ok(found.map(|f| Siblings {
+            values: f.siblings,
+            version: f.version,
+        }))
+    }
+
+    /// One `Get` request and its answer, decoded.
+    async fn read(
+        &self,
+        key: &[u8],
+        r: Option<fb::Quorum>,
+        read_repair: fb::ReadRepair,
+        conflicts: fb::Conflicts,
+    ) -> Result<Option<Read>, ClientError> {
         let timeout_ms = self.timeout_ms();
         let body = self
             .call(self.route(key), Retry::Once, |id| {
@@ -713,8 +718,8 @@ impl Client {
                     &build::Get {
                         key,
                         r,
-                        read_repair: fb::ReadRepair::Default,
-                        conflicts: fb::Conflicts::Siblings,
+                        read_repair,
+                        conflicts,
                         timeout_ms,
                     },
                 )
@@ -730,18 +735,18 @@ impl Client {
         if !get.found() {
             return Ok(None);
         }
-        Ok(Some(Siblings {
-            values: get
+        let bytes = |v: Option<flatbuffers::Vector<'_, u8>>| {
+            v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+        };
+        Ok(Some(Read {
+            value: bytes(get.value()),
+            version: Version(bytes(get.version())),
+            siblings: get
                 .siblings()
                 .iter()
                 .flatten()
                 .map(|s| s.value().bytes().to_vec())
                 .collect(),
-            version: Version(
-                get.version()
-                    .map(|v| v.bytes().to_vec())
-                    .unwrap_or_default(),
-            ),
         }))
     }
 

@@ -35,6 +35,7 @@ use crate::coordinator::{
     plan_write, required, Outcome, ReadTally, Target, WriteTally, R_DEFAULT, W_DEFAULT,
 };
 use crate::cores::{Core, ShardOp};
+use crate::hints::now_ms;
 use crate::http::{Quorum, ReadRepair};
 use crate::protocol::{build, fb, parse_response};
 use crate::ring::{NodeId, Token};
@@ -103,16 +104,6 @@ fn check_key(key: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
 }
 
 fn ms_until(deadline: Instant) -> u32 {

@@ -83,7 +83,8 @@ pub struct HintStore {
     counters: Cell<HintCounters>,
 }
 
-fn now_ms() -> u64 {
+/// The wall clock, in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -55,39 +55,20 @@ where
     F: FnOnce(LocalStore, Arc<AtomicU64>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    // Disk-backed, under target/tmp (never tmpfs: glommio silently drops O_DIRECT there).
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
-    std::fs::create_dir_all(&base).expect("create target/tmp");
     let dir = tempfile::Builder::new()
         .prefix("dynacore-net-test-")
-        .tempdir_in(base)
+        .tempdir_in(disk_tmp())
         .expect("temp dir");
     let path = dir.path().to_path_buf();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+    on_test_executor(move || async move {
         let wall = Arc::new(AtomicU64::new(1_000_000));
         let clock = ClockHandle::new(ManualClock(wall.clone()));
         let mut o = ShardOptions::new(&path, ShardId(0));
         o.clock = clock.clone();
-        ex.run(async move {
-            let shard = Shard::open(o).await.expect("open");
-            let store = LocalStore::new(shard.clone(), ActorId(1), clock);
-            f(store, wall).await;
-            shard.close().await.expect("close");
-        });
-        let _ = done_tx.send(());
+        let shard = Shard::open(o).await.expect("open");
+        let store = LocalStore::new(shard.clone(), ActorId(1), clock);
+        f(store, wall).await;
+        shard.close().await.expect("close");
     });
-    match done_rx.recv_timeout(std::time::Duration::from_secs(60)) {
-        Ok(()) => handle.join().expect("test thread"),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(p) = handle.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test did not finish in 60 s")
-        }
-    }
     drop(dir);
 }
