@@ -94,6 +94,26 @@ pub struct ReadResult {
     pub version: Vec<u8>,
 }
 
+/// A write that did not reach W in time: its outcome is unknown.
+fn write_unavailable(acks: u8, required: u8) -> StoreError {
+    StoreError::Quorum {
+        acks,
+        required,
+        message: format!(
+            "{acks} of {required} replicas acknowledged in time; the write may exist on fewer replicas and spread later"
+        ),
+    }
+}
+
+/// A read that did not reach R in time.
+fn read_unavailable(acks: u8, required: u8) -> StoreError {
+    StoreError::Quorum {
+        acks,
+        required,
+        message: format!("{acks} of {required} replicas answered in time"),
+    }
+}
+
 /// Refuses a key the engine would refuse, before any replica is asked.
 fn check_key(key: &[u8]) -> Result<(), StoreError> {
     if key.is_empty() || key.len() > dynacore_engine::KEY_BYTES_MAX {
@@ -419,13 +439,7 @@ pub async fn write(
                         Outcome::Done(_) => Ok(version.clone()),
                         Outcome::Unavailable { acks, required } => match refused.clone() {
                             Some(current) => Err(StoreError::ConditionFailed { current }),
-                            None => Err(StoreError::Quorum {
-                                acks,
-                                required,
-                                message: format!(
-                                    "{acks} of {required} replicas acknowledged in time; the write may exist on fewer replicas and spread later"
-                                ),
-                            }),
+                            None => Err(write_unavailable(acks, required)),
                         },
                     };
                     let _ = tx.send(answer);
@@ -452,13 +466,7 @@ pub async fn write(
                             let _ = tx.send(match outcome {
                                 Outcome::Done(_) => Ok(version.clone()),
                                 Outcome::Unavailable { acks, required } => {
-                                    Err(StoreError::Quorum {
-                                        acks,
-                                        required,
-                                        message: format!(
-                                            "{acks} of {required} replicas acknowledged in time; the write may exist on fewer replicas and spread later"
-                                        ),
-                                    })
+                                    Err(write_unavailable(acks, required))
                                 }
                             });
                         }
@@ -473,11 +481,7 @@ pub async fn write(
                 Some(Outcome::Done(_)) => Ok(version.clone()),
                 Some(Outcome::Unavailable { acks, required }) => match refused.clone() {
                     Some(current) => Err(StoreError::ConditionFailed { current }),
-                    None => Err(StoreError::Quorum {
-                        acks,
-                        required,
-                        message: format!("{acks} of {required} replicas acknowledged"),
-                    }),
+                    None => Err(write_unavailable(acks, required)),
                 },
                 None => Err(StoreError::Internal("a write ended undecided".into())),
             };
@@ -663,11 +667,7 @@ pub async fn read(
                             let _ = tx.send(Ok(merged));
                         }
                         Outcome::Unavailable { acks, required } => {
-                            let _ = tx.send(Err(StoreError::Quorum {
-                                acks,
-                                required,
-                                message: format!("{acks} of {required} replicas answered in time"),
-                            }));
+                            let _ = tx.send(Err(read_unavailable(acks, required)));
                             return;
                         }
                     }
@@ -687,13 +687,7 @@ pub async fn read(
                         let answer = match tally.outcome() {
                             Some(Outcome::Done(m)) => Ok(m),
                             Some(Outcome::Unavailable { acks, required }) => {
-                                Err(StoreError::Quorum {
-                                    acks,
-                                    required,
-                                    message: format!(
-                                        "{acks} of {required} replicas answered in time"
-                                    ),
-                                })
+                                Err(read_unavailable(acks, required))
                             }
                             None => Err(StoreError::Internal("a read ended undecided".into())),
                         };
@@ -710,11 +704,9 @@ pub async fn read(
         if let Some(tx) = decided_tx.take() {
             let answer = match tally.outcome() {
                 Some(Outcome::Done(m)) => Ok(m),
-                Some(Outcome::Unavailable { acks, required }) => Err(StoreError::Quorum {
-                    acks,
-                    required,
-                    message: format!("{acks} of {required} replicas answered"),
-                }),
+                Some(Outcome::Unavailable { acks, required }) => {
+                    Err(read_unavailable(acks, required))
+                }
                 None => Err(StoreError::Internal("a read ended undecided".into())),
             };
             let failed = answer.is_err();
