@@ -1,5 +1,9 @@
 //! `dynacore-loadgen`: the benchmark harness (YCSB workloads, open and closed loop,
 //! HdrHistogram latencies, side-by-side runs against Redis-protocol servers).
 //!
-//! Empty today: it is built by its own issue. See the README's status table.
+//! Being built by its issue: so far [`workload`], YCSB's core workloads A–F (operation mixes
+//! and key distributions), sans IO. The drivers, the `loadgen` binary and its reports come
+//! next; see the README's status table.
 #![forbid(unsafe_code)]
+
+pub mod workload;
