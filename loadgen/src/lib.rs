@@ -9,4 +9,5 @@
 
 pub mod recording;
 pub mod resp;
+pub mod run;
 pub mod workload;
