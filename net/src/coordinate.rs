@@ -457,26 +457,16 @@ pub async fn write(
                     tracing::debug!(target = ?targets.get(i), error = %e, "a replica missed a write");
                     tally.fail(i);
                 }
-                // Every target answered.
+                // Every target answered, or the deadline passed.
                 Some(Err(_)) => break,
                 None => {
                     tally.expire();
-                    if let Some(outcome) = tally.outcome() {
-                        if let Some(tx) = decided_tx.take() {
-                            let _ = tx.send(match outcome {
-                                Outcome::Done(_) => Ok(version.clone()),
-                                Outcome::Unavailable { acks, required } => {
-                                    Err(write_unavailable(acks, required))
-                                }
-                            });
-                        }
-                    }
                     break;
                 }
             }
         }
         if let Some(tx) = decided_tx.take() {
-            // Every target answered and the last answer decided it.
+            // Decided by the last answer, or by the deadline.
             let answer = match tally.outcome() {
                 Some(Outcome::Done(_)) => Ok(version.clone()),
                 Some(Outcome::Unavailable { acks, required }) => match refused.clone() {
@@ -680,23 +670,10 @@ pub async fn read(
                     tracing::debug!(replica = ?replicas.get(i), error = %e, "a replica's read failed");
                     tally.fail(i);
                 }
+                // Every replica answered, or the deadline passed.
                 Some(Err(_)) => break,
                 None => {
                     tally.expire();
-                    if let Some(tx) = decided_tx.take() {
-                        let answer = match tally.outcome() {
-                            Some(Outcome::Done(m)) => Ok(m),
-                            Some(Outcome::Unavailable { acks, required }) => {
-                                Err(read_unavailable(acks, required))
-                            }
-                            None => Err(StoreError::Internal("a read ended undecided".into())),
-                        };
-                        let failed = answer.is_err();
-                        let _ = tx.send(answer);
-                        if failed {
-                            return;
-                        }
-                    }
                     break;
                 }
             }
