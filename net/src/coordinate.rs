@@ -241,15 +241,13 @@ async fn read_at(
     };
     let addr = peer.core_addr(Token::of(key));
     let timeout_ms = ms_until(deadline);
-    let body = core
-        .peers()
-        .call_once(
-            addr,
-            &|id| build::replica_read(id, timeout_ms, key),
-            deadline,
-        )
-        .await
-        .map_err(peer_error)?;
+    let body = call_idempotent(
+        core,
+        addr,
+        &|id| build::replica_read(id, timeout_ms, key),
+        deadline,
+    )
+    .await?;
     object_reply(&body)
 }
 
@@ -294,28 +292,44 @@ async fn apply_at(
     };
     let addr = peer.core_addr(Token::of(&copy.key));
     let timeout_ms = ms_until(deadline);
-    let body = core
-        .peers()
-        .call_once(
-            addr,
-            &|id| {
-                build::replica_apply_with(
-                    id,
-                    &build::ReplicaApply {
-                        key: &copy.key,
-                        version: &copy.version,
-                        values: &copy.values,
-                        expected_version: copy.expected.as_deref(),
-                        hint_for: hint_for.map_or(0, |n| n.0),
-                        timeout_ms,
-                    },
-                )
-            },
-            deadline,
-        )
-        .await
-        .map_err(peer_error)?;
+    let body = call_idempotent(
+        core,
+        addr,
+        &|id| {
+            build::replica_apply_with(
+                id,
+                &build::ReplicaApply {
+                    key: &copy.key,
+                    version: &copy.version,
+                    values: &copy.values,
+                    expected_version: copy.expected.as_deref(),
+                    hint_for: hint_for.map_or(0, |n| n.0),
+                    timeout_ms,
+                },
+            )
+        },
+        deadline,
+    )
+    .await?;
     applied_reply(&body)
+}
+
+/// A replica operation (idempotent: a read, or a merge) sent to `addr`, sent once more when
+/// the pooled connection turns out to be broken (the peer restarted since it was opened).
+async fn call_idempotent(
+    core: &Core,
+    addr: std::net::SocketAddr,
+    build: &impl Fn(u64) -> Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, StoreError> {
+    match core.peers().call_once(addr, build, deadline).await {
+        Err(ClientError::Io(_)) => core
+            .peers()
+            .call_once(addr, build, deadline)
+            .await
+            .map_err(peer_error),
+        other => other.map_err(peer_error),
+    }
 }
 
 /// A replica's answer to an apply: its acknowledgement (the merged version only), or its error.
@@ -388,7 +402,10 @@ pub async fn write(
         expected: req.expected,
     });
     let own = cluster.own;
-    let sloppy = core.replication().sloppy_quorum && core.hints().is_some();
+    // A stand-in keeps a hint without checking a condition: conditional writes count real
+    // replicas only.
+    let sloppy =
+        core.replication().sloppy_quorum && core.hints().is_some() && copy.expected.is_none();
     let plan = plan_write(&cluster.ring, token, rf, sloppy, |n| {
         n == own || cluster.is_up(n)
     });
@@ -478,8 +495,12 @@ pub async fn write(
             let _ = tx.send(answer);
         }
         // Replicas that missed the write (down, failed, silent) get hints; a replica that
-        // refused a conditional write does not.
+        // refused a conditional write does not, and a conditional write that was refused
+        // (answered 412) leaves none at all.
         let Some(hints) = core2.hints() else { return };
+        if refused.is_some() && !matches!(tally.outcome(), Some(Outcome::Done(_))) {
+            return;
+        }
         let refused_nodes: Vec<NodeId> = refusers
             .iter()
             .filter_map(|&i| targets.get(i))
@@ -514,14 +535,25 @@ async fn forward(
     deadline: Instant,
 ) -> Result<Vec<u8>, StoreError> {
     let token = Token::of(&req.key);
-    let w_field = Some(fb::Quorum::new(fb::QuorumKind::Count, w));
+    // The quorum as the client asked (the receiver resolves it against its own view of RF).
+    let w_field = match req.w {
+        Quorum::Default => None,
+        Quorum::Quorum => Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
+        Quorum::All => Some(fb::Quorum::new(fb::QuorumKind::All, 0)),
+        Quorum::Count(_) => Some(fb::Quorum::new(fb::QuorumKind::Count, w)),
+    };
     let mut last = None;
     for &node in replicas.iter().filter(|&&n| cluster.is_up(n)) {
         let Some(peer) = cluster.nodes.get(&node) else {
             continue;
         };
         core.metrics().passed_on();
-        let timeout_ms = ms_until(deadline);
+        // A little less than ours, so that the receiver's answer (with its ack counts) comes
+        // back before we give up.
+        let timeout_ms = {
+            let ms = ms_until(deadline);
+            (ms - (ms / 10).min(100)).max(1)
+        };
         let build = |id| match &req.value {
             Some(value) => build::put(
                 id,
@@ -772,6 +804,13 @@ pub async fn store_hint(
     object
         .check()
         .map_err(|e| StoreError::BadRequest(format!("bad object: {e}")))?;
+    check_key(key)?;
+    let cluster = core.cluster();
+    if target == cluster.own || !cluster.nodes.contains_key(&target) {
+        return Err(StoreError::BadRequest(format!(
+            "a hint for node {target}, which is this node or not in the ring"
+        )));
+    }
     match core.hints() {
         Some(hints) => hints.store(target, key, object).await,
         None => Err(StoreError::Unavailable(

@@ -267,8 +267,8 @@ impl HintStore {
         self.counters.get()
     }
 
-    /// Every hint for one of `targets` (at most `limit`), oldest sequence first within what
-    /// one pass reads; hints too old or undecodable are dropped on the way.
+    /// Hints for one of `targets` (at most `limit`), in the shard's order (hashed, not by
+    /// age); hints too old (for any target) or undecodable are dropped on the way.
     ///
     /// # Errors
     /// The engine's error when reading fails.
@@ -285,10 +285,23 @@ impl HintStore {
             let Some((target, _)) = split_hint_key(&r.key) else {
                 continue;
             };
+            let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64;
+            // Too old for any target (one that never comes back too): dropped.
+            let created = r
+                .value
+                .as_deref()
+                .and_then(|v| v.get(..8))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            if created.is_some_and(|c| c < oldest) {
+                self.shard.delete(&r.key).await?;
+                self.forget(target, bytes);
+                self.count(|c| c.dropped += 1);
+                continue;
+            }
             if !targets.contains(&target) {
                 continue;
             }
-            let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64;
             let mut hint_key = [0u8; 16];
             hint_key.copy_from_slice(&r.key);
             let decoded = r.value.as_deref().and_then(decode).and_then(
@@ -349,6 +362,7 @@ impl HintStore {
 #[derive(Debug)]
 pub struct Pacer {
     per_window: u32,
+    window: Duration,
     used: u32,
     window_start: Instant,
 }
@@ -361,7 +375,18 @@ impl Pacer {
     #[must_use]
     pub fn new(per_second: u32) -> Pacer {
         Pacer {
-            per_window: (per_second / 10).max(1),
+            // Tenths of a second at rates of 10/s and more; below that, whole seconds
+            // (`new` makes the window match).
+            per_window: if per_second >= 10 {
+                per_second / 10
+            } else {
+                per_second.max(1)
+            },
+            window: if per_second >= 10 {
+                WINDOW
+            } else {
+                Duration::from_secs(1)
+            },
             used: 0,
             window_start: Instant::now(),
         }
@@ -369,12 +394,12 @@ impl Pacer {
 
     /// Waits until one more is allowed.
     pub async fn wait(&mut self) {
-        if self.window_start.elapsed() >= WINDOW {
+        if self.window_start.elapsed() >= self.window {
             self.window_start = Instant::now();
             self.used = 0;
         }
         if self.used >= self.per_window {
-            let left = WINDOW.saturating_sub(self.window_start.elapsed());
+            let left = self.window.saturating_sub(self.window_start.elapsed());
             runtime::sleep(left).await;
             self.window_start = Instant::now();
             self.used = 0;
