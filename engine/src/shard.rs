@@ -685,7 +685,8 @@ impl Shard {
     /// A replica's apply: merges `incoming` (a coordinator's result, a read repair, an
     /// anti-entropy transfer) with the local object, so that replicas converge whatever order
     /// writes arrive in. Writes only if the merge changed something. With `expected`, applies
-    /// only if the local context holds nothing that `expected` does not.
+    /// only if the local context holds nothing that `expected` does not, or nothing that
+    /// `incoming` does not (the copy already has the write).
     ///
     /// # Errors
     /// [`Error::ConditionFailed`]; [`Error::Version`] for an invalid incoming object;
@@ -701,7 +702,14 @@ impl Shard {
         incoming.check()?;
         let _held = self.inner.key_locks.lock(key).await;
         let local = self.read_object(key).await?;
-        check_expected(local.as_ref(), expected)?;
+        // A copy that already holds the incoming write (it came by read repair or a hint
+        // first) has nothing the write did not see either: the merge below is a no-op.
+        let already_has_it = local
+            .as_ref()
+            .is_some_and(|l| incoming.join().descends(&l.join()));
+        if !already_has_it {
+            check_expected(local.as_ref(), expected)?;
+        }
         if let Some(newest) = incoming.values().map(|s| s.hlc).max() {
             self.inner.hlc.observe(newest)?;
         }

@@ -360,6 +360,36 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_already_holds_a_conditional_write_accepts_it() {
+        with_store(|store, _| async move {
+            let v1 = store.put(b"k", b"one", None, None).await.expect("put");
+            let v1 = decode_version(&v1).expect("version");
+            // The coordinator's conditional write on v1, as it reaches this replica...
+            let write = store
+                .coordinate(b"k", Some(b"two"), None, Some(&v1), None)
+                .await
+                .expect("conditional write");
+            // ...after read repair already brought it here: not a conflict, a no-op.
+            let merged = store
+                .apply_replica(b"k", &write, Some(&v1))
+                .await
+                .expect("already held");
+            assert!(merged.equal(&write));
+            // A write the copy has not seen, on a stale version, is still refused.
+            let other = store
+                .coordinate(b"k", Some(b"three"), None, None, None)
+                .await
+                .expect("blind write");
+            assert!(matches!(
+                store.apply_replica(b"k", &write, Some(&v1)).await,
+                Err(StoreError::ConditionFailed { .. })
+            ));
+            assert!(store.get(b"k").await.expect("get").is_some());
+            drop(other);
+        });
+    }
+
+    #[test]
     fn ttl_expires_exactly_and_limits_are_typed() {
         with_store(|store, wall| async move {
             store.put(b"t", b"soon", Some(5), None).await.expect("put");
