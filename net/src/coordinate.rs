@@ -668,14 +668,15 @@ pub async fn read(
         let mut repaired: Vec<NodeId> = Vec::new();
         let mut merged_at_answer: Option<Object> = None;
         loop {
-            if decided_tx.is_some() {
-                // A failure is told once nothing more can come, so that it says how many
-                // answered.
-                let outcome = tally
+            // A failure is told once nothing more can come, so that it says how many
+            // answered.
+            let outcome = decided_tx.as_ref().and_then(|_| {
+                tally
                     .outcome()
-                    .filter(|o| matches!(o, Outcome::Done(_)) || tally.pending() == 0);
-                if let Some(outcome) = outcome {
-                    let tx = decided_tx.take().expect("checked");
+                    .filter(|o| matches!(o, Outcome::Done(_)) || tally.pending() == 0)
+            });
+            if let Some(outcome) = outcome {
+                if let Some(tx) = decided_tx.take() {
                     match outcome {
                         Outcome::Done(merged) => {
                             if mode == ReadRepair::Blocking {
