@@ -1,13 +1,14 @@
-//! `dynacore-loadgen`: the benchmark harness (YCSB workloads, open and closed loop,
-//! HdrHistogram latencies, side-by-side runs against Redis-protocol servers).
-//!
-//! Being built by its issue: so far [`workload`], YCSB's core workloads A–F (operation mixes
-//! and key distributions), [`recording`], latencies without coordinated omission, and
-//! [`resp`], the Redis protocol's commands and replies, all sans IO. The drivers, the `loadgen` binary and its reports come
-//! next; see the README's status table.
+//! `dynacore-loadgen`: the benchmark harness — YCSB's core workloads A–F ([`workload`]),
+//! latencies without coordinated omission ([`recording`]), drivers for Dynacore's binary
+//! protocol and HTTP API and for Redis-protocol servers ([`driver`], [`resp`]), the runner of
+//! load and run phases in closed or open loop ([`run`]), and reports: tables, JSON, `.hgrm`
+//! and side-by-side comparisons ([`report`]) and plots ([`plot`]).
 #![forbid(unsafe_code)]
 
+pub mod driver;
+pub mod plot;
 pub mod recording;
+pub mod report;
 pub mod resp;
 pub mod run;
 pub mod workload;

@@ -1,21 +1,27 @@
-//! `loadgen`: runs a YCSB workload against Dynacore and prints latency and throughput per
-//! operation. So far the `native` driver (the Rust SDK, token- and shard-aware); see the
-//! README's status table for what is still to come.
+//! `loadgen`: runs a YCSB workload against Dynacore (its binary protocol through the SDK, or
+//! its HTTP API) or any Redis-protocol server, and reports latency and throughput per
+//! operation: a table, `--json`, `--hdr` percentile distributions and a `--plot`.
 //!
 //! ```sh
 //! loadgen --target 127.0.0.1:7400 --workload a --records 100000 --load --run --duration 30s
-//! loadgen --target 127.0.0.1:7400 --workload c --records 100000 --run --rate 20000 --json c.json
+//! loadgen --target 127.0.0.1:7400 --workload c --run --rate 20000 --json c.json --plot c.svg
+//! loadgen --driver resp --target 127.0.0.1:6379 --workload a --load --run --json redis.json
+//! loadgen --compare c.json redis.json
 //! ```
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use dynacore_loadgen::driver::DriverKind;
 use dynacore_loadgen::recording::Latencies;
-use dynacore_loadgen::run::{run, PhaseReport, RunConfig};
-use dynacore_loadgen::workload::{Distribution, OpKind, Workload};
+use dynacore_loadgen::report::{compare, hgrm, op_name, phase_json, phase_table};
+use dynacore_loadgen::run::{run, Live, Phase, RunConfig};
+use dynacore_loadgen::workload::{Distribution, Workload};
 use dynacore_net::client::Quorum;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,10 +29,13 @@ use dynacore_net::client::Quorum;
     about = "Dynacore's benchmark harness (YCSB workloads)"
 )]
 struct Args {
-    /// Nodes to connect through, comma-separated (host:port of their binary protocol).
+    /// Where to send requests, comma-separated ip:port: Dynacore's binary protocol (native),
+    /// its HTTP API (http, e.g. 127.0.0.1:8400) or Redis-protocol servers (resp, e.g.
+    /// 127.0.0.1:6379).
     #[arg(long, default_value = "127.0.0.1:7400")]
     target: String,
-    /// How requests are sent: native (the Rust SDK).
+    /// How requests are sent: native (Dynacore's Rust SDK, token- and shard-aware), http
+    /// (Dynacore's HTTP API) or resp (GET/SET of the Redis protocol).
     #[arg(long, default_value = "native")]
     driver: String,
     /// YCSB workload: a, b, c, d, e or f.
@@ -50,13 +59,16 @@ struct Args {
     /// Prefix of every key.
     #[arg(long, default_value = "user")]
     key_prefix: String,
-    /// Requests in flight at once per thread in the closed loop (and in the load phase).
+    /// Connections per thread (native: requests in flight on the thread's SDK client).
     #[arg(long, default_value_t = 16)]
     connections: usize,
-    /// Client threads (one executor and SDK client each).
+    /// Requests written at once on a connection before their answers are read.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Client threads (one executor and set of connections each).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Pin thread i to CPU i.
+    /// Pin thread i to the i-th CPU this process may use (core_affinity).
     #[arg(long)]
     pin: bool,
     /// Open loop at this many operations a second in total (latency from each request's due
@@ -86,7 +98,21 @@ struct Args {
     timeout: String,
     /// Write every figure and the configuration as JSON to this file.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
+    /// Write the run phase's percentile distribution (HdrHistogram .hgrm text, ms) to this
+    /// file, all operations together, and each operation's beside it (FILE.read.hgrm, …).
+    #[arg(long)]
+    hdr: Option<PathBuf>,
+    /// Draw the run phase's latency percentiles over time and its percentile spectrum to
+    /// this .svg or .png file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print two --json reports side by side with ratios (B/A), and run nothing.
+    #[arg(long, num_args = 2, value_names = ["A.json", "B.json"])]
+    compare: Option<Vec<PathBuf>>,
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn duration(name: &str, s: &str) -> Result<Duration, String> {
@@ -120,12 +146,7 @@ fn quorum(name: &str, s: &str) -> Result<Quorum, String> {
 }
 
 fn config(a: &Args) -> Result<RunConfig, String> {
-    if a.driver != "native" {
-        return Err(format!(
-            "--driver {}: this build has the native driver only",
-            a.driver
-        ));
-    }
+    let driver: DriverKind = a.driver.parse()?;
     let targets = a
         .target
         .split(',')
@@ -153,8 +174,15 @@ fn config(a: &Args) -> Result<RunConfig, String> {
     if a.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number".into());
     }
+    if driver == DriverKind::Resp && (a.w != "default" || a.r != "default") {
+        return Err("--w and --r are Dynacore's quorums: the resp driver has none".into());
+    }
+    if a.pipeline == 0 || a.pipeline > 4096 {
+        return Err("--pipeline must be 1 to 4096".into());
+    }
     Ok(RunConfig {
         targets,
+        driver,
         workload: a.workload.parse()?,
         distribution,
         records: a.records,
@@ -163,6 +191,7 @@ fn config(a: &Args) -> Result<RunConfig, String> {
         value_size: a.value_size,
         key_prefix: a.key_prefix.clone(),
         connections: a.connections.max(1),
+        pipeline: a.pipeline,
         threads: a.threads.max(1),
         pin: a.pin,
         rate: a.rate,
@@ -176,82 +205,109 @@ fn config(a: &Args) -> Result<RunConfig, String> {
     })
 }
 
-fn name(op: OpKind) -> &'static str {
-    match op {
-        OpKind::Read => "read",
-        OpKind::Update => "update",
-        OpKind::Insert => "insert",
-        OpKind::Scan => "scan",
-        OpKind::ReadModifyWrite => "read-modify-write",
+/// The progress bar's line: phase, completions, the last interval's rate and p99.
+fn progress(
+    live: &Live,
+    bar: &ProgressBar,
+    config: &RunConfig,
+    last: &mut (u64, std::time::Instant),
+) {
+    let (done, errors) = live.done();
+    let now = std::time::Instant::now();
+    let interval = live.take_interval();
+    if done < last.0 {
+        *last = (0, last.1);
     }
-}
-
-fn us(l: &Latencies, q: f64) -> u128 {
-    l.quantile(q).as_micros()
-}
-
-fn print_phase(title: &str, p: &PhaseReport) {
-    println!("{title} ({:.1} s):", p.elapsed.as_secs_f64());
-    println!(
-        "  {:<18} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9}  errors",
-        "operation", "count", "ops/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
-    );
-    for (op, l) in &p.ops {
-        let secs = p.elapsed.as_secs_f64().max(1e-9);
-        let errors: Vec<String> = l.errors().iter().map(|(k, n)| format!("{k}={n}")).collect();
-        println!(
-            "  {:<18} {:>10} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>9}  {}",
-            name(*op),
-            l.count(),
-            l.count() as f64 / secs,
-            us(l, 0.5),
-            us(l, 0.9),
-            us(l, 0.99),
-            us(l, 0.999),
-            l.histogram().max(),
-            if errors.is_empty() {
-                "-".to_owned()
-            } else {
-                errors.join(" ")
+    let rate = (done - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-3);
+    *last = (done, now);
+    let p99 = if interval.is_empty() {
+        "-".to_owned()
+    } else {
+        format!("{:.2} ms", interval.value_at_quantile(0.99) as f64 / 1000.0)
+    };
+    match live.phase() {
+        Phase::Starting => {}
+        Phase::Load => {
+            bar.set_length(config.records);
+            bar.set_position(done);
+            bar.set_prefix("load");
+        }
+        Phase::Run => {
+            bar.set_prefix("run ");
+            match config.operations {
+                Some(n) => {
+                    bar.set_length(n);
+                    bar.set_position(done);
+                }
+                None => {
+                    let total = config.warmup + config.duration;
+                    let elapsed = live.run_started().map_or(Duration::ZERO, |s| s.elapsed());
+                    bar.set_length(total.as_millis() as u64);
+                    bar.set_position(elapsed.min(total).as_millis() as u64);
+                }
             }
-        );
+        }
     }
-    if p.not_found > 0 {
-        println!("  reads of absent keys: {}", p.not_found);
-    }
+    bar.set_message(format!(
+        "{done} done, {rate:.0} ops/s, p99 {p99}, {errors} errors"
+    ));
 }
 
-fn phase_json(p: &PhaseReport) -> serde_json::Value {
-    let ops: serde_json::Map<String, serde_json::Value> = p
-        .ops
-        .iter()
-        .map(|(op, l)| {
-            let secs = p.elapsed.as_secs_f64().max(1e-9);
-            (
-                name(*op).to_owned(),
-                serde_json::json!({
-                    "count": l.count(),
-                    "ops_per_s": l.count() as f64 / secs,
-                    "p50_us": us(l, 0.5),
-                    "p90_us": us(l, 0.9),
-                    "p99_us": us(l, 0.99),
-                    "p999_us": us(l, 0.999),
-                    "max_us": l.histogram().max(),
-                    "errors": l.errors(),
-                }),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "elapsed_s": p.elapsed.as_secs_f64(),
-        "not_found": p.not_found,
-        "skipped": p.skipped,
-        "operations": ops,
-    })
+fn write_hdr(
+    path: &Path,
+    run: &dynacore_loadgen::run::PhaseReport,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut all = Latencies::new();
+    for l in run.ops.values() {
+        all.merge(l);
+    }
+    std::fs::write(path, hgrm(all.histogram()))?;
+    let mut written = vec![path.to_path_buf()];
+    for (op, l) in &run.ops {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}.hgrm", op_name(*op)));
+        let p = PathBuf::from(name);
+        std::fs::write(&p, hgrm(l.histogram()))?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+fn compare_files(paths: &[PathBuf]) -> ExitCode {
+    let read = |p: &PathBuf| -> Result<serde_json::Value, String> {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", p.display()))
+    };
+    let (a, b) = match (read(&paths[0]), read(&paths[1])) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match compare(
+        &a,
+        &b,
+        &paths[0].display().to_string(),
+        &paths[1].display().to_string(),
+    ) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(paths) = &args.compare {
+        return compare_files(paths);
+    }
     let config = match config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -261,10 +317,25 @@ fn main() -> ExitCode {
     };
     if config.run && config.workload == Workload::E {
         eprintln!(
-            "loadgen: workload E's scans (95 %) are skipped: the native driver cannot scan; its inserts run"
+            "loadgen: workload E's scans (95 %) are skipped: the {} driver cannot scan; its inserts run",
+            config.driver.name()
         );
     }
-    let (load, ran) = match run(&config) {
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last = (0, std::time::Instant::now());
+    let outcome = run(&config, &mut |live| {
+        progress(live, &bar, &config, &mut last);
+    });
+    bar.finish_and_clear();
+    let (load, ran) = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -274,50 +345,99 @@ fn main() -> ExitCode {
     let mode = match config.rate {
         Some(r) => format!("open loop at {r} ops/s (latency from each request's due time)"),
         None => format!(
-            "closed loop, {} in flight per thread (latency from each send)",
+            "closed loop, {} connections per thread (latency from each send)",
             config.connections
         ),
     };
     println!(
-        "workload {:?}, {} records, {} B values, {} thread(s), {mode}",
-        config.workload, config.records, config.value_size, config.threads
+        "{} driver, workload {:?}, {} records, {} B values, {} thread(s), pipeline {}, {mode}",
+        config.driver.name(),
+        config.workload,
+        config.records,
+        config.value_size,
+        config.threads,
+        config.pipeline
     );
     if let Some(l) = &load {
-        print_phase("load", l);
+        print!("{}", phase_table("load", l));
     }
     if let Some(r) = &ran {
-        print_phase("run", r);
-        if r.skipped > 0 {
-            println!("  scans skipped: {}", r.skipped);
-        }
+        print!("{}", phase_table("run", r));
     }
+    let mut failed = false;
     if let Some(path) = &args.json {
         let out = serde_json::json!({
             "config": {
-                "targets": config.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "driver": args.driver,
+                "targets": config.targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                "driver": config.driver.name(),
                 "workload": format!("{:?}", config.workload),
+                "distribution": config.distribution.map(|d| format!("{d:?}")),
                 "records": config.records,
                 "operations": config.operations,
                 "duration_s": config.duration.as_secs_f64(),
                 "value_size": config.value_size,
+                "key_prefix": config.key_prefix,
                 "connections": config.connections,
+                "pipeline": config.pipeline,
                 "threads": config.threads,
+                "pin": config.pin,
                 "rate": config.rate,
                 "w": args.w,
                 "r": args.r,
                 "seed": config.seed,
                 "warmup_s": config.warmup.as_secs_f64(),
+                "timeout_s": config.timeout.as_secs_f64(),
             },
             "load": load.as_ref().map(phase_json),
             "run": ran.as_ref().map(phase_json),
         });
-        if let Err(e) = std::fs::write(path, out.to_string()) {
+        if let Err(e) = std::fs::write(path, format!("{out:#}\n")) {
             eprintln!("loadgen: cannot write {}: {e}", path.display());
-            return ExitCode::from(2);
+            failed = true;
         }
     }
-    ExitCode::SUCCESS
+    if let (Some(path), Some(r)) = (&args.hdr, &ran) {
+        match write_hdr(path, r) {
+            Ok(files) => println!(
+                "percentile distributions: {}",
+                files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => {
+                eprintln!("loadgen: cannot write {}: {e}", path.display());
+                failed = true;
+            }
+        }
+    }
+    if let (Some(path), Some(r)) = (&args.plot, &ran) {
+        let title = format!(
+            "{} driver, workload {:?}, {}",
+            config.driver.name(),
+            config.workload,
+            match config.rate {
+                Some(rate) => format!("open loop at {rate} ops/s"),
+                None => format!(
+                    "closed loop, {} connections",
+                    config.connections * config.threads
+                ),
+            }
+        );
+        match dynacore_loadgen::plot::plot(path, &title, r) {
+            Ok(()) => println!("plot: {}", path.display()),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 #[cfg(test)]

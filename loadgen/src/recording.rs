@@ -88,16 +88,22 @@ impl Latencies {
         }
     }
 
+    /// A request answered at `done`, measured from `start`: when it was due in the open
+    /// loop, when it was sent in the closed loop. Returns the microseconds recorded.
+    pub fn record(&mut self, start: Instant, done: Instant) -> u64 {
+        let us = micros(done.saturating_duration_since(start));
+        self.hist.saturating_record(us);
+        us
+    }
+
     /// An open-loop request, due at `due`, answered at `done`.
     pub fn record_open(&mut self, due: Instant, done: Instant) {
-        self.hist
-            .saturating_record(micros(done.saturating_duration_since(due)));
+        self.record(due, done);
     }
 
     /// A closed-loop request, sent at `sent`, answered at `done`.
     pub fn record_closed(&mut self, sent: Instant, done: Instant) {
-        self.hist
-            .saturating_record(micros(done.saturating_duration_since(sent)));
+        self.record(sent, done);
     }
 
     /// A request that failed, by kind (`timeout`, `unavailable`, …).

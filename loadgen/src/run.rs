@@ -1,26 +1,38 @@
-//! Running a workload against Dynacore through the Rust SDK (the `native` driver): a load
-//! phase that inserts the records, and a run phase of the workload's operations, closed loop
-//! (each connection's next request after the previous answer) or open loop (on a schedule,
-//! latency from the due time). Each thread runs one executor with its own client and
-//! connections; their figures are merged at the end.
+//! Running a workload: a load phase that inserts the records, and a run phase of the
+//! workload's operations, closed loop (each connection's next batch after the previous one
+//! answered) or open loop (on a schedule, latency from the due time).
+//!
+//! Each thread runs one executor with its own connections ([`crate::driver`]); a thread's
+//! connections are its workers. In the open loop a scheduler queues each operation at its due
+//! time and the workers take them from the queue, so a server that falls behind makes the
+//! queue, and the measured latencies, grow — nothing is left unsent and unmeasured. Figures
+//! are merged across threads at the end; [`Live`] shows them while the run goes on.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynacore_engine::runtime;
-use dynacore_net::client::{Client, ClientError, ClientOptions, Quorum, ReadRepair, WriteOptions};
+use dynacore_net::client::{Client, ClientOptions, Quorum};
+use hdrhistogram::Histogram;
 
+use crate::driver::{Conn, Done, DriverKind, Protocol, Settings, Wire};
 use crate::recording::{Latencies, Schedule};
-use crate::workload::{key_name, Distribution, Generator, OpKind, Workload};
+use crate::workload::{Distribution, Generator, OpKind, Operation, Workload};
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// Nodes to connect through (the topology is fetched from the first that answers).
+    /// Where to send requests: nodes of Dynacore's binary protocol (native; the topology is
+    /// fetched from the first that answers), HTTP API addresses (http) or Redis-protocol
+    /// servers (resp). Connections are spread over them.
     pub targets: Vec<SocketAddr>,
+    /// How requests are sent.
+    pub driver: DriverKind,
     /// The workload.
     pub workload: Workload,
     /// Its distribution, when not the workload's own.
@@ -35,11 +47,13 @@ pub struct RunConfig {
     pub value_size: usize,
     /// Prefix of every key.
     pub key_prefix: String,
-    /// Requests in flight at once per thread in the closed loop (one SDK client per thread).
+    /// Connections per thread (native: requests in flight on the thread's SDK client).
     pub connections: usize,
+    /// Operations sent at once on a connection before reading their answers.
+    pub pipeline: usize,
     /// Executors (threads).
     pub threads: usize,
-    /// Pin thread `i` to CPU `i`.
+    /// Pin thread `i` to the `i`-th CPU this process may run on.
     pub pin: bool,
     /// Open loop at this many operations a second (all threads together); `None`: closed.
     pub rate: Option<f64>,
@@ -55,7 +69,7 @@ pub struct RunConfig {
     pub seed: u64,
     /// Time at the start of the run phase whose figures are dropped.
     pub warmup: Duration,
-    /// Deadline of each request.
+    /// Deadline of each request (a batch, when pipelined).
     pub timeout: Duration,
 }
 
@@ -70,6 +84,8 @@ pub struct PhaseReport {
     pub skipped: u64,
     /// How long the phase took (after the warm-up).
     pub elapsed: Duration,
+    /// Latencies of every operation that succeeded, per second of the phase (microseconds).
+    pub timeline: Vec<Histogram<u64>>,
 }
 
 impl PhaseReport {
@@ -80,21 +96,40 @@ impl PhaseReport {
         self.not_found += other.not_found;
         self.skipped += other.skipped;
         self.elapsed = self.elapsed.max(other.elapsed);
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline
+                .resize_with(other.timeline.len(), new_histogram);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = mine.add(theirs);
+        }
+    }
+
+    /// Notes one operation's outcome; `start` is when it was due (open loop) or sent.
+    fn note(&mut self, kind: OpKind, done: &Done, start: Instant, end: Instant, epoch: Instant) {
+        let l = self.ops.entry(kind).or_default();
+        match done {
+            Done::Ok | Done::NotFound => {
+                let micros = l.record(start, end);
+                let second = end.saturating_duration_since(epoch).as_secs();
+                let second = usize::try_from(second).unwrap_or(usize::MAX).min(1 << 20);
+                if self.timeline.len() <= second {
+                    self.timeline.resize_with(second + 1, new_histogram);
+                }
+                self.timeline[second].saturating_record(micros);
+            }
+            Done::Skipped => self.skipped += 1,
+            Done::Failed(kind) => l.error(kind),
+        }
+        if *done == Done::NotFound {
+            self.not_found += 1;
+        }
     }
 }
 
-/// The kind of a failed request, as reports count it.
-#[must_use]
-pub fn error_kind(e: &ClientError) -> String {
-    match e {
-        ClientError::Connect { .. } => "connect".into(),
-        ClientError::Io(_) => "connection".into(),
-        ClientError::Timeout => "timeout".into(),
-        ClientError::InvalidArgument(_) => "invalid_argument".into(),
-        ClientError::ConditionFailed { .. } => "condition_failed".into(),
-        ClientError::Server { code, .. } => format!("{code:?}").to_lowercase(),
-        ClientError::Protocol(_) => "protocol".into(),
-    }
+fn new_histogram() -> Histogram<u64> {
+    Latencies::new().histogram().clone()
 }
 
 /// Why a run could not start.
@@ -109,13 +144,127 @@ impl std::fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// The load phase's report, then the run phase's.
+/// Which phase a run is in, as [`Live::phase`] tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting.
+    Starting,
+    /// Inserting the records.
+    Load,
+    /// Running the workload.
+    Run,
+}
+
+/// Figures all threads update while a run goes on, for a progress display.
+#[derive(Debug)]
+pub struct Live {
+    phase: AtomicU8,
+    done: AtomicU64,
+    errors: AtomicU64,
+    interval: Mutex<Histogram<u64>>,
+    run_started: Mutex<Option<Instant>>,
+    finished: AtomicUsize,
+}
+
+impl Live {
+    fn new() -> Live {
+        Live {
+            phase: AtomicU8::new(0),
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            interval: Mutex::new(new_histogram()),
+            run_started: Mutex::new(None),
+            finished: AtomicUsize::new(0),
+        }
+    }
+
+    /// The phase the first thread is in.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Load,
+            _ => Phase::Run,
+        }
+    }
+
+    /// Operations completed in this phase, and how many of them failed.
+    pub fn done(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// When the run phase started, once it has.
+    pub fn run_started(&self) -> Option<Instant> {
+        *self
+            .run_started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The latencies recorded since the last call (microseconds), and a fresh start.
+    pub fn take_interval(&self) -> Histogram<u64> {
+        let mut h = self
+            .interval
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = h.clone();
+        h.reset();
+        out
+    }
+
+    fn enter(&self, phase: Phase) {
+        let n = match phase {
+            Phase::Starting => 0,
+            Phase::Load => 1,
+            Phase::Run => 2,
+        };
+        if self.phase.fetch_max(n, Ordering::Relaxed) < n {
+            self.done.store(0, Ordering::Relaxed);
+            self.errors.store(0, Ordering::Relaxed);
+            if phase == Phase::Run {
+                *self
+                    .run_started
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            }
+        }
+    }
+
+    fn note(&self, done: &Done, micros: u64) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        match done {
+            Done::Failed(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Done::Skipped => {}
+            Done::Ok | Done::NotFound => {
+                self.interval
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .saturating_record(micros);
+            }
+        }
+    }
+}
+
+/// The load phase's report, then the run phase's; `tick` is called about four times a
+/// second with the live figures until the run ends.
 ///
 /// # Errors
 /// [`RunError`] when no target answers, or an executor cannot start.
-pub fn run(config: &RunConfig) -> Result<(Option<PhaseReport>, Option<PhaseReport>), RunError> {
+pub fn run(
+    config: &RunConfig,
+    tick: &mut dyn FnMut(&Live),
+) -> Result<(Option<PhaseReport>, Option<PhaseReport>), RunError> {
     let threads = config.threads.max(1);
-    let cpus = runtime::online_cpus().unwrap_or_default();
+    let cores = if config.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let live = Arc::new(Live::new());
     let mut handles = Vec::with_capacity(threads);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let (go_tx, go_rx) = flume::bounded::<bool>(threads);
@@ -123,10 +272,18 @@ pub fn run(config: &RunConfig) -> Result<(Option<PhaseReport>, Option<PhaseRepor
         let config = config.clone();
         let ready_tx = ready_tx.clone();
         let go = go_rx.clone();
-        let cpu = config.pin.then(|| cpus.get(t).copied()).flatten();
+        let core = (!cores.is_empty()).then(|| cores[t % cores.len()]);
+        let live = live.clone();
         let handle =
-            runtime::spawn_executor(&format!("loadgen-{t}"), cpu, 4 << 20, move || async move {
-                thread_main(t, threads, &config, &ready_tx, &go).await
+            runtime::spawn_executor(&format!("loadgen-{t}"), None, 4 << 20, move || async move {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        eprintln!("loadgen: thread {t} could not be pinned to CPU {}", core.id);
+                    }
+                }
+                let out = thread_main(t, threads, &config, &ready_tx, &go, &live).await;
+                live.finished.fetch_add(1, Ordering::Relaxed);
+                out
             })
             .map_err(|e| RunError(format!("cannot start thread {t}: {e}")))?;
         handles.push(handle);
@@ -143,6 +300,12 @@ pub fn run(config: &RunConfig) -> Result<(Option<PhaseReport>, Option<PhaseRepor
     // Every thread connected (or one failed): all start together, or all stop.
     for _ in 0..threads {
         let _ = go_tx.send(failure.is_none());
+    }
+    if failure.is_none() {
+        while live.finished.load(Ordering::Relaxed) < threads {
+            std::thread::sleep(Duration::from_millis(250));
+            tick(&live);
+        }
     }
     let mut load = PhaseReport::default();
     let mut run = PhaseReport::default();
@@ -162,29 +325,56 @@ pub fn run(config: &RunConfig) -> Result<(Option<PhaseReport>, Option<PhaseRepor
     Ok((config.load.then_some(load), config.run.then_some(run)))
 }
 
+fn targets_text(targets: &[SocketAddr]) -> String {
+    targets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// This thread's connections, each checked open (so that an unreachable target fails the
+/// run before it starts).
+async fn connect(t: usize, config: &RunConfig) -> Result<Vec<Conn>, String> {
+    let n = config.connections.max(1);
+    let protocol = match config.driver {
+        DriverKind::Native => {
+            let options = ClientOptions {
+                timeout: config.timeout,
+                ..ClientOptions::default()
+            };
+            let client = Client::connect_with(&config.targets, options)
+                .await
+                .map_err(|e| format!("cannot reach {}: {e}", targets_text(&config.targets)))?;
+            return Ok((0..n).map(|_| Conn::Native(client.clone())).collect());
+        }
+        DriverKind::Http => Protocol::Http,
+        DriverKind::Resp => Protocol::Resp,
+    };
+    let mut conns = Vec::with_capacity(n);
+    for c in 0..n {
+        let addr = config.targets[(t * n + c) % config.targets.len()];
+        let mut wire = Wire::new(protocol, addr);
+        wire.open(config.timeout)
+            .await
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        conns.push(Conn::Wire(wire));
+    }
+    Ok(conns)
+}
+
 async fn thread_main(
     t: usize,
     threads: usize,
     config: &RunConfig,
     ready: &std::sync::mpsc::Sender<Result<(), String>>,
     go: &flume::Receiver<bool>,
+    live: &Arc<Live>,
 ) -> Option<(PhaseReport, PhaseReport)> {
-    let options = ClientOptions {
-        timeout: config.timeout,
-        ..ClientOptions::default()
-    };
-    let client = match Client::connect_with(&config.targets, options).await {
+    let mut conns = match connect(t, config).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(format!(
-                "cannot reach {}: {e}",
-                config
-                    .targets
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )));
+            let _ = ready.send(Err(e));
             return None;
         }
     };
@@ -192,107 +382,117 @@ async fn thread_main(
     if !go.recv_async().await.unwrap_or(false) {
         return None;
     }
-    let value: Rc<Vec<u8>> = Rc::new((0..config.value_size).map(|i| (i % 251) as u8).collect());
-    let load = if config.load {
-        load_phase(t, threads, config, &client, &value).await
-    } else {
-        PhaseReport::default()
-    };
-    let run = if config.run {
-        run_phase(t, threads, config, &client, &value).await
-    } else {
-        PhaseReport::default()
-    };
+    let settings = Rc::new(Settings {
+        key_prefix: config.key_prefix.clone(),
+        value: (0..config.value_size).map(|i| (i % 251) as u8).collect(),
+        w: config.w,
+        r: config.r,
+        timeout: config.timeout,
+    });
+    let mut load = PhaseReport::default();
+    if config.load {
+        live.enter(Phase::Load);
+        (load, conns) = load_phase(t, threads, config, conns, &settings, live).await;
+    }
+    let mut run = PhaseReport::default();
+    if config.run {
+        live.enter(Phase::Run);
+        run = run_phase(t, threads, config, conns, &settings, live).await;
+    }
     Some((load, run))
 }
 
-/// Inserts this thread's share of the records (every `threads`-th), `connections` at once.
+/// Where a phase's outcomes go.
+#[derive(Debug)]
+struct Sink {
+    settings: Rc<Settings>,
+    report: RefCell<PhaseReport>,
+    live: Arc<Live>,
+    /// Operations that started (were due or sent) before this are not counted (warm-up).
+    measured_from: Instant,
+}
+
+impl Sink {
+    fn new(settings: &Rc<Settings>, live: &Arc<Live>, measured_from: Instant) -> Rc<Sink> {
+        Rc::new(Sink {
+            settings: settings.clone(),
+            report: RefCell::new(PhaseReport::default()),
+            live: live.clone(),
+            measured_from,
+        })
+    }
+
+    fn note(&self, kind: OpKind, done: &Done, start: Instant, end: Instant) {
+        self.live.note(
+            done,
+            u64::try_from(end.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX),
+        );
+        if start >= self.measured_from {
+            self.report
+                .borrow_mut()
+                .note(kind, done, start, end, self.measured_from);
+        }
+    }
+
+    /// Runs `ops` on `conn` and notes each outcome, latency from `starts[i]`.
+    async fn run_batch(&self, conn: &mut Conn, ops: &[Operation], starts: &[Instant]) {
+        let mut done = |i: usize, d: Done, end: Instant| self.note(ops[i].kind, &d, starts[i], end);
+        conn.run(ops, &self.settings, &mut done).await;
+    }
+}
+
+/// Waits for the workers and gives their connections back.
+async fn join(workers: Vec<runtime::Task<Conn>>) -> Vec<Conn> {
+    let mut conns = Vec::with_capacity(workers.len());
+    for w in workers {
+        conns.push(w.await);
+    }
+    conns
+}
+
+/// Inserts this thread's share of the records (every `threads`-th), `pipeline` at a time on
+/// each connection.
 async fn load_phase(
     t: usize,
     threads: usize,
     config: &RunConfig,
-    client: &Client,
-    value: &Rc<Vec<u8>>,
-) -> PhaseReport {
-    let report = Rc::new(RefCell::new(PhaseReport::default()));
-    let next = Rc::new(Cell::new(t as u64));
+    conns: Vec<Conn>,
+    settings: &Rc<Settings>,
+    live: &Arc<Live>,
+) -> (PhaseReport, Vec<Conn>) {
     let started = Instant::now();
-    let tasks: Vec<_> = (0..config.connections.max(1))
-        .map(|_| {
-            let (client, value, report, next) =
-                (client.clone(), value.clone(), report.clone(), next.clone());
-            let (prefix, records, w) = (config.key_prefix.clone(), config.records, config.w);
+    let sink = Sink::new(settings, live, started);
+    let next = Rc::new(Cell::new(t as u64));
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (sink, next) = (sink.clone(), next.clone());
+            let (records, pipeline) = (config.records, config.pipeline.max(1));
             runtime::spawn(async move {
+                let mut ops = Vec::with_capacity(pipeline);
                 loop {
-                    let i = next.get();
-                    if i >= records {
-                        return;
+                    ops.clear();
+                    while ops.len() < pipeline && next.get() < records {
+                        ops.push(Operation {
+                            kind: OpKind::Insert,
+                            key: next.get(),
+                            scan_length: 0,
+                        });
+                        next.set(next.get() + threads as u64);
                     }
-                    next.set(i + threads as u64);
-                    let key = key_name(&prefix, i);
-                    let sent = Instant::now();
-                    let r = put(&client, key.as_bytes(), &value, w).await;
-                    let mut rep = report.borrow_mut();
-                    let l = rep.ops.entry(OpKind::Insert).or_default();
-                    match r {
-                        Ok(()) => l.record_closed(sent, Instant::now()),
-                        Err(e) => l.error(&error_kind(&e)),
+                    if ops.is_empty() {
+                        return conn;
                     }
+                    let sent = vec![Instant::now(); ops.len()];
+                    sink.run_batch(&mut conn, &ops, &sent).await;
                 }
             })
         })
         .collect();
-    for task in tasks {
-        task.await;
-    }
-    let mut r = report.take();
+    let conns = join(workers).await;
+    let mut r = sink.report.take();
     r.elapsed = started.elapsed();
-    r
-}
-
-async fn put(client: &Client, key: &[u8], value: &[u8], w: Quorum) -> Result<(), ClientError> {
-    let options = WriteOptions {
-        w: Some(w),
-        ..WriteOptions::default()
-    };
-    client.put_with(key, value, &options).await.map(drop)
-}
-
-/// What one operation did.
-enum Done {
-    Ok,
-    NotFound,
-    Skipped,
-    Failed(String),
-}
-
-async fn execute(
-    client: &Client,
-    config: &RunConfig,
-    value: &[u8],
-    op: crate::workload::Operation,
-) -> Done {
-    let key = key_name(&config.key_prefix, op.key);
-    let key = key.as_bytes();
-    let read = || client.consistent_get(key, config.r, ReadRepair::Default);
-    let outcome = match op.kind {
-        OpKind::Read => match read().await {
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => Ok(false),
-            Err(e) => Err(e),
-        },
-        OpKind::Update | OpKind::Insert => put(client, key, value, config.w).await.map(|()| true),
-        OpKind::ReadModifyWrite => match read().await {
-            Ok(_) => put(client, key, value, config.w).await.map(|()| true),
-            Err(e) => Err(e),
-        },
-        OpKind::Scan => return Done::Skipped,
-    };
-    match outcome {
-        Ok(true) => Done::Ok,
-        Ok(false) => Done::NotFound,
-        Err(e) => Done::Failed(error_kind(&e)),
-    }
+    (r, conns)
 }
 
 /// The workload's operations for this thread: closed or open loop.
@@ -300,128 +500,145 @@ async fn run_phase(
     t: usize,
     threads: usize,
     config: &RunConfig,
-    client: &Client,
-    value: &Rc<Vec<u8>>,
+    conns: Vec<Conn>,
+    settings: &Rc<Settings>,
+    live: &Arc<Live>,
 ) -> PhaseReport {
-    let generator = Rc::new(RefCell::new(Generator::new(
-        config.workload,
-        config.distribution,
-        config.records.max(1),
-        config.seed.wrapping_add(t as u64),
-    )));
-    let report = Rc::new(RefCell::new(PhaseReport::default()));
+    let generator = Rc::new(RefCell::new(
+        Generator::new(
+            config.workload,
+            config.distribution,
+            config.records.max(1),
+            config.seed.wrapping_add(t as u64),
+        )
+        .shared(t as u64, threads as u64),
+    ));
     let budget = config
         .operations
         .map(|n| n / threads as u64 + u64::from((t as u64) < n % threads as u64));
     let started = Instant::now();
-    let measured_from = started + config.warmup;
+    // With a fixed count every operation counts; with a duration, the warm-up's do not.
+    let measured_from = if budget.is_some() {
+        started
+    } else {
+        started + config.warmup
+    };
+    let sink = Sink::new(settings, live, measured_from);
     let until = measured_from + config.duration;
     let issued = Rc::new(Cell::new(0u64));
-    let more = {
-        let issued = issued.clone();
-        move |now: Instant| match budget {
-            Some(b) => issued.get() < b,
-            None => now < until,
-        }
-    };
-    let note = {
-        let report = report.clone();
-        move |kind: OpKind, done: Done, start: Instant, end: Instant, open: bool| {
-            if start < measured_from && budget.is_none() {
-                return;
-            }
-            let mut rep = report.borrow_mut();
-            let l = rep.ops.entry(kind).or_default();
-            match &done {
-                Done::Ok | Done::NotFound => {
-                    if open {
-                        l.record_open(start, end);
-                    } else {
-                        l.record_closed(start, end);
-                    }
-                }
-                Done::Skipped => {}
-                Done::Failed(kind) => l.error(kind),
-            }
-            match done {
-                Done::NotFound => rep.not_found += 1,
-                Done::Skipped => rep.skipped += 1,
-                _ => {}
-            }
-        }
-    };
-    let note = Rc::new(note);
-    let more = Rc::new(more);
+    // How many more operations may be issued now (at most `want`).
+    let claim = Rc::new(move |now: Instant, want: u64| -> u64 {
+        let n = match budget {
+            Some(b) => want.min(b.saturating_sub(issued.get())),
+            None if now < until => want,
+            None => 0,
+        };
+        issued.set(issued.get() + n);
+        n
+    });
+    let pipeline = config.pipeline.max(1);
     match config.rate {
         None => {
-            let tasks: Vec<_> = (0..config.connections.max(1))
-                .map(|_| {
-                    let (client, value, generator, issued, note, more, config) = (
-                        client.clone(),
-                        value.clone(),
-                        generator.clone(),
-                        issued.clone(),
-                        note.clone(),
-                        more.clone(),
-                        config.clone(),
-                    );
+            let workers: Vec<_> = conns
+                .into_iter()
+                .map(|mut conn| {
+                    let (sink, generator, claim) = (sink.clone(), generator.clone(), claim.clone());
                     runtime::spawn(async move {
-                        while more(Instant::now()) {
-                            issued.set(issued.get() + 1);
-                            let op = generator.borrow_mut().next_op();
-                            let sent = Instant::now();
-                            let done = execute(&client, &config, &value, op).await;
-                            note(op.kind, done, sent, Instant::now(), false);
+                        let mut ops = Vec::with_capacity(pipeline);
+                        loop {
+                            let n = claim(Instant::now(), pipeline as u64);
+                            if n == 0 {
+                                return conn;
+                            }
+                            ops.clear();
+                            ops.extend((0..n).map(|_| generator.borrow_mut().next_op()));
+                            let sent = vec![Instant::now(); ops.len()];
+                            sink.run_batch(&mut conn, &ops, &sent).await;
                         }
                     })
                 })
                 .collect();
-            for task in tasks {
-                task.await;
-            }
+            join(workers).await;
         }
         Some(rate) => {
             let schedule = Schedule::new(started, rate / threads as f64);
-            let in_flight = Rc::new(Cell::new(0usize));
-            let mut i = 0u64;
-            loop {
-                let due = schedule.due(i);
-                if !more(due) {
-                    break;
-                }
-                let now = Instant::now();
-                if due > now {
-                    runtime::sleep(due - now).await;
-                }
-                // Bounded memory: past this many in flight the schedule waits (the latency of
-                // what waits still counts from its due time).
-                while in_flight.get() >= 65_536 {
-                    runtime::sleep(Duration::from_millis(1)).await;
-                }
-                i += 1;
-                issued.set(issued.get() + 1);
-                let op = generator.borrow_mut().next_op();
-                let (client, value, note, config, in_flight) = (
-                    client.clone(),
-                    value.clone(),
-                    note.clone(),
-                    config.clone(),
-                    in_flight.clone(),
-                );
-                in_flight.set(in_flight.get() + 1);
-                runtime::spawn_detached(async move {
-                    let done = execute(&client, &config, &value, op).await;
-                    note(op.kind, done, due, Instant::now(), true);
-                    in_flight.set(in_flight.get() - 1);
-                });
-            }
-            let give_up = Instant::now() + config.timeout + Duration::from_secs(1);
-            while in_flight.get() > 0 && Instant::now() < give_up {
-                runtime::sleep(Duration::from_millis(1)).await;
-            }
+            open_loop(&schedule, conns, &sink, &generator, &*claim, pipeline).await;
         }
     }
-    let mut r = report.take();
+    let mut r = sink.report.take();
     r.elapsed = started.elapsed().saturating_sub(config.warmup);
+    if budget.is_some() {
+        r.elapsed = started.elapsed();
+    }
     r
+}
+
+/// Past this many operations queued, the scheduler waits for the workers (the latency of
+/// what waits still counts from its due time).
+const QUEUED_MAX: usize = 1 << 20;
+
+/// The open loop: operations queued at their due times, taken by the connections, up to
+/// `pipeline` at once.
+async fn open_loop(
+    schedule: &Schedule,
+    conns: Vec<Conn>,
+    sink: &Rc<Sink>,
+    generator: &RefCell<Generator>,
+    claim: &dyn Fn(Instant, u64) -> u64,
+    pipeline: usize,
+) {
+    let (tx, rx) = flume::unbounded::<(Operation, Instant)>();
+    // Operations still queued this long after the schedule ends are given up as `unsent`,
+    // so that a dead server cannot hold the run for a timeout per queued operation.
+    let give_up: Rc<Cell<Option<Instant>>> = Rc::new(Cell::new(None));
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (sink, rx, give_up) = (sink.clone(), rx.clone(), give_up.clone());
+            runtime::spawn(async move {
+                let mut ops = Vec::with_capacity(pipeline);
+                let mut dues = Vec::with_capacity(pipeline);
+                while let Ok(first) = rx.recv_async().await {
+                    ops.clear();
+                    dues.clear();
+                    for (op, due) in std::iter::once(first).chain(rx.try_iter().take(pipeline - 1))
+                    {
+                        ops.push(op);
+                        dues.push(due);
+                    }
+                    if give_up.get().is_some_and(|g| Instant::now() > g) {
+                        let now = Instant::now();
+                        for (op, due) in ops.iter().zip(&dues) {
+                            sink.note(op.kind, &Done::Failed("unsent".into()), *due, now);
+                        }
+                        continue;
+                    }
+                    sink.run_batch(&mut conn, &ops, &dues).await;
+                }
+                conn
+            })
+        })
+        .collect();
+    let mut i = 0u64;
+    loop {
+        let due = schedule.due(i);
+        if claim(due, 1) == 0 {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            runtime::sleep(due - now).await;
+        }
+        while tx.len() >= QUEUED_MAX {
+            runtime::sleep(Duration::from_millis(1)).await;
+        }
+        i += 1;
+        let op = generator.borrow_mut().next_op();
+        let _ = tx.send((op, due));
+    }
+    drop(tx);
+    give_up.set(Some(
+        Instant::now() + sink.settings.timeout + Duration::from_secs(1),
+    ));
+    join(workers).await;
 }

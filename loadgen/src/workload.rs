@@ -226,6 +226,10 @@ pub struct Generator {
     block: Vec<OpKind>,
     next_in_block: usize,
     records: u64,
+    /// This generator's share of the inserts: keys `records + share + k * sharers`.
+    share: u64,
+    sharers: u64,
+    inserted: u64,
 }
 
 /// The longest scan workload E asks for.
@@ -263,13 +267,31 @@ impl Generator {
             block,
             next_in_block: usize::MAX,
             records,
+            share: 0,
+            sharers: 1,
+            inserted: 0,
         }
+    }
+
+    /// The same, for generator `share` of `sharers` running side by side (one per client
+    /// thread): its inserts take keys `records + share`, `records + share + sharers`, … so
+    /// that no two threads insert the same key, and reads range over the keys all of them
+    /// have inserted by then, assuming they go at the same pace.
+    ///
+    /// # Panics
+    /// If `share` is not below `sharers`.
+    #[must_use]
+    pub fn shared(mut self, share: u64, sharers: u64) -> Generator {
+        assert!(share < sharers, "generator {share} of {sharers}");
+        self.share = share;
+        self.sharers = sharers;
+        self
     }
 
     /// Keys that exist now (the records loaded plus the inserts so far).
     #[must_use]
     pub fn records(&self) -> u64 {
-        self.records
+        self.records + self.inserted * self.sharers
     }
 
     /// The next operation.
@@ -282,15 +304,15 @@ impl Generator {
         self.next_in_block += 1;
         let (key, scan_length) = match kind {
             OpKind::Insert => {
-                let key = self.records;
-                self.records += 1;
+                let key = self.records + self.share + self.inserted * self.sharers;
+                self.inserted += 1;
                 (key, 0)
             }
             OpKind::Scan => (
-                self.chooser.pick(self.records, &mut self.rng),
+                self.chooser.pick(self.records(), &mut self.rng),
                 self.rng.gen_range(1..=SCAN_LENGTH_MAX),
             ),
-            _ => (self.chooser.pick(self.records, &mut self.rng), 0),
+            _ => (self.chooser.pick(self.records(), &mut self.rng), 0),
         };
         Operation {
             kind,
@@ -365,6 +387,26 @@ mod tests {
             f64::from(reads_of_newest_tenth) / f64::from(reads) > 0.6,
             "{reads_of_newest_tenth} of {reads}"
         );
+    }
+
+    #[test]
+    fn threads_insert_disjoint_keys_that_together_leave_no_gap() {
+        let mut all = Vec::new();
+        for t in 0..3 {
+            let mut g = Generator::new(Workload::D, None, 500, 11).shared(t, 3);
+            let mut mine = Vec::new();
+            while mine.len() < 200 {
+                let o = g.next_op();
+                if o.kind == OpKind::Insert {
+                    mine.push(o.key);
+                }
+            }
+            assert!(mine.iter().all(|k| k % 3 == (500 + t) % 3), "thread {t}");
+            assert_eq!(g.records(), 500 + 200 * 3);
+            all.extend(mine);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (500..500 + 600).collect::<Vec<_>>());
     }
 
     #[test]
