@@ -104,9 +104,9 @@ struct Args {
     #[arg(long)]
     hdr: Option<PathBuf>,
     /// Draw the run phase's latency percentiles over time and its percentile spectrum to
-    /// this .svg or .png file.
+    /// this .svg or .png file (may be given more than once).
     #[arg(long)]
-    plot: Option<PathBuf>,
+    plot: Vec<PathBuf>,
     /// Print two --json reports side by side with ratios (B/A), and run nothing.
     #[arg(long, num_args = 2, value_names = ["A.json", "B.json"])]
     compare: Option<Vec<PathBuf>>,
@@ -412,7 +412,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    if let (Some(path), Some(r)) = (&args.plot, &ran) {
+    for (path, r) in args.plot.iter().filter_map(|p| Some((p, ran.as_ref()?))) {
         let title = format!(
             "{} driver, workload {:?}, {}",
             config.driver.name(),

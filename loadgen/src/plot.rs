@@ -124,7 +124,21 @@ fn draw<DB: DrawingBackend>(
         .max()
         .unwrap_or(1)
         .max(10);
-    let y_range = (0.001f64..ms(highest) * 1.5).log_scale();
+    let lowest = run
+        .ops
+        .values()
+        .filter(|l| l.count() > 0)
+        .map(|l| l.histogram().value_at_quantile(0.5))
+        .chain(
+            run.timeline
+                .iter()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(0.5)),
+        )
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let y_range = ((ms(lowest) / 3.0).max(0.001)..ms(highest) * 1.5).log_scale();
     let mut chart = ChartBuilder::on(&upper)
         .caption(
             "latency percentiles per second (all operations)",
@@ -181,14 +195,7 @@ fn draw<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (ms)")
-        .x_label_formatter(&|x| {
-            let q = 100.0 * (1.0 - 1.0 / x);
-            if q < 99.0 {
-                format!("{q:.0}%")
-            } else {
-                format!("{q}%")
-            }
-        })
+        .x_label_formatter(&|x| percentile_label(*x))
         .label_style((FONT, 12))
         .draw()
         .map_err(err)?;
@@ -217,6 +224,13 @@ fn draw<DB: DrawingBackend>(
     root.present().map_err(err)
 }
 
+/// The percentile at `x = 1 / (1 - q)` with as many decimals as it has nines: 90%, 99.9%.
+fn percentile_label(x: f64) -> String {
+    let q = 100.0 * (1.0 - 1.0 / x);
+    let decimals = (x.log10().round() - 2.0).max(0.0) as usize;
+    format!("{q:.decimals$}%")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +248,11 @@ mod tests {
         // 1000 values resolve quantiles up to about 1 - 1/1000, no further.
         assert!(s.last().is_some_and(|&(x, _)| x <= 1000.0));
         assert!((s[0].1 - 0.5).abs() < 0.01, "{:?}", s[0]);
+        let labels: Vec<String> = [2.0, 10.0, 100.0, 1000.0, 100_000.0]
+            .into_iter()
+            .map(percentile_label)
+            .collect();
+        assert_eq!(labels, ["50%", "90%", "99%", "99.9%", "99.999%"]);
     }
 
     #[test]
