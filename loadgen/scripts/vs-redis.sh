@@ -135,6 +135,12 @@ for w, mode, other, d, o in rows:
     errs = lambda x: sum(x["errors"].values())
     print(f'| {w} | {mode} | {other} | {d["ops_per_s"]:.0f} | {o["ops_per_s"]:.0f} | {ratio:.2f} | {lat(d)} | {lat(o)} | {p99:.2f} |'
           + (f' errors {errs(d)} / {errs(o)}' if errs(d) or errs(o) else ''))
+print()
+print("open loop, loadgen's own lag behind its schedule (p99 / max µs; large values are client-side delay inside the latencies):")
+for name in ("dynacore", "redis", "redis-aof"):
+    for w in "ac":
+        lag = json.load(open(f"{out}/{name}-{w}-open.json"))["run"].get("schedule_lag") or {}
+        print(f'  {name} {w.upper()}: {lag.get("p99_us")} / {lag.get("max_us")}')
 PY
 echo
 echo "reports, .hgrm files and plots: $OUT"

@@ -64,6 +64,15 @@ pub fn phase_table(title: &str, p: &PhaseReport) -> String {
     if p.skipped > 0 {
         let _ = writeln!(out, "  skipped (the driver cannot scan): {}", p.skipped);
     }
+    if let Some(lag) = p.schedule_lag.as_ref().filter(|h| !h.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  client schedule lag (queued after due, inside the latencies): p50 {} us, p99 {} us, max {} us",
+            us(lag, 0.5),
+            us(lag, 0.99),
+            lag.max()
+        );
+    }
     out
 }
 
@@ -116,6 +125,12 @@ pub fn phase_json(p: &PhaseReport) -> Value {
         "not_found": p.not_found,
         "skipped": p.skipped,
         "all": latency_json(&all, secs),
+        "schedule_lag": p.schedule_lag.as_ref().map(|h| json!({
+            "p50_us": us(h, 0.5),
+            "p99_us": us(h, 0.99),
+            "p999_us": us(h, 0.999),
+            "max_us": h.max(),
+        })),
         "operations": ops,
         "timeline": timeline,
     })

@@ -86,6 +86,10 @@ pub struct PhaseReport {
     pub elapsed: Duration,
     /// Latencies of every operation that succeeded, per second of the phase (microseconds).
     pub timeline: Vec<Histogram<u64>>,
+    /// Open loop only: how late the client itself queued each operation after its due time
+    /// (microseconds). Large values mean `loadgen` could not keep to the schedule (a CPU
+    /// shortage on the client), and that lag is inside the latencies.
+    pub schedule_lag: Option<Histogram<u64>>,
 }
 
 impl PhaseReport {
@@ -103,6 +107,12 @@ impl PhaseReport {
         for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
             // Same bounds on both sides: adding cannot fail.
             let _ = mine.add(theirs);
+        }
+        if let Some(theirs) = &other.schedule_lag {
+            let _ = self
+                .schedule_lag
+                .get_or_insert_with(new_histogram)
+                .add(theirs);
         }
     }
 
@@ -619,6 +629,7 @@ async fn open_loop(
             })
         })
         .collect();
+    let mut lag = new_histogram();
     let mut i = 0u64;
     loop {
         let due = schedule.due(i);
@@ -632,6 +643,10 @@ async fn open_loop(
         while tx.len() >= QUEUED_MAX {
             runtime::sleep(Duration::from_millis(1)).await;
         }
+        let late = Instant::now().saturating_duration_since(due);
+        if due >= sink.measured_from {
+            lag.saturating_record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+        }
         i += 1;
         let op = generator.borrow_mut().next_op();
         let _ = tx.send((op, due));
@@ -641,4 +656,5 @@ async fn open_loop(
         Instant::now() + sink.settings.timeout + Duration::from_secs(1),
     ));
     join(workers).await;
+    sink.report.borrow_mut().schedule_lag = Some(lag);
 }

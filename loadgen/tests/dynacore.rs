@@ -91,6 +91,12 @@ fn workloads_run_against_a_real_node_closed_and_open_loop() {
     let total: u64 = ran.ops.values().map(Latencies::count).sum();
     assert!((590..=601).contains(&total), "{total} operations");
     assert!(ran.ops.contains_key(&OpKind::ReadModifyWrite));
+    // The client's own lateness is measured for every operation the schedule sent.
+    let lag = ran
+        .schedule_lag
+        .as_ref()
+        .expect("open loop measures its lag");
+    assert!((590..=601).contains(&lag.len()), "{}", lag.len());
 
     // Workload E: scans are skipped (the native driver cannot scan), inserts run.
     let mut e = config(target, Workload::E);
