@@ -263,11 +263,14 @@ impl Live {
 /// second with the live figures until the run ends.
 ///
 /// # Errors
-/// [`RunError`] when no target answers, or an executor cannot start.
+/// [`RunError`] when there is no target or none answers, or an executor cannot start.
 pub fn run(
     config: &RunConfig,
     tick: &mut dyn FnMut(&Live),
 ) -> Result<(Option<PhaseReport>, Option<PhaseReport>), RunError> {
+    if config.targets.is_empty() {
+        return Err(RunError("no target to send requests to".into()));
+    }
     let threads = config.threads.max(1);
     let cores = if config.pin {
         core_affinity::get_core_ids().unwrap_or_default()

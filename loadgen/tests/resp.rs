@@ -245,6 +245,12 @@ fn server_errors_and_a_dead_server_are_counted_by_kind() {
         reads.errors()
     );
     drop(server);
+
+    // No target at all is an error before anything starts, not a panic.
+    let mut none = config(SocketAddr::from(([127, 0, 0, 1], 1)), Workload::C);
+    none.targets.clear();
+    let e = run(&none, &mut |_| {}).expect_err("no target");
+    assert!(e.to_string().contains("no target"), "{e}");
 }
 
 /// `redis-server` on a free loopback port, stopped when dropped.
