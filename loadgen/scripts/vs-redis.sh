@@ -73,6 +73,7 @@ bench() {
             --json "$OUT/$name-$w-closed.json" --hdr "$OUT/$name-$w-closed.hgrm" \
             --plot "$OUT/$name-$w-closed.svg"
         local rate=$(( $(max_rate "$OUT/$name-$w-closed.json") / 2 ))
+        [ "$rate" -ge 1 ] || { echo "vs-redis: $name served nothing in the closed loop" >&2; exit 1; }
         echo "== $name: workload $w, open loop at $rate ops/s (half the maximum)"
         "$LOADGEN" "${common[@]}" --workload "$w" --run --duration "$DURATION" --warmup "$WARMUP" \
             --rate "$rate" --json "$OUT/$name-$w-open.json" --hdr "$OUT/$name-$w-open.hgrm" \

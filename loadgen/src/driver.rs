@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dynacore_engine::runtime::{self, TcpStream};
+use dynacore_engine::runtime::{self, TcpReader, TcpStream, TcpWriter};
 use dynacore_net::client::{Client, ClientError, Quorum, ReadRepair, WriteOptions};
 
 use crate::resp;
@@ -219,17 +219,26 @@ const BODY_BYTES_MAX: usize = 64 << 20;
 pub struct Wire {
     protocol: Protocol,
     addr: SocketAddr,
-    stream: Option<TcpStream>,
+    reader: Option<TcpReader>,
+    writer: Option<TcpWriter>,
     out: Vec<u8>,
+    /// Bytes read and not yet parsed start at `inbuf[in_at]`.
     inbuf: Vec<u8>,
+    in_at: usize,
+    chunk: Vec<u8>,
 }
 
 /// Why an exchange stopped before every answer came.
+#[derive(Debug)]
 enum Broken {
     Io,
     Protocol,
     Closed,
 }
+
+/// One command of a round: its operation, what it is, and whether its answer completes the
+/// operation (a read-modify-write's read does not).
+type Step = (usize, Cmd, bool);
 
 impl Wire {
     /// A connection to `addr` (not opened yet).
@@ -238,24 +247,35 @@ impl Wire {
         Wire {
             protocol,
             addr,
-            stream: None,
+            reader: None,
+            writer: None,
             out: Vec::new(),
             inbuf: Vec::new(),
+            in_at: 0,
+            chunk: vec![0u8; 64 << 10],
         }
     }
 
-    /// Opens the connection now.
+    /// Opens the connection now, if it is not open.
     ///
     /// # Errors
     /// When it cannot be opened within `timeout`.
     pub async fn open(&mut self, timeout: Duration) -> std::io::Result<()> {
-        if self.stream.is_none() {
+        if self.reader.is_none() || self.writer.is_none() {
             let stream = TcpStream::connect(self.addr, timeout).await?;
             stream.set_nodelay(true)?;
-            self.stream = Some(stream);
+            let (r, w) = stream.split();
+            self.reader = Some(r);
+            self.writer = Some(w);
             self.inbuf.clear();
+            self.in_at = 0;
         }
         Ok(())
+    }
+
+    fn close(&mut self) {
+        self.reader = None;
+        self.writer = None;
     }
 
     fn encode(&mut self, cmd: Cmd, key: &str, s: &Settings) {
@@ -287,139 +307,194 @@ impl Wire {
         }
     }
 
-    /// The answer at the front of the input buffer, if complete, and whether the server
-    /// closes the connection after it.
-    fn take_answer(&mut self, cmd: Cmd) -> Result<Option<(Answer, bool)>, Broken> {
-        let parsed = match self.protocol {
-            Protocol::Resp => resp_answer(&self.inbuf, cmd).map(|a| a.map(|(a, n)| (a, n, false))),
-            Protocol::Http => http_answer(&self.inbuf, cmd),
-        };
-        match parsed {
-            Ok(Some((answer, used, close))) => {
-                self.inbuf.drain(..used);
-                Ok(Some((answer, close)))
-            }
-            Ok(None) => Ok(None),
-            Err(()) => Err(Broken::Protocol),
-        }
-    }
-
     async fn run(
         &mut self,
         ops: &[Operation],
         settings: &Rc<Settings>,
         done: &mut dyn FnMut(usize, Done, Instant),
     ) {
-        if let Err(e) = self.open(settings.timeout).await {
-            let kind = if e.kind() == std::io::ErrorKind::TimedOut {
-                "timeout"
-            } else {
-                "connect"
-            };
-            for i in 0..ops.len() {
-                done(i, Done::Failed(kind.to_owned()), Instant::now());
-            }
-            // A server that refuses connections must not turn the loop into a spin.
-            runtime::sleep(Duration::from_millis(100)).await;
-            return;
-        }
-        self.out.clear();
-        // (operation, command) in the order the answers come back.
-        let mut cmds = Vec::with_capacity(ops.len() + 1);
+        // Round one: every read and write, and the read of each read-modify-write; round
+        // two: the writes of the read-modify-writes whose read succeeded, sent after it
+        // answered (as a client that modifies what it read must).
+        let mut finished = vec![false; ops.len()];
+        let mut first = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
-            let key = key_name(&settings.key_prefix, op.key);
-            let these: &[Cmd] = match op.kind {
-                OpKind::Read => &[Cmd::Get],
-                OpKind::Update | OpKind::Insert => &[Cmd::Set],
-                OpKind::ReadModifyWrite => &[Cmd::Get, Cmd::Set],
+            match op.kind {
+                OpKind::Read => first.push((i, Cmd::Get, true)),
+                OpKind::Update | OpKind::Insert => first.push((i, Cmd::Set, true)),
+                OpKind::ReadModifyWrite => first.push((i, Cmd::Get, false)),
                 OpKind::Scan => {
+                    finished[i] = true;
                     done(i, Done::Skipped, Instant::now());
-                    &[]
                 }
-            };
-            for &c in these {
-                self.encode(c, &key, settings);
-                cmds.push((i, c));
             }
         }
-        if cmds.is_empty() {
-            return;
-        }
-        let answered = Cell::new(0usize);
-        let outcome =
-            runtime::timeout(settings.timeout, self.exchange(&cmds, ops, &answered, done)).await;
-        let failure = match outcome {
-            Some(Ok(close)) => {
-                if close {
-                    self.stream = None;
+        let mut read_ok = vec![false; ops.len()];
+        let deadline = Instant::now() + settings.timeout;
+        let mut round = first;
+        for _ in 0..2 {
+            if round.is_empty() {
+                break;
+            }
+            let outcome = self
+                .round(
+                    &round,
+                    ops,
+                    settings,
+                    deadline,
+                    &mut |i, answer, at, last| {
+                        if !last {
+                            match answer {
+                                Answer::Failed(kind) => {
+                                    finished[i] = true;
+                                    done(i, Done::Failed(kind), at);
+                                }
+                                _ => read_ok[i] = true,
+                            }
+                            return;
+                        }
+                        finished[i] = true;
+                        let d = match answer {
+                            Answer::Found | Answer::Written => Done::Ok,
+                            Answer::Absent => Done::NotFound,
+                            Answer::Failed(k) => Done::Failed(k),
+                        };
+                        done(i, d, at);
+                    },
+                )
+                .await;
+            if let Err(kind) = outcome {
+                // The connection's state is unknown: every operation not finished failed,
+                // and the next batch opens a new connection.
+                self.close();
+                for (i, f) in finished.iter().enumerate() {
+                    if !f {
+                        done(i, Done::Failed(kind.to_owned()), Instant::now());
+                    }
+                }
+                if kind == "connect" {
+                    // A server that refuses connections must not turn the loop into a spin.
+                    runtime::sleep(Duration::from_millis(100)).await;
                 }
                 return;
             }
-            Some(Err(Broken::Io | Broken::Closed)) => "connection",
-            Some(Err(Broken::Protocol)) => "protocol",
-            None => "timeout",
-        };
-        // The connection's state is unknown: every operation not answered failed, and the
-        // next batch opens a new one.
-        self.stream = None;
-        let first_open = cmds.get(answered.get()).map_or(ops.len(), |&(i, _)| i);
-        for (i, op) in ops.iter().enumerate().skip(first_open) {
-            if op.kind != OpKind::Scan {
-                done(i, Done::Failed(failure.to_owned()), Instant::now());
-            }
+            round = (0..ops.len())
+                .filter(|&i| read_ok[i] && !finished[i])
+                .map(|i| (i, Cmd::Set, true))
+                .collect();
         }
     }
 
-    /// Writes the batch and reads its answers; `answered` counts the commands answered.
-    async fn exchange(
+    /// Sends one round and reads its answers, on a connection opened if need be; a reused
+    /// connection that the server had closed (no byte came back) is opened again and the
+    /// round sent once more. `answer(i, answer, when, completes)` is called in order.
+    async fn round(
         &mut self,
-        cmds: &[(usize, Cmd)],
+        steps: &[Step],
         ops: &[Operation],
-        answered: &Cell<usize>,
-        done: &mut dyn FnMut(usize, Done, Instant),
-    ) -> Result<bool, Broken> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(Broken::Closed);
-        };
-        stream.write_all(&self.out).await.map_err(|_| Broken::Io)?;
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut close = false;
-        // A read-modify-write's read outcome, until its write answers.
-        let mut pending_read: Option<Answer> = None;
-        for (n, &(i, cmd)) in cmds.iter().enumerate() {
-            let (answer, closes) = loop {
-                if let Some(a) = self.take_answer(cmd)? {
-                    break a;
-                }
-                let stream = self.stream.as_mut().ok_or(Broken::Closed)?;
-                let got = stream.read(&mut chunk).await.map_err(|_| Broken::Io)?;
-                if got == 0 {
-                    return Err(Broken::Closed);
-                }
-                self.inbuf.extend_from_slice(&chunk[..got]);
-            };
-            close |= closes;
-            answered.set(n + 1);
-            let last_of_op = cmds.get(n + 1).is_none_or(|&(next, _)| next != i);
-            if !last_of_op {
-                pending_read = Some(answer);
-                continue;
+        settings: &Settings,
+        deadline: Instant,
+        answer: &mut dyn FnMut(usize, Answer, Instant, bool),
+    ) -> Result<(), &'static str> {
+        self.out.clear();
+        for &(i, cmd, _) in steps {
+            let key = key_name(&settings.key_prefix, ops[i].key);
+            self.encode(cmd, &key, settings);
+        }
+        for attempt in 0..2 {
+            let reused = self.reader.is_some();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match runtime::timeout(left, self.open(left)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Err("timeout"),
+                Some(Err(_)) => return Err("connect"),
+                None => return Err("timeout"),
             }
-            let answer = match (pending_read.take(), ops[i].kind) {
-                (Some(Answer::Failed(k)), OpKind::ReadModifyWrite) => Answer::Failed(k),
-                (_, _) => answer,
-            };
-            let d = match answer {
-                Answer::Found | Answer::Written => Done::Ok,
-                Answer::Absent => Done::NotFound,
-                Answer::Failed(k) => Done::Failed(k),
-            };
-            done(i, d, Instant::now());
-            if close && n + 1 < cmds.len() {
-                // The server closed after this answer: the rest are lost.
-                return Err(Broken::Closed);
+            let answered = Cell::new(0usize);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let outcome = runtime::timeout(left, self.exchange(steps, &answered, answer)).await;
+            match outcome {
+                Some(Ok(close)) => {
+                    if close {
+                        self.close();
+                    }
+                    return Ok(());
+                }
+                Some(Err(Broken::Io | Broken::Closed))
+                    if reused && attempt == 0 && answered.get() == 0 =>
+                {
+                    // A keep-alive connection the server closed while it was idle.
+                    self.close();
+                }
+                Some(Err(Broken::Io | Broken::Closed)) => return Err("connection"),
+                Some(Err(Broken::Protocol)) => return Err("protocol"),
+                None => return Err("timeout"),
             }
         }
+        Err("connection")
+    }
+
+    /// Writes `self.out` while reading the answers (so that neither side's buffers can fill
+    /// and stall the other); `answered` counts the answers read. Returns whether the server
+    /// closes the connection after the last.
+    async fn exchange(
+        &mut self,
+        steps: &[Step],
+        answered: &Cell<usize>,
+        answer: &mut dyn FnMut(usize, Answer, Instant, bool),
+    ) -> Result<bool, Broken> {
+        let Wire {
+            protocol,
+            reader,
+            writer,
+            out,
+            inbuf,
+            in_at,
+            chunk,
+            ..
+        } = self;
+        let (Some(reader), Some(writer)) = (reader.as_mut(), writer.as_mut()) else {
+            return Err(Broken::Closed);
+        };
+        let protocol = *protocol;
+        let write = async { writer.write_all(out).await.map_err(|_| Broken::Io) };
+        let read = async {
+            let mut close = false;
+            for (n, &(i, cmd, last)) in steps.iter().enumerate() {
+                let (a, closes) = loop {
+                    let parsed = match protocol {
+                        Protocol::Resp => resp_answer(&inbuf[*in_at..], cmd)
+                            .map(|a| a.map(|(a, used)| (a, used, false))),
+                        Protocol::Http => http_answer(&inbuf[*in_at..], cmd),
+                    };
+                    match parsed.map_err(|()| Broken::Protocol)? {
+                        Some((a, used, closes)) => {
+                            *in_at += used;
+                            break (a, closes);
+                        }
+                        None => {
+                            // Keep what is not parsed yet at the front, then read more.
+                            inbuf.drain(..*in_at);
+                            *in_at = 0;
+                            let got = reader.read(chunk).await.map_err(|_| Broken::Io)?;
+                            if got == 0 {
+                                return Err(Broken::Closed);
+                            }
+                            inbuf.extend_from_slice(&chunk[..got]);
+                        }
+                    }
+                };
+                answered.set(n + 1);
+                answer(i, a, Instant::now(), last);
+                close |= closes;
+                if close && n + 1 < steps.len() {
+                    // The server closed after this answer: the rest are lost.
+                    return Err(Broken::Closed);
+                }
+            }
+            Ok(close)
+        };
+        let ((), close) = futures_lite::future::try_zip(write, read).await?;
         Ok(close)
     }
 }

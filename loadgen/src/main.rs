@@ -171,8 +171,27 @@ fn config(a: &Args) -> Result<RunConfig, String> {
     if a.records == 0 {
         return Err("--records must be at least 1".into());
     }
-    if a.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        return Err("--rate must be a positive number".into());
+    if a.rate
+        .is_some_and(|r| !(r.is_finite() && (0.01..=10_000_000.0).contains(&r)))
+    {
+        return Err("--rate must be 0.01 to 10000000 operations a second".into());
+    }
+    if a.operations.is_some() && a.warmup != "0s" {
+        return Err(
+            "--warmup applies to --duration runs; with --operations every one counts".into(),
+        );
+    }
+    let (run_for, warmup, timeout) = (
+        duration("duration", &a.duration)?,
+        duration("warmup", &a.warmup)?,
+        duration("timeout", &a.timeout)?,
+    );
+    let week = Duration::from_secs(7 * 24 * 3600);
+    if run_for > week || warmup > week || timeout > week {
+        return Err("--duration, --warmup and --timeout must each be under a week".into());
+    }
+    if timeout.is_zero() {
+        return Err("--timeout must be more than 0".into());
     }
     if driver == DriverKind::Resp && (a.w != "default" || a.r != "default") {
         return Err("--w and --r are Dynacore's quorums: the resp driver has none".into());
@@ -187,7 +206,7 @@ fn config(a: &Args) -> Result<RunConfig, String> {
         distribution,
         records: a.records,
         operations: a.operations,
-        duration: duration("duration", &a.duration)?,
+        duration: run_for,
         value_size: a.value_size,
         key_prefix: a.key_prefix.clone(),
         connections: a.connections.max(1),
@@ -200,8 +219,8 @@ fn config(a: &Args) -> Result<RunConfig, String> {
         load: a.load,
         run: a.run || !a.load,
         seed: a.seed,
-        warmup: duration("warmup", &a.warmup)?,
-        timeout: duration("timeout", &a.timeout)?,
+        warmup,
+        timeout,
     })
 }
 
@@ -455,5 +474,32 @@ mod tests {
         assert_eq!(quorum("w", "all"), Ok(Quorum::All));
         assert_eq!(quorum("w", "2"), Ok(Quorum::Count(2)));
         assert!(quorum("w", "0").is_err());
+    }
+
+    #[test]
+    fn flags_that_cannot_run_are_refused_with_a_reason() {
+        let check = |flags: &[&str]| {
+            let args =
+                Args::try_parse_from(std::iter::once("loadgen").chain(flags.iter().copied()))
+                    .expect("flags parse");
+            config(&args)
+        };
+        assert!(check(&["--rate", "1000", "--threads", "2"]).is_ok());
+        for bad in [
+            &["--rate", "0"][..],
+            &["--rate", "1e-30"],
+            &["--rate", "5e9"],
+            &["--rate", "NaN"],
+            &["--timeout", "0s"],
+            &["--duration", "9999999999999999999s"],
+            &["--operations", "10", "--warmup", "2s"],
+            &["--pipeline", "0"],
+            &["--driver", "resp", "--w", "2"],
+            &["--driver", "grpc"],
+            &["--target", "localhost"],
+            &["--records", "0"],
+        ] {
+            assert!(check(bad).is_err(), "{bad:?}");
+        }
     }
 }

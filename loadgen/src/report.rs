@@ -64,6 +64,17 @@ pub fn phase_table(title: &str, p: &PhaseReport) -> String {
     if p.skipped > 0 {
         let _ = writeln!(out, "  skipped (the driver cannot scan): {}", p.skipped);
     }
+    let unsent: u64 = p
+        .ops
+        .values()
+        .filter_map(|l| l.errors().get("unsent"))
+        .sum();
+    if unsent > 0 {
+        let _ = writeln!(
+            out,
+            "  {unsent} operations were never sent (the server fell far behind the schedule): the percentiles leave them out"
+        );
+    }
     if let Some(lag) = p.schedule_lag.as_ref().filter(|h| !h.is_empty()) {
         let _ = writeln!(
             out,
@@ -181,7 +192,8 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         h.buckets(),
-        h.distinct_values()
+        // As HdrHistogram counts them: 2 × 10^digits, rounded up to a power of two.
+        (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two()
     );
     out
 }

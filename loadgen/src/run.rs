@@ -171,20 +171,53 @@ pub struct Live {
     phase: AtomicU8,
     done: AtomicU64,
     errors: AtomicU64,
-    interval: Mutex<Histogram<u64>>,
+    /// One histogram per thread, so that threads never contend for one.
+    interval: Vec<Mutex<Histogram<u64>>>,
     run_started: Mutex<Option<Instant>>,
     finished: AtomicUsize,
+    /// Threads at the start of the run phase (or gone), and the run's common start.
+    arrived: Mutex<(usize, Option<Instant>)>,
+    all_arrived: std::sync::Condvar,
+    threads: usize,
 }
 
 impl Live {
-    fn new() -> Live {
+    fn new(threads: usize) -> Live {
         Live {
             phase: AtomicU8::new(0),
             done: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            interval: Mutex::new(new_histogram()),
+            interval: (0..threads).map(|_| Mutex::new(new_histogram())).collect(),
             run_started: Mutex::new(None),
             finished: AtomicUsize::new(0),
+            arrived: Mutex::new((0, None)),
+            all_arrived: std::sync::Condvar::new(),
+            threads,
+        }
+    }
+
+    /// Counts this thread in at the start of the run phase; once every thread is (or has
+    /// stopped), returns the instant the run phase starts for all of them.
+    fn arrive(&self) -> Instant {
+        let mut a = self
+            .arrived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.0 += 1;
+        if a.0 >= self.threads && a.1.is_none() {
+            a.1 = Some(Instant::now());
+            self.all_arrived.notify_all();
+        }
+        loop {
+            if let Some(start) = a.1 {
+                return start;
+            }
+            // Every thread arrives or is counted by its guard when it stops: this ends.
+            a = self
+                .all_arrived
+                .wait_timeout(a, Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -215,12 +248,12 @@ impl Live {
 
     /// The latencies recorded since the last call (microseconds), and a fresh start.
     pub fn take_interval(&self) -> Histogram<u64> {
-        let mut h = self
-            .interval
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let out = h.clone();
-        h.reset();
+        let mut out = new_histogram();
+        for h in &self.interval {
+            let mut h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = out.add(&*h);
+            h.reset();
+        }
         out
     }
 
@@ -242,7 +275,7 @@ impl Live {
         }
     }
 
-    fn note(&self, done: &Done, micros: u64) {
+    fn note(&self, t: usize, done: &Done, micros: u64) {
         self.done.fetch_add(1, Ordering::Relaxed);
         match done {
             Done::Failed(_) => {
@@ -250,7 +283,7 @@ impl Live {
             }
             Done::Skipped => {}
             Done::Ok | Done::NotFound => {
-                self.interval
+                self.interval[t]
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .saturating_record(micros);
@@ -277,7 +310,7 @@ pub fn run(
     } else {
         Vec::new()
     };
-    let live = Arc::new(Live::new());
+    let live = Arc::new(Live::new(threads));
     let mut handles = Vec::with_capacity(threads);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let (go_tx, go_rx) = flume::bounded::<bool>(threads);
@@ -294,9 +327,12 @@ pub fn run(
                         eprintln!("loadgen: thread {t} could not be pinned to CPU {}", core.id);
                     }
                 }
-                let out = thread_main(t, threads, &config, &ready_tx, &go, &live).await;
-                live.finished.fetch_add(1, Ordering::Relaxed);
-                out
+                let mut guard = ThreadGuard {
+                    live: live.clone(),
+                    ready: Some(ready_tx),
+                    arrived: false,
+                };
+                thread_main(t, threads, &config, &mut guard, &go).await
             })
             .map_err(|e| RunError(format!("cannot start thread {t}: {e}")))?;
         handles.push(handle);
@@ -376,22 +412,62 @@ async fn connect(t: usize, config: &RunConfig) -> Result<Vec<Conn>, String> {
     Ok(conns)
 }
 
+/// What a thread owes the others however it ends, a panic included: its answer to "are you
+/// connected?", its arrival at the start of the run phase, and the count of finished threads.
+struct ThreadGuard {
+    live: Arc<Live>,
+    ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+    arrived: bool,
+}
+
+impl ThreadGuard {
+    fn ready(&mut self, r: Result<(), String>) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn arrive(&mut self) -> Instant {
+        self.arrived = true;
+        self.live.arrive()
+    }
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        self.ready(Err("a thread stopped before it connected".into()));
+        if !self.arrived {
+            let mut a = self
+                .live
+                .arrived
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            a.0 += 1;
+            if a.0 >= self.live.threads && a.1.is_none() {
+                a.1 = Some(Instant::now());
+                self.live.all_arrived.notify_all();
+            }
+        }
+        self.live.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 async fn thread_main(
     t: usize,
     threads: usize,
     config: &RunConfig,
-    ready: &std::sync::mpsc::Sender<Result<(), String>>,
+    guard: &mut ThreadGuard,
     go: &flume::Receiver<bool>,
-    live: &Arc<Live>,
 ) -> Option<(PhaseReport, PhaseReport)> {
+    let live = &guard.live.clone();
     let mut conns = match connect(t, config).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            guard.ready(Err(e));
             return None;
         }
     };
-    let _ = ready.send(Ok(()));
+    guard.ready(Ok(()));
     if !go.recv_async().await.unwrap_or(false) {
         return None;
     }
@@ -409,8 +485,11 @@ async fn thread_main(
     }
     let mut run = PhaseReport::default();
     if config.run {
+        // Every thread's load is done before any thread's run starts, and all share one
+        // start (this thread has nothing else to do while it waits).
+        let started = guard.arrive();
         live.enter(Phase::Run);
-        run = run_phase(t, threads, config, conns, &settings, live).await;
+        run = run_phase(t, threads, config, conns, &settings, live, started).await;
     }
     Some((load, run))
 }
@@ -421,13 +500,21 @@ struct Sink {
     settings: Rc<Settings>,
     report: RefCell<PhaseReport>,
     live: Arc<Live>,
+    /// This thread.
+    t: usize,
     /// Operations that started (were due or sent) before this are not counted (warm-up).
     measured_from: Instant,
 }
 
 impl Sink {
-    fn new(settings: &Rc<Settings>, live: &Arc<Live>, measured_from: Instant) -> Rc<Sink> {
+    fn new(
+        t: usize,
+        settings: &Rc<Settings>,
+        live: &Arc<Live>,
+        measured_from: Instant,
+    ) -> Rc<Sink> {
         Rc::new(Sink {
+            t,
             settings: settings.clone(),
             report: RefCell::new(PhaseReport::default()),
             live: live.clone(),
@@ -437,6 +524,7 @@ impl Sink {
 
     fn note(&self, kind: OpKind, done: &Done, start: Instant, end: Instant) {
         self.live.note(
+            self.t,
             done,
             u64::try_from(end.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX),
         );
@@ -474,7 +562,7 @@ async fn load_phase(
     live: &Arc<Live>,
 ) -> (PhaseReport, Vec<Conn>) {
     let started = Instant::now();
-    let sink = Sink::new(settings, live, started);
+    let sink = Sink::new(t, settings, live, started);
     let next = Rc::new(Cell::new(t as u64));
     let workers: Vec<_> = conns
         .into_iter()
@@ -516,6 +604,7 @@ async fn run_phase(
     conns: Vec<Conn>,
     settings: &Rc<Settings>,
     live: &Arc<Live>,
+    started: Instant,
 ) -> PhaseReport {
     let generator = Rc::new(RefCell::new(
         Generator::new(
@@ -529,14 +618,13 @@ async fn run_phase(
     let budget = config
         .operations
         .map(|n| n / threads as u64 + u64::from((t as u64) < n % threads as u64));
-    let started = Instant::now();
     // With a fixed count every operation counts; with a duration, the warm-up's do not.
     let measured_from = if budget.is_some() {
         started
     } else {
         started + config.warmup
     };
-    let sink = Sink::new(settings, live, measured_from);
+    let sink = Sink::new(t, settings, live, measured_from);
     let until = measured_from + config.duration;
     let issued = Rc::new(Cell::new(0u64));
     // How many more operations may be issued now (at most `want`).
@@ -567,6 +655,7 @@ async fn run_phase(
                             ops.extend((0..n).map(|_| generator.borrow_mut().next_op()));
                             let sent = vec![Instant::now(); ops.len()];
                             sink.run_batch(&mut conn, &ops, &sent).await;
+                            acknowledge_inserts(&generator, &ops);
                         }
                     })
                 })
@@ -586,8 +675,15 @@ async fn run_phase(
     r
 }
 
-/// Past this many operations queued, the scheduler waits for the workers (the latency of
-/// what waits still counts from its due time).
+/// Tells the generator which of its inserts have completed.
+fn acknowledge_inserts(generator: &RefCell<Generator>, ops: &[Operation]) {
+    let mut g = generator.borrow_mut();
+    for op in ops.iter().filter(|o| o.kind == OpKind::Insert) {
+        g.acknowledge(op.key);
+    }
+}
+
+/// Past this many operations queued, the scheduler counts new ones as never sent.
 const QUEUED_MAX: usize = 1 << 20;
 
 /// The open loop: operations queued at their due times, taken by the connections, up to
@@ -596,7 +692,7 @@ async fn open_loop(
     schedule: &Schedule,
     conns: Vec<Conn>,
     sink: &Rc<Sink>,
-    generator: &RefCell<Generator>,
+    generator: &Rc<RefCell<Generator>>,
     claim: &dyn Fn(Instant, u64) -> u64,
     pipeline: usize,
 ) {
@@ -607,7 +703,8 @@ async fn open_loop(
     let workers: Vec<_> = conns
         .into_iter()
         .map(|mut conn| {
-            let (sink, rx, give_up) = (sink.clone(), rx.clone(), give_up.clone());
+            let (sink, rx, give_up, generator) =
+                (sink.clone(), rx.clone(), give_up.clone(), generator.clone());
             runtime::spawn(async move {
                 let mut ops = Vec::with_capacity(pipeline);
                 let mut dues = Vec::with_capacity(pipeline);
@@ -627,6 +724,7 @@ async fn open_loop(
                         continue;
                     }
                     sink.run_batch(&mut conn, &ops, &dues).await;
+                    acknowledge_inserts(&generator, &ops);
                 }
                 conn
             })
@@ -643,15 +741,18 @@ async fn open_loop(
         if due > now {
             runtime::sleep(due - now).await;
         }
-        while tx.len() >= QUEUED_MAX {
-            runtime::sleep(Duration::from_millis(1)).await;
-        }
         let late = Instant::now().saturating_duration_since(due);
         if due >= sink.measured_from {
             lag.saturating_record(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
         }
         i += 1;
         let op = generator.borrow_mut().next_op();
+        if tx.len() >= QUEUED_MAX {
+            // The server is far behind: the schedule keeps its pace (so the run ends on
+            // time), and what cannot be queued is counted as never sent.
+            sink.note(op.kind, &Done::Failed("unsent".into()), due, Instant::now());
+            continue;
+        }
         let _ = tx.send((op, due));
     }
     drop(tx);

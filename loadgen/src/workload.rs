@@ -230,6 +230,10 @@ pub struct Generator {
     share: u64,
     sharers: u64,
     inserted: u64,
+    /// This generator's inserts acknowledged without a gap (YCSB's acknowledged counter):
+    /// reads range over those, never over a key whose insert may still be in flight.
+    acked: u64,
+    acked_out_of_order: std::collections::BTreeSet<u64>,
 }
 
 /// The longest scan workload E asks for.
@@ -270,6 +274,8 @@ impl Generator {
             share: 0,
             sharers: 1,
             inserted: 0,
+            acked: 0,
+            acked_out_of_order: std::collections::BTreeSet::new(),
         }
     }
 
@@ -288,10 +294,31 @@ impl Generator {
         self
     }
 
-    /// Keys that exist now (the records loaded plus the inserts so far).
+    /// Keys that reads range over: the records loaded plus the inserts acknowledged so far
+    /// (every generator's, assuming they go at this one's pace).
     #[must_use]
     pub fn records(&self) -> u64 {
-        self.records + self.inserted * self.sharers
+        self.records + self.acked * self.sharers
+    }
+
+    /// The insert of `key` (one of this generator's) has completed, whatever its outcome.
+    pub fn acknowledge(&mut self, key: u64) {
+        let Some(k) = key
+            .checked_sub(self.records + self.share)
+            .filter(|k| k % self.sharers == 0)
+            .map(|k| k / self.sharers)
+            .filter(|&k| k < self.inserted)
+        else {
+            return;
+        };
+        if k == self.acked {
+            self.acked += 1;
+            while self.acked_out_of_order.remove(&self.acked) {
+                self.acked += 1;
+            }
+        } else if k > self.acked {
+            self.acked_out_of_order.insert(k);
+        }
     }
 
     /// The next operation.
@@ -368,7 +395,10 @@ mod tests {
         for _ in 0..20_000 {
             let o = g.next_op();
             match o.kind {
-                OpKind::Insert => inserted.push(o.key),
+                OpKind::Insert => {
+                    inserted.push(o.key);
+                    g.acknowledge(o.key);
+                }
                 OpKind::Read => {
                     reads += 1;
                     assert!(o.key < g.records());
@@ -402,6 +432,16 @@ mod tests {
                 }
             }
             assert!(mine.iter().all(|k| k % 3 == (500 + t) % 3), "thread {t}");
+            // Reads range over acknowledged inserts only, without a gap: acknowledging all
+            // but the first leaves the range where it was; the first then opens it all.
+            assert_eq!(g.records(), 500);
+            for &k in mine.iter().skip(1).rev() {
+                g.acknowledge(k);
+            }
+            assert_eq!(g.records(), 500);
+            g.acknowledge(mine[0]);
+            g.acknowledge(mine[0]);
+            g.acknowledge(7);
             assert_eq!(g.records(), 500 + 200 * 3);
             all.extend(mine);
         }

@@ -48,9 +48,18 @@ fn go(config: &RunConfig) -> (Option<PhaseReport>, Option<PhaseReport>) {
     run(config, &mut |_| {}).expect("the run starts")
 }
 
-/// A Redis-protocol server: `GET` and `SET` over a shared map, on a free loopback port.
-/// Every `fail_every`-th `SET` is refused with `-OOM`; `stop` closes every connection and
-/// refuses new ones.
+/// Faults a [`MiniServer`] injects.
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    /// Every `fail_every`-th `SET` is refused with `-OOM` (0: none).
+    fail_every: u64,
+    /// Before answering its `n`-th command (counted over all connections), the server
+    /// stalls for this long, once.
+    stall: Option<(u64, Duration)>,
+}
+
+/// A Redis-protocol server: `GET` and `SET` over a shared map, on a free loopback port,
+/// with [`Faults`]; `stop` closes every connection and refuses new ones.
 struct MiniServer {
     addr: SocketAddr,
     map: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>,
@@ -59,19 +68,26 @@ struct MiniServer {
 
 impl MiniServer {
     fn start(fail_every: u64) -> MiniServer {
+        MiniServer::with_faults(Faults {
+            fail_every,
+            stall: None,
+        })
+    }
+
+    fn with_faults(faults: Faults) -> MiniServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let map = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let sets = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let (m, s) = (map.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (m, s, sets) = (m.clone(), s.clone(), sets.clone());
-                        std::thread::spawn(move || serve(stream, &m, &s, &sets, fail_every));
+                        let (m, s, counts) = (m.clone(), s.clone(), counts.clone());
+                        std::thread::spawn(move || serve(stream, &m, &s, &counts, faults));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -91,8 +107,8 @@ fn serve(
     mut stream: TcpStream,
     map: &Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     stop: &AtomicBool,
-    sets: &AtomicU64,
-    fail_every: u64,
+    (sets, commands): &(AtomicU64, AtomicU64),
+    faults: Faults,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let mut buf = Vec::new();
@@ -101,7 +117,15 @@ fn serve(
         match stream.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
         }
         let mut out = Vec::new();
         // Commands are arrays of bulk strings: the reply parser reads them too.
@@ -110,6 +134,12 @@ fn serve(
             let Reply::Array(Some(args)) = cmd else {
                 return;
             };
+            let n = commands.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some((at, pause)) = faults.stall {
+                if n == at {
+                    std::thread::sleep(pause);
+                }
+            }
             let args: Vec<Vec<u8>> = args
                 .into_iter()
                 .filter_map(|a| match a {
@@ -128,7 +158,7 @@ fn serve(
                 },
                 Some(b"SET") if args.len() == 3 => {
                     let n = sets.fetch_add(1, Ordering::Relaxed) + 1;
-                    if fail_every > 0 && n.is_multiple_of(fail_every) {
+                    if faults.fail_every > 0 && n.is_multiple_of(faults.fail_every) {
                         out.extend_from_slice(b"-OOM command not allowed\r\n");
                     } else {
                         map.lock()
@@ -177,7 +207,9 @@ fn a_workload_runs_pipelined_against_a_resp_server() {
     let (_, ran) = go(&f);
     let ran = ran.expect("run phase");
     let total: u64 = ran.ops.values().map(Latencies::count).sum();
-    assert!((490..=501).contains(&total), "{total} operations");
+    let failed: u64 = ran.ops.values().flat_map(|l| l.errors().values()).sum();
+    assert_eq!(failed, 0);
+    assert!((500..=501).contains(&total), "{total} operations");
     assert!(ran.ops.contains_key(&OpKind::ReadModifyWrite));
 
     // Workload D inserts new keys: two threads never insert the same one.
@@ -251,6 +283,54 @@ fn server_errors_and_a_dead_server_are_counted_by_kind() {
     none.targets.clear();
     let e = run(&none, &mut |_| {}).expect_err("no target");
     assert!(e.to_string().contains("no target"), "{e}");
+}
+
+#[test]
+fn a_stall_counts_against_every_request_it_held_back_and_a_timeout_fails_only_its_batch() {
+    // One connection, open loop at 200/s for 2 s; the server stalls 500 ms once, a quarter
+    // of the way in. Measured from their due times, the ~100 requests due during the stall
+    // waited up to 500 ms: p99 is at least 400 ms. (A closed loop would show one slow request.)
+    let server = MiniServer::with_faults(Faults {
+        fail_every: 0,
+        stall: Some((300 + 100, Duration::from_millis(500))),
+    });
+    let mut c = config(server.addr, Workload::C);
+    c.connections = 1;
+    let (_, _) = go(&RunConfig {
+        run: false,
+        ..c.clone()
+    });
+    c.load = false;
+    c.rate = Some(200.0);
+    let (_, ran) = go(&c);
+    let reads = &ran.expect("run phase").ops[&OpKind::Read];
+    assert!(reads.errors().is_empty(), "{:?}", reads.errors());
+    assert!((400..=401).contains(&reads.count()), "{}", reads.count());
+    assert!(
+        reads.quantile(0.99) >= Duration::from_millis(400),
+        "p99 {:?}",
+        reads.quantile(0.99)
+    );
+
+    // A stall longer than the timeout, in the middle of a pipelined batch: that batch's
+    // operations fail as timeouts, the connection is opened again, and everything else
+    // succeeds; nothing is lost from the counts.
+    let server = MiniServer::with_faults(Faults {
+        fail_every: 0,
+        stall: Some((300 + 50, Duration::from_millis(1500))),
+    });
+    let mut c = config(server.addr, Workload::C);
+    c.timeout = Duration::from_millis(500);
+    c.pipeline = 4;
+    c.connections = 2;
+    c.operations = Some(200);
+    let (load, ran) = go(&c);
+    assert_eq!(load.expect("load").ops[&OpKind::Insert].count(), 300);
+    let reads = &ran.expect("run phase").ops[&OpKind::Read];
+    let timeouts = reads.errors().get("timeout").copied().unwrap_or(0);
+    assert!((1..=4).contains(&timeouts), "{:?}", reads.errors());
+    assert_eq!(reads.errors().len(), 1, "{:?}", reads.errors());
+    assert_eq!(reads.count() + timeouts, 200);
 }
 
 /// `redis-server` on a free loopback port, stopped when dropped.
