@@ -199,15 +199,7 @@ impl Live {
     /// Counts this thread in at the start of the run phase; once every thread is (or has
     /// stopped), returns the instant the run phase starts for all of them.
     fn arrive(&self) -> Instant {
-        let mut a = self
-            .arrived
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        a.0 += 1;
-        if a.0 >= self.threads && a.1.is_none() {
-            a.1 = Some(Instant::now());
-            self.all_arrived.notify_all();
-        }
+        let mut a = self.count_arrival();
         loop {
             if let Some(start) = a.1 {
                 return start;
@@ -219,6 +211,21 @@ impl Live {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Counts one more thread at the start of the run phase (or gone); the last one sets
+    /// the common start and wakes the others.
+    fn count_arrival(&self) -> std::sync::MutexGuard<'_, (usize, Option<Instant>)> {
+        let mut a = self
+            .arrived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.0 += 1;
+        if a.0 >= self.threads && a.1.is_none() {
+            a.1 = Some(Instant::now());
+            self.all_arrived.notify_all();
+        }
+        a
     }
 
     /// The phase the first thread is in.
@@ -437,16 +444,7 @@ impl Drop for ThreadGuard {
     fn drop(&mut self) {
         self.ready(Err("a thread stopped before it connected".into()));
         if !self.arrived {
-            let mut a = self
-                .live
-                .arrived
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            a.0 += 1;
-            if a.0 >= self.live.threads && a.1.is_none() {
-                a.1 = Some(Instant::now());
-                self.live.all_arrived.notify_all();
-            }
+            drop(self.live.count_arrival());
         }
         self.live.finished.fetch_add(1, Ordering::Relaxed);
     }
@@ -570,7 +568,7 @@ async fn load_phase(
             let (sink, next) = (sink.clone(), next.clone());
             let (records, pipeline) = (config.records, config.pipeline.max(1));
             runtime::spawn(async move {
-                let mut ops = Vec::with_capacity(pipeline);
+                let (mut ops, mut sent) = (Vec::with_capacity(pipeline), Vec::new());
                 loop {
                     ops.clear();
                     while ops.len() < pipeline && next.get() < records {
@@ -584,7 +582,8 @@ async fn load_phase(
                     if ops.is_empty() {
                         return conn;
                     }
-                    let sent = vec![Instant::now(); ops.len()];
+                    sent.clear();
+                    sent.resize(ops.len(), Instant::now());
                     sink.run_batch(&mut conn, &ops, &sent).await;
                 }
             })
@@ -645,7 +644,7 @@ async fn run_phase(
                 .map(|mut conn| {
                     let (sink, generator, claim) = (sink.clone(), generator.clone(), claim.clone());
                     runtime::spawn(async move {
-                        let mut ops = Vec::with_capacity(pipeline);
+                        let (mut ops, mut sent) = (Vec::with_capacity(pipeline), Vec::new());
                         loop {
                             let n = claim(Instant::now(), pipeline as u64);
                             if n == 0 {
@@ -653,7 +652,8 @@ async fn run_phase(
                             }
                             ops.clear();
                             ops.extend((0..n).map(|_| generator.borrow_mut().next_op()));
-                            let sent = vec![Instant::now(); ops.len()];
+                            sent.clear();
+                            sent.resize(ops.len(), Instant::now());
                             sink.run_batch(&mut conn, &ops, &sent).await;
                             acknowledge_inserts(&generator, &ops);
                         }
