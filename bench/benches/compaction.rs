@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynacore_bench::{open_fjall, temp_dir_in, ShardHost};
-use dynacore_engine::{runtime, Durability, Shard, ShardId, ShardOptions};
+use dynacore_engine::{Durability, Shard, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 use hdrhistogram::Histogram;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

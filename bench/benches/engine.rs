@@ -21,7 +21,8 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use dynacore_bench::{open_fjall, temp_dir_in, Dataset, ShardHost};
-use dynacore_engine::{runtime, Durability, ShardId, ShardOptions};
+use dynacore_engine::{Durability, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 
 const LOAD_KEYS: usize = 1_000_000;
 

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dynacore_bench::{temp_dir_in, ShardHost};
-use dynacore_engine::{runtime, Durability, ShardId, ShardOptions};
+use dynacore_engine::{Durability, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 use hdrhistogram::Histogram;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

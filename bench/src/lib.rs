@@ -13,7 +13,8 @@ use std::pin::Pin;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use dynacore_engine::{runtime, Shard, ShardOptions};
+use dynacore_engine::{Shard, ShardOptions};
+use dynacore_runtime as runtime;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -36,7 +37,7 @@ impl ShardHost {
     pub fn open(options: ShardOptions) -> Self {
         let (tx, rx) = mpsc::channel::<(Job, mpsc::Sender<Duration>)>();
         let thread = std::thread::spawn(move || {
-            let ex = runtime::build_unbound_executor(8 << 20).expect("executor");
+            let ex = runtime::Executor::new_unbound(8 << 20).expect("executor");
             ex.run(async move {
                 let shard = Shard::open(options).await.expect("open shard");
                 loop {

@@ -27,7 +27,8 @@ use std::rc::Rc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use dynacore_engine::{runtime, Durability, Shard, ShardId, ShardOptions};
+use dynacore_engine::{Durability, Shard, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 use rand::{Rng, SeedableRng};
 
 #[derive(Parser)]
@@ -267,7 +268,7 @@ async fn verify(options: ShardOptions, acked: PathBuf) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let executor = match runtime::build_unbound_executor(4 << 20) {
+    let executor = match runtime::Executor::new_unbound(4 << 20) {
         Ok(ex) => ex,
         Err(e) => {
             eprintln!("crash_check: cannot start executor: {e}");

@@ -34,8 +34,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::record::{Record, ShardId, VALUE_BYTES_MAX};
-use crate::runtime::{self, align_up, File, IO_ALIGN};
 use crate::sstable::BlockCache;
+use dynacore_runtime::{self as runtime, align_up, File, IO_ALIGN};
 
 const BLOB_MAGIC: u64 = u64::from_le_bytes(*b"DYNBLOB1");
 const BLOB_FORMAT_VERSION: u32 = 1;

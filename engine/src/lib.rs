@@ -10,7 +10,8 @@
 //! * [`record`] — the record model (key, value or tombstone, sequence number, write timestamp,
 //!   expiry, version blob) and its byte encoding.
 //! * [`wal`], [`memtable`], [`sstable`], [`manifest`] — the pieces; [`shard`] puts them together.
-//! * [`runtime`] — the only module that names glommio.
+//! * Files and executors come from `dynacore-runtime`, the only crate that names glommio; the
+//!   token and the limits from `dynacore-types`, which the wire protocol shares.
 //!
 //! Hard limits: keys 1..=256 bytes ([`KEY_BYTES_MAX`]), values up to 10 MiB
 //! ([`VALUE_BYTES_MAX`]), version blobs up to 64 KiB ([`VERSION_BYTES_MAX`]); breaking one is a
@@ -27,7 +28,6 @@ pub mod manifest;
 pub mod memtable;
 pub mod object;
 pub mod record;
-pub mod runtime;
 pub mod scan;
 pub mod shard;
 pub mod sstable;

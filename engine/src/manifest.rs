@@ -21,8 +21,8 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::record::{SeqNo, ShardId};
-use crate::runtime::{self, File};
 use crate::sstable::TableId;
+use dynacore_runtime::{self as runtime, File};
 
 const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"DYNMAN01");
 const MANIFEST_FORMAT_VERSION: u32 = 1;

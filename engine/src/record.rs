@@ -30,12 +30,7 @@ use std::cmp::Ordering;
 use crate::blob::{BlobRef, BLOB_REF_BYTES};
 use crate::error::LimitError;
 
-/// The largest key, in bytes (keys hold at least one byte).
-pub const KEY_BYTES_MAX: usize = 256;
-/// The largest value, in bytes.
-pub const VALUE_BYTES_MAX: usize = 10 * 1024 * 1024;
-/// The largest version blob, in bytes.
-pub const VERSION_BYTES_MAX: usize = 64 * 1024;
+pub use dynacore_types::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX};
 
 const HEADER_BYTES: usize = 24;
 const FLAG_EXPIRY: u8 = 1;
@@ -51,18 +46,6 @@ pub const RECORD_BYTES_MAX: usize =
 /// A shard-local sequence number: every write gets the next one, and a higher one is newer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeqNo(pub u64);
-
-/// A key's position on the ring: `xxh3_64(key)`. Keys are ordered by `(token, key)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Token(pub u64);
-
-impl Token {
-    /// The token of `key`.
-    #[must_use]
-    pub fn of(key: &[u8]) -> Token {
-        Token(xxhash_rust::xxh3::xxh3_64(key))
-    }
-}
 
 /// Identifies a shard (one core's slice of a node's vnodes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -49,7 +49,6 @@ use crate::manifest::Manifest;
 use crate::memtable::Memtable;
 use crate::object::{self, KeyLocks, Object, Sibling};
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
-use crate::runtime::{self, Latency, TaskQueueHandle};
 use crate::scan::{MergeCursor, ShardScan};
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
 use crate::version::{
@@ -57,6 +56,7 @@ use crate::version::{
     VersionVector,
 };
 use crate::wal::{Durability, Wal, WalOptions, WalStats};
+use dynacore_runtime::{self as runtime, Latency, TaskQueueHandle};
 
 /// How a shard is opened.
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::runtime;
+use dynacore_runtime as runtime;
 
 /// A fresh disk-backed temporary directory under `target/tmp` (never tmpfs: glommio silently
 /// drops O_DIRECT there).
@@ -19,7 +19,7 @@ pub(crate) fn temp_dir() -> tempfile::TempDir {
 /// Runs `f` on a fresh unbound executor with a small DMA arena; a test still running after
 /// 60 s panics.
 pub(crate) fn run(f: impl std::future::Future<Output = ()> + 'static) {
-    let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+    let ex = runtime::Executor::new_unbound(1 << 20).expect("executor");
     ex.run(async move {
         futures_lite::future::or(f, async {
             // NOTE: a watchdog, not a wait for a condition: it only ends a hung test.

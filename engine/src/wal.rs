@@ -58,7 +58,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::record::{self, RecordRef, SeqNo, ShardId};
-use crate::runtime::{self, align_up, File, IO_ALIGN};
+use dynacore_runtime::{self as runtime, align_up, File, IO_ALIGN};
 
 /// How a write is made durable before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{small_options, with_temp_dir};
 use dynacore_engine::version::{ActorId, HlcTimestamp, VersionVector};
-use dynacore_engine::{runtime, Error, Object, Shard, Sibling};
+use dynacore_engine::{Error, Object, Shard, Sibling};
+use dynacore_runtime as runtime;
 
 const LIMIT: Duration = Duration::from_secs(120);
 

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{small_options, with_temp_dir};
-use dynacore_engine::{runtime, Durability, Error, LimitError, Mutation, Shard, VALUE_BYTES_MAX};
+use dynacore_engine::{Durability, Error, LimitError, Mutation, Shard, VALUE_BYTES_MAX};
+use dynacore_runtime as runtime;
 
 const LIMIT: Duration = Duration::from_secs(120);
 

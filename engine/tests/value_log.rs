@@ -285,9 +285,9 @@ fn a_scan_keeps_reading_blob_files_that_compaction_deleted() {
         shard.flush().await.expect("flush");
         let compacting = {
             let shard = shard.clone();
-            dynacore_engine::runtime::spawn_detached(async move { shard.compact_all().await })
+            dynacore_runtime::spawn_detached(async move { shard.compact_all().await })
         };
-        dynacore_engine::runtime::sleep(Duration::from_millis(50)).await;
+        dynacore_runtime::sleep(Duration::from_millis(50)).await;
         let mut n = 1;
         while let Some(r) = scan.next().await.expect("scan") {
             let i: u32 = std::str::from_utf8(&r.key[4..])

@@ -19,8 +19,9 @@ use std::rc::Rc;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dynacore_engine::runtime::{self, TcpReader, TcpStream, TcpWriter};
-use dynacore_net::client::{Client, ClientError, Quorum, ReadRepair, WriteOptions};
+use dynacore_client::glommio::Client;
+use dynacore_client::{ClientError, Quorum, ReadRepair, WriteOptions};
+use dynacore_runtime::{self as runtime, TcpReader, TcpStream, TcpWriter};
 
 use crate::resp;
 use crate::workload::{key_name, OpKind, Operation};
@@ -696,7 +697,7 @@ mod tests {
         #[test]
         fn encoded_keys_decode_back(key in "[ -~]{1,40}") {
             let encoded = percent_encode(&key);
-            let decoded = dynacore_net::http::percent_decode(&encoded).expect("valid escapes");
+            let decoded = dynacore_net::frontend::http_codec::percent_decode(&encoded).expect("valid escapes");
             prop_assert_eq!(decoded, key.into_bytes());
         }
     }

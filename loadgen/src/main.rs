@@ -15,12 +15,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use dynacore_client::Quorum;
 use dynacore_loadgen::driver::DriverKind;
 use dynacore_loadgen::recording::Latencies;
 use dynacore_loadgen::report::{compare, hgrm, op_name, phase_json, phase_table};
 use dynacore_loadgen::run::{run, Live, Phase, RunConfig};
 use dynacore_loadgen::workload::{Distribution, Workload};
-use dynacore_net::client::Quorum;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]

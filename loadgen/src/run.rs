@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dynacore_engine::runtime;
-use dynacore_net::client::{Client, ClientOptions, Quorum};
+use dynacore_client::glommio::Client;
+use dynacore_client::{ClientOptions, Quorum};
+use dynacore_runtime as runtime;
 use hdrhistogram::Histogram;
 
 use crate::driver::{Conn, Done, DriverKind, Protocol, Settings, Wire};

@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use dynacore_client::Quorum;
 use dynacore_loadgen::driver::DriverKind;
 use dynacore_loadgen::recording::Latencies;
 use dynacore_loadgen::run::{run, PhaseReport, RunConfig};
 use dynacore_loadgen::workload::{OpKind, Workload};
-use dynacore_net::client::Quorum;
 use dynacore_net::node::{self, NodeConfig};
 
 fn config(target: SocketAddr, workload: Workload) -> RunConfig {

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dynacore_client::Quorum;
 use dynacore_loadgen::driver::DriverKind;
 use dynacore_loadgen::recording::Latencies;
 use dynacore_loadgen::resp::{self, Reply};
 use dynacore_loadgen::run::{run, PhaseReport, RunConfig};
 use dynacore_loadgen::workload::{OpKind, Workload};
-use dynacore_net::client::Quorum;
 
 fn config(target: SocketAddr, workload: Workload) -> RunConfig {
     RunConfig {

@@ -29,8 +29,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use common::{env_or, metric_sum, scrape};
-use dynacore_engine::runtime;
-use dynacore_net::client::{Client, Quorum, ReadRepair, WriteOptions};
+use dynacore_client::glommio::Client;
+use dynacore_client::{Quorum, ReadRepair, WriteOptions};
+use dynacore_runtime as runtime;
 use hdrhistogram::Histogram;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

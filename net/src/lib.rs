@@ -1,33 +1,32 @@
-//! `dynacore-net`: everything of Dynacore that crosses a core or a wire — the flatbuffers
-//! protocol, the per-core servers (binary, HTTP), the ring and vnode→core map, the quorum
-//! coordinator, hinted handoff, anti-entropy, membership, the client SDK and the `dynacore`
-//! binary.
+//! `dynacore-net`: the Dynacore node and the `dynacore` binary.
 //!
-//! Built so far: [`ring`], the sans-IO hash ring (vnode tokens, ownership, preference lists, the
-//! vnode → core map), [`protocol`], the frame codec and the flatbuffers schema's generated
-//! code, [`http`], the HTTP API's request reader, [`store`], what a request does to one
-//! shard, [`dispatch`], a binary-protocol request answered through it, and [`server`], the
-//! per-core binary server. The rest comes with the node and cluster issues; see the README's status table.
-// unsafe_code is denied workspace-wide; only the generated flatbuffers code is allowed it.
+//! One folder per concern; dependencies run one way, down this list:
+//! * [`node`] — `dynacore serve`: settings, the data directory's identity, one executor per
+//!   core, start-up and shutdown; `local-cluster`.
+//! * [`frontend`] — what clients talk to: the binary protocol's server and its dispatch, the
+//!   HTTP API (sans-IO codec and server).
+//! * [`coordinator`] — a request's life across replicas: quorum decisions (sans IO), writes,
+//!   reads with read repair, passing a write to a replica, hinted handoff.
+//! * [`core`] — one core's view of the node: routing a request to the core that owns its key,
+//!   admission and shutdown accounting.
+//! * [`storage`] — what a request does to one shard ([`storage::replica`]) and the per-core hint
+//!   stores ([`storage::hints`]).
+//! * [`cluster`] — membership (SWIM through foca, sans IO), its gossip driver, and the ring
+//!   book every core routes by.
+//! * [`metrics`] — counters and histograms, rendered for `/metrics`.
+//!
+//! The wire protocol, the API vocabulary and the ring are `dynacore-proto`'s; the connections to
+//! peers are `dynacore-client`'s (glommio driver); storage is `dynacore-engine`'s; executors,
+//! files and sockets are `dynacore-runtime`'s.
+// unsafe_code is denied workspace-wide.
 
-pub mod client;
 pub mod cluster;
-pub mod coordinate;
 pub mod coordinator;
-pub mod cores;
-pub mod dispatch;
-pub mod gossip;
-pub mod hints;
-pub mod http;
-pub mod httpd;
-pub mod local_cluster;
-pub mod membership;
+pub mod core;
+pub mod frontend;
 pub mod metrics;
 pub mod node;
-pub mod protocol;
-pub mod ring;
-pub mod server;
-pub mod store;
+pub mod storage;
 
 #[cfg(test)]
 mod test_util;

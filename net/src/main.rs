@@ -11,9 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dynacore_engine::runtime;
-use dynacore_net::client::{Client, ClientError, ClientOptions, Version, WriteOptions};
+use dynacore_client::glommio::Client;
+use dynacore_client::{ClientError, ClientOptions, Version, WriteOptions};
 use dynacore_net::node::{self, NodeConfig, NodeError, Overrides};
+use dynacore_runtime as runtime;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,7 +75,7 @@ enum Command {
         target: Target,
     },
     /// Run N nodes on this machine (127.0.0.1, 127.0.0.2, …) until Ctrl-C.
-    LocalCluster(dynacore_net::local_cluster::LocalCluster),
+    LocalCluster(dynacore_net::node::local_cluster::LocalCluster),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,7 +111,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::LocalCluster(args) => ExitCode::from(dynacore_net::local_cluster::run(&args)),
+        Command::LocalCluster(args) => {
+            ExitCode::from(dynacore_net::node::local_cluster::run(&args))
+        }
         Command::Serve { config, flags } => {
             init_logging();
             serve(config.as_deref(), &flags)

@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock};
-use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
+use dynacore_engine::{Shard, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 
-use crate::store::LocalStore;
+use crate::storage::replica::LocalStore;
 
 struct ManualClock(Arc<AtomicU64>);
 
@@ -31,7 +32,7 @@ where
 {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
-        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+        let ex = runtime::Executor::new_unbound(1 << 20).expect("executor");
         ex.run(f());
         let _ = done_tx.send(());
     });

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dynacore_engine::version::{ActorId, ClockHandle};
-use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
-use dynacore_net::cores::Core;
-use dynacore_net::protocol::{encode_frame, fb, parse_response, FRAME_BYTES_MAX};
-use dynacore_net::ring::NodeId;
-use dynacore_net::server::{serve_binary, ConnectionLimits};
-use dynacore_net::store::LocalStore;
+use dynacore_engine::{Shard, ShardId, ShardOptions};
+use dynacore_net::core::Core;
+use dynacore_net::frontend::binary_server::{serve_binary, ConnectionLimits};
+use dynacore_net::storage::replica::LocalStore;
+use dynacore_proto::ring::NodeId;
+use dynacore_proto::{encode_frame, fb, parse_response, FRAME_BYTES_MAX};
+use dynacore_runtime as runtime;
 
 use common::{closed, get_frame, put_frame, raw_conn as connect, read_frame};
 
@@ -32,7 +33,7 @@ fn start_server_with(limits: ConnectionLimits) -> (SocketAddr, tempfile::TempDir
     let path = dir.path().to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+        let ex = runtime::Executor::new_unbound(1 << 20).expect("executor");
         ex.run(async move {
             let shard = Shard::open(ShardOptions::new(&path, ShardId(0)))
                 .await

@@ -11,11 +11,10 @@ use common::{
     closed, dynacore, framed, get_value, http, metric_sum, on_executor, raw_conn, read_frame,
     start, temp_dir, try_start, HttpConn, BOUND,
 };
-use dynacore_engine::runtime;
-use dynacore_net::client::{
-    Client, ClientError, ErrorCode, Quorum, ReadRepair, Version, WriteOptions,
-};
-use dynacore_net::protocol::{build, fb, parse_response, FRAME_BYTES_MAX};
+use dynacore_client::glommio::Client;
+use dynacore_client::{ClientError, ErrorCode, Quorum, ReadRepair, Version, WriteOptions};
+use dynacore_proto::{build, fb, parse_response, FRAME_BYTES_MAX};
+use dynacore_runtime as runtime;
 
 fn error_code(body: &[u8]) -> Option<fb::ErrorCode> {
     parse_response(body)

@@ -141,12 +141,12 @@ fn a_quorum_write_through_one_node_is_read_through_another_and_reaches_every_rep
     // The SDK, routed by the topology, reads what HTTP wrote.
     let seed = nodes[1].addr;
     let got = common::on_executor(move || async move {
-        let client = dynacore_net::client::Client::connect(&[seed])
+        let client = dynacore_client::glommio::Client::connect(&[seed])
             .await
             .expect("connect");
         assert_eq!(client.cluster().replication_factor, 3);
         client
-            .consistent_put(b"sdk", b"typed", dynacore_net::client::Quorum::All)
+            .consistent_put(b"sdk", b"typed", dynacore_client::Quorum::All)
             .await
             .expect("put");
         client.get(b"k7").await.expect("get").map(|v| v.value)
@@ -302,7 +302,8 @@ fn concurrent_writes_become_siblings_and_a_write_with_the_merged_version_replace
     // The SDK sees the same through the binary protocol.
     let seed = nodes[1].addr;
     let (siblings, after) = common::on_executor(move || async move {
-        use dynacore_net::client::{Client, Quorum, WriteOptions};
+        use dynacore_client::glommio::Client;
+        use dynacore_client::{Quorum, WriteOptions};
         let client = Client::connect(&[seed]).await.expect("connect");
         let base = client.put(b"sdk-doc", b"v0").await.expect("put");
         for v in [&b"x"[..], b"y"] {
@@ -568,4 +569,75 @@ fn a_conditional_write_is_checked_on_every_replica() {
     assert_eq!(r.status, 412, "{}", r.text());
     assert_eq!(r.json()["version"].as_str(), Some(v2.as_str()));
     assert_eq!(value_of(&get(&nodes[0], "acct", "r=all")), "90");
+}
+
+#[test]
+fn the_sdk_follows_the_cluster_and_reads_past_a_replica_it_cannot_reach() {
+    use dynacore_client::glommio::Client;
+    use dynacore_client::{ClientOptions, NodeState, Quorum, ReadRepair};
+    use dynacore_runtime as runtime;
+
+    let dir = temp_dir("dynacore-repl-sdk-");
+    let root = dir.path().to_path_buf();
+    let a = start(&root.join("a"), 1, &[]);
+    let seed = a.addr;
+    common::on_executor(move || async move {
+        let options = ClientOptions {
+            topology_refresh: Duration::from_millis(200),
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(&[seed], options)
+            .await
+            .expect("connect");
+        assert_eq!(client.cluster().nodes.len(), 1);
+        // Two nodes join; the client learns of them on its own (no refresh called).
+        let seed_arg = seed.to_string();
+        let b = start(&root.join("b"), 1, &["--seeds", &seed_arg]);
+        let c = start(&root.join("c"), 1, &["--seeds", &seed_arg]);
+        let until = Instant::now() + Duration::from_secs(30);
+        while client.cluster().nodes.len() < 3 || client.cluster().replication_factor < 3 {
+            assert!(Instant::now() < until, "the client never saw three nodes");
+            runtime::sleep(Duration::from_millis(50)).await;
+        }
+        let nodes = [a, b, c];
+        client
+            .consistent_put(b"sdk:failover", b"kept", Quorum::All)
+            .await
+            .expect("w=all");
+        // The key's first replica dies; before anyone notices, a read goes past it to the next.
+        let first = client.route(b"sdk:failover");
+        // One core each: a node's only core listens on its base port + 1.
+        let victim = nodes
+            .iter()
+            .position(|n| n.addr.port() + 1 == first.port())
+            .expect("a node holds it");
+        let victim_port = nodes[victim].addr.port();
+        nodes[victim].signal("KILL");
+        let got = client
+            .consistent_get(b"sdk:failover", Quorum::Count(1), ReadRepair::Off)
+            .await
+            .expect("read from the next replica");
+        assert_eq!(got.map(|v| v.value), Some(b"kept".to_vec()));
+        // The client fetches the topology again (from a live node if the seed died) and learns
+        // that the node is down; its reads then start with a live replica.
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = client.cluster();
+            let down = view
+                .members
+                .iter()
+                .any(|m| m.node.base_port == victim_port && m.state == NodeState::Down);
+            if down {
+                break;
+            }
+            assert!(Instant::now() < until, "the client never saw the node down");
+            runtime::sleep(Duration::from_millis(50)).await;
+        }
+        assert_ne!(client.route(b"sdk:failover"), first);
+        for (i, n) in nodes.into_iter().enumerate() {
+            if i != victim {
+                n.stop();
+            }
+        }
+    });
 }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use crate::blob::{BlobMeta, BlobSet, BlobWriter, FIRST_ENTRY_OFFSET};
 use crate::error::Result;
 use crate::record::{ShardId, Token};
-use crate::runtime;
 use crate::scan::MergeCursor;
 use crate::sstable::{BlockCache, SsTable, TableBuilder, TableId};
+use dynacore_runtime as runtime;
 
 /// Decides whether a tombstone that is past its grace period may be dropped, given its token
 /// and write timestamp. Anti-entropy installs one that answers yes only once repair has covered

@@ -16,7 +16,7 @@ use super::{
 use super::{TABLE_FORMAT_VERSION, TABLE_MAGIC};
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, RecordRef, Token};
-use crate::runtime::{self, File, IO_ALIGN};
+use dynacore_runtime::{self as runtime, File, IO_ALIGN};
 
 /// Unwritten bytes after which the builder writes a chunk out. Copying a chunk into its DMA
 /// buffer holds the executor, so chunks stay small enough not to delay foreground requests.

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, Record, Token};
-use crate::runtime::File;
+use dynacore_runtime::File;
 
 /// An open, immutable table.
 #[derive(Debug)]

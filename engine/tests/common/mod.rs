@@ -5,7 +5,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dynacore_engine::{runtime, Durability, Shard, ShardId, ShardOptions};
+use dynacore_engine::{Durability, Shard, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 
 /// A fresh disk-backed temporary directory (never tmpfs: glommio silently drops O_DIRECT there).
 pub fn temp_dir() -> tempfile::TempDir {
@@ -34,7 +35,7 @@ where
 {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
-        let ex = runtime::build_unbound_executor(1 << 20).expect("executor");
+        let ex = runtime::Executor::new_unbound(1 << 20).expect("executor");
         ex.run(f());
         let _ = done_tx.send(());
     });

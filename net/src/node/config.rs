@@ -104,7 +104,7 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         ReplicationConfig {
-            replication_factor: crate::coordinator::RF_DEFAULT,
+            replication_factor: crate::coordinator::quorum::RF_DEFAULT,
             sloppy_quorum: true,
             hinted_handoff: true,
             hint_max_age: Duration::from_secs(3 * 3600),
@@ -125,7 +125,7 @@ impl Default for NodeConfig {
             cores: None,
             pin: true,
             durability: Durability::Sync,
-            vnodes: crate::ring::VNODES_DEFAULT,
+            vnodes: dynacore_proto::ring::VNODES_DEFAULT,
             request_timeout: Duration::from_secs(5),
             io_memory_bytes: 10 << 20,
             memtable_bytes: 64 << 20,

@@ -16,6 +16,7 @@
 //! signal exits at once with code 130.
 
 pub mod config;
+pub mod local_cluster;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -25,16 +26,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynacore_engine::version::{ActorId, ClockHandle};
-use dynacore_engine::{runtime, Shard, ShardId, ShardOptions};
+use dynacore_engine::{Shard, ShardId, ShardOptions};
+use dynacore_runtime as runtime;
 
 use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
-use crate::cores::{serve_inbox, Core, CoreParts, NodeShared};
-use crate::hints::{HintLimits, HintStore};
-use crate::httpd::{serve_http, HttpOptions};
-use crate::ring::NodeId;
-use crate::server::{serve_binary, ConnectionLimits};
-use crate::store::LocalStore;
+use crate::core::{serve_inbox, Core, CoreParts, NodeShared};
+use crate::frontend::binary_server::{serve_binary, ConnectionLimits};
+use crate::frontend::http_server::{serve_http, HttpOptions};
+use crate::storage::hints::{HintLimits, HintStore};
+use crate::storage::replica::LocalStore;
 pub use config::{ConfigError, NodeConfig, Overrides};
+use dynacore_proto::ring::NodeId;
 
 /// Why the node did not start or did not stop cleanly.
 #[derive(Debug)]
@@ -485,7 +487,7 @@ struct CoreStart {
     cluster: SharedCluster,
     book: Option<RingBook>,
     shared: Arc<NodeShared>,
-    inbox: flume::Receiver<crate::cores::Forward>,
+    inbox: flume::Receiver<crate::core::Forward>,
     control: flume::Receiver<()>,
     shard_addr: SocketAddr,
     ready: std::sync::mpsc::Sender<Result<u32, String>>,
@@ -538,7 +540,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         source_ip: Some(s.config.listen.ip()).filter(|ip| !ip.is_unspecified()),
     });
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
-    let replay = runtime::spawn(crate::coordinate::replay_hints(core.clone()));
+    let replay = runtime::spawn(crate::coordinator::replay_hints(core.clone()));
     let bound = (|| {
         let main = runtime::TcpListener::bind(s.config.listen)?;
         let own = runtime::TcpListener::bind(s.shard_addr)?;
@@ -577,25 +579,25 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
     } else if i == 0 {
         match runtime::UdpSocket::bind(s.config.listen) {
             Ok(socket) => {
-                let own = crate::membership::NodeMeta {
+                let own = crate::cluster::membership::NodeMeta {
                     node: s.node_id.0,
                     generation: s.generation,
                     version: 0,
-                    status: crate::membership::NodeStatus::Normal,
+                    status: crate::cluster::membership::NodeStatus::Normal,
                     shards: core.shards(),
                     vnodes: s.config.vnodes,
                     binary: s.config.advertised(),
                     http: s.config.http,
                     gossip: s.config.advertised(),
                 };
-                let publish = crate::gossip::Publish {
+                let publish = crate::cluster::gossip::Publish {
                     members: core.shared().members().clone(),
                     book: s.book.expect("INVARIANT: core 0 holds the ring book"),
                     cluster: s.cluster.clone(),
                     replication_factor: replication.replication_factor,
                 };
                 let seeds = s.config.seeds.clone();
-                Some(runtime::spawn(crate::gossip::run(
+                Some(runtime::spawn(crate::cluster::gossip::run(
                     socket,
                     own,
                     seeds,
@@ -622,7 +624,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         // Tell the cluster at once rather than letting it find out by failed probes.
         let (done_tx, done) = flume::bounded(1);
         if gossip_control
-            .send(crate::gossip::Control::Leave(done_tx))
+            .send(crate::cluster::gossip::Control::Leave(done_tx))
             .is_ok()
         {
             let _ = runtime::timeout(Duration::from_secs(1), done.recv_async()).await;

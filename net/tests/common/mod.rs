@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use dynacore_engine::runtime;
-use dynacore_net::protocol::{build, encode_frame, fb, parse_response};
+use dynacore_proto::{build, encode_frame, fb, parse_response};
+use dynacore_runtime as runtime;
 
 /// How long any single wait in these tests may take.
 pub const BOUND: Duration = Duration::from_secs(60);

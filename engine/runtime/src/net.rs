@@ -1,0 +1,250 @@
+//! TCP and UDP sockets on the current executor.
+//!
+//! INVARIANT: called from inside an executor thread only; a socket never leaves its thread.
+
+use std::io;
+use std::time::Duration;
+
+/// A TCP listener on the current executor.
+#[derive(Debug)]
+pub struct TcpListener(glommio::net::TcpListener);
+
+impl TcpListener {
+    /// Listens on `addr` (port 0: any free port).
+    ///
+    /// # Errors
+    /// Any error from `bind` or `listen`.
+    pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+        glommio::net::TcpListener::bind(addr)
+            .map(TcpListener)
+            .map_err(io::Error::from)
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// Any error from `getsockname`.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+
+    /// The next connection.
+    ///
+    /// # Errors
+    /// Any error from `accept`.
+    pub async fn accept(&self) -> io::Result<TcpStream> {
+        self.0
+            .accept()
+            .await
+            .map(TcpStream)
+            .map_err(io::Error::from)
+    }
+}
+
+/// A TCP connection on the current executor.
+#[derive(Debug)]
+pub struct TcpStream(glommio::net::TcpStream);
+
+impl TcpStream {
+    /// Connects to `addr`, giving up after `timeout`; the connection has `TCP_NODELAY` set.
+    ///
+    /// # Errors
+    /// `TimedOut`, or any error from `connect`.
+    pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let s = glommio::net::TcpStream::connect_timeout(addr, timeout)
+            .await
+            .map_err(io::Error::from)?;
+        s.set_nodelay(true).map_err(io::Error::from)?;
+        Ok(TcpStream(s))
+    }
+
+    /// Connects to `addr` from the local address `from` (port chosen by the system), giving up
+    /// after `timeout`: what a node does so that its peers see its connections come from its
+    /// own address (a multi-homed host, a firewall, a test's fault-injecting proxy).
+    ///
+    /// # Errors
+    /// `TimedOut`, or any error from `bind` or `connect`.
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let domain = if addr.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SockAddr::from(std::net::SocketAddr::new(from, 0)))?;
+        match socket.connect(&SockAddr::from(addr)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {
+                // Wait for the handshake (on loopback and LANs it is usually done at once).
+                let until = std::time::Instant::now() + timeout;
+                let mut pause = Duration::from_micros(50);
+                loop {
+                    if let Some(e) = socket.take_error()? {
+                        return Err(e);
+                    }
+                    if socket.peer_addr().is_ok() {
+                        break;
+                    }
+                    if std::time::Instant::now() >= until {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "connection timed out",
+                        ));
+                    }
+                    glommio::timer::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let s = glommio::net::TcpStream::from(socket);
+        s.set_nodelay(true).map_err(io::Error::from)?;
+        Ok(TcpStream(s))
+    }
+
+    /// Sets `TCP_NODELAY` (no Nagle delay for small writes).
+    ///
+    /// # Errors
+    /// Any error from `setsockopt`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.0.set_nodelay(on).map_err(io::Error::from)
+    }
+
+    /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
+    ///
+    /// # Errors
+    /// Any read error.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::AsyncReadExt::read(&mut self.0, buf).await
+    }
+
+    /// Closes the writing direction (the peer reads end of stream); reading goes on.
+    ///
+    /// # Errors
+    /// Any error from `shutdown`.
+    pub async fn shutdown_write(&self) -> io::Result<()> {
+        self.0
+            .shutdown(std::net::Shutdown::Write)
+            .await
+            .map_err(io::Error::from)
+    }
+
+    /// Splits the connection into halves that separate tasks of this executor can read and
+    /// write at the same time.
+    #[must_use]
+    pub fn split(self) -> (TcpReader, TcpWriter) {
+        let (r, w) = futures_lite::io::split(self.0);
+        (TcpReader(r), TcpWriter(w))
+    }
+
+    /// Fills `buf` from the connection.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the peer closes first; any read error.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        futures_lite::AsyncReadExt::read_exact(&mut self.0, buf).await
+    }
+
+    /// Writes all of `buf` and flushes it.
+    ///
+    /// # Errors
+    /// Any write error.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::write_all(&mut self.0, buf).await?;
+        futures_lite::AsyncWriteExt::flush(&mut self.0).await
+    }
+}
+
+/// A UDP socket on the current executor.
+#[derive(Debug)]
+pub struct UdpSocket(glommio::net::UdpSocket);
+
+impl UdpSocket {
+    /// Binds `addr`.
+    ///
+    /// # Errors
+    /// Any error from `bind`.
+    pub fn bind(addr: std::net::SocketAddr) -> io::Result<UdpSocket> {
+        glommio::net::UdpSocket::bind(addr)
+            .map(UdpSocket)
+            .map_err(io::Error::from)
+    }
+
+    /// The address it is bound to.
+    ///
+    /// # Errors
+    /// Any error from `getsockname`.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr().map_err(io::Error::from)
+    }
+
+    /// Sends one datagram.
+    ///
+    /// # Errors
+    /// Any error from `sendto`.
+    pub async fn send_to(&self, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
+        self.0.send_to(buf, to).await.map_err(io::Error::from)
+    }
+
+    /// Receives one datagram into `buf` (a longer one is cut to `buf`'s size).
+    ///
+    /// # Errors
+    /// Any error from `recvfrom`.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+        self.0.recv_from(buf).await.map_err(io::Error::from)
+    }
+}
+
+/// The reading half of a [`TcpStream`].
+#[derive(Debug)]
+pub struct TcpReader(futures_lite::io::ReadHalf<glommio::net::TcpStream>);
+
+impl TcpReader {
+    /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
+    ///
+    /// # Errors
+    /// Any read error.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::AsyncReadExt::read(&mut self.0, buf).await
+    }
+
+    /// Fills `buf` from the connection.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the peer closes first; any read error.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        futures_lite::AsyncReadExt::read_exact(&mut self.0, buf).await
+    }
+}
+
+/// The writing half of a [`TcpStream`].
+#[derive(Debug)]
+pub struct TcpWriter(futures_lite::io::WriteHalf<glommio::net::TcpStream>);
+
+impl TcpWriter {
+    /// Writes all of `buf` and flushes it.
+    ///
+    /// # Errors
+    /// Any write error.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::write_all(&mut self.0, buf).await?;
+        futures_lite::AsyncWriteExt::flush(&mut self.0).await
+    }
+
+    /// Closes the writing direction (the peer reads end of stream).
+    ///
+    /// # Errors
+    /// Any error from `shutdown`.
+    pub async fn close(&mut self) -> io::Result<()> {
+        futures_lite::AsyncWriteExt::close(&mut self.0).await
+    }
+}
+
+/// `EINPROGRESS` on Linux: a non-blocking connect under way.
+const EINPROGRESS: i32 = 115;

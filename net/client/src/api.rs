@@ -1,0 +1,571 @@
+//! The SDK's API, written once over a [`Driver`] (the runtime that moves a request's bytes):
+//! argument checks, routing, deadlines, which calls may be sent again, answer decoding, and
+//! keeping the topology fresh. `crate::Client` (tokio) and `crate::glommio::Client` are this
+//! type over their drivers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use dynacore_proto::topology::ClusterView;
+use dynacore_proto::{build, reply, Conflicts, Quorum, ReadRepair, Version};
+use dynacore_proto::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+use crate::error::ClientError;
+
+/// How a client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline of each request (sent to the server too).
+    pub timeout: Duration,
+    /// Deadline of each connection attempt.
+    pub connect_timeout: Duration,
+    /// How often the topology is fetched again (it is also fetched soon after a node could not
+    /// be reached).
+    pub topology_refresh: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            topology_refresh: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A value as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// Its version.
+    pub version: Version,
+}
+
+/// Every concurrent value of a key, as [`Client::get_siblings`] read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Siblings {
+    /// The values, newest first.
+    pub values: Vec<Vec<u8>>,
+    /// The merged version: a write with it as context replaces them all.
+    pub version: Version,
+}
+
+/// Options of a write.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Expire the value after this long (whole seconds; below one second is refused).
+    pub ttl: Option<Duration>,
+    /// Write only if this is still the key's current version.
+    pub expected: Option<Version>,
+    /// Replicas that must acknowledge.
+    pub w: Option<Quorum>,
+    /// The version a read returned: the write replaces the values it covers (all siblings a
+    /// [`Client::get_siblings`] returned), and values written concurrently stay as siblings.
+    /// `None`: the write replaces what the coordinating replica holds.
+    pub context: Option<Version>,
+}
+
+/// What every driver's client shares: its seeds and options, and the topology as last fetched.
+#[derive(Debug)]
+pub struct Common {
+    seeds: Vec<SocketAddr>,
+    options: ClientOptions,
+    view: RwLock<Arc<ClusterView>>,
+    fetched_at: Mutex<Instant>,
+    /// A node could not be reached: fetch the topology at the next check.
+    refresh_due: AtomicBool,
+}
+
+impl Common {
+    /// The state of a client of `seeds` (at least one) that knows no topology yet.
+    #[must_use]
+    pub fn new(seeds: Vec<SocketAddr>, options: ClientOptions) -> Common {
+        Common {
+            seeds,
+            options,
+            view: RwLock::new(Arc::new(ClusterView::empty())),
+            fetched_at: Mutex::new(Instant::now()),
+            refresh_due: AtomicBool::new(false),
+        }
+    }
+
+    /// The options.
+    #[must_use]
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    fn view(&self) -> Arc<ClusterView> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_view(&self, view: ClusterView) {
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        *self
+            .fetched_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.refresh_due.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the topology should be fetched again now.
+    #[must_use]
+    pub fn refresh_is_due(&self) -> bool {
+        self.refresh_due.load(Ordering::Relaxed)
+            || self
+                .fetched_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+                >= self.options.topology_refresh
+    }
+
+    /// How long a driver's refresh task sleeps between checks of [`Common::refresh_is_due`].
+    #[must_use]
+    pub fn refresh_check_interval(&self) -> Duration {
+        self.options
+            .topology_refresh
+            .min(Duration::from_millis(250))
+    }
+}
+
+/// What a client needs of a runtime: one request's bytes sent and its answer's bytes back.
+pub trait Driver: Clone + 'static {
+    /// The client's shared state.
+    fn common(&self) -> &Common;
+
+    /// Sends the request `build` makes (given its id) to `addr` over a pooled connection and
+    /// waits for its answer until `deadline`; never sends it twice.
+    ///
+    /// Errors: [`ClientError::Connect`] when no connection could be made (nothing was sent),
+    /// [`ClientError::Io`] when the connection broke, [`ClientError::Timeout`],
+    /// [`ClientError::InvalidArgument`] for a request over the frame limit.
+    fn call_once(
+        &self,
+        addr: SocketAddr,
+        build: &(dyn Fn(u64) -> Vec<u8> + Sync),
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<u8>, ClientError>>;
+
+    /// Open connections.
+    fn connections(&self) -> usize;
+}
+
+/// Whether a request may be sent again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// A read: once more on a fresh connection when its connection broke, and to the next
+    /// replica when one cannot be reached.
+    Idempotent,
+    /// A write: only to the next replica when it was never sent (no connection could be made);
+    /// once sent, its outcome is unknown and it is never sent again.
+    WhenNotSent,
+}
+
+/// A client of a Dynacore cluster over driver `D` (see the crate documentation). Cheap to clone:
+/// clones share connections and topology.
+#[derive(Clone)]
+pub struct Client<D: Driver> {
+    driver: D,
+}
+
+impl<D: Driver> std::fmt::Debug for Client<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("seeds", &self.driver.common().seeds)
+            .field("connections", &self.driver.connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Driver> Client<D> {
+    /// A client over `driver` once it fetched the topology from the first seed that answers.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none answers.
+    pub(crate) async fn start(driver: D) -> Result<Client<D>, ClientError> {
+        let client = Client { driver };
+        client.refresh_topology().await?;
+        Ok(client)
+    }
+
+    /// A client over `driver` as it is (for a driver's refresh task).
+    pub(crate) fn wrap(driver: D) -> Client<D> {
+        Client { driver }
+    }
+
+    /// The driver (for the refresh task).
+    pub(crate) fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// Fetches the topology again from the seeds (it is also done on a timer, see
+    /// [`ClientOptions::topology_refresh`], and soon after a node could not be reached).
+    ///
+    /// # Errors
+    /// The last seed's error when none answers; [`ClientError::InvalidArgument`] without seeds.
+    pub async fn refresh_topology(&self) -> Result<(), ClientError> {
+        let common = self.driver.common();
+        let mut last = ClientError::InvalidArgument("no seed address".to_owned());
+        // The seeds first, then every node last seen (seeds may have left or moved).
+        let known: Vec<SocketAddr> = {
+            let view = common.view();
+            view.nodes
+                .iter()
+                .filter_map(|n| n.host.parse::<std::net::IpAddr>().ok().map(|ip| (ip, n)))
+                .filter(|(ip, _)| !ip.is_unspecified())
+                .map(|(ip, n)| SocketAddr::new(ip, n.base_port))
+                .collect()
+        };
+        let mut tried = Vec::new();
+        for addr in common.seeds.iter().chain(&known) {
+            if tried.contains(addr) {
+                continue;
+            }
+            tried.push(*addr);
+            let deadline = Instant::now() + common.options.timeout;
+            let answer = self
+                .call_resending(*addr, &build::topology, deadline)
+                .await
+                .and_then(|body| reply::topology(&body).map_err(ClientError::from));
+            match answer {
+                Ok(view) => {
+                    common.set_view(view);
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The cluster as last fetched.
+    #[must_use]
+    pub fn cluster(&self) -> ClusterView {
+        ClusterView::clone(&self.driver.common().view())
+    }
+
+    /// The address of the core that holds `key` on its first replica not known to be down
+    /// (the replica coordinates the request without a hop).
+    #[must_use]
+    pub fn route(&self, key: &[u8]) -> SocketAddr {
+        self.routes(key)[0]
+    }
+
+    /// Where requests for `key` go, best first (never empty).
+    fn routes(&self, key: &[u8]) -> Vec<SocketAddr> {
+        let common = self.driver.common();
+        common.view().routes(key, common.seeds[0])
+    }
+
+    /// The value of `key` and its version, or `None` when it is absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Value>, ClientError> {
+        self.consistent_get(key, Quorum::Default, ReadRepair::Default)
+            .await
+    }
+
+    /// [`Client::get`] answered by `r` replicas, with the given read repair.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad key or `r`; [`ClientError`].
+    pub async fn consistent_get(
+        &self,
+        key: &[u8],
+        r: Quorum,
+        read_repair: ReadRepair,
+    ) -> Result<Option<Value>, ClientError> {
+        let found = self.read(key, r, read_repair, Conflicts::Default).await?;
+        Ok(found.map(|f| Value {
+            value: f.value,
+            version: Version(f.version),
+        }))
+    }
+
+    /// Every concurrent value of `key` (siblings, newest first) and one merged version to
+    /// write back as a [`WriteOptions::context`] to replace them all; `None` when it is
+    /// absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad key or `r`; [`ClientError`].
+    pub async fn get_siblings(
+        &self,
+        key: &[u8],
+        r: Quorum,
+    ) -> Result<Option<Siblings>, ClientError> {
+        let found = self
+            .read(key, r, ReadRepair::Default, Conflicts::Siblings)
+            .await?;
+        Ok(found.map(|f| Siblings {
+            values: f.siblings.into_iter().map(|(v, _)| v).collect(),
+            version: Version(f.version),
+        }))
+    }
+
+    /// One `Get` request and its answer, decoded.
+    async fn read(
+        &self,
+        key: &[u8],
+        r: Quorum,
+        read_repair: ReadRepair,
+        conflicts: Conflicts,
+    ) -> Result<Option<reply::Found>, ClientError> {
+        check_key(key)?;
+        let r = self.quorum(r, "r")?;
+        let timeout_ms = self.timeout_ms();
+        let get = build::Get {
+            key,
+            r,
+            read_repair: read_repair.to_wire(),
+            conflicts: conflicts.to_wire(),
+            timeout_ms,
+        };
+        let body = self
+            .call(key, Resend::Idempotent, &|id| build::get_with(id, &get))
+            .await?;
+        Ok(reply::get(&body)?)
+    }
+
+    /// Stores `value` under `key`, replacing what it holds; returns the new version.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
+        self.put_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// [`Client::put`] acknowledged by `w` replicas.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad `w`; [`ClientError`].
+    pub async fn consistent_put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        w: Quorum,
+    ) -> Result<Version, ClientError> {
+        let options = WriteOptions {
+            w: Some(w),
+            ..WriteOptions::default()
+        };
+        self.put_with(key, value, &options).await
+    }
+
+    /// Stores `value` only if `key`'s current version is still `expected`.
+    ///
+    /// # Errors
+    /// [`ClientError::ConditionFailed`] with the current version; [`ClientError`].
+    pub async fn put_if(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expected: &Version,
+    ) -> Result<Version, ClientError> {
+        let options = WriteOptions {
+            expected: Some(expected.clone()),
+            ..WriteOptions::default()
+        };
+        self.put_with(key, value, &options).await
+    }
+
+    /// Stores `value` under `key` with a TTL, a condition and a write quorum as given.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn put_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Version, ClientError> {
+        check_key(key)?;
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "a value holds at most {VALUE_BYTES_MAX} bytes, not {}",
+                value.len()
+            )));
+        }
+        let ttl_seconds = match options.ttl {
+            None => 0,
+            Some(t) if t.as_secs() == 0 => {
+                return Err(ClientError::InvalidArgument(
+                    "a TTL is at least one second".to_owned(),
+                ))
+            }
+            Some(t) => t.as_secs(),
+        };
+        let put = build::Put {
+            key,
+            value,
+            ttl_seconds,
+            expected_version: options.expected.as_ref().map(|v| v.0.as_slice()),
+            w: self.quorum(options.w.unwrap_or(Quorum::Default), "w")?,
+            timeout_ms: self.timeout_ms(),
+            context: options.context.as_ref().map(|v| v.0.as_slice()),
+            forwarded: false,
+        };
+        let body = self
+            .call(key, Resend::WhenNotSent, &|id| build::put(id, &put))
+            .await?;
+        Ok(Version(reply::written(&body)?))
+    }
+
+    /// Deletes `key` (writes a tombstone); returns the tombstone's version.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete(&self, key: &[u8]) -> Result<Version, ClientError> {
+        self.delete_with(key, &WriteOptions::default()).await
+    }
+
+    /// Deletes `key` under a condition and a write quorum (a TTL is refused).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete_with(
+        &self,
+        key: &[u8],
+        options: &WriteOptions,
+    ) -> Result<Version, ClientError> {
+        check_key(key)?;
+        if options.ttl.is_some() {
+            return Err(ClientError::InvalidArgument(
+                "a delete has no TTL".to_owned(),
+            ));
+        }
+        let delete = build::Delete {
+            key,
+            expected_version: options.expected.as_ref().map(|v| v.0.as_slice()),
+            w: self.quorum(options.w.unwrap_or(Quorum::Default), "w")?,
+            timeout_ms: self.timeout_ms(),
+            context: options.context.as_ref().map(|v| v.0.as_slice()),
+            forwarded: false,
+        };
+        let body = self
+            .call(key, Resend::WhenNotSent, &|id| {
+                build::delete_with(id, &delete)
+            })
+            .await?;
+        Ok(Version(reply::written(&body)?))
+    }
+
+    /// Round-trip time to `addr` (any node's port).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn ping(&self, addr: SocketAddr) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        let payload: u64 = rand::random();
+        let deadline = started + self.driver.common().options.timeout;
+        let body = self
+            .call_resending(addr, &|id| build::ping(id, payload), deadline)
+            .await?;
+        if reply::ping(&body)? == payload {
+            Ok(started.elapsed())
+        } else {
+            Err(ClientError::Protocol(
+                "ping answered with another payload".into(),
+            ))
+        }
+    }
+
+    /// The deadline sent to the server: a little shorter than the client's own, so that the
+    /// server's `Timeout` answer arrives before the client gives up.
+    fn timeout_ms(&self) -> u32 {
+        let ms = self.driver.common().options.timeout.as_millis();
+        u32::try_from(ms - (ms / 10).min(100))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+
+    fn quorum(
+        &self,
+        q: Quorum,
+        name: &str,
+    ) -> Result<Option<dynacore_proto::fb::Quorum>, ClientError> {
+        let rf = self.driver.common().view().replication_factor;
+        q.to_wire(rf, name).map_err(ClientError::InvalidArgument)
+    }
+
+    /// Sends a request for `key` to its replicas in route order, as far as `resend` allows.
+    async fn call(
+        &self,
+        key: &[u8],
+        resend: Resend,
+        build: &(dyn Fn(u64) -> Vec<u8> + Sync),
+    ) -> Result<Vec<u8>, ClientError> {
+        let common = self.driver.common();
+        let deadline = Instant::now() + common.options.timeout;
+        let mut last = None;
+        for addr in self.routes(key) {
+            let result = match resend {
+                Resend::Idempotent => self.call_resending(addr, build, deadline).await,
+                Resend::WhenNotSent => self.driver.call_once(addr, build, deadline).await,
+            };
+            match result {
+                Err(e) if e.is_not_sent() && Instant::now() < deadline => {
+                    // That node cannot be reached: the view may be stale.
+                    common.refresh_due.store(true, Ordering::Relaxed);
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::Timeout))
+    }
+
+    /// An idempotent request to `addr`, sent once more on a fresh connection when the pooled one
+    /// turns out to be broken (the node restarted since it was opened).
+    async fn call_resending(
+        &self,
+        addr: SocketAddr,
+        build: &(dyn Fn(u64) -> Vec<u8> + Sync),
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        match self.driver.call_once(addr, build, deadline).await {
+            Err(ClientError::Io(_)) => self.driver.call_once(addr, build, deadline).await,
+            other => other,
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), ClientError> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "a key holds 1 to {KEY_BYTES_MAX} bytes, not {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Fetches the topology whenever it is due, until `alive` says the client is gone. Drivers run
+/// it as a task, with `sleep` their runtime's timer.
+pub(crate) async fn refresh_loop<D, S, F>(
+    mut alive: impl FnMut() -> Option<Client<D>>,
+    sleep: S,
+    check_every: Duration,
+) where
+    D: Driver,
+    S: Fn(Duration) -> F,
+    F: Future<Output = ()>,
+{
+    loop {
+        sleep(check_every).await;
+        let Some(client) = alive() else { return };
+        if client.driver().common().refresh_is_due() {
+            // A failure leaves the last view in place; the next check tries again.
+            let _ = client.refresh_topology().await;
+        }
+    }
+}

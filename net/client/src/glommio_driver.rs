@@ -1,0 +1,302 @@
+//! The thread-per-core driver, on Dynacore's runtime (`dynacore-runtime`, glommio): a pool of
+//! connections, each a reader task and a writer task around the sans-IO [`Connection`]. It is
+//! `!Send`: a pool and a client belong to the executor that made them. A node's cores reach
+//! their peers through [`ConnPool`]; loadgen's and the CLI's clients are [`Client`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use dynacore_proto::connection::Connection;
+use dynacore_runtime::{self as runtime, TcpReader, TcpStream, TcpWriter};
+
+use crate::api::{self, ClientOptions, Common, Driver};
+use crate::error::ClientError;
+
+/// A client on the current glommio executor (`!Send`; one per executor). Cheap to clone.
+pub type Client = api::Client<Pool>;
+
+impl Client {
+    /// Connects with the default options (see [`Client::connect_with`]).
+    ///
+    /// # Errors
+    /// As [`Client::connect_with`].
+    pub async fn connect(seeds: &[SocketAddr]) -> Result<Client, ClientError> {
+        Client::connect_with(seeds, ClientOptions::default()).await
+    }
+
+    /// Fetches the topology from the first of `seeds` that answers, and keeps it fresh in a task
+    /// of the current executor.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none
+    /// answers.
+    pub async fn connect_with(
+        seeds: &[SocketAddr],
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if seeds.is_empty() {
+            return Err(ClientError::InvalidArgument("no seed address".to_owned()));
+        }
+        let connect_timeout = options.connect_timeout;
+        let pool = Pool(Rc::new((
+            Common::new(seeds.to_vec(), options),
+            ConnPool::new(connect_timeout),
+        )));
+        let client = api::Client::start(pool).await?;
+        let weak: Weak<(Common, ConnPool)> = Rc::downgrade(&client.driver().0);
+        let every = client.driver().common().refresh_check_interval();
+        runtime::spawn(api::refresh_loop(
+            move || weak.upgrade().map(|inner| api::Client::wrap(Pool(inner))),
+            runtime::sleep,
+            every,
+        ))
+        .detach();
+        Ok(client)
+    }
+}
+
+/// A glommio [`Client`]'s state and connections.
+#[derive(Clone, Debug)]
+pub struct Pool(Rc<(Common, ConnPool)>);
+
+impl Driver for Pool {
+    fn common(&self) -> &Common {
+        &self.0 .0
+    }
+
+    async fn call_once(
+        &self,
+        addr: SocketAddr,
+        build: &(dyn Fn(u64) -> Vec<u8> + Sync),
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.0 .1.call_once(addr, &build, deadline).await
+    }
+
+    fn connections(&self) -> usize {
+        self.0 .1.len()
+    }
+}
+
+/// What a connection's tasks and its callers share.
+struct Shared {
+    state: RefCell<Connection<flume::Sender<Vec<u8>>>>,
+    /// A permit: bytes wait to be written.
+    wake_writer: flume::Sender<()>,
+    broken: Cell<bool>,
+    /// When the last answer arrived.
+    last_answer: Cell<Instant>,
+}
+
+impl Shared {
+    /// The connection is gone: every waiting request learns it (its sender is dropped).
+    fn fail(&self) {
+        self.broken.set(true);
+        drop(self.state.borrow_mut().fail_all());
+    }
+}
+
+/// One open connection; its tasks stop when it is dropped.
+struct Conn {
+    shared: Rc<Shared>,
+    _tasks: [runtime::Task<()>; 2],
+}
+
+impl Conn {
+    async fn open(
+        addr: SocketAddr,
+        from: Option<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
+        let stream = match from {
+            Some(ip) => TcpStream::connect_from(ip, addr, timeout).await,
+            None => TcpStream::connect(addr, timeout).await,
+        }
+        .map_err(|source| ClientError::Connect { addr, source })?;
+        let (reader, writer) = stream.split();
+        let (wake_writer, woken) = flume::bounded(1);
+        let shared = Rc::new(Shared {
+            state: RefCell::new(Connection::new()),
+            wake_writer,
+            broken: Cell::new(false),
+            last_answer: Cell::new(Instant::now()),
+        });
+        let reading = runtime::spawn(read_answers(reader, shared.clone()));
+        let writing = runtime::spawn(write_requests(writer, woken, shared.clone()));
+        Ok(Conn {
+            shared,
+            _tasks: [reading, writing],
+        })
+    }
+}
+
+async fn read_answers(mut r: TcpReader, shared: Rc<Shared>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let Ok(done) = shared.state.borrow_mut().receive(&buf[..n]) else {
+            break;
+        };
+        if !done.is_empty() {
+            shared.last_answer.set(Instant::now());
+        }
+        for (waiter, body) in done {
+            // A caller that gave up meanwhile no longer listens.
+            let _ = waiter.send(body);
+        }
+    }
+    shared.fail();
+}
+
+async fn write_requests(mut w: TcpWriter, woken: flume::Receiver<()>, shared: Rc<Shared>) {
+    let mut out = Vec::new();
+    while woken.recv_async().await.is_ok() {
+        loop {
+            shared.state.borrow_mut().take_outgoing(&mut out);
+            if out.is_empty() {
+                break;
+            }
+            if w.write_all(&out).await.is_err() {
+                shared.fail();
+                return;
+            }
+            if out.capacity() > (1 << 20) {
+                out = Vec::new();
+            }
+        }
+    }
+}
+
+/// Forgets a request's waiter when its call ends, however it ends.
+struct Forget<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.shared.state.borrow_mut().forget(self.id);
+    }
+}
+
+/// Open connections to any number of servers, one per address, each carrying many requests at
+/// once (matched by id). A glommio [`Client`] routes through one; each core of a node keeps one
+/// to its peers.
+pub struct ConnPool {
+    connect_timeout: Duration,
+    /// The local address connections come from (`None`: the system's choice).
+    source: Option<IpAddr>,
+    conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
+}
+
+impl fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("connections", &self.conns.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnPool {
+    /// A pool whose connection attempts give up after `connect_timeout`.
+    #[must_use]
+    pub fn new(connect_timeout: Duration) -> ConnPool {
+        ConnPool {
+            connect_timeout,
+            source: None,
+            conns: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The same pool, its connections made from local address `ip`.
+    #[must_use]
+    pub fn from_source(mut self, ip: IpAddr) -> ConnPool {
+        self.source = Some(ip);
+        self
+    }
+
+    /// Open connections.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Whether no connection is open.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Rc<Conn>, ClientError> {
+        if let Some(c) = self.conns.borrow().get(&addr) {
+            if !c.shared.broken.get() {
+                return Ok(c.clone());
+            }
+        }
+        let conn = Rc::new(Conn::open(addr, self.source, self.connect_timeout).await?);
+        // Another request may have connected meanwhile: keep one.
+        let mut conns = self.conns.borrow_mut();
+        match conns.get(&addr) {
+            Some(c) if !c.shared.broken.get() => Ok(c.clone()),
+            _ => {
+                conns.insert(addr, conn.clone());
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Sends the request `build` makes (given its id) to `addr` and waits for its answer until
+    /// `deadline`; never sends it twice.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] (nothing was sent), [`ClientError::Io`] when the connection
+    /// breaks, [`ClientError::Timeout`], [`ClientError::InvalidArgument`] for a request over the
+    /// frame limit.
+    pub async fn call_once(
+        &self,
+        addr: SocketAddr,
+        build: &impl Fn(u64) -> Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let conn = runtime::timeout(left, self.conn(addr))
+            .await
+            .ok_or(ClientError::Timeout)??;
+        let shared = &*conn.shared;
+        if shared.broken.get() {
+            return Err(ClientError::broken("the connection is closed"));
+        }
+        let (tx, rx) = flume::bounded(1);
+        let id = shared
+            .state
+            .borrow_mut()
+            .send(build, tx)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let _forget = Forget { shared, id };
+        // A full channel already holds a wake-up the writer has not taken.
+        let _ = shared.wake_writer.try_send(());
+        let sent_at = Instant::now();
+        let left = deadline.saturating_duration_since(sent_at);
+        match runtime::timeout(left, rx.recv_async()).await {
+            Some(Ok(body)) => Ok(body),
+            Some(Err(_)) => Err(ClientError::broken(
+                "the connection closed before the answer came",
+            )),
+            None => {
+                // Nothing at all came back on this connection since the request went out: the
+                // peer may be gone without a reset. The next request opens a new connection.
+                if shared.last_answer.get() < sent_at {
+                    shared.broken.set(true);
+                }
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+}

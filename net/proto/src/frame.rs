@@ -1,0 +1,227 @@
+//! Framing: length-prefixed frames holding flatbuffers (`net/proto/schema/dynacore.fbs`).
+//!
+//! ```text
+//! frame: [u32 little-endian length][flatbuffer of that length]
+//! ```
+//! A reader learns a frame's length from its first 4 bytes, so a frame over [`FRAME_BYTES_MAX`]
+//! is refused before any of its body is read. Every buffer is checked by the flatbuffers
+//! verifier (bounded in depth, table count and size) before a field is read, so malformed input
+//! is a [`ProtocolError`], never a panic or an out-of-bounds read.
+
+use dynacore_types::VALUE_BYTES_MAX;
+
+use crate::fb;
+
+/// Bytes of a frame's length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// The largest frame body: a 10 MiB value with room for the key, a version and the fields.
+pub const FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX + (256 << 10);
+
+/// Why bytes are not a valid frame or message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The length prefix announces more than [`FRAME_BYTES_MAX`].
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame of length 0.
+    EmptyFrame,
+    /// The body is not a valid flatbuffer of the expected message.
+    Malformed(String),
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtocolError::FrameTooLarge { len, max } => {
+                write!(f, "frame of {len} bytes is over the {max}-byte limit")
+            }
+            ProtocolError::EmptyFrame => f.write_str("empty frame"),
+            ProtocolError::Malformed(why) => write!(f, "malformed message: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The body length a frame header announces.
+///
+/// # Errors
+/// [`ProtocolError::FrameTooLarge`] or [`ProtocolError::EmptyFrame`]: the connection should
+/// answer with an error and close, without reading the body.
+pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, ProtocolError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len == 0 {
+        return Err(ProtocolError::EmptyFrame);
+    }
+    if len > FRAME_BYTES_MAX {
+        return Err(ProtocolError::FrameTooLarge {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    Ok(len)
+}
+
+/// Appends `body` as one frame to `out`.
+///
+/// # Panics
+/// If `body` is empty or over [`FRAME_BYTES_MAX`]: callers build bodies within the limits.
+pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) {
+    assert!(
+        !body.is_empty() && body.len() <= FRAME_BYTES_MAX,
+        "frame body of {} bytes",
+        body.len()
+    );
+    let len = u32::try_from(body.len()).expect("INVARIANT: below the limit");
+    out.reserve(FRAME_HEADER_BYTES + body.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Splits the first whole frame off `buf`: its body and the bytes it used, or `None` while
+/// `buf` holds only part of it.
+///
+/// # Errors
+/// As [`frame_len`], as soon as the header is in.
+pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Ok(None);
+    };
+    let len = frame_len(*header)?;
+    let end = FRAME_HEADER_BYTES + len;
+    Ok(buf.get(FRAME_HEADER_BYTES..end).map(|body| (body, end)))
+}
+
+fn verifier_options() -> flatbuffers::VerifierOptions {
+    flatbuffers::VerifierOptions {
+        max_depth: 16,
+        max_tables: 100_000,
+        max_apparent_size: FRAME_BYTES_MAX * 2,
+        ..Default::default()
+    }
+}
+
+/// Verifies and opens a request body.
+///
+/// # Errors
+/// [`ProtocolError::Malformed`] for anything the verifier rejects.
+pub fn parse_request(body: &[u8]) -> Result<fb::Request<'_>, ProtocolError> {
+    flatbuffers::root_with_opts::<fb::Request>(&verifier_options(), body)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Verifies and opens a response body.
+///
+/// # Errors
+/// [`ProtocolError::Malformed`] for anything the verifier rejects.
+pub fn parse_response(body: &[u8]) -> Result<fb::Response<'_>, ProtocolError> {
+    flatbuffers::root_with_opts::<fb::Response>(&verifier_options(), body)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build;
+    use proptest::prelude::*;
+
+    fn put_request(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
+        build::put(
+            id,
+            &build::Put {
+                key,
+                value,
+                ttl_seconds: 30,
+                w: Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
+                ..build::Put::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_request_round_trips_through_a_frame() {
+        let body = put_request(42, b"user:1", &[7u8; 1000]);
+        let mut wire = Vec::new();
+        encode_frame(&body, &mut wire);
+        encode_frame(&body, &mut wire);
+        let (first, used) = split_frame(&wire).expect("valid").expect("whole");
+        assert_eq!(used, 4 + body.len());
+        let req = parse_request(first).expect("parses");
+        assert_eq!(req.id(), 42);
+        assert_eq!(req.timeout_ms(), 0);
+        let put = req.op_as_put().expect("a put");
+        assert_eq!(put.key().bytes(), b"user:1");
+        assert_eq!(put.value().len(), 1000);
+        assert_eq!(put.ttl_seconds(), 30);
+        assert_eq!(put.w().map(fb::Quorum::kind), Some(fb::QuorumKind::Quorum));
+        assert!(put.expected_version().is_none());
+        // The second frame follows; a partial one waits for more bytes.
+        assert!(split_frame(&wire[used..]).expect("valid").is_some());
+        for cut in 0..wire.len() - used {
+            assert_eq!(
+                split_frame(&wire[used..used + cut]),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_empty_frames_are_refused_from_the_header() {
+        let too_big = u32::try_from(FRAME_BYTES_MAX + 1).expect("fits");
+        assert_eq!(
+            split_frame(&too_big.to_le_bytes()),
+            Err(ProtocolError::FrameTooLarge {
+                len: FRAME_BYTES_MAX + 1,
+                max: FRAME_BYTES_MAX
+            })
+        );
+        assert_eq!(frame_len([0; 4]), Err(ProtocolError::EmptyFrame));
+        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_request_missing_a_required_field_is_malformed() {
+        // A Request with only an id and no op (the generated builder refuses to make one, so
+        // the table is built by hand): the verifier refuses it, as op is required.
+        let mut b = flatbuffers::FlatBufferBuilder::new();
+        let start = b.start_table();
+        b.push_slot::<u64>(fb::Request::VT_ID, 1, 0);
+        let table = b.end_table(start);
+        b.finish_minimal(table);
+        assert!(matches!(
+            parse_request(b.finished_data()),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        /// Arbitrary bytes, and valid requests with bytes flipped or cut, never panic the
+        /// decoder: they parse or they are a typed error.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = split_frame(&bytes);
+            let _ = parse_request(&bytes).map(|r| (r.id(), r.op_type()));
+            let _ = parse_response(&bytes).map(|r| r.id());
+        }
+
+        #[test]
+        fn damaged_requests_never_panic(flip in 0usize..200, bit in 0u8..8, cut in 0usize..200) {
+            let mut body = put_request(7, b"k", b"value");
+            let at = flip % body.len();
+            body[at] ^= 1 << bit;
+            body.truncate(body.len() - cut % body.len());
+            if let Ok(req) = parse_request(&body) {
+                // A verified buffer can be read field by field without panicking.
+                if let Some(put) = req.op_as_put() {
+                    let _ = (put.key().len(), put.value().len(), put.ttl_seconds());
+                }
+            }
+        }
+    }
+}

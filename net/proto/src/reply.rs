@@ -1,0 +1,370 @@
+//! Answers: built by a node, decoded by whoever asked (the client SDK, or a coordinator asking a
+//! replica). One decoder per reply kind, so the SDK and the node read answers alike.
+//!
+//! Every decoder verifies the body first ([`parse_response`]) and refuses an answer of another
+//! kind than the request's; a server's error answer is a [`ServerError`].
+
+use flatbuffers::FlatBufferBuilder;
+
+use crate::api::ErrorCode;
+use crate::fb;
+use crate::frame::parse_response;
+use crate::topology::ClusterView;
+
+/// A server's error answer, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// What kind.
+    pub code: ErrorCode,
+    /// The server's explanation.
+    pub message: String,
+    /// Replicas that acknowledged (for [`ErrorCode::Unavailable`]).
+    pub acks: u8,
+    /// Replicas that were required (0 when the error is not about a quorum).
+    pub required: u8,
+    /// For [`ErrorCode::ConditionFailed`]: the current version, when the server sent it.
+    pub current_version: Option<Vec<u8>>,
+}
+
+impl ServerError {
+    fn from_wire(e: &fb::ErrorResponse<'_>) -> ServerError {
+        ServerError {
+            code: e.code().into(),
+            message: e.message().unwrap_or_default().to_owned(),
+            acks: e.acks(),
+            required: e.required(),
+            current_version: e.current_version().map(|v| v.bytes().to_vec()),
+        }
+    }
+}
+
+/// Why an answer could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyError {
+    /// The server answered with an error.
+    Server(ServerError),
+    /// The body is not a valid answer, or answers another kind of request.
+    Malformed(String),
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::Server(e) => write!(f, "{:?}: {}", e.code, e.message),
+            ReplyError::Malformed(m) => write!(f, "malformed answer: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
+/// The verified response, or its error answer as [`ReplyError::Server`].
+fn open(body: &[u8]) -> Result<fb::Response<'_>, ReplyError> {
+    let resp = parse_response(body).map_err(|e| ReplyError::Malformed(e.to_string()))?;
+    match resp.reply_as_error() {
+        Some(e) => Err(ReplyError::Server(ServerError::from_wire(&e))),
+        None => Ok(resp),
+    }
+}
+
+fn other_reply(request: &str) -> ReplyError {
+    ReplyError::Malformed(format!("a {request} answered with another reply"))
+}
+
+fn bytes(v: Option<flatbuffers::Vector<'_, u8>>) -> Vec<u8> {
+    v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+}
+
+/// A `Get` answer: `None` when the key is absent, deleted or expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The newest live value.
+    pub value: Vec<u8>,
+    /// The merged version.
+    pub version: Vec<u8>,
+    /// In siblings mode, every live value with its write time (ms since the Unix epoch), newest
+    /// first; empty otherwise.
+    pub siblings: Vec<(Vec<u8>, u64)>,
+}
+
+/// Decodes a `Get` answer.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn get(body: &[u8]) -> Result<Option<Found>, ReplyError> {
+    let resp = open(body)?;
+    let get = resp.reply_as_get().ok_or_else(|| other_reply("get"))?;
+    if !get.found() {
+        return Ok(None);
+    }
+    Ok(Some(Found {
+        value: bytes(get.value()),
+        version: bytes(get.version()),
+        siblings: get
+            .siblings()
+            .iter()
+            .flatten()
+            .map(|s| (s.value().bytes().to_vec(), s.written_ms()))
+            .collect(),
+    }))
+}
+
+/// Decodes a `Put` or `Delete` answer: the new version.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn written(body: &[u8]) -> Result<Vec<u8>, ReplyError> {
+    let resp = open(body)?;
+    let version = resp
+        .reply_as_put()
+        .map(|p| p.version())
+        .or_else(|| resp.reply_as_delete().map(|d| d.version()))
+        .ok_or_else(|| other_reply("write"))?;
+    Ok(bytes(version))
+}
+
+/// Decodes a `Ping` answer: its payload.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn ping(body: &[u8]) -> Result<u64, ReplyError> {
+    let resp = open(body)?;
+    resp.reply_as_ping()
+        .map(|p| p.payload())
+        .ok_or_else(|| other_reply("ping"))
+}
+
+/// Decodes a `Topology` answer.
+///
+/// # Errors
+/// [`ReplyError`], also when its vnodes do not make a ring.
+pub fn topology(body: &[u8]) -> Result<ClusterView, ReplyError> {
+    let resp = open(body)?;
+    let t = resp
+        .reply_as_topology()
+        .ok_or_else(|| other_reply("topology request"))?;
+    ClusterView::from_wire(&t).map_err(|e| ReplyError::Malformed(e.to_string()))
+}
+
+/// A replica's copy of a key, in its two encoded parts (the version blob and the values), as a
+/// `ReplicaRead` answers; `None` when it holds nothing for the key.
+pub type ObjectParts = (Vec<u8>, Vec<u8>);
+
+/// Decodes a `ReplicaRead` answer.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn replica_object(body: &[u8]) -> Result<Option<ObjectParts>, ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_replica_object()
+        .ok_or_else(|| other_reply("replica read"))?;
+    Ok(r.found().then(|| (bytes(r.version()), bytes(r.values()))))
+}
+
+/// Decodes a `ReplicaApply` answer: `Ok` when the replica stored the copy.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn replica_applied(body: &[u8]) -> Result<(), ReplyError> {
+    let resp = open(body)?;
+    match resp.reply_as_replica_object() {
+        Some(r) if r.found() => Ok(()),
+        _ => Err(other_reply("replica apply")),
+    }
+}
+
+// ---- Building answers (the node's side) ----
+
+/// An error answer to request `id` (`current`: the current version of a failed condition;
+/// `acks`/`required`: a quorum's counts, 0 when not about a quorum).
+#[must_use]
+pub fn error(
+    id: u64,
+    code: fb::ErrorCode,
+    message: &str,
+    current: Option<&[u8]>,
+    (acks, required): (u8, u8),
+) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let message = b.create_string(message);
+    let current_version = current.map(|c| b.create_vector(c));
+    let err = fb::ErrorResponse::create(
+        &mut b,
+        &fb::ErrorResponseArgs {
+            code,
+            message: Some(message),
+            current_version,
+            acks,
+            required,
+        },
+    );
+    finish(b, id, fb::Reply::Error, err.as_union_value())
+}
+
+/// Finishes a response whose reply `builder` holds.
+#[must_use]
+pub fn finish(
+    mut b: FlatBufferBuilder<'_>,
+    id: u64,
+    reply_type: fb::Reply,
+    reply: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> Vec<u8> {
+    let resp = fb::Response::create(
+        &mut b,
+        &fb::ResponseArgs {
+            id,
+            reply_type,
+            reply: Some(reply),
+        },
+    );
+    b.finish(resp, None);
+    b.finished_data().to_vec()
+}
+
+/// A `Get` answer: `found` is `None` for an absent key; with `siblings`, every value is listed.
+#[must_use]
+pub fn get_answer(id: u64, found: Option<&Found>, siblings: bool) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (value, version, list) = match found {
+        Some(f) => {
+            let list = siblings.then(|| {
+                let items: Vec<_> = f
+                    .siblings
+                    .iter()
+                    .map(|(v, written_ms)| {
+                        let value = b.create_vector(v);
+                        fb::SiblingValue::create(
+                            &mut b,
+                            &fb::SiblingValueArgs {
+                                value: Some(value),
+                                written_ms: *written_ms,
+                            },
+                        )
+                    })
+                    .collect();
+                b.create_vector(&items)
+            });
+            (
+                Some(b.create_vector(&f.value)),
+                Some(b.create_vector(&f.version)),
+                list,
+            )
+        }
+        None => (None, None, None),
+    };
+    let get = fb::GetResponse::create(
+        &mut b,
+        &fb::GetResponseArgs {
+            found: found.is_some(),
+            value,
+            version,
+            siblings: list,
+        },
+    );
+    finish(b, id, fb::Reply::Get, get.as_union_value())
+}
+
+/// A `Put` (`kind` [`fb::Reply::Put`]) or `Delete` answer with the new version.
+#[must_use]
+pub fn written_answer(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let version = Some(b.create_vector(version));
+    let reply = if kind == fb::Reply::Put {
+        fb::PutResponse::create(&mut b, &fb::PutResponseArgs { version }).as_union_value()
+    } else {
+        fb::DeleteResponse::create(&mut b, &fb::DeleteResponseArgs { version }).as_union_value()
+    };
+    finish(b, id, kind, reply)
+}
+
+/// A replica's copy in parts (`None`: it holds nothing), or just its version part for an apply.
+#[must_use]
+pub fn replica_object_answer(id: u64, parts: Option<(&[u8], Option<&[u8]>)>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (version, values) = match parts {
+        Some((version, values)) => (
+            Some(b.create_vector(version)),
+            values.map(|v| b.create_vector(v)),
+        ),
+        None => (None, None),
+    };
+    let r = fb::ReplicaObjectResponse::create(
+        &mut b,
+        &fb::ReplicaObjectResponseArgs {
+            found: parts.is_some(),
+            version,
+            values,
+        },
+    );
+    finish(b, id, fb::Reply::ReplicaObject, r.as_union_value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decode_as_they_were_built() {
+        let found = Found {
+            value: b"v2".to_vec(),
+            version: vec![1, 2, 3],
+            siblings: vec![(b"v2".to_vec(), 20), (b"v1".to_vec(), 10)],
+        };
+        assert_eq!(
+            get(&get_answer(1, Some(&found), true)),
+            Ok(Some(found.clone()))
+        );
+        let lww = get(&get_answer(1, Some(&found), false)).expect("decodes");
+        assert_eq!(lww.map(|f| f.siblings.len()), Some(0));
+        assert_eq!(get(&get_answer(1, None, true)), Ok(None));
+        assert_eq!(
+            written(&written_answer(2, fb::Reply::Put, &[9])),
+            Ok(vec![9])
+        );
+        assert_eq!(
+            written(&written_answer(2, fb::Reply::Delete, &[8])),
+            Ok(vec![8])
+        );
+        let object = replica_object_answer(3, Some((&[1][..], Some(&[2, 2][..]))));
+        assert_eq!(replica_object(&object), Ok(Some((vec![1], vec![2, 2]))));
+        assert_eq!(replica_object(&replica_object_answer(3, None)), Ok(None));
+        assert_eq!(
+            replica_applied(&replica_object_answer(3, Some((&[1][..], None)))),
+            Ok(())
+        );
+        assert!(replica_applied(&replica_object_answer(3, None)).is_err());
+    }
+
+    #[test]
+    fn errors_and_answers_of_another_kind_are_typed() {
+        let e = error(
+            4,
+            fb::ErrorCode::ConditionFailed,
+            "stale",
+            Some(&[7]),
+            (0, 0),
+        );
+        match written(&e) {
+            Err(ReplyError::Server(s)) => {
+                assert_eq!(s.code, ErrorCode::ConditionFailed);
+                assert_eq!(s.message, "stale");
+                assert_eq!(s.current_version, Some(vec![7]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let quorum = error(4, fb::ErrorCode::Unavailable, "1 of 2", None, (1, 2));
+        assert!(matches!(
+            get(&quorum),
+            Err(ReplyError::Server(ServerError {
+                acks: 1,
+                required: 2,
+                ..
+            }))
+        ));
+        let put = written_answer(5, fb::Reply::Put, &[1]);
+        assert!(matches!(get(&put), Err(ReplyError::Malformed(_))));
+        assert!(matches!(ping(&put), Err(ReplyError::Malformed(_))));
+        assert!(matches!(topology(b"junk"), Err(ReplyError::Malformed(_))));
+    }
+}

@@ -1,0 +1,508 @@
+//! The cores of one node and the way a request reaches the core that owns its key.
+//!
+//! Every core runs one executor with one engine shard. A key belongs to the core the node's
+//! [`ShardMap`] names for its token; a request that arrives on
+//! another core (through the shared port, or a client that routed it wrongly) is *forwarded*:
+//! a [`ShardOp`] goes into the owner's inbox (a multi-producer queue) with a one-shot reply
+//! channel inside, the owner runs it and answers, and the forward is counted in the metrics.
+//! This is the "reply channel inside the request" pattern of `shared/notes/glommio.md`: no
+//! channel-mesh join barrier, and no cycle of bounded queues that could deadlock.
+//!
+//! Shutdown is counted here too: every admitted request holds an [`Admission`] until it is
+//! answered, and once the node is closing no new one is admitted, so the node knows when the
+//! last in-flight request (including what it forwarded) is done and the shards can close.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::version::VersionVector;
+use dynacore_engine::{Object, ShardStats, Token};
+use dynacore_runtime as runtime;
+
+use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+use crate::metrics::CoreMetrics;
+use crate::node::config::ReplicationConfig;
+use crate::storage::hints::HintStore;
+use crate::storage::replica::{LocalStore, StoreError};
+use dynacore_client::glommio::ConnPool;
+use dynacore_proto::ring::{NodeId, ShardMap};
+
+/// What one shard is asked to do.
+#[derive(Debug)]
+pub enum ShardOp {
+    /// A coordinator's write on its own replica: a new version of the key, minted here.
+    Write {
+        /// The key.
+        key: Vec<u8>,
+        /// The value, or `None` for a tombstone.
+        value: Option<Vec<u8>>,
+        /// Expiry in seconds from now.
+        ttl_seconds: Option<u64>,
+        /// Write only if the copy holds nothing this version does not.
+        expected: Option<VersionVector>,
+        /// The causal context the write builds on (`None`: the copy's own, a blind write).
+        context: Option<VersionVector>,
+    },
+    /// Read this replica's own copy of a key.
+    ReplicaRead {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Merge an object into this replica's copy of a key.
+    ReplicaApply {
+        /// The key.
+        key: Vec<u8>,
+        /// The incoming copy.
+        object: Object,
+        /// Apply only if the copy holds nothing this version does not.
+        expected: Option<VersionVector>,
+    },
+    /// Report the shard's statistics.
+    Stats,
+}
+
+/// A shard's answer.
+#[derive(Debug)]
+pub enum ShardReply {
+    /// To [`ShardOp::Stats`].
+    Stats(Box<ShardStats>),
+    /// To [`ShardOp::Stats`], when the core could not answer.
+    NoStats(StoreError),
+    /// To the other operations: the replica's copy (after the write or merge).
+    Object(Result<Option<Object>, StoreError>),
+}
+
+impl ShardReply {
+    /// The object of an [`ShardReply::Object`] answer.
+    ///
+    /// # Errors
+    /// The operation's error; [`StoreError::Internal`] for another kind of answer.
+    pub fn into_object(self) -> Result<Option<Object>, StoreError> {
+        match self {
+            ShardReply::Object(r) => r,
+            other => {
+                // INVARIANT: a core answers each operation with its own kind of reply.
+                debug_assert!(false, "mismatched reply {other:?}");
+                Err(StoreError::Internal("mismatched reply from a core".into()))
+            }
+        }
+    }
+}
+
+/// Which kind of reply an operation gets.
+#[derive(Clone, Copy)]
+enum ReplyKind {
+    Stats,
+    Object,
+}
+
+impl ReplyKind {
+    fn of(op: &ShardOp) -> ReplyKind {
+        match op {
+            ShardOp::Stats => ReplyKind::Stats,
+            _ => ReplyKind::Object,
+        }
+    }
+
+    /// The reply when the operation could not be run or answered.
+    fn failed(self, e: StoreError) -> ShardReply {
+        match self {
+            ReplyKind::Stats => ShardReply::NoStats(e),
+            ReplyKind::Object => ShardReply::Object(Err(e)),
+        }
+    }
+}
+
+/// A request sent to another core, with the channel its answer goes back on.
+#[derive(Debug)]
+pub struct Forward {
+    op: ShardOp,
+    reply: flume::Sender<ShardReply>,
+    /// Keeps the node's in-flight count up until the owner has run it.
+    work: Admission,
+}
+
+/// What all cores of a node share (`Send + Sync`; one per node).
+#[derive(Debug)]
+pub struct NodeShared {
+    /// Set once, when the node starts shutting down: no request is admitted after it.
+    closing: AtomicBool,
+    /// Requests admitted and not yet answered, on every core.
+    in_flight: AtomicUsize,
+    /// Each core's inbox.
+    inboxes: Vec<flume::Sender<Forward>>,
+    /// Each core's counters.
+    metrics: Vec<CoreMetrics>,
+    /// When the node started.
+    started: Instant,
+    /// What the membership driver (core 0) last published.
+    members: crate::cluster::membership::SharedMembers,
+}
+
+impl NodeShared {
+    /// The shared state of a node with `cores` cores, and each core's inbox receiver (index `i`
+    /// is core `i`'s, to hand to [`serve_inbox`] on that core).
+    #[must_use]
+    pub fn new(cores: u32) -> (Arc<NodeShared>, Vec<flume::Receiver<Forward>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
+        let shared = NodeShared {
+            closing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            inboxes: senders,
+            metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            started: Instant::now(),
+            members: crate::cluster::membership::SharedMembers::default(),
+        };
+        (Arc::new(shared), receivers)
+    }
+
+    /// The node's core count.
+    #[must_use]
+    pub fn cores(&self) -> u32 {
+        u32::try_from(self.inboxes.len()).expect("INVARIANT: cores fit in u32")
+    }
+
+    /// Stops admitting requests (requests already admitted go on).
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the node is shutting down.
+    #[must_use]
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Requests admitted and not yet answered.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Every core's counters.
+    #[must_use]
+    pub fn metrics(&self) -> &[CoreMetrics] {
+        &self.metrics
+    }
+
+    /// Time since the node started.
+    #[must_use]
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The membership as last published (`None` before the driver's first step).
+    #[must_use]
+    pub fn members(&self) -> &crate::cluster::membership::SharedMembers {
+        &self.members
+    }
+
+    /// Counts work that continues an admitted request (an operation running in its own task,
+    /// which may outlive the request's deadline): admitted even while closing, so that the
+    /// shards close only after it.
+    pub fn hold(self: &Arc<Self>) -> Admission {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Admission(self.clone())
+    }
+}
+
+/// A request being answered; the node's in-flight count drops when it is dropped.
+#[derive(Debug)]
+pub struct Admission(Arc<NodeShared>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct CoreInner {
+    index: u32,
+    shards: u32,
+    store: LocalStore,
+    /// Which core holds a token's keys on this node.
+    shard_map: ShardMap,
+    cluster: SharedCluster,
+    shared: Arc<NodeShared>,
+    /// How long a request may take when its sender does not say.
+    default_timeout: Duration,
+    /// This core's connections to other nodes' cores.
+    peers: ConnPool,
+    /// This core's hints (`None`: hinted handoff is off).
+    hints: Option<Rc<HintStore>>,
+    replication: ReplicationConfig,
+}
+
+/// What a core is made of.
+#[derive(Debug)]
+pub struct CoreParts {
+    /// Its index.
+    pub index: u32,
+    /// Its shard.
+    pub store: LocalStore,
+    /// The cluster as the node sees it.
+    pub cluster: SharedCluster,
+    /// What the node's cores share.
+    pub shared: Arc<NodeShared>,
+    /// How long a request may take when its sender does not say.
+    pub default_timeout: Duration,
+    /// Its hints (`None`: hinted handoff is off).
+    pub hints: Option<Rc<HintStore>>,
+    /// How the cluster replicates.
+    pub replication: ReplicationConfig,
+    /// The local address connections to other nodes come from (`None`: the system's choice).
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// One core's view of the node: its own shard, and the way to every other core's.
+#[derive(Clone)]
+pub struct Core(Rc<CoreInner>);
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("index", &self.0.index)
+            .field("shards", &self.0.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core made of `parts`.
+    ///
+    /// # Panics
+    /// If the index is not one of the node's cores (a bug in the node's start-up).
+    #[must_use]
+    pub fn new(parts: CoreParts) -> Core {
+        let shards =
+            u32::try_from(parts.shared.inboxes.len()).expect("INVARIANT: cores fit in u32");
+        assert!(parts.index < shards, "core {} of {shards}", parts.index);
+        let own = parts.cluster.get().own_node().clone();
+        assert_eq!(
+            own.shards, shards,
+            "the cluster state knows this node's cores"
+        );
+        Core(Rc::new(CoreInner {
+            index: parts.index,
+            shards,
+            store: parts.store,
+            shard_map: own.shard_map,
+            cluster: parts.cluster,
+            shared: parts.shared,
+            default_timeout: parts.default_timeout,
+            peers: match parts.source_ip {
+                Some(ip) => ConnPool::new(Duration::from_secs(1)).from_source(ip),
+                None => ConnPool::new(Duration::from_secs(1)),
+            },
+            hints: parts.hints,
+            replication: parts.replication,
+        }))
+    }
+
+    /// A node of one core around `store`, alone in its cluster (for tests and tools).
+    #[must_use]
+    pub fn single(store: LocalStore, node: NodeId) -> Core {
+        let (shared, _inbox) = NodeShared::new(1);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7400));
+        let own = RingMember {
+            id: node.to_string(),
+            binary: addr,
+            http: addr,
+            shards: 1,
+            vnodes: dynacore_proto::ring::VNODES_DEFAULT,
+            generation: 1,
+        };
+        let book = RingBook::in_memory(own);
+        let cluster = SharedCluster::new(ClusterState::build(node, &book, None, 1));
+        Core::new(CoreParts {
+            index: 0,
+            store,
+            cluster,
+            shared,
+            default_timeout: Duration::from_secs(10),
+            hints: None,
+            replication: ReplicationConfig::default(),
+            source_ip: None,
+        })
+    }
+
+    /// This core's index.
+    #[must_use]
+    pub fn index(&self) -> u32 {
+        self.0.index
+    }
+
+    /// The node's core count.
+    #[must_use]
+    pub fn shards(&self) -> u32 {
+        self.0.shards
+    }
+
+    /// The cluster as this node sees it now.
+    #[must_use]
+    pub fn cluster(&self) -> Arc<ClusterState> {
+        self.0.cluster.get()
+    }
+
+    /// This core's connections to other nodes.
+    #[must_use]
+    pub fn peers(&self) -> &ConnPool {
+        &self.0.peers
+    }
+
+    /// This core's hints (`None`: hinted handoff is off).
+    #[must_use]
+    pub fn hints(&self) -> Option<&Rc<HintStore>> {
+        self.0.hints.as_ref()
+    }
+
+    /// How the cluster replicates.
+    #[must_use]
+    pub fn replication(&self) -> &ReplicationConfig {
+        &self.0.replication
+    }
+
+    /// What the cores share.
+    #[must_use]
+    pub fn shared(&self) -> &Arc<NodeShared> {
+        &self.0.shared
+    }
+
+    /// This core's counters.
+    #[must_use]
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.0.shared.metrics[self.0.index as usize]
+    }
+
+    /// How long a request may take when its sender does not say.
+    #[must_use]
+    pub fn default_timeout(&self) -> Duration {
+        self.0.default_timeout
+    }
+
+    /// The core that owns `key`.
+    #[must_use]
+    pub fn owner_of(&self, key: &[u8]) -> u32 {
+        self.0.shard_map.shard_of(Token::of(key))
+    }
+
+    /// Admits a request, or `None` once the node is shutting down.
+    #[must_use]
+    pub fn admit(&self) -> Option<Admission> {
+        let shared = &self.0.shared;
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let admission = Admission(shared.clone());
+        if shared.is_closing() {
+            return None; // dropping it undoes the count
+        }
+        Some(admission)
+    }
+
+    /// Runs `op` on the core that owns its key (this one, or another through its inbox),
+    /// giving up after `timeout`. The operation itself is never abandoned half-way: a write
+    /// that times out may still be applied.
+    pub async fn execute(&self, op: ShardOp, timeout: Duration) -> ShardReply {
+        let owner = match &op {
+            ShardOp::Write { key, .. }
+            | ShardOp::ReplicaRead { key }
+            | ShardOp::ReplicaApply { key, .. } => self.owner_of(key),
+            ShardOp::Stats => self.0.index,
+        };
+        self.execute_on(owner, op, timeout).await
+    }
+
+    /// Runs `op` on core `shard` (see [`Core::execute`]).
+    pub async fn execute_on(&self, shard: u32, op: ShardOp, timeout: Duration) -> ShardReply {
+        let (tx, rx) = flume::bounded(1);
+        let kind = ReplyKind::of(&op);
+        let work = self.0.shared.hold();
+        if shard == self.0.index {
+            // Run it in its own task so that a timeout leaves the operation to complete.
+            let store = self.0.store.clone();
+            runtime::spawn_detached(async move {
+                let _ = tx.send(run_local(&store, op).await);
+                drop(work);
+            });
+        } else {
+            let Some(inbox) = self.0.shared.inboxes.get(shard as usize) else {
+                return kind.failed(StoreError::Internal(format!(
+                    "no core {shard} on this node"
+                )));
+            };
+            if !matches!(kind, ReplyKind::Stats) {
+                self.metrics().forwarded();
+            }
+            let forward = Forward {
+                op,
+                reply: tx,
+                work,
+            };
+            if inbox.send(forward).is_err() {
+                return kind.failed(StoreError::Unavailable(format!("core {shard} has stopped")));
+            }
+        }
+        match runtime::timeout(timeout, rx.recv_async()).await {
+            Some(Ok(reply)) => reply,
+            Some(Err(_)) => kind.failed(StoreError::Unavailable(format!(
+                "core {shard} stopped before answering (a write may or may not be applied)"
+            ))),
+            None => kind.failed(StoreError::Timeout(format!(
+                "no answer within {} ms (a write may still be applied)",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
+    match op {
+        ShardOp::Write {
+            key,
+            value,
+            ttl_seconds,
+            expected,
+            context,
+        } => ShardReply::Object(
+            store
+                .coordinate(
+                    &key,
+                    value.as_deref(),
+                    ttl_seconds,
+                    expected.as_ref(),
+                    context.as_ref(),
+                )
+                .await
+                .map(Some),
+        ),
+        ShardOp::ReplicaRead { key } => ShardReply::Object(store.read_replica(&key).await),
+        ShardOp::ReplicaApply {
+            key,
+            object,
+            expected,
+        } => ShardReply::Object(
+            store
+                .apply_replica(&key, &object, expected.as_ref())
+                .await
+                .map(Some),
+        ),
+        ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
+    }
+}
+
+/// Answers what other cores send to `core`, for as long as the core's executor runs (the
+/// senders live in [`NodeShared`], which every core holds). Each operation runs in its own
+/// task, so a slow one does not hold up the rest.
+pub async fn serve_inbox(core: Core, inbox: flume::Receiver<Forward>) {
+    while let Ok(Forward { op, reply, work }) = inbox.recv_async().await {
+        if !matches!(op, ShardOp::Stats) {
+            core.metrics().forwarded_in();
+        }
+        let store = core.0.store.clone();
+        runtime::spawn_detached(async move {
+            let _ = reply.send(run_local(&store, op).await);
+            drop(work);
+        });
+    }
+}

@@ -1,0 +1,828 @@
+//! Answers one binary-protocol request on the core that owns its key: verify, check the
+//! request's own limits (quorums against the replication factor), run it through the
+//! [`LocalStore`], and build the response. Sans sockets: the server only moves frames.
+
+use flatbuffers::FlatBufferBuilder;
+
+use std::time::Duration;
+
+use dynacore_engine::object;
+
+use crate::cluster::membership::NodeStatus;
+use crate::coordinator::{self, ReadRequest, ReadResult, WriteRequest};
+use crate::core::{Core, ShardOp};
+use crate::metrics::Op;
+use crate::storage::replica::{decode_version, StoreError};
+use dynacore_proto::ring::NodeId;
+use dynacore_proto::Conflicts;
+use dynacore_proto::{fb, parse_request};
+use dynacore_proto::{Quorum, ReadRepair};
+
+/// A node as the topology describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeDesc {
+    /// The node.
+    pub id: NodeId,
+    /// Host of its binary protocol.
+    pub host: String,
+    /// Its base port; core `i` listens on `base_port + 1 + i`.
+    pub base_port: u16,
+    /// Its core count.
+    pub shards: u32,
+}
+
+/// A response to send back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The response body (a `Response` flatbuffer), to be framed.
+    pub body: Vec<u8>,
+    /// Whether the connection must close after it (the request was malformed).
+    pub close: bool,
+    /// What the request was, for the metrics.
+    pub op: Op,
+    /// Whether it succeeded (a get of an absent key succeeds).
+    pub ok: bool,
+}
+
+/// The error response for a frame that could not be read at all (too large, empty): id 0, and
+/// the connection closes.
+#[must_use]
+pub fn frame_error(code: fb::ErrorCode, message: &str) -> Answer {
+    Answer {
+        body: error_body(0, code, message, None),
+        close: true,
+        op: Op::Other,
+        ok: false,
+    }
+}
+
+/// An error response to request `id`.
+#[must_use]
+pub fn error_response(id: u64, code: fb::ErrorCode, message: &str) -> Vec<u8> {
+    error_body(id, code, message, None)
+}
+
+fn error_body(id: u64, code: fb::ErrorCode, message: &str, current: Option<&[u8]>) -> Vec<u8> {
+    error_body_with(id, code, message, current, (0, 0))
+}
+
+fn error_body_with(
+    id: u64,
+    code: fb::ErrorCode,
+    message: &str,
+    current: Option<&[u8]>,
+    (acks, required): (u8, u8),
+) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let message = b.create_string(message);
+    let current_version = current.map(|c| b.create_vector(c));
+    let err = fb::ErrorResponse::create(
+        &mut b,
+        &fb::ErrorResponseArgs {
+            code,
+            message: Some(message),
+            current_version,
+            acks,
+            required,
+        },
+    );
+    finish(b, id, fb::Reply::Error, err.as_union_value())
+}
+
+fn finish(
+    mut b: FlatBufferBuilder<'_>,
+    id: u64,
+    reply_type: fb::Reply,
+    reply: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
+) -> Vec<u8> {
+    let resp = fb::Response::create(
+        &mut b,
+        &fb::ResponseArgs {
+            id,
+            reply_type,
+            reply: Some(reply),
+        },
+    );
+    b.finish(resp, None);
+    b.finished_data().to_vec()
+}
+
+fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
+    match e {
+        StoreError::InvalidKey(m) => error_body(id, fb::ErrorCode::InvalidKey, m, None),
+        StoreError::ValueTooLarge(m) => error_body(id, fb::ErrorCode::ValueTooLarge, m, None),
+        StoreError::ConditionFailed { current } => error_body(
+            id,
+            fb::ErrorCode::ConditionFailed,
+            "the version is not the current one",
+            Some(current),
+        ),
+        StoreError::BadRequest(m) => error_body(id, fb::ErrorCode::BadRequest, m, None),
+        StoreError::Internal(m) => error_body(id, fb::ErrorCode::Internal, m, None),
+        StoreError::Unavailable(m) => error_body(id, fb::ErrorCode::Unavailable, m, None),
+        StoreError::Timeout(m) => error_body(id, fb::ErrorCode::Timeout, m, None),
+        StoreError::Quorum {
+            acks,
+            required,
+            message,
+        } => error_body_with(
+            id,
+            fb::ErrorCode::Unavailable,
+            message,
+            None,
+            (*acks, *required),
+        ),
+    }
+}
+
+/// A requested quorum, checked against the replication factor.
+fn quorum(q: Option<&fb::Quorum>, rf: u8, name: &str) -> Result<Quorum, String> {
+    let Some(q) = q else {
+        return Ok(Quorum::Default);
+    };
+    match q.kind() {
+        fb::QuorumKind::Default => Ok(Quorum::Default),
+        fb::QuorumKind::Quorum => Ok(Quorum::Quorum),
+        fb::QuorumKind::All => Ok(Quorum::All),
+        fb::QuorumKind::Count if (1..=rf).contains(&q.count()) => Ok(Quorum::Count(q.count())),
+        fb::QuorumKind::Count => Err(format!(
+            "{name}={} is outside 1..={rf} (the replication factor)",
+            q.count()
+        )),
+        other => Err(format!("unknown {name} kind {}", other.0)),
+    }
+}
+
+fn read_repair(r: fb::ReadRepair) -> ReadRepair {
+    match r {
+        fb::ReadRepair::Off => ReadRepair::Off,
+        fb::ReadRepair::Blocking => ReadRepair::Blocking,
+        fb::ReadRepair::Background => ReadRepair::Background,
+        _ => ReadRepair::Default,
+    }
+}
+
+fn conflicts(c: fb::Conflicts) -> Conflicts {
+    match c {
+        fb::Conflicts::Lww => Conflicts::Lww,
+        fb::Conflicts::Siblings => Conflicts::Siblings,
+        _ => Conflicts::Default,
+    }
+}
+
+/// Answers one request body on `core` (the operation runs on the core that owns its key).
+pub async fn answer(core: &Core, body: &[u8]) -> Answer {
+    let req = match parse_request(body) {
+        Ok(r) => r,
+        Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
+    };
+    let id = req.id();
+    // A client may ask for less time than the server's limit, never more.
+    let timeout = match req.timeout_ms() {
+        0 => core.default_timeout(),
+        ms => Duration::from_millis(u64::from(ms)).min(core.default_timeout()),
+    };
+    let rf = core.cluster().replication_factor;
+    let bad = |m: &str| Err(error_body(id, fb::ErrorCode::BadRequest, m, None));
+    let (op, body) = match req.op_type() {
+        fb::Op::Get => (
+            Op::Get,
+            match req.op_as_get() {
+                Some(get) => match quorum(get.r(), rf, "r") {
+                    Err(m) => bad(&m),
+                    Ok(r) => {
+                        let read = ReadRequest {
+                            key: get.key().bytes().to_vec(),
+                            r,
+                            read_repair: read_repair(get.read_repair()),
+                            conflicts: conflicts(get.conflicts()),
+                        };
+                        let siblings = read.conflicts == Conflicts::Siblings
+                            || (read.conflicts == Conflicts::Default
+                                && core.replication().siblings);
+                        match coordinator::read(core, read, timeout).await {
+                            Ok(found) => Ok(get_body(id, found.as_ref(), siblings)),
+                            Err(e) => Err(store_error(id, &e)),
+                        }
+                    }
+                },
+                None => bad("get without fields"),
+            },
+        ),
+        fb::Op::Put => (
+            Op::Put,
+            match req.op_as_put() {
+                Some(put) => match quorum(put.w(), rf, "w") {
+                    Err(m) => bad(&m),
+                    Ok(w) => {
+                        let write = WriteRequest {
+                            key: put.key().bytes().to_vec(),
+                            value: Some(put.value().bytes().to_vec()),
+                            ttl_seconds: Some(put.ttl_seconds()).filter(|&t| t > 0),
+                            expected: put.expected_version().map(|v| v.bytes().to_vec()),
+                            context: put.context().map(|v| v.bytes().to_vec()),
+                            w,
+                            forwarded: req.forwarded(),
+                        };
+                        written(
+                            id,
+                            fb::Reply::Put,
+                            coordinator::write(core, write, timeout).await,
+                        )
+                    }
+                },
+                None => bad("put without fields"),
+            },
+        ),
+        fb::Op::Delete => (
+            Op::Delete,
+            match req.op_as_delete() {
+                Some(del) => match quorum(del.w(), rf, "w") {
+                    Err(m) => bad(&m),
+                    Ok(w) => {
+                        let write = WriteRequest {
+                            key: del.key().bytes().to_vec(),
+                            value: None,
+                            ttl_seconds: None,
+                            expected: del.expected_version().map(|v| v.bytes().to_vec()),
+                            context: del.context().map(|v| v.bytes().to_vec()),
+                            w,
+                            forwarded: req.forwarded(),
+                        };
+                        written(
+                            id,
+                            fb::Reply::Delete,
+                            coordinator::write(core, write, timeout).await,
+                        )
+                    }
+                },
+                None => bad("delete without fields"),
+            },
+        ),
+        fb::Op::Ping => {
+            let payload = req.op_as_ping().map_or(0, |p| p.payload());
+            let mut b = FlatBufferBuilder::new();
+            let ping = fb::PingResponse::create(&mut b, &fb::PingResponseArgs { payload });
+            (
+                Op::Other,
+                Ok(finish(b, id, fb::Reply::Ping, ping.as_union_value())),
+            )
+        }
+        fb::Op::Topology => (Op::Other, Ok(topology_body(id, core))),
+        fb::Op::ReplicaRead => (
+            Op::Other,
+            match req.op_as_replica_read() {
+                Some(r) => {
+                    let op = ShardOp::ReplicaRead {
+                        key: r.key().bytes().to_vec(),
+                    };
+                    replica_object(id, core.execute(op, timeout).await.into_object())
+                }
+                None => bad("replica read without fields"),
+            },
+        ),
+        fb::Op::ReplicaApply => (
+            Op::Other,
+            match req.op_as_replica_apply() {
+                Some(a) => {
+                    let values = a.values().map(|v| v.bytes()).unwrap_or_default();
+                    let expected = a
+                        .expected_version()
+                        .map(|v| decode_version(v.bytes()))
+                        .transpose();
+                    match (object::from_parts(a.version().bytes(), values), expected) {
+                        (Err(e), _) => bad(&format!("bad object: {e}")),
+                        (_, Err(e)) => Err(store_error(id, &e)),
+                        (Ok(object), Ok(_)) if a.hint_for() != 0 => {
+                            let key = a.key().bytes();
+                            match coordinator::store_hint(core, NodeId(a.hint_for()), key, &object)
+                                .await
+                            {
+                                Ok(()) => replica_applied(id, Ok(Some(object))),
+                                Err(e) => Err(store_error(id, &e)),
+                            }
+                        }
+                        (Ok(object), Ok(expected)) => {
+                            let op = ShardOp::ReplicaApply {
+                                key: a.key().bytes().to_vec(),
+                                object,
+                                expected,
+                            };
+                            replica_applied(id, core.execute(op, timeout).await.into_object())
+                        }
+                    }
+                }
+                None => bad("replica apply without fields"),
+            },
+        ),
+        other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
+    };
+    let ok = body.is_ok();
+    Answer {
+        body: body.unwrap_or_else(|e| e),
+        close: false,
+        op,
+        ok,
+    }
+}
+
+fn replica_object(
+    id: u64,
+    reply: Result<Option<dynacore_engine::Object>, StoreError>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    match reply {
+        Ok(found) => {
+            let parts = found.as_ref().map(object::to_parts).transpose();
+            match parts {
+                Ok(parts) => Ok(replica_object_body(id, parts.as_ref())),
+                Err(e) => Err(error_body(
+                    id,
+                    fb::ErrorCode::Internal,
+                    &e.to_string(),
+                    None,
+                )),
+            }
+        }
+        Err(e) => Err(store_error(id, &e)),
+    }
+}
+
+/// The answer to a `ReplicaApply`: the merged copy's version part only (the sender does not
+/// need the values back).
+fn replica_applied(
+    id: u64,
+    reply: Result<Option<dynacore_engine::Object>, StoreError>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    match reply {
+        Ok(Some(merged)) => match object::to_parts(&merged) {
+            Ok((version, _)) => {
+                let mut b = FlatBufferBuilder::new();
+                let version = Some(b.create_vector(&version));
+                let r = fb::ReplicaObjectResponse::create(
+                    &mut b,
+                    &fb::ReplicaObjectResponseArgs {
+                        found: true,
+                        version,
+                        values: None,
+                    },
+                );
+                Ok(finish(b, id, fb::Reply::ReplicaObject, r.as_union_value()))
+            }
+            Err(e) => Err(error_body(
+                id,
+                fb::ErrorCode::Internal,
+                &e.to_string(),
+                None,
+            )),
+        },
+        Ok(None) => Err(error_body(
+            id,
+            fb::ErrorCode::Internal,
+            "an apply returned no object",
+            None,
+        )),
+        Err(e) => Err(store_error(id, &e)),
+    }
+}
+
+fn replica_object_body(id: u64, parts: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (version, values) = match parts {
+        Some((version, values)) => (
+            Some(b.create_vector(version)),
+            Some(b.create_vector(values)),
+        ),
+        None => (None, None),
+    };
+    let r = fb::ReplicaObjectResponse::create(
+        &mut b,
+        &fb::ReplicaObjectResponseArgs {
+            found: parts.is_some(),
+            version,
+            values,
+        },
+    );
+    finish(b, id, fb::Reply::ReplicaObject, r.as_union_value())
+}
+
+fn written(
+    id: u64,
+    kind: fb::Reply,
+    reply: Result<Vec<u8>, StoreError>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    match reply {
+        Ok(version) => Ok(version_body(id, kind, &version)),
+        Err(e) => Err(store_error(id, &e)),
+    }
+}
+
+fn get_body(id: u64, found: Option<&ReadResult>, siblings: bool) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (value, version, list) = match found {
+        Some(f) => {
+            let list = siblings.then(|| {
+                let items: Vec<_> = f
+                    .values
+                    .iter()
+                    .map(|(v, written_ms)| {
+                        let value = b.create_vector(v);
+                        fb::SiblingValue::create(
+                            &mut b,
+                            &fb::SiblingValueArgs {
+                                value: Some(value),
+                                written_ms: *written_ms,
+                            },
+                        )
+                    })
+                    .collect();
+                b.create_vector(&items)
+            });
+            let newest = f
+                .values
+                .first()
+                .map(|(v, _)| v.as_slice())
+                .unwrap_or_default();
+            (
+                Some(b.create_vector(newest)),
+                Some(b.create_vector(&f.version)),
+                list,
+            )
+        }
+        None => (None, None, None),
+    };
+    let get = fb::GetResponse::create(
+        &mut b,
+        &fb::GetResponseArgs {
+            found: found.is_some(),
+            value,
+            version,
+            siblings: list,
+        },
+    );
+    finish(b, id, fb::Reply::Get, get.as_union_value())
+}
+
+fn version_body(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let version = Some(b.create_vector(version));
+    let reply = if kind == fb::Reply::Put {
+        fb::PutResponse::create(&mut b, &fb::PutResponseArgs { version }).as_union_value()
+    } else {
+        fb::DeleteResponse::create(&mut b, &fb::DeleteResponseArgs { version }).as_union_value()
+    };
+    finish(b, id, kind, reply)
+}
+
+fn topology_body(id: u64, core: &Core) -> Vec<u8> {
+    let cluster = core.cluster();
+    let members = core.shared().members().read().ok().and_then(|m| m.clone());
+    let mut b = FlatBufferBuilder::new();
+    let state_of = |up: bool, status: Option<NodeStatus>| match (up, status) {
+        (false, _) => fb::NodeState::Down,
+        (true, Some(NodeStatus::Joining)) => fb::NodeState::Joining,
+        (true, Some(NodeStatus::Leaving)) => fb::NodeState::Leaving,
+        (true, _) => fb::NodeState::Normal,
+    };
+    // The ring's nodes first (this one first of all), then members not (yet) in the ring.
+    let mut ring_nodes: Vec<_> = cluster.nodes.values().collect();
+    ring_nodes.sort_by_key(|n| (n.id != cluster.own, n.id));
+    let mut nodes: Vec<_> = ring_nodes
+        .iter()
+        .map(|n| {
+            let host = b.create_string(&n.binary.ip().to_string());
+            fb::NodeInfo::create(
+                &mut b,
+                &fb::NodeInfoArgs {
+                    id: n.id.0,
+                    host: Some(host),
+                    base_port: n.binary.port(),
+                    shards: n.shards,
+                    generation: n.generation,
+                    state: state_of(n.up, n.status),
+                    in_ring: true,
+                },
+            )
+        })
+        .collect();
+    for v in members.iter().flat_map(|m| &m.others) {
+        if cluster.nodes.contains_key(&NodeId(v.id.node)) {
+            continue;
+        }
+        let meta = v.meta.as_ref();
+        let host = b.create_string(&meta.map_or(v.id.addr.ip(), |m| m.binary.ip()).to_string());
+        nodes.push(fb::NodeInfo::create(
+            &mut b,
+            &fb::NodeInfoArgs {
+                id: v.id.node,
+                host: Some(host),
+                base_port: meta.map_or(v.id.addr.port(), |m| m.binary.port()),
+                shards: meta.map_or(0, |m| m.shards),
+                generation: v.id.generation,
+                state: state_of(v.up, meta.map(|m| m.status)),
+                in_ring: false,
+            },
+        ));
+    }
+    let nodes = b.create_vector(&nodes);
+    let vnodes: Vec<fb::VnodeEntry> = cluster
+        .ring
+        .vnodes()
+        .iter()
+        .map(|v| fb::VnodeEntry::new(v.token.0, v.node.0, v.index))
+        .collect();
+    let vnodes = b.create_vector(&vnodes);
+    let topo = fb::TopologyResponse::create(
+        &mut b,
+        &fb::TopologyResponseArgs {
+            nodes: Some(nodes),
+            vnodes: Some(vnodes),
+            replication_factor: cluster.replication_factor,
+        },
+    );
+    finish(b, id, fb::Reply::Topology, topo.as_union_value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::with_store;
+    use dynacore_proto::ring::VNODES_DEFAULT;
+    use dynacore_proto::{build, parse_response};
+
+    fn put(
+        id: u64,
+        key: &[u8],
+        value: &[u8],
+        expected: Option<&[u8]>,
+        w: Option<fb::Quorum>,
+    ) -> Vec<u8> {
+        build::put(
+            id,
+            &build::Put {
+                key,
+                value,
+                expected_version: expected,
+                w,
+                ..build::Put::default()
+            },
+        )
+    }
+
+    fn get(id: u64, key: &[u8], r: Option<fb::Quorum>) -> Vec<u8> {
+        build::get(id, key, r, fb::ReadRepair::Default)
+    }
+
+    #[test]
+    fn puts_gets_and_conditions_over_the_protocol() {
+        with_store(|store, _| async move {
+            let core = Core::single(store, NodeId(7));
+            let a = answer(&core, &put(1, b"k", b"v1", None, None)).await;
+            assert!(!a.close);
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(resp.id(), 1);
+            let v1 = resp
+                .reply_as_put()
+                .and_then(|p| p.version())
+                .expect("version")
+                .bytes()
+                .to_vec();
+            let a = answer(&core, &get(2, b"k", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            let g = resp.reply_as_get().expect("get reply");
+            assert!(g.found());
+            assert_eq!(g.value().map(|v| v.bytes()), Some(&b"v1"[..]));
+            assert_eq!(g.version().map(|v| v.bytes().to_vec()), Some(v1.clone()));
+            // A conditional put on the current version goes through, on a stale one it fails
+            // and says what the current version is.
+            let a = answer(&core, &put(3, b"k", b"v2", Some(&v1), None)).await;
+            let v2 = parse_response(&a.body)
+                .expect("response")
+                .reply_as_put()
+                .and_then(|p| p.version())
+                .expect("v")
+                .bytes()
+                .to_vec();
+            let a = answer(&core, &put(4, b"k", b"v3", Some(&v1), None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            let e = resp.reply_as_error().expect("error");
+            assert_eq!(e.code(), fb::ErrorCode::ConditionFailed);
+            assert_eq!(e.current_version().map(|v| v.bytes().to_vec()), Some(v2));
+            let a = answer(&core, &get(5, b"absent", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert!(!resp.reply_as_get().expect("get").found());
+        });
+    }
+
+    #[test]
+    fn bad_requests_are_typed_errors_and_malformed_ones_close() {
+        with_store(|store, _| async move {
+            let core = Core::single(store, NodeId(7));
+            let code = |a: &Answer| {
+                parse_response(&a.body)
+                    .expect("response")
+                    .reply_as_error()
+                    .map(|e| e.code())
+            };
+            let with_w = |kind, count| put(1, b"k", b"v", None, Some(fb::Quorum::new(kind, count)));
+            // W=2 with one replica: refused, the connection stays.
+            let a = answer(&core, &with_w(fb::QuorumKind::Count, 2)).await;
+            assert_eq!(
+                (code(&a), a.close),
+                (Some(fb::ErrorCode::BadRequest), false)
+            );
+            let a = answer(&core, &with_w(fb::QuorumKind::Quorum, 0)).await;
+            assert_eq!(code(&a), None, "quorum is accepted");
+            let a = answer(
+                &core,
+                &get(2, b"", Some(fb::Quorum::new(fb::QuorumKind::Count, 1))),
+            )
+            .await;
+            assert_eq!(code(&a), Some(fb::ErrorCode::InvalidKey));
+            let a = answer(&core, &put(3, b"k", b"v", Some(b"\xff"), None)).await;
+            assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
+            // Garbage: an error with id 0, and the connection closes.
+            let a = answer(&core, b"definitely not a flatbuffer").await;
+            assert!(a.close);
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(resp.id(), 0);
+            assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
+        });
+    }
+
+    #[test]
+    fn replicas_read_and_merge_objects() {
+        use dynacore_engine::version::{ActorId, HlcTimestamp, VersionVector};
+        use dynacore_engine::{Object, Sibling};
+        with_store(|store, _| async move {
+            let core = Core::single(store, NodeId(7));
+            let object_of = |body: &[u8]| {
+                let resp = parse_response(body).expect("response");
+                let r = resp.reply_as_replica_object().expect("replica object");
+                r.found().then(|| {
+                    object::from_parts(
+                        r.version().expect("version").bytes(),
+                        r.values().map(|v| v.bytes()).unwrap_or_default(),
+                    )
+                    .expect("decodes")
+                })
+            };
+            let a = answer(&core, &build::replica_read(1, 0, b"k")).await;
+            assert_eq!(object_of(&a.body), None, "nothing yet");
+            answer(&core, &put(2, b"k", b"local", None, None)).await;
+            let a = answer(&core, &build::replica_read(3, 0, b"k")).await;
+            let local = object_of(&a.body).expect("found");
+            assert_eq!(local.size(), 1);
+            // Another replica's concurrent write: after the merge both siblings are kept.
+            let remote = Object::update(
+                &VersionVector::new(),
+                Sibling {
+                    value: Some(b"remote".to_vec()),
+                    hlc: HlcTimestamp::from_parts(1_000_100, 0),
+                    expiry_ms: None,
+                },
+                None,
+                ActorId(99),
+            )
+            .expect("object");
+            let (version, values) = object::to_parts(&remote).expect("parts");
+            let a = answer(&core, &build::replica_apply(4, 0, b"k", &version, &values)).await;
+            assert!(
+                a.ok,
+                "{:?}",
+                parse_response(&a.body)
+                    .ok()
+                    .and_then(|r| r.reply_as_error())
+                    .and_then(|e| e.message())
+            );
+            let resp = parse_response(&a.body).expect("response");
+            let ack = resp.reply_as_replica_object().expect("replica object");
+            assert!(
+                ack.found() && ack.values().is_none(),
+                "an apply answers its version only"
+            );
+            let read_back = |id| {
+                let core = core.clone();
+                async move {
+                    let a = answer(&core, &build::replica_read(id, 0, b"k")).await;
+                    object_of(&a.body).expect("found")
+                }
+            };
+            let merged = read_back(30).await;
+            assert_eq!(
+                ack.version().map(|v| v.bytes().to_vec()),
+                Some(object::to_parts(&merged).expect("parts").0)
+            );
+            assert_eq!(merged.size(), 2, "concurrent siblings both survive");
+            assert!(merged.equal(&local.sync(&remote)));
+            // Reads return the newest sibling (last writer wins by HLC).
+            let a = answer(&core, &get(5, b"k", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_get()
+                    .and_then(|g| g.value())
+                    .map(|v| v.bytes()),
+                Some(&b"remote"[..])
+            );
+            // Applying the same object again changes nothing (idempotent).
+            let a = answer(&core, &build::replica_apply(6, 0, b"k", &version, &values)).await;
+            assert!(a.ok);
+            assert!(read_back(31).await.equal(&merged));
+            // Two replicas' copies each within the sibling bound, whose merge is not: the
+            // replica keeps the newest (LWW), so the key stays readable and replicas converge.
+            let many = |actors: std::ops::Range<u64>| {
+                actors
+                    .map(|a| {
+                        Object::update(
+                            &VersionVector::new(),
+                            Sibling {
+                                value: Some(a.to_le_bytes().to_vec()),
+                                hlc: HlcTimestamp::from_parts(
+                                    1_000_000,
+                                    u16::try_from(a).expect("small"),
+                                ),
+                                expiry_ms: None,
+                            },
+                            None,
+                            ActorId(1000 + a),
+                        )
+                        .expect("object")
+                    })
+                    .reduce(|x, y| x.sync(&y))
+                    .expect("some")
+            };
+            for (id, half) in [(20, many(0..60)), (21, many(60..120))] {
+                let (v, vals) = object::to_parts(&half).expect("parts");
+                let a = answer(&core, &build::replica_apply(id, 0, b"wide", &v, &vals)).await;
+                assert!(a.ok);
+                let a = answer(&core, &build::replica_read(id + 10, 0, b"wide")).await;
+                assert!(object_of(&a.body).expect("merged").size() <= 100);
+            }
+            let a = answer(&core, &get(22, b"wide", None)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_get()
+                    .and_then(|g| g.value())
+                    .map(|v| v.bytes().to_vec()),
+                Some(119u64.to_le_bytes().to_vec()),
+                "the newest sibling wins"
+            );
+            // An object from a clock far ahead is refused.
+            let future = Object::update(
+                &VersionVector::new(),
+                Sibling {
+                    value: Some(b"future".to_vec()),
+                    hlc: HlcTimestamp::from_parts(u64::MAX >> 20, 0),
+                    expiry_ms: None,
+                },
+                None,
+                ActorId(98),
+            )
+            .expect("object");
+            let (fv, fvals) = object::to_parts(&future).expect("parts");
+            let a = answer(&core, &build::replica_apply(8, 0, b"k", &fv, &fvals)).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_error().map(|e| e.code()),
+                Some(fb::ErrorCode::BadRequest)
+            );
+            // A damaged object is a typed error; the connection stays.
+            let a = answer(
+                &core,
+                &build::replica_apply(7, 0, b"k", b"\x09garbage", b""),
+            )
+            .await;
+            assert!(!a.close);
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(
+                resp.reply_as_error().map(|e| e.code()),
+                Some(fb::ErrorCode::BadRequest)
+            );
+        });
+    }
+
+    #[test]
+    fn ping_and_topology() {
+        with_store(|store, _| async move {
+            let core = Core::single(store, NodeId(7));
+            let ping = build::ping(9, 77);
+            let a = answer(&core, &ping).await;
+            let resp = parse_response(&a.body).expect("response");
+            assert_eq!(resp.reply_as_ping().map(|p| p.payload()), Some(77));
+            let topo = build::topology(10);
+            let a = answer(&core, &topo).await;
+            let resp = parse_response(&a.body).expect("response");
+            let topo = resp.reply_as_topology().expect("topology");
+            assert_eq!(topo.nodes().len(), 1);
+            assert_eq!(topo.nodes().get(0).host(), "127.0.0.1");
+            assert_eq!(topo.nodes().get(0).shards(), 1);
+            assert_eq!(topo.nodes().get(0).id(), 7);
+            let vnodes = topo.vnodes();
+            assert_eq!(vnodes.len(), usize::from(VNODES_DEFAULT));
+            assert!(vnodes
+                .iter()
+                .zip(vnodes.iter().skip(1))
+                .all(|(a, b)| a.token() <= b.token()));
+            assert_eq!(topo.replication_factor(), 1);
+        });
+    }
+}

@@ -1,0 +1,377 @@
+//! The per-core binary-protocol server: accepts connections and answers frames through
+//! [`binary_dispatch::answer`].
+//!
+//! * Requests on one connection run **concurrently** and each answer is written as soon as it
+//!   is ready, carrying its request's id: a client pipelines many requests and matches the
+//!   answers by id. Durable writes sent together on one connection thus share WAL syncs.
+//! * What one connection may hold is bounded ([`ConnectionLimits`]): requests running at once,
+//!   bytes of request bodies running at once (past either, the connection is not read until
+//!   answers are written), and bytes of answers waiting for the client to read them (past that
+//!   the client is not reading: the connection closes). A write that makes no progress for
+//!   [`ConnectionLimits::write_timeout`], or a frame whose body stalls for
+//!   [`ConnectionLimits::read_timeout`], closes the connection too.
+//! * A frame whose header announces more than the limit, or nothing, is answered with an error
+//!   and the connection closes without its body being read; so does a body the verifier
+//!   rejects. Answers already under way are written first, and the server reads (and drops)
+//!   what the client still sends for a moment before closing, so that the error is not lost
+//!   to a reset. Other connections are not affected.
+//! * Once the node is shutting down, a new request is answered `Unavailable` and its connection
+//!   closes. A request in flight holds its admission until its answer is written.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dynacore_runtime::{self as runtime, TcpListener, TcpReader, TcpStream, TcpWriter};
+
+use crate::core::{Admission, Core};
+use crate::frontend::binary_dispatch::{self, frame_error};
+use crate::metrics::Protocol;
+use dynacore_proto::FRAME_HEADER_BYTES;
+use dynacore_proto::{encode_frame, fb, frame_len, parse_request, ProtocolError};
+
+/// What one binary connection may hold, and how long it may stall.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Requests running at once.
+    pub in_flight_max: usize,
+    /// Bytes of request bodies running at once (a single larger request still runs alone).
+    pub request_bytes_max: usize,
+    /// Bytes of answers waiting for the client to read them; past it the connection closes.
+    pub answer_bytes_max: usize,
+    /// How long a write may make no progress.
+    pub write_timeout: Duration,
+    /// How long a frame's body may take to arrive once its header did.
+    pub read_timeout: Duration,
+    /// Connections one core serves at once; more are answered `Overloaded` and closed.
+    pub connections_max: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            in_flight_max: 1024,
+            request_bytes_max: 64 << 20,
+            answer_bytes_max: 256 << 20,
+            write_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            connections_max: 4096,
+        }
+    }
+}
+
+/// Answers written to the socket in one go, at most (bytes; a single larger answer goes alone).
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// How long a connection that is being closed after an error still reads what the client
+/// sends, so that the error answer is not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How long to wait before accepting again after `accept` failed (out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts connections on `listener` for as long as the task runs, serving each in its own
+/// task. A failed `accept` (such as running out of file descriptors) is logged and retried
+/// after a short pause.
+pub async fn serve_binary(listener: TcpListener, core: Core, limits: ConnectionLimits) {
+    let open = Rc::new(Cell::new(0usize));
+    let limits = Rc::new(limits);
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a binary connection failed");
+                runtime::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        core.metrics().connection(Protocol::Binary);
+        if open.get() >= limits.connections_max {
+            core.metrics().refused();
+            runtime::spawn_detached(refuse_connection(stream));
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (core, open, limits) = (core.clone(), open.clone(), limits.clone());
+        runtime::spawn_detached(async move {
+            if let Err(e) = serve_connection(stream, &core, &limits).await {
+                tracing::debug!(error = %e, "binary connection ended with an error");
+            }
+            open.set(open.get() - 1);
+        });
+    }
+}
+
+async fn refuse_connection(stream: TcpStream) {
+    let (reader, mut writer) = stream.split();
+    let body =
+        binary_dispatch::error_response(0, fb::ErrorCode::Overloaded, "too many connections");
+    let mut frame = Vec::new();
+    encode_frame(&body, &mut frame);
+    if runtime::timeout(LINGER, writer.write_all(&frame))
+        .await
+        .is_some()
+    {
+        let _ = writer.close().await;
+        linger(reader).await;
+    }
+}
+
+/// Reads and drops what the client still sends, until it closes or [`LINGER`] passes.
+async fn linger(mut reader: TcpReader) {
+    let until = Instant::now() + LINGER;
+    let mut sink = vec![0u8; 16 << 10];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, reader.read(&mut sink)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// An answer on its way to the socket, with what it holds until written.
+struct Outgoing {
+    frame: Vec<u8>,
+    /// For the answer to a running request: its bytes (counted against the connection's
+    /// budget) and its admission (which keeps the node from closing its shards before the
+    /// answer is written).
+    request: Option<(usize, Admission)>,
+}
+
+/// What the reader, the request tasks and the writer of one connection share.
+struct ConnState {
+    limits: Rc<ConnectionLimits>,
+    running: Cell<usize>,
+    request_bytes: Cell<usize>,
+    answer_bytes: Cell<usize>,
+    /// Set when the connection must stop (the writer failed or the client does not read).
+    closed: Cell<bool>,
+    /// Signalled whenever a running request finishes or the connection closes.
+    progress: (flume::Sender<()>, flume::Receiver<()>),
+}
+
+impl ConnState {
+    fn notify(&self) {
+        let _ = self.progress.0.try_send(());
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.notify();
+    }
+
+    /// Whether a request of `len` bytes may start now.
+    fn has_room(&self, len: usize) -> bool {
+        let running = self.running.get();
+        running == 0
+            || (running < self.limits.in_flight_max
+                && self.request_bytes.get() + len <= self.limits.request_bytes_max)
+    }
+}
+
+/// Answers the frames of one connection until the peer closes it or sends a bad frame.
+///
+/// # Errors
+/// I/O errors of the connection.
+pub async fn serve_connection(
+    stream: TcpStream,
+    core: &Core,
+    limits: &Rc<ConnectionLimits>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut reader, writer) = stream.split();
+    let (out_tx, out_rx) = flume::unbounded::<Outgoing>();
+    let state = Rc::new(ConnState {
+        limits: limits.clone(),
+        running: Cell::new(0),
+        request_bytes: Cell::new(0),
+        answer_bytes: Cell::new(0),
+        closed: Cell::new(false),
+        progress: flume::bounded(1),
+    });
+    let writing = runtime::spawn(write_answers(writer, out_rx, state.clone()));
+    let read = read_requests(&mut reader, core, out_tx, &state).await;
+    // Every sender is gone once the last running request has answered: the writer then
+    // drains what is queued, closes its side and ends.
+    let written = writing.await;
+    if matches!(read, Ok(Ending::Refused)) {
+        linger(reader).await;
+    }
+    read.and(written).map(drop)
+}
+
+/// Why the reader stopped.
+enum Ending {
+    /// The client closed its side, or the connection broke down.
+    Closed,
+    /// A frame was refused: the connection closes after its error answer.
+    Refused,
+}
+
+async fn read_requests(
+    reader: &mut TcpReader,
+    core: &Core,
+    out: flume::Sender<Outgoing>,
+    state: &Rc<ConnState>,
+) -> io::Result<Ending> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    loop {
+        // Wait for the next header, unless the writer gave up on the connection meanwhile.
+        let header_read = futures_lite::FutureExt::or(
+            async { Some(reader.read_exact(&mut header).await) },
+            async {
+                while !state.closed.get() {
+                    let _ = state.progress.1.recv_async().await;
+                }
+                None
+            },
+        )
+        .await;
+        match header_read {
+            None => return Ok(Ending::Closed),
+            Some(Ok(())) => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Ending::Closed),
+            Some(Err(e)) => return Err(e),
+        }
+        let len = match frame_len(header) {
+            Ok(len) => len,
+            Err(e) => {
+                core.metrics().refused();
+                let code = match e {
+                    ProtocolError::FrameTooLarge { .. } => fb::ErrorCode::ValueTooLarge,
+                    _ => fb::ErrorCode::BadRequest,
+                };
+                send(&out, state, &frame_error(code, &e.to_string()).body, None);
+                return Ok(Ending::Refused);
+            }
+        };
+        let mut body = vec![0u8; len];
+        match runtime::timeout(state.limits.read_timeout, reader.read_exact(&mut body)).await {
+            Some(r) => r?,
+            None => return Ok(Ending::Closed), // a frame cut short: drop the connection
+        }
+        let started = Instant::now();
+        let id = match parse_request(&body) {
+            Ok(req) => req.id(),
+            Err(e) => {
+                core.metrics().refused();
+                let error = frame_error(fb::ErrorCode::BadRequest, &e.to_string());
+                send(&out, state, &error.body, None);
+                return Ok(Ending::Refused);
+            }
+        };
+        let Some(admission) = core.admit() else {
+            let body = binary_dispatch::error_response(
+                id,
+                fb::ErrorCode::Unavailable,
+                "the node is shutting down",
+            );
+            send(&out, state, &body, None);
+            return Ok(Ending::Refused);
+        };
+        // Back-pressure: past the connection's budget, wait for answers to be written.
+        while !state.has_room(len) {
+            if state.closed.get() {
+                return Ok(Ending::Closed);
+            }
+            let _ = state.progress.1.recv_async().await;
+        }
+        if state.closed.get() {
+            return Ok(Ending::Closed);
+        }
+        state.running.set(state.running.get() + 1);
+        state.request_bytes.set(state.request_bytes.get() + len);
+        let (core, out, state) = (core.clone(), out.clone(), state.clone());
+        runtime::spawn_detached(async move {
+            let answer = binary_dispatch::answer(&core, &body).await;
+            drop(body);
+            core.metrics()
+                .request(Protocol::Binary, answer.op, answer.ok, started.elapsed());
+            send(&out, &state, &answer.body, Some((len, admission)));
+        });
+    }
+}
+
+/// Queues an answer for the writer; closes the connection when the client is not reading.
+fn send(
+    out: &flume::Sender<Outgoing>,
+    state: &ConnState,
+    body: &[u8],
+    request: Option<(usize, Admission)>,
+) {
+    let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
+    encode_frame(body, &mut frame);
+    state
+        .answer_bytes
+        .set(state.answer_bytes.get() + frame.len());
+    if state.answer_bytes.get() > state.limits.answer_bytes_max {
+        tracing::debug!("closing a binary connection whose client does not read its answers");
+        state.close();
+    }
+    // Once the writer has stopped the answer is moot; dropping it releases what it holds.
+    let _ = out.send(Outgoing { frame, request });
+}
+
+async fn write_answers(
+    mut writer: TcpWriter,
+    answers: flume::Receiver<Outgoing>,
+    state: Rc<ConnState>,
+) -> io::Result<()> {
+    let mut batch = Vec::new();
+    let mut done = Vec::new();
+    let result = loop {
+        let Ok(first) = answers.recv_async().await else {
+            break Ok(());
+        };
+        if state.closed.get() {
+            break Ok(());
+        }
+        batch.clear();
+        done.push(first);
+        while done.iter().map(|o| o.frame.len()).sum::<usize>() < WRITE_BATCH_BYTES {
+            match answers.try_recv() {
+                Ok(more) => done.push(more),
+                Err(_) => break,
+            }
+        }
+        let written = if done.len() == 1 {
+            runtime::timeout(state.limits.write_timeout, writer.write_all(&done[0].frame)).await
+        } else {
+            for o in &done {
+                batch.extend_from_slice(&o.frame);
+            }
+            runtime::timeout(state.limits.write_timeout, writer.write_all(&batch)).await
+        };
+        match written {
+            Some(Ok(())) => {}
+            Some(Err(e)) => break Err(e),
+            None => {
+                break Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not read its answers",
+                ))
+            }
+        }
+        for o in done.drain(..) {
+            state
+                .answer_bytes
+                .set(state.answer_bytes.get() - o.frame.len());
+            if let Some((len, admission)) = o.request {
+                state.running.set(state.running.get() - 1);
+                state.request_bytes.set(state.request_bytes.get() - len);
+                drop(admission);
+            }
+        }
+        state.notify();
+        if batch.capacity() > 4 * WRITE_BATCH_BYTES {
+            batch = Vec::new();
+        }
+    };
+    // On a failure the reader must stop too; queued answers are dropped with the channel.
+    state.close();
+    drop(answers);
+    let closed = writer.close().await;
+    result.and(closed)
+}

@@ -1,0 +1,630 @@
+//! The per-core HTTP server: the seed's API on top of [`http`](crate::http)'s sans-IO reader,
+//! answered through the core that owns each key.
+//!
+//! * Keep-alive and pipelined requests are answered in order, one at a time per connection.
+//! * Limits: the head ([`Limits`]), the body (`Content-Length` checked before any of it is
+//!   read: an oversized value is a 413 without being buffered), the connections a core keeps
+//!   open ([`HttpOptions::connections_max`]), and time: an idle keep-alive connection closes
+//!   after [`HttpOptions::idle_timeout`]; a request whose head and body do not arrive within
+//!   [`HttpOptions::read_timeout`] of its first byte gets 408; a response the client does not
+//!   read within 30 s closes the connection.
+//! * A connection closed after an error response (4xx from the reader, 408, 503) first closes
+//!   its writing side and reads what the client still sends for a second, so that the
+//!   response is not destroyed by a reset.
+//! * Versions travel as hex strings (`{"version": "..."}`, `X-Dynacore-Version`, `If-Match`).
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dynacore_runtime::{self as runtime, TcpListener, TcpStream};
+use serde_json::json;
+
+use crate::cluster::membership::NodeStatus;
+use crate::coordinator::{self, ReadRequest, WriteRequest};
+use crate::core::{Core, ShardOp, ShardReply};
+use crate::frontend::http_codec::{
+    error_body, parse_head, parse_json_put, response, version_from_hex, version_to_hex, HttpError,
+    Limits, RequestHead, Route,
+};
+use crate::metrics::{self, Op, Protocol};
+use crate::storage::replica::StoreError;
+use dynacore_proto::ring::NodeId;
+use dynacore_proto::Conflicts;
+use dynacore_proto::Quorum;
+
+/// The HTTP server's limits.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Head and body limits.
+    pub limits: Limits,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// How long a request, head and body, may take to arrive once its first byte did.
+    pub read_timeout: Duration,
+    /// Connections one core keeps open; more are answered 503 and closed.
+    pub connections_max: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(30),
+            connections_max: 4096,
+        }
+    }
+}
+
+/// Accepts HTTP connections on `listener` for as long as the task runs. A failed `accept` is
+/// logged and retried after a short pause.
+pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions) {
+    let open = Rc::new(Cell::new(0usize));
+    let options = Rc::new(options);
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                runtime::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        core.metrics().connection(Protocol::Http);
+        if open.get() >= options.connections_max {
+            core.metrics().refused();
+            runtime::spawn_detached(async move {
+                let body = error_body("overloaded", "too many open HTTP connections");
+                let r = response(503, "application/json", &[], body.as_bytes(), false);
+                close_with(&mut stream, &r).await;
+            });
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (core, open, options) = (core.clone(), open.clone(), options.clone());
+        runtime::spawn_detached(async move {
+            if let Err(e) = serve_connection(stream, &core, &options).await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+            open.set(open.get() - 1);
+        });
+    }
+}
+
+/// How long a closing connection still reads (and drops) what the client sends, so that the
+/// last response is not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How long writing a response may make no progress.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes a last response, closes the writing side, and reads what the client still sends for
+/// a moment before the connection is dropped.
+async fn close_with(stream: &mut TcpStream, last: &[u8]) {
+    if runtime::timeout(WRITE_TIMEOUT, stream.write_all(last))
+        .await
+        .is_none_or(|r| r.is_err())
+    {
+        return;
+    }
+    if stream.shutdown_write().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    let mut sink = vec![0u8; 16 << 10];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, stream.read(&mut sink)).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// Reads into `buf` until `deadline`: `Ok(0)` at end of stream, `TimedOut` past it.
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<usize> {
+    let mut chunk = [0u8; 16 << 10];
+    let within = deadline.saturating_duration_since(Instant::now());
+    match runtime::timeout(within, stream.read(&mut chunk)).await {
+        Some(Ok(n)) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(n)
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+    }
+}
+
+fn timeout_response(what: &str) -> Vec<u8> {
+    let body = error_body(
+        "timeout",
+        &format!("the request {what} did not arrive in time"),
+    );
+    response(408, "application/json", &[], body.as_bytes(), false)
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    core: &Core,
+    options: &HttpOptions,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        // The head: idle time allowed before its first byte; then the whole request (head and
+        // body) must arrive within the read timeout.
+        let mut deadline = Instant::now() + options.idle_timeout;
+        let mut started = !buf.is_empty();
+        if started {
+            deadline = Instant::now() + options.read_timeout;
+        }
+        let (head, head_len) = loop {
+            match parse_head(&buf, &options.limits) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => match read_some(&mut stream, &mut buf, deadline).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {
+                        if !started {
+                            started = true;
+                            deadline = Instant::now() + options.read_timeout;
+                        }
+                    }
+                    // An idle keep-alive connection closes quietly.
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut && buf.is_empty() => {
+                        return Ok(())
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        close_with(&mut stream, &timeout_response("head")).await;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => {
+                    core.metrics().refused();
+                    close_with(&mut stream, &e.to_response()).await;
+                    return Ok(());
+                }
+            }
+        };
+        let arrived = Instant::now();
+        let end = head_len + head.content_length;
+        while buf.len() < end {
+            match read_some(&mut stream, &mut buf, deadline).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    close_with(&mut stream, &timeout_response("body")).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Health answers even while the node shuts down (that is what it reports).
+        let admission = core.admit();
+        if admission.is_none() && head.route != Route::Health {
+            let body = error_body("unavailable", "the node is shutting down");
+            let resp = response(503, "application/json", &[], body.as_bytes(), false);
+            core.metrics()
+                .request(Protocol::Http, Op::Other, false, arrived.elapsed());
+            close_with(&mut stream, &resp).await;
+            return Ok(());
+        }
+        let (resp, op, ok) = handle(core, &head, &buf[head_len..end]).await;
+        core.metrics()
+            .request(Protocol::Http, op, ok, arrived.elapsed());
+        let written = runtime::timeout(WRITE_TIMEOUT, stream.write_all(&resp)).await;
+        // The request counts as running until its answer is written.
+        drop(admission);
+        match written {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()), // the client does not read
+        }
+        if !head.keep_alive {
+            return Ok(());
+        }
+        buf.drain(..end);
+        if buf.capacity() > 1 << 20 {
+            buf.shrink_to(16 << 10);
+        }
+    }
+}
+
+/// A response: status, content type, extra headers, body.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    version: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            version: None,
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> Reply {
+        Reply::json(status, &json!({ "error": code, "message": message }))
+    }
+
+    fn from_http_error(e: &HttpError) -> Reply {
+        Reply::error(e.status(), e.code(), &e.message())
+    }
+
+    fn from_store_error(e: &StoreError) -> Reply {
+        match e {
+            StoreError::InvalidKey(m) => Reply::error(400, "invalid_key", m),
+            StoreError::ValueTooLarge(m) => Reply::error(413, "value_too_large", m),
+            StoreError::BadRequest(m) => Reply::error(400, "bad_request", m),
+            StoreError::ConditionFailed { current } => {
+                let version = version_to_hex(current);
+                let mut r = Reply::json(
+                    412,
+                    &json!({
+                        "error": "condition_failed",
+                        "message": "the version given in If-Match is not the current one",
+                        "version": version,
+                    }),
+                );
+                r.version = Some(version);
+                r
+            }
+            StoreError::Unavailable(m) => Reply::error(503, "unavailable", m),
+            StoreError::Timeout(m) => Reply::error(504, "timeout", m),
+            StoreError::Internal(m) => Reply::error(500, "internal", m),
+            StoreError::Quorum {
+                acks,
+                required,
+                message,
+            } => Reply::json(
+                503,
+                &json!({
+                    "error": "unavailable",
+                    "acks": acks,
+                    "required": required,
+                    "message": message,
+                }),
+            ),
+        }
+    }
+}
+
+/// Checks `?w=` / `?r=` against the replication factor.
+fn check_quorum(q: Quorum, rf: u8, name: &str) -> Result<(), HttpError> {
+    match q {
+        Quorum::Count(n) if n > rf => Err(HttpError::BadRequest(format!(
+            "{name}={n} is outside 1..={rf} (the replication factor)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, bool) {
+    let (op, reply) = match &head.route {
+        Route::Get(key) => (Op::Get, get(core, head, key).await),
+        Route::Put(key) => (Op::Put, put(core, head, key, body).await),
+        Route::Delete(key) => (Op::Delete, delete(core, head, key).await),
+        Route::Health => (Op::Other, health(core)),
+        Route::Cluster => (Op::Other, cluster(core)),
+        Route::Metrics => (Op::Other, metrics_text(core).await),
+        Route::LocalCopy(key) => (Op::Get, local_copy(core, key).await),
+    };
+    let reply = reply.unwrap_or_else(|r| r);
+    let ok = reply.status < 400;
+    let headers: Vec<(&str, &str)> = reply
+        .version
+        .as_deref()
+        .map(|v| vec![("X-Dynacore-Version", v)])
+        .unwrap_or_default();
+    let resp = response(
+        reply.status,
+        reply.content_type,
+        &headers,
+        &reply.body,
+        head.keep_alive,
+    );
+    (resp, op, ok)
+}
+
+async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
+    check_quorum(head.r, core.cluster().replication_factor, "r")
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let conflicts = match head.siblings {
+        None => Conflicts::Default,
+        Some(true) => Conflicts::Siblings,
+        Some(false) => Conflicts::Lww,
+    };
+    let siblings = head.siblings.unwrap_or(core.replication().siblings);
+    let read = ReadRequest {
+        key: key.to_vec(),
+        r: head.r,
+        read_repair: head.read_repair,
+        conflicts,
+    };
+    let found = coordinator::read(core, read, core.default_timeout())
+        .await
+        .map_err(|e| Reply::from_store_error(&e))?;
+    let Some(found) = found else {
+        return Err(Reply::error(404, "not_found", "no value for this key"));
+    };
+    let version = version_to_hex(&found.version);
+    if siblings && found.values.len() > 1 {
+        // Concurrent values: every one, and the merged version that replaces them all.
+        let list: Vec<_> = found
+            .values
+            .iter()
+            .map(|(v, written_ms)| match std::str::from_utf8(v) {
+                Ok(text) => json!({ "value": text, "written_ms": written_ms }),
+                Err(_) => json!({ "value_hex": version_to_hex(v), "written_ms": written_ms }),
+            })
+            .collect();
+        let mut r = Reply::json(300, &json!({ "siblings": list, "version": version }));
+        r.version = Some(version);
+        return Ok(r);
+    }
+    let Some((value, _)) = found.values.into_iter().next() else {
+        return Err(Reply::error(404, "not_found", "no value for this key"));
+    };
+    if head.accept_raw {
+        return Ok(Reply {
+            status: 200,
+            content_type: "application/octet-stream",
+            version: Some(version),
+            body: value,
+        });
+    }
+    let Ok(value) = String::from_utf8(value) else {
+        return Err(Reply::error(
+            406,
+            "not_utf8",
+            "the value is not UTF-8 text; read it with Accept: application/octet-stream",
+        ));
+    };
+    let mut r = Reply::json(200, &json!({ "value": value, "version": version }));
+    r.version = Some(version);
+    Ok(r)
+}
+
+/// This node's own copy of `key`, every sibling shown (tombstones and expired values too).
+async fn local_copy(core: &Core, key: &[u8]) -> Result<Reply, Reply> {
+    let op = ShardOp::ReplicaRead { key: key.to_vec() };
+    let object = core
+        .execute(op, core.default_timeout())
+        .await
+        .into_object()
+        .map_err(|e| Reply::from_store_error(&e))?;
+    let Some(object) = object else {
+        return Err(Reply::error(
+            404,
+            "not_found",
+            "this node holds no copy of this key",
+        ));
+    };
+    let mut version = Vec::new();
+    object.join().encode_into(&mut version);
+    let siblings: Vec<_> = object
+        .values()
+        .map(|s| {
+            let text = s.value.as_ref().and_then(|v| std::str::from_utf8(v).ok());
+            json!({
+                "deleted": s.value.is_none(),
+                "value": text,
+                "value_hex": s.value.as_ref().filter(|_| text.is_none()).map(|v| version_to_hex(v)),
+                "hlc": s.hlc.0,
+                "written_ms": s.hlc.physical_ms(),
+                "expiry_ms": s.expiry_ms,
+            })
+        })
+        .collect();
+    Ok(Reply::json(
+        200,
+        &json!({ "version": version_to_hex(&version), "siblings": siblings }),
+    ))
+}
+
+fn hex_header(value: Option<&str>) -> Result<Option<Vec<u8>>, Reply> {
+    value
+        .map(version_from_hex)
+        .transpose()
+        .map_err(|e| Reply::from_http_error(&e))
+}
+
+async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result<Reply, Reply> {
+    check_quorum(head.w, core.cluster().replication_factor, "w")
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let (value, ttl_seconds) = if head.raw_body {
+        (body.to_vec(), head.ttl_seconds)
+    } else {
+        let (value, ttl) = parse_json_put(body).map_err(|e| Reply::from_http_error(&e))?;
+        (value, ttl.or(head.ttl_seconds))
+    };
+    let write = WriteRequest {
+        key: key.to_vec(),
+        value: Some(value),
+        ttl_seconds: ttl_seconds.filter(|&t| t > 0),
+        expected: hex_header(head.if_match.as_deref())?,
+        context: hex_header(head.context.as_deref())?,
+        w: head.w,
+        forwarded: false,
+    };
+    written(coordinator::write(core, write, core.default_timeout()).await)
+}
+
+async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
+    check_quorum(head.w, core.cluster().replication_factor, "w")
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let write = WriteRequest {
+        key: key.to_vec(),
+        value: None,
+        ttl_seconds: None,
+        expected: hex_header(head.if_match.as_deref())?,
+        context: hex_header(head.context.as_deref())?,
+        w: head.w,
+        forwarded: false,
+    };
+    written(coordinator::write(core, write, core.default_timeout()).await)
+}
+
+fn written(reply: Result<Vec<u8>, StoreError>) -> Result<Reply, Reply> {
+    match reply {
+        Ok(version) => {
+            let version = version_to_hex(&version);
+            let mut r = Reply::json(200, &json!({ "version": version }));
+            r.version = Some(version);
+            Ok(r)
+        }
+        Err(e) => Err(Reply::from_store_error(&e)),
+    }
+}
+
+fn health(core: &Core) -> Result<Reply, Reply> {
+    if core.shared().is_closing() {
+        return Err(Reply::json(503, &json!({ "status": "shutting_down" })));
+    }
+    Ok(Reply::json(
+        200,
+        &json!({
+            "status": "ok",
+            "cores": core.shards(),
+            "uptime_seconds": core.shared().uptime().as_secs(),
+        }),
+    ))
+}
+
+fn cluster(core: &Core) -> Result<Reply, Reply> {
+    let cluster = core.cluster();
+    let ring = &cluster.ring;
+    let ownership = ring.ownership();
+    let members = core.shared().members().read().ok().and_then(|m| m.clone());
+    let status_name = |s: NodeStatus| match s {
+        NodeStatus::Joining => "joining",
+        NodeStatus::Normal => "normal",
+        NodeStatus::Leaving => "leaving",
+    };
+    let gossip_of = |id: NodeId| {
+        members.as_ref().and_then(|m| {
+            m.others
+                .iter()
+                .find(|v| v.id.node == id.0)
+                .map(|v| v.id.addr.to_string())
+        })
+    };
+    // This node first, then the other ring members, then members not in the ring.
+    let mut ring_nodes: Vec<_> = cluster.nodes.values().collect();
+    ring_nodes.sort_by_key(|n| (n.id != cluster.own, n.id));
+    let mut nodes: Vec<_> = ring_nodes
+        .iter()
+        .map(|n| {
+            #[allow(clippy::cast_precision_loss)]
+            let owned = ownership.get(&n.id).copied().unwrap_or(0) as f64 / (1u128 << 64) as f64;
+            let is_self = n.id == cluster.own;
+            json!({
+                "id": n.id.to_string(),
+                "self": is_self,
+                "in_ring": true,
+                "host": n.binary.ip().to_string(),
+                "port": n.binary.port(),
+                "shard_ports": (0..n.shards).map(|s| u32::from(n.binary.port()) + 1 + s).collect::<Vec<_>>(),
+                "http": n.http.to_string(),
+                "gossip": if is_self { Some(n.binary.to_string()) } else { gossip_of(n.id) },
+                "shards": n.shards,
+                "vnodes": n.vnodes,
+                "generation": n.generation,
+                "owned_fraction": owned,
+                "up": n.up,
+                // A node that announced it was leaving and then went away left cleanly.
+                "status": match (n.up, n.status) {
+                    (true, status) => status.map_or("normal", status_name),
+                    (false, Some(NodeStatus::Leaving)) => "left",
+                    (false, _) => "down",
+                },
+            })
+        })
+        .collect();
+    if let Some(m) = &members {
+        for v in m
+            .others
+            .iter()
+            .filter(|v| !cluster.nodes.contains_key(&NodeId(v.id.node)))
+        {
+            let meta = v.meta.as_ref();
+            nodes.push(json!({
+                "id": NodeId(v.id.node).to_string(),
+                "self": false,
+                "in_ring": false,
+                "host": meta.map(|m| m.binary.ip().to_string()),
+                "port": meta.map(|m| m.binary.port()),
+                "http": meta.map(|m| m.http.to_string()),
+                "gossip": v.id.addr.to_string(),
+                "shards": meta.map(|m| m.shards),
+                "vnodes": meta.map(|m| m.vnodes),
+                "generation": v.id.generation,
+                "up": v.up,
+                "status": match (v.up, meta.map(|m| m.status)) {
+                    (true, status) => status.map_or("normal", status_name),
+                    (false, Some(NodeStatus::Leaving)) => "left",
+                    (false, _) => "down",
+                },
+            }));
+        }
+    }
+    // How this node's own vnodes spread over its cores.
+    let own = cluster.own_node();
+    let mut per_shard = vec![0usize; own.shards as usize];
+    for t in dynacore_proto::ring::vnode_tokens(own.id, own.vnodes) {
+        per_shard[dynacore_proto::ring::shard_for_vnode(t, own.shards) as usize] += 1;
+    }
+    Ok(Reply::json(
+        200,
+        &json!({
+            "nodes": nodes,
+            "replication_factor": cluster.replication_factor,
+            "configured_replication_factor": cluster.configured_rf,
+            "sloppy_quorum": core.replication().sloppy_quorum,
+            "hinted_handoff": core.replication().hinted_handoff,
+            "conflicts": if core.replication().siblings { "siblings" } else { "lww" },
+            "ring_nodes": ring.node_count(),
+            "vnodes": ring.vnodes().len(),
+            "vnodes_per_shard": per_shard,
+            "ownership_balance": ring.ownership_balance(),
+            "membership": members.map(|m| json!({
+                "bad_packets": m.stats.bad_packets,
+                "members_up": m.stats.ups,
+                "members_down": m.stats.downs,
+            })),
+        }),
+    ))
+}
+
+async fn metrics_text(core: &Core) -> Result<Reply, Reply> {
+    let mut stats = Vec::with_capacity(core.shards() as usize);
+    for shard in 0..core.shards() {
+        stats.push(
+            match core
+                .execute_on(shard, ShardOp::Stats, Duration::from_secs(2))
+                .await
+            {
+                ShardReply::Stats(s) => Some(*s),
+                _ => None,
+            },
+        );
+    }
+    let text = metrics::render(core.shared().metrics(), &stats, core.shared().uptime());
+    Ok(Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        version: None,
+        body: text.into_bytes(),
+    })
+}

@@ -1,0 +1,10 @@
+//! What clients talk to. Each core runs both servers on its own executor:
+//! * the binary protocol: [`binary_server`] moves frames, [`binary_dispatch`] answers one
+//!   request body through the core (sans sockets);
+//! * the HTTP API: [`http_codec`] reads heads and writes responses (sans IO), [`http_server`]
+//!   serves connections with it.
+
+pub mod binary_dispatch;
+pub mod binary_server;
+pub mod http_codec;
+pub mod http_server;

@@ -1,0 +1,558 @@
+//! Hinted handoff: writes kept for a replica that missed them, handed over when it is back.
+//!
+//! * Each core keeps its hints in an engine shard of its own (`hints-<i>/`): durable with the
+//!   node's durability (a hint stored for a sloppy quorum counts towards W, so it is synced
+//!   before it is acknowledged), recovered after a crash, and compacted like any shard.
+//! * A hint's key is `target node (8 bytes) ‖ sequence (8 bytes)`, big-endian; its value is
+//!   `created ms (8) ‖ key length (2) ‖ key ‖ version length (4) ‖ version ‖ values`: the
+//!   object's parts as records store them ([`object::to_parts`]).
+//! * **Bounds:** hints for one target take at most [`HintLimits::bytes_per_target`] on a core
+//!   (a hint past it is refused and counted as dropped); a hint older than
+//!   [`HintLimits::max_age`] is dropped when found.
+//! * **Replay:** a task per core looks every second for targets that are up and have hints,
+//!   and hands them over (`ReplicaApply` to the target's owning core; merging by DVV `sync`
+//!   makes a repeated or out-of-order hint harmless) at most
+//!   [`HintLimits::replay_per_second`] a second; a handed-over hint is deleted. A target that
+//!   fails waits for the next round.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::{object, Mutation, Object, Shard, ShardId, ShardOptions, Token};
+use dynacore_runtime as runtime;
+
+use crate::storage::replica::StoreError;
+use dynacore_proto::ring::NodeId;
+
+/// How many hints a core keeps, for how long, and how fast it hands them back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HintLimits {
+    /// Bytes of hints kept for one target node on this core.
+    pub bytes_per_target: u64,
+    /// Hints older than this are dropped.
+    pub max_age: Duration,
+    /// Hints handed back per second.
+    pub replay_per_second: u32,
+}
+
+/// Hints pending for one target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// How many.
+    pub hints: u64,
+    /// Their bytes (as stored).
+    pub bytes: u64,
+}
+
+/// What a hint store counted since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HintCounters {
+    /// Hints stored.
+    pub stored: u64,
+    /// Hints handed over to their target.
+    pub replayed: u64,
+    /// Hints refused (over the bound) or dropped (too old, undecodable).
+    pub dropped: u64,
+}
+
+/// One hint, as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hint {
+    /// The node it is for.
+    pub target: NodeId,
+    /// The key written.
+    pub key: Vec<u8>,
+    /// The object to hand over.
+    pub object: Object,
+    /// When it was stored (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Its own key in the hint shard.
+    hint_key: [u8; 16],
+    /// Its stored size.
+    bytes: u64,
+}
+
+/// One core's hints (see the module documentation).
+#[derive(Debug)]
+pub struct HintStore {
+    shard: Shard,
+    limits: HintLimits,
+    pending: RefCell<BTreeMap<NodeId, Pending>>,
+    next_seq: Cell<u64>,
+    counters: Cell<HintCounters>,
+}
+
+/// The wall clock, in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+fn encode(created_ms: u64, key: &[u8], version: &[u8], values: &[u8]) -> Option<Vec<u8>> {
+    let key_len = u16::try_from(key.len()).ok()?;
+    let version_len = u32::try_from(version.len()).ok()?;
+    let mut out = Vec::with_capacity(14 + key.len() + version.len() + values.len());
+    out.extend_from_slice(&created_ms.to_be_bytes());
+    out.extend_from_slice(&key_len.to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&version_len.to_be_bytes());
+    out.extend_from_slice(version);
+    out.extend_from_slice(values);
+    Some(out)
+}
+
+/// A stored hint value's parts: created ms, key, version, values.
+type HintParts<'a> = (u64, &'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits a stored hint value into its parts.
+fn decode(v: &[u8]) -> Option<HintParts<'_>> {
+    let created = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let key_len = usize::from(u16::from_be_bytes(v.get(8..10)?.try_into().ok()?));
+    let key = v.get(10..10 + key_len)?;
+    let at = 10 + key_len;
+    let version_len =
+        usize::try_from(u32::from_be_bytes(v.get(at..at + 4)?.try_into().ok()?)).ok()?;
+    let version = v.get(at + 4..at + 4 + version_len)?;
+    let values = v.get(at + 4 + version_len..)?;
+    Some((created, key, version, values))
+}
+
+fn split_hint_key(k: &[u8]) -> Option<(NodeId, u64)> {
+    let target = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+    (k.len() == 16).then_some((NodeId(target), seq))
+}
+
+impl HintStore {
+    /// Opens (or creates) the hint shard in `dir` and counts what it holds.
+    ///
+    /// # Errors
+    /// The engine's error when the shard cannot be opened or read.
+    pub async fn open(
+        dir: PathBuf,
+        shard_id: ShardId,
+        durability: dynacore_engine::Durability,
+        limits: HintLimits,
+    ) -> Result<HintStore, dynacore_engine::Error> {
+        let mut options = ShardOptions::new(dir, shard_id);
+        options.durability = durability;
+        options.memtable_bytes_max = 8 << 20;
+        options.wal_segment_bytes = 8 << 20;
+        options.block_cache_bytes = 8 << 20;
+        let shard = Shard::open(options).await?;
+        let store = HintStore {
+            shard,
+            limits,
+            pending: RefCell::new(BTreeMap::new()),
+            next_seq: Cell::new(now_ms() << 16),
+            counters: Cell::new(HintCounters::default()),
+        };
+        let mut scan = store.shard.scan(Token(0), Token(u64::MAX));
+        let mut max_seq = 0;
+        while let Some(r) = scan.next().await? {
+            if let Some((target, seq)) = split_hint_key(&r.key) {
+                max_seq = max_seq.max(seq);
+                let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64;
+                let mut pending = store.pending.borrow_mut();
+                let p = pending.entry(target).or_default();
+                p.hints += 1;
+                p.bytes += bytes;
+            }
+        }
+        if max_seq >= store.next_seq.get() {
+            store.next_seq.set(max_seq + 1);
+        }
+        Ok(store)
+    }
+
+    /// The limits.
+    #[must_use]
+    pub fn limits(&self) -> HintLimits {
+        self.limits
+    }
+
+    /// Stores `object` (the copy of `key` that `target` missed) durably.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when `target`'s hints are at their bound (the hint is
+    /// dropped); [`StoreError::Internal`] when storing fails.
+    pub async fn store(
+        &self,
+        target: NodeId,
+        key: &[u8],
+        object: &Object,
+    ) -> Result<(), StoreError> {
+        let (version, values) =
+            object::to_parts(object).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let Some(value) = encode(now_ms(), key, &version, &values) else {
+            return Err(StoreError::BadRequest(
+                "a hint's key or version is too long".into(),
+            ));
+        };
+        let bytes = (16 + value.len()) as u64;
+        let held = self.pending.borrow().get(&target).map_or(0, |p| p.bytes);
+        if held + bytes > self.limits.bytes_per_target {
+            self.count(|c| c.dropped += 1);
+            return Err(StoreError::Unavailable(format!(
+                "hints for node {target} are at their bound ({} bytes)",
+                self.limits.bytes_per_target
+            )));
+        }
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        let mut hint_key = [0u8; 16];
+        hint_key[..8].copy_from_slice(&target.0.to_be_bytes());
+        hint_key[8..].copy_from_slice(&seq.to_be_bytes());
+        // Counted before the write, so that a concurrent store sees the bytes it will take.
+        {
+            let mut pending = self.pending.borrow_mut();
+            let p = pending.entry(target).or_default();
+            p.hints += 1;
+            p.bytes += bytes;
+        }
+        let written = self
+            .shard
+            .write(Mutation {
+                key: &hint_key,
+                value: Some(&value),
+                write_ts_ms: None,
+                expiry_ms: None,
+                version: &[],
+            })
+            .await;
+        match written {
+            Ok(_) => {
+                self.count(|c| c.stored += 1);
+                Ok(())
+            }
+            Err(e) => {
+                self.forget(target, bytes);
+                Err(StoreError::Internal(format!("storing a hint failed: {e}")))
+            }
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut HintCounters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    fn forget(&self, target: NodeId, bytes: u64) {
+        let mut pending = self.pending.borrow_mut();
+        if let Some(p) = pending.get_mut(&target) {
+            p.hints = p.hints.saturating_sub(1);
+            p.bytes = p.bytes.saturating_sub(bytes);
+            if p.hints == 0 {
+                pending.remove(&target);
+            }
+        }
+    }
+
+    /// Hints pending, per target.
+    #[must_use]
+    pub fn pending(&self) -> BTreeMap<NodeId, Pending> {
+        self.pending.borrow().clone()
+    }
+
+    /// What was counted since the store opened.
+    #[must_use]
+    pub fn counters(&self) -> HintCounters {
+        self.counters.get()
+    }
+
+    /// Hints for one of `targets` (at most `limit`), in the shard's order (hashed, not by
+    /// age); hints too old (for any target) or undecodable are dropped on the way.
+    ///
+    /// # Errors
+    /// The engine's error when reading fails.
+    pub async fn due(
+        &self,
+        targets: &HashSet<NodeId>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, dynacore_engine::Error> {
+        let mut out = Vec::new();
+        let oldest = now_ms()
+            .saturating_sub(u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX));
+        let mut scan = self.shard.scan(Token(0), Token(u64::MAX));
+        while let Some(r) = scan.next().await? {
+            let Some((target, _)) = split_hint_key(&r.key) else {
+                continue;
+            };
+            let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64;
+            // Too old for any target (one that never comes back too): dropped.
+            let created = r
+                .value
+                .as_deref()
+                .and_then(|v| v.get(..8))
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            if created.is_some_and(|c| c < oldest) {
+                self.shard.delete(&r.key).await?;
+                self.forget(target, bytes);
+                self.count(|c| c.dropped += 1);
+                continue;
+            }
+            if !targets.contains(&target) {
+                continue;
+            }
+            let mut hint_key = [0u8; 16];
+            hint_key.copy_from_slice(&r.key);
+            let decoded = r.value.as_deref().and_then(decode).and_then(
+                |(created_ms, key, version, values)| {
+                    let object = object::from_parts(version, values).ok()?;
+                    Some(Hint {
+                        target,
+                        key: key.to_vec(),
+                        object,
+                        created_ms,
+                        hint_key,
+                        bytes,
+                    })
+                },
+            );
+            match decoded {
+                Some(h) if h.created_ms >= oldest => {
+                    out.push(h);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                other => {
+                    // Too old, or damaged: dropped.
+                    if other.is_none() {
+                        tracing::warn!(%target, "dropping a hint that does not decode");
+                    }
+                    self.shard.delete(&hint_key).await?;
+                    self.forget(target, bytes);
+                    self.count(|c| c.dropped += 1);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `hint` was handed over: deletes it.
+    ///
+    /// # Errors
+    /// The engine's error when the delete fails (the hint stays and is handed over again).
+    pub async fn done(&self, hint: &Hint) -> Result<(), dynacore_engine::Error> {
+        self.shard.delete(&hint.hint_key).await?;
+        self.forget(hint.target, hint.bytes);
+        self.count(|c| c.replayed += 1);
+        Ok(())
+    }
+
+    /// Closes the hint shard (its WAL synced).
+    ///
+    /// # Errors
+    /// The engine's error.
+    pub async fn close(&self) -> Result<(), dynacore_engine::Error> {
+        self.shard.clone().close().await
+    }
+}
+
+/// Paces hand-overs at `per_second`: call [`Pacer::wait`] before each one.
+#[derive(Debug)]
+pub struct Pacer {
+    per_window: u32,
+    window: Duration,
+    used: u32,
+    window_start: Instant,
+}
+
+/// The pacing window: a tenth of a second.
+const WINDOW: Duration = Duration::from_millis(100);
+
+impl Pacer {
+    /// At most `per_second` a second (in tenths).
+    #[must_use]
+    pub fn new(per_second: u32) -> Pacer {
+        Pacer {
+            // Tenths of a second at rates of 10/s and more; below that, whole seconds
+            // (`new` makes the window match).
+            per_window: if per_second >= 10 {
+                per_second / 10
+            } else {
+                per_second.max(1)
+            },
+            window: if per_second >= 10 {
+                WINDOW
+            } else {
+                Duration::from_secs(1)
+            },
+            used: 0,
+            window_start: Instant::now(),
+        }
+    }
+
+    /// Waits until one more is allowed.
+    pub async fn wait(&mut self) {
+        if self.window_start.elapsed() >= self.window {
+            self.window_start = Instant::now();
+            self.used = 0;
+        }
+        if self.used >= self.per_window {
+            let left = self.window.saturating_sub(self.window_start.elapsed());
+            runtime::sleep(left).await;
+            self.window_start = Instant::now();
+            self.used = 0;
+        }
+        self.used += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynacore_engine::version::{ActorId, HlcTimestamp, VersionVector};
+    use dynacore_engine::Sibling;
+
+    fn object(v: &[u8]) -> Object {
+        Object::update(
+            &VersionVector::new(),
+            Sibling {
+                value: Some(v.to_vec()),
+                hlc: HlcTimestamp::from_parts(now_ms(), 0),
+                expiry_ms: None,
+            },
+            None,
+            ActorId(1),
+        )
+        .expect("object")
+    }
+
+    #[test]
+    fn hints_survive_a_reopen_are_bounded_and_are_deleted_once_handed_over() {
+        let dir = tempfile::Builder::new()
+            .prefix("dynacore-hints-")
+            .tempdir_in(crate::test_util::disk_tmp())
+            .expect("dir");
+        let path = dir.path().join("hints-0");
+        let limits = HintLimits {
+            bytes_per_target: 4096,
+            max_age: Duration::from_secs(3600),
+            replay_per_second: 1000,
+        };
+        crate::test_util::on_test_executor(move || async move {
+            let store = HintStore::open(
+                path.clone(),
+                ShardId(0),
+                dynacore_engine::Durability::Sync,
+                limits,
+            )
+            .await
+            .expect("open");
+            for i in 0..3u8 {
+                store
+                    .store(NodeId(7), &[b'k', i], &object(&[i; 100]))
+                    .await
+                    .expect("store");
+            }
+            store
+                .store(NodeId(8), b"other", &object(b"x"))
+                .await
+                .expect("store");
+            // Past the bound for node 7: refused and counted.
+            let big = vec![1u8; 5000];
+            assert!(matches!(
+                store.store(NodeId(7), b"big", &object(&big)).await,
+                Err(StoreError::Unavailable(_))
+            ));
+            assert_eq!(store.counters().dropped, 1);
+            assert_eq!(store.pending()[&NodeId(7)].hints, 3);
+            store.close().await.expect("close");
+            drop(store);
+            // After a restart, the same hints are pending.
+            let store = HintStore::open(
+                path.clone(),
+                ShardId(0),
+                dynacore_engine::Durability::Sync,
+                limits,
+            )
+            .await
+            .expect("reopen");
+            assert_eq!(store.pending()[&NodeId(7)].hints, 3);
+            assert_eq!(store.pending()[&NodeId(8)].hints, 1);
+            let due = store
+                .due(&HashSet::from([NodeId(7)]), 100)
+                .await
+                .expect("due");
+            assert_eq!(due.len(), 3);
+            assert!(due.iter().all(|h| h.target == NodeId(7)));
+            let mut keys: Vec<_> = due.iter().map(|h| h.key.clone()).collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                vec![b"k\0".to_vec(), b"k\x01".to_vec(), b"k\x02".to_vec()]
+            );
+            assert_eq!(due[0].object.size(), 1);
+            for h in &due {
+                store.done(h).await.expect("done");
+            }
+            assert!(!store.pending().contains_key(&NodeId(7)));
+            assert_eq!(store.counters().replayed, 3);
+            let again = store
+                .due(&HashSet::from([NodeId(7)]), 100)
+                .await
+                .expect("due");
+            assert!(again.is_empty());
+            store.close().await.expect("close");
+        });
+    }
+
+    #[test]
+    fn old_hints_are_dropped() {
+        let dir = tempfile::Builder::new()
+            .prefix("dynacore-hints-")
+            .tempdir_in(crate::test_util::disk_tmp())
+            .expect("dir");
+        let path = dir.path().join("hints-0");
+        crate::test_util::on_test_executor(move || async move {
+            let limits = HintLimits {
+                bytes_per_target: 1 << 20,
+                max_age: Duration::from_millis(1),
+                replay_per_second: 1000,
+            };
+            let store =
+                HintStore::open(path, ShardId(0), dynacore_engine::Durability::Sync, limits)
+                    .await
+                    .expect("open");
+            store
+                .store(NodeId(7), b"k", &object(b"v"))
+                .await
+                .expect("store");
+            runtime::sleep(Duration::from_millis(5)).await;
+            let due = store
+                .due(&HashSet::from([NodeId(7)]), 100)
+                .await
+                .expect("due");
+            assert!(due.is_empty());
+            assert_eq!(store.counters().dropped, 1);
+            assert!(store.pending().is_empty());
+            store.close().await.expect("close");
+        });
+    }
+
+    #[test]
+    fn hint_values_round_trip_and_damage_is_refused() {
+        let v = encode(5, b"key", b"ver", b"vals").expect("fits");
+        assert_eq!(
+            decode(&v),
+            Some((5, &b"key"[..], &b"ver"[..], &b"vals"[..]))
+        );
+        for cut in 0..v.len() - 4 {
+            // Cut inside the header or the key/version: refused, never a panic.
+            let _ = decode(&v[..cut]);
+        }
+        assert_eq!(decode(&v[..9]), None);
+        assert_eq!(split_hint_key(&[0u8; 15]), None);
+    }
+}
