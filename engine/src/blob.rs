@@ -32,9 +32,9 @@ use std::rc::Rc;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::cache::BlockCache;
 use crate::error::{Error, Result};
-use crate::record::{Record, ShardId, VALUE_BYTES_MAX};
-use crate::sstable::BlockCache;
+use crate::record::{BlobRef, Record, ShardId, VALUE_BYTES_MAX};
 use dynacore_runtime::{self as runtime, align_up, File, IO_ALIGN};
 
 const BLOB_MAGIC: u64 = u64::from_le_bytes(*b"DYNBLOB1");
@@ -42,7 +42,7 @@ const BLOB_FORMAT_VERSION: u32 = 1;
 const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"DBV1");
 const ENTRY_HEADER_BYTES: usize = 16;
 /// Offset of the first entry (the bytes before it are the header block).
-pub const FIRST_ENTRY_OFFSET: u64 = IO_ALIGN;
+pub const FIRST_ENTRY_OFFSET: u64 = crate::record::BLOB_FIRST_ENTRY_OFFSET;
 /// Unwritten bytes after which the writer writes a chunk out.
 const WRITE_CHUNK_BYTES: usize = 256 << 10;
 
@@ -79,52 +79,11 @@ impl BlobHeader {
     }
 }
 
-/// Where a value lives in the value log: what an SSTable stores instead of a large value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BlobRef {
-    /// The blob file.
-    pub file_id: u64,
-    /// Offset of the entry (block-aligned).
-    pub offset: u64,
-    /// Length of the value.
-    pub value_len: u32,
-}
-
-/// Encoded size of a [`BlobRef`].
-pub const BLOB_REF_BYTES: usize = 20;
-
-impl BlobRef {
-    /// The 20-byte little-endian encoding: file id, offset, value length.
-    #[must_use]
-    pub fn encode(&self) -> [u8; BLOB_REF_BYTES] {
-        let mut out = [0u8; BLOB_REF_BYTES];
-        out[..8].copy_from_slice(&self.file_id.to_le_bytes());
-        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        out[16..].copy_from_slice(&self.value_len.to_le_bytes());
-        out
-    }
-
-    /// Decodes [`BlobRef::encode`]'s output; `None` for a wrong length or an unaligned or
-    /// out-of-range reference.
-    #[must_use]
-    pub fn decode(bytes: &[u8]) -> Option<BlobRef> {
-        if bytes.len() != BLOB_REF_BYTES {
-            return None;
-        }
-        let r = BlobRef {
-            file_id: u64::from_le_bytes(bytes[..8].try_into().ok()?),
-            offset: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
-            value_len: u32::from_le_bytes(bytes[16..].try_into().ok()?),
-        };
-        let aligned = r.offset >= FIRST_ENTRY_OFFSET && r.offset.is_multiple_of(IO_ALIGN);
-        (aligned && r.value_len as usize <= VALUE_BYTES_MAX).then_some(r)
-    }
-
-    /// Bytes the entry occupies on disk for a key of `key_len` bytes (block-aligned).
-    #[must_use]
-    pub fn entry_bytes(&self, key_len: usize) -> u64 {
-        align_up((ENTRY_HEADER_BYTES + key_len + self.value_len as usize) as u64)
-    }
+/// Bytes the entry that `r` points at occupies on disk, for a key of `key_len` bytes
+/// (block-aligned).
+#[must_use]
+pub fn entry_bytes(r: &BlobRef, key_len: usize) -> u64 {
+    align_up((ENTRY_HEADER_BYTES + key_len + r.value_len as usize) as u64)
 }
 
 /// The path of blob file `id` in `dir`.
@@ -252,7 +211,7 @@ impl BlobWriter {
             return Err(e);
         }
         let path = self.path.clone();
-        let synced = match crate::sstable::sync_and_close(self.file, &path).await {
+        let synced = match crate::durable::sync_and_close(self.file, &path).await {
             Ok(()) => runtime::sync_dir(dir)
                 .await
                 .map_err(|e| Error::io("sync directory", dir, e)),
@@ -356,7 +315,7 @@ impl BlobFile {
     /// key, [`Error::ChecksumMismatch`] for damaged bytes; I/O errors.
     pub async fn read(&self, r: &BlobRef, key: &[u8]) -> Result<Vec<u8>> {
         assert_eq!(r.file_id, self.id, "a reference is read from its own file");
-        let len = r.entry_bytes(key.len());
+        let len = entry_bytes(r, key.len());
         if r.offset < FIRST_ENTRY_OFFSET || r.offset.saturating_add(len) > self.size {
             return Err(Error::corruption(
                 &self.path,

@@ -22,7 +22,9 @@
 #![deny(unsafe_code)]
 
 pub mod blob;
+pub mod cache;
 pub mod compaction;
+pub mod durable;
 pub mod error;
 pub mod manifest;
 pub mod memtable;

@@ -27,7 +27,8 @@
 
 use std::cmp::Ordering;
 
-use crate::blob::{BlobRef, BLOB_REF_BYTES};
+use dynacore_runtime::IO_ALIGN;
+
 use crate::error::LimitError;
 
 pub use dynacore_types::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX};
@@ -50,6 +51,51 @@ pub struct SeqNo(pub u64);
 /// Identifies a shard (one core's slice of a node's vnodes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub u32);
+
+/// Where a blob file's first entry starts: its first block holds the file's header.
+pub const BLOB_FIRST_ENTRY_OFFSET: u64 = IO_ALIGN;
+
+/// Where a value lives in the value log: what an SSTable stores instead of a large value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobRef {
+    /// The blob file.
+    pub file_id: u64,
+    /// Offset of the entry (block-aligned).
+    pub offset: u64,
+    /// Length of the value.
+    pub value_len: u32,
+}
+
+/// Encoded size of a [`BlobRef`].
+pub const BLOB_REF_BYTES: usize = 20;
+
+impl BlobRef {
+    /// The 20-byte little-endian encoding: file id, offset, value length.
+    #[must_use]
+    pub fn encode(&self) -> [u8; BLOB_REF_BYTES] {
+        let mut out = [0u8; BLOB_REF_BYTES];
+        out[..8].copy_from_slice(&self.file_id.to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..].copy_from_slice(&self.value_len.to_le_bytes());
+        out
+    }
+
+    /// Decodes [`BlobRef::encode`]'s output; `None` for a wrong length or an unaligned or
+    /// out-of-range reference.
+    #[must_use]
+    pub fn decode(bytes: &[u8]) -> Option<BlobRef> {
+        if bytes.len() != BLOB_REF_BYTES {
+            return None;
+        }
+        let r = BlobRef {
+            file_id: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            offset: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            value_len: u32::from_le_bytes(bytes[16..].try_into().ok()?),
+        };
+        let aligned = r.offset >= BLOB_FIRST_ENTRY_OFFSET && r.offset.is_multiple_of(IO_ALIGN);
+        (aligned && r.value_len as usize <= VALUE_BYTES_MAX).then_some(r)
+    }
+}
 
 /// One version of one key, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]

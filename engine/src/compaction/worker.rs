@@ -284,7 +284,7 @@ impl BlobOutput<'_> {
         r: &crate::record::Record,
         stats: &mut MergeStats,
         pacer: &mut Pacer,
-    ) -> Result<Option<[u8; crate::blob::BLOB_REF_BYTES]>> {
+    ) -> Result<Option<[u8; crate::record::BLOB_REF_BYTES]>> {
         let (Some(reloc), Some(old)) = (self.relocation.as_mut(), r.blob_ref()) else {
             return Ok(None);
         };
@@ -310,7 +310,7 @@ impl BlobOutput<'_> {
         let writer = self.writer.as_mut().expect("INVARIANT: created above");
         let new = writer.append(&r.key, &value).await?;
         stats.relocated += 1;
-        stats.relocated_bytes += new.entry_bytes(r.key.len());
+        stats.relocated_bytes += crate::blob::entry_bytes(&new, r.key.len());
         // Read once, written once.
         pacer.account(2 * value.len() as u64).await;
         if writer.entry_bytes() >= reloc.file_bytes_max {

@@ -9,11 +9,12 @@ use bytemuck::Zeroable;
 
 use super::block::{Block, BlockBuilder, BLOCK_BYTES_TARGET};
 use super::bloom::Bloom;
-use super::{
-    encode_blob_refs, encode_index, table_path, BlockCache, Footer, IndexEntry, TableId,
-    FOOTER_BYTES,
+use super::format::{
+    encode_blob_refs, encode_index, table_path, Footer, IndexEntry, TableId, FOOTER_BYTES,
 };
-use super::{TABLE_FORMAT_VERSION, TABLE_MAGIC};
+use super::format::{TABLE_FORMAT_VERSION, TABLE_MAGIC};
+use crate::cache::BlockCache;
+use crate::durable::sync_and_close;
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, RecordRef, Token};
 use dynacore_runtime::{self as runtime, File, IO_ALIGN};
@@ -111,9 +112,10 @@ impl<'c> TableBuilder<'c> {
         if rec.blob {
             let r = rec
                 .value
-                .and_then(crate::blob::BlobRef::decode)
+                .and_then(crate::record::BlobRef::decode)
                 .expect("INVARIANT: a blob record holds a valid reference");
-            *self.blob_refs.entry(r.file_id).or_default() += r.entry_bytes(rec.key.len());
+            *self.blob_refs.entry(r.file_id).or_default() +=
+                crate::blob::entry_bytes(&r, rec.key.len());
         }
         self.block.add(token, rec);
         self.tokens.push(token);
@@ -237,15 +239,4 @@ impl<'c> TableBuilder<'c> {
             tracing::warn!(path = %self.path.display(), error = %e, "removing abandoned table");
         }
     }
-}
-
-/// Syncs a finished file's data and closes it (`path` names it in errors).
-///
-/// # Errors
-/// I/O errors from `fdatasync` or `close`.
-pub(crate) async fn sync_and_close(file: File, path: &Path) -> Result<()> {
-    file.sync_data()
-        .await
-        .map_err(|e| Error::io("sync", path, e))?;
-    file.close().await.map_err(|e| Error::io("close", path, e))
 }

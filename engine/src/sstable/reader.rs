@@ -6,10 +6,11 @@ use std::rc::Rc;
 
 use super::block::{Block, BlockError};
 use super::bloom::Bloom;
-use super::{
-    decode_blob_refs, decode_index, table_path, BlockCache, Footer, IndexEntry, TableId,
-    FOOTER_BYTES, TABLE_FORMAT_VERSION, TABLE_MAGIC,
+use super::format::{
+    decode_blob_refs, decode_index, table_path, Footer, IndexEntry, TableId, FOOTER_BYTES,
+    TABLE_FORMAT_VERSION, TABLE_MAGIC,
 };
+use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::record::{cmp_keys, Record, Token};
 use dynacore_runtime::File;

@@ -1,0 +1,200 @@
+//! Versioned objects: a key's siblings read, written under a causal context or a condition,
+//! and merged from other replicas, under the per-key lock that keeps dots unique.
+
+use super::*;
+
+impl Shard {
+    /// The stored object of `key`: every sibling, tombstones and expired ones included. A key
+    /// written with plain [`Shard::put`] reads as one sibling without a dot.
+    ///
+    /// # Errors
+    /// As [`Shard::get_record`], and [`Error::Version`] for a damaged version blob.
+    pub async fn read_object(&self, key: &[u8]) -> Result<Option<Object>> {
+        let Some(record) = self.get_record(key).await? else {
+            return Ok(None);
+        };
+        if record.version.is_empty() {
+            return Ok(Some(Object::new(Sibling {
+                value: record.value,
+                hlc: HlcTimestamp::from_parts(record.write_ts_ms, 0),
+                expiry_ms: record.expiry_ms,
+            })));
+        }
+        object::decode(&record).map(Some)
+    }
+
+    /// The coordinator's versioned write: `value` (or a tombstone) from a client that had seen
+    /// `ctx`, minted as a new dot of `actor`, which must be this replica's own id. With
+    /// `expected`, the write happens only if the key's current context holds nothing that
+    /// `expected` does not (it equals it, or is older).
+    ///
+    /// # Errors
+    /// [`Error::ConditionFailed`] with the current context; [`Error::Version`] when the write
+    /// would leave more than 100 siblings; [`Error::Clock`] if a stored timestamp is too far
+    /// ahead; the errors of [`Shard::write`].
+    pub async fn coordinate_write(
+        &self,
+        key: &[u8],
+        ctx: &VersionVector,
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        actor: ActorId,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object> {
+        self.coordinate(key, Some(ctx), value, expiry_ms, actor, expected)
+            .await
+    }
+
+    /// A blind write that supersedes whatever `key` holds: [`Shard::coordinate_write`] with the
+    /// key's current context, read under the key's lock (so the one read serves both, and a
+    /// write landing in between cannot turn it into a sibling).
+    ///
+    /// # Errors
+    /// As [`Shard::coordinate_write`], without `ConditionFailed`.
+    pub async fn overwrite(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        actor: ActorId,
+    ) -> Result<Object> {
+        self.coordinate(key, None, value, expiry_ms, actor, None)
+            .await
+    }
+
+    /// [`Shard::coordinate_write`]; `ctx` `None` takes the local object's context.
+    pub(super) async fn coordinate(
+        &self,
+        key: &[u8],
+        ctx: Option<&VersionVector>,
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        actor: ActorId,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object> {
+        Mutation {
+            key,
+            value,
+            write_ts_ms: None,
+            expiry_ms,
+            version: &[],
+        }
+        .validate()?;
+        let _held = self.inner.key_locks.lock(key).await;
+        let local = self.read_object(key).await?;
+        check_expected(local.as_ref(), expected)?;
+        if let Some(newest) = local.iter().flat_map(Object::values).map(|s| s.hlc).max() {
+            self.inner.hlc.observe(newest)?;
+        }
+        let sibling = Sibling {
+            value: value.map(<[u8]>::to_vec),
+            hlc: self.inner.hlc.now(),
+            expiry_ms,
+        };
+        let current;
+        let ctx = match ctx {
+            Some(c) => c,
+            None => {
+                current = local.as_ref().map(Object::join).unwrap_or_default();
+                &current
+            }
+        };
+        let obj = Object::update(ctx, sibling, local.as_ref(), actor)?;
+        self.store_object(key, &obj).await?;
+        Ok(obj)
+    }
+
+    /// A replica's apply: merges `incoming` (a coordinator's result, a read repair, an
+    /// anti-entropy transfer) with the local object, so that replicas converge whatever order
+    /// writes arrive in. Writes only if the merge changed something. With `expected`, applies
+    /// only if the local context holds nothing that `expected` does not, or nothing that
+    /// `incoming` does not (the copy already has the write).
+    ///
+    /// # Errors
+    /// [`Error::ConditionFailed`]; [`Error::Version`] for an invalid incoming object;
+    /// [`Error::Clock`] if it carries a timestamp too far ahead (nothing is stored); the errors
+    /// of [`Shard::write`].
+    pub async fn apply_object(
+        &self,
+        key: &[u8],
+        incoming: &Object,
+        expected: Option<&VersionVector>,
+    ) -> Result<Object> {
+        validate_key(key)?;
+        incoming.check()?;
+        let _held = self.inner.key_locks.lock(key).await;
+        let local = self.read_object(key).await?;
+        // A copy that already holds the incoming write (it came by read repair or a hint
+        // first) has nothing the write did not see either: the merge below is a no-op.
+        let already_has_it = local
+            .as_ref()
+            .is_some_and(|l| incoming.join().descends(&l.join()));
+        if !already_has_it {
+            check_expected(local.as_ref(), expected)?;
+        }
+        if let Some(newest) = incoming.values().map(|s| s.hlc).max() {
+            self.inner.hlc.observe(newest)?;
+        }
+        let mut merged = match &local {
+            Some(l) => l.sync(incoming),
+            None => incoming.clone(),
+        };
+        if merged.size() > crate::version::SIBLINGS_MAX {
+            // Each side was within the bound but their merge is not: resolve by last writer
+            // wins (the context is kept, so the result still covers both). Every replica
+            // resolves the same way, so they converge.
+            tracing::warn!(
+                siblings = merged.size(),
+                "a replica merge exceeds the sibling bound; keeping the newest"
+            );
+            merged = merged.lww_by(|s| s.hlc);
+        }
+        let bytes: usize = merged
+            .values()
+            .filter_map(|s| s.value.as_ref())
+            .map(Vec::len)
+            .sum();
+        if bytes > crate::record::VALUE_BYTES_MAX {
+            tracing::warn!(
+                bytes,
+                "a replica merge exceeds the value limit; keeping the newest"
+            );
+            merged = merged.lww_by(|s| s.hlc);
+        }
+        if local.as_ref() != Some(&merged) {
+            self.store_object(key, &merged).await?;
+        }
+        Ok(merged)
+    }
+
+    pub(super) async fn store_object(&self, key: &[u8], obj: &Object) -> Result<SeqNo> {
+        let e = object::encode(obj)?;
+        self.write(Mutation {
+            key,
+            value: e.value.as_deref(),
+            write_ts_ms: Some(e.write_ts_ms),
+            expiry_ms: e.expiry_ms,
+            version: &e.version,
+        })
+        .await
+    }
+}
+
+/// Checks a conditional write's expected context against the local object.
+pub(super) fn check_expected(
+    local: Option<&Object>,
+    expected: Option<&VersionVector>,
+) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let current = local.map(Object::join).unwrap_or_default();
+    // The copy holds no write the client did not see: the version it read, or an older one
+    // (a replica that missed the latest write is not a conflict; a write the client has not
+    // seen is).
+    if expected.descends(&current) {
+        Ok(())
+    } else {
+        Err(Error::ConditionFailed { current })
+    }
+}

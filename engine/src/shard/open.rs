@@ -1,0 +1,286 @@
+//! Opening a shard: the manifest, its tables and blob files, WAL replay into the memtable, and
+//! clearing what a crash left unreferenced.
+
+use super::*;
+
+impl Shard {
+    /// Opens (or creates) the shard in `options.dir`, recovering from its manifest and WAL.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] / [`Error::ChecksumMismatch`] for damage that recovery must not
+    /// paper over; [`Error::Incompatible`]; I/O errors (a second opener gets `WouldBlock`).
+    pub async fn open(mut options: ShardOptions) -> Result<Shard> {
+        runtime::ensure_heartbeat();
+        let created = !options.dir.exists();
+        std::fs::create_dir_all(&options.dir)
+            .map_err(|e| Error::io("create directory", &options.dir, e))?;
+        // NOTE: glommio 0.9 resolves relative paths against no directory (EBADF); use absolute.
+        options.dir = std::fs::canonicalize(&options.dir)
+            .map_err(|e| Error::io("resolve", &options.dir, e))?;
+        let dir = options.dir.clone();
+        if created {
+            // The new directory's own entry must be durable before its first acknowledged write.
+            if let Some(parent) = dir.parent() {
+                runtime::sync_dir(parent)
+                    .await
+                    .map_err(|e| Error::io("sync directory", parent, e))?;
+            }
+        }
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        lock.try_lock().map_err(|e| {
+            Error::io(
+                "lock (is another process using this shard?)",
+                &lock_path,
+                std::io::Error::new(std::io::ErrorKind::WouldBlock, e.to_string()),
+            )
+        })?;
+
+        let manifest = match Manifest::load(&dir).await? {
+            Some(m) => {
+                if m.shard_id != options.shard_id {
+                    return Err(Error::Incompatible {
+                        path: dir.join(crate::manifest::MANIFEST_NAME),
+                        reason: format!(
+                            "directory holds shard {}, not shard {}",
+                            m.shard_id.0, options.shard_id.0
+                        ),
+                    });
+                }
+                m
+            }
+            None => Manifest::empty(options.shard_id),
+        };
+        remove_orphan_tables(&dir, &manifest).await?;
+        let mut tables = Vec::with_capacity(manifest.tables.len());
+        let mut last_seq = manifest.flushed_seq;
+        for &id in &manifest.tables {
+            let table = SsTable::open(&dir, id).await?;
+            last_seq = last_seq.max(SeqNo(table.footer().max_seq));
+            tables.push(Rc::new(table));
+        }
+        let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
+        let handles = Rc::new(BlobHandles::new(
+            &dir,
+            options.shard_id,
+            options.blob_open_files_max,
+            cache.clone(),
+        ));
+        let blobs = open_blob_files(&dir, handles, &tables, &manifest).await?;
+
+        let mut active = Memtable::new();
+        let mut immutables = VecDeque::new();
+        let memtable_max = options.memtable_bytes_max;
+        let (wal, recovered) = Wal::open(
+            &dir,
+            options.shard_id,
+            WalOptions {
+                segment_bytes: options.wal_segment_bytes,
+                durability: options.durability,
+            },
+            manifest.flushed_seq,
+            |rec| {
+                active.insert(Token::of(rec.key), &rec);
+                if active.bytes() >= memtable_max {
+                    immutables.push_back(Rc::new(std::mem::take(&mut active)));
+                }
+            },
+        )
+        .await?;
+        last_seq = last_seq.max(recovered.last_seq);
+        // Segments a flush covered but a crash kept from being deleted.
+        wal.release_through(manifest.flushed_seq, &dir).await?;
+        let wal_released_seq = manifest.flushed_seq;
+        tracing::info!(
+            dir = %dir.display(),
+            tables = tables.len(),
+            replayed = recovered.replayed,
+            truncated_bytes = recovered.truncated_bytes,
+            last_seq = last_seq.0,
+            "shard opened"
+        );
+        let flush_queue = runtime::create_task_queue(
+            100,
+            Latency::NotImportant,
+            &format!("flush-{}", options.shard_id.0),
+        );
+        // Compaction gets 5 % of the CPU under contention while it keeps up, rising to an equal
+        // share with requests as tables pile up towards the write stall.
+        let table_count = Rc::new(Cell::new(tables.len()));
+        let compact_queue = {
+            let count = table_count.clone();
+            let (low, stall) = (
+                options.compaction.min_run,
+                options
+                    .compaction
+                    .tables_stall
+                    .max(options.compaction.min_run + 1),
+            );
+            runtime::create_dynamic_task_queue(
+                move || 50 + count.get().saturating_sub(low) * 950 / (stall - low),
+                Latency::NotImportant,
+                &format!("compact-{}", options.shard_id.0),
+            )
+        };
+        let has_immutables = !immutables.is_empty();
+        let options_clock = options.clock.clone();
+        let shard = Shard {
+            inner: Rc::new(Inner {
+                options,
+                wal,
+                state: RefCell::new(State {
+                    active,
+                    immutables,
+                    tables: Rc::new(tables),
+                    blobs: Rc::new(blobs),
+                    blob_bytes_written: 0,
+                    blob_bytes_relocated: 0,
+                    blob_files_deleted: 0,
+                    blob_gc_skip: std::collections::HashSet::new(),
+                    last_seq,
+                    next_table_id: manifest.next_table_id,
+                    manifest,
+                    flushes: 0,
+                    compactions: 0,
+                    compaction_bytes_written: 0,
+                    flush_bytes_written: 0,
+                    write_stalls: 0,
+                    compactor_running: false,
+                    major_requested: false,
+                    retiring: 0,
+                    wal_released_seq,
+                    flusher_running: false,
+                    flush_error: None,
+                    closing: false,
+                    waiters: Vec::new(),
+                }),
+                cache,
+                flush_queue,
+                compact_queue,
+                key_locks: KeyLocks::default(),
+                manifest_lock: KeyLocks::default(),
+                hlc: Hlc::new(options_clock, MAX_OFFSET_MS_DEFAULT),
+                activity: Rc::new(Cell::new(0)),
+                table_count,
+                _lock: lock,
+            }),
+        };
+        if has_immutables {
+            shard.start_flusher();
+        }
+        shard.start_compactor();
+        Ok(shard)
+    }
+}
+
+/// Opens every blob file the tables point at, and removes the ones none points at (a crash
+/// left them: a flush or garbage collection that did not reach its manifest, or files whose
+/// deletion it interrupted).
+pub(super) async fn open_blob_files(
+    dir: &Path,
+    handles: Rc<BlobHandles>,
+    tables: &[Rc<SsTable>],
+    manifest: &Manifest,
+) -> Result<BlobSet> {
+    let referenced: std::collections::BTreeSet<u64> = tables
+        .iter()
+        .flat_map(|t| t.blob_refs().iter().map(|&(id, _)| id))
+        .collect();
+    // Blob ids come from the manifest's counter, like table ids: one that is not below it, or
+    // that a table has, is damage (it would collide with a file made later).
+    for t in tables {
+        if let Some(&(id, _)) = t.blob_refs().iter().find(|&&(id, _)| {
+            id >= manifest.next_table_id || manifest.tables.contains(&TableId(id))
+        }) {
+            return Err(Error::corruption(
+                sstable::table_path(dir, t.id()),
+                t.footer().filter_offset + t.footer().filter_len,
+                format!(
+                    "the table points at blob file {id}, an id the shard never gave a blob file"
+                ),
+            ));
+        }
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(id) = entry.file_name().to_str().and_then(blob::parse_blob_name) else {
+            continue;
+        };
+        if !referenced.contains(&id) {
+            tracing::warn!(blob_file = id, "removing blob file no table points at");
+            runtime::remove(&entry.path())
+                .await
+                .map_err(|e| Error::io("remove", entry.path(), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    // Files are opened (and their headers checked) when a read first needs them.
+    let mut files = Vec::with_capacity(referenced.len());
+    for id in referenced {
+        let path = blob::blob_path(dir, id);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    "a table points at this blob file, which is missing",
+                ));
+            }
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        };
+        if size < blob::FIRST_ENTRY_OFFSET {
+            return Err(Error::corruption(
+                path,
+                0,
+                "blob file shorter than its header",
+            ));
+        }
+        files.push(BlobMeta {
+            id,
+            entry_bytes: size - blob::FIRST_ENTRY_OFFSET,
+        });
+    }
+    Ok(BlobSet::new(handles).with(files))
+}
+
+/// Removes tables that a crash left behind before the manifest named them.
+pub(super) async fn remove_orphan_tables(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(sstable::parse_table_name)
+        else {
+            continue;
+        };
+        if !manifest.tables.contains(&id) {
+            tracing::warn!(table = id.0, "removing table the manifest does not name");
+            runtime::remove(&entry.path())
+                .await
+                .map_err(|e| Error::io("remove", entry.path(), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        runtime::sync_dir(dir)
+            .await
+            .map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    Ok(())
+}
