@@ -137,10 +137,18 @@ impl Common {
     }
 }
 
-/// What a client needs of a runtime: one request's bytes sent and its answer's bytes back.
-pub trait Driver: Clone + 'static {
+/// What a client needs of a runtime: one request's bytes sent and its answer's bytes back, and
+/// a task that keeps the topology fresh.
+pub trait Driver: Clone + Sized + 'static {
+    /// A driver with no connection yet, around the client's shared state.
+    fn new(common: Common) -> Self;
+
     /// The client's shared state.
     fn common(&self) -> &Common;
+
+    /// Starts the task that runs [`refresh_loop`] for `client` on this runtime, holding it
+    /// weakly (the task ends once every clone of the client is gone).
+    fn keep_fresh(client: &Client<Self>);
 
     /// Sends the request `build` makes (given its id) to `addr` over a pooled connection and
     /// waits for its answer until `deadline`; never sends it twice.
@@ -187,13 +195,32 @@ impl<D: Driver> std::fmt::Debug for Client<D> {
 }
 
 impl<D: Driver> Client<D> {
-    /// A client over `driver` once it fetched the topology from the first seed that answers.
+    /// Connects with the default options (see [`Client::connect_with`]).
     ///
     /// # Errors
-    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none answers.
-    pub(crate) async fn start(driver: D) -> Result<Client<D>, ClientError> {
-        let client = Client { driver };
+    /// As [`Client::connect_with`].
+    pub async fn connect(seeds: &[SocketAddr]) -> Result<Client<D>, ClientError> {
+        Client::connect_with(seeds, ClientOptions::default()).await
+    }
+
+    /// Fetches the topology from the first of `seeds` that answers, and keeps it fresh in a task
+    /// of the current runtime (for tokio: one with its time and I/O drivers enabled).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none
+    /// answers.
+    pub async fn connect_with(
+        seeds: &[SocketAddr],
+        options: ClientOptions,
+    ) -> Result<Client<D>, ClientError> {
+        if seeds.is_empty() {
+            return Err(ClientError::InvalidArgument("no seed address".to_owned()));
+        }
+        let client = Client {
+            driver: D::new(Common::new(seeds.to_vec(), options)),
+        };
         client.refresh_topology().await?;
+        D::keep_fresh(&client);
         Ok(client)
     }
 
@@ -551,7 +578,7 @@ fn check_key(key: &[u8]) -> Result<(), ClientError> {
 
 /// Fetches the topology whenever it is due, until `alive` says the client is gone. Drivers run
 /// it as a task, with `sleep` their runtime's timer.
-pub(crate) async fn refresh_loop<D, S, F>(
+pub async fn refresh_loop<D, S, F>(
     mut alive: impl FnMut() -> Option<Client<D>>,
     sleep: S,
     check_every: Duration,

@@ -13,40 +13,27 @@ use std::time::{Duration, Instant};
 use dynacore_proto::connection::Connection;
 use dynacore_runtime::{self as runtime, TcpReader, TcpStream, TcpWriter};
 
-use crate::api::{self, ClientOptions, Common, Driver};
+use crate::api::{self, Common, Driver};
 use crate::error::ClientError;
 
 /// A client on the current glommio executor (`!Send`; one per executor). Cheap to clone.
 pub type Client = api::Client<Pool>;
 
-impl Client {
-    /// Connects with the default options (see [`Client::connect_with`]).
-    ///
-    /// # Errors
-    /// As [`Client::connect_with`].
-    pub async fn connect(seeds: &[SocketAddr]) -> Result<Client, ClientError> {
-        Client::connect_with(seeds, ClientOptions::default()).await
+/// A glommio [`Client`]'s state and connections.
+#[derive(Clone, Debug)]
+pub struct Pool(Rc<(Common, ConnPool)>);
+
+impl Driver for Pool {
+    fn new(common: Common) -> Pool {
+        let connect_timeout = common.options().connect_timeout;
+        Pool(Rc::new((common, ConnPool::new(connect_timeout))))
     }
 
-    /// Fetches the topology from the first of `seeds` that answers, and keeps it fresh in a task
-    /// of the current executor.
-    ///
-    /// # Errors
-    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none
-    /// answers.
-    pub async fn connect_with(
-        seeds: &[SocketAddr],
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
-        if seeds.is_empty() {
-            return Err(ClientError::InvalidArgument("no seed address".to_owned()));
-        }
-        let connect_timeout = options.connect_timeout;
-        let pool = Pool(Rc::new((
-            Common::new(seeds.to_vec(), options),
-            ConnPool::new(connect_timeout),
-        )));
-        let client = api::Client::start(pool).await?;
+    fn common(&self) -> &Common {
+        &self.0 .0
+    }
+
+    fn keep_fresh(client: &Client) {
         let weak: Weak<(Common, ConnPool)> = Rc::downgrade(&client.driver().0);
         let every = client.driver().common().refresh_check_interval();
         runtime::spawn(api::refresh_loop(
@@ -55,17 +42,6 @@ impl Client {
             every,
         ))
         .detach();
-        Ok(client)
-    }
-}
-
-/// A glommio [`Client`]'s state and connections.
-#[derive(Clone, Debug)]
-pub struct Pool(Rc<(Common, ConnPool)>);
-
-impl Driver for Pool {
-    fn common(&self) -> &Common {
-        &self.0 .0
     }
 
     async fn call_once(

@@ -14,50 +14,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
-use crate::api::{self, ClientOptions, Common, Driver};
+use crate::api::{self, Common, Driver};
 use crate::error::ClientError;
 
 /// A client on a tokio runtime: `Send + Sync`, cheap to clone (clones share connections and
 /// topology). See the crate documentation.
 pub type Client = api::Client<Pool>;
-
-impl Client {
-    /// Connects with the default options (see [`Client::connect_with`]).
-    ///
-    /// # Errors
-    /// As [`Client::connect_with`].
-    pub async fn connect(seeds: &[SocketAddr]) -> Result<Client, ClientError> {
-        Client::connect_with(seeds, ClientOptions::default()).await
-    }
-
-    /// Fetches the topology from the first of `seeds` that answers, and keeps it fresh in a task
-    /// of the current tokio runtime (which must have its time and I/O drivers enabled).
-    ///
-    /// # Errors
-    /// [`ClientError::InvalidArgument`] without seeds; the last seed's error when none
-    /// answers.
-    pub async fn connect_with(
-        seeds: &[SocketAddr],
-        options: ClientOptions,
-    ) -> Result<Client, ClientError> {
-        if seeds.is_empty() {
-            return Err(ClientError::InvalidArgument("no seed address".to_owned()));
-        }
-        let pool = Pool(Arc::new(PoolInner {
-            common: Common::new(seeds.to_vec(), options),
-            conns: Mutex::new(HashMap::new()),
-        }));
-        let client = api::Client::start(pool).await?;
-        let weak: Weak<PoolInner> = Arc::downgrade(&client.driver().0);
-        let every = client.driver().common().refresh_check_interval();
-        tokio::spawn(api::refresh_loop(
-            move || weak.upgrade().map(|inner| api::Client::wrap(Pool(inner))),
-            tokio::time::sleep,
-            every,
-        ));
-        Ok(client)
-    }
-}
 
 /// The connections of a tokio [`Client`], one per address, each carrying many requests at once.
 #[derive(Clone, Debug)]
@@ -221,8 +183,25 @@ impl Pool {
 }
 
 impl Driver for Pool {
+    fn new(common: Common) -> Pool {
+        Pool(Arc::new(PoolInner {
+            common,
+            conns: Mutex::new(HashMap::new()),
+        }))
+    }
+
     fn common(&self) -> &Common {
         &self.0.common
+    }
+
+    fn keep_fresh(client: &Client) {
+        let weak: Weak<PoolInner> = Arc::downgrade(&client.driver().0);
+        let every = client.driver().common().refresh_check_interval();
+        tokio::spawn(api::refresh_loop(
+            move || weak.upgrade().map(|inner| api::Client::wrap(Pool(inner))),
+            tokio::time::sleep,
+            every,
+        ));
     }
 
     async fn call_once(

@@ -1,11 +1,36 @@
-//! A client request's life across the key's replicas:
-//! * [`quorum`] — the decisions, sans IO: W/R against RF, write plans over the preference list,
-//!   tallies, the merge of a read's replies, which replicas a read repairs;
-//! * the runtime around them: a write minted on a replica and sent to the others, a read
-//!   fanned out and repaired, a write passed on by a node that is not a replica, hints stored
-//!   and replayed.
+//! A client request's life across the key's replicas.
+//!
+//! * [`quorum`] — the decisions, sans IO: W/R against RF, write plans over the preference list
+//!   (sloppy quorum: a down replica's copy goes to the next healthy node as a hint), tallies
+//!   that decide at W/R or once that is out of reach, the DVV merge of a read's replies, which
+//!   replicas a read repairs.
+//! * The runtime around them moves the messages: [`write()`] (minted on a replica's copy, sent
+//!   to the others, answered at W, hints for misses), `forward` (a write passed once to a
+//!   replica by a node that is not one), [`read()`] (fanned out, merged at R, read repair),
+//!   [`handoff`](store_hint) (hints kept for peers and replayed to their targets), over
+//!   `replicas` (one replica reached, in process or over the core's pooled peer connection) and
+//!   `fan_out` (answers collected until decided, the rest in the background).
+//!
+//! * **Writes** are coordinated by a replica: it mints the new version with the DVV `update`
+//!   of its own copy (a dot of its own id, so two coordinators never mint the same dot), stores
+//!   it, and sends the result to the other replicas, which merge it by `sync`.
+//! * **Conditional writes** (`expected`) are checked on every replica: a replica whose copy
+//!   holds a write the client did not see refuses. Fewer than W successes is
+//!   `ConditionFailed`, with the version that refused.
+//! * **Reads** ask every replica for its copy and merge the first R answers by `sync`; in
+//!   the default last-writer-wins mode the newest sibling is the value, in siblings mode every
+//!   live concurrent value is returned.
 
+mod fan_out;
+mod forward;
+mod handoff;
 pub mod quorum;
-mod run;
+mod read;
+mod replicas;
+mod request;
+mod write;
 
-pub use run::{read, replay_hints, store_hint, write, ReadRequest, ReadResult, WriteRequest};
+pub use handoff::{replay_hints, store_hint};
+pub use read::read;
+pub use request::{ReadRequest, ReadResult, WriteRequest};
+pub use write::write;

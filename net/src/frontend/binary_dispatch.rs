@@ -8,28 +8,14 @@ use std::time::Duration;
 
 use dynacore_engine::object;
 
+use dynacore_proto::ring::NodeId;
+use dynacore_proto::{fb, parse_request, reply, Conflicts, Quorum, ReadRepair};
+
 use crate::cluster::membership::NodeStatus;
 use crate::coordinator::{self, ReadRequest, ReadResult, WriteRequest};
 use crate::core::{Core, ShardOp};
 use crate::metrics::Op;
 use crate::storage::replica::{decode_version, StoreError};
-use dynacore_proto::ring::NodeId;
-use dynacore_proto::Conflicts;
-use dynacore_proto::{fb, parse_request};
-use dynacore_proto::{Quorum, ReadRepair};
-
-/// A node as the topology describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeDesc {
-    /// The node.
-    pub id: NodeId,
-    /// Host of its binary protocol.
-    pub host: String,
-    /// Its base port; core `i` listens on `base_port + 1 + i`.
-    pub base_port: u16,
-    /// Its core count.
-    pub shards: u32,
-}
 
 /// A response to send back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,48 +49,7 @@ pub fn error_response(id: u64, code: fb::ErrorCode, message: &str) -> Vec<u8> {
 }
 
 fn error_body(id: u64, code: fb::ErrorCode, message: &str, current: Option<&[u8]>) -> Vec<u8> {
-    error_body_with(id, code, message, current, (0, 0))
-}
-
-fn error_body_with(
-    id: u64,
-    code: fb::ErrorCode,
-    message: &str,
-    current: Option<&[u8]>,
-    (acks, required): (u8, u8),
-) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let message = b.create_string(message);
-    let current_version = current.map(|c| b.create_vector(c));
-    let err = fb::ErrorResponse::create(
-        &mut b,
-        &fb::ErrorResponseArgs {
-            code,
-            message: Some(message),
-            current_version,
-            acks,
-            required,
-        },
-    );
-    finish(b, id, fb::Reply::Error, err.as_union_value())
-}
-
-fn finish(
-    mut b: FlatBufferBuilder<'_>,
-    id: u64,
-    reply_type: fb::Reply,
-    reply: flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
-) -> Vec<u8> {
-    let resp = fb::Response::create(
-        &mut b,
-        &fb::ResponseArgs {
-            id,
-            reply_type,
-            reply: Some(reply),
-        },
-    );
-    b.finish(resp, None);
-    b.finished_data().to_vec()
+    reply::error(id, code, message, current, (0, 0))
 }
 
 fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
@@ -125,48 +70,13 @@ fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
             acks,
             required,
             message,
-        } => error_body_with(
+        } => reply::error(
             id,
             fb::ErrorCode::Unavailable,
             message,
             None,
             (*acks, *required),
         ),
-    }
-}
-
-/// A requested quorum, checked against the replication factor.
-fn quorum(q: Option<&fb::Quorum>, rf: u8, name: &str) -> Result<Quorum, String> {
-    let Some(q) = q else {
-        return Ok(Quorum::Default);
-    };
-    match q.kind() {
-        fb::QuorumKind::Default => Ok(Quorum::Default),
-        fb::QuorumKind::Quorum => Ok(Quorum::Quorum),
-        fb::QuorumKind::All => Ok(Quorum::All),
-        fb::QuorumKind::Count if (1..=rf).contains(&q.count()) => Ok(Quorum::Count(q.count())),
-        fb::QuorumKind::Count => Err(format!(
-            "{name}={} is outside 1..={rf} (the replication factor)",
-            q.count()
-        )),
-        other => Err(format!("unknown {name} kind {}", other.0)),
-    }
-}
-
-fn read_repair(r: fb::ReadRepair) -> ReadRepair {
-    match r {
-        fb::ReadRepair::Off => ReadRepair::Off,
-        fb::ReadRepair::Blocking => ReadRepair::Blocking,
-        fb::ReadRepair::Background => ReadRepair::Background,
-        _ => ReadRepair::Default,
-    }
-}
-
-fn conflicts(c: fb::Conflicts) -> Conflicts {
-    match c {
-        fb::Conflicts::Lww => Conflicts::Lww,
-        fb::Conflicts::Siblings => Conflicts::Siblings,
-        _ => Conflicts::Default,
     }
 }
 
@@ -188,20 +98,20 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         fb::Op::Get => (
             Op::Get,
             match req.op_as_get() {
-                Some(get) => match quorum(get.r(), rf, "r") {
+                Some(get) => match Quorum::from_wire(get.r(), rf, "r") {
                     Err(m) => bad(&m),
                     Ok(r) => {
                         let read = ReadRequest {
                             key: get.key().bytes().to_vec(),
                             r,
-                            read_repair: read_repair(get.read_repair()),
-                            conflicts: conflicts(get.conflicts()),
+                            read_repair: ReadRepair::from_wire(get.read_repair()),
+                            conflicts: Conflicts::from_wire(get.conflicts()),
                         };
                         let siblings = read.conflicts == Conflicts::Siblings
                             || (read.conflicts == Conflicts::Default
                                 && core.replication().siblings);
                         match coordinator::read(core, read, timeout).await {
-                            Ok(found) => Ok(get_body(id, found.as_ref(), siblings)),
+                            Ok(found) => Ok(get_body(id, found, siblings)),
                             Err(e) => Err(store_error(id, &e)),
                         }
                     }
@@ -212,7 +122,7 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         fb::Op::Put => (
             Op::Put,
             match req.op_as_put() {
-                Some(put) => match quorum(put.w(), rf, "w") {
+                Some(put) => match Quorum::from_wire(put.w(), rf, "w") {
                     Err(m) => bad(&m),
                     Ok(w) => {
                         let write = WriteRequest {
@@ -237,7 +147,7 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         fb::Op::Delete => (
             Op::Delete,
             match req.op_as_delete() {
-                Some(del) => match quorum(del.w(), rf, "w") {
+                Some(del) => match Quorum::from_wire(del.w(), rf, "w") {
                     Err(m) => bad(&m),
                     Ok(w) => {
                         let write = WriteRequest {
@@ -265,7 +175,7 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
             let ping = fb::PingResponse::create(&mut b, &fb::PingResponseArgs { payload });
             (
                 Op::Other,
-                Ok(finish(b, id, fb::Reply::Ping, ping.as_union_value())),
+                Ok(reply::finish(b, id, fb::Reply::Ping, ping.as_union_value())),
             )
         }
         fb::Op::Topology => (Op::Other, Ok(topology_body(id, core))),
@@ -334,7 +244,12 @@ fn replica_object(
         Ok(found) => {
             let parts = found.as_ref().map(object::to_parts).transpose();
             match parts {
-                Ok(parts) => Ok(replica_object_body(id, parts.as_ref())),
+                Ok(parts) => Ok(reply::replica_object_answer(
+                    id,
+                    parts
+                        .as_ref()
+                        .map(|(v, values)| (v.as_slice(), Some(values.as_slice()))),
+                )),
                 Err(e) => Err(error_body(
                     id,
                     fb::ErrorCode::Internal,
@@ -355,19 +270,7 @@ fn replica_applied(
 ) -> Result<Vec<u8>, Vec<u8>> {
     match reply {
         Ok(Some(merged)) => match object::to_parts(&merged) {
-            Ok((version, _)) => {
-                let mut b = FlatBufferBuilder::new();
-                let version = Some(b.create_vector(&version));
-                let r = fb::ReplicaObjectResponse::create(
-                    &mut b,
-                    &fb::ReplicaObjectResponseArgs {
-                        found: true,
-                        version,
-                        values: None,
-                    },
-                );
-                Ok(finish(b, id, fb::Reply::ReplicaObject, r.as_union_value()))
-            }
+            Ok((version, _)) => Ok(reply::replica_object_answer(id, Some((&version, None)))),
             Err(e) => Err(error_body(
                 id,
                 fb::ErrorCode::Internal,
@@ -385,92 +288,25 @@ fn replica_applied(
     }
 }
 
-fn replica_object_body(id: u64, parts: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let (version, values) = match parts {
-        Some((version, values)) => (
-            Some(b.create_vector(version)),
-            Some(b.create_vector(values)),
-        ),
-        None => (None, None),
-    };
-    let r = fb::ReplicaObjectResponse::create(
-        &mut b,
-        &fb::ReplicaObjectResponseArgs {
-            found: parts.is_some(),
-            version,
-            values,
-        },
-    );
-    finish(b, id, fb::Reply::ReplicaObject, r.as_union_value())
-}
-
 fn written(
     id: u64,
     kind: fb::Reply,
     reply: Result<Vec<u8>, StoreError>,
 ) -> Result<Vec<u8>, Vec<u8>> {
     match reply {
-        Ok(version) => Ok(version_body(id, kind, &version)),
+        Ok(version) => Ok(reply::written_answer(id, kind, &version)),
         Err(e) => Err(store_error(id, &e)),
     }
 }
 
-fn get_body(id: u64, found: Option<&ReadResult>, siblings: bool) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let (value, version, list) = match found {
-        Some(f) => {
-            let list = siblings.then(|| {
-                let items: Vec<_> = f
-                    .values
-                    .iter()
-                    .map(|(v, written_ms)| {
-                        let value = b.create_vector(v);
-                        fb::SiblingValue::create(
-                            &mut b,
-                            &fb::SiblingValueArgs {
-                                value: Some(value),
-                                written_ms: *written_ms,
-                            },
-                        )
-                    })
-                    .collect();
-                b.create_vector(&items)
-            });
-            let newest = f
-                .values
-                .first()
-                .map(|(v, _)| v.as_slice())
-                .unwrap_or_default();
-            (
-                Some(b.create_vector(newest)),
-                Some(b.create_vector(&f.version)),
-                list,
-            )
-        }
-        None => (None, None, None),
-    };
-    let get = fb::GetResponse::create(
-        &mut b,
-        &fb::GetResponseArgs {
-            found: found.is_some(),
-            value,
-            version,
-            siblings: list,
-        },
-    );
-    finish(b, id, fb::Reply::Get, get.as_union_value())
-}
-
-fn version_body(id: u64, kind: fb::Reply, version: &[u8]) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let version = Some(b.create_vector(version));
-    let reply = if kind == fb::Reply::Put {
-        fb::PutResponse::create(&mut b, &fb::PutResponseArgs { version }).as_union_value()
-    } else {
-        fb::DeleteResponse::create(&mut b, &fb::DeleteResponseArgs { version }).as_union_value()
-    };
-    finish(b, id, kind, reply)
+/// A read's answer: the newest value, and with `siblings` every live value.
+fn get_body(id: u64, found: Option<ReadResult>, siblings: bool) -> Vec<u8> {
+    let found = found.map(|f| reply::Found {
+        value: f.values.first().map(|(v, _)| v.clone()).unwrap_or_default(),
+        version: f.version,
+        siblings: f.values,
+    });
+    reply::get_answer(id, found.as_ref(), siblings)
 }
 
 fn topology_body(id: u64, core: &Core) -> Vec<u8> {
@@ -539,7 +375,7 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
             replication_factor: cluster.replication_factor,
         },
     );
-    finish(b, id, fb::Reply::Topology, topo.as_union_value())
+    reply::finish(b, id, fb::Reply::Topology, topo.as_union_value())
 }
 
 #[cfg(test)]

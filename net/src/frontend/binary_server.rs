@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use dynacore_runtime::{self as runtime, TcpListener, TcpReader, TcpStream, TcpWriter};
 
+use super::listen::{accept_connections, close_with, linger};
 use crate::core::{Admission, Core};
 use crate::frontend::binary_dispatch::{self, frame_error};
 use crate::metrics::Protocol;
@@ -64,71 +65,32 @@ impl Default for ConnectionLimits {
 /// Answers written to the socket in one go, at most (bytes; a single larger answer goes alone).
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 
-/// How long a connection that is being closed after an error still reads what the client
-/// sends, so that the error answer is not destroyed by a reset.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// How long to wait before accepting again after `accept` failed (out of file descriptors).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// Accepts connections on `listener` for as long as the task runs, serving each in its own
 /// task. A failed `accept` (such as running out of file descriptors) is logged and retried
 /// after a short pause.
 pub async fn serve_binary(listener: TcpListener, core: Core, limits: ConnectionLimits) {
-    let open = Rc::new(Cell::new(0usize));
     let limits = Rc::new(limits);
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a binary connection failed");
-                runtime::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        core.metrics().connection(Protocol::Binary);
-        if open.get() >= limits.connections_max {
-            core.metrics().refused();
-            runtime::spawn_detached(refuse_connection(stream));
-            continue;
-        }
-        open.set(open.get() + 1);
-        let (core, open, limits) = (core.clone(), open.clone(), limits.clone());
-        runtime::spawn_detached(async move {
-            if let Err(e) = serve_connection(stream, &core, &limits).await {
-                tracing::debug!(error = %e, "binary connection ended with an error");
-            }
-            open.set(open.get() - 1);
-        });
-    }
-}
-
-async fn refuse_connection(stream: TcpStream) {
-    let (reader, mut writer) = stream.split();
-    let body =
-        binary_dispatch::error_response(0, fb::ErrorCode::Overloaded, "too many connections");
-    let mut frame = Vec::new();
-    encode_frame(&body, &mut frame);
-    if runtime::timeout(LINGER, writer.write_all(&frame))
-        .await
-        .is_some()
-    {
-        let _ = writer.close().await;
-        linger(reader).await;
-    }
-}
-
-/// Reads and drops what the client still sends, until it closes or [`LINGER`] passes.
-async fn linger(mut reader: TcpReader) {
-    let until = Instant::now() + LINGER;
-    let mut sink = vec![0u8; 16 << 10];
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match runtime::timeout(left, reader.read(&mut sink)).await {
-            Some(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
-    }
+    accept_connections(
+        listener,
+        &core.clone(),
+        Protocol::Binary,
+        limits.connections_max,
+        |stream| {
+            let (core, limits) = (core.clone(), limits.clone());
+            async move { serve_connection(stream, &core, &limits).await }
+        },
+        |mut stream| async move {
+            let body = binary_dispatch::error_response(
+                0,
+                fb::ErrorCode::Overloaded,
+                "too many connections",
+            );
+            let mut frame = Vec::new();
+            encode_frame(&body, &mut frame);
+            close_with(&mut stream, &frame).await;
+        },
+    )
+    .await;
 }
 
 /// An answer on its way to the socket, with what it holds until written.
@@ -197,7 +159,7 @@ pub async fn serve_connection(
     // drains what is queued, closes its side and ends.
     let written = writing.await;
     if matches!(read, Ok(Ending::Refused)) {
-        linger(reader).await;
+        linger(&mut reader).await;
     }
     read.and(written).map(drop)
 }

@@ -13,7 +13,6 @@
 //!   response is not destroyed by a reset.
 //! * Versions travel as hex strings (`{"version": "..."}`, `X-Dynacore-Version`, `If-Match`).
 
-use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use dynacore_runtime::{self as runtime, TcpListener, TcpStream};
 use serde_json::json;
 
+use super::listen::{accept_connections, close_with, WRITE_TIMEOUT};
 use crate::cluster::membership::NodeStatus;
 use crate::coordinator::{self, ReadRequest, WriteRequest};
 use crate::core::{Core, ShardOp, ShardReply};
@@ -61,66 +61,23 @@ impl Default for HttpOptions {
 /// Accepts HTTP connections on `listener` for as long as the task runs. A failed `accept` is
 /// logged and retried after a short pause.
 pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions) {
-    let open = Rc::new(Cell::new(0usize));
     let options = Rc::new(options);
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                runtime::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        core.metrics().connection(Protocol::Http);
-        if open.get() >= options.connections_max {
-            core.metrics().refused();
-            runtime::spawn_detached(async move {
-                let body = error_body("overloaded", "too many open HTTP connections");
-                let r = response(503, "application/json", &[], body.as_bytes(), false);
-                close_with(&mut stream, &r).await;
-            });
-            continue;
-        }
-        open.set(open.get() + 1);
-        let (core, open, options) = (core.clone(), open.clone(), options.clone());
-        runtime::spawn_detached(async move {
-            if let Err(e) = serve_connection(stream, &core, &options).await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-            }
-            open.set(open.get() - 1);
-        });
-    }
-}
-
-/// How long a closing connection still reads (and drops) what the client sends, so that the
-/// last response is not destroyed by a reset.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// How long writing a response may make no progress.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Writes a last response, closes the writing side, and reads what the client still sends for
-/// a moment before the connection is dropped.
-async fn close_with(stream: &mut TcpStream, last: &[u8]) {
-    if runtime::timeout(WRITE_TIMEOUT, stream.write_all(last))
-        .await
-        .is_none_or(|r| r.is_err())
-    {
-        return;
-    }
-    if stream.shutdown_write().await.is_err() {
-        return;
-    }
-    let until = Instant::now() + LINGER;
-    let mut sink = vec![0u8; 16 << 10];
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match runtime::timeout(left, stream.read(&mut sink)).await {
-            Some(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
-    }
+    accept_connections(
+        listener,
+        &core.clone(),
+        Protocol::Http,
+        options.connections_max,
+        |stream| {
+            let (core, options) = (core.clone(), options.clone());
+            async move { serve_connection(stream, &core, &options).await }
+        },
+        |mut stream| async move {
+            let body = error_body("overloaded", "too many open HTTP connections");
+            let r = response(503, "application/json", &[], body.as_bytes(), false);
+            close_with(&mut stream, &r).await;
+        },
+    )
+    .await;
 }
 
 /// Reads into `buf` until `deadline`: `Ok(0)` at end of stream, `TimedOut` past it.

@@ -2,9 +2,11 @@
 //! * the binary protocol: [`binary_server`] moves frames, [`binary_dispatch`] answers one
 //!   request body through the core (sans sockets);
 //! * the HTTP API: [`http_codec`] reads heads and writes responses (sans IO), [`http_server`]
-//!   serves connections with it.
+//!   serves connections with it;
+//! * `listen` — what both do with connections: accept, refuse over the limit, close politely.
 
 pub mod binary_dispatch;
 pub mod binary_server;
 pub mod http_codec;
 pub mod http_server;
+mod listen;

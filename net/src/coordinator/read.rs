@@ -1,0 +1,192 @@
+//! A client's read: every replica asked for its copy, the first R merged and answered; replicas
+//! whose copy differs from the merge, late ones included (until the deadline), get the merge
+//! written back (read repair) in the background or, with `blocking`, before the answer.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dynacore_engine::Object;
+use dynacore_proto::ring::{NodeId, Token};
+use dynacore_proto::{Conflicts, ReadRepair};
+
+use super::fan_out::{answer_early, Answers, Decision, Next};
+use super::quorum::{required, Outcome, ReadTally, R_DEFAULT};
+use super::replicas::{apply_at, check_key, read_at, read_unavailable, Copy};
+use super::request::{ReadRequest, ReadResult};
+use crate::cluster::ClusterState;
+use crate::core::Core;
+use crate::storage::hints::now_ms;
+use crate::storage::replica::{version_bytes, StoreError};
+
+/// Coordinates a client's read: `None` when the key is absent, deleted or expired.
+///
+/// # Errors
+/// [`StoreError::BadRequest`] for a bad quorum; [`StoreError::Quorum`] when fewer than R
+/// replicas answered in time.
+pub async fn read(
+    core: &Core,
+    req: ReadRequest,
+    timeout: Duration,
+) -> Result<Option<ReadResult>, StoreError> {
+    check_key(&req.key)?;
+    let deadline = Instant::now() + timeout;
+    let cluster = core.cluster();
+    let token = Token::of(&req.key);
+    let rf = cluster.replication_factor;
+    let r = required(req.r, rf, R_DEFAULT).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    let siblings = match req.conflicts {
+        Conflicts::Default => core.replication().siblings,
+        Conflicts::Lww => false,
+        Conflicts::Siblings => true,
+    };
+    let replicas = cluster.replicas(token);
+    let mut tally = ReadTally::new(replicas.clone(), r);
+    let key = Rc::new(req.key);
+    let mut answers = Answers::spawn(
+        replicas.clone(),
+        deadline,
+        |i, &node| {
+            let down = node != cluster.own && !cluster.is_up(node);
+            if down {
+                tally.fail(i);
+            }
+            down
+        },
+        |_, node| {
+            let (core, cluster, key) = (core.clone(), cluster.clone(), key.clone());
+            async move { read_at(&core, &cluster, node, &key, deadline).await }
+        },
+    );
+    let mode = req.read_repair;
+    let background = core.clone();
+    let merged = answer_early(core, "read", move |mut decision: Decision<Option<Object>>| async move {
+        let core = background;
+        let mut repaired: Vec<NodeId> = Vec::new();
+        let mut merged_at_answer: Option<Object> = None;
+        loop {
+            // A failure is told once nothing more can come, so that it says how many
+            // answered.
+            let outcome = decision.is_open().then(|| {
+                tally
+                    .outcome()
+                    .filter(|o| matches!(o, Outcome::Done(_)) || tally.pending() == 0)
+            });
+            match outcome.flatten() {
+                Some(Outcome::Done(merged)) => {
+                    if mode == ReadRepair::Blocking {
+                        let stale = tally.repairs(merged.as_ref());
+                        if let Some(m) = &merged {
+                            repair(&core, &cluster, &key, m, &stale, deadline).await;
+                        }
+                        repaired = stale;
+                    }
+                    merged_at_answer.clone_from(&merged);
+                    decision.give(Ok(merged));
+                }
+                Some(Outcome::Unavailable { acks, required }) => {
+                    decision.give(Err(read_unavailable(acks, required)));
+                    return;
+                }
+                None => {}
+            }
+            match answers.next().await {
+                Next::Answer(i, Ok(object)) => tally.reply(i, object),
+                Next::Answer(i, Err(e)) => {
+                    tracing::debug!(replica = ?replicas.get(i), error = %e, "a replica's read failed");
+                    tally.fail(i);
+                }
+                Next::AllIn => break,
+                Next::Expired => {
+                    tally.expire();
+                    break;
+                }
+            }
+        }
+        if decision.is_open() {
+            let answer = match tally.outcome() {
+                Some(Outcome::Done(m)) => Ok(m),
+                Some(Outcome::Unavailable { acks, required }) => {
+                    Err(read_unavailable(acks, required))
+                }
+                None => Err(StoreError::Internal("a read ended undecided".into())),
+            };
+            let failed = answer.is_err();
+            decision.give(answer);
+            if failed {
+                return;
+            }
+        }
+        if mode == ReadRepair::Off {
+            return;
+        }
+        // Every copy that came back, late ones included: stale replicas get the merge.
+        let merged = tally.merged();
+        let Some(m) = &merged else { return };
+        let mut stale = tally.repairs(Some(m));
+        let unchanged = merged_at_answer.as_ref().is_some_and(|a| a.equal(m));
+        if unchanged {
+            stale.retain(|n| !repaired.contains(n));
+        }
+        let until = Instant::now() + timeout;
+        repair(&core, &cluster, &key, m, &stale, until).await;
+    })
+    .await?;
+    Ok(merged.as_ref().and_then(|m| present(m, siblings)))
+}
+
+/// Writes `merged` back to each of `stale`, in parallel, waiting for all (until `deadline`).
+async fn repair(
+    core: &Core,
+    cluster: &Arc<ClusterState>,
+    key: &[u8],
+    merged: &Object,
+    stale: &[NodeId],
+    deadline: Instant,
+) {
+    if stale.is_empty() {
+        return;
+    }
+    let Ok(copy) = Copy::of(key, merged) else {
+        return;
+    };
+    let copy = Rc::new(copy);
+    let mut answers = Answers::spawn(
+        stale.iter().copied(),
+        deadline,
+        |_, _| false,
+        |_, node| {
+            let (core, cluster, copy) = (core.clone(), cluster.clone(), copy.clone());
+            async move { apply_at(&core, &cluster, node, None, &copy, deadline).await }
+        },
+    );
+    while let Next::Answer(i, r) = answers.next().await {
+        match r {
+            Ok(()) => core.metrics().read_repaired(),
+            Err(e) => tracing::debug!(node = ?stale.get(i), error = %e, "a read repair failed"),
+        }
+    }
+}
+
+/// What `result` of a merged object shows a client, or `None` when nothing is live.
+fn present(merged: &Object, siblings: bool) -> Option<ReadResult> {
+    let now = now_ms();
+    let version = version_bytes(&merged.join());
+    if siblings {
+        let mut live: Vec<_> = merged.values().filter(|s| s.is_live_at(now)).collect();
+        live.sort_by_key(|s| std::cmp::Reverse(s.hlc));
+        let values: Vec<_> = live
+            .into_iter()
+            .filter_map(|s| s.value.clone().map(|v| (v, s.hlc.physical_ms())))
+            .collect();
+        (!values.is_empty()).then_some(ReadResult { values, version })
+    } else {
+        // The newest sibling decides: a newer tombstone or expired value hides older values.
+        let newest = merged.values().max_by_key(|s| s.hlc)?;
+        let value = newest.value.clone().filter(|_| newest.is_live_at(now))?;
+        Some(ReadResult {
+            values: vec![(value, newest.hlc.physical_ms())],
+            version,
+        })
+    }
+}
