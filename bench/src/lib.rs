@@ -6,6 +6,11 @@
 //!
 //! A Dynacore [`Shard`] is `!Send` and lives on a glommio executor; [`ShardHost`] owns one such
 //! executor thread and runs timed jobs on it.
+//!
+//! [`closed_loop`] is the closed-loop latency driver of every benchmark here and of the node's
+//! (`net/benches`).
+
+pub mod closed_loop;
 
 use std::future::Future;
 use std::path::Path;

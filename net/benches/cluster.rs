@@ -28,31 +28,17 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::{env_or, metric_sum, scrape};
+use common::{metric_sum, scrape};
+use dynacore_bench::closed_loop::{closed_loop, env_or, histogram, micros, next_random, Outcome};
 use dynacore_client::glommio::Client;
 use dynacore_client::{Quorum, ReadRepair, WriteOptions};
 use dynacore_runtime as runtime;
-use hdrhistogram::Histogram;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Ping,
     Put,
     Get,
-}
-
-struct Outcome {
-    ops: u64,
-    errors: u64,
-    elapsed: Duration,
-    hist: Histogram<u64>,
-}
-
-impl Outcome {
-    #[allow(clippy::cast_precision_loss)]
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -80,23 +66,6 @@ async fn one(client: &Client, seed: SocketAddr, op: Op, k: u64) -> bool {
     }
 }
 
-fn histogram() -> Rc<RefCell<Histogram<u64>>> {
-    Rc::new(RefCell::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-}
-
-fn next(rng: &mut u64) -> u64 {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    *rng
-}
-
 /// `depth` tasks each send one request after another for `time` (closed loop).
 async fn closed(
     client: &Client,
@@ -106,40 +75,12 @@ async fn closed(
     time: Duration,
     keys: u64,
 ) -> Outcome {
-    let (hist, errors) = (histogram(), Rc::new(RefCell::new(0u64)));
-    let started = Instant::now();
-    let deadline = started + time;
-    let tasks: Vec<_> = (0..depth)
-        .map(|t| {
-            let (client, hist, errors) = (client.clone(), hist.clone(), errors.clone());
-            runtime::spawn(async move {
-                let mut rng = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let t0 = Instant::now();
-                    if one(&client, seed, op, next(&mut rng) % keys).await {
-                        hist.borrow_mut().saturating_record(micros(t0.elapsed()));
-                    } else {
-                        *errors.borrow_mut() += 1;
-                    }
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let mut ops = 0;
-    for t in tasks {
-        ops += t.await;
-    }
-    let elapsed = started.elapsed();
-    let (hist, errors) = (hist.borrow().clone(), *errors.borrow());
-    Outcome {
-        ops,
-        errors,
-        elapsed,
-        hist,
-    }
+    let client = client.clone();
+    closed_loop(depth, time, move |r| {
+        let client = client.clone();
+        async move { one(&client, seed, op, r % keys).await }
+    })
+    .await
 }
 
 /// Requests sent on a schedule of `rate` a second for `time` (open loop), each timed from
@@ -152,7 +93,10 @@ async fn open(
     time: Duration,
     keys: u64,
 ) -> Outcome {
-    let (hist, errors) = (histogram(), Rc::new(RefCell::new(0u64)));
+    let (hist, errors) = (
+        Rc::new(RefCell::new(histogram())),
+        Rc::new(RefCell::new(0u64)),
+    );
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total = (time.as_secs_f64() * rate) as u64;
@@ -165,7 +109,7 @@ async fn open(
             runtime::sleep(due - now).await;
         }
         let (client, hist, errors) = (client.clone(), hist.clone(), errors.clone());
-        let k = next(&mut rng) % keys;
+        let k = next_random(&mut rng) % keys;
         tasks.push(runtime::spawn(async move {
             if one(&client, seed, op, k).await {
                 hist.borrow_mut().saturating_record(micros(due.elapsed()));

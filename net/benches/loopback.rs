@@ -17,30 +17,22 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::{env_or, metric_sum, scrape};
+use common::{metric_sum, scrape};
+use dynacore_bench::closed_loop::{closed_loop, env_or, Outcome};
 use dynacore_client::glommio::Client;
 use dynacore_runtime as runtime;
-use hdrhistogram::Histogram;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Ping,
     Put,
     Get,
-}
-
-struct Outcome {
-    ops: u64,
-    errors: u64,
-    elapsed: Duration,
-    hist: Histogram<u64>,
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -56,59 +48,22 @@ async fn run(
     time: Duration,
     keys: u64,
 ) -> Outcome {
-    let hist = Rc::new(RefCell::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    ));
-    let errors = Rc::new(RefCell::new(0u64));
-    let started = Instant::now();
-    let deadline = started + time;
-    let tasks: Vec<_> = (0..depth)
-        .map(|t| {
-            let (client, hist, errors) = (client.clone(), hist.clone(), errors.clone());
-            runtime::spawn(async move {
-                let value = vec![0x5a_u8; 1024];
-                let mut rng = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let t0 = Instant::now();
-                    let ok = match op {
-                        Op::Ping => client.ping(seed).await.is_ok(),
-                        Op::Put => client.put(&key(rng % keys.max(1)), &value).await.is_ok(),
-                        Op::Get => client
-                            .get(&key(rng % keys.max(1)))
-                            .await
-                            .is_ok_and(|v| v.is_some()),
-                    };
-                    let us = u64::try_from(t0.elapsed().as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    if ok {
-                        hist.borrow_mut().saturating_record(us);
-                    } else {
-                        *errors.borrow_mut() += 1;
-                    }
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let mut ops = 0;
-    for t in tasks {
-        ops += t.await;
-    }
-    let elapsed = started.elapsed();
-    let hist = hist.borrow().clone();
-    let errors = *errors.borrow();
-    Outcome {
-        ops,
-        errors,
-        elapsed,
-        hist,
-    }
+    let value = Rc::new(vec![0x5a_u8; 1024]);
+    let client = client.clone();
+    closed_loop(depth, time, move |r| {
+        let (client, value) = (client.clone(), value.clone());
+        async move {
+            match op {
+                Op::Ping => client.ping(seed).await.is_ok(),
+                Op::Put => client.put(&key(r % keys.max(1)), &value).await.is_ok(),
+                Op::Get => client
+                    .get(&key(r % keys.max(1)))
+                    .await
+                    .is_ok_and(|v| v.is_some()),
+            }
+        }
+    })
+    .await
 }
 
 fn main() {
@@ -181,8 +136,7 @@ fn main() {
     .join()
     .expect("client run");
     let (load, rows) = report;
-    #[allow(clippy::cast_precision_loss)]
-    let rate = |o: &Outcome| o.ops as f64 / o.elapsed.as_secs_f64();
+    let rate = Outcome::rate;
     #[allow(clippy::cast_precision_loss)]
     let load_rate = keys as f64 / load.as_secs_f64();
     println!("load: {keys} durable 1 KiB puts, 256 in flight: {load_rate:.0} ops/s");

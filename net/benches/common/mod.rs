@@ -1,17 +1,9 @@
-//! What the node benchmarks share: settings from the environment and a node's metrics.
+//! What the node benchmarks share besides `dynacore_bench::closed_loop`: a node's metrics.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// The environment variable `name` parsed, or `default`.
-pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A node's `/metrics` text (empty when it cannot be read).
 pub fn scrape(http: SocketAddr) -> String {

@@ -55,6 +55,19 @@ impl<R: 'static> Answers<R> {
         Answers { rx, deadline }
     }
 
+    /// The next answer, or `None` once every target answered or the deadline passed (then
+    /// `on_expiry` runs first: the targets still silent count as failed).
+    pub(crate) async fn next_or(&mut self, on_expiry: impl FnOnce()) -> Option<(usize, R)> {
+        match self.next().await {
+            Next::Answer(i, r) => Some((i, r)),
+            Next::AllIn => None,
+            Next::Expired => {
+                on_expiry();
+                None
+            }
+        }
+    }
+
     /// The next answer, or why none will come.
     pub(crate) async fn next(&mut self) -> Next<R> {
         let left = self.deadline.saturating_duration_since(Instant::now());

@@ -10,7 +10,7 @@ use dynacore_engine::Object;
 use dynacore_proto::ring::{NodeId, Token};
 use dynacore_proto::{Conflicts, ReadRepair};
 
-use super::fan_out::{answer_early, Answers, Decision, Next};
+use super::fan_out::{answer_early, Answers, Decision};
 use super::quorum::{required, Outcome, ReadTally, R_DEFAULT};
 use super::replicas::{apply_at, check_key, read_at, read_unavailable, Copy};
 use super::request::{ReadRequest, ReadResult};
@@ -90,16 +90,14 @@ pub async fn read(
                 }
                 None => {}
             }
-            match answers.next().await {
-                Next::Answer(i, Ok(object)) => tally.reply(i, object),
-                Next::Answer(i, Err(e)) => {
+            let Some((i, answer)) = answers.next_or(|| tally.expire()).await else {
+                break;
+            };
+            match answer {
+                Ok(object) => tally.reply(i, object),
+                Err(e) => {
                     tracing::debug!(replica = ?replicas.get(i), error = %e, "a replica's read failed");
                     tally.fail(i);
-                }
-                Next::AllIn => break,
-                Next::Expired => {
-                    tally.expire();
-                    break;
                 }
             }
         }
@@ -160,7 +158,7 @@ async fn repair(
             async move { apply_at(&core, &cluster, node, None, &copy, deadline).await }
         },
     );
-    while let Next::Answer(i, r) = answers.next().await {
+    while let Some((i, r)) = answers.next_or(|| ()).await {
         match r {
             Ok(()) => core.metrics().read_repaired(),
             Err(e) => tracing::debug!(node = ?stale.get(i), error = %e, "a read repair failed"),

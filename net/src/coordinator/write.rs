@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dynacore_proto::ring::{NodeId, Token};
 
-use super::fan_out::{answer_early, Answers, Decision, Next};
+use super::fan_out::{answer_early, Answers, Decision};
 use super::forward::forward;
 use super::quorum::{plan_write, required, Outcome, Target, WriteTally, W_DEFAULT};
 use super::replicas::{apply_at, check_key, write_unavailable, Copy};
@@ -109,21 +109,19 @@ pub async fn write(
             {
                 decision.give(written(&outcome, &version, refused.as_ref()));
             }
-            match answers.next().await {
-                Next::Answer(i, Ok(())) => tally.ack(i),
-                Next::Answer(i, Err(StoreError::ConditionFailed { current })) => {
+            let Some((i, answer)) = answers.next_or(|| tally.expire()).await else {
+                break;
+            };
+            match answer {
+                Ok(()) => tally.ack(i),
+                Err(StoreError::ConditionFailed { current }) => {
                     tally.fail(i);
                     refusers.push(i);
                     refused = Some(current);
                 }
-                Next::Answer(i, Err(e)) => {
+                Err(e) => {
                     tracing::debug!(target = ?targets.get(i), error = %e, "a replica missed a write");
                     tally.fail(i);
-                }
-                Next::AllIn => break,
-                Next::Expired => {
-                    tally.expire();
-                    break;
                 }
             }
         }
