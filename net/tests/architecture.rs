@@ -121,6 +121,14 @@ fn crates_depend_on_what_the_architecture_allows() {
         &["glommio"],
         &["dynacore-engine", "dynacore-net", "foca", "toml"],
     );
+    // The node is nobody's library: the load generator is a client, the benchmarks drive the
+    // engine (the node's own benchmarks start its binary).
+    assert_none_of(
+        "dynacore-loadgen",
+        &[],
+        &["dynacore-net", "dynacore-engine"],
+    );
+    assert_none_of("dynacore-bench", &[], &["dynacore-net", "dynacore-client"]);
 }
 
 /// Every `.rs` file under `dir`.
@@ -508,4 +516,47 @@ fn the_loop_finder_finds_loops() {
     // Without b's call into c, nothing loops.
     std::fs::write(src.join("b.rs"), "fn f() {}\n").expect("write");
     assert!(cycles(src).is_empty());
+}
+
+#[test]
+fn the_nodes_concerns_depend_downwards_only() {
+    // node → frontend → coordinator → core → {storage, cluster}; metrics is used by all.
+    let layers: [(&str, &[&str]); 5] = [
+        (
+            "frontend",
+            &["coordinator", "core", "storage", "cluster", "metrics"],
+        ),
+        ("coordinator", &["core", "storage", "cluster", "metrics"]),
+        ("core", &["storage", "cluster", "metrics"]),
+        ("storage", &["metrics"]),
+        ("cluster", &["metrics"]),
+    ];
+    let src = workspace_root().join("net/src");
+    let concerns = [
+        "node",
+        "frontend",
+        "coordinator",
+        "core",
+        "storage",
+        "cluster",
+        "metrics",
+    ];
+    for (layer, allowed) in layers {
+        let mut files = Vec::new();
+        rust_files(&src.join(layer), &mut files);
+        for file in files {
+            let code = code_of(&std::fs::read_to_string(&file).expect("readable"));
+            for c in concerns {
+                if c == layer || allowed.contains(&c) {
+                    continue;
+                }
+                assert!(
+                    !code.contains(&format!("crate::{c}::"))
+                        && !code.contains(&format!("crate::{c};")),
+                    "{} ({layer}) reaches up or across into {c}",
+                    file.display()
+                );
+            }
+        }
+    }
 }

@@ -251,6 +251,18 @@ struct Inner {
 }
 
 /// One core's storage engine. Cheap to clone (a handle); all clones share one shard.
+///
+/// It never leaves its executor's thread (Architecture Invariant, kept by the compiler):
+///
+/// ```compile_fail
+/// fn sendable<T: Send>() {}
+/// sendable::<dynacore_engine::Shard>();
+/// ```
+///
+/// ```compile_fail
+/// fn shareable<T: Sync>() {}
+/// shareable::<dynacore_engine::Shard>();
+/// ```
 #[derive(Clone, Debug)]
 pub struct Shard {
     inner: Rc<Inner>,

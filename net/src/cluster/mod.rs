@@ -2,10 +2,12 @@
 //! * [`membership`] — SWIM membership through `foca`, sans IO (decides);
 //! * [`gossip`] — its driver on core 0: UDP, timers, publishing what changed (drives);
 //! * [`ring_book`] — the ring members (the `RING` file) and the [`ClusterState`] snapshot every
-//!   core routes by.
+//!   core routes by;
+//! * [`replication`] — the replication settings every core reads.
 
 pub mod gossip;
 pub mod membership;
+pub mod replication;
 pub mod ring_book;
 
 pub use ring_book::{ClusterState, PeerNode, RingBook, RingMember, SharedCluster, RING_FILE};

@@ -20,11 +20,10 @@
 
 use dynacore_engine::Object;
 
+pub use crate::cluster::replication::RF_DEFAULT;
 use dynacore_proto::ring::{NodeId, Ring, Token};
 use dynacore_proto::Quorum;
 
-/// The default replication factor.
-pub const RF_DEFAULT: u8 = 3;
 /// The default write quorum (capped at RF).
 pub const W_DEFAULT: u8 = 2;
 /// The default read quorum (capped at RF).

@@ -21,9 +21,9 @@ use dynacore_engine::version::VersionVector;
 use dynacore_engine::{Object, ShardStats, Token};
 use dynacore_runtime as runtime;
 
+use crate::cluster::replication::ReplicationConfig;
 use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
 use crate::metrics::CoreMetrics;
-use crate::node::config::ReplicationConfig;
 use crate::storage::hints::HintStore;
 use crate::storage::replica::{LocalStore, StoreError};
 use dynacore_client::glommio::ConnPool;
