@@ -310,3 +310,72 @@ fn zeroed_block_before_valid_data_is_refused() {
     let message = open_error(&path);
     assert!(message.contains(&first.display().to_string()), "{message}");
 }
+
+/// Writes keys through a flush (tables and blob files exist) and more after it (in the WAL).
+fn write_flushed_and_logged(path: &Path) {
+    let p = path.to_path_buf();
+    run(LIMIT, move || async move {
+        let mut o = small_options(&p);
+        o.blob_threshold_bytes = Some(1024);
+        let shard = Shard::open(o).await.expect("open");
+        for i in 0..400 {
+            shard.put(&key(i), &value(i)).await.expect("put");
+        }
+        shard.put(b"large", &vec![7u8; 4096]).await.expect("put");
+        shard.flush().await.expect("flush");
+        for i in 400..450 {
+            shard.put(&key(i), &value(i)).await.expect("put");
+        }
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_missing_manifest_is_refused_and_nothing_is_deleted() {
+    // With tables and blob files beside it.
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    write_flushed_and_logged(&path);
+    let before: Vec<_> = common::files_with(&path, "", "");
+    assert!(!common::tables(&path).is_empty());
+    assert!(!common::files_with(&path, "blob-", ".blob").is_empty());
+    std::fs::remove_file(path.join("MANIFEST")).expect("remove the manifest");
+    let message = open_error(&path);
+    assert!(message.contains("MANIFEST"), "{message}");
+    let table = common::tables(&path)[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(message.contains(&table), "{message}");
+    let mut after = common::files_with(&path, "", "");
+    after.retain(|p| !p.ends_with("LOCK"));
+    let mut expected = before;
+    expected.retain(|p| !p.ends_with("MANIFEST") && !p.ends_with("LOCK"));
+    assert_eq!(after, expected, "refusing to open deleted files");
+
+    // With WAL segments only (never flushed).
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    write_keys(&path, 0..50);
+    assert!(common::tables(&path).is_empty());
+    std::fs::remove_file(path.join("MANIFEST")).expect("a new shard has a manifest");
+    let message = open_error(&path);
+    assert!(
+        message.contains("MANIFEST") && message.contains("wal-"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_lost_wal_segment_is_refused() {
+    let dir = temp_dir();
+    let path = dir.path().to_path_buf();
+    // Small segments, no flush: the log spans several segments from sequence 1.
+    write_keys(&path, 0..300);
+    let segments = common::wal_segments(&path);
+    assert!(segments.len() >= 3, "{segments:?}");
+    std::fs::remove_file(&segments[0]).expect("lose the oldest segment");
+    let message = open_error(&path);
+    assert!(message.contains("sequence"), "{message}");
+}

@@ -54,7 +54,29 @@ impl Shard {
                 }
                 m
             }
-            None => Manifest::empty(options.shard_id),
+            None => {
+                // No manifest: a new shard, or one whose manifest is lost. Only a directory
+                // without any data file is new; anything else would be opened empty and its
+                // files taken for garbage.
+                let data = data_files(&dir)?;
+                if !data.is_empty() {
+                    return Err(Error::corruption(
+                        dir.join(crate::manifest::MANIFEST_NAME),
+                        0,
+                        format!(
+                            "the manifest is missing but the directory holds data ({}); \
+                             refusing to open it empty (restore the MANIFEST, or move the \
+                             files away to start an empty shard)",
+                            data.join(", ")
+                        ),
+                    ));
+                }
+                let m = Manifest::empty(options.shard_id);
+                // Written before any WAL segment, so that a log without a manifest always
+                // means a lost manifest.
+                m.store(&dir).await?;
+                m
+            }
         };
         remove_orphan_tables(&dir, &manifest).await?;
         let mut tables = Vec::with_capacity(manifest.tables.len());
@@ -283,4 +305,27 @@ pub(super) async fn remove_orphan_tables(dir: &Path, manifest: &Manifest) -> Res
             .map_err(|e| Error::io("sync directory", dir, e))?;
     }
     Ok(())
+}
+
+/// The data files in `dir` (tables, blob files, WAL segments, recycled segments), by name.
+fn data_files(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let data = [
+            ("sst-", ".sst"),
+            ("blob-", ".blob"),
+            ("wal-", ".log"),
+            ("recycle-", ".wal"),
+        ]
+        .iter()
+        .any(|(prefix, suffix)| name.starts_with(prefix) && name.ends_with(suffix));
+        if data {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }

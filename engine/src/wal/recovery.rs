@@ -148,6 +148,22 @@ pub(super) async fn recover(
                         tails.retain(|(p, _, _)| *p != dpath);
                         damaged_at = None;
                     }
+                    if prev_last.is_none() && batch_first.0 > floor.0.saturating_add(1) {
+                        // The log must continue where the tables end: a gap here is a lost
+                        // segment (or a manifest from elsewhere), never a fresh start.
+                        return Err(Error::corruption(
+                            &path,
+                            pos as u64,
+                            format!(
+                                "the log starts at sequence {} but the tables end at sequence \
+                                 {}: records {}..={} are missing (a lost WAL segment?)",
+                                batch_first.0,
+                                floor.0,
+                                floor.0 + 1,
+                                batch_first.0 - 1
+                            ),
+                        ));
+                    }
                     if let Some(prev) = prev_last {
                         if batch_first.0 != prev.0.wrapping_add(1) {
                             return Err(Error::corruption(

@@ -80,7 +80,7 @@ pub fn tables(dir: &Path) -> Vec<PathBuf> {
     files_with(dir, "sst-", ".sst")
 }
 
-fn files_with(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+pub fn files_with(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
