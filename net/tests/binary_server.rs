@@ -109,7 +109,7 @@ fn bad_frames_close_only_their_connection() {
     // A body that is not a request: an error with id 0, then the connection closes.
     let mut garbage = connect(addr);
     let mut frame = Vec::new();
-    encode_frame(b"this is not a flatbuffer", &mut frame);
+    encode_frame(b"this is not a flatbuffer", &mut frame).expect("small");
     garbage.write_all(&frame).expect("send");
     let resp_body = read_frame(&mut garbage);
     let resp = parse_response(&resp_body).expect("response");

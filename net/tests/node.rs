@@ -789,3 +789,94 @@ fn shutdown_finishes_or_fails_requests_in_flight_and_loses_none() {
     });
     let _ = node.stop();
 }
+
+#[test]
+fn an_answer_over_the_frame_limit_is_an_error_for_its_request_only() {
+    // A 6 MB value read in siblings mode: the answer holds it twice (the newest value and the
+    // sibling list), over the 10 MiB + 256 KiB frame limit.
+    let dir = temp_dir("dynacore-node-big-answer-");
+    let node = start(&dir.path().join("data"), 1, &["--conflicts", "siblings"]);
+    let (seed, http_addr) = (node.addr, node.http);
+    let big = vec![0x42u8; 6_000_000];
+    on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        client.put(b"big", &big).await.expect("a 6 MB put");
+        match client.get_siblings(b"big", Quorum::Default).await {
+            Err(ClientError::Server {
+                code: ErrorCode::ValueTooLarge,
+                message,
+                ..
+            }) => assert!(message.contains("frame limit"), "{message}"),
+            other => panic!("expected a typed error, got {other:?}"),
+        }
+        // The node, the core and the connection are still there.
+        client.ping(seed).await.expect("ping after");
+        client.put(b"small", b"v").await.expect("put after");
+        // A plain get on this node is in siblings mode too: the same typed error, again.
+        assert!(matches!(
+            client
+                .consistent_get(b"big", Quorum::Default, ReadRepair::Default)
+                .await,
+            Err(ClientError::Server {
+                code: ErrorCode::ValueTooLarge,
+                ..
+            })
+        ));
+        assert_eq!(
+            client
+                .get(b"small")
+                .await
+                .expect("get after")
+                .map(|v| v.value),
+            Some(b"v".to_vec())
+        );
+    });
+    // Two concurrent 4 MB writes: an 8 MB copy (the engine's object limit is 10 MiB), whose
+    // siblings answer (newest value and both siblings, 12 MB) is refused the same way, while a
+    // peer's ReplicaRead of the copy itself fits and is answered.
+    let big = vec![0x43u8; 4_000_000];
+    on_executor(move || async move {
+        let client = Client::connect(&[seed]).await.expect("connect");
+        let base = client.put(b"pair", b"base").await.expect("put");
+        for _ in 0..2 {
+            let options = WriteOptions {
+                context: Some(base.clone()),
+                ..WriteOptions::default()
+            };
+            client
+                .put_with(b"pair", &big, &options)
+                .await
+                .expect("a concurrent 4 MB put");
+        }
+        assert!(matches!(
+            client.get_siblings(b"pair", Quorum::Default).await,
+            Err(ClientError::Server {
+                code: ErrorCode::ValueTooLarge,
+                ..
+            })
+        ));
+    });
+    let mut conn = raw_conn(seed);
+    conn.write_all(&framed(&build::replica_read(7, 5_000, b"pair")))
+        .expect("send");
+    let answer = read_frame(&mut conn);
+    let copy = parse_response(&answer).expect("answer");
+    let object = copy.reply_as_replica_object().expect("the replica's copy");
+    let values = object.values().map_or(0, |v| v.len());
+    assert!(
+        object.found() && values >= 8_000_000,
+        "found {} with {values} bytes",
+        object.found()
+    );
+    conn.write_all(&framed(&build::ping(8, 99))).expect("send");
+    let pong = read_frame(&mut conn);
+    assert_eq!(
+        parse_response(&pong).expect("pong").id(),
+        8,
+        "the connection still serves"
+    );
+    let r = http(http_addr, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 200);
+    let status = node.stop();
+    assert!(status.success(), "{status:?}");
+}

@@ -84,7 +84,8 @@ impl<W> Connection<W> {
         if body.is_empty() || body.len() > FRAME_BYTES_MAX {
             return Err(SendError::TooLarge { bytes: body.len() });
         }
-        encode_frame(&body, &mut self.outgoing);
+        encode_frame(&body, &mut self.outgoing)
+            .map_err(|_| SendError::TooLarge { bytes: body.len() })?;
         self.waiting.insert(id, waiter);
         Ok(id)
     }
@@ -170,8 +171,8 @@ mod tests {
         // Answers: b's first, then a's, fed one byte at a time.
         let mut wire = Vec::new();
         let answer = |id| reply::written_answer(id, fb::Reply::Put, &[id as u8]);
-        encode_frame(&answer(b), &mut wire);
-        encode_frame(&answer(a), &mut wire);
+        encode_frame(&answer(b), &mut wire).expect("small");
+        encode_frame(&answer(a), &mut wire).expect("small");
         let mut got = Vec::new();
         for byte in &wire {
             for (w, body) in c.receive(std::slice::from_ref(byte)).expect("answers") {
@@ -189,7 +190,7 @@ mod tests {
         let _b = c.send(|id| build::ping(id, 2), 20).expect("queued");
         assert_eq!(c.forget(a), Some(10));
         let mut wire = Vec::new();
-        encode_frame(&reply::written_answer(a, fb::Reply::Put, &[1]), &mut wire);
+        encode_frame(&reply::written_answer(a, fb::Reply::Put, &[1]), &mut wire).expect("small");
         assert_eq!(c.receive(&wire), Ok(Vec::new()));
         assert!(c.receive(&u32::MAX.to_le_bytes()).is_err());
         assert_eq!(c.fail_all(), vec![20]);

@@ -69,18 +69,24 @@ pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, ProtocolErro
 
 /// Appends `body` as one frame to `out`.
 ///
-/// # Panics
-/// If `body` is empty or over [`FRAME_BYTES_MAX`]: callers build bodies within the limits.
-pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) {
-    assert!(
-        !body.is_empty() && body.len() <= FRAME_BYTES_MAX,
-        "frame body of {} bytes",
-        body.len()
-    );
-    let len = u32::try_from(body.len()).expect("INVARIANT: below the limit");
+/// # Errors
+/// [`ProtocolError::EmptyFrame`] or [`ProtocolError::FrameTooLarge`]: nothing is appended. A
+/// server answers such a request with an error instead; a client refuses to send it.
+pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    if body.is_empty() {
+        return Err(ProtocolError::EmptyFrame);
+    }
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l as usize <= FRAME_BYTES_MAX)
+        .ok_or(ProtocolError::FrameTooLarge {
+            len: body.len(),
+            max: FRAME_BYTES_MAX,
+        })?;
     out.reserve(FRAME_HEADER_BYTES + body.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(body);
+    Ok(())
 }
 
 /// Splits the first whole frame off `buf`: its body and the bytes it used, or `None` while
@@ -147,8 +153,8 @@ mod tests {
     fn a_request_round_trips_through_a_frame() {
         let body = put_request(42, b"user:1", &[7u8; 1000]);
         let mut wire = Vec::new();
-        encode_frame(&body, &mut wire);
-        encode_frame(&body, &mut wire);
+        encode_frame(&body, &mut wire).expect("within the limit");
+        encode_frame(&body, &mut wire).expect("within the limit");
         let (first, used) = split_frame(&wire).expect("valid").expect("whole");
         assert_eq!(used, 4 + body.len());
         let req = parse_request(first).expect("parses");
@@ -182,6 +188,17 @@ mod tests {
             })
         );
         assert_eq!(frame_len([0; 4]), Err(ProtocolError::EmptyFrame));
+        // Nothing over the limit or empty is ever encoded: a typed error, nothing appended.
+        let mut out = vec![1, 2];
+        assert_eq!(
+            encode_frame(&vec![0u8; FRAME_BYTES_MAX + 1], &mut out),
+            Err(ProtocolError::FrameTooLarge {
+                len: FRAME_BYTES_MAX + 1,
+                max: FRAME_BYTES_MAX
+            })
+        );
+        assert_eq!(encode_frame(&[], &mut out), Err(ProtocolError::EmptyFrame));
+        assert_eq!(out, vec![1, 2]);
         assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dynacore_engine::object;
 
 use dynacore_proto::ring::NodeId;
-use dynacore_proto::{fb, parse_request, reply, Conflicts, Quorum, ReadRepair};
+use dynacore_proto::{fb, parse_request, reply, Conflicts, Quorum, ReadRepair, FRAME_BYTES_MAX};
 
 use crate::cluster::membership::NodeStatus;
 use crate::coordinator::{self, ReadRequest, ReadResult, WriteRequest};
@@ -228,8 +228,24 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
     };
     let ok = body.is_ok();
+    let body = body.unwrap_or_else(|e| e);
+    if body.len() > FRAME_BYTES_MAX {
+        // A value read with its siblings (or a replica's copy of many large siblings) can make
+        // an answer no frame can carry: that request fails, with what to do instead.
+        let message = format!(
+            "the answer would be {} bytes, over the {FRAME_BYTES_MAX}-byte frame limit; read \
+             the key without siblings (conflicts=lww) or over HTTP",
+            body.len()
+        );
+        return Answer {
+            body: error_body(id, fb::ErrorCode::ValueTooLarge, &message, None),
+            close: false,
+            op,
+            ok: false,
+        };
+    }
     Answer {
-        body: body.unwrap_or_else(|e| e),
+        body,
         close: false,
         op,
         ok,

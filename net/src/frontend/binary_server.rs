@@ -86,8 +86,9 @@ pub async fn serve_binary(listener: TcpListener, core: Core, limits: ConnectionL
                 "too many connections",
             );
             let mut frame = Vec::new();
-            encode_frame(&body, &mut frame);
-            close_with(&mut stream, &frame).await;
+            if encode_frame(&body, &mut frame).is_ok() {
+                close_with(&mut stream, &frame).await;
+            }
         },
     )
     .await;
@@ -264,7 +265,13 @@ fn send(
     request: Option<(usize, Admission)>,
 ) {
     let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
-    encode_frame(body, &mut frame);
+    if let Err(e) = encode_frame(body, &mut frame) {
+        // INVARIANT: dispatch answers within the frame limit; should an answer still not fit,
+        // the connection pays, never the core.
+        tracing::error!(error = %e, "an answer could not be framed; closing the connection");
+        state.close();
+        return;
+    }
     state
         .answer_bytes
         .set(state.answer_bytes.get() + frame.len());

@@ -333,7 +333,7 @@ where
 /// `body` framed.
 pub fn framed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_frame(body, &mut out);
+    encode_frame(body, &mut out).expect("a test frame within the limit");
     out
 }
 
