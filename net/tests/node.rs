@@ -354,12 +354,14 @@ fn every_http_route_and_error() {
     );
     assert_eq!(r.status, 200);
 
-    // Quorum parameters: accepted in range, refused outside (RF is 1 on one node).
+    // Quorum parameters: accepted in range, refused outside the configured RF (3); a count
+    // the cluster could give but this one node cannot (its ring holds 1 node) is unavailable.
     for (target, status) in [
         ("/keys/user:1?r=1", 200),
         ("/keys/user:1?r=quorum&read_repair=false", 200),
         ("/keys/user:1?r=all&read_repair=blocking", 200),
-        ("/keys/user:1?r=2", 400),
+        ("/keys/user:1?r=2", 503),
+        ("/keys/user:1?r=4", 400),
         ("/keys/user:1?r=0", 400),
         ("/keys/user:1?read_repair=maybe", 400),
         ("/keys/user:1?colour=red", 400),
@@ -369,6 +371,12 @@ fn every_http_route_and_error() {
         assert_eq!(r.status, status, "{target}: {}", r.text());
     }
     let r = c.request("PUT", "/keys/q?w=2", &[], br#"{"value": "v"}"#);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert_eq!(r.json()["required"], 2);
+    let r = c.request("PUT", "/keys/q?w=4", &[], br#"{"value": "v"}"#);
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
         (400, Some("bad_request"))
@@ -877,6 +885,40 @@ fn an_answer_over_the_frame_limit_is_an_error_for_its_request_only() {
     );
     let r = http(http_addr, "GET", "/health", &[], b"");
     assert_eq!(r.status, 200);
+    let status = node.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_node_that_has_not_learned_the_ring_serves_no_request() {
+    // Its only seed never answers: it knows no other member, so it does not know the ring.
+    // Before, it clamped the default W to 1 and acknowledged writes alone.
+    let dir = temp_dir("dynacore-node-no-ring-");
+    let dead_seed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let seed = dead_seed.local_addr().expect("addr").to_string();
+    drop(dead_seed);
+    let node = start(&dir.path().join("data"), 1, &["--seeds", &seed]);
+    for (method, target) in [
+        ("PUT", "/keys/k"),
+        ("PUT", "/keys/k?w=1"),
+        ("PUT", "/keys/k?w=2"),
+        ("GET", "/keys/k"),
+    ] {
+        let body: &[u8] = if method == "PUT" {
+            br#"{"value": "v"}"#
+        } else {
+            b""
+        };
+        let r = http(node.http, method, target, &[], body);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (503, Some("unavailable")),
+            "{method} {target}: {}",
+            r.text()
+        );
+    }
+    // Still alive and honest about it.
+    assert_eq!(http(node.http, "GET", "/health", &[], b"").status, 200);
     let status = node.stop();
     assert!(status.success(), "{status:?}");
 }

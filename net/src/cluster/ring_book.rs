@@ -73,6 +73,9 @@ struct RingFile {
 pub struct RingBook {
     path: Option<PathBuf>,
     members: BTreeMap<NodeId, RingMember>,
+    /// The node was given seeds to join through: until it knows another member, it does not
+    /// know the ring.
+    seeded: bool,
 }
 
 impl RingBook {
@@ -108,6 +111,7 @@ impl RingBook {
         Ok(RingBook {
             path: Some(path),
             members,
+            seeded: false,
         })
     }
 
@@ -117,6 +121,7 @@ impl RingBook {
         let mut book = RingBook {
             path: None,
             members: BTreeMap::new(),
+            seeded: false,
         };
         book.record(own);
         book
@@ -162,6 +167,14 @@ impl RingBook {
             Ok(())
         };
         write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The same book, for a node given seeds to join through (`true`) or alone by
+    /// configuration (`false`, the default).
+    #[must_use]
+    pub fn seeded(mut self, seeded: bool) -> RingBook {
+        self.seeded = seeded;
+        self
     }
 
     /// Every member.
@@ -219,6 +232,10 @@ pub struct ClusterState {
     pub replication_factor: u8,
     /// The configured replication factor.
     pub configured_rf: u8,
+    /// Whether this node knows the cluster's ring: it is alone by configuration (no seeds), or
+    /// it knows another member (heard through gossip, or from its `RING` file). Until then it
+    /// serves no request: with only itself in its ring it would clamp quorums to 1.
+    pub ring_known: bool,
 }
 
 impl ClusterState {
@@ -267,12 +284,14 @@ impl ClusterState {
         let replication_factor = u8::try_from(ring.node_count().min(usize::from(rf)))
             .unwrap_or(rf)
             .max(1);
+        let ring_known = !book.seeded || nodes.len() > 1;
         ClusterState {
             own,
             nodes,
             ring,
             replication_factor,
             configured_rf: rf,
+            ring_known,
         }
     }
 
@@ -394,5 +413,20 @@ mod tests {
         // A damaged file is an error, not an empty ring.
         std::fs::write(dir.path().join(RING_FILE), "{nope").expect("write");
         assert!(RingBook::load(dir.path(), RingMember::of(&own)).is_err());
+    }
+
+    #[test]
+    fn a_seeded_node_knows_the_ring_only_once_it_knows_another_member() {
+        let own = RingMember::of(&meta(1, 7400));
+        let alone = RingBook::in_memory(own.clone());
+        assert!(ClusterState::build(NodeId(1), &alone, None, 3).ring_known);
+        let mut seeded = RingBook::in_memory(own).seeded(true);
+        let state = ClusterState::build(NodeId(1), &seeded, None, 3);
+        assert!(
+            !state.ring_known,
+            "only itself in its ring: it must not clamp quorums to 1"
+        );
+        assert!(seeded.record(RingMember::of(&meta(2, 7400))));
+        assert!(ClusterState::build(NodeId(1), &seeded, None, 3).ring_known);
     }
 }

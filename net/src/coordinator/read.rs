@@ -11,8 +11,8 @@ use dynacore_proto::ring::{NodeId, Token};
 use dynacore_proto::{Conflicts, ReadRepair};
 
 use super::fan_out::{answer_early, Answers, Decision};
-use super::quorum::{required, Outcome, ReadTally, R_DEFAULT};
-use super::replicas::{apply_at, check_key, read_at, read_unavailable, Copy};
+use super::quorum::{Outcome, ReadTally, R_DEFAULT};
+use super::replicas::{apply_at, check_key, read_at, read_unavailable, replicas_needed, Copy};
 use super::request::{ReadRequest, ReadResult};
 use crate::cluster::ClusterState;
 use crate::core::Core;
@@ -33,8 +33,7 @@ pub async fn read(
     let deadline = Instant::now() + timeout;
     let cluster = core.cluster();
     let token = Token::of(&req.key);
-    let rf = cluster.replication_factor;
-    let r = required(req.r, rf, R_DEFAULT).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    let r = replicas_needed(req.r, &cluster, R_DEFAULT)?;
     let siblings = match req.conflicts {
         Conflicts::Default => core.replication().siblings,
         Conflicts::Lww => false,

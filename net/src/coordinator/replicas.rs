@@ -9,8 +9,9 @@ use dynacore_client::ClientError;
 use dynacore_engine::{object, Object};
 use dynacore_proto::reply::{self, ReplyError, ServerError};
 use dynacore_proto::ring::{NodeId, Token};
-use dynacore_proto::{build, ErrorCode, KEY_BYTES_MAX};
+use dynacore_proto::{build, ErrorCode, Quorum, KEY_BYTES_MAX};
 
+use super::quorum::required;
 use crate::cluster::ClusterState;
 use crate::core::{Core, ShardOp};
 use crate::storage::replica::{decode_version, StoreError};
@@ -32,6 +33,34 @@ pub(crate) fn read_unavailable(acks: u8, required: u8) -> StoreError {
         acks,
         required,
         message: format!("{acks} of {required} replicas answered in time"),
+    }
+}
+
+/// How many replicas a request needs, or why it cannot be served here now.
+///
+/// A count beyond the configured replication factor is a bad request. A count the cluster
+/// could give but this node cannot reach now — the ring holds fewer nodes, or this node has not
+/// yet learned the ring from its seeds — is `Unavailable` (503), as a down replica would be.
+/// Defaults, `quorum` and `all` follow the replicas the ring holds (a node alone by
+/// configuration serves with one).
+pub(crate) fn replicas_needed(
+    q: Quorum,
+    cluster: &ClusterState,
+    default: u8,
+) -> Result<u8, StoreError> {
+    if !cluster.ring_known {
+        return Err(StoreError::Unavailable(
+            "this node has not yet learned the cluster's ring from its seeds".into(),
+        ));
+    }
+    let rf = cluster.replication_factor;
+    match q {
+        Quorum::Count(n) if n > rf && n <= cluster.configured_rf => Err(StoreError::Quorum {
+            acks: 0,
+            required: n,
+            message: format!("{n} replicas asked for, but the ring holds {rf} nodes now"),
+        }),
+        q => required(q, rf, default).map_err(|e| StoreError::BadRequest(e.to_string())),
     }
 }
 

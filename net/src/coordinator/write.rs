@@ -9,8 +9,8 @@ use dynacore_proto::ring::{NodeId, Token};
 
 use super::fan_out::{answer_early, Answers, Decision};
 use super::forward::forward;
-use super::quorum::{plan_write, required, Outcome, Target, WriteTally, W_DEFAULT};
-use super::replicas::{apply_at, check_key, write_unavailable, Copy};
+use super::quorum::{plan_write, Outcome, Target, WriteTally, W_DEFAULT};
+use super::replicas::{apply_at, check_key, replicas_needed, write_unavailable, Copy};
 use super::request::WriteRequest;
 use crate::core::{Core, ShardOp};
 use crate::storage::replica::{decode_version, version_bytes, StoreError};
@@ -40,7 +40,7 @@ pub async fn write(
     let cluster = core.cluster();
     let token = Token::of(&req.key);
     let rf = cluster.replication_factor;
-    let w = required(req.w, rf, W_DEFAULT).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+    let w = replicas_needed(req.w, &cluster, W_DEFAULT)?;
     let expected = req.expected.as_deref().map(decode_version).transpose()?;
     let context = req.context.as_deref().map(decode_version).transpose()?;
     let replicas = cluster.replicas(token);

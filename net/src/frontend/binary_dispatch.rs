@@ -92,7 +92,9 @@ pub async fn answer(core: &Core, body: &[u8]) -> Answer {
         0 => core.default_timeout(),
         ms => Duration::from_millis(u64::from(ms)).min(core.default_timeout()),
     };
-    let rf = core.cluster().replication_factor;
+    // Quorums are checked against the configured factor here; one the ring cannot give now is
+    // the coordinator's `Unavailable`.
+    let rf = core.cluster().configured_rf;
     let bad = |m: &str| Err(error_body(id, fb::ErrorCode::BadRequest, m, None));
     let (op, body) = match req.op_type() {
         fb::Op::Get => (

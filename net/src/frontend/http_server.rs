@@ -295,7 +295,7 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
 }
 
 async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
-    check_quorum(head.r, core.cluster().replication_factor, "r")
+    check_quorum(head.r, core.cluster().configured_rf, "r")
         .map_err(|e| Reply::from_http_error(&e))?;
     let conflicts = match head.siblings {
         None => Conflicts::Default,
@@ -398,7 +398,7 @@ fn hex_header(value: Option<&str>) -> Result<Option<Vec<u8>>, Reply> {
 }
 
 async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result<Reply, Reply> {
-    check_quorum(head.w, core.cluster().replication_factor, "w")
+    check_quorum(head.w, core.cluster().configured_rf, "w")
         .map_err(|e| Reply::from_http_error(&e))?;
     let (value, ttl_seconds) = if head.raw_body {
         (body.to_vec(), head.ttl_seconds)
@@ -419,7 +419,7 @@ async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result
 }
 
 async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
-    check_quorum(head.w, core.cluster().replication_factor, "w")
+    check_quorum(head.w, core.cluster().configured_rf, "w")
         .map_err(|e| Reply::from_http_error(&e))?;
     let write = WriteRequest {
         key: key.to_vec(),

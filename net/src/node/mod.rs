@@ -343,7 +343,14 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
     } else {
         let book = RingBook::load(&config.data_dir, own_member).map_err(NodeError::Config)?;
         book.save().map_err(NodeError::Runtime)?;
-        book
+        // Seeds other than itself: it must learn the ring from them before it serves.
+        let own_addr = config.advertised();
+        book.seeded(
+            config
+                .seeds
+                .iter()
+                .any(|s| *s != own_addr && *s != config.listen),
+        )
     };
     let cluster = SharedCluster::new(ClusterState::build(
         meta.node_id,
