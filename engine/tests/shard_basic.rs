@@ -542,3 +542,65 @@ fn recycled_wal_segments_replace_zero_filled_ones_and_recover() {
         }
     });
 }
+
+#[test]
+fn expired_values_follow_the_tombstone_grace_and_gate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // An expired value dropped by one replica while another still holds an older live version
+    // would bring that version back: expired values wait for the same grace and gate as
+    // tombstones. Expired an hour ago, grace a day: kept through a bottom merge.
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis(),
+        )
+        .expect("fits")
+    };
+    for (grace_ms, repaired, kept) in [
+        (24 * 3600 * 1000, true, true),
+        (0, false, true),
+        (0, true, false),
+    ] {
+        with_temp_dir(LIMIT, move |path| async move {
+            let mut o = merge_every_two(&path);
+            o.compaction.tombstone_grace_ms = grace_ms;
+            let gate = Arc::new(AtomicBool::new(repaired));
+            o.tombstone_gate = Some(dynacore_engine::compaction::TombstoneGate::new(
+                move |_, _| gate.load(Ordering::SeqCst),
+            ));
+            let shard = Shard::open(o).await.expect("open");
+            for i in 0..20u32 {
+                let key = i.to_be_bytes();
+                let mut m = Mutation::put(&key, b"v");
+                if i < 10 {
+                    m.expiry_ms = Some(now_ms() - 3_600_000);
+                }
+                shard.write(m).await.expect("write");
+            }
+            shard.flush().await.expect("flush");
+            shard.put(b"another", b"v").await.expect("put");
+            shard.flush().await.expect("flush");
+            shard.wait_for_compactions().await;
+            assert_eq!(shard.stats().tables, 1, "{:?}", shard.stats());
+            let expired = shard
+                .scan_tables()
+                .await
+                .expect("scan")
+                .iter()
+                .flatten()
+                .filter(|r| r.expiry_ms.is_some())
+                .count();
+            assert_eq!(
+                expired,
+                if kept { 10 } else { 0 },
+                "grace {grace_ms} ms, repaired {repaired}"
+            );
+            // Expired is expired for readers either way.
+            assert!(shard.get(&0u32.to_be_bytes()).await.expect("get").is_none());
+            shard.close().await.expect("close");
+        });
+    }
+}

@@ -4,7 +4,8 @@
 //! INVARIANTS: the merged table is written, synced and its directory synced before the manifest
 //! replaces the inputs by it; input files are deleted only after that manifest is durable; a
 //! tombstone or expired value is dropped only when the merge includes the oldest table (so it
-//! shadows nothing that remains) and, for tombstones, once the grace period has passed.
+//! shadows nothing that remains), once the grace period has passed since it took effect (its
+//! write, its expiry) and the [`TombstoneGate`], if any, agrees.
 
 pub mod policy;
 pub(crate) mod worker;

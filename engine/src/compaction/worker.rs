@@ -16,15 +16,16 @@ use crate::scan::MergeCursor;
 use crate::sstable::{BlockCache, SsTable, TableBuilder, TableId};
 use dynacore_runtime as runtime;
 
-/// Decides whether a tombstone that is past its grace period may be dropped, given its token
-/// and write timestamp. Anti-entropy installs one that answers yes only once repair has covered
-/// the tombstone's range on every replica, so a replica that missed the delete cannot bring the
+/// Decides whether a tombstone or an expired value that is past its grace period may be
+/// dropped, given its token and the time it took effect (a tombstone's write timestamp, an
+/// expired value's expiry). Anti-entropy installs one that answers yes only once repair has
+/// covered that range on every replica, so a replica that missed the delete cannot bring the
 /// value back ("zombie" data). Without a gate, the grace period alone decides.
 #[derive(Clone)]
 pub struct TombstoneGate(Arc<dyn Fn(Token, u64) -> bool + Send + Sync>);
 
 impl TombstoneGate {
-    /// Wraps `may_drop(token, write_ts_ms)`.
+    /// Wraps `may_drop(token, effective_ms)`.
     pub fn new(may_drop: impl Fn(Token, u64) -> bool + Send + Sync + 'static) -> Self {
         TombstoneGate(Arc::new(may_drop))
     }
@@ -395,7 +396,15 @@ async fn merge_into(
                 stats.tombstones_dropped += 1;
                 continue;
             }
-            if r.value.is_some() && r.expiry_ms.is_some_and(|e| e <= now_ms) {
+            // An expired value is a deletion that happened at its expiry: it waits for the
+            // same grace and gate, or a replica still holding an older live version would
+            // bring that version back once this copy forgot it.
+            if r.value.is_some()
+                && r.expiry_ms.is_some_and(|e| {
+                    e.saturating_add(grace_ms) <= now_ms
+                        && gate.is_none_or(|g| g.may_drop(token, e))
+                })
+            {
                 stats.expired_dropped += 1;
                 continue;
             }
