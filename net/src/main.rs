@@ -76,6 +76,17 @@ enum Command {
     },
     /// Run N nodes on this machine (127.0.0.1, 127.0.0.2, …) until Ctrl-C.
     LocalCluster(dynacore_net::node::local_cluster::LocalCluster),
+    /// Flush and merge every table of a node into one per core (a major compaction, like
+    /// `nodetool compact`): tombstones and expired values past their grace are purged. Waits
+    /// until it is done and prints what each core holds.
+    Compact {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+        /// Give up waiting after this many seconds (the compaction goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -111,6 +122,16 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Compact { addr, timeout_s } => match compact(addr, timeout_s) {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dynacore compact: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::LocalCluster(args) => {
             ExitCode::from(dynacore_net::node::local_cluster::run(&args))
         }
@@ -271,5 +292,35 @@ where
             eprintln!("dynacore: cannot start the client: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `POST /admin/compact` to the node at `addr`; its JSON answer, or why there is none.
+fn compact(addr: SocketAddr, timeout_s: u64) -> Result<String, String> {
+    use std::io::Read as _;
+    let timeout = Duration::from_secs(timeout_s.max(1));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .and_then(|()| s.set_write_timeout(Some(Duration::from_secs(5))))
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!(
+            "POST /admin/compact HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("no answer from {addr} within {timeout_s} s: {e}"))?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr} answered no HTTP response"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or_default();
+    if status == "200" {
+        Ok(body.trim().to_owned())
+    } else {
+        Err(format!("{addr} answered {status}: {}", body.trim()))
     }
 }

@@ -922,3 +922,103 @@ fn a_node_that_has_not_learned_the_ring_serves_no_request() {
     let status = node.stop();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn an_operators_compaction_purges_deletes_only_after_their_grace() {
+    // The purge rule named explicitly (anti-entropy will add another), with a short grace.
+    const GRACE: Duration = Duration::from_secs(5);
+    let dir = temp_dir("dynacore-node-compact-");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "purge_gate = \"grace\"\ntombstone_grace_s = {}\n",
+            GRACE.as_secs()
+        ),
+    )
+    .expect("config");
+    let node = start(
+        &dir.path().join("data"),
+        2,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let h = node.http;
+    let put = |key: &str, query: &str| {
+        let r = http(
+            h,
+            "PUT",
+            &format!("/keys/{key}{query}"),
+            &[],
+            br#"{"value": "v"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    // What this node's copy holds: 0 nothing, 1 a tombstone or an expired value.
+    let held = |key: &str| {
+        let r = http(h, "GET", &format!("/internal/local/{key}"), &[], b"");
+        match r.status {
+            404 => 0,
+            200 => r.json()["siblings"].as_array().map_or(0, Vec::len),
+            other => panic!("{other}: {}", r.text()),
+        }
+    };
+    let compact = || {
+        let out = dynacore()
+            .args(["compact", "--addr", &h.to_string()])
+            .output()
+            .expect("dynacore compact");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        assert_eq!(answer["compacted"].as_array().map(Vec::len), Some(2));
+    };
+    put("deleted", "");
+    let r = http(h, "DELETE", "/keys/deleted", &[], b"");
+    assert_eq!(r.status, 200);
+    let deleted_at = std::time::Instant::now();
+    put("expiring", "?ttl_seconds=1");
+    let expires_by = std::time::Instant::now() + Duration::from_secs(1);
+    // Expired to readers first (polled), then compacted within the grace: both kept.
+    while http(h, "GET", "/keys/expiring", &[], b"").status != 404 {
+        assert!(deleted_at.elapsed() < BOUND, "the value never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    compact();
+    if deleted_at.elapsed() < GRACE && expires_by.elapsed() < GRACE {
+        assert_eq!(held("deleted"), 1, "a tombstone within its grace is kept");
+        assert_eq!(
+            held("expiring"),
+            1,
+            "an expired value within its grace is kept"
+        );
+    }
+    // Once the grace has passed, a compaction purges both; never before.
+    loop {
+        let before_compaction = deleted_at.elapsed();
+        compact();
+        let gone = (held("deleted"), held("expiring")) == (0, 0);
+        if gone {
+            assert!(
+                before_compaction + Duration::from_secs(1) >= GRACE,
+                "purged early"
+            );
+            break;
+        }
+        assert!(deleted_at.elapsed() < BOUND, "never purged");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A bad purge rule is refused at start.
+    std::fs::write(&config, "purge_gate = \"never\"\n").expect("config");
+    let out = dynacore()
+        .args(["serve", "--config", config.to_str().expect("utf-8")])
+        .output()
+        .expect("dynacore serve");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("purge_gate"));
+    let status = node.stop();
+    assert!(status.success(), "{status:?}");
+}

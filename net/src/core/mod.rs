@@ -61,14 +61,17 @@ pub enum ShardOp {
     },
     /// Report the shard's statistics.
     Stats,
+    /// Flush the shard's memtables and merge all its tables into one (an operator's major
+    /// compaction); answered with the statistics once done.
+    Compact,
 }
 
 /// A shard's answer.
 #[derive(Debug)]
 pub enum ShardReply {
-    /// To [`ShardOp::Stats`].
+    /// To [`ShardOp::Stats`] and [`ShardOp::Compact`].
     Stats(Box<ShardStats>),
-    /// To [`ShardOp::Stats`], when the core could not answer.
+    /// To [`ShardOp::Stats`] and [`ShardOp::Compact`], when the core could not answer.
     NoStats(StoreError),
     /// To the other operations: the replica's copy (after the write or merge).
     Object(Result<Option<Object>, StoreError>),
@@ -101,7 +104,7 @@ enum ReplyKind {
 impl ReplyKind {
     fn of(op: &ShardOp) -> ReplyKind {
         match op {
-            ShardOp::Stats => ReplyKind::Stats,
+            ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
             _ => ReplyKind::Object,
         }
     }
@@ -408,7 +411,7 @@ impl Core {
             ShardOp::Write { key, .. }
             | ShardOp::ReplicaRead { key }
             | ShardOp::ReplicaApply { key, .. } => self.owner_of(key),
-            ShardOp::Stats => self.0.index,
+            ShardOp::Stats | ShardOp::Compact => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
     }
@@ -488,6 +491,19 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                 .map(Some),
         ),
         ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
+        ShardOp::Compact => {
+            let shard = store.shard();
+            let done = match shard.flush().await {
+                Ok(()) => shard.compact_all().await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => ShardReply::Stats(Box::new(shard.stats())),
+                Err(e) => {
+                    ShardReply::NoStats(StoreError::Internal(format!("the compaction failed: {e}")))
+                }
+            }
+        }
     }
 }
 
@@ -496,7 +512,7 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
 /// task, so a slow one does not hold up the rest.
 pub async fn serve_inbox(core: Core, inbox: flume::Receiver<Forward>) {
     while let Ok(Forward { op, reply, work }) = inbox.recv_async().await {
-        if !matches!(op, ShardOp::Stats) {
+        if !matches!(op, ShardOp::Stats | ShardOp::Compact) {
             core.metrics().forwarded_in();
         }
         let store = core.0.store.clone();

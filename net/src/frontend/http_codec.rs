@@ -11,6 +11,7 @@
 //!   `blocking`.
 //! * `GET /health`, `GET /cluster`, `GET /metrics`, and `GET /internal/local/{key}` (this node's
 //!   own copy, for operators and tests).
+//! * `POST /admin/compact`: a major compaction of every core's shard, answered when done.
 //!
 //! Keys are percent-decoded path segments of 1..=256 bytes. The head is parsed with `httparse`
 //! under limits on its size and header count; a body's length is known from `Content-Length`
@@ -62,6 +63,9 @@ pub enum Route {
     Metrics,
     /// `GET /internal/local/{key}`: this node's own replica copy, without coordinating.
     LocalCopy(Vec<u8>),
+    /// `POST /admin/compact`: flush and merge every core's tables into one (a major
+    /// compaction), answered once done.
+    AdminCompact,
 }
 
 /// A request's head, checked.
@@ -329,6 +333,12 @@ fn route(method: &str, path: &str) -> Result<Route, HttpError> {
         return Err(HttpError::InvalidKey(format!(
             "a key holds 1 to {KEY_BYTES_MAX} bytes, not 0"
         )));
+    }
+    if path == "/admin/compact" {
+        return match method {
+            "POST" => Ok(Route::AdminCompact),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
     }
     let fixed = match path {
         "/health" => Route::Health,

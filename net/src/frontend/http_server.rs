@@ -276,6 +276,7 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::Cluster => (Op::Other, cluster(core)),
         Route::Metrics => (Op::Other, metrics_text(core).await),
         Route::LocalCopy(key) => (Op::Get, local_copy(core, key).await),
+        Route::AdminCompact => (Op::Other, compact(core).await),
     };
     let reply = reply.unwrap_or_else(|r| r);
     let ok = reply.status < 400;
@@ -561,6 +562,48 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
                 "members_down": m.stats.downs,
             })),
         }),
+    ))
+}
+
+/// How long an operator's compaction may take on one core before the answer gives up waiting
+/// (the compaction itself goes on).
+const COMPACT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Flushes and merges every core's tables into one, all cores at once; answers when every core
+/// is done, with what each holds afterwards.
+async fn compact(core: &Core) -> Result<Reply, Reply> {
+    let started = Instant::now();
+    let runs: Vec<_> = (0..core.shards())
+        .map(|shard| {
+            let core = core.clone();
+            runtime::spawn(async move {
+                core.execute_on(shard, ShardOp::Compact, COMPACT_TIMEOUT)
+                    .await
+            })
+        })
+        .collect();
+    let mut cores = Vec::with_capacity(runs.len());
+    for (i, run) in runs.into_iter().enumerate() {
+        match run.await {
+            ShardReply::Stats(s) => cores.push(json!({
+                "core": i,
+                "tables": s.tables,
+                "table_bytes": s.table_bytes,
+                "compactions": s.compactions,
+            })),
+            ShardReply::NoStats(e) => return Err(Reply::from_store_error(&e)),
+            ShardReply::Object(_) => {
+                return Err(Reply::error(
+                    500,
+                    "internal",
+                    "a core answered another request",
+                ))
+            }
+        }
+    }
+    Ok(Reply::json(
+        200,
+        &json!({ "compacted": cores, "ms": started.elapsed().as_millis() }),
     ))
 }
 

@@ -21,6 +21,8 @@
 //! hint_mib_per_target = 1024     # hints kept per down node (the node's whole budget)
 //! hint_replay_per_s = 2000       # hints handed back per second, per core
 //! conflicts = "lww"              # reads: "lww" (newest value) or "siblings" (all concurrent)
+//! purge_gate = "grace"           # when tombstones and expired values may be purged: "grace"
+//! tombstone_grace_s = 864000     # ... this long after the delete or expiry (10 days)
 //! ```
 
 use std::net::SocketAddr;
@@ -81,6 +83,35 @@ pub struct NodeConfig {
     pub node_id: Option<u64>,
     /// How replicas are written and read.
     pub replication: ReplicationConfig,
+    /// When compaction may purge a tombstone or an expired value.
+    pub purge: PurgeConfig,
+}
+
+/// When compaction may forget a delete (a tombstone, or a value past its expiry): only once no
+/// replica can still hold an older version that the delete must keep hiding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeConfig {
+    /// What decides.
+    pub gate: PurgeGate,
+    /// How long after the delete or expiry (Cassandra's `gc_grace_seconds`).
+    pub grace: Duration,
+}
+
+/// What decides that no replica can still hold an older version of a deleted key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeGate {
+    /// The grace period alone (`purge_gate = "grace"`): replicas are assumed repaired within
+    /// it. Anti-entropy will add a gate that waits for repair.
+    Grace,
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        PurgeConfig {
+            gate: PurgeGate::Grace,
+            grace: Duration::from_secs(10 * 24 * 3600),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -102,6 +133,7 @@ impl Default for NodeConfig {
             seeds: Vec::new(),
             node_id: None,
             replication: ReplicationConfig::default(),
+            purge: PurgeConfig::default(),
         }
     }
 }
@@ -132,6 +164,8 @@ struct FileConfig {
     hint_mib_per_target: Option<u64>,
     hint_replay_per_s: Option<u32>,
     conflicts: Option<String>,
+    purge_gate: Option<String>,
+    tombstone_grace_s: Option<u64>,
 }
 
 /// Overrides given on the command line (`None`: not given); also `dynacore serve`'s flags.
@@ -291,6 +325,19 @@ impl NodeConfig {
             }
             if let Some(v) = f.node_id {
                 c.node_id = Some(parse_node_id("node_id", &v)?);
+            }
+            if let Some(v) = f.purge_gate {
+                c.purge.gate = match v.as_str() {
+                    "grace" => PurgeGate::Grace,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "purge_gate must be \"grace\", not {other:?}"
+                        )))
+                    }
+                };
+            }
+            if let Some(v) = f.tombstone_grace_s {
+                c.purge.grace = Duration::from_secs(v);
             }
             let r = &mut c.replication;
             if let Some(v) = f.replication_factor {

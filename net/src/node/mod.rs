@@ -505,6 +505,10 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
     let mut options = ShardOptions::new(s.config.data_dir.join(format!("shard-{i}")), ShardId(i));
     options.durability = s.config.durability;
     options.memtable_bytes_max = s.config.memtable_bytes;
+    options.compaction.tombstone_grace_ms =
+        u64::try_from(s.config.purge.grace.as_millis()).unwrap_or(u64::MAX);
+    // `PurgeGate::Grace`: the grace period alone decides (no gate).
+    let crate::node::config::PurgeGate::Grace = s.config.purge.gate;
     let shard = match Shard::open(options).await {
         Ok(shard) => shard,
         Err(e) => {
