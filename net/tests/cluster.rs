@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{dynacore, http, start, temp_dir, wait_exit, BOUND};
+use common::{dynacore, http, start, start_at, temp_dir, wait_exit, BOUND};
 
 /// What node at `http_addr` says of every node: (id, up, status, generation, shards).
 fn members(http_addr: SocketAddr) -> Vec<(String, bool, String, u64, u64)> {
@@ -202,4 +202,56 @@ fn local_cluster_starts_three_nodes_that_see_each_other_and_stops_them() {
     assert!(status.success());
     let exit = wait_exit(&mut child, BOUND).expect("local-cluster stops");
     assert!(exit.success(), "every node stopped cleanly: {exit:?}");
+}
+
+#[test]
+fn a_seed_restarted_on_an_empty_disk_finds_its_cluster_again() {
+    // Three nodes joined through a, which has no seed. a's data directory is lost and it
+    // restarts with the same flags: it knows no one, and no one is its seed. The others hold
+    // its old incarnation as down and keep announcing to that address, so they find it again.
+    let dir = temp_dir("dynacore-cluster-wiped-seed-");
+    let a_dir = dir.path().join("a");
+    let a = start(&a_dir, 1, &[]);
+    let seed = a.addr.to_string();
+    let b = start(&dir.path().join("b"), 1, &["--seeds", &seed]);
+    let c = start(&dir.path().join("c"), 1, &["--seeds", &seed]);
+    let three_up =
+        |seen: &[(String, bool, String, u64, u64)]| seen.iter().filter(|n| n.1).count() == 3;
+    for n in [&a, &b, &c] {
+        wait_for(n.http, "three nodes up", three_up);
+    }
+    let (a_addr, a_http) = (a.addr, a.http);
+    let old_id = node_id(a_http);
+    a.signal("KILL");
+    drop(a);
+    for n in [&b, &c] {
+        wait_for(n.http, "a down", |seen| {
+            seen.iter().any(|m| m.0 == old_id && !m.1)
+        });
+    }
+    std::fs::remove_dir_all(&a_dir).expect("wipe a's data");
+    let restarted = Instant::now();
+    let a = start_at(a_addr, a_http, &a_dir, 1, &[]);
+    let new_id = node_id(a.http);
+    assert_ne!(new_id, old_id, "a new identity on an empty disk");
+    // Within seconds, not eventually: the others probe it every couple of seconds (before,
+    // an unrelated timeout brought it back after about a minute, if at all).
+    let rejoin_bound = Duration::from_secs(30);
+    loop {
+        let b_sees = members(b.http).iter().any(|m| m.0 == new_id && m.1);
+        let c_sees = members(c.http).iter().any(|m| m.0 == new_id && m.1);
+        let a_sees = members(a.http).iter().filter(|m| m.1).count() >= 3;
+        if b_sees && c_sees && a_sees {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < rejoin_bound,
+            "not rejoined {rejoin_bound:?} after the restart (b {b_sees}, c {c_sees}, a {a_sees})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in [a, b, c] {
+        let status = n.stop();
+        assert!(status.success(), "{status:?}");
+    }
 }

@@ -135,7 +135,7 @@ pub async fn run(
         }
         if now >= next_reannounce {
             next_reannounce = now + REANNOUNCE;
-            membership.reannounce_if_alone(&mut out);
+            membership.reannounce(&mut out);
             continue;
         }
         if now >= next_rebroadcast {

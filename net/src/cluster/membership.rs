@@ -15,6 +15,9 @@
 //! * **Seeds** are added as down members, so that foca's announce-to-down reaches them once
 //!   they start, and the driver re-announces to them every [`REANNOUNCE`] while this node knows
 //!   no one (foca stops all periodic work once idle).
+//! * **Down members are announced to** every [`REANNOUNCE`] as well: foca never probes a member
+//!   it declared down, so a node restarted at its old address — even on an empty disk, knowing
+//!   no member and no seed — would otherwise stay alone for good.
 //! * A node that is **down** changes routing (hints, sloppy quorum), never ring ownership.
 
 use std::cell::{Cell, RefCell};
@@ -339,12 +342,25 @@ impl Membership {
     }
 
     /// The driver's periodic duty ([`REANNOUNCE`]): a node that knows no one announces to its
-    /// seeds again (foca alone would stay idle, split from the cluster).
-    pub fn reannounce_if_alone(&mut self, out: &mut Vec<Output>) {
+    /// seeds and to every member it knew (foca alone would stay idle, split from the cluster);
+    /// and every node announces to the members it holds as down. A node restarted at a known
+    /// address is so found again within a round, even one that lost its disk and with it every
+    /// member and seed it knew (foca never probes a member it declared down).
+    pub fn reannounce(&mut self, out: &mut Vec<Output>) {
         if self.left {
             return;
         }
-        if self.foca.num_members() == 0 {
+        if self.foca.num_members() > 0 {
+            let down: Vec<MemberId> = self
+                .members
+                .values()
+                .filter(|&&(id, up)| !up && id.node != 0)
+                .map(|&(id, _)| id)
+                .collect();
+            for id in down {
+                let _ = self.foca.announce(id, &mut self.runtime);
+            }
+        } else {
             self.announce_to_seeds();
             // A node with no seed (or whose seeds are gone) finds its way back through the
             // members it knew.
@@ -679,7 +695,7 @@ mod tests {
                         if !self.nodes[node].alive || self.nodes[node].epoch != epoch {
                             continue;
                         }
-                        self.nodes[node].membership.reannounce_if_alone(&mut out);
+                        self.nodes[node].membership.reannounce(&mut out);
                         self.push(
                             self.now_ms + REANNOUNCE.as_millis() as u64,
                             Event::Duty { node, epoch },

@@ -79,19 +79,48 @@ pub fn try_start_on(
     cores: u32,
     extra: &[&str],
 ) -> Result<Node, (Option<ExitStatus>, String)> {
+    try_start_at(
+        &format!("{ip}:0"),
+        &format!("{ip}:0"),
+        data_dir,
+        cores,
+        extra,
+    )
+}
+
+/// As [`start`], with the binary protocol on `listen` and HTTP on `http` (a restart at the
+/// addresses a node had).
+pub fn start_at(
+    listen: SocketAddr,
+    http: SocketAddr,
+    data_dir: &Path,
+    cores: u32,
+    extra: &[&str],
+) -> Node {
+    try_start_at(
+        &listen.to_string(),
+        &http.to_string(),
+        data_dir,
+        cores,
+        extra,
+    )
+    .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
+}
+
+fn try_start_at(
+    listen: &str,
+    http: &str,
+    data_dir: &Path,
+    cores: u32,
+    extra: &[&str],
+) -> Result<Node, (Option<ExitStatus>, String)> {
     let log = data_dir.with_extension(format!("log-{}", std::process::id()));
     let log_file = std::fs::File::create(&log).expect("log file");
     let cores = cores.to_string();
     let mut child = dynacore()
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args([
-            "--listen",
-            &format!("{ip}:0"),
-            "--http",
-            &format!("{ip}:0"),
-            "--no-pin",
-        ])
+        .args(["--listen", listen, "--http", http, "--no-pin"])
         .args(["--cores", &cores])
         .args(extra)
         .env(
