@@ -3,9 +3,11 @@
 //! * Each core keeps its hints in an engine shard of its own (`hints-<i>/`): durable with the
 //!   node's durability (a hint stored for a sloppy quorum counts towards W, so it is synced
 //!   before it is acknowledged), recovered after a crash, and compacted like any shard.
-//! * A hint's key is `target node (8 bytes) ‖ sequence (8 bytes)`, big-endian; its value is
-//!   `created ms (8) ‖ key length (2) ‖ key ‖ version length (4) ‖ version ‖ values`: the
-//!   object's parts as records store them ([`object::to_parts`]).
+//! * A hint is one record of that shard: its key is `target node (8 bytes) ‖ sequence (8
+//!   bytes)`, big-endian; its version blob is `created ms (8) ‖ key length (2) ‖ key ‖ version`
+//!   and its value the object's values: the object's two parts as records store them
+//!   ([`object::to_parts`]), so a hint holds any value a client may write. (Hints stored before
+//!   this layout — an empty version blob, everything in the value — are still read.)
 //! * **Bounds:** hints for one target take at most [`HintLimits::bytes_per_target`] on a core
 //!   (a hint past it is refused and counted as dropped); a hint older than
 //!   [`HintLimits::max_age`] is dropped when found.
@@ -95,6 +97,39 @@ pub(crate) fn now_ms() -> u64 {
     .unwrap_or(u64::MAX)
 }
 
+/// A hint record's version blob: `created ms (8) ‖ key length (2) ‖ key ‖ version`, or `None`
+/// when it would be over the engine's version limit.
+fn encode_meta(created_ms: u64, key: &[u8], version: &[u8]) -> Option<Vec<u8>> {
+    let key_len = u16::try_from(key.len()).ok()?;
+    let mut out = Vec::with_capacity(10 + key.len() + version.len());
+    out.extend_from_slice(&created_ms.to_be_bytes());
+    out.extend_from_slice(&key_len.to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(version);
+    (out.len() <= dynacore_engine::VERSION_BYTES_MAX).then_some(out)
+}
+
+/// A stored hint's parts (created ms, key, version, values), in either layout.
+fn decode_record(r: &dynacore_engine::Record) -> Option<HintParts<'_>> {
+    let value = r.value.as_deref()?;
+    if r.version.is_empty() {
+        // The layout before hints kept their version apart: everything in the value.
+        return decode(value);
+    }
+    let m = r.version.as_slice();
+    let created = u64::from_be_bytes(m.get(..8)?.try_into().ok()?);
+    let key_len = usize::from(u16::from_be_bytes(m.get(8..10)?.try_into().ok()?));
+    let key = m.get(10..10 + key_len)?;
+    let version = m.get(10 + key_len..)?;
+    Some((created, key, version, value))
+}
+
+/// The bytes a hint record takes (its key, value and version blob).
+fn record_bytes(r: &dynacore_engine::Record) -> u64 {
+    (r.key.len() + r.value.as_ref().map_or(0, Vec::len) + r.version.len()) as u64
+}
+
+#[cfg(test)]
 fn encode(created_ms: u64, key: &[u8], version: &[u8], values: &[u8]) -> Option<Vec<u8>> {
     let key_len = u16::try_from(key.len()).ok()?;
     let version_len = u32::try_from(version.len()).ok()?;
@@ -159,7 +194,7 @@ impl HintStore {
         while let Some(r) = scan.next().await? {
             if let Some((target, seq)) = split_hint_key(&r.key) {
                 max_seq = max_seq.max(seq);
-                let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64;
+                let bytes = record_bytes(&r);
                 let mut pending = store.pending.borrow_mut();
                 let p = pending.entry(target).or_default();
                 p.hints += 1;
@@ -191,12 +226,12 @@ impl HintStore {
     ) -> Result<(), StoreError> {
         let (version, values) =
             object::to_parts(object).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let Some(value) = encode(now_ms(), key, &version, &values) else {
+        let Some(meta) = encode_meta(now_ms(), key, &version) else {
             return Err(StoreError::BadRequest(
-                "a hint's key or version is too long".into(),
+                "a hint's key and version are over the version limit".into(),
             ));
         };
-        let bytes = (16 + value.len()) as u64;
+        let bytes = (16 + meta.len() + values.len()) as u64;
         let held = self.pending.borrow().get(&target).map_or(0, |p| p.bytes);
         if held + bytes > self.limits.bytes_per_target {
             self.count(|c| c.dropped += 1);
@@ -221,10 +256,10 @@ impl HintStore {
             .shard
             .write(Mutation {
                 key: &hint_key,
-                value: Some(&value),
+                value: Some(&values),
                 write_ts_ms: None,
                 expiry_ms: None,
-                version: &[],
+                version: &meta,
             })
             .await;
         match written {
@@ -286,14 +321,9 @@ impl HintStore {
             let Some((target, _)) = split_hint_key(&r.key) else {
                 continue;
             };
-            let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64;
+            let bytes = record_bytes(&r);
             // Too old for any target (one that never comes back too): dropped.
-            let created = r
-                .value
-                .as_deref()
-                .and_then(|v| v.get(..8))
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
+            let created = decode_record(&r).map(|(created, ..)| created);
             if created.is_some_and(|c| c < oldest) {
                 self.shard.delete(&r.key).await?;
                 self.forget(target, bytes);
@@ -305,19 +335,17 @@ impl HintStore {
             }
             let mut hint_key = [0u8; 16];
             hint_key.copy_from_slice(&r.key);
-            let decoded = r.value.as_deref().and_then(decode).and_then(
-                |(created_ms, key, version, values)| {
-                    let object = object::from_parts(version, values).ok()?;
-                    Some(Hint {
-                        target,
-                        key: key.to_vec(),
-                        object,
-                        created_ms,
-                        hint_key,
-                        bytes,
-                    })
-                },
-            );
+            let decoded = decode_record(&r).and_then(|(created_ms, key, version, values)| {
+                let object = object::from_parts(version, values).ok()?;
+                Some(Hint {
+                    target,
+                    key: key.to_vec(),
+                    object,
+                    created_ms,
+                    hint_key,
+                    bytes,
+                })
+            });
             match decoded {
                 Some(h) if h.created_ms >= oldest => {
                     out.push(h);
@@ -554,5 +582,53 @@ mod tests {
         }
         assert_eq!(decode(&v[..9]), None);
         assert_eq!(split_hint_key(&[0u8; 15]), None);
+    }
+
+    #[test]
+    fn a_hint_holds_any_value_a_client_may_write() {
+        // A 10 MiB value (the largest a client may write) plus the hint's own fields must still
+        // be one record of the hint shard.
+        let dir = tempfile::Builder::new()
+            .prefix("dynacore-hints-")
+            .tempdir_in(crate::test_util::disk_tmp())
+            .expect("dir");
+        let path = dir.path().join("hints-0");
+        crate::test_util::on_test_executor(move || async move {
+            let limits = HintLimits {
+                bytes_per_target: 64 << 20,
+                max_age: Duration::from_secs(3600),
+                replay_per_second: 1000,
+            };
+            let store =
+                HintStore::open(path, ShardId(0), dynacore_engine::Durability::Sync, limits)
+                    .await
+                    .expect("open");
+            let big = object(&vec![0x5a; dynacore_engine::VALUE_BYTES_MAX]);
+            let key = vec![b'k'; dynacore_engine::KEY_BYTES_MAX];
+            store
+                .store(NodeId(7), &key, &big)
+                .await
+                .expect("a 10 MiB hint");
+            store
+                .store(NodeId(7), b"small", &object(b"v"))
+                .await
+                .expect("a small hint");
+            // A hint in the layout before (everything in the value) is still read.
+            let (version, values) = object::to_parts(&object(b"old")).expect("parts");
+            let old = encode(now_ms(), b"old", &version, &values).expect("fits");
+            let mut old_key = [0u8; 16];
+            old_key[..8].copy_from_slice(&7u64.to_be_bytes());
+            old_key[8..].copy_from_slice(&1u64.to_be_bytes());
+            store.shard.put(&old_key, &old).await.expect("an old hint");
+            let due = store
+                .due(&HashSet::from([NodeId(7)]), 100)
+                .await
+                .expect("due");
+            assert_eq!(due.len(), 3);
+            assert!(due.iter().any(|h| h.key == b"old"));
+            let back = due.iter().find(|h| h.key == key).expect("the big hint");
+            assert!(back.object.equal(&big), "handed over as stored");
+            store.close().await.expect("close");
+        });
     }
 }
