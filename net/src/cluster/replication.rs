@@ -16,7 +16,8 @@ pub struct ReplicationConfig {
     pub sloppy_quorum: bool,
     /// Writes that miss a replica are kept as hints and handed over when it is back.
     pub hinted_handoff: bool,
-    /// Hints older than this are dropped.
+    /// Hints not handed over this long after their target returned are dropped (an outage
+    /// however long expires none).
     pub hint_max_age: Duration,
     /// Bytes of hints the node keeps for one target node.
     pub hint_bytes_per_target: u64,

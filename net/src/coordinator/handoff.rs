@@ -71,6 +71,8 @@ pub async fn replay_hints(core: Core) {
             .copied()
             .filter(|&n| n != cluster.own && cluster.is_up(n))
             .collect();
+        // Hints age from their target's return: note who is up, hints due or not.
+        hints.targets_up(&targets);
         if targets.is_empty() {
             continue;
         }

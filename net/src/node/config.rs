@@ -17,7 +17,7 @@
 //! replication_factor = 3         # replicas per key (capped at the nodes in the ring)
 //! sloppy_quorum = true           # a down replica's write goes to a stand-in that counts for W
 //! hinted_handoff = true          # keep writes for down replicas and hand them over later
-//! hint_max_age_s = 10800         # hints older than this are dropped (3 h)
+//! hint_max_age_s = 10800         # hints not taken this long after their target returned are dropped
 //! hint_mib_per_target = 1024     # hints kept per down node (the node's whole budget)
 //! hint_replay_per_s = 2000       # hints handed back per second, per core
 //! conflicts = "lww"              # reads: "lww" (newest value) or "siblings" (all concurrent)

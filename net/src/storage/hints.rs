@@ -9,8 +9,9 @@
 //!   ([`object::to_parts`]), so a hint holds any value a client may write. (Hints stored before
 //!   this layout — an empty version blob, everything in the value — are still read.)
 //! * **Bounds:** hints for one target take at most [`HintLimits::bytes_per_target`] on a core
-//!   (a hint past it is refused and counted as dropped); a hint older than
-//!   [`HintLimits::max_age`] is dropped when found.
+//!   (a hint past it is refused and counted as dropped); a hint not handed over within
+//!   [`HintLimits::max_age`] of its target's return is dropped (its age counts from the later
+//!   of its creation and that return, so a long outage expires nothing).
 //! * **Replay:** a task per core looks every second for targets that are up and have hints,
 //!   and hands them over (`ReplicaApply` to the target's owning core; merging by DVV `sync`
 //!   makes a repeated or out-of-order hint harmless) at most
@@ -33,7 +34,7 @@ use dynacore_proto::ring::NodeId;
 pub struct HintLimits {
     /// Bytes of hints kept for one target node on this core.
     pub bytes_per_target: u64,
-    /// Hints older than this are dropped.
+    /// Hints not handed over this long after their target returned are dropped.
     pub max_age: Duration,
     /// Hints handed back per second.
     pub replay_per_second: u32,
@@ -84,6 +85,9 @@ pub struct HintStore {
     pending: RefCell<BTreeMap<NodeId, Pending>>,
     next_seq: Cell<u64>,
     counters: Cell<HintCounters>,
+    /// Since when (ms) each target has been up, as [`HintStore::due`] was last told: a hint's
+    /// age counts from the later of its creation and its target's return.
+    up_since: RefCell<BTreeMap<NodeId, u64>>,
 }
 
 /// The wall clock, in milliseconds since the Unix epoch.
@@ -188,6 +192,7 @@ impl HintStore {
             pending: RefCell::new(BTreeMap::new()),
             next_seq: Cell::new(now_ms() << 16),
             counters: Cell::new(HintCounters::default()),
+            up_since: RefCell::new(BTreeMap::new()),
         };
         let mut scan = store.shard.scan(Token(0), Token(u64::MAX));
         let mut max_seq = 0;
@@ -303,8 +308,22 @@ impl HintStore {
         self.counters.get()
     }
 
-    /// Hints for one of `targets` (at most `limit`), in the shard's order (hashed, not by
-    /// age); hints too old (for any target) or undecodable are dropped on the way.
+    /// Records which targets are up now (`targets`): one not up before has just returned, and
+    /// its hints' age counts from now. Call it every round, with or without hints due.
+    pub fn targets_up(&self, targets: &HashSet<NodeId>) {
+        let now = now_ms();
+        let mut up = self.up_since.borrow_mut();
+        up.retain(|t, _| targets.contains(t));
+        for &t in targets {
+            up.entry(t).or_insert(now);
+        }
+    }
+
+    /// Hints for one of `targets` — the targets up now — (at most `limit`), in the shard's
+    /// order (hashed, not by age). A hint's age counts from the later of its creation and its
+    /// target's return (the first call that listed the target after one that did not), so a
+    /// long outage expires nothing: a hint is dropped only once its target has been back for
+    /// longer than the age limit without taking it. Undecodable hints are dropped on the way.
     ///
     /// # Errors
     /// The engine's error when reading fails.
@@ -314,25 +333,21 @@ impl HintStore {
         limit: usize,
     ) -> Result<Vec<Hint>, dynacore_engine::Error> {
         let mut out = Vec::new();
-        let oldest = now_ms()
-            .saturating_sub(u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
+        let max_age = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
+        self.targets_up(targets);
+        let up_since = self.up_since.borrow().clone();
         let mut scan = self.shard.scan(Token(0), Token(u64::MAX));
         while let Some(r) = scan.next().await? {
             let Some((target, _)) = split_hint_key(&r.key) else {
                 continue;
             };
             let bytes = record_bytes(&r);
-            // Too old for any target (one that never comes back too): dropped.
-            let created = decode_record(&r).map(|(created, ..)| created);
-            if created.is_some_and(|c| c < oldest) {
-                self.shard.delete(&r.key).await?;
-                self.forget(target, bytes);
-                self.count(|c| c.dropped += 1);
+            // Hints of a target that is down wait, however old.
+            let Some(&back) = up_since.get(&target) else {
                 continue;
-            }
-            if !targets.contains(&target) {
-                continue;
-            }
+            };
+            let oldest = now.saturating_sub(max_age);
             let mut hint_key = [0u8; 16];
             hint_key.copy_from_slice(&r.key);
             let decoded = decode_record(&r).and_then(|(created_ms, key, version, values)| {
@@ -347,7 +362,7 @@ impl HintStore {
                 })
             });
             match decoded {
-                Some(h) if h.created_ms >= oldest => {
+                Some(h) if h.created_ms.max(back) >= oldest => {
                     out.push(h);
                     if out.len() >= limit {
                         break;
@@ -537,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn old_hints_are_dropped() {
+    fn hints_age_from_their_targets_return() {
         let dir = tempfile::Builder::new()
             .prefix("dynacore-hints-")
             .tempdir_in(crate::test_util::disk_tmp())
@@ -557,14 +572,37 @@ mod tests {
                 .store(NodeId(7), b"k", &object(b"v"))
                 .await
                 .expect("store");
+            store
+                .store(NodeId(8), b"k", &object(b"v"))
+                .await
+                .expect("store");
+            // Node 8 stays down far longer than the age limit: its hint is kept, since a hint's
+            // age counts from its target's return (a long outage must not expire them).
             runtime::sleep(Duration::from_millis(5)).await;
+            let due = store
+                .due(&HashSet::from([NodeId(7)]), 100)
+                .await
+                .expect("due");
+            assert_eq!(due.len(), 1, "node 7 just came back: its hint is due");
+            runtime::sleep(Duration::from_millis(5)).await;
+            // Node 7 has been up longer than the limit and its hint was not handed over.
             let due = store
                 .due(&HashSet::from([NodeId(7)]), 100)
                 .await
                 .expect("due");
             assert!(due.is_empty());
             assert_eq!(store.counters().dropped, 1);
-            assert!(store.pending().is_empty());
+            assert_eq!(
+                store.pending().keys().copied().collect::<Vec<_>>(),
+                vec![NodeId(8)]
+            );
+            // Node 8 returns: its hint, stored long ago, is due.
+            let due = store
+                .due(&HashSet::from([NodeId(8)]), 100)
+                .await
+                .expect("due");
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].target, NodeId(8));
             store.close().await.expect("close");
         });
     }
