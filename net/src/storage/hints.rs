@@ -472,27 +472,42 @@ mod tests {
         .expect("object")
     }
 
-    #[test]
-    fn hints_survive_a_reopen_are_bounded_and_are_deleted_once_handed_over() {
+    /// A disk-backed directory for a hint shard, and the shard's path in it.
+    fn hint_dir() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::Builder::new()
             .prefix("dynacore-hints-")
             .tempdir_in(crate::test_util::disk_tmp())
             .expect("dir");
         let path = dir.path().join("hints-0");
-        let limits = HintLimits {
-            bytes_per_target: 4096,
-            max_age: Duration::from_secs(3600),
+        (dir, path)
+    }
+
+    /// Limits of `bytes_per_target` and `max_age`, at 1,000 a second.
+    fn limits(bytes_per_target: u64, max_age: Duration) -> HintLimits {
+        HintLimits {
+            bytes_per_target,
+            max_age,
             replay_per_second: 1000,
-        };
+        }
+    }
+
+    async fn open_store(path: &std::path::Path, limits: HintLimits) -> HintStore {
+        HintStore::open(
+            path.to_path_buf(),
+            ShardId(0),
+            dynacore_engine::Durability::Sync,
+            limits,
+        )
+        .await
+        .expect("open")
+    }
+
+    #[test]
+    fn hints_survive_a_reopen_are_bounded_and_are_deleted_once_handed_over() {
+        let (_dir, path) = hint_dir();
+        let limits = limits(4096, Duration::from_secs(3600));
         crate::test_util::on_test_executor(move || async move {
-            let store = HintStore::open(
-                path.clone(),
-                ShardId(0),
-                dynacore_engine::Durability::Sync,
-                limits,
-            )
-            .await
-            .expect("open");
+            let store = open_store(&path, limits).await;
             for i in 0..3u8 {
                 store
                     .store(NodeId(7), &[b'k', i], &object(&[i; 100]))
@@ -514,14 +529,7 @@ mod tests {
             store.close().await.expect("close");
             drop(store);
             // After a restart, the same hints are pending.
-            let store = HintStore::open(
-                path.clone(),
-                ShardId(0),
-                dynacore_engine::Durability::Sync,
-                limits,
-            )
-            .await
-            .expect("reopen");
+            let store = open_store(&path, limits).await;
             assert_eq!(store.pending()[&NodeId(7)].hints, 3);
             assert_eq!(store.pending()[&NodeId(8)].hints, 1);
             let due = store
@@ -553,21 +561,10 @@ mod tests {
 
     #[test]
     fn hints_age_from_their_targets_return() {
-        let dir = tempfile::Builder::new()
-            .prefix("dynacore-hints-")
-            .tempdir_in(crate::test_util::disk_tmp())
-            .expect("dir");
-        let path = dir.path().join("hints-0");
+        let (_dir, path) = hint_dir();
         crate::test_util::on_test_executor(move || async move {
-            let limits = HintLimits {
-                bytes_per_target: 1 << 20,
-                max_age: Duration::from_millis(1),
-                replay_per_second: 1000,
-            };
-            let store =
-                HintStore::open(path, ShardId(0), dynacore_engine::Durability::Sync, limits)
-                    .await
-                    .expect("open");
+            let limits = limits(1 << 20, Duration::from_millis(1));
+            let store = open_store(&path, limits).await;
             store
                 .store(NodeId(7), b"k", &object(b"v"))
                 .await
@@ -626,21 +623,10 @@ mod tests {
     fn a_hint_holds_any_value_a_client_may_write() {
         // A 10 MiB value (the largest a client may write) plus the hint's own fields must still
         // be one record of the hint shard.
-        let dir = tempfile::Builder::new()
-            .prefix("dynacore-hints-")
-            .tempdir_in(crate::test_util::disk_tmp())
-            .expect("dir");
-        let path = dir.path().join("hints-0");
+        let (_dir, path) = hint_dir();
         crate::test_util::on_test_executor(move || async move {
-            let limits = HintLimits {
-                bytes_per_target: 64 << 20,
-                max_age: Duration::from_secs(3600),
-                replay_per_second: 1000,
-            };
-            let store =
-                HintStore::open(path, ShardId(0), dynacore_engine::Durability::Sync, limits)
-                    .await
-                    .expect("open");
+            let limits = limits(64 << 20, Duration::from_secs(3600));
+            let store = open_store(&path, limits).await;
             let big = object(&vec![0x5a; dynacore_engine::VALUE_BYTES_MAX]);
             let key = vec![b'k'; dynacore_engine::KEY_BYTES_MAX];
             store
