@@ -215,3 +215,42 @@ fn a_connection_past_its_limits_pays_alone() {
         Some(256 << 10)
     );
 }
+
+#[test]
+fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+    let limits = ConnectionLimits {
+        idle_timeout: Duration::from_millis(300),
+        ..ConnectionLimits::default()
+    };
+    let (addr, _dir) = start_server_with(limits);
+    // The server closes it: end of stream (or a reset), not our read timing out.
+    let closed_by_server = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    };
+    // Silent from the start: closed (before, an idle connection stayed open for good).
+    let mut silent = connect(addr);
+    assert!(
+        closed_by_server(&mut silent),
+        "an idle connection is closed"
+    );
+    // Busy: one request every 100 ms for a second, each answered: never idle that long.
+    let mut busy = connect(addr);
+    for i in 0..10u64 {
+        busy.write_all(&put_frame(i, b"k", b"v")).expect("send");
+        let body = read_frame(&mut busy);
+        assert_eq!(parse_response(&body).expect("response").id(), i);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then silent: closed too.
+    assert!(
+        closed_by_server(&mut busy),
+        "idle after its requests: closed"
+    );
+}

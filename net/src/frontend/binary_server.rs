@@ -47,6 +47,9 @@ pub struct ConnectionLimits {
     pub read_timeout: Duration,
     /// Connections one core serves at once; more are answered `Overloaded` and closed.
     pub connections_max: usize,
+    /// How long a connection with nothing running and nothing to write may stay silent before
+    /// it is closed (an idle client holds a slot of [`ConnectionLimits::connections_max`]).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -58,6 +61,7 @@ impl Default for ConnectionLimits {
             write_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(30),
             connections_max: 4096,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -113,6 +117,8 @@ struct ConnState {
     closed: Cell<bool>,
     /// Signalled whenever a running request finishes or the connection closes.
     progress: (flume::Sender<()>, flume::Receiver<()>),
+    /// When a frame last arrived or an answer was last written.
+    last_activity: Cell<Instant>,
 }
 
 impl ConnState {
@@ -123,6 +129,13 @@ impl ConnState {
     fn close(&self) {
         self.closed.set(true);
         self.notify();
+    }
+
+    /// Nothing running, nothing to write, and silent for the idle timeout.
+    fn idle_too_long(&self) -> bool {
+        self.running.get() == 0
+            && self.answer_bytes.get() == 0
+            && self.last_activity.get().elapsed() >= self.limits.idle_timeout
     }
 
     /// Whether a request of `len` bytes may start now.
@@ -153,6 +166,7 @@ pub async fn serve_connection(
         answer_bytes: Cell::new(0),
         closed: Cell::new(false),
         progress: flume::bounded(1),
+        last_activity: Cell::new(Instant::now()),
     });
     let writing = runtime::spawn(write_answers(writer, out_rx, state.clone()));
     let read = read_requests(&mut reader, core, out_tx, &state).await;
@@ -185,8 +199,15 @@ async fn read_requests(
         let header_read = futures_lite::FutureExt::or(
             async { Some(reader.read_exact(&mut header).await) },
             async {
+                // Woken by progress, and at least every second to notice an idle connection.
+                let tick = state.limits.idle_timeout.min(Duration::from_secs(1));
                 while !state.closed.get() {
-                    let _ = state.progress.1.recv_async().await;
+                    if state.idle_too_long() {
+                        tracing::debug!("closing an idle binary connection");
+                        state.close();
+                        break;
+                    }
+                    let _ = runtime::timeout(tick, state.progress.1.recv_async()).await;
                 }
                 None
             },
@@ -210,6 +231,7 @@ async fn read_requests(
                 return Ok(Ending::Refused);
             }
         };
+        state.last_activity.set(Instant::now());
         let mut body = vec![0u8; len];
         match runtime::timeout(state.limits.read_timeout, reader.read_exact(&mut body)).await {
             Some(r) => r?,
@@ -333,6 +355,7 @@ async fn write_answers(
                 drop(admission);
             }
         }
+        state.last_activity.set(Instant::now());
         state.notify();
         if batch.capacity() > 4 * WRITE_BATCH_BYTES {
             batch = Vec::new();

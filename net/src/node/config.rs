@@ -13,6 +13,7 @@
 //! io_memory_mib = 10             # each executor's DMA arena (locked memory)
 //! memtable_mib = 64
 //! http_idle_timeout_s = 60
+//! binary_idle_timeout_s = 600    # a binary connection with nothing running is closed after this
 //! http_connections_max = 4096    # per core
 //! replication_factor = 3         # replicas per key (capped at the nodes in the ring)
 //! sloppy_quorum = true           # a down replica's write goes to a stand-in that counts for W
@@ -73,6 +74,8 @@ pub struct NodeConfig {
     pub memtable_bytes: usize,
     /// Idle time after which a keep-alive HTTP connection is closed.
     pub http_idle_timeout: Duration,
+    /// Idle time (nothing running, nothing to write) after which a binary connection is closed.
+    pub binary_idle_timeout: Duration,
     /// HTTP connections one core keeps open.
     pub http_connections_max: usize,
     /// Other nodes' binary addresses to join through (gossip goes to the same ports, over
@@ -129,6 +132,7 @@ impl Default for NodeConfig {
             io_memory_bytes: 10 << 20,
             memtable_bytes: 64 << 20,
             http_idle_timeout: Duration::from_secs(60),
+            binary_idle_timeout: Duration::from_secs(600),
             http_connections_max: 4096,
             seeds: Vec::new(),
             node_id: None,
@@ -154,6 +158,7 @@ struct FileConfig {
     io_memory_mib: Option<usize>,
     memtable_mib: Option<usize>,
     http_idle_timeout_s: Option<u64>,
+    binary_idle_timeout_s: Option<u64>,
     http_connections_max: Option<usize>,
     seeds: Option<Vec<String>>,
     node_id: Option<String>,
@@ -317,6 +322,9 @@ impl NodeConfig {
             if let Some(v) = f.http_idle_timeout_s {
                 c.http_idle_timeout = Duration::from_secs(v);
             }
+            if let Some(v) = f.binary_idle_timeout_s {
+                c.binary_idle_timeout = Duration::from_secs(v);
+            }
             if let Some(v) = f.http_connections_max {
                 c.http_connections_max = v;
             }
@@ -466,6 +474,11 @@ impl NodeConfig {
         if self.http_idle_timeout.is_zero() || self.http_idle_timeout > Duration::from_secs(86_400)
         {
             return err("http_idle_timeout_s must be 1..=86400".to_owned());
+        }
+        if self.binary_idle_timeout.is_zero()
+            || self.binary_idle_timeout > Duration::from_secs(86_400)
+        {
+            return err("binary_idle_timeout_s must be 1..=86400".to_owned());
         }
         if self.io_memory_bytes > (1 << 30) || self.memtable_bytes > (64 << 30) {
             return err(

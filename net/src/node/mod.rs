@@ -572,7 +572,10 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         connections_max: s.config.http_connections_max,
         ..HttpOptions::default()
     };
-    let binary_limits = ConnectionLimits::default();
+    let binary_limits = ConnectionLimits {
+        idle_timeout: s.config.binary_idle_timeout,
+        ..ConnectionLimits::default()
+    };
     let listeners = vec![
         runtime::spawn(serve_binary(main, core.clone(), binary_limits.clone())),
         runtime::spawn(serve_binary(own, core.clone(), binary_limits)),
