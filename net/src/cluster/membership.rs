@@ -109,7 +109,41 @@ pub struct NodeMeta {
     pub gossip: SocketAddr,
 }
 
+/// The most cores a node may announce (the same bound as a node's own `cores` setting).
+pub const SHARDS_MAX: u32 = 1024;
+/// The most vnodes a node may announce.
+pub const VNODES_MAX: u16 = 4096;
+
 impl NodeMeta {
+    /// Whether what a node announces is sane: a real id, 1..=[`SHARDS_MAX`] cores,
+    /// 1..=[`VNODES_MAX`] vnodes, and binary and gossip addresses peers can reach (no
+    /// unspecified or multicast IP, no port 0; the HTTP address is only shown, and may be
+    /// "every address"). A datagram is anyone's to forge: what fails is refused, never kept.
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.node == 0 {
+            return Err("node id 0".into());
+        }
+        if !(1..=SHARDS_MAX).contains(&self.shards) {
+            return Err(format!("{} cores, not 1..={SHARDS_MAX}", self.shards));
+        }
+        if !(1..=VNODES_MAX).contains(&self.vnodes) {
+            return Err(format!("{} vnodes, not 1..={VNODES_MAX}", self.vnodes));
+        }
+        for (what, a) in [
+            ("binary", self.binary),
+            ("http", self.http),
+            ("gossip", self.gossip),
+        ] {
+            if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                return Err(format!("{what} address {a} cannot be reached"));
+            }
+        }
+        Ok(())
+    }
+
     fn key(&self) -> MetaKey {
         MetaKey {
             node: self.node,
@@ -169,6 +203,7 @@ impl foca::BroadcastHandler<MemberId> for MetaHandler {
         sender: Option<&MemberId>,
     ) -> Result<Option<MetaKey>, MetaError> {
         let meta: NodeMeta = postcard::from_bytes(data).map_err(|e| MetaError(e.to_string()))?;
+        meta.check().map_err(MetaError)?;
         if meta.node == self.own && sender.is_some() {
             // An older process of this node, or a stale copy: never adopted nor spread.
             let seen = self.own_seen.get();
@@ -548,6 +583,7 @@ pub type SharedMembers = Arc<RwLock<Option<Members>>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use foca::BroadcastHandler as _;
     use std::collections::{BTreeSet, HashMap};
 
     /// A deterministic network and clock for several memberships.
@@ -827,5 +863,55 @@ mod tests {
         }
         assert_eq!(m.stats().bad_packets, 3);
         assert!(m.view().is_empty());
+    }
+
+    #[test]
+    fn forged_or_absurd_metadata_is_refused() {
+        let good: SocketAddr = "127.0.0.2:7400".parse().expect("addr");
+        let meta = |shards: u32, vnodes: u16, binary: SocketAddr| NodeMeta {
+            node: 9,
+            generation: 1,
+            version: 1,
+            status: NodeStatus::Normal,
+            shards,
+            vnodes,
+            binary,
+            http: good,
+            gossip: good,
+        };
+        let mut handler = MetaHandler {
+            table: Rc::new(RefCell::new(BTreeMap::new())),
+            own: 1,
+            own_seen: Rc::new(Cell::new((0, 0))),
+            revision: Rc::new(Cell::new(0)),
+        };
+        let sender = MemberId {
+            addr: good,
+            node: 9,
+            generation: 1,
+        };
+        for bad in [
+            meta(u32::MAX, 256, good),
+            meta(0, 256, good),
+            meta(2, 0, good),
+            meta(2, u16::MAX, good),
+            meta(2, 256, "0.0.0.0:7400".parse().expect("addr")),
+            meta(2, 256, "127.0.0.2:0".parse().expect("addr")),
+        ] {
+            let data = postcard::to_allocvec(&bad).expect("encode");
+            assert!(
+                handler.receive_item(&data, Some(&sender)).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(
+            handler.table.borrow().is_empty(),
+            "nothing refused was kept"
+        );
+        let data = postcard::to_allocvec(&meta(2, 256, good)).expect("encode");
+        assert!(handler
+            .receive_item(&data, Some(&sender))
+            .expect("sane")
+            .is_some());
     }
 }
