@@ -171,7 +171,7 @@ pub trait Driver: Clone + Sized + 'static {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Resend {
     /// A read: once more on a fresh connection when its connection broke, and to the next
-    /// replica when one cannot be reached.
+    /// replica when one cannot be reached or its fresh connection broke too.
     Idempotent,
     /// A write: only to the next replica when it was never sent (no connection could be made);
     /// once sent, its outcome is unknown and it is never sent again.
@@ -539,9 +539,13 @@ impl<D: Driver> Client<D> {
                 Resend::Idempotent => self.call_resending(addr, build, deadline).await,
                 Resend::WhenNotSent => self.driver.call_once(addr, build, deadline).await,
             };
+            // A node that cannot be reached: the view may be stale. A read also moves on when
+            // its connection broke on the fresh try too (the node died after accepting it).
+            let next = |e: &ClientError| {
+                e.is_not_sent() || (resend == Resend::Idempotent && matches!(e, ClientError::Io(_)))
+            };
             match result {
-                Err(e) if e.is_not_sent() && Instant::now() < deadline => {
-                    // That node cannot be reached: the view may be stale.
+                Err(e) if next(&e) && Instant::now() < deadline => {
                     common.refresh_due.store(true, Ordering::Relaxed);
                     last = Some(e);
                 }
@@ -594,5 +598,121 @@ pub async fn refresh_loop<D, S, F>(
             // A failure leaves the last view in place; the next check tries again.
             let _ = client.refresh_topology().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynacore_proto::topology::NodeDesc;
+    use dynacore_proto::{NodeId, Ring, ShardMap};
+    use std::collections::BTreeMap;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// A driver whose nodes are scripted: requests to `broken` addresses lose their connection
+    /// after being sent; the others answer with the request's bytes.
+    #[derive(Clone)]
+    struct Scripted {
+        common: Arc<Common>,
+        broken: Arc<Vec<SocketAddr>>,
+        sent: Arc<Mutex<Vec<SocketAddr>>>,
+    }
+
+    impl Driver for Scripted {
+        fn new(common: Common) -> Self {
+            Scripted {
+                common: Arc::new(common),
+                broken: Arc::new(Vec::new()),
+                sent: Arc::new(Mutex::new(Vec::new())),
+            }
+        }
+
+        fn common(&self) -> &Common {
+            &self.common
+        }
+
+        fn keep_fresh(_client: &Client<Self>) {}
+
+        async fn call_once(
+            &self,
+            addr: SocketAddr,
+            build: &(dyn Fn(u64) -> Vec<u8> + Sync),
+            _deadline: Instant,
+        ) -> Result<Vec<u8>, ClientError> {
+            self.sent.lock().expect("lock").push(addr);
+            if self.broken.contains(&addr) {
+                Err(ClientError::broken(
+                    "the connection closed before the answer came",
+                ))
+            } else {
+                Ok(build(7))
+            }
+        }
+
+        fn connections(&self) -> usize {
+            0
+        }
+    }
+
+    /// Runs a future that never waits (the scripted driver answers at once).
+    fn ready<T>(f: impl Future<Output = T>) -> T {
+        match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("the scripted driver never waits"),
+        }
+    }
+
+    /// Three nodes on loopback, every key on all three; requests to the key's first route break.
+    fn three_nodes_first_broken(key: &[u8]) -> (Client<Scripted>, Vec<SocketAddr>) {
+        let ids = [NodeId(1), NodeId(2), NodeId(3)];
+        let nodes: Vec<NodeDesc> = ids
+            .iter()
+            .zip([7100u16, 7200, 7300])
+            .map(|(&id, base_port)| NodeDesc {
+                id,
+                host: "127.0.0.1".to_owned(),
+                base_port,
+                shards: 1,
+            })
+            .collect();
+        let view = ClusterView {
+            ring: Ring::new(&ids.map(|id| (id, 8))).expect("ring"),
+            shard_maps: ids
+                .iter()
+                .map(|&id| (id, ShardMap::new(id, 8, 1)))
+                .collect::<BTreeMap<_, _>>(),
+            nodes,
+            members: Vec::new(),
+            replication_factor: 3,
+        };
+        let seed: SocketAddr = "127.0.0.1:7100".parse().expect("addr");
+        let mut driver = Scripted::new(Common::new(vec![seed], ClientOptions::default()));
+        driver.common.set_view(view);
+        let client = Client::wrap(driver.clone());
+        let routes = client.routes(key);
+        assert_eq!(routes.len(), 3);
+        driver.broken = Arc::new(vec![routes[0]]);
+        (Client::wrap(driver), routes)
+    }
+
+    #[test]
+    fn a_read_whose_connection_breaks_twice_goes_to_the_next_replica() {
+        let (client, routes) = three_nodes_first_broken(b"k");
+        let body = ready(client.call(b"k", Resend::Idempotent, &|id| vec![id as u8]))
+            .expect("the next replica answers");
+        assert_eq!(body, vec![7]);
+        // Once more on a fresh connection to the first, then the second.
+        let sent = client.driver.sent.lock().expect("lock").clone();
+        assert_eq!(sent, vec![routes[0], routes[0], routes[1]]);
+    }
+
+    #[test]
+    fn a_write_whose_connection_broke_is_never_sent_again() {
+        let (client, routes) = three_nodes_first_broken(b"k");
+        let got = ready(client.call(b"k", Resend::WhenNotSent, &|id| vec![id as u8]));
+        assert!(matches!(got, Err(ClientError::Io(_))), "{got:?}");
+        let sent = client.driver.sent.lock().expect("lock").clone();
+        assert_eq!(sent, vec![routes[0]]);
     }
 }

@@ -29,7 +29,8 @@
 //! * **Timeouts.** Every request has a deadline ([`ClientOptions::timeout`]), which is also sent
 //!   to the server. A write that times out has an *unknown* outcome.
 //! * **Retries only where safe.** A read whose connection breaks is sent once more on a fresh
-//!   connection, and a read whose replica cannot be reached goes to the next replica. A write
+//!   connection, and a read whose replica cannot be reached (or whose fresh connection breaks
+//!   too) goes to the next replica. A write
 //!   goes to the next replica only when it could not be sent at all (no connection); once
 //!   sent, it is never sent again.
 //!
