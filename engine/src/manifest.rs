@@ -9,8 +9,13 @@
 //!   ManifestHeader (40 bytes, Pod): magic "DYNMAN01" | format_version u32 | body_crc u32 |
 //!                                   body_len u32 | shard_id u32 | generation u64 | header_crc u32 | pad
 //!   body: u64 flushed_seq | u64 next_table_id | u32 table count | u64 table id x count
-//!         (oldest first)
+//!         (oldest first) | u64 actor_epoch | u64 counter_ceiling | u8 run
 //! ```
+//! `run` (format 2; format 1 has none of the last three fields and is still read): 0 closed
+//! cleanly, 1 running with every acknowledged write synced (`sync` durability), 2 running with
+//! acknowledged writes that may be unsynced. The actor epoch and the counter ceiling are the
+//! dot minting state (see `docs/protocol.md`, "Actor epochs"): no counter above the ceiling is
+//! minted before a manifest naming a higher one is durable.
 //! INVARIANT: every table the manifest names was synced (file and directory) before the manifest
 //! naming it was written; every WAL record with a sequence number at or below `flushed_seq` is in
 //! one of those tables.
@@ -25,7 +30,8 @@ use crate::sstable::TableId;
 use dynacore_runtime::{self as runtime, File};
 
 const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"DYNMAN01");
-const MANIFEST_FORMAT_VERSION: u32 = 1;
+const MANIFEST_FORMAT_VERSION: u32 = 2;
+const MANIFEST_FORMAT_V1: u32 = 1;
 /// The manifest file's name.
 pub const MANIFEST_NAME: &str = "MANIFEST";
 const MANIFEST_TMP_NAME: &str = "MANIFEST.tmp";
@@ -60,6 +66,48 @@ pub struct Manifest {
     /// Live tables, oldest data first (a compaction's output takes the place of its inputs, so
     /// ids need not increase along the list).
     pub tables: Vec<TableId>,
+    /// The actor epoch the shard mints dots in (0: none yet).
+    pub actor_epoch: u64,
+    /// No dot counter above this has been minted in `actor_epoch`.
+    pub counter_ceiling: u64,
+    /// How the shard last stopped, as far as this manifest knows.
+    pub run: RunState,
+}
+
+/// How a shard stopped, as its manifest records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Unknown (a new shard, or a manifest from before format 2).
+    Unknown,
+    /// Closed cleanly: every acknowledged write is durable.
+    Clean,
+    /// Open (or crashed) with `synced` telling whether every acknowledged write was synced
+    /// before it was acknowledged.
+    Running {
+        /// `sync` durability.
+        synced: bool,
+    },
+}
+
+impl RunState {
+    fn to_byte(self) -> u8 {
+        match self {
+            RunState::Unknown => 3,
+            RunState::Clean => 0,
+            RunState::Running { synced: true } => 1,
+            RunState::Running { synced: false } => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<RunState> {
+        Some(match b {
+            0 => RunState::Clean,
+            1 => RunState::Running { synced: true },
+            2 => RunState::Running { synced: false },
+            3 => RunState::Unknown,
+            _ => return None,
+        })
+    }
 }
 
 impl Manifest {
@@ -72,6 +120,9 @@ impl Manifest {
             flushed_seq: SeqNo(0),
             next_table_id: 1,
             tables: Vec::new(),
+            actor_epoch: 0,
+            counter_ceiling: 0,
+            run: RunState::Unknown,
         }
     }
 
@@ -84,6 +135,9 @@ impl Manifest {
         for t in &self.tables {
             body.extend_from_slice(&t.0.to_le_bytes());
         }
+        body.extend_from_slice(&self.actor_epoch.to_le_bytes());
+        body.extend_from_slice(&self.counter_ceiling.to_le_bytes());
+        body.push(self.run.to_byte());
         let mut header = ManifestHeader {
             magic: MANIFEST_MAGIC,
             format_version: MANIFEST_FORMAT_VERSION,
@@ -121,7 +175,8 @@ impl Manifest {
                 actual,
             });
         }
-        if header.format_version != MANIFEST_FORMAT_VERSION {
+        let v1 = header.format_version == MANIFEST_FORMAT_V1;
+        if header.format_version != MANIFEST_FORMAT_VERSION && !v1 {
             return Err(Error::Incompatible {
                 path: path.to_path_buf(),
                 reason: format!(
@@ -161,12 +216,22 @@ impl Manifest {
                 .try_into()
                 .map_err(|_| bad())?,
         ) as usize;
-        if body.len() != 20 + count * 8 {
+        let tables_end = 20 + count * 8;
+        if body.len() != tables_end + if v1 { 0 } else { 17 } {
             return Err(bad());
         }
         let tables = (0..count)
             .map(|i| u64_at(20 + i * 8).map(TableId))
             .collect::<Result<Vec<_>>>()?;
+        let (actor_epoch, counter_ceiling, run) = if v1 {
+            (0, 0, RunState::Unknown)
+        } else {
+            (
+                u64_at(tables_end)?,
+                u64_at(tables_end + 8)?,
+                RunState::from_byte(body[tables_end + 16]).ok_or_else(bad)?,
+            )
+        };
         let mut sorted = tables.clone();
         sorted.sort_unstable();
         if tables.iter().any(|t| t.0 >= next_table_id) || sorted.windows(2).any(|w| w[0] == w[1]) {
@@ -178,6 +243,9 @@ impl Manifest {
             flushed_seq,
             next_table_id,
             tables,
+            actor_epoch,
+            counter_ceiling,
+            run,
         })
     }
 
@@ -256,7 +324,36 @@ mod tests {
             flushed_seq: SeqNo(99),
             next_table_id: 5,
             tables: vec![TableId(1), TableId(3), TableId(4)],
+            actor_epoch: 1_700_000_000_000,
+            counter_ceiling: 1 << 20,
+            run: RunState::Running { synced: false },
         }
+    }
+
+    #[test]
+    fn a_format_1_manifest_reads_with_no_actor_epoch() {
+        // Format 1: the same without the last 17 body bytes.
+        let m = sample();
+        let v2 = m.encode();
+        let mut header: ManifestHeader = bytemuck::pod_read_unaligned(&v2[..HEADER_BYTES]);
+        let body = &v2[HEADER_BYTES..HEADER_BYTES + header.body_len as usize - 17];
+        header.format_version = MANIFEST_FORMAT_V1;
+        header.body_len = body.len() as u32;
+        header.body_crc = crc32c::crc32c(body);
+        header.header_crc = 0;
+        header.header_crc = crc32c::crc32c(bytemuck::bytes_of(&header));
+        let mut v1 = bytemuck::bytes_of(&header).to_vec();
+        v1.extend_from_slice(body);
+        let read = Manifest::decode(Path::new("M"), &v1).expect("decodes");
+        assert_eq!(
+            read,
+            Manifest {
+                actor_epoch: 0,
+                counter_ceiling: 0,
+                run: RunState::Unknown,
+                ..m
+            }
+        );
     }
 
     #[test]
@@ -270,7 +367,7 @@ mod tests {
     #[test]
     fn every_flipped_bit_in_header_and_body_is_caught() {
         let enc = sample().encode();
-        let used = HEADER_BYTES + 20 + 3 * 8;
+        let used = HEADER_BYTES + 20 + 3 * 8 + 17;
         for i in 0..used * 8 {
             let mut bad = enc.clone();
             bad[i / 8] ^= 1 << (i % 8);

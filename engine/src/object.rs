@@ -104,6 +104,17 @@ pub(crate) fn encode(obj: &Object) -> Result<Encoded> {
     })
 }
 
+/// The version blob of a stored object with its retired actor epochs dropped
+/// ([`DvvSet::retire_epochs`]), or `None` when it has none (or is not an object's blob). The
+/// value bytes stay as they are: a retired entry holds no value.
+pub(crate) fn retire_epochs(version: &[u8]) -> Option<Vec<u8>> {
+    let set = DvvSet::decode(version, |b| Ok(b.to_vec())).ok()?;
+    let retired = set.retire_epochs()?;
+    let mut out = Vec::with_capacity(version.len());
+    retired.encode_into(&mut out, |meta, out| out.extend_from_slice(meta));
+    Some(out)
+}
+
 /// An object as two byte strings, as a record stores it: its version blob (the causal context
 /// and each sibling's metadata) and its siblings' values concatenated. This is also how
 /// replicas send objects to each other.
@@ -259,7 +270,7 @@ mod tests {
             let mut obj: Option<Object> = None;
             for (actor, value, hlc, expiry) in writes {
                 let ctx = obj.as_ref().map_or_else(VersionVector::new, Object::join);
-                let written = Object::update(&ctx, sibling(value, hlc, expiry), obj.as_ref(), ActorId(actor + 1)).expect("update");
+                let written = Object::update(&ctx, sibling(value, hlc, expiry), obj.as_ref(), ActorId::new(actor + 1, 0)).expect("update");
                 obj = Some(written);
             }
             let obj = obj.expect("written");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock};
+use dynacore_engine::version::{ClockHandle, PhysicalClock};
 use dynacore_engine::{Durability, Mutation, Shard, Token};
 use proptest::prelude::*;
 
@@ -161,7 +161,7 @@ proptest! {
                             .map(|o| o.join())
                             .unwrap_or_default();
                         let obj = shard
-                            .coordinate_write(&key(k), &ctx, Some(&v), None, ActorId(1), None)
+                            .coordinate_write(&key(k), &ctx, Some(&v), None, 1, None)
                             .await
                             .expect("versioned put");
                         // The read context covered everything: one sibling remains.

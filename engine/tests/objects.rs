@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{small_options, with_temp_dir};
+use dynacore_engine::manifest::{Manifest, RunState};
 use dynacore_engine::version::{ActorId, HlcTimestamp, VersionVector};
 use dynacore_engine::{Error, Object, Shard, Sibling};
 use dynacore_runtime as runtime;
@@ -22,7 +23,7 @@ fn values(obj: &Object) -> Vec<Vec<u8>> {
 fn concurrent_writes_become_siblings_and_a_read_context_resolves_them() {
     with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
-        let me = ActorId(1);
+        let me = 1;
         let none = VersionVector::new();
         let first = shard
             .coordinate_write(b"k", &none, Some(b"v1"), None, me, None)
@@ -83,14 +84,7 @@ fn interleaved_writes_to_one_key_never_share_a_dot() {
                 let shard = shard.clone();
                 runtime::spawn_detached(async move {
                     shard
-                        .coordinate_write(
-                            b"hot",
-                            &VersionVector::new(),
-                            Some(&[i]),
-                            None,
-                            ActorId(7),
-                            None,
-                        )
+                        .coordinate_write(b"hot", &VersionVector::new(), Some(&[i]), None, 7, None)
                         .await
                         .expect("write");
                 })
@@ -104,7 +98,7 @@ fn interleaved_writes_to_one_key_never_share_a_dot() {
             .await
             .expect("read")
             .expect("present");
-        assert_eq!(obj.join().get(ActorId(7)), 20);
+        assert_eq!(obj.join().get(ActorId::new(7, shard.actor_epoch().0)), 20);
         assert_eq!(
             values(&obj).len(),
             20,
@@ -125,11 +119,11 @@ fn replicas_converge_by_applying_each_other() {
             .expect("open b");
         let none = VersionVector::new();
         let at_a = a
-            .coordinate_write(b"k", &none, Some(b"from-a"), None, ActorId(1), None)
+            .coordinate_write(b"k", &none, Some(b"from-a"), None, 1, None)
             .await
             .expect("write a");
         let at_b = b
-            .coordinate_write(b"k", &none, Some(b"from-b"), None, ActorId(2), None)
+            .coordinate_write(b"k", &none, Some(b"from-b"), None, 2, None)
             .await
             .expect("write b");
         let a2 = a.apply_object(b"k", &at_b, None).await.expect("apply at a");
@@ -151,7 +145,7 @@ fn conditional_writes_check_the_current_context() {
     with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
         let none = VersionVector::new();
-        let me = ActorId(3);
+        let me = 3;
         // "Only if absent".
         let v1 = shard
             .coordinate_write(b"k", &none, Some(b"1"), None, me, Some(&none))
@@ -225,7 +219,7 @@ fn far_future_timestamps_are_refused_and_plain_puts_read_as_objects() {
 fn an_overwrite_supersedes_every_sibling() {
     with_temp_dir(LIMIT, |path| async move {
         let shard = Shard::open(small_options(&path)).await.expect("open");
-        let me = ActorId(1);
+        let me = 1;
         let none = VersionVector::new();
         // Two blind writes with no context: siblings.
         for v in [b"x", b"y"] {
@@ -248,6 +242,223 @@ fn an_overwrite_supersedes_every_sibling() {
         let gone = shard.overwrite(b"k", None, None, me).await.expect("delete");
         assert_eq!(gone.size(), 1);
         assert!(values(&gone).is_empty());
+        shard.close().await.expect("close");
+    });
+}
+
+/// Rewrites the shard's manifest as a crash in `run` would have left it.
+async fn as_if_stopped(dir: &std::path::Path, run: RunState, epoch: Option<u64>) {
+    let mut m = Manifest::load(dir)
+        .await
+        .expect("load")
+        .expect("a manifest");
+    m.run = run;
+    if let Some(e) = epoch {
+        m.actor_epoch = e;
+    }
+    m.store(dir).await.expect("store");
+}
+
+#[test]
+fn the_actor_epoch_is_kept_only_while_the_shard_remembers_every_dot_it_minted() {
+    with_temp_dir(LIMIT, |path| async move {
+        let none = VersionVector::new();
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let (e1, high) = shard.actor_epoch();
+        assert!(
+            e1 > 0 && high == 0,
+            "a new shard draws an epoch: {e1} {high}"
+        );
+        let obj = shard
+            .coordinate_write(b"k", &none, Some(b"v"), None, 9, None)
+            .await
+            .expect("write");
+        assert_eq!(obj.join().pairs(), &[(ActorId::new(9, e1), 1)]);
+        shard.close().await.expect("close");
+
+        // Closed cleanly, or crashed with every write synced: the epoch stays, and any
+        // counter up to the lease may have been minted.
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let (e, high) = shard.actor_epoch();
+        assert_eq!(e, e1);
+        assert!(high >= 1, "the ceiling covers what was minted: {high}");
+        shard.close().await.expect("close");
+        as_if_stopped(&path, RunState::Running { synced: true }, None).await;
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        assert_eq!(shard.actor_epoch().0, e1);
+        shard.close().await.expect("close");
+
+        // A crash that may have lost acknowledged writes, or a manifest from before epochs:
+        // a new epoch each time, above the last.
+        as_if_stopped(&path, RunState::Running { synced: false }, None).await;
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let (e2, high) = shard.actor_epoch();
+        assert!(e2 > e1 && high == 0, "{e1} -> {e2}");
+        shard.close().await.expect("close");
+        as_if_stopped(&path, RunState::Unknown, Some(0)).await;
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        assert!(shard.actor_epoch().0 > 0);
+        assert_ne!(shard.actor_epoch().0, e2);
+        // The data is all there whatever the epoch.
+        let obj = shard.read_object(b"k").await.expect("read").expect("kept");
+        assert_eq!(values(&obj), vec![b"v".to_vec()]);
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_key_without_a_live_value_of_this_replica_gets_a_counter_above_every_one_it_minted() {
+    with_temp_dir(LIMIT, |path| async move {
+        let none = VersionVector::new();
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let me = 4;
+        for i in 0..10u8 {
+            shard
+                .overwrite(b"busy", Some(&[i]), None, me)
+                .await
+                .expect("write");
+        }
+        let (epoch, high) = shard.actor_epoch();
+        assert_eq!(high, 10);
+        let actor = ActorId::new(me, epoch);
+        // A new key: its first dot is above all ten.
+        let fresh = shard
+            .coordinate_write(b"new", &none, Some(b"n"), None, me, None)
+            .await
+            .expect("write");
+        assert_eq!(fresh.join().get(actor), 11);
+        // A key whose only value from this replica was superseded by another's write (a copy
+        // that may be a read repair's, not the one this replica wrote): also above.
+        let theirs = Object::update(
+            &fresh.join(),
+            Sibling {
+                value: Some(b"other".to_vec()),
+                hlc: HlcTimestamp::from_parts(1, 0),
+                expiry_ms: None,
+            },
+            Some(&fresh),
+            ActorId::new(5, 1),
+        )
+        .expect("update");
+        shard
+            .apply_object(b"new", &theirs, None)
+            .await
+            .expect("apply");
+        let next = shard
+            .overwrite(b"new", Some(b"mine again"), None, me)
+            .await
+            .expect("write");
+        assert_eq!(next.join().get(actor), 12);
+        // A key holding a live value of this replica counts on from it.
+        let busy = shard
+            .overwrite(b"busy", Some(b"x"), None, me)
+            .await
+            .expect("write");
+        assert_eq!(busy.join().get(actor), 11);
+        shard.close().await.expect("close");
+
+        // After a restart in the same epoch, new keys start above the durable ceiling.
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        let (same, ceiling) = shard.actor_epoch();
+        assert_eq!(same, epoch);
+        let after = shard
+            .coordinate_write(b"newer", &none, Some(b"n"), None, me, None)
+            .await
+            .expect("write");
+        assert_eq!(after.join().get(actor), ceiling + 1);
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_version_naming_dots_this_replica_never_minted_moves_its_epoch() {
+    with_temp_dir(LIMIT, |path| async move {
+        let shard = Shard::open(small_options(&path)).await.expect("open");
+        let me = 6;
+        let (e1, high) = shard.actor_epoch();
+        // The same epoch with a counter it never reached (a restored backup, or forged).
+        let ctx =
+            VersionVector::from_pairs(vec![(ActorId::new(me, e1), high + 100)]).expect("context");
+        let obj = shard
+            .coordinate_write(b"k", &ctx, Some(b"v"), None, me, None)
+            .await
+            .expect("write");
+        let (e2, _) = shard.actor_epoch();
+        assert!(e2 > e1);
+        assert_eq!(obj.join().get(ActorId::new(me, e2)), 1);
+        // A later epoch than its own (its clock went back before a new epoch was drawn).
+        let ahead = e2 + 1_000_000_000;
+        let ctx = VersionVector::from_pairs(vec![(ActorId::new(me, ahead), 3)]).expect("context");
+        shard
+            .coordinate_write(b"k2", &ctx, Some(b"v"), None, me, None)
+            .await
+            .expect("write");
+        assert!(shard.actor_epoch().0 > ahead);
+        shard.close().await.expect("close");
+        // The moves were durable.
+        let shard = Shard::open(small_options(&path)).await.expect("reopen");
+        assert!(shard.actor_epoch().0 > ahead);
+        shard.close().await.expect("close");
+    });
+}
+
+#[test]
+fn compaction_retires_the_epochs_a_node_left_once_past_the_grace() {
+    with_temp_dir(LIMIT, |path| async move {
+        let mut options = small_options(&path);
+        options.compaction.tombstone_grace_ms = 1_000;
+        let shard = Shard::open(options).await.expect("open");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let at = |ms: u64, v: &[u8]| Sibling {
+            value: Some(v.to_vec()),
+            hlc: HlcTimestamp::from_parts(ms, 0),
+            expiry_ms: None,
+        };
+        let (old, new, other) = (ActorId::new(9, 1), ActorId::new(9, 2), ActorId::new(3, 1));
+        // Node 9 wrote in epoch 1, then (after a crash) in epoch 2 over it; node 3 wrote
+        // concurrently with the second write.
+        let hour_ago = now_ms - 3_600_000;
+        let first =
+            Object::update(&VersionVector::new(), at(hour_ago, b"a"), None, old).expect("update");
+        let second =
+            Object::update(&first.join(), at(hour_ago + 1, b"b"), Some(&first), new).expect("b");
+        let theirs = Object::update(&first.join(), at(hour_ago + 2, b"c"), None, other).expect("c");
+        let both = second.sync(&theirs);
+        shard
+            .apply_object(b"old", &both, None)
+            .await
+            .expect("apply");
+        // The same history written just now: within the grace, nothing retires.
+        let recent =
+            Object::update(&VersionVector::new(), at(now_ms, b"a"), None, old).expect("update");
+        let recent = Object::update(&recent.join(), at(now_ms + 1, b"b"), Some(&recent), new)
+            .expect("update");
+        shard
+            .apply_object(b"recent", &recent, None)
+            .await
+            .expect("apply");
+        shard.flush().await.expect("flush");
+        shard.compact_all().await.expect("compact");
+
+        let read = shard
+            .read_object(b"old")
+            .await
+            .expect("read")
+            .expect("kept");
+        let actors: Vec<ActorId> = read.join().pairs().iter().map(|&(a, _)| a).collect();
+        assert_eq!(actors, vec![other, new], "epoch 1 of node 9 retired");
+        assert_eq!(values(&read), vec![b"b".to_vec(), b"c".to_vec()]);
+        // (A copy of the first write left somewhere would now come back as a sibling: that is
+        // why retiring waits for the purge rules, which say no such copy is left.)
+        let read = shard
+            .read_object(b"recent")
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(read.join().pairs().len(), 2, "within the grace");
         shard.close().await.expect("close");
     });
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{run, small_options, temp_dir, with_temp_dir};
-use dynacore_engine::version::{ActorId, VersionVector};
+use dynacore_engine::version::VersionVector;
 use dynacore_engine::{Error, Shard, ShardOptions, Token, VALUE_BYTES_MAX};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -94,7 +94,7 @@ fn large_values_live_in_blob_files_and_read_back_everywhere() {
                 &VersionVector::default(),
                 Some(&big),
                 None,
-                ActorId(1),
+                1,
                 None,
             )
             .await

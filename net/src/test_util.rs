@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock};
+use dynacore_engine::version::{ClockHandle, PhysicalClock};
 use dynacore_engine::{Shard, ShardId, ShardOptions};
 use dynacore_runtime as runtime;
 
@@ -67,7 +67,7 @@ where
         let mut o = ShardOptions::new(&path, ShardId(0));
         o.clock = clock.clone();
         let shard = Shard::open(o).await.expect("open");
-        let store = LocalStore::new(shard.clone(), ActorId(1), clock);
+        let store = LocalStore::new(shard.clone(), 1, clock);
         f(store, wall).await;
         shard.close().await.expect("close");
     });

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dynacore_engine::version::{ActorId, ClockHandle};
+use dynacore_engine::version::ClockHandle;
 use dynacore_engine::{Shard, ShardId, ShardOptions};
 use dynacore_net::core::Core;
 use dynacore_net::frontend::binary_server::{serve_binary, ConnectionLimits};
@@ -38,7 +38,7 @@ fn start_server_with(limits: ConnectionLimits) -> (SocketAddr, tempfile::TempDir
             let shard = Shard::open(ShardOptions::new(&path, ShardId(0)))
                 .await
                 .expect("open");
-            let store = LocalStore::new(shard, ActorId(1), ClockHandle::system());
+            let store = LocalStore::new(shard, 1, ClockHandle::system());
             let listener =
                 runtime::TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
             let addr = listener.local_addr().expect("addr");

@@ -171,6 +171,8 @@ pub struct MergeStats {
     pub tombstones_dropped: u64,
     /// Expired values dropped (at the bottom).
     pub expired_dropped: u64,
+    /// Objects whose retired actor epochs were dropped.
+    pub epochs_retired: u64,
 }
 
 /// The fraction of the inputs' blocks that are cached, estimated from up to 1,024 blocks spread
@@ -211,6 +213,9 @@ pub(crate) struct MergeJob<'a> {
     pub(crate) grace_ms: u64,
     /// Asked before a tombstone past its grace is dropped.
     pub(crate) gate: Option<&'a TombstoneGate>,
+    /// Whether version blobs are objects whose retired actor epochs are dropped under the same
+    /// grace and gate.
+    pub(crate) retire_epochs: bool,
     /// Bloom filter bits per key of the output.
     pub(crate) bits_per_key: u32,
     /// The shard's block cache.
@@ -360,6 +365,7 @@ async fn merge_into(
         now_ms,
         grace_ms,
         gate,
+        retire_epochs,
         bits_per_key,
         ref cache,
     } = *job;
@@ -416,9 +422,21 @@ async fn merge_into(
                 return Err(e);
             }
         };
+        // Versions every replica has seen (by the same rules) forget the epochs their nodes
+        // left: a key's version holds one entry per node, plus those with live values.
+        let retired = (retire_epochs
+            && !r.version.is_empty()
+            && r.write_ts_ms.saturating_add(grace_ms) <= now_ms
+            && gate.is_none_or(|g| g.may_drop(token, r.write_ts_ms)))
+        .then(|| crate::object::retire_epochs(&r.version))
+        .flatten();
         let mut rec = r.borrowed();
         if let Some(new) = &relocated {
             rec.value = Some(new);
+        }
+        if let Some(version) = &retired {
+            rec.version = version;
+            stats.epochs_retired += 1;
         }
         if let Err(e) = builder.add(token, &rec).await {
             builder.abandon().await;

@@ -147,6 +147,7 @@ impl Shard {
             now_ms: inner.options.clock.now_ms(),
             grace_ms: inner.options.compaction.tombstone_grace_ms,
             gate: inner.options.tombstone_gate.as_ref(),
+            retire_epochs: inner.options.retire_actor_epochs,
             bits_per_key: inner.options.bloom_bits_per_key,
             cache: inner.cache.clone(),
         };

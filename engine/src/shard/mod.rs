@@ -52,7 +52,7 @@ use crate::blob::{self, BlobHandles, BlobMeta, BlobSet, BlobWriter};
 use crate::compaction::worker::{MergeJob, Pacer, Relocation};
 use crate::compaction::{self, BlobUsage, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, RunState};
 use crate::memtable::Memtable;
 use crate::object::{self, KeyLocks, Object, Sibling};
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
@@ -69,6 +69,16 @@ mod compact;
 mod flush;
 mod objects;
 mod open;
+
+/// How far a durable counter ceiling reaches past the counters minted: one manifest write per
+/// this many dots at most, and the jump a key's counter may make after a restart.
+const COUNTER_LEASE: u64 = 1 << 16;
+
+/// A new actor epoch: above `after`, and otherwise the clock's milliseconds, so that a node
+/// restarted on an empty directory (which remembers no epoch) still draws one it never had.
+fn next_actor_epoch(after: u64, now_ms: u64) -> u64 {
+    after.saturating_add(1).max(now_ms)
+}
 
 /// How a shard is opened.
 #[derive(Clone, Debug)]
@@ -102,6 +112,9 @@ pub struct ShardOptions {
     pub blob_threshold_bytes: Option<usize>,
     /// Blob files the shard keeps open at once; others are opened when a read needs them.
     pub blob_open_files_max: usize,
+    /// Whether compaction drops retired actor epochs from versioned objects' blobs (under the
+    /// purge rules); off for a shard whose version blobs are not objects (the hint store).
+    pub retire_actor_epochs: bool,
 }
 
 impl ShardOptions {
@@ -123,6 +136,7 @@ impl ShardOptions {
             tombstone_gate: None,
             blob_threshold_bytes: Some(64 << 10),
             blob_open_files_max: 256,
+            retire_actor_epochs: true,
         }
     }
 }
@@ -196,8 +210,11 @@ struct State {
     blob_bytes_relocated: u64,
     blob_files_deleted: u64,
     last_seq: SeqNo,
-    /// The manifest as last stored.
+    /// The manifest as last stored (with the actor epoch and the durable counter ceiling).
     manifest: Manifest,
+    /// No dot of the current actor epoch has a counter above this (after a restart in the same
+    /// epoch: the ceiling, since any counter up to it may have been minted).
+    minted_high: u64,
     /// The next table id to hand out. Kept apart from `manifest` because ids are handed out
     /// while a manifest write is in flight; each stored manifest records the value at its
     /// making.
@@ -513,7 +530,15 @@ impl Shard {
             tracing::warn!(%reason, "closing a shard whose flush failed");
         }
         // Other handles may still exist: they see `Closed` from now on.
-        self.inner.wal.shutdown().await
+        self.inner.wal.shutdown().await?;
+        // Every acknowledged write is durable now: the next open may keep the actor epoch.
+        let _held = self.inner.manifest_lock.lock(&[]).await;
+        let mut m = self.inner.state.borrow().manifest.clone();
+        m.run = RunState::Clean;
+        m.generation += 1;
+        m.store(&self.inner.options.dir).await?;
+        self.inner.state.borrow_mut().manifest = m;
+        Ok(())
     }
 }
 

@@ -24,7 +24,7 @@ impl Shard {
     }
 
     /// The coordinator's versioned write: `value` (or a tombstone) from a client that had seen
-    /// `ctx`, minted as a new dot of `actor`, which must be this replica's own id. With
+    /// `ctx`, minted as a new dot of this replica, node `node`, in the shard's actor epoch. With
     /// `expected`, the write happens only if the key's current context holds nothing that
     /// `expected` does not (it equals it, or is older).
     ///
@@ -38,10 +38,10 @@ impl Shard {
         ctx: &VersionVector,
         value: Option<&[u8]>,
         expiry_ms: Option<u64>,
-        actor: ActorId,
+        node: u64,
         expected: Option<&VersionVector>,
     ) -> Result<Object> {
-        self.coordinate(key, Some(ctx), value, expiry_ms, actor, expected)
+        self.coordinate(key, Some(ctx), value, expiry_ms, node, expected)
             .await
     }
 
@@ -56,9 +56,9 @@ impl Shard {
         key: &[u8],
         value: Option<&[u8]>,
         expiry_ms: Option<u64>,
-        actor: ActorId,
+        node: u64,
     ) -> Result<Object> {
-        self.coordinate(key, None, value, expiry_ms, actor, None)
+        self.coordinate(key, None, value, expiry_ms, node, None)
             .await
     }
 
@@ -69,7 +69,7 @@ impl Shard {
         ctx: Option<&VersionVector>,
         value: Option<&[u8]>,
         expiry_ms: Option<u64>,
-        actor: ActorId,
+        node: u64,
         expected: Option<&VersionVector>,
     ) -> Result<Object> {
         Mutation {
@@ -99,9 +99,105 @@ impl Shard {
                 &current
             }
         };
-        let obj = Object::update(ctx, sibling, local.as_ref(), actor)?;
+        let actor = self.minting_actor(node, ctx, local.as_ref()).await?;
+        // Where this replica holds no live value of its own for the key (no copy, or one its
+        // later writes superseded), the new dot starts above every counter it ever minted:
+        // copies it purged may live on elsewhere (see `docs/protocol.md`, "Actor epochs").
+        let floor = if local
+            .iter()
+            .flat_map(Object::dots)
+            .any(|(a, _, _)| a == actor)
+        {
+            0
+        } else {
+            self.inner.state.borrow().minted_high
+        };
+        let obj = Object::mint(ctx, sibling, local.as_ref(), actor, floor)?;
+        let counter = obj.join().get(actor);
+        self.reserve_counter(counter).await?;
         self.store_object(key, &obj).await?;
         Ok(obj)
+    }
+
+    /// The actor epoch this shard mints in, and the highest counter it may have minted in it.
+    #[must_use]
+    pub fn actor_epoch(&self) -> (u64, u64) {
+        let s = self.inner.state.borrow();
+        (s.manifest.actor_epoch, s.minted_high)
+    }
+
+    /// This replica's actor for a write of node `node` that has seen `ctx` over `local`. Where
+    /// either names this node in a later epoch than the shard's, or in its epoch with a counter
+    /// above any it minted, this shard has forgotten dots it made (a restored backup, a clock
+    /// that went back before a new epoch was drawn) or the context is forged: either way it
+    /// moves to an epoch above every one it has seen before minting.
+    async fn minting_actor(
+        &self,
+        node: u64,
+        ctx: &VersionVector,
+        local: Option<&Object>,
+    ) -> Result<ActorId> {
+        let (epoch, high) = self.actor_epoch();
+        let named = ctx
+            .pairs()
+            .iter()
+            .copied()
+            .chain(local.iter().flat_map(|l| l.join().pairs().to_vec()))
+            .filter(|(a, _)| a.node == node);
+        let mut newest = None;
+        for (a, counter) in named {
+            if a.epoch > epoch || (a.epoch == epoch && counter > high) {
+                newest = newest.max(Some(a.epoch));
+            }
+        }
+        if let Some(seen) = newest {
+            tracing::warn!(
+                node = format_args!("{node:x}"),
+                epoch,
+                seen,
+                "a version names dots of this replica that it does not remember; moving to a \
+                 new actor epoch"
+            );
+            self.new_actor_epoch(seen).await?;
+        }
+        Ok(ActorId::new(node, self.actor_epoch().0))
+    }
+
+    /// Moves to an actor epoch above both the current one and `seen`, durably.
+    async fn new_actor_epoch(&self, seen: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let _held = inner.manifest_lock.lock(&[]).await;
+        let mut m = inner.state.borrow().manifest.clone();
+        if m.actor_epoch > seen {
+            return Ok(()); // Another write moved it while this one waited.
+        }
+        m.actor_epoch = next_actor_epoch(seen, inner.options.clock.now_ms());
+        m.counter_ceiling = COUNTER_LEASE;
+        m.generation += 1;
+        m.store(&inner.options.dir).await?;
+        let mut s = inner.state.borrow_mut();
+        s.manifest = m;
+        s.minted_high = 0;
+        Ok(())
+    }
+
+    /// Makes sure counter `counter` is covered by a durable ceiling before a dot with it is
+    /// stored, and records it as minted.
+    async fn reserve_counter(&self, counter: u64) -> Result<()> {
+        let inner = &*self.inner;
+        if counter > inner.state.borrow().manifest.counter_ceiling {
+            let _held = inner.manifest_lock.lock(&[]).await;
+            let mut m = inner.state.borrow().manifest.clone();
+            if counter > m.counter_ceiling {
+                m.counter_ceiling = counter.saturating_add(COUNTER_LEASE);
+                m.generation += 1;
+                m.store(&inner.options.dir).await?;
+                inner.state.borrow_mut().manifest = m;
+            }
+        }
+        let mut s = inner.state.borrow_mut();
+        s.minted_high = s.minted_high.max(counter);
+        Ok(())
     }
 
     /// A replica's apply: merges `incoming` (a coordinator's result, a read repair, an

@@ -118,6 +118,7 @@ impl Shard {
         // Segments a flush covered but a crash kept from being deleted.
         wal.release_through(manifest.flushed_seq, &dir).await?;
         let wal_released_seq = manifest.flushed_seq;
+        let (manifest, minted_high) = choose_actor_epoch(manifest, &options).await?;
         tracing::info!(
             dir = %dir.display(),
             tables = tables.len(),
@@ -167,6 +168,7 @@ impl Shard {
                     last_seq,
                     next_table_id: manifest.next_table_id,
                     manifest,
+                    minted_high,
                     flushes: 0,
                     compactions: 0,
                     compaction_bytes_written: 0,
@@ -198,6 +200,45 @@ impl Shard {
         shard.start_compactor();
         Ok(shard)
     }
+}
+
+/// Keeps the manifest's actor epoch when the shard provably remembers every dot it minted in
+/// it (it closed cleanly, or every acknowledged write was synced first), and draws a new one
+/// otherwise: a new shard, a format 1 manifest, or a stop that may have lost acknowledged
+/// writes. Records the shard as running, with a fresh counter lease, before any write.
+/// Returns the manifest stored and the highest counter that may have been minted.
+async fn choose_actor_epoch(
+    mut manifest: Manifest,
+    options: &ShardOptions,
+) -> Result<(Manifest, u64)> {
+    // Why a new epoch is drawn, if one is.
+    let renew = match manifest.run {
+        _ if manifest.actor_epoch == 0 => Some("a new shard"),
+        RunState::Clean | RunState::Running { synced: true } => None,
+        RunState::Running { synced: false } => {
+            Some("it stopped uncleanly with writes that may not have been synced")
+        }
+        RunState::Unknown => Some("its manifest predates actor epochs"),
+    };
+    let minted_high = if let Some(why) = renew {
+        let old = manifest.actor_epoch;
+        manifest.actor_epoch = next_actor_epoch(old, options.clock.now_ms());
+        tracing::info!(old, epoch = manifest.actor_epoch, why, "new actor epoch");
+        0
+    } else {
+        tracing::info!(
+            epoch = manifest.actor_epoch,
+            "actor epoch kept: the shard stopped with every write durable"
+        );
+        manifest.counter_ceiling
+    };
+    manifest.counter_ceiling = minted_high.saturating_add(COUNTER_LEASE);
+    manifest.run = RunState::Running {
+        synced: matches!(options.durability, Durability::Sync),
+    };
+    manifest.generation += 1;
+    manifest.store(&options.dir).await?;
+    Ok((manifest, minted_high))
 }
 
 /// Opens every blob file the tables point at, and removes the ones none points at (a crash

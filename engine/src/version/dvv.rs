@@ -14,15 +14,43 @@
 //!
 //! Encoding (the record's version blob), all integers LEB128 varints:
 //! ```text
-//! u8 format (1) | n_entries | per entry: actor | counter | n_values | per value: len | bytes
+//! u8 format (2) | n_entries | per entry: actor node | actor epoch | counter
+//!              | n_values | per value: len | bytes
 //!              | n_anonymous | per value: len | bytes
 //! ```
 
 use std::cmp::Ordering;
 
-/// A replica's actor id (the minter of dots).
+/// The minter of dots: a node in one *actor epoch*. A node moves to a new epoch whenever it
+/// cannot prove it remembers every dot it minted (see `docs/protocol.md`, "Actor epochs"), so
+/// that no dot is ever minted twice. Ordered by node, then epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ActorId(pub u64);
+pub struct ActorId {
+    /// The node id.
+    pub node: u64,
+    /// The node's actor epoch when it minted (0: a version written before epochs existed).
+    pub epoch: u64,
+}
+
+impl ActorId {
+    /// Node `node` in epoch `epoch`.
+    #[must_use]
+    pub const fn new(node: u64, epoch: u64) -> ActorId {
+        ActorId { node, epoch }
+    }
+
+    fn encode_into(self, out: &mut Vec<u8>) {
+        put_varint(out, self.node);
+        put_varint(out, self.epoch);
+    }
+
+    /// Format 1 named an actor by its node alone (epoch 0).
+    fn decode(r: &mut Reader<'_>, format: u8) -> Result<ActorId, DvvError> {
+        let node = r.varint()?;
+        let epoch = if format == FORMAT_V1 { 0 } else { r.varint()? };
+        Ok(ActorId { node, epoch })
+    }
+}
 
 /// Sibling count at which a write logs a warning.
 pub const SIBLINGS_WARN: usize = 25;
@@ -33,7 +61,13 @@ pub const SIBLINGS_MAX: usize = 100;
 /// far from overflow, so a peer cannot make the next write's counter wrap).
 pub const COUNTER_MAX: u64 = 1 << 62;
 
-const FORMAT_VERSION: u8 = 1;
+/// Actors as `node | epoch`; format 1 (still read) had `node` alone.
+const FORMAT_VERSION: u8 = 2;
+const FORMAT_V1: u8 = 1;
+
+fn known_format(format: u8) -> bool {
+    format == FORMAT_VERSION || format == FORMAT_V1
+}
 
 /// What can go wrong with versions.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -132,12 +166,12 @@ impl VersionVector {
         VersionVector(out)
     }
 
-    /// Appends the encoding: `u8 format | n | (actor, counter)*`, varints.
+    /// Appends the encoding: `u8 format | n | (actor node, actor epoch, counter)*`, varints.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(FORMAT_VERSION);
         put_varint(out, self.0.len() as u64);
         for &(a, n) in &self.0 {
-            put_varint(out, a.0);
+            a.encode_into(out);
             put_varint(out, n);
         }
     }
@@ -148,13 +182,14 @@ impl VersionVector {
     /// [`DvvError::Malformed`] for anything but a canonical encoding.
     pub fn decode(buf: &[u8]) -> Result<Self, DvvError> {
         let mut r = Reader { buf, at: 0 };
-        if r.byte()? != FORMAT_VERSION {
+        let format = r.byte()?;
+        if !known_format(format) {
             return Err(DvvError::Malformed("unknown context format"));
         }
         let n = r.count(2)?;
         let mut pairs = Vec::with_capacity(n);
         for _ in 0..n {
-            let a = ActorId(r.varint()?);
+            let a = ActorId::decode(&mut r, format)?;
             let c = r.varint()?;
             if c == 0 || pairs.last().is_some_and(|&(p, _)| p >= a) {
                 return Err(DvvError::Malformed("context not canonical"));
@@ -326,6 +361,24 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         local: Option<&Self>,
         actor: ActorId,
     ) -> Result<Self, DvvError> {
+        Self::mint(ctx, value, local, actor, 0)
+    }
+
+    /// [`DvvSet::update`] whose new dot's counter is also above `floor`: what a replica with no
+    /// local copy of the key passes (its counter of every dot it ever minted), so that the dot
+    /// is new even where another replica still holds dots this one has purged. A `floor` is
+    /// only allowed where `actor` has no live value in the result (no local copy): a value's
+    /// dot is its position below its actor's counter, which a jump would change.
+    ///
+    /// # Errors
+    /// As [`DvvSet::update`].
+    pub fn mint(
+        ctx: &VersionVector,
+        value: V,
+        local: Option<&Self>,
+        actor: ActorId,
+        floor: u64,
+    ) -> Result<Self, DvvError> {
         let client = DvvSet {
             entries: Self::context_entries(ctx),
             anonymous: Vec::new(),
@@ -345,8 +398,13 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         match merged.entries.binary_search_by_key(&actor, |e| e.actor) {
             Ok(i) => {
                 let e = &mut merged.entries[i];
+                assert!(
+                    floor == 0 || e.values.is_empty(),
+                    "INVARIANT: a counter floor only where the actor has no live value"
+                );
                 e.counter = e
                     .counter
+                    .max(floor)
                     .checked_add(1)
                     .filter(|&c| c <= COUNTER_MAX)
                     .ok_or(DvvError::Malformed("counter out of range"))?;
@@ -356,7 +414,10 @@ impl<V: Clone + PartialEq> DvvSet<V> {
                 i,
                 Entry {
                     actor,
-                    counter: 1,
+                    counter: floor
+                        .checked_add(1)
+                        .filter(|&c| c <= COUNTER_MAX)
+                        .ok_or(DvvError::Malformed("counter out of range"))?,
                     values: vec![value],
                 },
             ),
@@ -422,6 +483,34 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         }
     }
 
+    /// Retires actor epochs: drops each entry that holds no live value and whose node has an
+    /// entry in a later epoch (the node moved on; its old epoch only remembers counters).
+    /// `None` when there is none. Only safe once every replica's copy has seen the writes this
+    /// one holds (the purge rules), or a replica still holding a value of the old epoch would
+    /// see it as concurrent again.
+    #[must_use]
+    pub fn retire_epochs(&self) -> Option<Self> {
+        let retired = |i: usize| {
+            let e = &self.entries[i];
+            e.values.is_empty()
+                && self
+                    .entries
+                    .get(i + 1)
+                    .is_some_and(|next| next.actor.node == e.actor.node)
+        };
+        if !(0..self.entries.len()).any(retired) {
+            return None;
+        }
+        let entries = (0..self.entries.len())
+            .filter(|&i| !retired(i))
+            .map(|i| self.entries[i].clone())
+            .collect();
+        Some(DvvSet {
+            entries,
+            anonymous: self.anonymous.clone(),
+        })
+    }
+
     /// Checks the structural invariants (for decoded data and tests).
     ///
     /// # Errors
@@ -461,7 +550,7 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         out.push(FORMAT_VERSION);
         put_varint(out, self.entries.len() as u64);
         for e in &self.entries {
-            put_varint(out, e.actor.0);
+            e.actor.encode_into(out);
             put_varint(out, e.counter);
             put_varint(out, e.values.len() as u64);
             for v in &e.values {
@@ -484,13 +573,14 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         mut decode_value: impl FnMut(&[u8]) -> Result<V, DvvError>,
     ) -> Result<Self, DvvError> {
         let mut r = Reader { buf, at: 0 };
-        if r.byte()? != FORMAT_VERSION {
+        let format = r.byte()?;
+        if !known_format(format) {
             return Err(DvvError::Malformed("unknown version format"));
         }
         let n = r.count(3)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
-            let actor = ActorId(r.varint()?);
+            let actor = ActorId::decode(&mut r, format)?;
             let counter = r.varint()?;
             let k = r.count(1)?;
             let mut values = Vec::with_capacity(k);
@@ -636,13 +726,18 @@ mod tests {
     }
 
     fn vv(pairs: &[(u64, u64)]) -> VersionVector {
-        VersionVector::from_pairs(pairs.iter().map(|&(a, n)| (ActorId(a), n)).collect())
-            .expect("valid")
+        VersionVector::from_pairs(
+            pairs
+                .iter()
+                .map(|&(a, n)| (ActorId::new(a, 0), n))
+                .collect(),
+        )
+        .expect("valid")
     }
 
     #[test]
     fn worked_examples() {
-        let a = ActorId(1);
+        let a = ActorId::new(1, 0);
         let s1 = Set::update(&VersionVector::new(), 1, None, a).expect("update");
         let ctx0 = s1.join();
         let s2 = Set::update(&ctx0, 2, Some(&s1), a).expect("update");
@@ -663,7 +758,7 @@ mod tests {
     fn reference_sync_cases() {
         let x = Set {
             entries: vec![Entry {
-                actor: ActorId(1),
+                actor: ActorId::new(1, 0),
                 counter: 1,
                 values: vec![],
             }],
@@ -671,7 +766,7 @@ mod tests {
         };
         let y = Set {
             entries: vec![Entry {
-                actor: ActorId(1),
+                actor: ActorId::new(1, 0),
                 counter: 2,
                 values: vec![2, 1],
             }],
@@ -683,8 +778,8 @@ mod tests {
 
     #[test]
     fn lww_keeps_the_greatest_and_is_absorbing() {
-        let a = ActorId(1);
-        let b = ActorId(2);
+        let a = ActorId::new(1, 0);
+        let b = ActorId::new(2, 0);
         let s = Set::update(&VersionVector::new(), 10, None, a).expect("update");
         let t = Set::update(&VersionVector::new(), 20, None, b).expect("update");
         let both = s.sync(&t);
@@ -701,7 +796,12 @@ mod tests {
         let mut result = Ok(());
         for i in 0..=SIBLINGS_MAX as u32 {
             // Blind writes from distinct actors: every one is concurrent with the others.
-            match Set::update(&VersionVector::new(), i, s.as_ref(), ActorId(u64::from(i))) {
+            match Set::update(
+                &VersionVector::new(),
+                i,
+                s.as_ref(),
+                ActorId::new(u64::from(i), 0),
+            ) {
                 Ok(next) => s = Some(next),
                 Err(e) => {
                     result = Err(e);
@@ -721,7 +821,7 @@ mod tests {
 
     #[test]
     fn decode_rejects_damage() {
-        let s = Set::update(&vv(&[(1, 3), (2, 1)]), 7, None, ActorId(1)).expect("update");
+        let s = Set::update(&vv(&[(1, 3), (2, 1)]), 7, None, ActorId::new(1, 0)).expect("update");
         let bytes = enc(&s);
         assert_eq!(dec(&bytes), Ok(s.clone()));
         for cut in 0..bytes.len() {
@@ -744,7 +844,10 @@ mod tests {
             VersionVector::decode(&[1, 1, 5, 0]).is_err(),
             "zero counter"
         );
-        assert!(VersionVector::from_pairs(vec![(ActorId(1), 1), (ActorId(1), 2)]).is_err());
+        assert!(
+            VersionVector::from_pairs(vec![(ActorId::new(1, 0), 1), (ActorId::new(1, 0), 2)])
+                .is_err()
+        );
     }
 
     #[derive(Clone, Debug)]
@@ -780,7 +883,7 @@ mod tests {
         for op in ops {
             match *op {
                 Op::Put { client, replica } => {
-                    let actor = ActorId(replica as u64 + 1);
+                    let actor = ActorId::new(replica as u64 + 1, 0);
                     let ctx = contexts[client].clone();
                     let local = replicas[replica].as_ref();
                     let value = writes.len() as u32;
@@ -827,7 +930,7 @@ mod tests {
     fn counters_stay_in_range() {
         let at_max: DvvSet<u8> = DvvSet {
             entries: vec![Entry {
-                actor: ActorId(1),
+                actor: ActorId::new(1, 0),
                 counter: COUNTER_MAX,
                 values: vec![1],
             }],
@@ -835,10 +938,10 @@ mod tests {
         };
         assert!(at_max.check().is_ok());
         // The next write by that actor is a typed error, not a wrap or a panic.
-        assert!(DvvSet::update(&at_max.join(), 2, Some(&at_max), ActorId(1)).is_err());
+        assert!(DvvSet::update(&at_max.join(), 2, Some(&at_max), ActorId::new(1, 0)).is_err());
         let past = DvvSet {
             entries: vec![Entry {
-                actor: ActorId(1),
+                actor: ActorId::new(1, 0),
                 counter: COUNTER_MAX + 1,
                 values: vec![1u8],
             }],
@@ -902,7 +1005,7 @@ mod tests {
         /// leave more than two siblings.
         #[test]
         fn interleaved_writers_stay_bounded(order in prop::collection::vec(0..2usize, 1..200)) {
-            let actor = ActorId(1);
+            let actor = ActorId::new(1, 0);
             let mut state: Option<Set> = None;
             let mut contexts = [VersionVector::new(), VersionVector::new()];
             for (i, client) in order.into_iter().enumerate() {

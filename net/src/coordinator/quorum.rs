@@ -481,7 +481,8 @@ mod tests {
             hlc: HlcTimestamp::from_parts(hlc, 0),
             expiry_ms: None,
         };
-        Object::update(&VersionVector::new(), sibling, None, ActorId(actor)).expect("update")
+        Object::update(&VersionVector::new(), sibling, None, ActorId::new(actor, 0))
+            .expect("update")
     }
 
     #[test]
@@ -565,7 +566,7 @@ mod tests {
                     hlc: HlcTimestamp::from_parts(n as u64 + 1, 0),
                     expiry_ms: None,
                 };
-                let written = Object::update(&ctx, sibling, local.as_ref(), ActorId(actor + 1)).expect("update");
+                let written = Object::update(&ctx, sibling, local.as_ref(), ActorId::new(actor + 1, 0)).expect("update");
                 copies[i] = Some(written);
                 if from < 3 && from != i {
                     if let (Some(a), Some(b)) = (copies[i].clone(), copies[from].clone()) {

@@ -535,7 +535,7 @@ mod tests {
                     expiry_ms: None,
                 },
                 None,
-                ActorId(99),
+                ActorId::new(99, 0),
             )
             .expect("object");
             let (version, values) = object::to_parts(&remote).expect("parts");
@@ -597,7 +597,7 @@ mod tests {
                                 expiry_ms: None,
                             },
                             None,
-                            ActorId(1000 + a),
+                            ActorId::new(1000 + a, 0),
                         )
                         .expect("object")
                     })
@@ -629,7 +629,7 @@ mod tests {
                     expiry_ms: None,
                 },
                 None,
-                ActorId(98),
+                ActorId::new(98, 0),
             )
             .expect("object");
             let (fv, fvals) = object::to_parts(&future).expect("parts");

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynacore_engine::version::{ActorId, ClockHandle};
+use dynacore_engine::version::ClockHandle;
 use dynacore_engine::{Shard, ShardId, ShardOptions};
 use dynacore_runtime as runtime;
 
@@ -517,7 +517,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
             return Err(m);
         }
     };
-    let store = LocalStore::new(shard.clone(), ActorId(s.node_id.0), ClockHandle::system());
+    let store = LocalStore::new(shard.clone(), s.node_id.0, ClockHandle::system());
     let replication = &s.config.replication;
     let hints = if replication.hinted_handoff {
         let limits = HintLimits {

@@ -185,6 +185,8 @@ impl HintStore {
         options.memtable_bytes_max = 8 << 20;
         options.wal_segment_bytes = 8 << 20;
         options.block_cache_bytes = 8 << 20;
+        // Hint records carry their own layout in the version blob, not an object's.
+        options.retire_actor_epochs = false;
         let shard = Shard::open(options).await?;
         let store = HintStore {
             shard,
@@ -467,7 +469,7 @@ mod tests {
                 expiry_ms: None,
             },
             None,
-            ActorId(1),
+            ActorId::new(1, 0),
         )
         .expect("object")
     }

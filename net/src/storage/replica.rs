@@ -11,7 +11,7 @@
 //! * **Reads** return the newest live sibling by hybrid-logical-clock timestamp
 //!   (last-writer-wins); a key whose newest sibling is a tombstone or expired reads as absent.
 
-use dynacore_engine::version::{ActorId, ClockHandle, PhysicalClock, VersionVector};
+use dynacore_engine::version::{ClockHandle, PhysicalClock, VersionVector};
 use dynacore_engine::{Error as EngineError, LimitError, Object, Shard};
 
 /// Why a request failed, in the protocol's terms.
@@ -100,20 +100,17 @@ pub struct Found {
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     shard: Shard,
-    actor: ActorId,
+    node: u64,
     clock: ClockHandle,
 }
 
 impl LocalStore {
-    /// Requests to `shard`, whose writes are minted as dots of `actor` (this replica's id),
-    /// with expiry computed from `clock` (the clock the shard was opened with).
+    /// Requests to `shard`, whose writes are minted as dots of node `node` (this replica) in
+    /// the shard's actor epoch, with expiry computed from `clock` (the clock the shard was
+    /// opened with).
     #[must_use]
-    pub fn new(shard: Shard, actor: ActorId, clock: ClockHandle) -> Self {
-        LocalStore {
-            shard,
-            actor,
-            clock,
-        }
+    pub fn new(shard: Shard, node: u64, clock: ClockHandle) -> Self {
+        LocalStore { shard, node, clock }
     }
 
     /// The shard.
@@ -257,11 +254,11 @@ impl LocalStore {
         match context.or(expected) {
             Some(ctx) => Ok(self
                 .shard
-                .coordinate_write(key, ctx, value, expiry_ms, self.actor, expected)
+                .coordinate_write(key, ctx, value, expiry_ms, self.node, expected)
                 .await?),
             None => Ok(self
                 .shard
-                .overwrite(key, value, expiry_ms, self.actor)
+                .overwrite(key, value, expiry_ms, self.node)
                 .await?),
         }
     }
@@ -279,14 +276,6 @@ pub fn decode_version(v: &[u8]) -> Result<VersionVector, StoreError> {
 #[must_use]
 pub fn version_bytes(v: &VersionVector) -> Vec<u8> {
     encode_version(v)
-}
-
-impl LocalStore {
-    /// The actor id this replica mints its writes as.
-    #[must_use]
-    pub fn actor(&self) -> ActorId {
-        self.actor
-    }
 }
 
 #[cfg(test)]
