@@ -9,6 +9,7 @@ use dynacore_runtime as runtime;
 
 use super::replicas::{apply_at, check_key, Copy};
 use crate::core::Core;
+use crate::storage::hints::Hint;
 use crate::storage::replica::StoreError;
 
 /// Handles a peer's `ReplicaApply` that asks this node to keep a hint for `target`.
@@ -39,8 +40,12 @@ pub async fn store_hint(
     }
 }
 
+/// Hand-overs in flight at once per target.
+const REPLAY_WINDOW: usize = 32;
+
 /// Hands this core's hints to their targets while the core runs: every second, the targets
-/// that are up and have hints get them, paced at the configured rate.
+/// that are up and have hints get them, oldest first, up to [`REPLAY_WINDOW`] at a time per
+/// target, paced at the configured rate.
 pub async fn replay_hints(core: Core) {
     let Some(hints) = core.hints().cloned() else {
         return;
@@ -83,26 +88,47 @@ pub async fn replay_hints(core: Core) {
                 continue;
             }
         };
-        let mut failed: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+        let mut by_target: std::collections::BTreeMap<NodeId, Vec<Hint>> = Default::default();
         for hint in batch {
-            if failed.contains(&hint.target) || core.shared().is_closing() {
-                continue;
-            }
-            pacer.wait().await;
-            let Ok(copy) = Copy::of(&hint.key, &hint.object) else {
-                continue;
-            };
-            let deadline = Instant::now() + core.default_timeout();
-            let _work = core.shared().hold();
-            match apply_at(&core, &cluster, hint.target, None, &copy, deadline).await {
-                Ok(()) => {
-                    if let Err(e) = hints.done(&hint).await {
-                        tracing::warn!(error = %e, "deleting a handed-over hint failed");
+            by_target.entry(hint.target).or_default().push(hint);
+        }
+        for (target, due) in by_target {
+            // A window of hand-overs in flight per target; the first failure leaves the rest of
+            // its hints to the next round.
+            for window in due.chunks(REPLAY_WINDOW) {
+                if core.shared().is_closing() {
+                    return;
+                }
+                let mut in_flight = Vec::with_capacity(window.len());
+                for hint in window {
+                    pacer.wait().await;
+                    let Ok(copy) = Copy::of(&hint.key, &hint.object) else {
+                        continue;
+                    };
+                    let (core, cluster) = (core.clone(), cluster.clone());
+                    let task = runtime::spawn(async move {
+                        let deadline = Instant::now() + core.default_timeout();
+                        let _work = core.shared().hold();
+                        apply_at(&core, &cluster, target, None, &copy, deadline).await
+                    });
+                    in_flight.push((hint, task));
+                }
+                let mut failed = false;
+                for (hint, task) in in_flight {
+                    match task.await {
+                        Ok(()) => {
+                            if let Err(e) = hints.done(hint).await {
+                                tracing::warn!(error = %e, "deleting a handed-over hint failed");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(%target, error = %e, "handing over a hint failed");
+                            failed = true;
+                        }
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(target = %hint.target, error = %e, "handing over a hint failed");
-                    failed.insert(hint.target);
+                if failed {
+                    break;
                 }
             }
         }

@@ -58,6 +58,8 @@ pub struct HintCounters {
     pub replayed: u64,
     /// Hints refused (over the bound) or dropped (too old, undecodable).
     pub dropped: u64,
+    /// Hint records read by [`HintStore::due`] (only those of targets that are up).
+    pub read: u64,
 }
 
 /// One hint, as read back.
@@ -83,6 +85,9 @@ pub struct HintStore {
     shard: Shard,
     limits: HintLimits,
     pending: RefCell<BTreeMap<NodeId, Pending>>,
+    /// Every stored hint's sequence number, per target (oldest first): what is due is found
+    /// without reading the hints of targets that are down.
+    index: RefCell<BTreeMap<NodeId, std::collections::BTreeSet<u64>>>,
     next_seq: Cell<u64>,
     counters: Cell<HintCounters>,
     /// Since when (ms) each target has been up, as [`HintStore::due`] was last told: a hint's
@@ -99,6 +104,14 @@ pub(crate) fn now_ms() -> u64 {
             .as_millis(),
     )
     .unwrap_or(u64::MAX)
+}
+
+/// A hint's key in the hint shard: `target ‖ seq`, big-endian.
+fn hint_key(target: NodeId, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&target.0.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// A hint record's version blob: `created ms (8) ‖ key length (2) ‖ key ‖ version`, or `None`
@@ -192,6 +205,7 @@ impl HintStore {
             shard,
             limits,
             pending: RefCell::new(BTreeMap::new()),
+            index: RefCell::new(BTreeMap::new()),
             next_seq: Cell::new(now_ms() << 16),
             counters: Cell::new(HintCounters::default()),
             up_since: RefCell::new(BTreeMap::new()),
@@ -202,10 +216,7 @@ impl HintStore {
             if let Some((target, seq)) = split_hint_key(&r.key) {
                 max_seq = max_seq.max(seq);
                 let bytes = record_bytes(&r);
-                let mut pending = store.pending.borrow_mut();
-                let p = pending.entry(target).or_default();
-                p.hints += 1;
-                p.bytes += bytes;
+                store.add(target, seq, bytes);
             }
         }
         if max_seq >= store.next_seq.get() {
@@ -249,16 +260,9 @@ impl HintStore {
         }
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
-        let mut hint_key = [0u8; 16];
-        hint_key[..8].copy_from_slice(&target.0.to_be_bytes());
-        hint_key[8..].copy_from_slice(&seq.to_be_bytes());
+        let hint_key = hint_key(target, seq);
         // Counted before the write, so that a concurrent store sees the bytes it will take.
-        {
-            let mut pending = self.pending.borrow_mut();
-            let p = pending.entry(target).or_default();
-            p.hints += 1;
-            p.bytes += bytes;
-        }
+        self.add(target, seq, bytes);
         let written = self
             .shard
             .write(Mutation {
@@ -275,7 +279,7 @@ impl HintStore {
                 Ok(())
             }
             Err(e) => {
-                self.forget(target, bytes);
+                self.forget(target, seq, bytes);
                 Err(StoreError::Internal(format!("storing a hint failed: {e}")))
             }
         }
@@ -287,7 +291,28 @@ impl HintStore {
         self.counters.set(c);
     }
 
-    fn forget(&self, target: NodeId, bytes: u64) {
+    fn add(&self, target: NodeId, seq: u64, bytes: u64) {
+        let p = &mut *self.pending.borrow_mut();
+        let p = p.entry(target).or_default();
+        p.hints += 1;
+        p.bytes += bytes;
+        self.index
+            .borrow_mut()
+            .entry(target)
+            .or_default()
+            .insert(seq);
+    }
+
+    fn forget(&self, target: NodeId, seq: u64, bytes: u64) {
+        {
+            let mut index = self.index.borrow_mut();
+            if let Some(seqs) = index.get_mut(&target) {
+                seqs.remove(&seq);
+                if seqs.is_empty() {
+                    index.remove(&target);
+                }
+            }
+        }
         let mut pending = self.pending.borrow_mut();
         if let Some(p) = pending.get_mut(&target) {
             p.hints = p.hints.saturating_sub(1);
@@ -321,11 +346,12 @@ impl HintStore {
         }
     }
 
-    /// Hints for one of `targets` — the targets up now — (at most `limit`), in the shard's
-    /// order (hashed, not by age). A hint's age counts from the later of its creation and its
-    /// target's return (the first call that listed the target after one that did not), so a
-    /// long outage expires nothing: a hint is dropped only once its target has been back for
-    /// longer than the age limit without taking it. Undecodable hints are dropped on the way.
+    /// Hints for the `targets` — the targets up now — (at most `limit`), oldest first per
+    /// target, found through the index: the hints of targets that are down are not read. A
+    /// hint's age counts from the later of its creation and its target's return (the first
+    /// call that listed the target after one that did not), so a long outage expires nothing:
+    /// a hint is dropped only once its target has been back for longer than the age limit
+    /// without taking it. Undecodable hints are dropped on the way.
     ///
     /// # Errors
     /// The engine's error when reading fails.
@@ -337,47 +363,60 @@ impl HintStore {
         let mut out = Vec::new();
         let now = now_ms();
         let max_age = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
+        let oldest = now.saturating_sub(max_age);
         self.targets_up(targets);
         let up_since = self.up_since.borrow().clone();
-        let mut scan = self.shard.scan(Token(0), Token(u64::MAX));
-        while let Some(r) = scan.next().await? {
-            let Some((target, _)) = split_hint_key(&r.key) else {
-                continue;
-            };
-            let bytes = record_bytes(&r);
+        // Shared fairly: each target up gets its part of `limit` first.
+        let wanted: Vec<(NodeId, Vec<u64>)> = {
+            let index = self.index.borrow();
+            let up: Vec<NodeId> = index
+                .keys()
+                .copied()
+                .filter(|t| up_since.contains_key(t))
+                .collect();
+            let share = limit.div_ceil(up.len().max(1));
+            up.into_iter()
+                .map(|t| (t, index[&t].iter().copied().take(share).collect()))
+                .collect()
+        };
+        for (target, seqs) in wanted {
             // Hints of a target that is down wait, however old.
             let Some(&back) = up_since.get(&target) else {
                 continue;
             };
-            let oldest = now.saturating_sub(max_age);
-            let mut hint_key = [0u8; 16];
-            hint_key.copy_from_slice(&r.key);
-            let decoded = decode_record(&r).and_then(|(created_ms, key, version, values)| {
-                let object = object::from_parts(version, values).ok()?;
-                Some(Hint {
-                    target,
-                    key: key.to_vec(),
-                    object,
-                    created_ms,
-                    hint_key,
-                    bytes,
-                })
-            });
-            match decoded {
-                Some(h) if h.created_ms.max(back) >= oldest => {
-                    out.push(h);
-                    if out.len() >= limit {
-                        break;
-                    }
+            for seq in seqs {
+                if out.len() >= limit {
+                    return Ok(out);
                 }
-                other => {
-                    // Too old, or damaged: dropped.
-                    if other.is_none() {
-                        tracing::warn!(%target, "dropping a hint that does not decode");
+                let hint_key = hint_key(target, seq);
+                self.count(|c| c.read += 1);
+                let Some(r) = self.shard.get_record(&hint_key).await? else {
+                    // Deleted meanwhile (handed over by an earlier round still finishing).
+                    continue;
+                };
+                let bytes = record_bytes(&r);
+                let decoded = decode_record(&r).and_then(|(created_ms, key, version, values)| {
+                    let object = object::from_parts(version, values).ok()?;
+                    Some(Hint {
+                        target,
+                        key: key.to_vec(),
+                        object,
+                        created_ms,
+                        hint_key,
+                        bytes,
+                    })
+                });
+                match decoded {
+                    Some(h) if h.created_ms.max(back) >= oldest => out.push(h),
+                    other => {
+                        // Too old, or damaged: dropped.
+                        if other.is_none() {
+                            tracing::warn!(%target, "dropping a hint that does not decode");
+                        }
+                        self.shard.delete(&hint_key).await?;
+                        self.forget(target, seq, bytes);
+                        self.count(|c| c.dropped += 1);
                     }
-                    self.shard.delete(&hint_key).await?;
-                    self.forget(target, bytes);
-                    self.count(|c| c.dropped += 1);
                 }
             }
         }
@@ -390,7 +429,8 @@ impl HintStore {
     /// The engine's error when the delete fails (the hint stays and is handed over again).
     pub async fn done(&self, hint: &Hint) -> Result<(), dynacore_engine::Error> {
         self.shard.delete(&hint.hint_key).await?;
-        self.forget(hint.target, hint.bytes);
+        let seq = split_hint_key(&hint.hint_key).map_or(0, |(_, seq)| seq);
+        self.forget(hint.target, seq, hint.bytes);
         self.count(|c| c.replayed += 1);
         Ok(())
     }
@@ -562,6 +602,54 @@ mod tests {
     }
 
     #[test]
+    fn due_hints_are_found_through_the_index_oldest_first_without_reading_a_down_targets() {
+        let (_dir, path) = hint_dir();
+        crate::test_util::on_test_executor(move || async move {
+            let store = open_store(&path, limits(1 << 20, Duration::from_secs(3600))).await;
+            // Node 7 is down with many hints; node 8 is up with three.
+            for i in 0..200u8 {
+                store
+                    .store(NodeId(7), &[b'd', i], &object(&[i; 50]))
+                    .await
+                    .expect("store");
+            }
+            for i in 0..3u8 {
+                store
+                    .store(NodeId(8), &[b'u', i], &object(&[i]))
+                    .await
+                    .expect("store");
+            }
+            let up: HashSet<NodeId> = [NodeId(8)].into();
+            let due = store.due(&up, 1024).await.expect("due");
+            let keys: Vec<Vec<u8>> = due.iter().map(|h| h.key.clone()).collect();
+            assert_eq!(
+                keys,
+                vec![b"u\0".to_vec(), b"u\x01".to_vec(), b"u\x02".to_vec()]
+            );
+            assert_eq!(
+                store.counters().read,
+                3,
+                "only the hints of the target up are read"
+            );
+            // The same after a reopen (the index is rebuilt).
+            store.close().await.expect("close");
+            drop(store);
+            let store = open_store(&path, limits(1 << 20, Duration::from_secs(3600))).await;
+            let due = store.due(&up, 2).await.expect("due");
+            assert_eq!(due.len(), 2);
+            assert_eq!(store.counters().read, 2);
+            for h in &due {
+                store.done(h).await.expect("done");
+            }
+            assert_eq!(store.pending()[&NodeId(8)].hints, 1);
+            let due = store.due(&up, 1024).await.expect("due");
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].key, b"u\x02".to_vec());
+            store.close().await.expect("close");
+        });
+    }
+
+    #[test]
     fn hints_age_from_their_targets_return() {
         let (_dir, path) = hint_dir();
         crate::test_util::on_test_executor(move || async move {
@@ -646,6 +734,10 @@ mod tests {
             old_key[..8].copy_from_slice(&7u64.to_be_bytes());
             old_key[8..].copy_from_slice(&1u64.to_be_bytes());
             store.shard.put(&old_key, &old).await.expect("an old hint");
+            // (Such hints are on disk when the store opens.)
+            store.close().await.expect("close");
+            drop(store);
+            let store = open_store(&path, limits).await;
             let due = store
                 .due(&HashSet::from([NodeId(7)]), 100)
                 .await
