@@ -140,8 +140,22 @@ async fn open(
 /// Starts `dynacore serve` on `ip` (extra arguments after the defaults); returns the process
 /// and its ready line.
 fn serve(ip: &str, dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    // Every node shares one cluster secret, beside their data directories.
+    let secret = dir.with_file_name("cluster.secret");
+    if !secret.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret)
+            .expect("secret file");
+        std::io::Write::write_all(&mut f, "5e".repeat(32).as_bytes()).expect("secret");
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_dynacore"))
         .args(["serve", "--cores", "1", "--no-pin"])
+        .arg("--cluster-secret-file")
+        .arg(&secret)
         .args(["--listen", &format!("{ip}:0"), "--http", &format!("{ip}:0")])
         .arg("--data-dir")
         .arg(dir)

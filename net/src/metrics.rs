@@ -71,6 +71,15 @@ impl Histogram {
     }
 }
 
+/// Where input without a valid cluster MAC was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthPlane {
+    /// Binary frames: a tag that does not match, or a replica operation in a client's frame.
+    Binary = 0,
+    /// Gossip datagrams.
+    Gossip = 1,
+}
+
 /// One core's counters.
 #[derive(Debug, Default)]
 pub struct CoreMetrics {
@@ -81,6 +90,8 @@ pub struct CoreMetrics {
     forwarded_in: AtomicU64,
     connections_accepted: [AtomicU64; PROTOCOLS.len()],
     frames_refused: AtomicU64,
+    /// Unauthenticated input refused, per [`AuthPlane`].
+    unauthenticated: [AtomicU64; 2],
     writes_passed_on: AtomicU64,
     read_repairs: AtomicU64,
     hints_pending: AtomicU64,
@@ -148,6 +159,17 @@ impl CoreMetrics {
     /// Counts an accepted connection.
     pub fn connection(&self, protocol: Protocol) {
         self.connections_accepted[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts input refused for want of the cluster's MAC.
+    pub fn auth_refused(&self, plane: AuthPlane) {
+        self.unauthenticated[plane as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Input refused for want of the cluster's MAC on `plane` so far.
+    #[must_use]
+    pub fn auth_refused_count(&self, plane: AuthPlane) -> u64 {
+        self.unauthenticated[plane as usize].load(Ordering::Relaxed)
     }
 
     /// Counts a frame or request refused before it was read (malformed, oversized).
@@ -303,6 +325,22 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         family(&mut o, name, "counter", help);
         for (c, m) in cores.iter().enumerate() {
             let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(m));
+        }
+    }
+    family(
+        &mut o,
+        "dynacore_unauthenticated_refused_total",
+        "counter",
+        "Input refused for want of the cluster secret's MAC: binary frames (a tag that does not \
+         match, or a replica operation from a client) and gossip datagrams.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (plane, name) in [(AuthPlane::Binary, "binary"), (AuthPlane::Gossip, "gossip")] {
+            let _ = writeln!(
+                o,
+                "dynacore_unauthenticated_refused_total{{core=\"{c}\",plane=\"{name}\"}} {}",
+                m.auth_refused_count(plane)
+            );
         }
     }
     let gauges: [(&str, &str, CoreFn); 2] = [

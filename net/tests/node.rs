@@ -8,8 +8,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{
-    closed, dynacore, framed, get_value, http, metric_sum, on_executor, raw_conn, read_frame,
-    start, temp_dir, try_start, HttpConn, BOUND,
+    closed, dynacore, framed, framed_as_peer, get_value, http, metric_sum, on_executor, raw_conn,
+    read_frame, read_frame_as_peer, start, temp_dir, try_start, HttpConn, BOUND,
 };
 use dynacore_client::glommio::Client;
 use dynacore_client::{ClientError, ErrorCode, Quorum, ReadRepair, Version, WriteOptions};
@@ -865,9 +865,9 @@ fn an_answer_over_the_frame_limit_is_an_error_for_its_request_only() {
         ));
     });
     let mut conn = raw_conn(seed);
-    conn.write_all(&framed(&build::replica_read(7, 5_000, b"pair")))
+    conn.write_all(&framed_as_peer(&build::replica_read(7, 5_000, b"pair")))
         .expect("send");
-    let answer = read_frame(&mut conn);
+    let answer = read_frame_as_peer(&mut conn);
     let copy = parse_response(&answer).expect("answer");
     let object = copy.reply_as_replica_object().expect("the replica's copy");
     let values = object.values().map_or(0, |v| v.len());
@@ -876,8 +876,9 @@ fn an_answer_over_the_frame_limit_is_an_error_for_its_request_only() {
         "found {} with {values} bytes",
         object.found()
     );
-    conn.write_all(&framed(&build::ping(8, 99))).expect("send");
-    let pong = read_frame(&mut conn);
+    conn.write_all(&framed_as_peer(&build::ping(8, 99)))
+        .expect("send");
+    let pong = read_frame_as_peer(&mut conn);
     assert_eq!(
         parse_response(&pong).expect("pong").id(),
         8,

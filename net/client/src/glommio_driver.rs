@@ -11,6 +11,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use dynacore_proto::connection::Connection;
+use dynacore_proto::ClusterKey;
 use dynacore_runtime::{self as runtime, TcpReader, TcpStream, TcpWriter};
 
 use crate::api::{self, Common, Driver};
@@ -87,6 +88,7 @@ impl Conn {
         addr: SocketAddr,
         from: Option<IpAddr>,
         timeout: Duration,
+        key: Option<&ClusterKey>,
     ) -> Result<Conn, ClientError> {
         let stream = match from {
             Some(ip) => TcpStream::connect_from(ip, addr, timeout).await,
@@ -96,7 +98,10 @@ impl Conn {
         let (reader, writer) = stream.split();
         let (wake_writer, woken) = flume::bounded(1);
         let shared = Rc::new(Shared {
-            state: RefCell::new(Connection::new()),
+            state: RefCell::new(match key {
+                Some(key) => Connection::authenticated(key.clone()),
+                None => Connection::new(),
+            }),
             wake_writer,
             broken: Cell::new(false),
             last_answer: Cell::new(Instant::now()),
@@ -169,6 +174,8 @@ pub struct ConnPool {
     connect_timeout: Duration,
     /// The local address connections come from (`None`: the system's choice).
     source: Option<IpAddr>,
+    /// A node's pool to its peers: frames authenticated under the cluster secret.
+    key: Option<ClusterKey>,
     conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
 }
 
@@ -187,8 +194,17 @@ impl ConnPool {
         ConnPool {
             connect_timeout,
             source: None,
+            key: None,
             conns: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The same pool, its frames authenticated under the cluster secret `key` (a node's pool
+    /// to its peers: they refuse replica operations otherwise).
+    #[must_use]
+    pub fn authenticated(mut self, key: ClusterKey) -> ConnPool {
+        self.key = Some(key);
+        self
     }
 
     /// The same pool, its connections made from local address `ip`.
@@ -216,7 +232,8 @@ impl ConnPool {
                 return Ok(c.clone());
             }
         }
-        let conn = Rc::new(Conn::open(addr, self.source, self.connect_timeout).await?);
+        let conn =
+            Rc::new(Conn::open(addr, self.source, self.connect_timeout, self.key.as_ref()).await?);
         // Another request may have connected meanwhile: keep one.
         let mut conns = self.conns.borrow_mut();
         match conns.get(&addr) {

@@ -16,8 +16,11 @@
 
 use std::collections::HashMap;
 
+use crate::auth::{ClusterKey, Domain};
 use crate::frame::parse_response;
-use crate::frame::{encode_frame, split_frame, ProtocolError, FRAME_BYTES_MAX};
+use crate::frame::{
+    encode_authenticated_frame, encode_frame, split_frame, ProtocolError, FRAME_BYTES_MAX,
+};
 
 /// Why a request was not queued.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +52,8 @@ pub struct Connection<W> {
     waiting: HashMap<u64, W>,
     outgoing: Vec<u8>,
     incoming: Vec<u8>,
+    /// A node's connection to another: its frames are tagged, and its answers must be.
+    key: Option<ClusterKey>,
 }
 
 impl<W> Default for Connection<W> {
@@ -66,6 +71,17 @@ impl<W> Connection<W> {
             waiting: HashMap::new(),
             outgoing: Vec::new(),
             incoming: Vec::new(),
+            key: None,
+        }
+    }
+
+    /// A node's connection to another node: requests are authenticated frames under `key`,
+    /// and only answers authenticated under it are taken.
+    #[must_use]
+    pub fn authenticated(key: ClusterKey) -> Connection<W> {
+        Connection {
+            key: Some(key),
+            ..Connection::new()
         }
     }
 
@@ -84,8 +100,13 @@ impl<W> Connection<W> {
         if body.is_empty() || body.len() > FRAME_BYTES_MAX {
             return Err(SendError::TooLarge { bytes: body.len() });
         }
-        encode_frame(&body, &mut self.outgoing)
-            .map_err(|_| SendError::TooLarge { bytes: body.len() })?;
+        match &self.key {
+            None => encode_frame(&body, &mut self.outgoing),
+            Some(key) => {
+                encode_authenticated_frame(&body, key, Domain::Request, &mut self.outgoing)
+            }
+        }
+        .map_err(|_| SendError::TooLarge { bytes: body.len() })?;
         self.waiting.insert(id, waiter);
         Ok(id)
     }
@@ -125,7 +146,8 @@ impl<W> Connection<W> {
         self.incoming.extend_from_slice(bytes);
         let mut done = Vec::new();
         let mut used = 0;
-        while let Some((body, len)) = split_frame(&self.incoming[used..])? {
+        let auth = self.key.as_ref().map(|k| (k, Domain::Answer));
+        while let Some((body, len)) = split_frame(&self.incoming[used..], auth)? {
             let id = parse_response(body)?.id();
             if let Some(waiter) = self.waiting.remove(&id) {
                 done.push((waiter, body.to_vec()));
@@ -164,9 +186,9 @@ mod tests {
         c.take_outgoing(&mut out);
         assert!(!c.has_outgoing());
         // Two frames went out: each parses as the ping it was.
-        let (first, used) = split_frame(&out).expect("valid").expect("whole");
+        let (first, used) = split_frame(&out, None).expect("valid").expect("whole");
         assert_eq!(crate::frame::parse_request(first).expect("parses").id(), a);
-        assert!(split_frame(&out[used..]).expect("valid").is_some());
+        assert!(split_frame(&out[used..], None).expect("valid").is_some());
 
         // Answers: b's first, then a's, fed one byte at a time.
         let mut wire = Vec::new();

@@ -1,8 +1,12 @@
 //! Framing: length-prefixed frames holding flatbuffers (`net/proto/schema/dynacore.fbs`).
 //!
 //! ```text
-//! frame: [u32 little-endian length][flatbuffer of that length]
+//! frame:               [u32 little-endian length][flatbuffer of that length]
+//! authenticated frame: [u32 little-endian length | 1 << 31][32-byte tag][flatbuffer]
 //! ```
+//! Frames between nodes are authenticated: the tag is HMAC-SHA256 under the cluster secret of
+//! the flatbuffer, in the request or answer domain ([`crate::auth`]). A client's frames are
+//! not, and a server refuses replica operations in them.
 //! A reader learns a frame's length from its first 4 bytes, so a frame over [`FRAME_BYTES_MAX`]
 //! is refused before any of its body is read. Every buffer is checked by the flatbuffers
 //! verifier (bounded in depth, table count and size) before a field is read, so malformed input
@@ -10,7 +14,11 @@
 
 use dynacore_types::VALUE_BYTES_MAX;
 
+use crate::auth::{ClusterKey, Domain, TAG_BYTES};
 use crate::fb;
+
+/// The length word's bit that marks an authenticated frame.
+const AUTHENTICATED: u32 = 1 << 31;
 
 /// Bytes of a frame's length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -32,6 +40,9 @@ pub enum ProtocolError {
     EmptyFrame,
     /// The body is not a valid flatbuffer of the expected message.
     Malformed(String),
+    /// An authenticated frame whose tag does not match the cluster secret, one where none
+    /// was expected, or a plain one where an authenticated one was.
+    Unauthenticated(&'static str),
 }
 
 impl std::fmt::Display for ProtocolError {
@@ -42,19 +53,33 @@ impl std::fmt::Display for ProtocolError {
             }
             ProtocolError::EmptyFrame => f.write_str("empty frame"),
             ProtocolError::Malformed(why) => write!(f, "malformed message: {why}"),
+            ProtocolError::Unauthenticated(why) => write!(f, "frame refused: {why}"),
         }
     }
 }
 
 impl std::error::Error for ProtocolError {}
 
-/// The body length a frame header announces.
+/// What a frame header announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The body's length.
+    pub len: usize,
+    /// Whether a tag follows the header ([`AUTH_TAG_BYTES`] bytes, before the body).
+    pub authenticated: bool,
+}
+
+/// Bytes of an authenticated frame's tag.
+pub const AUTH_TAG_BYTES: usize = TAG_BYTES;
+
+/// What a frame header announces.
 ///
 /// # Errors
 /// [`ProtocolError::FrameTooLarge`] or [`ProtocolError::EmptyFrame`]: the connection should
 /// answer with an error and close, without reading the body.
-pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, ProtocolError> {
-    let len = u32::from_le_bytes(header) as usize;
+pub fn frame_header(header: [u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, ProtocolError> {
+    let word = u32::from_le_bytes(header);
+    let len = (word & !AUTHENTICATED) as usize;
     if len == 0 {
         return Err(ProtocolError::EmptyFrame);
     }
@@ -64,7 +89,10 @@ pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, ProtocolErro
             max: FRAME_BYTES_MAX,
         });
     }
-    Ok(len)
+    Ok(FrameHeader {
+        len,
+        authenticated: word & AUTHENTICATED != 0,
+    })
 }
 
 /// Appends `body` as one frame to `out`.
@@ -89,18 +117,65 @@ pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) -> Result<(), ProtocolError>
     Ok(())
 }
 
-/// Splits the first whole frame off `buf`: its body and the bytes it used, or `None` while
-/// `buf` holds only part of it.
+/// Appends `body` as one authenticated frame (tagged under `key` for `domain`) to `out`.
 ///
 /// # Errors
-/// As [`frame_len`], as soon as the header is in.
-pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+/// As [`encode_frame`]: nothing is appended.
+pub fn encode_authenticated_frame(
+    body: &[u8],
+    key: &ClusterKey,
+    domain: Domain,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let at = out.len();
+    encode_frame(body, out)?;
+    let len = u32::try_from(body.len()).expect("INVARIANT: encode_frame checked the length");
+    out[at..at + FRAME_HEADER_BYTES].copy_from_slice(&(len | AUTHENTICATED).to_le_bytes());
+    let tag = key.tag(domain, body);
+    out.splice(
+        at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES,
+        tag.iter().copied(),
+    );
+    Ok(())
+}
+
+/// Splits the first whole frame off `buf`: its body and the bytes it used, or `None` while
+/// `buf` holds only part of it. With `auth`, only authenticated frames whose tag matches are
+/// accepted; without it, only plain ones.
+///
+/// # Errors
+/// As [`frame_header`], as soon as the header is in; [`ProtocolError::Unauthenticated`].
+pub fn split_frame<'a>(
+    buf: &'a [u8],
+    auth: Option<(&ClusterKey, Domain)>,
+) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
     let Some(header) = buf.first_chunk::<FRAME_HEADER_BYTES>() else {
         return Ok(None);
     };
-    let len = frame_len(*header)?;
-    let end = FRAME_HEADER_BYTES + len;
-    Ok(buf.get(FRAME_HEADER_BYTES..end).map(|body| (body, end)))
+    let header = frame_header(*header)?;
+    let start = FRAME_HEADER_BYTES + if header.authenticated { TAG_BYTES } else { 0 };
+    let end = start + header.len;
+    let Some(body) = buf.get(start..end) else {
+        return Ok(None);
+    };
+    match (auth, header.authenticated) {
+        (None, false) => Ok(Some((body, end))),
+        (Some((key, domain)), true) => {
+            if key.verify(domain, body, &buf[FRAME_HEADER_BYTES..start]) {
+                Ok(Some((body, end)))
+            } else {
+                Err(ProtocolError::Unauthenticated(
+                    "its tag does not match the cluster secret",
+                ))
+            }
+        }
+        (None, true) => Err(ProtocolError::Unauthenticated(
+            "an authenticated frame where a plain one was expected",
+        )),
+        (Some(_), false) => Err(ProtocolError::Unauthenticated(
+            "a plain frame where an authenticated one was expected",
+        )),
+    }
 }
 
 fn verifier_options() -> flatbuffers::VerifierOptions {
@@ -155,7 +230,7 @@ mod tests {
         let mut wire = Vec::new();
         encode_frame(&body, &mut wire).expect("within the limit");
         encode_frame(&body, &mut wire).expect("within the limit");
-        let (first, used) = split_frame(&wire).expect("valid").expect("whole");
+        let (first, used) = split_frame(&wire, None).expect("valid").expect("whole");
         assert_eq!(used, 4 + body.len());
         let req = parse_request(first).expect("parses");
         assert_eq!(req.id(), 42);
@@ -167,10 +242,10 @@ mod tests {
         assert_eq!(put.w().map(fb::Quorum::kind), Some(fb::QuorumKind::Quorum));
         assert!(put.expected_version().is_none());
         // The second frame follows; a partial one waits for more bytes.
-        assert!(split_frame(&wire[used..]).expect("valid").is_some());
+        assert!(split_frame(&wire[used..], None).expect("valid").is_some());
         for cut in 0..wire.len() - used {
             assert_eq!(
-                split_frame(&wire[used..used + cut]),
+                split_frame(&wire[used..used + cut], None),
                 Ok(None),
                 "cut at {cut}"
             );
@@ -181,13 +256,13 @@ mod tests {
     fn oversized_and_empty_frames_are_refused_from_the_header() {
         let too_big = u32::try_from(FRAME_BYTES_MAX + 1).expect("fits");
         assert_eq!(
-            split_frame(&too_big.to_le_bytes()),
+            split_frame(&too_big.to_le_bytes(), None),
             Err(ProtocolError::FrameTooLarge {
                 len: FRAME_BYTES_MAX + 1,
                 max: FRAME_BYTES_MAX
             })
         );
-        assert_eq!(frame_len([0; 4]), Err(ProtocolError::EmptyFrame));
+        assert_eq!(frame_header([0; 4]), Err(ProtocolError::EmptyFrame));
         // Nothing over the limit or empty is ever encoded: a typed error, nothing appended.
         let mut out = vec![1, 2];
         assert_eq!(
@@ -199,7 +274,41 @@ mod tests {
         );
         assert_eq!(encode_frame(&[], &mut out), Err(ProtocolError::EmptyFrame));
         assert_eq!(out, vec![1, 2]);
-        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+        assert!(frame_header(u32::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn authenticated_frames_pass_only_with_the_same_key_and_domain() {
+        use crate::auth::{ClusterKey, Domain};
+        let key = ClusterKey::new(&[3u8; 32]).expect("key");
+        let other = ClusterKey::new(&[4u8; 32]).expect("key");
+        let body = put_request(9, b"k", b"v");
+        let mut wire = Vec::new();
+        encode_authenticated_frame(&body, &key, Domain::Request, &mut wire).expect("small");
+        assert_eq!(wire.len(), 4 + AUTH_TAG_BYTES + body.len());
+        let auth = Some((&key, Domain::Request));
+        assert_eq!(split_frame(&wire, auth), Ok(Some((&body[..], wire.len()))));
+        for cut in 0..wire.len() {
+            assert_eq!(split_frame(&wire[..cut], auth), Ok(None), "cut at {cut}");
+        }
+        let refused = |r: Result<Option<(&[u8], usize)>, ProtocolError>| {
+            matches!(r, Err(ProtocolError::Unauthenticated(_)))
+        };
+        assert!(refused(split_frame(&wire, Some((&other, Domain::Request)))));
+        assert!(refused(split_frame(&wire, Some((&key, Domain::Answer)))));
+        assert!(
+            refused(split_frame(&wire, None)),
+            "a client expects plain frames"
+        );
+        let mut flipped = wire.clone();
+        *flipped.last_mut().expect("bytes") ^= 1;
+        assert!(refused(split_frame(&flipped, auth)));
+        let mut plain = Vec::new();
+        encode_frame(&body, &mut plain).expect("small");
+        assert!(
+            refused(split_frame(&plain, auth)),
+            "a node expects authenticated frames"
+        );
     }
 
     #[test]
@@ -222,7 +331,7 @@ mod tests {
         /// decoder: they parse or they are a typed error.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            let _ = split_frame(&bytes);
+            let _ = split_frame(&bytes, None);
             let _ = parse_request(&bytes).map(|r| (r.id(), r.op_type()));
             let _ = parse_response(&bytes).map(|r| r.id());
         }

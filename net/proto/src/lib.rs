@@ -35,6 +35,7 @@ mod dynacore_generated;
 pub use dynacore_generated::dynacore::protocol as fb;
 
 pub mod api;
+pub mod auth;
 pub mod build;
 pub mod connection;
 pub mod frame;
@@ -43,10 +44,11 @@ pub mod ring;
 pub mod topology;
 
 pub use api::{Conflicts, ErrorCode, Quorum, ReadRepair, Version};
+pub use auth::{ClusterKey, Domain};
 pub use dynacore_types::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 pub use frame::{
-    encode_frame, frame_len, parse_request, parse_response, split_frame, ProtocolError,
-    FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    encode_authenticated_frame, encode_frame, frame_header, parse_request, parse_response,
+    split_frame, FrameHeader, ProtocolError, AUTH_TAG_BYTES, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
 };
 pub use ring::{NodeId, Ring, ShardMap};
 pub use topology::{ClusterView, MemberInfo, NodeDesc, NodeState};

@@ -18,7 +18,9 @@ use crate::cluster::membership::{
     REANNOUNCE, REBROADCAST,
 };
 use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+use dynacore_proto::auth::TAG_BYTES;
 use dynacore_proto::ring::NodeId;
+use dynacore_proto::{ClusterKey, Domain};
 
 /// Asks the driver to do something.
 #[derive(Debug)]
@@ -46,27 +48,65 @@ pub struct Publish {
     pub replication_factor: u8,
 }
 
+/// How datagrams are authenticated: every one carries a tag under the cluster secret, and one
+/// whose tag does not check is dropped and counted.
+pub struct Sealing {
+    /// The cluster secret's key.
+    pub key: ClusterKey,
+    /// Counts a dropped datagram.
+    pub refused: Box<dyn Fn()>,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealing").finish_non_exhaustive()
+    }
+}
+
+/// How often a dropped datagram is logged at most.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs the membership of `own` (gossiping on `socket`, joining through `seeds`) until the
-/// task is dropped, publishing into `shared` after every change.
+/// task is dropped, publishing into `shared` after every change. Datagrams are sealed and
+/// opened with `sealing`.
 pub async fn run(
     socket: UdpSocket,
     own: NodeMeta,
     seeds: Vec<SocketAddr>,
     mut shared: Publish,
     control: flume::Receiver<Control>,
+    sealing: Sealing,
 ) {
     let socket = Rc::new(socket);
     let (datagrams_tx, datagrams) = flume::bounded::<Vec<u8>>(1024);
+    let key = sealing.key.clone();
     let _receiving = {
         let socket = socket.clone();
         runtime::spawn(async move {
-            let mut buf = vec![0u8; PACKET_BYTES_MAX + 1];
+            let mut buf = vec![0u8; PACKET_BYTES_MAX + TAG_BYTES + 1];
+            let mut logged: Option<Instant> = None;
             loop {
                 match socket.recv_from(&mut buf).await {
-                    // A full queue means the actor is far behind: dropping is what UDP does.
-                    Ok((n, _)) => {
-                        let _ = datagrams_tx.try_send(buf[..n].to_vec());
-                    }
+                    Ok((n, from)) => match sealing.key.open(Domain::Gossip, &buf[..n]) {
+                        // A full queue means the actor is far behind: dropping is what UDP
+                        // does.
+                        Some(data) => {
+                            let _ = datagrams_tx.try_send(data.to_vec());
+                        }
+                        None => {
+                            (sealing.refused)();
+                            if logged.is_none_or(|at| at.elapsed() >= REFUSED_LOG_EVERY) {
+                                logged = Some(Instant::now());
+                                tracing::warn!(
+                                    %from,
+                                    "dropped a gossip datagram whose tag does not match this \
+                                     node's cluster secret (a node given another \
+                                     --cluster-secret-file, or not a node): it cannot join \
+                                     this cluster"
+                                );
+                            }
+                        }
+                    },
                     Err(e) => {
                         tracing::debug!(error = %e, "gossip receive failed");
                         runtime::sleep(Duration::from_millis(10)).await;
@@ -92,6 +132,7 @@ pub async fn run(
         for o in out.drain(..) {
             match o {
                 Output::Send(to, data) => {
+                    let data = key.seal(Domain::Gossip, &data);
                     if let Err(e) = socket.send_to(&data, to).await {
                         tracing::debug!(error = %e, %to, "gossip send failed");
                     }
@@ -118,7 +159,7 @@ pub async fn run(
         }
         burst = 0;
         if let Ok(Control::Leave(done)) = control.try_recv() {
-            leave(&socket, &mut membership, &mut shared, &mut out).await;
+            leave(&socket, &key, &mut membership, &mut shared, &mut out).await;
             let _ = done.send(());
             continue;
         }
@@ -174,7 +215,7 @@ pub async fn run(
         match input {
             Input::Datagram(d) => membership.handle_data(&d, &mut out),
             Input::Control(Control::Leave(done)) => {
-                leave(&socket, &mut membership, &mut shared, &mut out).await;
+                leave(&socket, &key, &mut membership, &mut shared, &mut out).await;
                 let _ = done.send(());
             }
             Input::Due => {}
@@ -185,6 +226,7 @@ pub async fn run(
 /// Leaves the cluster and sends the news at once (the loop ignores input afterwards).
 async fn leave(
     socket: &UdpSocket,
+    key: &ClusterKey,
     membership: &mut Membership,
     shared: &mut Publish,
     out: &mut Vec<Output>,
@@ -192,7 +234,7 @@ async fn leave(
     membership.leave(out);
     for o in out.drain(..) {
         if let Output::Send(to, data) = o {
-            let _ = socket.send_to(&data, to).await;
+            let _ = socket.send_to(&key.seal(Domain::Gossip, &data), to).await;
         }
     }
     publish(shared, membership);

@@ -28,6 +28,7 @@ use crate::storage::hints::HintStore;
 use crate::storage::replica::{LocalStore, StoreError};
 use dynacore_client::glommio::ConnPool;
 use dynacore_proto::ring::{NodeId, ShardMap};
+use dynacore_proto::ClusterKey;
 
 /// What one shard is asked to do.
 #[derive(Debug)]
@@ -233,6 +234,8 @@ struct CoreInner {
     default_timeout: Duration,
     /// This core's connections to other nodes' cores.
     peers: ConnPool,
+    /// The cluster secret's key.
+    key: ClusterKey,
     /// This core's hints (`None`: hinted handoff is off).
     hints: Option<Rc<HintStore>>,
     replication: ReplicationConfig,
@@ -257,6 +260,8 @@ pub struct CoreParts {
     pub replication: ReplicationConfig,
     /// The local address connections to other nodes come from (`None`: the system's choice).
     pub source_ip: Option<std::net::IpAddr>,
+    /// The cluster secret's key: frames to and from other nodes are authenticated with it.
+    pub key: ClusterKey,
 }
 
 /// One core's view of the node: its own shard, and the way to every other core's.
@@ -295,10 +300,14 @@ impl Core {
             cluster: parts.cluster,
             shared: parts.shared,
             default_timeout: parts.default_timeout,
-            peers: match parts.source_ip {
-                Some(ip) => ConnPool::new(Duration::from_secs(1)).from_source(ip),
-                None => ConnPool::new(Duration::from_secs(1)),
+            peers: {
+                let pool = ConnPool::new(Duration::from_secs(1)).authenticated(parts.key.clone());
+                match parts.source_ip {
+                    Some(ip) => pool.from_source(ip),
+                    None => pool,
+                }
             },
+            key: parts.key,
             hints: parts.hints,
             replication: parts.replication,
         }))
@@ -328,6 +337,8 @@ impl Core {
             hints: None,
             replication: ReplicationConfig::default(),
             source_ip: None,
+            key: ClusterKey::new(&rand::random::<[u8; 32]>())
+                .expect("INVARIANT: 32 bytes make a key"),
         })
     }
 
@@ -377,6 +388,12 @@ impl Core {
     #[must_use]
     pub fn metrics(&self) -> &CoreMetrics {
         &self.0.shared.metrics[self.0.index as usize]
+    }
+
+    /// The cluster secret's key.
+    #[must_use]
+    pub fn cluster_key(&self) -> &ClusterKey {
+        &self.0.key
     }
 
     /// How long a request may take when its sender does not say.

@@ -81,12 +81,32 @@ fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
 }
 
 /// Answers one request body on `core` (the operation runs on the core that owns its key).
-pub async fn answer(core: &Core, body: &[u8]) -> Answer {
+/// `from_peer`: it came in a frame authenticated with the cluster secret; only such frames may
+/// carry replica operations (`ReplicaRead`, `ReplicaApply`, a write marked `forwarded`).
+pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
     let req = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
     };
     let id = req.id();
+    let replica_op =
+        matches!(req.op_type(), fb::Op::ReplicaRead | fb::Op::ReplicaApply) || req.forwarded();
+    if replica_op && !from_peer {
+        core.metrics()
+            .auth_refused(crate::metrics::AuthPlane::Binary);
+        return Answer {
+            body: error_body(
+                id,
+                fb::ErrorCode::BadRequest,
+                "replica operations are for the cluster's nodes: frames authenticated with \
+                 the cluster secret",
+                None,
+            ),
+            close: false,
+            op: Op::Other,
+            ok: false,
+        };
+    }
     // A client may ask for less time than the server's limit, never more.
     let timeout = match req.timeout_ms() {
         0 => core.default_timeout(),
@@ -430,7 +450,7 @@ mod tests {
     fn puts_gets_and_conditions_over_the_protocol() {
         with_store(|store, _| async move {
             let core = Core::single(store, NodeId(7));
-            let a = answer(&core, &put(1, b"k", b"v1", None, None)).await;
+            let a = answer(&core, &put(1, b"k", b"v1", None, None), false).await;
             assert!(!a.close);
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.id(), 1);
@@ -440,7 +460,7 @@ mod tests {
                 .expect("version")
                 .bytes()
                 .to_vec();
-            let a = answer(&core, &get(2, b"k", None)).await;
+            let a = answer(&core, &get(2, b"k", None), false).await;
             let resp = parse_response(&a.body).expect("response");
             let g = resp.reply_as_get().expect("get reply");
             assert!(g.found());
@@ -448,7 +468,7 @@ mod tests {
             assert_eq!(g.version().map(|v| v.bytes().to_vec()), Some(v1.clone()));
             // A conditional put on the current version goes through, on a stale one it fails
             // and says what the current version is.
-            let a = answer(&core, &put(3, b"k", b"v2", Some(&v1), None)).await;
+            let a = answer(&core, &put(3, b"k", b"v2", Some(&v1), None), false).await;
             let v2 = parse_response(&a.body)
                 .expect("response")
                 .reply_as_put()
@@ -456,12 +476,12 @@ mod tests {
                 .expect("v")
                 .bytes()
                 .to_vec();
-            let a = answer(&core, &put(4, b"k", b"v3", Some(&v1), None)).await;
+            let a = answer(&core, &put(4, b"k", b"v3", Some(&v1), None), false).await;
             let resp = parse_response(&a.body).expect("response");
             let e = resp.reply_as_error().expect("error");
             assert_eq!(e.code(), fb::ErrorCode::ConditionFailed);
             assert_eq!(e.current_version().map(|v| v.bytes().to_vec()), Some(v2));
-            let a = answer(&core, &get(5, b"absent", None)).await;
+            let a = answer(&core, &get(5, b"absent", None), false).await;
             let resp = parse_response(&a.body).expect("response");
             assert!(!resp.reply_as_get().expect("get").found());
         });
@@ -479,23 +499,24 @@ mod tests {
             };
             let with_w = |kind, count| put(1, b"k", b"v", None, Some(fb::Quorum::new(kind, count)));
             // W=2 with one replica: refused, the connection stays.
-            let a = answer(&core, &with_w(fb::QuorumKind::Count, 2)).await;
+            let a = answer(&core, &with_w(fb::QuorumKind::Count, 2), false).await;
             assert_eq!(
                 (code(&a), a.close),
                 (Some(fb::ErrorCode::BadRequest), false)
             );
-            let a = answer(&core, &with_w(fb::QuorumKind::Quorum, 0)).await;
+            let a = answer(&core, &with_w(fb::QuorumKind::Quorum, 0), false).await;
             assert_eq!(code(&a), None, "quorum is accepted");
             let a = answer(
                 &core,
                 &get(2, b"", Some(fb::Quorum::new(fb::QuorumKind::Count, 1))),
+                false,
             )
             .await;
             assert_eq!(code(&a), Some(fb::ErrorCode::InvalidKey));
-            let a = answer(&core, &put(3, b"k", b"v", Some(b"\xff"), None)).await;
+            let a = answer(&core, &put(3, b"k", b"v", Some(b"\xff"), None), false).await;
             assert_eq!(code(&a), Some(fb::ErrorCode::BadRequest));
             // Garbage: an error with id 0, and the connection closes.
-            let a = answer(&core, b"definitely not a flatbuffer").await;
+            let a = answer(&core, b"definitely not a flatbuffer", false).await;
             assert!(a.close);
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.id(), 0);
@@ -520,10 +541,39 @@ mod tests {
                     .expect("decodes")
                 })
             };
-            let a = answer(&core, &build::replica_read(1, 0, b"k")).await;
-            assert_eq!(object_of(&a.body), None, "nothing yet");
-            answer(&core, &put(2, b"k", b"local", None, None)).await;
-            let a = answer(&core, &build::replica_read(3, 0, b"k")).await;
+            // From a client (a frame without the cluster's MAC): refused, and counted.
+            let refused = |body: &[u8]| {
+                let resp = parse_response(body).expect("response");
+                resp.reply_as_error().map(|e| e.code()) == Some(fb::ErrorCode::BadRequest)
+            };
+            let a = answer(&core, &build::replica_read(1, 0, b"k"), false).await;
+            assert!(refused(&a.body));
+            let (version, values) = object::to_parts(&Object::new(Sibling {
+                value: Some(b"forged".to_vec()),
+                hlc: HlcTimestamp::from_parts(1, 0),
+                expiry_ms: None,
+            }))
+            .expect("parts");
+            let a = answer(
+                &core,
+                &build::replica_apply(1, 0, b"k", &version, &values),
+                false,
+            )
+            .await;
+            assert!(refused(&a.body));
+            assert_eq!(
+                core.metrics()
+                    .auth_refused_count(crate::metrics::AuthPlane::Binary),
+                2
+            );
+            let a = answer(&core, &build::replica_read(1, 0, b"k"), true).await;
+            assert_eq!(
+                object_of(&a.body),
+                None,
+                "nothing yet: the forged apply was refused"
+            );
+            answer(&core, &put(2, b"k", b"local", None, None), false).await;
+            let a = answer(&core, &build::replica_read(3, 0, b"k"), true).await;
             let local = object_of(&a.body).expect("found");
             assert_eq!(local.size(), 1);
             // Another replica's concurrent write: after the merge both siblings are kept.
@@ -539,7 +589,12 @@ mod tests {
             )
             .expect("object");
             let (version, values) = object::to_parts(&remote).expect("parts");
-            let a = answer(&core, &build::replica_apply(4, 0, b"k", &version, &values)).await;
+            let a = answer(
+                &core,
+                &build::replica_apply(4, 0, b"k", &version, &values),
+                true,
+            )
+            .await;
             assert!(
                 a.ok,
                 "{:?}",
@@ -557,7 +612,7 @@ mod tests {
             let read_back = |id| {
                 let core = core.clone();
                 async move {
-                    let a = answer(&core, &build::replica_read(id, 0, b"k")).await;
+                    let a = answer(&core, &build::replica_read(id, 0, b"k"), true).await;
                     object_of(&a.body).expect("found")
                 }
             };
@@ -569,7 +624,7 @@ mod tests {
             assert_eq!(merged.size(), 2, "concurrent siblings both survive");
             assert!(merged.equal(&local.sync(&remote)));
             // Reads return the newest sibling (last writer wins by HLC).
-            let a = answer(&core, &get(5, b"k", None)).await;
+            let a = answer(&core, &get(5, b"k", None), false).await;
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(
                 resp.reply_as_get()
@@ -578,7 +633,12 @@ mod tests {
                 Some(&b"remote"[..])
             );
             // Applying the same object again changes nothing (idempotent).
-            let a = answer(&core, &build::replica_apply(6, 0, b"k", &version, &values)).await;
+            let a = answer(
+                &core,
+                &build::replica_apply(6, 0, b"k", &version, &values),
+                true,
+            )
+            .await;
             assert!(a.ok);
             assert!(read_back(31).await.equal(&merged));
             // Two replicas' copies each within the sibling bound, whose merge is not: the
@@ -606,12 +666,17 @@ mod tests {
             };
             for (id, half) in [(20, many(0..60)), (21, many(60..120))] {
                 let (v, vals) = object::to_parts(&half).expect("parts");
-                let a = answer(&core, &build::replica_apply(id, 0, b"wide", &v, &vals)).await;
+                let a = answer(
+                    &core,
+                    &build::replica_apply(id, 0, b"wide", &v, &vals),
+                    true,
+                )
+                .await;
                 assert!(a.ok);
-                let a = answer(&core, &build::replica_read(id + 10, 0, b"wide")).await;
+                let a = answer(&core, &build::replica_read(id + 10, 0, b"wide"), true).await;
                 assert!(object_of(&a.body).expect("merged").size() <= 100);
             }
-            let a = answer(&core, &get(22, b"wide", None)).await;
+            let a = answer(&core, &get(22, b"wide", None), false).await;
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(
                 resp.reply_as_get()
@@ -633,7 +698,7 @@ mod tests {
             )
             .expect("object");
             let (fv, fvals) = object::to_parts(&future).expect("parts");
-            let a = answer(&core, &build::replica_apply(8, 0, b"k", &fv, &fvals)).await;
+            let a = answer(&core, &build::replica_apply(8, 0, b"k", &fv, &fvals), true).await;
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(
                 resp.reply_as_error().map(|e| e.code()),
@@ -643,6 +708,7 @@ mod tests {
             let a = answer(
                 &core,
                 &build::replica_apply(7, 0, b"k", b"\x09garbage", b""),
+                true,
             )
             .await;
             assert!(!a.close);
@@ -659,11 +725,11 @@ mod tests {
         with_store(|store, _| async move {
             let core = Core::single(store, NodeId(7));
             let ping = build::ping(9, 77);
-            let a = answer(&core, &ping).await;
+            let a = answer(&core, &ping, false).await;
             let resp = parse_response(&a.body).expect("response");
             assert_eq!(resp.reply_as_ping().map(|p| p.payload()), Some(77));
             let topo = build::topology(10);
-            let a = answer(&core, &topo).await;
+            let a = answer(&core, &topo, false).await;
             let resp = parse_response(&a.body).expect("response");
             let topo = resp.reply_as_topology().expect("topology");
             assert_eq!(topo.nodes().len(), 1);

@@ -29,8 +29,10 @@ use super::listen::{accept_connections, close_with, linger};
 use crate::core::{Admission, Core};
 use crate::frontend::binary_dispatch::{self, frame_error};
 use crate::metrics::Protocol;
-use dynacore_proto::FRAME_HEADER_BYTES;
-use dynacore_proto::{encode_frame, fb, frame_len, parse_request, ProtocolError};
+use dynacore_proto::{encode_authenticated_frame, AUTH_TAG_BYTES, FRAME_HEADER_BYTES};
+use dynacore_proto::{
+    encode_frame, fb, frame_header, parse_request, ClusterKey, Domain, ProtocolError,
+};
 
 /// What one binary connection may hold, and how long it may stall.
 #[derive(Clone, Debug)]
@@ -219,23 +221,54 @@ async fn read_requests(
             Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Ending::Closed),
             Some(Err(e)) => return Err(e),
         }
-        let len = match frame_len(header) {
-            Ok(len) => len,
+        let head = match frame_header(header) {
+            Ok(head) => head,
             Err(e) => {
                 core.metrics().refused();
                 let code = match e {
                     ProtocolError::FrameTooLarge { .. } => fb::ErrorCode::ValueTooLarge,
                     _ => fb::ErrorCode::BadRequest,
                 };
-                send(&out, state, &frame_error(code, &e.to_string()).body, None);
+                send(
+                    &out,
+                    state,
+                    &frame_error(code, &e.to_string()).body,
+                    None,
+                    None,
+                );
                 return Ok(Ending::Refused);
             }
         };
+        let len = head.len;
         state.last_activity.set(Instant::now());
+        let mut tag = [0u8; AUTH_TAG_BYTES];
         let mut body = vec![0u8; len];
-        match runtime::timeout(state.limits.read_timeout, reader.read_exact(&mut body)).await {
+        let read = async {
+            if head.authenticated {
+                reader.read_exact(&mut tag).await?;
+            }
+            reader.read_exact(&mut body).await
+        };
+        match runtime::timeout(state.limits.read_timeout, read).await {
             Some(r) => r?,
             None => return Ok(Ending::Closed), // a frame cut short: drop the connection
+        }
+        // A frame from another node carries the cluster's MAC; a client's carries none (and
+        // may not ask for replica operations).
+        let from_peer = head.authenticated;
+        if from_peer && !core.cluster_key().verify(Domain::Request, &body, &tag) {
+            core.metrics()
+                .auth_refused(crate::metrics::AuthPlane::Binary);
+            tracing::warn!(
+                "refused a frame whose tag does not match this node's cluster secret (is the \
+                 sender given the same --cluster-secret-file?)"
+            );
+            let error = frame_error(
+                fb::ErrorCode::BadRequest,
+                "frame refused: its tag does not match the cluster secret",
+            );
+            send(&out, state, &error.body, None, None);
+            return Ok(Ending::Refused);
         }
         let started = Instant::now();
         let id = match parse_request(&body) {
@@ -243,7 +276,7 @@ async fn read_requests(
             Err(e) => {
                 core.metrics().refused();
                 let error = frame_error(fb::ErrorCode::BadRequest, &e.to_string());
-                send(&out, state, &error.body, None);
+                send(&out, state, &error.body, None, None);
                 return Ok(Ending::Refused);
             }
         };
@@ -253,7 +286,13 @@ async fn read_requests(
                 fb::ErrorCode::Unavailable,
                 "the node is shutting down",
             );
-            send(&out, state, &body, None);
+            send(
+                &out,
+                state,
+                &body,
+                None,
+                from_peer.then(|| core.cluster_key()),
+            );
             return Ok(Ending::Refused);
         };
         // Back-pressure: past the connection's budget, wait for answers to be written.
@@ -270,24 +309,31 @@ async fn read_requests(
         state.request_bytes.set(state.request_bytes.get() + len);
         let (core, out, state) = (core.clone(), out.clone(), state.clone());
         runtime::spawn_detached(async move {
-            let answer = binary_dispatch::answer(&core, &body).await;
+            let answer = binary_dispatch::answer(&core, &body, from_peer).await;
             drop(body);
             core.metrics()
                 .request(Protocol::Binary, answer.op, answer.ok, started.elapsed());
-            send(&out, &state, &answer.body, Some((len, admission)));
+            let key = from_peer.then(|| core.cluster_key());
+            send(&out, &state, &answer.body, Some((len, admission)), key);
         });
     }
 }
 
-/// Queues an answer for the writer; closes the connection when the client is not reading.
+/// Queues an answer for the writer (authenticated under `key` for a node's request); closes
+/// the connection when the client is not reading.
 fn send(
     out: &flume::Sender<Outgoing>,
     state: &ConnState,
     body: &[u8],
     request: Option<(usize, Admission)>,
+    key: Option<&ClusterKey>,
 ) {
-    let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES);
-    if let Err(e) = encode_frame(body, &mut frame) {
+    let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES + AUTH_TAG_BYTES);
+    let framed = match key {
+        None => encode_frame(body, &mut frame),
+        Some(key) => encode_authenticated_frame(body, key, Domain::Answer, &mut frame),
+    };
+    if let Err(e) = framed {
         // INVARIANT: dispatch answers within the frame limit; should an answer still not fit,
         // the connection pays, never the core.
         tracing::error!(error = %e, "an answer could not be framed; closing the connection");

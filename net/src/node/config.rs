@@ -24,6 +24,8 @@
 //! conflicts = "lww"              # reads: "lww" (newest value) or "siblings" (all concurrent)
 //! purge_gate = "grace"           # when tombstones and expired values may be purged: "grace"
 //! tombstone_grace_s = 864000     # ... this long after the delete or expiry (10 days)
+//! cluster_secret_file = "/etc/dynacore/cluster.secret"  # shared by every node (default: one
+//!                                # generated in the data directory at the first start)
 //! ```
 
 use std::net::SocketAddr;
@@ -88,6 +90,9 @@ pub struct NodeConfig {
     pub replication: ReplicationConfig,
     /// When compaction may purge a tombstone or an expired value.
     pub purge: PurgeConfig,
+    /// The file holding the cluster secret every node of the cluster shares (`None`:
+    /// `<data_dir>/cluster.secret`, generated at the first start).
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// When compaction may forget a delete (a tombstone, or a value past its expiry): only once no
@@ -138,6 +143,7 @@ impl Default for NodeConfig {
             node_id: None,
             replication: ReplicationConfig::default(),
             purge: PurgeConfig::default(),
+            cluster_secret_file: None,
         }
     }
 }
@@ -171,6 +177,7 @@ struct FileConfig {
     conflicts: Option<String>,
     purge_gate: Option<String>,
     tombstone_grace_s: Option<u64>,
+    cluster_secret_file: Option<PathBuf>,
 }
 
 /// Overrides given on the command line (`None`: not given); also `dynacore serve`'s flags.
@@ -216,6 +223,11 @@ pub struct Overrides {
     /// How reads answer concurrent values: lww or siblings [default: lww].
     #[arg(long)]
     pub conflicts: Option<String>,
+    /// The cluster secret every node shares: a file of at least 32 bytes (such as 64 hex
+    /// digits), readable by its owner only [default: <data-dir>/cluster.secret, generated at
+    /// the first start].
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 fn parse_conflicts(name: &str, v: &str) -> Result<bool, ConfigError> {
@@ -347,6 +359,9 @@ impl NodeConfig {
             if let Some(v) = f.tombstone_grace_s {
                 c.purge.grace = Duration::from_secs(v);
             }
+            if f.cluster_secret_file.is_some() {
+                c.cluster_secret_file = f.cluster_secret_file;
+            }
             let r = &mut c.replication;
             if let Some(v) = f.replication_factor {
                 r.replication_factor = v;
@@ -408,6 +423,9 @@ impl NodeConfig {
         }
         if let Some(v) = &flags.conflicts {
             c.replication.siblings = parse_conflicts("--conflicts", v)?;
+        }
+        if flags.cluster_secret_file.is_some() {
+            c.cluster_secret_file.clone_from(&flags.cluster_secret_file);
         }
         c.check()?;
         Ok(c)

@@ -1,6 +1,7 @@
 //! `dynacore local-cluster`: N nodes on one machine, one per loopback address (127.0.0.1,
 //! 127.0.0.2, …) with the same ports, each with its own data directory under one folder, all
-//! joining through the first. It prints their addresses and stops them all, cleanly, on
+//! joining through the first, sharing one cluster secret (`<dir>/cluster.secret`, generated at
+//! the first run). It prints their addresses and stops them all, cleanly, on
 //! Ctrl-C or SIGTERM (or when one of them dies).
 
 use std::io::{BufRead, BufReader, Write as _};
@@ -105,6 +106,18 @@ pub fn run(args: &LocalCluster) -> u8 {
             return 2;
         }
     };
+    // One cluster secret for all of them, kept beside their data directories.
+    if let Err(e) = std::fs::create_dir_all(&args.dir) {
+        eprintln!("local-cluster: cannot create {}: {e}", args.dir.display());
+        return 2;
+    }
+    let secret = match super::secret::load_or_create(None, &args.dir) {
+        Ok((_, path)) => path,
+        Err(e) => {
+            eprintln!("local-cluster: {e}");
+            return 2;
+        }
+    };
     let seed = SocketAddr::new(node_ip(1), args.port);
     let mut children: Vec<(u8, Child)> = Vec::new();
     let (exited_tx, exited) = std::sync::mpsc::channel::<u8>();
@@ -123,6 +136,8 @@ pub fn run(args: &LocalCluster) -> u8 {
             .arg("--no-pin")
             .arg("--durability")
             .arg(&args.durability)
+            .arg("--cluster-secret-file")
+            .arg(&secret)
             .stdout(Stdio::piped());
         // Their own process group: a Ctrl-C in the terminal reaches only this process, which
         // then stops each node once (a second signal would make a node exit at once).

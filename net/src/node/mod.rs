@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod local_cluster;
+pub mod secret;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -329,6 +330,14 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         config.vnodes,
         config.node_id.map(NodeId),
     )?;
+    let (key, secret_path) =
+        secret::load_or_create(config.cluster_secret_file.as_deref(), &config.data_dir).map_err(
+            |e| match e {
+                secret::SecretError::Refused(m) => NodeError::Config(m),
+                secret::SecretError::WriteFailed(m) => NodeError::Runtime(m),
+            },
+        )?;
+    tracing::info!(path = %secret_path.display(), "cluster secret");
     let own_member = RingMember {
         id: meta.node_id.to_string(),
         binary: config.advertised(),
@@ -368,11 +377,12 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         let (control_tx, control_rx) = flume::bounded::<()>(1);
         controls.push(control_tx);
         let cpu = config.pin.then(|| cpus[i as usize]);
-        let (config, cluster, core_shared, ready_tx) = (
+        let (config, cluster, core_shared, ready_tx, key) = (
             config.clone(),
             cluster.clone(),
             shared.clone(),
             ready_tx.clone(),
+            key.clone(),
         );
         // Core 0 keeps the ring book (its membership driver records new members).
         let book = if i == 0 { book.take() } else { None };
@@ -394,6 +404,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                     control: control_rx,
                     shard_addr,
                     ready: ready_tx,
+                    key,
                 })
                 .await
             },
@@ -498,6 +509,7 @@ struct CoreStart {
     control: flume::Receiver<()>,
     shard_addr: SocketAddr,
     ready: std::sync::mpsc::Sender<Result<u32, String>>,
+    key: dynacore_proto::ClusterKey,
 }
 
 async fn core_main(s: CoreStart) -> Result<(), String> {
@@ -549,6 +561,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         replication: replication.clone(),
         // Peers see this node's connections come from its own address.
         source_ip: Some(s.config.listen.ip()).filter(|ip| !ip.is_unspecified()),
+        key: s.key.clone(),
     });
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
     let replay = runtime::spawn(crate::coordinator::replay_hints(core.clone()));
@@ -617,6 +630,16 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
                     seeds,
                     publish,
                     gossip_inbox,
+                    crate::cluster::gossip::Sealing {
+                        key: s.key.clone(),
+                        refused: {
+                            let core = core.clone();
+                            Box::new(move || {
+                                core.metrics()
+                                    .auth_refused(crate::metrics::AuthPlane::Gossip);
+                            })
+                        },
+                    },
                 )))
             }
             Err(e) => {

@@ -26,6 +26,35 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
         .expect("temp dir")
 }
 
+/// The cluster secret file every node this test process starts shares (owner-only, made once).
+pub fn test_secret() -> PathBuf {
+    static SECRET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SECRET
+        .get_or_init(|| {
+            let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("dynacore-test-{}.secret", std::process::id()));
+            write_secret(
+                &path,
+                &format!("{:064x}", u128::from(std::process::id()) << 64 | 0x5ec7),
+            );
+            path
+        })
+        .clone()
+}
+
+/// Writes a secret file readable by its owner only (replacing any).
+pub fn write_secret(path: &Path, secret: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("secret file");
+    f.write_all(secret.as_bytes()).expect("secret");
+}
+
 /// A running node.
 pub struct Node {
     pub child: Child,
@@ -117,9 +146,16 @@ fn try_start_at(
     let log = data_dir.with_extension(format!("log-{}", std::process::id()));
     let log_file = std::fs::File::create(&log).expect("log file");
     let cores = cores.to_string();
+    // Every node of a test shares the test process's cluster secret, unless told otherwise.
+    let secret: Vec<std::ffi::OsString> = if extra.contains(&"--cluster-secret-file") {
+        Vec::new()
+    } else {
+        vec!["--cluster-secret-file".into(), test_secret().into()]
+    };
     let mut child = dynacore()
         .args(["serve", "--data-dir"])
         .arg(data_dir)
+        .args(secret)
         .args(["--listen", listen, "--http", http, "--no-pin"])
         .args(["--cores", &cores])
         .args(extra)
@@ -388,6 +424,43 @@ pub fn raw_conn(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(BOUND)).expect("timeout");
     s
+}
+
+/// The key of this test process's cluster secret ([`test_secret`]).
+pub fn test_key() -> dynacore_proto::ClusterKey {
+    let secret = std::fs::read(test_secret()).expect("the test secret");
+    dynacore_proto::ClusterKey::new(secret.trim_ascii()).expect("a key")
+}
+
+/// `body` framed as a node of the test cluster sends it (authenticated with [`test_key`]).
+pub fn framed_as_peer(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    dynacore_proto::encode_authenticated_frame(
+        body,
+        &test_key(),
+        dynacore_proto::Domain::Request,
+        &mut out,
+    )
+    .expect("a test frame within the limit");
+    out
+}
+
+/// Reads one authenticated answer (to a [`framed_as_peer`] request) and checks its tag.
+pub fn read_frame_as_peer(s: &mut TcpStream) -> Vec<u8> {
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).expect("response header");
+    let head = dynacore_proto::frame_header(header).expect("a valid header");
+    assert!(head.authenticated, "an answer to a node is authenticated");
+    let mut rest = vec![0u8; dynacore_proto::AUTH_TAG_BYTES + head.len];
+    s.read_exact(&mut rest).expect("response body");
+    let mut frame = header.to_vec();
+    frame.extend_from_slice(&rest);
+    let key = test_key();
+    let (body, _) =
+        dynacore_proto::split_frame(&frame, Some((&key, dynacore_proto::Domain::Answer)))
+            .expect("its tag checks")
+            .expect("whole");
+    body.to_vec()
 }
 
 /// Reads one response frame's body.
