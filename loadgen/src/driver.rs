@@ -103,6 +103,7 @@ pub fn error_kind(e: &ClientError) -> String {
         ClientError::ConditionFailed { .. } => "condition_failed".into(),
         ClientError::Server { code, .. } => format!("{code:?}").to_lowercase(),
         ClientError::Protocol(_) => "protocol".into(),
+        ClientError::Overloaded(_) => "overloaded".into(),
     }
 }
 

@@ -41,6 +41,9 @@ pub enum ClientError {
     },
     /// The server's answer could not be understood.
     Protocol(String),
+    /// The connection to that server already queues as much as it may (the server is not
+    /// keeping up, or not reading): the request was not sent.
+    Overloaded(String),
 }
 
 impl fmt::Display for ClientError {
@@ -57,6 +60,7 @@ impl fmt::Display for ClientError {
             }
             ClientError::Server { code, message, .. } => write!(f, "{code:?}: {message}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Overloaded(m) => write!(f, "not sent: {m}"),
         }
     }
 }
@@ -97,12 +101,28 @@ impl From<dynacore_proto::api::VersionHexError> for ClientError {
     }
 }
 
+impl From<dynacore_proto::connection::SendError> for ClientError {
+    fn from(e: dynacore_proto::connection::SendError) -> Self {
+        match e {
+            dynacore_proto::connection::SendError::TooLarge { .. } => {
+                ClientError::InvalidArgument(e.to_string())
+            }
+            dynacore_proto::connection::SendError::Overloaded { .. } => {
+                ClientError::Overloaded(e.to_string())
+            }
+        }
+    }
+}
+
 impl ClientError {
-    /// The request was never sent (no connection could be made), so sending it elsewhere is
-    /// safe even for a write.
+    /// The request was never sent (no connection could be made, or its queue was full), so
+    /// sending it elsewhere is safe even for a write.
     #[must_use]
     pub fn is_not_sent(&self) -> bool {
-        matches!(self, ClientError::Connect { .. })
+        matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Overloaded(_)
+        )
     }
 
     pub(crate) fn broken(why: &'static str) -> ClientError {

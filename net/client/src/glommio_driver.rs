@@ -77,6 +77,9 @@ impl Shared {
     }
 }
 
+/// How long writing one batch of queued frames may take before the connection is given up.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+
 /// One open connection; its tasks stop when it is dropped.
 struct Conn {
     shared: Rc<Shared>,
@@ -144,7 +147,12 @@ async fn write_requests(mut w: TcpWriter, woken: flume::Receiver<()>, shared: Rc
             if out.is_empty() {
                 break;
             }
-            if w.write_all(&out).await.is_err() {
+            // A peer that has not taken one batch (at most the queue's bound) in this long is
+            // not reading: the connection is given up, and what it queued with it.
+            if !matches!(
+                runtime::timeout(WRITE_STALL, w.write_all(&out)).await,
+                Some(Ok(()))
+            ) {
                 shared.fail();
                 return;
             }
@@ -271,7 +279,7 @@ impl ConnPool {
             .state
             .borrow_mut()
             .send(build, tx)
-            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            .map_err(ClientError::from)?;
         let _forget = Forget { shared, id };
         // A full channel already holds a wake-up the writer has not taken.
         let _ = shared.wake_writer.try_send(());

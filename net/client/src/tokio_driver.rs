@@ -221,9 +221,7 @@ impl Driver for Pool {
             if shared.broken.load(Ordering::Relaxed) {
                 return Err(ClientError::broken("the connection is closed"));
             }
-            state
-                .send(build, tx)
-                .map_err(|e| ClientError::InvalidArgument(e.to_string()))?
+            state.send(build, tx).map_err(ClientError::from)?
         };
         let _forget = Forget { shared, id };
         shared.wake_writer.notify_one();

@@ -3,7 +3,7 @@
 //! runs this and only moves bytes.
 //!
 //! ```text
-//! send(build, waiter) ──► id, frame appended to the outgoing bytes ──► take_outgoing() ──► socket
+//! send(build, waiter) ──► id, frame queued (bounded) ──► take_outgoing() ──► socket
 //! socket ──► receive(bytes) ──► [(waiter, answer body)] for every whole frame whose id waits
 //! ```
 //!
@@ -14,13 +14,24 @@
 //! practice), and a waiter is returned at most once: by [`Connection::receive`] with its answer,
 //! by [`Connection::forget`] when its caller gave up, or by [`Connection::fail_all`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::auth::{ClusterKey, Domain};
 use crate::frame::parse_response;
 use crate::frame::{
     encode_authenticated_frame, encode_frame, split_frame, ProtocolError, FRAME_BYTES_MAX,
 };
+
+/// Bytes of frames a connection queues before the socket takes them; past it a request is
+/// refused ([`SendError::Overloaded`]) rather than queued (a single larger one still goes
+/// alone).
+pub const OUTGOING_BYTES_MAX: usize = 32 << 20;
+
+/// Bytes of frames [`Connection::take_outgoing`] hands out at once (a larger frame alone).
+pub const TAKE_BYTES_MAX: usize = 1 << 20;
+
+/// Requests one connection has waiting for their answers at most.
+pub const IN_FLIGHT_MAX: usize = 4096;
 
 /// Why a request was not queued.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +41,14 @@ pub enum SendError {
         /// Its size.
         bytes: usize,
     },
+    /// The connection already queues [`OUTGOING_BYTES_MAX`] bytes or waits for
+    /// [`IN_FLIGHT_MAX`] answers: the server is not keeping up (or not reading).
+    Overloaded {
+        /// Bytes queued.
+        queued: usize,
+        /// Answers waited for.
+        in_flight: usize,
+    },
 }
 
 impl std::fmt::Display for SendError {
@@ -38,6 +57,10 @@ impl std::fmt::Display for SendError {
             SendError::TooLarge { bytes } => write!(
                 f,
                 "the request is {bytes} bytes, over the {FRAME_BYTES_MAX}-byte frame limit"
+            ),
+            SendError::Overloaded { queued, in_flight } => write!(
+                f,
+                "the connection is overloaded: {queued} bytes queued, {in_flight} answers awaited"
             ),
         }
     }
@@ -50,7 +73,11 @@ impl std::error::Error for SendError {}
 pub struct Connection<W> {
     next_id: u64,
     waiting: HashMap<u64, W>,
-    outgoing: Vec<u8>,
+    /// Frames not yet taken by the driver, with their request's id (a forgotten request's
+    /// frame is dropped before it is sent).
+    outgoing: VecDeque<(u64, Vec<u8>)>,
+    /// Their bytes.
+    outgoing_bytes: usize,
     incoming: Vec<u8>,
     /// A node's connection to another: its frames are tagged, and its answers must be.
     key: Option<ClusterKey>,
@@ -69,7 +96,8 @@ impl<W> Connection<W> {
         Connection {
             next_id: 1,
             waiting: HashMap::new(),
-            outgoing: Vec::new(),
+            outgoing: VecDeque::new(),
+            outgoing_bytes: 0,
             incoming: Vec::new(),
             key: None,
         }
@@ -94,19 +122,26 @@ impl<W> Connection<W> {
         build: impl FnOnce(u64) -> Vec<u8>,
         waiter: W,
     ) -> Result<u64, SendError> {
+        if self.waiting.len() >= IN_FLIGHT_MAX || self.outgoing_bytes >= OUTGOING_BYTES_MAX {
+            return Err(SendError::Overloaded {
+                queued: self.outgoing_bytes,
+                in_flight: self.waiting.len(),
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let body = build(id);
         if body.is_empty() || body.len() > FRAME_BYTES_MAX {
             return Err(SendError::TooLarge { bytes: body.len() });
         }
+        let mut frame = Vec::new();
         match &self.key {
-            None => encode_frame(&body, &mut self.outgoing),
-            Some(key) => {
-                encode_authenticated_frame(&body, key, Domain::Request, &mut self.outgoing)
-            }
+            None => encode_frame(&body, &mut frame),
+            Some(key) => encode_authenticated_frame(&body, key, Domain::Request, &mut frame),
         }
         .map_err(|_| SendError::TooLarge { bytes: body.len() })?;
+        self.outgoing_bytes += frame.len();
+        self.outgoing.push_back((id, frame));
         self.waiting.insert(id, waiter);
         Ok(id)
     }
@@ -114,7 +149,14 @@ impl<W> Connection<W> {
     /// The caller of request `id` gave up (timed out, dropped): its answer, if it comes, is
     /// dropped. Returns its waiter if it was still waiting.
     pub fn forget(&mut self, id: u64) -> Option<W> {
-        self.waiting.remove(&id)
+        let waiter = self.waiting.remove(&id);
+        // Its frame, if not taken yet, is not worth sending: its bytes are freed now.
+        if let Some(at) = self.outgoing.iter().position(|(i, _)| *i == id) {
+            if let Some((_, frame)) = self.outgoing.remove(at) {
+                self.outgoing_bytes -= frame.len();
+            }
+        }
+        waiter
     }
 
     /// Whether bytes wait to be sent.
@@ -123,10 +165,31 @@ impl<W> Connection<W> {
         !self.outgoing.is_empty()
     }
 
-    /// Moves the bytes to send into `out` (cleared first); the driver writes all of them.
+    /// Bytes of frames waiting to be taken.
+    #[must_use]
+    pub fn outgoing_bytes(&self) -> usize {
+        self.outgoing_bytes
+    }
+
+    /// Moves the next frames to send into `out` (cleared first): at least one, and no more
+    /// than [`TAKE_BYTES_MAX`] bytes of them, skipping those of requests given up meanwhile;
+    /// the driver writes all of them, then takes again. What it has not taken stays counted
+    /// against the queue's bound (and a request given up can still be dropped from it).
     pub fn take_outgoing(&mut self, out: &mut Vec<u8>) {
         out.clear();
-        std::mem::swap(out, &mut self.outgoing);
+        while let Some((id, frame)) = self.outgoing.front() {
+            if !out.is_empty() && out.len() + frame.len() > TAKE_BYTES_MAX {
+                break;
+            }
+            if self.waiting.contains_key(id) {
+                out.extend_from_slice(frame);
+            }
+            let (_, frame) = self
+                .outgoing
+                .pop_front()
+                .expect("INVARIANT: a front was seen");
+            self.outgoing_bytes -= frame.len();
+        }
     }
 
     /// Requests waiting for their answer.
@@ -165,6 +228,7 @@ impl<W> Connection<W> {
     /// The connection is gone: every waiter, to be told so. Nothing is in flight afterwards.
     pub fn fail_all(&mut self) -> Vec<W> {
         self.outgoing.clear();
+        self.outgoing_bytes = 0;
         self.incoming.clear();
         self.waiting.drain().map(|(_, w)| w).collect()
     }
@@ -174,6 +238,63 @@ impl<W> Connection<W> {
 mod tests {
     use super::*;
     use crate::{build, fb, reply};
+
+    #[test]
+    fn the_queue_is_bounded_and_a_forgotten_request_is_never_sent() {
+        let mut c: Connection<u64> = Connection::new();
+        let value = vec![7u8; 1 << 20];
+        let put = |id| {
+            build::put(
+                id,
+                &build::Put {
+                    key: b"k",
+                    value: &value,
+                    ..build::Put::default()
+                },
+            )
+        };
+        // A peer that does not read: frames pile up to the bound, then requests are refused.
+        let mut ids = Vec::new();
+        loop {
+            match c.send(put, 0) {
+                Ok(id) => ids.push(id),
+                Err(SendError::Overloaded { queued, .. }) => {
+                    assert!(queued >= OUTGOING_BYTES_MAX);
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(ids.len() <= 64, "never bounded");
+        }
+        assert!(c.outgoing_bytes() < OUTGOING_BYTES_MAX + (2 << 20));
+        // Their callers give up: the frames are freed, never sent, and room is back.
+        for &id in &ids[1..] {
+            c.forget(id);
+        }
+        assert!(c.outgoing_bytes() < 2 << 20);
+        let last = c.send(put, 0).expect("room again");
+        // Taken a frame at a time (each is over the batch size), and only these two.
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        while c.has_outgoing() {
+            c.take_outgoing(&mut out);
+            let (frame, used) = split_frame(&out, None).expect("valid").expect("whole");
+            assert_eq!(used, out.len(), "one frame per take");
+            sent.push(crate::frame::parse_request(frame).expect("parses").id());
+        }
+        assert_eq!(sent, vec![ids[0], last], "nothing else went out");
+        assert_eq!(c.outgoing_bytes(), 0);
+        // Answers awaited are bounded too.
+        let mut c: Connection<u64> = Connection::new();
+        for _ in 0..IN_FLIGHT_MAX {
+            c.send(|id| build::ping(id, 1), 0).expect("queued");
+            c.take_outgoing(&mut out);
+        }
+        assert!(matches!(
+            c.send(|id| build::ping(id, 1), 0),
+            Err(SendError::Overloaded { .. })
+        ));
+    }
 
     #[test]
     fn answers_in_any_order_reach_their_waiters_whatever_the_chunking() {

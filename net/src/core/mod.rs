@@ -145,12 +145,17 @@ pub struct NodeShared {
     members: crate::cluster::membership::SharedMembers,
 }
 
+/// Operations one core's inbox holds from the other cores; past it they are refused
+/// (`Overloaded`) rather than queued without bound.
+pub const INBOX_MAX: usize = 4096;
+
 impl NodeShared {
     /// The shared state of a node with `cores` cores, and each core's inbox receiver (index `i`
     /// is core `i`'s, to hand to [`serve_inbox`] on that core).
     #[must_use]
     pub fn new(cores: u32) -> (Arc<NodeShared>, Vec<flume::Receiver<Forward>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..cores).map(|_| flume::bounded(INBOX_MAX)).unzip();
         let shared = NodeShared {
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -236,6 +241,9 @@ struct CoreInner {
     peers: ConnPool,
     /// The cluster secret's key.
     key: ClusterKey,
+    /// Request-body bytes its binary connections hold (read, running, or answered but not
+    /// yet written).
+    body_bytes: std::cell::Cell<usize>,
     /// This core's hints (`None`: hinted handoff is off).
     hints: Option<Rc<HintStore>>,
     replication: ReplicationConfig,
@@ -308,6 +316,7 @@ impl Core {
                 }
             },
             key: parts.key,
+            body_bytes: std::cell::Cell::new(0),
             hints: parts.hints,
             replication: parts.replication,
         }))
@@ -396,6 +405,31 @@ impl Core {
         &self.0.key
     }
 
+    /// Takes `len` bytes of this core's request-body budget of `max`: granted when they fit,
+    /// or when nothing is held (a single larger body still runs alone).
+    pub fn try_reserve_body_bytes(&self, len: usize, max: usize) -> bool {
+        let held = self.0.body_bytes.get();
+        if held == 0 || held + len <= max {
+            self.0.body_bytes.set(held + len);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back bytes [`Core::try_reserve_body_bytes`] granted.
+    pub fn release_body_bytes(&self, len: usize) {
+        let held = self.0.body_bytes.get();
+        assert!(held >= len, "INVARIANT: only granted bytes are given back");
+        self.0.body_bytes.set(held - len);
+    }
+
+    /// Request-body bytes this core holds now.
+    #[must_use]
+    pub fn body_bytes(&self) -> usize {
+        self.0.body_bytes.get()
+    }
+
     /// How long a request may take when its sender does not say.
     #[must_use]
     pub fn default_timeout(&self) -> Duration {
@@ -459,8 +493,17 @@ impl Core {
                 reply: tx,
                 work,
             };
-            if inbox.send(forward).is_err() {
-                return kind.failed(StoreError::Unavailable(format!("core {shard} has stopped")));
+            match inbox.try_send(forward) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(_)) => {
+                    return kind.failed(StoreError::Overloaded(format!(
+                        "core {shard} has {INBOX_MAX} operations waiting; not run"
+                    )));
+                }
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    return kind
+                        .failed(StoreError::Unavailable(format!("core {shard} has stopped")));
+                }
             }
         }
         match runtime::timeout(timeout, rx.recv_async()).await {

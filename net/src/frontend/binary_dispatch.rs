@@ -66,6 +66,7 @@ fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
         StoreError::Internal(m) => error_body(id, fb::ErrorCode::Internal, m, None),
         StoreError::Unavailable(m) => error_body(id, fb::ErrorCode::Unavailable, m, None),
         StoreError::Timeout(m) => error_body(id, fb::ErrorCode::Timeout, m, None),
+        StoreError::Overloaded(m) => error_body(id, fb::ErrorCode::Overloaded, m, None),
         StoreError::Quorum {
             acks,
             required,

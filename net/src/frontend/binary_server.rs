@@ -104,9 +104,48 @@ pub async fn serve_binary(listener: TcpListener, core: Core, limits: ConnectionL
 struct Outgoing {
     frame: Vec<u8>,
     /// For the answer to a running request: its bytes (counted against the connection's
-    /// budget) and its admission (which keeps the node from closing its shards before the
-    /// answer is written).
-    request: Option<(usize, Admission)>,
+    /// budget), its admission (which keeps the node from closing its shards before the
+    /// answer is written) and its share of the core's body budget.
+    request: Option<(usize, Admission, BodyBytes)>,
+}
+
+/// Request body bytes the core holds at once, over all its binary connections; past it a new
+/// frame waits for room (up to the read timeout), then is refused `Overloaded`. A single larger
+/// frame still runs when the core holds nothing else. A running write holds a few copies of
+/// its value on the way to the WAL and the memtable, so the core's memory for requests is a
+/// small multiple of this.
+pub const CORE_BODY_BYTES_MAX: usize = 64 << 20;
+
+/// Bytes of a body read at once (its buffer grows as they arrive).
+const BODY_CHUNK: usize = 64 << 10;
+
+/// A share of the core's body budget, given back when dropped (once the answer is written).
+struct BodyBytes {
+    core: Core,
+    len: usize,
+}
+
+impl Drop for BodyBytes {
+    fn drop(&mut self) {
+        self.core.release_body_bytes(self.len);
+    }
+}
+
+/// Takes `len` bytes of the core's body budget, waiting up to `within` for room.
+async fn reserve_body(core: &Core, len: usize, within: Duration) -> Option<BodyBytes> {
+    let until = Instant::now() + within;
+    loop {
+        if core.try_reserve_body_bytes(len, CORE_BODY_BYTES_MAX) {
+            return Some(BodyBytes {
+                core: core.clone(),
+                len,
+            });
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        runtime::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// What the reader, the request tasks and the writer of one connection share.
@@ -241,13 +280,37 @@ async fn read_requests(
         };
         let len = head.len;
         state.last_activity.set(Instant::now());
+        // Back-pressure before a byte of the body is held: past the connection's budget, wait
+        // for its answers to be written; past the core's (every connection's bodies
+        // together), wait a while, then refuse.
+        while !state.has_room(len) {
+            if state.closed.get() {
+                return Ok(Ending::Closed);
+            }
+            let _ = state.progress.1.recv_async().await;
+        }
+        let Some(held) = reserve_body(core, len, state.limits.read_timeout).await else {
+            core.metrics().refused();
+            let error = frame_error(
+                fb::ErrorCode::Overloaded,
+                "the core holds as many request bytes as it may; try again later",
+            );
+            send(&out, state, &error.body, None, None);
+            return Ok(Ending::Refused);
+        };
         let mut tag = [0u8; AUTH_TAG_BYTES];
-        let mut body = vec![0u8; len];
+        // The body's buffer grows as its bytes arrive: a header alone commits no memory.
+        let mut body = Vec::with_capacity(len.min(BODY_CHUNK));
         let read = async {
             if head.authenticated {
                 reader.read_exact(&mut tag).await?;
             }
-            reader.read_exact(&mut body).await
+            while body.len() < len {
+                let at = body.len();
+                body.resize(at + (len - at).min(BODY_CHUNK.max(at)), 0);
+                reader.read_exact(&mut body[at..]).await?;
+            }
+            Ok::<(), io::Error>(())
         };
         match runtime::timeout(state.limits.read_timeout, read).await {
             Some(r) => r?,
@@ -295,13 +358,6 @@ async fn read_requests(
             );
             return Ok(Ending::Refused);
         };
-        // Back-pressure: past the connection's budget, wait for answers to be written.
-        while !state.has_room(len) {
-            if state.closed.get() {
-                return Ok(Ending::Closed);
-            }
-            let _ = state.progress.1.recv_async().await;
-        }
         if state.closed.get() {
             return Ok(Ending::Closed);
         }
@@ -314,7 +370,13 @@ async fn read_requests(
             core.metrics()
                 .request(Protocol::Binary, answer.op, answer.ok, started.elapsed());
             let key = from_peer.then(|| core.cluster_key());
-            send(&out, &state, &answer.body, Some((len, admission)), key);
+            send(
+                &out,
+                &state,
+                &answer.body,
+                Some((len, admission, held)),
+                key,
+            );
         });
     }
 }
@@ -325,7 +387,7 @@ fn send(
     out: &flume::Sender<Outgoing>,
     state: &ConnState,
     body: &[u8],
-    request: Option<(usize, Admission)>,
+    request: Option<(usize, Admission, BodyBytes)>,
     key: Option<&ClusterKey>,
 ) {
     let mut frame = Vec::with_capacity(body.len() + FRAME_HEADER_BYTES + AUTH_TAG_BYTES);
@@ -395,10 +457,11 @@ async fn write_answers(
             state
                 .answer_bytes
                 .set(state.answer_bytes.get() - o.frame.len());
-            if let Some((len, admission)) = o.request {
+            if let Some((len, admission, held)) = o.request {
                 state.running.set(state.running.get() - 1);
                 state.request_bytes.set(state.request_bytes.get() - len);
                 drop(admission);
+                drop(held);
             }
         }
         state.last_activity.set(Instant::now());

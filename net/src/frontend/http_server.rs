@@ -239,6 +239,7 @@ impl Reply {
             }
             StoreError::Unavailable(m) => Reply::error(503, "unavailable", m),
             StoreError::Timeout(m) => Reply::error(504, "timeout", m),
+            StoreError::Overloaded(m) => Reply::error(503, "overloaded", m),
             StoreError::Internal(m) => Reply::error(500, "internal", m),
             StoreError::Quorum {
                 acks,

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// The deadline passed before the shard answered; a write's outcome is unknown (it may
     /// still be applied).
     Timeout(String),
+    /// A queue on the way is full (the owning core, or a peer, is not keeping up): the request
+    /// was not run. Try again later.
+    Overloaded(String),
     /// Fewer replicas than required answered in time. For a write the outcome is unknown: it
     /// may exist on fewer replicas and spread later.
     Quorum {
@@ -56,6 +59,7 @@ impl std::fmt::Display for StoreError {
             | StoreError::Internal(m)
             | StoreError::Unavailable(m)
             | StoreError::Timeout(m)
+            | StoreError::Overloaded(m)
             | StoreError::Quorum { message: m, .. } => f.write_str(m),
             StoreError::ConditionFailed { .. } => f.write_str("the version is not the current one"),
         }
