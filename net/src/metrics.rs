@@ -92,6 +92,10 @@ pub struct CoreMetrics {
     frames_refused: AtomicU64,
     /// Unauthenticated input refused, per [`AuthPlane`].
     unauthenticated: [AtomicU64; 2],
+    /// Bytes held by work after answers, now.
+    background_bytes: AtomicU64,
+    /// Work after answers shed for want of budget.
+    background_shed: AtomicU64,
     writes_passed_on: AtomicU64,
     read_repairs: AtomicU64,
     hints_pending: AtomicU64,
@@ -159,6 +163,17 @@ impl CoreMetrics {
     /// Counts an accepted connection.
     pub fn connection(&self, protocol: Protocol) {
         self.connections_accepted[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the bytes work after answers holds.
+    pub fn set_background_bytes(&self, bytes: usize) {
+        self.background_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts work after an answer that was shed (late acknowledgements not awaited, a read
+    /// repair not made).
+    pub fn background_shed(&self) {
+        self.background_shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts input refused for want of the cluster's MAC.
@@ -274,7 +289,12 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     type CoreFn<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
-    let simple: [(&str, &str, CoreFn); 9] = [
+    let simple: [(&str, &str, CoreFn); 10] = [
+        (
+            "dynacore_background_shed_total",
+            "Work after answers shed for want of budget: late replica acknowledgements not awaited (those replicas get hints), read repairs not made.",
+            &|m| load(&m.background_shed),
+        ),
         (
             "dynacore_writes_passed_on_total",
             "Writes passed to a replica of their key because this node is not one.",
@@ -343,7 +363,12 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
             );
         }
     }
-    let gauges: [(&str, &str, CoreFn); 2] = [
+    let gauges: [(&str, &str, CoreFn); 3] = [
+        (
+            "dynacore_background_bytes",
+            "Bytes held by work after answers (copies for late acknowledgements and read repairs).",
+            &|m| load(&m.background_bytes),
+        ),
         (
             "dynacore_hints_pending",
             "Hints waiting for their replica to come back (updated every second).",

@@ -22,11 +22,20 @@ pub(crate) enum Next<R> {
     Expired,
 }
 
-/// The answers of requests sent to several targets at once, each in its own task.
-#[derive(Debug)]
+/// The answers of requests sent to several targets at once, each in its own task. Dropping
+/// it cancels the requests still running (and frees what they hold).
 pub(crate) struct Answers<R> {
     rx: flume::Receiver<(usize, R)>,
     deadline: Instant,
+    _asking: Vec<runtime::Task<()>>,
+}
+
+impl<R> std::fmt::Debug for Answers<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: 'static> Answers<R> {
@@ -43,16 +52,21 @@ impl<R: 'static> Answers<R> {
         Fut: Future<Output = R> + 'static,
     {
         let (tx, rx) = flume::unbounded();
+        let mut tasks = Vec::new();
         for (i, target) in targets.into_iter().enumerate() {
             if skip(i, &target) {
                 continue;
             }
             let (asking, tx) = (ask(i, target), tx.clone());
-            runtime::spawn_detached(async move {
+            tasks.push(runtime::spawn(async move {
                 let _ = tx.send((i, asking.await));
-            });
+            }));
         }
-        Answers { rx, deadline }
+        Answers {
+            rx,
+            deadline,
+            _asking: tasks,
+        }
     }
 
     /// The next answer, or `None` once every target answered or the deadline passed (then

@@ -63,6 +63,7 @@ pub async fn read(
         let core = background;
         let mut repaired: Vec<NodeId> = Vec::new();
         let mut merged_at_answer: Option<Object> = None;
+        let mut held = None;
         loop {
             // A failure is told once nothing more can come, so that it says how many
             // answered.
@@ -88,6 +89,18 @@ pub async fn read(
                     return;
                 }
                 None => {}
+            }
+            // Answered with replies still to come: collecting them (for read repair) holds
+            // their copies, within the core's budget for work after answers, or not at all.
+            if !decision.is_open() && mode == ReadRepair::Off {
+                return; // nothing to repair: late replies are not awaited
+            }
+            if !decision.is_open() && held.is_none() && tally.pending() > 0 {
+                let each = merged_at_answer.as_ref().map_or(0, object_bytes) + key.len();
+                held = core.reserve_background(each.saturating_mul(tally.pending()));
+                if held.is_none() {
+                    return;
+                }
             }
             let Some((i, answer)) = answers.next_or(|| tally.expire()).await else {
                 break;
@@ -125,6 +138,16 @@ pub async fn read(
         if unchanged {
             stale.retain(|n| !repaired.contains(n));
         }
+        if stale.is_empty() {
+            return;
+        }
+        // A repair after the answer holds the merged copy: within the core's budget for work
+        // after answers, or not made (a later read repairs it).
+        drop(answers);
+        drop(held);
+        let Some(_held) = core.reserve_background(object_bytes(m) + key.len()) else {
+            return;
+        };
         let until = Instant::now() + timeout;
         repair(&core, &cluster, &key, m, &stale, until).await;
     })
@@ -163,6 +186,14 @@ async fn repair(
             Err(e) => tracing::debug!(node = ?stale.get(i), error = %e, "a read repair failed"),
         }
     }
+}
+
+/// About the bytes an object's copy holds (values and metadata, with their encoding).
+fn object_bytes(o: &Object) -> usize {
+    2 * o
+        .values()
+        .map(|s| s.value.as_ref().map_or(0, Vec::len) + 32)
+        .sum::<usize>()
 }
 
 /// What `result` of a merged object shows a client, or `None` when nothing is live.

@@ -185,6 +185,11 @@ pub(crate) struct Copy {
 }
 
 impl Copy {
+    /// About the bytes it holds (the object and its encoding).
+    pub(crate) fn bytes(&self) -> usize {
+        2 * (self.values.len() + self.version.len()) + self.key.len()
+    }
+
     /// `object` of `key` to send as it is (no condition).
     pub(crate) fn of(key: &[u8], object: &Object) -> Result<Copy, StoreError> {
         let (version, values) =

@@ -100,6 +100,7 @@ pub async fn write(
         let core = background;
         let mut refused: Option<Vec<u8>> = None;
         let mut refusers = Vec::new();
+        let mut held = None;
         loop {
             // A failure is told once nothing more can come, so that it says how many
             // acknowledged.
@@ -108,6 +109,16 @@ pub async fn write(
                 .filter(|o| matches!(o, Outcome::Done(_)) || tally.pending() == 0)
             {
                 decision.give(written(&outcome, &version, refused.as_ref()));
+            }
+            // Answered with acknowledgements still to come: waiting for them holds the copy,
+            // within the core's budget for work after answers. Past it they are not awaited
+            // (their requests are cancelled) and those replicas get hints.
+            if !decision.is_open() && held.is_none() && tally.pending() > 0 {
+                held = core.reserve_background(copy.bytes());
+                if held.is_none() {
+                    tally.expire();
+                    break;
+                }
             }
             let Some((i, answer)) = answers.next_or(|| tally.expire()).await else {
                 break;
@@ -125,6 +136,8 @@ pub async fn write(
                 }
             }
         }
+        drop(answers);
+        drop(held);
         if decision.is_open() {
             // Decided by the last answer, or by the deadline.
             decision.give(match tally.outcome() {

@@ -145,6 +145,31 @@ pub struct NodeShared {
     members: crate::cluster::membership::SharedMembers,
 }
 
+/// Bytes one core's work after answers may hold (copies kept for late replica
+/// acknowledgements and background read repairs); past it such work is shed (the replicas
+/// concerned get hints, or are repaired by a later read).
+pub const BACKGROUND_BYTES_MAX: usize = 128 << 20;
+
+/// A share of the core's background budget ([`Core::reserve_background`]).
+#[derive(Debug)]
+pub struct BackgroundBytes {
+    core: Core,
+    len: usize,
+}
+
+impl Drop for BackgroundBytes {
+    fn drop(&mut self) {
+        let c = &self.core.0;
+        let held = c.background_bytes.get();
+        assert!(
+            held >= self.len,
+            "INVARIANT: only granted bytes are given back"
+        );
+        c.background_bytes.set(held - self.len);
+        self.core.metrics().set_background_bytes(held - self.len);
+    }
+}
+
 /// Operations one core's inbox holds from the other cores; past it they are refused
 /// (`Overloaded`) rather than queued without bound.
 pub const INBOX_MAX: usize = 4096;
@@ -244,6 +269,8 @@ struct CoreInner {
     /// Request-body bytes its binary connections hold (read, running, or answered but not
     /// yet written).
     body_bytes: std::cell::Cell<usize>,
+    /// Bytes held by work after answers ([`Core::reserve_background`]).
+    background_bytes: std::cell::Cell<usize>,
     /// This core's hints (`None`: hinted handoff is off).
     hints: Option<Rc<HintStore>>,
     replication: ReplicationConfig,
@@ -317,6 +344,7 @@ impl Core {
             },
             key: parts.key,
             body_bytes: std::cell::Cell::new(0),
+            background_bytes: std::cell::Cell::new(0),
             hints: parts.hints,
             replication: parts.replication,
         }))
@@ -428,6 +456,25 @@ impl Core {
     #[must_use]
     pub fn body_bytes(&self) -> usize {
         self.0.body_bytes.get()
+    }
+
+    /// Takes `len` bytes of this core's budget for work that goes on after a client's answer
+    /// (late replica acknowledgements, background read repair): `None` past
+    /// [`BACKGROUND_BYTES_MAX`], and that work is then shed. The bytes come back when the
+    /// guard is dropped.
+    #[must_use]
+    pub fn reserve_background(&self, len: usize) -> Option<BackgroundBytes> {
+        let held = self.0.background_bytes.get();
+        if held + len > BACKGROUND_BYTES_MAX {
+            self.metrics().background_shed();
+            return None;
+        }
+        self.0.background_bytes.set(held + len);
+        self.metrics().set_background_bytes(held + len);
+        Some(BackgroundBytes {
+            core: self.clone(),
+            len,
+        })
     }
 
     /// How long a request may take when its sender does not say.
@@ -579,6 +626,37 @@ pub async fn serve_inbox(core: Core, inbox: flume::Receiver<Forward>) {
         runtime::spawn_detached(async move {
             let _ = reply.send(run_local(&store, op).await);
             drop(work);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_after_answers_is_shed_past_its_budget_and_its_bytes_come_back() {
+        crate::test_util::with_store(|store, _| async move {
+            let core = Core::single(store, NodeId(1));
+            let half = BACKGROUND_BYTES_MAX / 2;
+            let a = core.reserve_background(half).expect("within");
+            let b = core.reserve_background(half).expect("at the bound");
+            assert!(core.reserve_background(1).is_none(), "past the bound");
+            let text = crate::metrics::render(core.shared().metrics(), &[], Duration::ZERO);
+            assert!(text.contains("dynacore_background_shed_total{core=\"0\"} 1"));
+            assert!(text.contains(&format!(
+                "dynacore_background_bytes{{core=\"0\"}} {}",
+                2 * half
+            )));
+            drop(a);
+            let c = core.reserve_background(half).expect("room again");
+            drop((b, c));
+            assert!(core.reserve_background(BACKGROUND_BYTES_MAX).is_some());
+            // Body bytes: a single larger body runs alone, others wait for room.
+            assert!(core.try_reserve_body_bytes(10, 8));
+            assert!(!core.try_reserve_body_bytes(1, 8));
+            core.release_body_bytes(10);
+            assert_eq!(core.body_bytes(), 0);
         });
     }
 }
