@@ -183,3 +183,49 @@ fn a_flood_of_clients_leaves_the_node_under_its_memory_bound_and_answering() {
         peak >> 20
     );
 }
+
+#[test]
+fn a_burst_of_first_calls_to_a_peer_opens_one_connection() {
+    // Counts the connections it accepts, holding them open, until told to stop.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let counter = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let until = Instant::now() + BOUND;
+        while stopped.try_recv().is_err() && Instant::now() < until {
+            match listener.accept() {
+                Ok((conn, _)) => held.push(conn),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        held.len()
+    });
+    on_executor(move || async move {
+        let pool = Rc::new(ConnPool::new(Duration::from_secs(1)));
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let pool = pool.clone();
+                runtime::spawn(async move {
+                    pool.call_once(
+                        addr,
+                        &|id| build::ping(id, 1),
+                        Instant::now() + Duration::from_millis(500),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for call in calls {
+            // The peer never answers.
+            assert!(matches!(call.await, Err(ClientError::Timeout)));
+        }
+    });
+    let _ = stop.send(());
+    assert_eq!(
+        counter.join().expect("counter"),
+        1,
+        "one connection for all 50 calls"
+    );
+}

@@ -185,6 +185,17 @@ pub struct ConnPool {
     /// A node's pool to its peers: frames authenticated under the cluster secret.
     key: Option<ClusterKey>,
     conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
+    /// Connection attempts under way: a caller that finds one waits for it instead of
+    /// opening another; it learns there whether the attempt failed.
+    connecting: RefCell<HashMap<SocketAddr, Connecting>>,
+}
+
+/// A connection attempt others wait for: its end is the channel closing, its outcome the cell
+/// (the failure's kind and message).
+#[derive(Clone)]
+struct Connecting {
+    done: flume::Receiver<()>,
+    failed: Rc<RefCell<Option<(std::io::ErrorKind, String)>>>,
 }
 
 impl fmt::Debug for ConnPool {
@@ -204,6 +215,7 @@ impl ConnPool {
             source: None,
             key: None,
             conns: RefCell::new(HashMap::new()),
+            connecting: RefCell::new(HashMap::new()),
         }
     }
 
@@ -240,8 +252,36 @@ impl ConnPool {
                 return Ok(c.clone());
             }
         }
-        let conn =
-            Rc::new(Conn::open(addr, self.source, self.connect_timeout, self.key.as_ref()).await?);
+        // One attempt at a time per address: the others wait for it and share its outcome.
+        let under_way = self.connecting.borrow().get(&addr).cloned();
+        if let Some(attempt) = under_way {
+            let _ = attempt.done.recv_async().await;
+            if let Some((kind, why)) = attempt.failed.borrow().clone() {
+                return Err(ClientError::Connect {
+                    addr,
+                    source: std::io::Error::new(kind, why),
+                });
+            }
+            if let Some(c) = self.conns.borrow().get(&addr) {
+                return Ok(c.clone());
+            }
+        }
+        let (finished, done) = flume::bounded::<()>(1);
+        let failed = Rc::new(RefCell::new(None));
+        self.connecting.borrow_mut().insert(
+            addr,
+            Connecting {
+                done,
+                failed: failed.clone(),
+            },
+        );
+        let opened = Conn::open(addr, self.source, self.connect_timeout, self.key.as_ref()).await;
+        self.connecting.borrow_mut().remove(&addr);
+        if let Err(ClientError::Connect { source, .. }) = &opened {
+            *failed.borrow_mut() = Some((source.kind(), source.to_string()));
+        }
+        drop(finished);
+        let conn = Rc::new(opened?);
         // Another request may have connected meanwhile: keep one.
         let mut conns = self.conns.borrow_mut();
         match conns.get(&addr) {
