@@ -40,7 +40,7 @@ pub mod wal;
 mod test_util;
 
 pub use error::{Error, LimitError, Result};
-pub use object::{Object, Sibling};
+pub use object::{KeyGuard, KeyLocks, LockKey, Object, Sibling};
 pub use record::{
     Mutation, Record, SeqNo, ShardId, Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX,
 };

@@ -190,13 +190,13 @@ fn decode_parts(version: &[u8], values: &[u8]) -> Result<Object> {
 
 /// Keys with a read-modify-write in progress, and who waits for them.
 #[derive(Debug, Default)]
-pub(crate) struct KeyLocks {
+pub struct KeyLocks {
     held: RefCell<HashMap<Vec<u8>, Vec<Waker>>>,
 }
 
 impl KeyLocks {
     /// Waits until no one else holds `key`, then holds it until the guard drops.
-    pub(crate) fn lock<'a>(&'a self, key: &[u8]) -> LockKey<'a> {
+    pub fn lock<'a>(&'a self, key: &[u8]) -> LockKey<'a> {
         LockKey {
             locks: self,
             key: key.to_vec(),
@@ -205,7 +205,8 @@ impl KeyLocks {
 }
 
 /// The future of [`KeyLocks::lock`].
-pub(crate) struct LockKey<'a> {
+#[derive(Debug)]
+pub struct LockKey<'a> {
     locks: &'a KeyLocks,
     key: Vec<u8>,
 }
@@ -229,7 +230,8 @@ impl<'a> Future for LockKey<'a> {
 }
 
 /// Holds a key's lock; releasing wakes the waiters.
-pub(crate) struct KeyGuard<'a> {
+#[derive(Debug)]
+pub struct KeyGuard<'a> {
     locks: &'a KeyLocks,
     key: Vec<u8>,
 }

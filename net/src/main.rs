@@ -152,6 +152,7 @@ fn main() -> ExitCode {
                 expected,
                 w: None,
                 context: None,
+                ..WriteOptions::default()
             };
             let version = client
                 .put_with(key.as_bytes(), value.as_bytes(), &options)

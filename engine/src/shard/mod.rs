@@ -77,7 +77,11 @@ const COUNTER_LEASE: u64 = 1 << 16;
 /// A new actor epoch: above `after`, and otherwise the clock's milliseconds, so that a node
 /// restarted on an empty directory (which remembers no epoch) still draws one it never had.
 fn next_actor_epoch(after: u64, now_ms: u64) -> u64 {
-    after.saturating_add(1).max(now_ms)
+    // Below the transaction family's bit (see `TRANSACTION_EPOCH_BIT`).
+    after
+        .saturating_add(1)
+        .max(now_ms)
+        .min(crate::version::TRANSACTION_EPOCH_BIT - 1)
 }
 
 /// How a shard is opened.

@@ -119,6 +119,49 @@ impl Shard {
         Ok(obj)
     }
 
+    /// A lightweight transaction's new version of `key`: `value` (or a tombstone) replacing
+    /// everything `current` (the key's value as a quorum of replicas hold it) holds, minted as
+    /// a dot of this node's transaction actor, and **not stored**: it is stored where and when
+    /// the transaction commits. Its counter is above every one this shard minted (durably
+    /// reserved first), so it is new whatever any copy holds.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] for a bad key or value; [`Error::Clock`]; the manifest's errors.
+    pub async fn mint_transaction(
+        &self,
+        key: &[u8],
+        current: Option<&Object>,
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+        node: u64,
+    ) -> Result<Object> {
+        Mutation {
+            key,
+            value,
+            write_ts_ms: None,
+            expiry_ms,
+            version: &[],
+        }
+        .validate()?;
+        let _held = self.inner.key_locks.lock(key).await;
+        if let Some(newest) = current.iter().flat_map(|c| c.values()).map(|s| s.hlc).max() {
+            self.inner.hlc.observe(newest)?;
+        }
+        let sibling = Sibling {
+            value: value.map(<[u8]>::to_vec),
+            hlc: self.inner.hlc.now(),
+            expiry_ms,
+        };
+        let (epoch, high) = self.actor_epoch();
+        let actor = ActorId::new(node, epoch | crate::version::TRANSACTION_EPOCH_BIT);
+        let ctx = current.map(Object::join).unwrap_or_default();
+        // The context covers every value of `current`: no value of any actor is left beside
+        // the new one, so the counter may start above everything minted.
+        let obj = Object::mint(&ctx, sibling, current, actor, high)?;
+        self.reserve_counter(obj.join().get(actor)).await?;
+        Ok(obj)
+    }
+
     /// The actor epoch this shard mints in, and the highest counter it may have minted in it.
     #[must_use]
     pub fn actor_epoch(&self) -> (u64, u64) {
@@ -143,7 +186,9 @@ impl Shard {
             .iter()
             .copied()
             .chain(local.iter().flat_map(|l| l.join().pairs().to_vec()))
-            .filter(|(a, _)| a.node == node);
+            // (Transaction actors are another family: their epochs say nothing of this one; an
+            // epoch at the family's very top is forged, and ignored.)
+            .filter(|(a, _)| a.node == node && a.epoch < crate::version::TRANSACTION_EPOCH_BIT - 1);
         let mut newest = None;
         for (a, counter) in named {
             if a.epoch > epoch || (a.epoch == epoch && counter > high) {

@@ -32,6 +32,11 @@ pub struct ActorId {
     pub epoch: u64,
 }
 
+/// The epoch bit of a node's *transaction* actor: the dots of lightweight transactions are
+/// minted as `(node, epoch | TRANSACTION_EPOCH_BIT)`, apart from its plain writes' dots, so
+/// that a proposal minted but not yet committed can never share a dot with a plain write.
+pub const TRANSACTION_EPOCH_BIT: u64 = 1 << 63;
+
 impl ActorId {
     /// Node `node` in epoch `epoch`.
     #[must_use]
@@ -493,10 +498,11 @@ impl<V: Clone + PartialEq> DvvSet<V> {
         let retired = |i: usize| {
             let e = &self.entries[i];
             e.values.is_empty()
-                && self
-                    .entries
-                    .get(i + 1)
-                    .is_some_and(|next| next.actor.node == e.actor.node)
+                && self.entries.get(i + 1).is_some_and(|next| {
+                    next.actor.node == e.actor.node
+                        && next.actor.epoch & TRANSACTION_EPOCH_BIT
+                            == e.actor.epoch & TRANSACTION_EPOCH_BIT
+                })
         };
         if !(0..self.entries.len()).any(retired) {
             return None;

@@ -8,5 +8,7 @@
 pub mod dvv;
 pub mod hlc;
 
-pub use dvv::{ActorId, DvvError, DvvSet, VersionVector, SIBLINGS_MAX, SIBLINGS_WARN};
+pub use dvv::{
+    ActorId, DvvError, DvvSet, VersionVector, SIBLINGS_MAX, SIBLINGS_WARN, TRANSACTION_EPOCH_BIT,
+};
 pub use hlc::{ClockError, ClockHandle, Hlc, HlcTimestamp, PhysicalClock, SystemClock};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use dynacore_proto::topology::ClusterView;
-use dynacore_proto::{build, reply, Conflicts, Quorum, ReadRepair, Version};
+use dynacore_proto::{build, reply, Conflicts, KeyCondition, Quorum, ReadRepair, Version};
 use dynacore_proto::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 use crate::error::ClientError;
@@ -68,6 +68,10 @@ pub struct WriteOptions {
     /// [`Client::get_siblings`] returned), and values written concurrently stay as siblings.
     /// `None`: the write replaces what the coordinating replica holds.
     pub context: Option<Version>,
+    /// Write only if the key holds no live value ([`KeyCondition::Absent`]) or only if it does
+    /// ([`KeyCondition::Present`]). Like `expected`, it makes the write a lightweight
+    /// transaction (a Paxos round among the key's replicas).
+    pub condition: KeyCondition,
 }
 
 /// What every driver's client shares: its seeds and options, and the topology as last fetched.
@@ -440,6 +444,7 @@ impl<D: Driver> Client<D> {
             timeout_ms: self.timeout_ms(),
             context: options.context.as_ref().map(|v| v.0.as_slice()),
             forwarded: false,
+            condition: options.condition.to_wire(),
         };
         let body = self
             .call(key, Resend::WhenNotSent, &|id| build::put(id, &put))
@@ -468,6 +473,11 @@ impl<D: Driver> Client<D> {
         if options.ttl.is_some() {
             return Err(ClientError::InvalidArgument(
                 "a delete has no TTL".to_owned(),
+            ));
+        }
+        if options.condition != KeyCondition::None {
+            return Err(ClientError::InvalidArgument(
+                "a delete takes a version condition only".to_owned(),
             ));
         }
         let delete = build::Delete {

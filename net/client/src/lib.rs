@@ -48,7 +48,7 @@ mod tokio_driver;
 
 pub use api::{ClientOptions, Siblings, Value, WriteOptions};
 pub use dynacore_proto::topology::{ClusterView, MemberInfo, NodeDesc, NodeState};
-pub use dynacore_proto::{Conflicts, ErrorCode, Quorum, ReadRepair, Version};
+pub use dynacore_proto::{Conflicts, ErrorCode, KeyCondition, Quorum, ReadRepair, Version};
 pub use error::ClientError;
 #[cfg(feature = "tokio")]
 pub use tokio_driver::{Client, Pool};

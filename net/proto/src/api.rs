@@ -97,6 +97,43 @@ impl ReadRepair {
     }
 }
 
+/// A write's condition on whether its key holds a live value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyCondition {
+    /// None.
+    #[default]
+    None,
+    /// Only if the key holds no live value (absent, deleted or expired): Redis SET NX.
+    Absent,
+    /// Only if it holds one: Redis SET XX.
+    Present,
+}
+
+impl KeyCondition {
+    /// The wire form.
+    #[must_use]
+    pub fn to_wire(self) -> fb::KeyCondition {
+        match self {
+            KeyCondition::None => fb::KeyCondition::None,
+            KeyCondition::Absent => fb::KeyCondition::Absent,
+            KeyCondition::Present => fb::KeyCondition::Present,
+        }
+    }
+
+    /// From the wire form (`None` for an unknown value).
+    ///
+    /// # Errors
+    /// The value, when it is not one this version knows (refused, never guessed).
+    pub fn from_wire(c: fb::KeyCondition) -> Result<KeyCondition, u8> {
+        match c {
+            fb::KeyCondition::None => Ok(KeyCondition::None),
+            fb::KeyCondition::Absent => Ok(KeyCondition::Absent),
+            fb::KeyCondition::Present => Ok(KeyCondition::Present),
+            other => Err(other.0),
+        }
+    }
+}
+
 /// How a read presents concurrent values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conflicts {

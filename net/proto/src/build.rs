@@ -53,6 +53,8 @@ pub struct Put<'a> {
     pub context: Option<&'a [u8]>,
     /// Passed on by a node to a replica, which must coordinate it.
     pub forwarded: bool,
+    /// Write only if the key holds no live value, or only if it does.
+    pub condition: fb::KeyCondition,
 }
 
 /// A `Put` request.
@@ -72,6 +74,7 @@ pub fn put(id: u64, p: &Put<'_>) -> Vec<u8> {
                 expected_version,
                 w: p.w.as_ref(),
                 context,
+                condition: p.condition,
             },
         );
         (fb::Op::Put, put.as_union_value())
@@ -288,5 +291,69 @@ pub fn replica_apply_with(id: u64, a: &ReplicaApply<'_>) -> Vec<u8> {
             },
         );
         (fb::Op::ReplicaApply, r.as_union_value())
+    })
+}
+
+/// A Paxos `Prepare` for `key` at `ballot` (node to node).
+#[must_use]
+pub fn paxos_prepare(
+    id: u64,
+    timeout_ms: u32,
+    key: &[u8],
+    ballot: crate::reply::Ballot,
+) -> Vec<u8> {
+    let ballot = ballot.to_wire();
+    request(id, timeout_ms, |b| {
+        let key = b.create_vector(key);
+        let r = fb::PaxosPrepareRequest::create(
+            b,
+            &fb::PaxosPrepareRequestArgs {
+                key: Some(key),
+                ballot: Some(&ballot),
+            },
+        );
+        (fb::Op::PaxosPrepare, r.as_union_value())
+    })
+}
+
+/// A Paxos `Propose` (`commit` false) or `Commit` (true) of an object's parts for `key` at
+/// `ballot` (node to node).
+#[must_use]
+pub fn paxos_proposal(
+    id: u64,
+    timeout_ms: u32,
+    commit: bool,
+    key: &[u8],
+    ballot: crate::reply::Ballot,
+    (version, values): (&[u8], &[u8]),
+) -> Vec<u8> {
+    let ballot = ballot.to_wire();
+    request(id, timeout_ms, |b| {
+        let key = b.create_vector(key);
+        let version = b.create_vector(version);
+        let values = b.create_vector(values);
+        if commit {
+            let r = fb::PaxosCommitRequest::create(
+                b,
+                &fb::PaxosCommitRequestArgs {
+                    key: Some(key),
+                    ballot: Some(&ballot),
+                    version: Some(version),
+                    values: Some(values),
+                },
+            );
+            (fb::Op::PaxosCommit, r.as_union_value())
+        } else {
+            let r = fb::PaxosProposeRequest::create(
+                b,
+                &fb::PaxosProposeRequestArgs {
+                    key: Some(key),
+                    ballot: Some(&ballot),
+                    version: Some(version),
+                    values: Some(values),
+                },
+            );
+            (fb::Op::PaxosPropose, r.as_union_value())
+        }
     })
 }

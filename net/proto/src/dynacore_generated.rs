@@ -283,12 +283,100 @@ impl<'a> ::flatbuffers::Verifiable for Conflicts {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for Conflicts {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_OP: u8 = 0;
+pub const ENUM_MIN_KEY_CONDITION: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 7;
+pub const ENUM_MAX_KEY_CONDITION: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 8] = [
+pub const ENUM_VALUES_KEY_CONDITION: [KeyCondition; 3] = [
+  KeyCondition::None,
+  KeyCondition::Absent,
+  KeyCondition::Present,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct KeyCondition(pub u8);
+#[allow(non_upper_case_globals)]
+impl KeyCondition {
+  pub const None: Self = Self(0);
+  pub const Absent: Self = Self(1);
+  pub const Present: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::None,
+    Self::Absent,
+    Self::Present,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::None => Some("None"),
+      Self::Absent => Some("Absent"),
+      Self::Present => Some("Present"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for KeyCondition {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for KeyCondition {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for KeyCondition {
+    type Output = KeyCondition;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for KeyCondition {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for KeyCondition {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for KeyCondition {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_OP: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_OP: u8 = 10;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_OP: [Op; 11] = [
   Op::NONE,
   Op::Get,
   Op::Put,
@@ -297,6 +385,9 @@ pub const ENUM_VALUES_OP: [Op; 8] = [
   Op::Ping,
   Op::ReplicaRead,
   Op::ReplicaApply,
+  Op::PaxosPrepare,
+  Op::PaxosPropose,
+  Op::PaxosCommit,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -312,9 +403,12 @@ impl Op {
   pub const Ping: Self = Self(5);
   pub const ReplicaRead: Self = Self(6);
   pub const ReplicaApply: Self = Self(7);
+  pub const PaxosPrepare: Self = Self(8);
+  pub const PaxosPropose: Self = Self(9);
+  pub const PaxosCommit: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -324,6 +418,9 @@ impl Op {
     Self::Ping,
     Self::ReplicaRead,
     Self::ReplicaApply,
+    Self::PaxosPrepare,
+    Self::PaxosPropose,
+    Self::PaxosCommit,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -336,6 +433,9 @@ impl Op {
       Self::Ping => Some("Ping"),
       Self::ReplicaRead => Some("ReplicaRead"),
       Self::ReplicaApply => Some("ReplicaApply"),
+      Self::PaxosPrepare => Some("PaxosPrepare"),
+      Self::PaxosPropose => Some("PaxosPropose"),
+      Self::PaxosCommit => Some("PaxosCommit"),
       _ => None,
     }
   }
@@ -595,10 +695,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for NodeState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 7;
+pub const ENUM_MAX_REPLY: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 8] = [
+pub const ENUM_VALUES_REPLY: [Reply; 10] = [
   Reply::NONE,
   Reply::Get,
   Reply::Put,
@@ -607,6 +707,8 @@ pub const ENUM_VALUES_REPLY: [Reply; 8] = [
   Reply::Ping,
   Reply::Error,
   Reply::ReplicaObject,
+  Reply::PaxosPromise,
+  Reply::PaxosAccept,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -622,9 +724,11 @@ impl Reply {
   pub const Ping: Self = Self(5);
   pub const Error: Self = Self(6);
   pub const ReplicaObject: Self = Self(7);
+  pub const PaxosPromise: Self = Self(8);
+  pub const PaxosAccept: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -634,6 +738,8 @@ impl Reply {
     Self::Ping,
     Self::Error,
     Self::ReplicaObject,
+    Self::PaxosPromise,
+    Self::PaxosAccept,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -646,6 +752,8 @@ impl Reply {
       Self::Ping => Some("Ping"),
       Self::Error => Some("Error"),
       Self::ReplicaObject => Some("ReplicaObject"),
+      Self::PaxosPromise => Some("PaxosPromise"),
+      Self::PaxosAccept => Some("PaxosAccept"),
       _ => None,
     }
   }
@@ -823,6 +931,133 @@ impl<'a> Quorum {
         &x_le as *const _ as *const u8,
         self.0[1..].as_mut_ptr(),
         ::core::mem::size_of::<<u8 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+// struct Ballot, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct Ballot(pub [u8; 16]);
+impl Default for Ballot { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl ::core::fmt::Debug for Ballot {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("Ballot")
+      .field("time", &self.time())
+      .field("node", &self.node())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Ballot {}
+impl<'a> ::flatbuffers::Follow<'a> for Ballot {
+  type Inner = &'a Ballot;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a Ballot>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a Ballot {
+  type Inner = &'a Ballot;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<Ballot>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for Ballot {
+    type Output = Ballot;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const Ballot as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Ballot {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> Ballot {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    time: u64,
+    node: u64,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_time(time);
+    s.set_node(node);
+    s
+  }
+
+  pub fn time(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_time(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn node(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_node(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
       );
     }
   }
@@ -1158,6 +1393,7 @@ impl<'a> PutRequest<'a> {
   pub const VT_EXPECTED_VERSION: ::flatbuffers::VOffsetT = 10;
   pub const VT_W: ::flatbuffers::VOffsetT = 12;
   pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 14;
+  pub const VT_CONDITION: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1175,6 +1411,7 @@ impl<'a> PutRequest<'a> {
     if let Some(x) = args.expected_version { builder.add_expected_version(x); }
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_condition(args.condition);
     builder.finish()
   }
 
@@ -1221,6 +1458,13 @@ impl<'a> PutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PutRequest::VT_CONTEXT, None)}
   }
+  #[inline]
+  pub fn condition(&self) -> KeyCondition {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<KeyCondition>(PutRequest::VT_CONDITION, Some(KeyCondition::None)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PutRequest<'_> {
@@ -1235,6 +1479,7 @@ impl ::flatbuffers::Verifiable for PutRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("expected_version", Self::VT_EXPECTED_VERSION, false)?
      .visit_field::<Quorum>("w", Self::VT_W, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
+     .visit_field::<KeyCondition>("condition", Self::VT_CONDITION, false)?
      .finish();
     Ok(())
   }
@@ -1246,6 +1491,7 @@ pub struct PutRequestArgs<'a> {
     pub expected_version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub w: Option<&'a Quorum>,
     pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub condition: KeyCondition,
 }
 impl<'a> Default for PutRequestArgs<'a> {
   #[inline]
@@ -1257,6 +1503,7 @@ impl<'a> Default for PutRequestArgs<'a> {
       expected_version: None,
       w: None,
       context: None,
+      condition: KeyCondition::None,
     }
   }
 }
@@ -1291,6 +1538,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutRequestBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PutRequest::VT_CONTEXT, context);
   }
   #[inline]
+  pub fn add_condition(&mut self, condition: KeyCondition) {
+    self.fbb_.push_slot::<KeyCondition>(PutRequest::VT_CONDITION, condition, KeyCondition::None);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PutRequestBuilder {
@@ -1316,6 +1567,7 @@ impl ::core::fmt::Debug for PutRequest<'_> {
       ds.field("expected_version", &self.expected_version());
       ds.field("w", &self.w());
       ds.field("context", &self.context());
+      ds.field("condition", &self.condition());
       ds.finish()
   }
 }
@@ -1904,6 +2156,421 @@ impl ::core::fmt::Debug for ReplicaApplyRequest<'_> {
       ds.finish()
   }
 }
+pub enum PaxosPrepareRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosPrepareRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosPrepareRequest<'a> {
+  type Inner = PaxosPrepareRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosPrepareRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosPrepareRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosPrepareRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosPrepareRequest<'bldr>> {
+    let mut builder = PaxosPrepareRequestBuilder::new(_fbb);
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPrepareRequest::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> &'a Ballot {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosPrepareRequest::VT_BALLOT, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosPrepareRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosPrepareRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ballot: Option<&'a Ballot>,
+}
+impl<'a> Default for PaxosPrepareRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosPrepareRequestArgs {
+      key: None, // required field
+      ballot: None, // required field
+    }
+  }
+}
+
+pub struct PaxosPrepareRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPrepareRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPrepareRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosPrepareRequest::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPrepareRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosPrepareRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosPrepareRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PaxosPrepareRequest::VT_KEY,"key");
+    self.fbb_.required(o, PaxosPrepareRequest::VT_BALLOT,"ballot");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosPrepareRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosPrepareRequest");
+      ds.field("key", &self.key());
+      ds.field("ballot", &self.ballot());
+      ds.finish()
+  }
+}
+pub enum PaxosProposeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosProposeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosProposeRequest<'a> {
+  type Inner = PaxosProposeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosProposeRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosProposeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosProposeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosProposeRequest<'bldr>> {
+    let mut builder = PaxosProposeRequestBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosProposeRequest::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> &'a Ballot {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosProposeRequest::VT_BALLOT, None).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosProposeRequest::VT_VERSION, None).unwrap()}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosProposeRequest::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosProposeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosProposeRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ballot: Option<&'a Ballot>,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PaxosProposeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosProposeRequestArgs {
+      key: None, // required field
+      ballot: None, // required field
+      version: None, // required field
+      values: None,
+    }
+  }
+}
+
+pub struct PaxosProposeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosProposeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosProposeRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosProposeRequest::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosProposeRequest::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosProposeRequest::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosProposeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosProposeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosProposeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PaxosProposeRequest::VT_KEY,"key");
+    self.fbb_.required(o, PaxosProposeRequest::VT_BALLOT,"ballot");
+    self.fbb_.required(o, PaxosProposeRequest::VT_VERSION,"version");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosProposeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosProposeRequest");
+      ds.field("key", &self.key());
+      ds.field("ballot", &self.ballot());
+      ds.field("version", &self.version());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
+pub enum PaxosCommitRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosCommitRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosCommitRequest<'a> {
+  type Inner = PaxosCommitRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosCommitRequest<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosCommitRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosCommitRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosCommitRequest<'bldr>> {
+    let mut builder = PaxosCommitRequestBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosCommitRequest::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> &'a Ballot {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosCommitRequest::VT_BALLOT, None).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosCommitRequest::VT_VERSION, None).unwrap()}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosCommitRequest::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosCommitRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosCommitRequestArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ballot: Option<&'a Ballot>,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PaxosCommitRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosCommitRequestArgs {
+      key: None, // required field
+      ballot: None, // required field
+      version: None, // required field
+      values: None,
+    }
+  }
+}
+
+pub struct PaxosCommitRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosCommitRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosCommitRequest::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosCommitRequest::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosCommitRequest::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosCommitRequest::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosCommitRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosCommitRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosCommitRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PaxosCommitRequest::VT_KEY,"key");
+    self.fbb_.required(o, PaxosCommitRequest::VT_BALLOT,"ballot");
+    self.fbb_.required(o, PaxosCommitRequest::VT_VERSION,"version");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosCommitRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosCommitRequest");
+      ds.field("key", &self.key());
+      ds.field("ballot", &self.ballot());
+      ds.field("version", &self.version());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2078,6 +2745,48 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_paxos_prepare(&self) -> Option<PaxosPrepareRequest<'a>> {
+    if self.op_type() == Op::PaxosPrepare {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PaxosPrepareRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_paxos_propose(&self) -> Option<PaxosProposeRequest<'a>> {
+    if self.op_type() == Op::PaxosPropose {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PaxosProposeRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_paxos_commit(&self) -> Option<PaxosCommitRequest<'a>> {
+    if self.op_type() == Op::PaxosCommit {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PaxosCommitRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2097,6 +2806,9 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingRequest>>("Op::Ping", pos),
           Op::ReplicaRead => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaReadRequest>>("Op::ReplicaRead", pos),
           Op::ReplicaApply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaApplyRequest>>("Op::ReplicaApply", pos),
+          Op::PaxosPrepare => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPrepareRequest>>("Op::PaxosPrepare", pos),
+          Op::PaxosPropose => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosProposeRequest>>("Op::PaxosPropose", pos),
+          Op::PaxosCommit => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosCommitRequest>>("Op::PaxosCommit", pos),
           _ => Ok(()),
         }
      })?
@@ -2217,6 +2929,27 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::ReplicaApply => {
           if let Some(x) = self.op_as_replica_apply() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::PaxosPrepare => {
+          if let Some(x) = self.op_as_paxos_prepare() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::PaxosPropose => {
+          if let Some(x) = self.op_as_paxos_propose() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::PaxosCommit => {
+          if let Some(x) = self.op_as_paxos_commit() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -3405,6 +4138,351 @@ impl ::core::fmt::Debug for ReplicaObjectResponse<'_> {
       ds.finish()
   }
 }
+pub enum PaxosPromiseResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosPromiseResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosPromiseResponse<'a> {
+  type Inner = PaxosPromiseResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosPromiseResponse<'a> {
+  pub const VT_PROMISED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ACCEPTED_BALLOT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ACCEPTED_VERSION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ACCEPTED_VALUES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_COMMITTED_BALLOT: ::flatbuffers::VOffsetT = 14;
+  pub const VT_FOUND: ::flatbuffers::VOffsetT = 16;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 18;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 20;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosPromiseResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosPromiseResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosPromiseResponse<'bldr>> {
+    let mut builder = PaxosPromiseResponseBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.committed_ballot { builder.add_committed_ballot(x); }
+    if let Some(x) = args.accepted_values { builder.add_accepted_values(x); }
+    if let Some(x) = args.accepted_version { builder.add_accepted_version(x); }
+    if let Some(x) = args.accepted_ballot { builder.add_accepted_ballot(x); }
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.add_found(args.found);
+    builder.add_promised(args.promised);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn promised(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PaxosPromiseResponse::VT_PROMISED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosPromiseResponse::VT_BALLOT, None)}
+  }
+  #[inline]
+  pub fn accepted_ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosPromiseResponse::VT_ACCEPTED_BALLOT, None)}
+  }
+  #[inline]
+  pub fn accepted_version(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPromiseResponse::VT_ACCEPTED_VERSION, None)}
+  }
+  #[inline]
+  pub fn accepted_values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPromiseResponse::VT_ACCEPTED_VALUES, None)}
+  }
+  #[inline]
+  pub fn committed_ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosPromiseResponse::VT_COMMITTED_BALLOT, None)}
+  }
+  #[inline]
+  pub fn found(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PaxosPromiseResponse::VT_FOUND, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPromiseResponse::VT_VERSION, None)}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPromiseResponse::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosPromiseResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("promised", Self::VT_PROMISED, false)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<Ballot>("accepted_ballot", Self::VT_ACCEPTED_BALLOT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("accepted_version", Self::VT_ACCEPTED_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("accepted_values", Self::VT_ACCEPTED_VALUES, false)?
+     .visit_field::<Ballot>("committed_ballot", Self::VT_COMMITTED_BALLOT, false)?
+     .visit_field::<bool>("found", Self::VT_FOUND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosPromiseResponseArgs<'a> {
+    pub promised: bool,
+    pub ballot: Option<&'a Ballot>,
+    pub accepted_ballot: Option<&'a Ballot>,
+    pub accepted_version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub accepted_values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub committed_ballot: Option<&'a Ballot>,
+    pub found: bool,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PaxosPromiseResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosPromiseResponseArgs {
+      promised: false,
+      ballot: None,
+      accepted_ballot: None,
+      accepted_version: None,
+      accepted_values: None,
+      committed_ballot: None,
+      found: false,
+      version: None,
+      values: None,
+    }
+  }
+}
+
+pub struct PaxosPromiseResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPromiseResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_promised(&mut self, promised: bool) {
+    self.fbb_.push_slot::<bool>(PaxosPromiseResponse::VT_PROMISED, promised, false);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosPromiseResponse::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn add_accepted_ballot(&mut self, accepted_ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosPromiseResponse::VT_ACCEPTED_BALLOT, accepted_ballot);
+  }
+  #[inline]
+  pub fn add_accepted_version(&mut self, accepted_version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPromiseResponse::VT_ACCEPTED_VERSION, accepted_version);
+  }
+  #[inline]
+  pub fn add_accepted_values(&mut self, accepted_values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPromiseResponse::VT_ACCEPTED_VALUES, accepted_values);
+  }
+  #[inline]
+  pub fn add_committed_ballot(&mut self, committed_ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosPromiseResponse::VT_COMMITTED_BALLOT, committed_ballot);
+  }
+  #[inline]
+  pub fn add_found(&mut self, found: bool) {
+    self.fbb_.push_slot::<bool>(PaxosPromiseResponse::VT_FOUND, found, false);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPromiseResponse::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPromiseResponse::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPromiseResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosPromiseResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosPromiseResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosPromiseResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosPromiseResponse");
+      ds.field("promised", &self.promised());
+      ds.field("ballot", &self.ballot());
+      ds.field("accepted_ballot", &self.accepted_ballot());
+      ds.field("accepted_version", &self.accepted_version());
+      ds.field("accepted_values", &self.accepted_values());
+      ds.field("committed_ballot", &self.committed_ballot());
+      ds.field("found", &self.found());
+      ds.field("version", &self.version());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
+pub enum PaxosAcceptResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PaxosAcceptResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosAcceptResponse<'a> {
+  type Inner = PaxosAcceptResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosAcceptResponse<'a> {
+  pub const VT_ACCEPTED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosAcceptResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosAcceptResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosAcceptResponse<'bldr>> {
+    let mut builder = PaxosAcceptResponseBuilder::new(_fbb);
+    if let Some(x) = args.ballot { builder.add_ballot(x); }
+    builder.add_accepted(args.accepted);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn accepted(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PaxosAcceptResponse::VT_ACCEPTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> Option<&'a Ballot> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Ballot>(PaxosAcceptResponse::VT_BALLOT, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosAcceptResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("accepted", Self::VT_ACCEPTED, false)?
+     .visit_field::<Ballot>("ballot", Self::VT_BALLOT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosAcceptResponseArgs<'a> {
+    pub accepted: bool,
+    pub ballot: Option<&'a Ballot>,
+}
+impl<'a> Default for PaxosAcceptResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosAcceptResponseArgs {
+      accepted: false,
+      ballot: None,
+    }
+  }
+}
+
+pub struct PaxosAcceptResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosAcceptResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_accepted(&mut self, accepted: bool) {
+    self.fbb_.push_slot::<bool>(PaxosAcceptResponse::VT_ACCEPTED, accepted, false);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: &Ballot) {
+    self.fbb_.push_slot_always::<&Ballot>(PaxosAcceptResponse::VT_BALLOT, ballot);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosAcceptResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosAcceptResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosAcceptResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosAcceptResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosAcceptResponse");
+      ds.field("accepted", &self.accepted());
+      ds.field("ballot", &self.ballot());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3561,6 +4639,34 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_paxos_promise(&self) -> Option<PaxosPromiseResponse<'a>> {
+    if self.reply_type() == Reply::PaxosPromise {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PaxosPromiseResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_paxos_accept(&self) -> Option<PaxosAcceptResponse<'a>> {
+    if self.reply_type() == Reply::PaxosAccept {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { PaxosAcceptResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3579,6 +4685,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingResponse>>("Reply::Ping", pos),
           Reply::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Reply::Error", pos),
           Reply::ReplicaObject => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaObjectResponse>>("Reply::ReplicaObject", pos),
+          Reply::PaxosPromise => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPromiseResponse>>("Reply::PaxosPromise", pos),
+          Reply::PaxosAccept => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosAcceptResponse>>("Reply::PaxosAccept", pos),
           _ => Ok(()),
         }
      })?
@@ -3685,6 +4793,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::ReplicaObject => {
           if let Some(x) = self.reply_as_replica_object() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::PaxosPromise => {
+          if let Some(x) = self.reply_as_paxos_promise() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::PaxosAccept => {
+          if let Some(x) = self.reply_as_paxos_accept() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

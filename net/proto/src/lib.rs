@@ -43,7 +43,7 @@ pub mod reply;
 pub mod ring;
 pub mod topology;
 
-pub use api::{Conflicts, ErrorCode, Quorum, ReadRepair, Version};
+pub use api::{Conflicts, ErrorCode, KeyCondition, Quorum, ReadRepair, Version};
 pub use auth::{ClusterKey, Domain};
 pub use dynacore_types::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 pub use frame::{

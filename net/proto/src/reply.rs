@@ -174,6 +174,95 @@ pub fn replica_applied(body: &[u8]) -> Result<(), ReplyError> {
     }
 }
 
+/// A Paxos ballot: ordered by time, then by the proposer's node id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ballot {
+    /// A hybrid-logical-clock time.
+    pub time: u64,
+    /// The proposer's node id.
+    pub node: u64,
+}
+
+impl Ballot {
+    /// Its wire form.
+    #[must_use]
+    pub fn to_wire(self) -> fb::Ballot {
+        fb::Ballot::new(self.time, self.node)
+    }
+
+    /// From its wire form.
+    #[must_use]
+    pub fn from_wire(b: &fb::Ballot) -> Ballot {
+        Ballot {
+            time: b.time(),
+            node: b.node(),
+        }
+    }
+}
+
+/// A replica's answer to a Paxos prepare, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promise {
+    /// Whether it promised the ballot.
+    pub promised: bool,
+    /// When it did not: the higher ballot it promised.
+    pub higher: Option<Ballot>,
+    /// A proposal it accepted and has not seen committed: its ballot and object parts.
+    pub accepted: Option<(Ballot, ObjectParts)>,
+    /// The ballot of the last commit it saw.
+    pub committed: Option<Ballot>,
+    /// Its copy of the key.
+    pub copy: Option<ObjectParts>,
+}
+
+/// Decodes a Paxos prepare's answer.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn paxos_promise(body: &[u8]) -> Result<Promise, ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_paxos_promise()
+        .ok_or_else(|| other_reply("paxos prepare"))?;
+    Ok(Promise {
+        promised: r.promised(),
+        higher: (!r.promised())
+            .then(|| r.ballot().map(Ballot::from_wire))
+            .flatten(),
+        accepted: r.accepted_ballot().map(|b| {
+            (
+                Ballot::from_wire(b),
+                (bytes(r.accepted_version()), bytes(r.accepted_values())),
+            )
+        }),
+        committed: r.committed_ballot().map(Ballot::from_wire),
+        copy: r.found().then(|| (bytes(r.version()), bytes(r.values()))),
+    })
+}
+
+/// Decodes a Paxos proposal's answer: `Ok(None)` when accepted, `Ok(Some(b))` when refused for
+/// the higher promised ballot `b`.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn paxos_accepted(body: &[u8]) -> Result<Option<Ballot>, ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_paxos_accept()
+        .ok_or_else(|| other_reply("paxos propose"))?;
+    if r.accepted() {
+        Ok(None)
+    } else {
+        Ok(Some(r.ballot().map_or(
+            Ballot {
+                time: u64::MAX,
+                node: u64::MAX,
+            },
+            Ballot::from_wire,
+        )))
+    }
+}
+
 // ---- Building answers (the node's side) ----
 
 /// An error answer to request `id` (`current`: the current version of a failed condition;
@@ -367,4 +456,72 @@ mod tests {
         assert!(matches!(ping(&put), Err(ReplyError::Malformed(_))));
         assert!(matches!(topology(b"junk"), Err(ReplyError::Malformed(_))));
     }
+}
+
+/// The answer to a Paxos prepare (see [`Promise`]).
+#[must_use]
+pub fn paxos_promise_answer(id: u64, p: &PromiseParts<'_>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let (accepted_ballot, accepted_version, accepted_values) = match p.accepted {
+        Some((ballot, (version, values))) => (
+            Some(ballot.to_wire()),
+            Some(b.create_vector(version)),
+            Some(b.create_vector(values)),
+        ),
+        None => (None, None, None),
+    };
+    let (version, values) = match p.copy {
+        Some((version, values)) => (
+            Some(b.create_vector(version)),
+            Some(b.create_vector(values)),
+        ),
+        None => (None, None),
+    };
+    let r = fb::PaxosPromiseResponse::create(
+        &mut b,
+        &fb::PaxosPromiseResponseArgs {
+            promised: p.promised,
+            ballot: Some(&p.ballot.to_wire()),
+            accepted_ballot: accepted_ballot.as_ref(),
+            accepted_version,
+            accepted_values,
+            committed_ballot: p.committed.map(Ballot::to_wire).as_ref(),
+            found: p.copy.is_some(),
+            version,
+            values,
+        },
+    );
+    finish(b, id, fb::Reply::PaxosPromise, r.as_union_value())
+}
+
+/// What a Paxos prepare's answer holds (see [`Promise`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PromiseParts<'a> {
+    /// Whether the ballot was promised.
+    pub promised: bool,
+    /// The highest ballot promised (the one asked for, when promised).
+    pub ballot: Ballot,
+    /// An accepted proposal not seen committed.
+    pub accepted: Option<(Ballot, PartsRef<'a>)>,
+    /// The last commit's ballot.
+    pub committed: Option<Ballot>,
+    /// The replica's copy.
+    pub copy: Option<PartsRef<'a>>,
+}
+
+/// An object's parts (version, values), borrowed.
+pub type PartsRef<'a> = (&'a [u8], &'a [u8]);
+
+/// The answer to a Paxos proposal: accepted, or refused for the higher promised `ballot`.
+#[must_use]
+pub fn paxos_accept_answer(id: u64, accepted: bool, ballot: Ballot) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let r = fb::PaxosAcceptResponse::create(
+        &mut b,
+        &fb::PaxosAcceptResponseArgs {
+            accepted,
+            ballot: Some(&ballot.to_wire()),
+        },
+    );
+    finish(b, id, fb::Reply::PaxosAccept, r.as_union_value())
 }

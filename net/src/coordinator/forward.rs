@@ -55,6 +55,7 @@ pub(crate) async fn forward(
                     timeout_ms,
                     context: req.context.as_deref(),
                     forwarded: true,
+                    condition: req.condition.to_wire(),
                 },
             ),
             None => build::delete_with(

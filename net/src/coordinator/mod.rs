@@ -14,9 +14,9 @@
 //! * **Writes** are coordinated by a replica: it mints the new version with the DVV `update`
 //!   of its own copy (a dot of its own id, so two coordinators never mint the same dot), stores
 //!   it, and sends the result to the other replicas, which merge it by `sync`.
-//! * **Conditional writes** (`expected`) are checked on every replica: a replica whose copy
-//!   holds a write the client did not see refuses. Fewer than W successes is
-//!   `ConditionFailed`, with the version that refused.
+//! * **Conditional writes** (a version that must still be current, a key that must be absent
+//!   or present) are lightweight transactions: a Paxos round among the key's replicas
+//!   (`paxos`), linearizable per key; a failed condition writes nothing anywhere.
 //! * **Reads** ask every replica for its copy and merge the first R answers by `sync`; in
 //!   the default last-writer-wins mode the newest sibling is the value, in siblings mode every
 //!   live concurrent value is returned.
@@ -24,6 +24,7 @@
 mod fan_out;
 mod forward;
 mod handoff;
+mod paxos;
 pub mod quorum;
 mod read;
 mod replicas;

@@ -260,7 +260,7 @@ pub(crate) async fn apply_at(
 
 /// A replica operation (idempotent: a read, or a merge) sent to `addr`, sent once more when
 /// the pooled connection turns out to be broken (the peer restarted since it was opened).
-async fn call_idempotent(
+pub(crate) async fn call_idempotent(
     core: &Core,
     addr: SocketAddr,
     build: &impl Fn(u64) -> Vec<u8>,

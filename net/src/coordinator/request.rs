@@ -1,6 +1,6 @@
 //! What a front end asks the coordinator, and what a read answers.
 
-use dynacore_proto::{Conflicts, Quorum, ReadRepair};
+use dynacore_proto::{Conflicts, KeyCondition, Quorum, ReadRepair};
 
 /// A client's write.
 #[derive(Clone, Debug)]
@@ -19,6 +19,16 @@ pub struct WriteRequest {
     pub w: Quorum,
     /// Passed on by another node: coordinate it here, never pass it on.
     pub forwarded: bool,
+    /// Write only if the key holds no live value, or only if it does.
+    pub condition: KeyCondition,
+}
+
+impl WriteRequest {
+    /// Whether it is a lightweight transaction (a Paxos round among the key's replicas).
+    #[must_use]
+    pub fn is_conditional(&self) -> bool {
+        self.expected.is_some() || self.condition != KeyCondition::None
+    }
 }
 
 /// A client's read.

@@ -47,6 +47,10 @@ pub async fn write(
     if !replicas.contains(&cluster.own) && !req.forwarded {
         return forward(core, &cluster, &replicas, &req, w, deadline).await;
     }
+    if req.is_conditional() {
+        // A lightweight transaction: a Paxos round among the key's replicas.
+        return super::paxos::transaction(core, &req, deadline).await;
+    }
     // Mint the new version on this replica.
     let op = ShardOp::Write {
         key: req.key.clone(),

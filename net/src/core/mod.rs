@@ -27,6 +27,7 @@ use crate::metrics::CoreMetrics;
 use crate::storage::hints::HintStore;
 use crate::storage::replica::{LocalStore, StoreError};
 use dynacore_client::glommio::ConnPool;
+use dynacore_proto::reply::Ballot;
 use dynacore_proto::ring::{NodeId, ShardMap};
 use dynacore_proto::ClusterKey;
 
@@ -60,11 +61,63 @@ pub enum ShardOp {
         /// Apply only if the copy holds nothing this version does not.
         expected: Option<VersionVector>,
     },
+    /// A lightweight transaction's step on this replica's key.
+    Paxos {
+        /// The key.
+        key: Vec<u8>,
+        /// The step.
+        step: PaxosStep,
+    },
     /// Report the shard's statistics.
     Stats,
     /// Flush the shard's memtables and merge all its tables into one (an operator's major
     /// compaction); answered with the statistics once done.
     Compact,
+}
+
+/// A step of a Paxos round, as one replica runs it.
+#[derive(Debug)]
+pub enum PaxosStep {
+    /// Promise the ballot (if above every one promised); answers the state and the copy.
+    Prepare(Ballot),
+    /// Accept the proposal at the ballot (unless a higher one was promised).
+    Propose(Ballot, Object),
+    /// Merge the proposal into the copy, then record the commit.
+    Commit(Ballot, Object),
+    /// The coordinator's own replica mints the new version (not stored): value, TTL, and the
+    /// current value the quorum holds.
+    Mint {
+        /// The value, or `None` for a tombstone.
+        value: Option<Vec<u8>>,
+        /// Expiry in seconds from now.
+        ttl_seconds: Option<u64>,
+        /// The key's value as the quorum holds it.
+        current: Option<Object>,
+    },
+}
+
+/// A replica's answer to a [`PaxosStep`].
+#[derive(Debug)]
+pub enum PaxosAnswer {
+    /// To a prepare.
+    Promise {
+        /// Whether the ballot was promised.
+        promised: bool,
+        /// The highest ballot promised.
+        ballot: Ballot,
+        /// The proposal accepted and not seen committed.
+        accepted: Option<(Ballot, Object)>,
+        /// The last commit seen.
+        committed: Option<Ballot>,
+        /// The replica's copy.
+        copy: Option<Object>,
+    },
+    /// To a proposal: accepted or not, and the highest ballot promised.
+    Accepted(bool, Ballot),
+    /// To a commit.
+    Committed,
+    /// To a mint.
+    Minted(Object),
 }
 
 /// A shard's answer.
@@ -76,6 +129,8 @@ pub enum ShardReply {
     NoStats(StoreError),
     /// To the other operations: the replica's copy (after the write or merge).
     Object(Result<Option<Object>, StoreError>),
+    /// To [`ShardOp::Paxos`].
+    Paxos(Result<PaxosAnswer, StoreError>),
 }
 
 impl ShardReply {
@@ -93,6 +148,20 @@ impl ShardReply {
             }
         }
     }
+
+    /// The answer of a [`ShardReply::Paxos`] reply.
+    ///
+    /// # Errors
+    /// The step's error; [`StoreError::Internal`] for another kind of answer.
+    pub fn into_paxos(self) -> Result<PaxosAnswer, StoreError> {
+        match self {
+            ShardReply::Paxos(r) => r,
+            other => {
+                debug_assert!(false, "mismatched reply {other:?}");
+                Err(StoreError::Internal("mismatched reply from a core".into()))
+            }
+        }
+    }
 }
 
 /// Which kind of reply an operation gets.
@@ -100,12 +169,14 @@ impl ShardReply {
 enum ReplyKind {
     Stats,
     Object,
+    Paxos,
 }
 
 impl ReplyKind {
     fn of(op: &ShardOp) -> ReplyKind {
         match op {
             ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
+            ShardOp::Paxos { .. } => ReplyKind::Paxos,
             _ => ReplyKind::Object,
         }
     }
@@ -115,6 +186,7 @@ impl ReplyKind {
         match self {
             ReplyKind::Stats => ShardReply::NoStats(e),
             ReplyKind::Object => ShardReply::Object(Err(e)),
+            ReplyKind::Paxos => ShardReply::Paxos(Err(e)),
         }
     }
 }
@@ -508,7 +580,8 @@ impl Core {
         let owner = match &op {
             ShardOp::Write { key, .. }
             | ShardOp::ReplicaRead { key }
-            | ShardOp::ReplicaApply { key, .. } => self.owner_of(key),
+            | ShardOp::ReplicaApply { key, .. }
+            | ShardOp::Paxos { key, .. } => self.owner_of(key),
             ShardOp::Stats | ShardOp::Compact => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
@@ -597,6 +670,7 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                 .await
                 .map(Some),
         ),
+        ShardOp::Paxos { key, step } => ShardReply::Paxos(run_paxos(store, &key, step).await),
         ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
         ShardOp::Compact => {
             let shard = store.shard();
@@ -611,6 +685,63 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                 }
             }
         }
+    }
+}
+
+async fn run_paxos(
+    store: &LocalStore,
+    key: &[u8],
+    step: PaxosStep,
+) -> Result<PaxosAnswer, StoreError> {
+    let decode = |(version, values): (Vec<u8>, Vec<u8>)| {
+        dynacore_engine::object::from_parts(&version, &values)
+            .map_err(|e| StoreError::Internal(format!("an accepted proposal does not decode: {e}")))
+    };
+    match step {
+        PaxosStep::Prepare(ballot) => {
+            let (promised, state) = store
+                .paxos()?
+                .prepare(key, ballot)
+                .await
+                .map_err(|e| StoreError::Internal(e.0))?;
+            Ok(PaxosAnswer::Promise {
+                promised,
+                ballot: state.promised.unwrap_or(ballot),
+                accepted: state
+                    .accepted
+                    .map(|(b, parts)| decode(parts).map(|o| (b, o)))
+                    .transpose()?,
+                committed: state.committed,
+                copy: store.read_replica(key).await?,
+            })
+        }
+        PaxosStep::Propose(ballot, object) => {
+            let parts = dynacore_engine::object::to_parts(&object)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            let (accepted, promised) = store
+                .paxos()?
+                .propose(key, ballot, parts)
+                .await
+                .map_err(|e| StoreError::Internal(e.0))?;
+            Ok(PaxosAnswer::Accepted(accepted, promised))
+        }
+        PaxosStep::Commit(ballot, object) => {
+            store.apply_replica(key, &object, None).await?;
+            store
+                .paxos()?
+                .committed(key, ballot)
+                .await
+                .map_err(|e| StoreError::Internal(e.0))?;
+            Ok(PaxosAnswer::Committed)
+        }
+        PaxosStep::Mint {
+            value,
+            ttl_seconds,
+            current,
+        } => store
+            .mint_transaction(key, current.as_ref(), value.as_deref(), ttl_seconds)
+            .await
+            .map(PaxosAnswer::Minted),
     }
 }
 

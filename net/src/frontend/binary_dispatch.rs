@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use dynacore_engine::object;
 
+use dynacore_proto::reply::Ballot;
 use dynacore_proto::ring::NodeId;
-use dynacore_proto::{fb, parse_request, reply, Conflicts, Quorum, ReadRepair, FRAME_BYTES_MAX};
+use dynacore_proto::{
+    fb, parse_request, reply, Conflicts, KeyCondition, Quorum, ReadRepair, FRAME_BYTES_MAX,
+};
 
 use crate::cluster::membership::NodeStatus;
 use crate::coordinator::{self, ReadRequest, ReadResult, WriteRequest};
-use crate::core::{Core, ShardOp};
+use crate::core::{Core, PaxosAnswer, PaxosStep, ShardOp};
 use crate::metrics::Op;
 use crate::storage::replica::{decode_version, StoreError};
 
@@ -81,6 +84,66 @@ fn store_error(id: u64, e: &StoreError) -> Vec<u8> {
     }
 }
 
+/// Runs a Paxos step on the core that owns `key` and builds its answer.
+async fn paxos_answer(
+    core: &Core,
+    id: u64,
+    key: &[u8],
+    step: PaxosStep,
+    timeout: Duration,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let commit = matches!(step, PaxosStep::Commit(..));
+    let op = ShardOp::Paxos {
+        key: key.to_vec(),
+        step,
+    };
+    let parts = |o: &dynacore_engine::Object| {
+        object::to_parts(o)
+            .map_err(|e| error_body(id, fb::ErrorCode::Internal, &e.to_string(), None))
+    };
+    match core.execute(op, timeout).await.into_paxos() {
+        Err(e) => Err(store_error(id, &e)),
+        Ok(PaxosAnswer::Promise {
+            promised,
+            ballot,
+            accepted,
+            committed,
+            copy,
+        }) => {
+            let accepted = accepted
+                .map(|(b, o)| parts(&o).map(|p| (b, p)))
+                .transpose()?;
+            let copy = copy.as_ref().map(parts).transpose()?;
+            Ok(reply::paxos_promise_answer(
+                id,
+                &reply::PromiseParts {
+                    promised,
+                    ballot,
+                    accepted: accepted
+                        .as_ref()
+                        .map(|(b, (v, vals))| (*b, (v.as_slice(), vals.as_slice()))),
+                    committed,
+                    copy: copy
+                        .as_ref()
+                        .map(|(v, vals)| (v.as_slice(), vals.as_slice())),
+                },
+            ))
+        }
+        Ok(PaxosAnswer::Accepted(accepted, ballot)) => {
+            Ok(reply::paxos_accept_answer(id, accepted, ballot))
+        }
+        Ok(PaxosAnswer::Committed) if commit => {
+            Ok(reply::replica_object_answer(id, Some((&[], None))))
+        }
+        Ok(_) => Err(error_body(
+            id,
+            fb::ErrorCode::Internal,
+            "a core answered another step",
+            None,
+        )),
+    }
+}
+
 /// Answers one request body on `core` (the operation runs on the core that owns its key).
 /// `from_peer`: it came in a frame authenticated with the cluster secret; only such frames may
 /// carry replica operations (`ReplicaRead`, `ReplicaApply`, a write marked `forwarded`).
@@ -90,8 +153,14 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
         Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
     };
     let id = req.id();
-    let replica_op =
-        matches!(req.op_type(), fb::Op::ReplicaRead | fb::Op::ReplicaApply) || req.forwarded();
+    let replica_op = matches!(
+        req.op_type(),
+        fb::Op::ReplicaRead
+            | fb::Op::ReplicaApply
+            | fb::Op::PaxosPrepare
+            | fb::Op::PaxosPropose
+            | fb::Op::PaxosCommit
+    ) || req.forwarded();
     if replica_op && !from_peer {
         core.metrics()
             .auth_refused(crate::metrics::AuthPlane::Binary);
@@ -145,9 +214,13 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
         fb::Op::Put => (
             Op::Put,
             match req.op_as_put() {
-                Some(put) => match Quorum::from_wire(put.w(), rf, "w") {
-                    Err(m) => bad(&m),
-                    Ok(w) => {
+                Some(put) => match (
+                    Quorum::from_wire(put.w(), rf, "w"),
+                    KeyCondition::from_wire(put.condition()),
+                ) {
+                    (Err(m), _) => bad(&m),
+                    (_, Err(c)) => bad(&format!("unknown key condition {c}")),
+                    (Ok(w), Ok(condition)) => {
                         let write = WriteRequest {
                             key: put.key().bytes().to_vec(),
                             value: Some(put.value().bytes().to_vec()),
@@ -156,6 +229,7 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                             context: put.context().map(|v| v.bytes().to_vec()),
                             w,
                             forwarded: req.forwarded(),
+                            condition,
                         };
                         written(
                             id,
@@ -181,6 +255,7 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                             context: del.context().map(|v| v.bytes().to_vec()),
                             w,
                             forwarded: req.forwarded(),
+                            condition: KeyCondition::None,
                         };
                         written(
                             id,
@@ -246,6 +321,42 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                     }
                 }
                 None => bad("replica apply without fields"),
+            },
+        ),
+        fb::Op::PaxosPrepare => (
+            Op::Other,
+            match req.op_as_paxos_prepare() {
+                Some(p) => {
+                    let step = PaxosStep::Prepare(Ballot::from_wire(p.ballot()));
+                    paxos_answer(core, id, p.key().bytes(), step, timeout).await
+                }
+                None => bad("paxos prepare without fields"),
+            },
+        ),
+        fb::Op::PaxosPropose | fb::Op::PaxosCommit => (
+            Op::Other,
+            match (req.op_as_paxos_propose(), req.op_as_paxos_commit()) {
+                (Some(p), _) => {
+                    let values = p.values().map(|v| v.bytes()).unwrap_or_default();
+                    match object::from_parts(p.version().bytes(), values) {
+                        Err(e) => bad(&format!("bad object: {e}")),
+                        Ok(object) => {
+                            let step = PaxosStep::Propose(Ballot::from_wire(p.ballot()), object);
+                            paxos_answer(core, id, p.key().bytes(), step, timeout).await
+                        }
+                    }
+                }
+                (None, Some(c)) => {
+                    let values = c.values().map(|v| v.bytes()).unwrap_or_default();
+                    match object::from_parts(c.version().bytes(), values) {
+                        Err(e) => bad(&format!("bad object: {e}")),
+                        Ok(object) => {
+                            let step = PaxosStep::Commit(Ballot::from_wire(c.ballot()), object);
+                            paxos_answer(core, id, c.key().bytes(), step, timeout).await
+                        }
+                    }
+                }
+                (None, None) => bad("paxos proposal without fields"),
             },
         ),
         other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
@@ -450,7 +561,16 @@ mod tests {
     #[test]
     fn puts_gets_and_conditions_over_the_protocol() {
         with_store(|store, _| async move {
-            let core = Core::single(store, NodeId(7));
+            // Conditional writes are transactions: this replica keeps acceptor states.
+            let paxos = crate::storage::paxos::PaxosStore::open(
+                store.shard().dir().with_extension("paxos"),
+                dynacore_engine::ShardId(0),
+                std::time::Duration::from_secs(3600),
+            )
+            .await
+            .expect("paxos store");
+            let paxos = std::rc::Rc::new(paxos);
+            let core = Core::single(store.with_paxos(paxos.clone()), NodeId(7));
             let a = answer(&core, &put(1, b"k", b"v1", None, None), false).await;
             assert!(!a.close);
             let resp = parse_response(&a.body).expect("response");
@@ -485,6 +605,8 @@ mod tests {
             let a = answer(&core, &get(5, b"absent", None), false).await;
             let resp = parse_response(&a.body).expect("response");
             assert!(!resp.reply_as_get().expect("get").found());
+            drop(core);
+            paxos.close().await.expect("close");
         });
     }
 

@@ -85,8 +85,10 @@ pub struct RequestHead {
     pub raw_body: bool,
     /// The client wants raw bytes back (`Accept: application/octet-stream`).
     pub accept_raw: bool,
-    /// `If-Match`.
+    /// `If-Match` (a version in hex, or `*`: the key holds a live value).
     pub if_match: Option<String>,
+    /// `If-None-Match` (`*` only: the key holds no live value).
+    pub if_none_match: Option<String>,
     /// `X-Dynacore-Context`: the version a read returned, which a write builds on.
     pub context: Option<String>,
     /// `?conflicts=siblings` (`Some(true)`) or `lww` (`Some(false)`).
@@ -220,6 +222,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         raw_body: false,
         accept_raw: false,
         if_match: None,
+        if_none_match: None,
         context: None,
         siblings: None,
         content_length: 0,
@@ -259,6 +262,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
                 .any(|t| media_type(t) == "application/octet-stream");
         } else if name.eq_ignore_ascii_case("if-match") {
             head.if_match = Some(value.trim_matches('"').to_owned());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            head.if_none_match = Some(value.trim_matches('"').to_owned());
         } else if name.eq_ignore_ascii_case("x-dynacore-context") {
             head.context = Some(value.trim_matches('"').to_owned());
         } else if name.eq_ignore_ascii_case("connection") {

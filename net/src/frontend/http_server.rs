@@ -31,8 +31,8 @@ use crate::frontend::http_codec::{
 use crate::metrics::{self, Op, Protocol};
 use crate::storage::replica::StoreError;
 use dynacore_proto::ring::NodeId;
-use dynacore_proto::Conflicts;
 use dynacore_proto::Quorum;
+use dynacore_proto::{Conflicts, KeyCondition};
 
 /// The HTTP server's limits.
 #[derive(Clone, Debug)]
@@ -392,6 +392,27 @@ async fn local_copy(core: &Core, key: &[u8]) -> Result<Reply, Reply> {
     ))
 }
 
+/// A put's conditions: `If-Match: <version>` (the version), `If-Match: *` (the key holds a
+/// live value), `If-None-Match: *` (it holds none); at most one.
+fn conditions(head: &RequestHead) -> Result<(Option<Vec<u8>>, KeyCondition), Reply> {
+    match (head.if_match.as_deref(), head.if_none_match.as_deref()) {
+        (None, None) => Ok((None, KeyCondition::None)),
+        (Some("*"), None) => Ok((None, KeyCondition::Present)),
+        (Some(v), None) => Ok((hex_header(Some(v))?, KeyCondition::None)),
+        (None, Some("*")) => Ok((None, KeyCondition::Absent)),
+        (None, Some(_)) => Err(Reply::error(
+            400,
+            "bad_request",
+            "If-None-Match takes * only (the key holds no live value)",
+        )),
+        (Some(_), Some(_)) => Err(Reply::error(
+            400,
+            "bad_request",
+            "give If-Match or If-None-Match, not both",
+        )),
+    }
+}
+
 fn hex_header(value: Option<&str>) -> Result<Option<Vec<u8>>, Reply> {
     value
         .map(version_from_hex)
@@ -408,14 +429,16 @@ async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result
         let (value, ttl) = parse_json_put(body).map_err(|e| Reply::from_http_error(&e))?;
         (value, ttl.or(head.ttl_seconds))
     };
+    let (expected, condition) = conditions(head)?;
     let write = WriteRequest {
         key: key.to_vec(),
         value: Some(value),
         ttl_seconds: ttl_seconds.filter(|&t| t > 0),
-        expected: hex_header(head.if_match.as_deref())?,
+        expected,
         context: hex_header(head.context.as_deref())?,
         w: head.w,
         forwarded: false,
+        condition,
     };
     written(coordinator::write(core, write, core.default_timeout()).await)
 }
@@ -423,6 +446,13 @@ async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result
 async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply> {
     check_quorum(head.w, core.cluster().configured_rf, "w")
         .map_err(|e| Reply::from_http_error(&e))?;
+    if head.if_none_match.is_some() || head.if_match.as_deref() == Some("*") {
+        return Err(Reply::error(
+            400,
+            "bad_request",
+            "a delete takes If-Match with a version only",
+        ));
+    }
     let write = WriteRequest {
         key: key.to_vec(),
         value: None,
@@ -431,6 +461,7 @@ async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Re
         context: hex_header(head.context.as_deref())?,
         w: head.w,
         forwarded: false,
+        condition: KeyCondition::None,
     };
     written(coordinator::write(core, write, core.default_timeout()).await)
 }
@@ -593,7 +624,7 @@ async fn compact(core: &Core) -> Result<Reply, Reply> {
                 "compactions": s.compactions,
             })),
             ShardReply::NoStats(e) => return Err(Reply::from_store_error(&e)),
-            ShardReply::Object(_) => {
+            ShardReply::Object(_) | ShardReply::Paxos(_) => {
                 return Err(Reply::error(
                     500,
                     "internal",

@@ -529,7 +529,23 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
             return Err(m);
         }
     };
-    let store = LocalStore::new(shard.clone(), s.node_id.0, ClockHandle::system());
+    let paxos = match crate::storage::paxos::PaxosStore::open(
+        s.config.data_dir.join(format!("paxos-{i}")),
+        ShardId(i),
+        s.config.purge.grace,
+    )
+    .await
+    {
+        Ok(p) => Rc::new(p),
+        Err(e) => {
+            let m = format!("cannot open the transaction state of core {i}: {e}");
+            let _ = s.ready.send(Err(m.clone()));
+            let _ = shard.close().await;
+            return Err(m);
+        }
+    };
+    let store = LocalStore::new(shard.clone(), s.node_id.0, ClockHandle::system())
+        .with_paxos(paxos.clone());
     let replication = &s.config.replication;
     let hints = if replication.hinted_handoff {
         let limits = HintLimits {
@@ -686,6 +702,9 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         if let Err(e) = hints.close().await {
             tracing::warn!(core = i, error = %e, "closing the hints failed");
         }
+    }
+    if let Err(e) = paxos.close().await {
+        tracing::warn!(core = i, error = %e, "closing the transaction state failed");
     }
     shard
         .close()

@@ -4,4 +4,5 @@
 //! * [`hints`] — the core's hints for replicas that were down, on a shard of their own.
 
 pub mod hints;
+pub mod paxos;
 pub mod replica;

@@ -106,6 +106,8 @@ pub struct LocalStore {
     shard: Shard,
     node: u64,
     clock: ClockHandle,
+    /// The acceptor state of lightweight transactions (`None`: this store takes no part).
+    paxos: Option<std::rc::Rc<crate::storage::paxos::PaxosStore>>,
 }
 
 impl LocalStore {
@@ -114,7 +116,50 @@ impl LocalStore {
     /// opened with).
     #[must_use]
     pub fn new(shard: Shard, node: u64, clock: ClockHandle) -> Self {
-        LocalStore { shard, node, clock }
+        LocalStore {
+            shard,
+            node,
+            clock,
+            paxos: None,
+        }
+    }
+
+    /// The same store, taking part in lightweight transactions with `paxos`'s states.
+    #[must_use]
+    pub fn with_paxos(mut self, paxos: std::rc::Rc<crate::storage::paxos::PaxosStore>) -> Self {
+        self.paxos = Some(paxos);
+        self
+    }
+
+    /// Its acceptor states.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when it takes no part in transactions.
+    pub fn paxos(&self) -> Result<&crate::storage::paxos::PaxosStore, StoreError> {
+        self.paxos.as_deref().ok_or_else(|| {
+            StoreError::Unavailable("this replica takes no part in transactions".into())
+        })
+    }
+
+    /// A transaction's new version of `key` replacing `current`, minted here and not stored
+    /// (see `Shard::mint_transaction`).
+    ///
+    /// # Errors
+    /// As [`LocalStore::put`].
+    pub async fn mint_transaction(
+        &self,
+        key: &[u8],
+        current: Option<&Object>,
+        value: Option<&[u8]>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Object, StoreError> {
+        let expiry_ms = ttl_seconds
+            .filter(|&t| t > 0)
+            .map(|t| self.clock.now_ms().saturating_add(t.saturating_mul(1000)));
+        Ok(self
+            .shard
+            .mint_transaction(key, current, value, expiry_ms, self.node)
+            .await?)
     }
 
     /// The shard.
