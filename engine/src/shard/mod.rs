@@ -74,6 +74,21 @@ mod open;
 /// this many dots at most, and the jump a key's counter may make after a restart.
 const COUNTER_LEASE: u64 = 1 << 16;
 
+/// Test only: `DYNACORE_TEST_REUSE_DOTS` set in a debug build turns the protections of
+/// `docs/protocol.md` "Actor epochs" off — no counter floor for keys without a live value of
+/// the replica's own, no new epoch after an unclean stop — so that the history checker can
+/// show it notices the lost writes dot reuse causes. Release builds ignore it.
+pub(crate) fn reuse_dots_for_tests() -> bool {
+    static REUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REUSE.get_or_init(|| {
+        let on = cfg!(debug_assertions) && std::env::var_os("DYNACORE_TEST_REUSE_DOTS").is_some();
+        if on {
+            tracing::warn!("DYNACORE_TEST_REUSE_DOTS: dot reuse re-enabled for a test");
+        }
+        on
+    })
+}
+
 /// A new actor epoch: above `after`, and otherwise the clock's milliseconds, so that a node
 /// restarted on an empty directory (which remembers no epoch) still draws one it never had.
 fn next_actor_epoch(after: u64, now_ms: u64) -> u64 {

@@ -214,6 +214,7 @@ async fn choose_actor_epoch(
     // Why a new epoch is drawn, if one is.
     let renew = match manifest.run {
         _ if manifest.actor_epoch == 0 => Some("a new shard"),
+        _ if reuse_dots_for_tests() => None,
         RunState::Clean | RunState::Running { synced: true } => None,
         RunState::Running { synced: false } => {
             Some("it stopped uncleanly with writes that may not have been synced")

@@ -136,12 +136,50 @@ pub fn start_at(
     .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
 }
 
+/// As [`start_at`], with `env` set in the node's environment.
+pub fn start_at_env(
+    listen: SocketAddr,
+    http: SocketAddr,
+    data_dir: &Path,
+    cores: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Node {
+    try_start_at_env(
+        &listen.to_string(),
+        &http.to_string(),
+        data_dir,
+        cores,
+        extra,
+        env,
+    )
+    .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
+}
+
+/// As [`start`], with `env` set in the node's environment.
+pub fn start_env(data_dir: &Path, cores: u32, extra: &[&str], env: &[(&str, &str)]) -> Node {
+    try_start_at_env("127.0.0.1:0", "127.0.0.1:0", data_dir, cores, extra, env)
+        .unwrap_or_else(|(status, log)| panic!("the node did not start ({status:?}):\n{log}"))
+}
+
 fn try_start_at(
     listen: &str,
     http: &str,
     data_dir: &Path,
     cores: u32,
     extra: &[&str],
+) -> Result<Node, (Option<ExitStatus>, String)> {
+    try_start_at_env(listen, http, data_dir, cores, extra, &[])
+}
+
+/// As [`start_at_env`], or the exit status and stderr of a node that did not start.
+pub fn try_start_at_env(
+    listen: &str,
+    http: &str,
+    data_dir: &Path,
+    cores: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
 ) -> Result<Node, (Option<ExitStatus>, String)> {
     let log = data_dir.with_extension(format!("log-{}", std::process::id()));
     let log_file = std::fs::File::create(&log).expect("log file");
@@ -159,6 +197,7 @@ fn try_start_at(
         .args(["--listen", listen, "--http", http, "--no-pin"])
         .args(["--cores", &cores])
         .args(extra)
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("DYNACORE_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
