@@ -869,3 +869,54 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod huge_ring {
+    use super::*;
+    use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+    use crate::core::{CoreParts, NodeShared};
+    use crate::test_util::with_store;
+    use dynacore_proto::{build, parse_response};
+
+    #[test]
+    fn a_topology_too_large_for_a_frame_is_an_error_and_the_core_keeps_answering() {
+        with_store(|store, _| async move {
+            // The largest ring members may announce: 1,024 nodes of 4,096 vnodes each.
+            let member = |i: u64| RingMember {
+                id: format!("{:x}", i + 1),
+                binary: std::net::SocketAddr::from(([127, 0, 0, 1], 7400)),
+                http: std::net::SocketAddr::from(([127, 0, 0, 1], 8400)),
+                shards: 1,
+                vnodes: crate::cluster::membership::VNODES_MAX,
+                generation: 1,
+            };
+            let mut book = RingBook::in_memory(member(0));
+            let nodes = u64::try_from(crate::cluster::membership::NODES_MAX).expect("fits");
+            for i in 1..nodes {
+                book.record(member(i));
+            }
+            let cluster = SharedCluster::new(ClusterState::build(NodeId(1), &book, None, 3));
+            let (shared, _inbox) = NodeShared::new(1);
+            let core = Core::new(CoreParts {
+                index: 0,
+                store,
+                cluster,
+                shared,
+                default_timeout: Duration::from_secs(10),
+                hints: None,
+                replication: crate::cluster::replication::ReplicationConfig::default(),
+                source_ip: None,
+                key: dynacore_proto::ClusterKey::new(&[1u8; 32]).expect("key"),
+            });
+            let a = answer(&core, &build::topology(1), false).await;
+            let resp = parse_response(&a.body).expect("a response");
+            assert_eq!(
+                resp.reply_as_error().map(|e| e.code()),
+                Some(fb::ErrorCode::ValueTooLarge)
+            );
+            assert!(a.body.len() < FRAME_BYTES_MAX);
+            let a = answer(&core, &build::ping(2, 7), false).await;
+            assert_eq!(parse_response(&a.body).expect("pong").id(), 2);
+        });
+    }
+}
