@@ -2,7 +2,8 @@
 //! key that must be absent or present) runs a Paxos round among the key's replicas, as
 //! Cassandra's and ScyllaDB's do, so that conditional writes on a key are linearizable:
 //!
-//! 1. **Prepare** a ballot (the coordinator's clock, then its node id) with every replica; a
+//! 1. **Prepare** a ballot (the coordinator's clock with its core's index in the low bits,
+//!    then its node id: unique to one core of one node) with every replica; a
 //!    majority must promise it (a replica promises a ballot above every one it promised).
 //! 2. A promise may carry a proposal accepted and not yet committed (above the latest commit
 //!    any promise saw): the round that left it is finished first — proposed again under this
@@ -43,11 +44,16 @@ thread_local! {
     static LAST_BALLOT: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A ballot above every one this core used or saw.
-fn next_ballot(node: NodeId) -> Ballot {
+/// Low bits of a ballot's time that hold the proposing core's index, so that two cores of one
+/// node never propose the same ballot.
+const CORE_BITS: u32 = 10;
+
+/// A ballot above every one this core used or saw, unique to this core of `node`.
+fn next_ballot(node: NodeId, core: u32) -> Ballot {
     let now = crate::storage::hints::now_ms() << 16;
+    let step = 1u64 << CORE_BITS;
     let time = LAST_BALLOT.with(|last| {
-        let t = now.max(last.get() + 1);
+        let t = (now.max(last.get() + step) & !(step - 1)) | (u64::from(core) & (step - 1));
         last.set(t);
         t
     });
@@ -105,7 +111,7 @@ pub(crate) async fn transaction(
             dynacore_runtime::sleep(wait).await;
         }
         attempt += 1;
-        let ballot = next_ballot(cluster.own);
+        let ballot = next_ballot(cluster.own, core.index());
         // 1. Prepare.
         let promises = ask_all(core, &cluster, &replicas, &key, deadline, move || {
             PaxosStep::Prepare(ballot)
@@ -441,5 +447,27 @@ async fn ask(
             Ok(PaxosAnswer::Committed)
         }
         PaxosStep::Mint { .. } => Err(StoreError::Internal("a mint is not a replica step".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ballots_only_move_forward_and_two_cores_never_share_one() {
+        let node = NodeId(9);
+        let a: Vec<Ballot> = (0..100).map(|_| next_ballot(node, 0)).collect();
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "increasing");
+        assert!(a.iter().all(|b| b.time & 0x3ff == 0), "core 0's bits");
+        let b = next_ballot(node, 1);
+        assert_eq!(b.time & 0x3ff, 1);
+        assert!(b > a[99]);
+        // A higher ballot seen elsewhere moves the next one past it.
+        saw_ballot(Ballot {
+            time: b.time + (1 << 40),
+            node: 1,
+        });
+        assert!(next_ballot(node, 0).time > b.time + (1 << 40));
     }
 }

@@ -529,10 +529,14 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
             return Err(m);
         }
     };
+    // Acceptor states outlive any round by far: the purge grace, and at least an hour.
     let paxos = match crate::storage::paxos::PaxosStore::open(
         s.config.data_dir.join(format!("paxos-{i}")),
         ShardId(i),
-        s.config.purge.grace,
+        s.config
+            .purge
+            .grace
+            .max(std::time::Duration::from_secs(3600)),
     )
     .await
     {
