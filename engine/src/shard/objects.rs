@@ -83,14 +83,7 @@ impl Shard {
         let _held = self.inner.key_locks.lock(key).await;
         let local = self.read_object(key).await?;
         check_expected(local.as_ref(), expected)?;
-        if let Some(newest) = local.iter().flat_map(Object::values).map(|s| s.hlc).max() {
-            self.inner.hlc.observe(newest)?;
-        }
-        let sibling = Sibling {
-            value: value.map(<[u8]>::to_vec),
-            hlc: self.inner.hlc.now(),
-            expiry_ms,
-        };
+        let sibling = self.stamp(local.as_ref(), value, expiry_ms)?;
         let current;
         let ctx = match ctx {
             Some(c) => c,
@@ -145,14 +138,7 @@ impl Shard {
         }
         .validate()?;
         let _held = self.inner.key_locks.lock(key).await;
-        if let Some(newest) = current.iter().flat_map(|c| c.values()).map(|s| s.hlc).max() {
-            self.inner.hlc.observe(newest)?;
-        }
-        let sibling = Sibling {
-            value: value.map(<[u8]>::to_vec),
-            hlc: self.inner.hlc.now(),
-            expiry_ms,
-        };
+        let sibling = self.stamp(current, value, expiry_ms)?;
         let (epoch, high) = self.actor_epoch();
         let actor = ActorId::new(node, epoch | crate::version::TRANSACTION_EPOCH_BIT);
         let ctx = current.map(Object::join).unwrap_or_default();
@@ -161,6 +147,24 @@ impl Shard {
         let obj = Object::mint(&ctx, sibling, current, actor, high)?;
         self.reserve_counter(obj.join().get(actor)).await?;
         Ok(obj)
+    }
+
+    /// A new sibling, stamped by the shard's clock after it observed the newest timestamp of
+    /// `seen` (what the write builds on).
+    fn stamp(
+        &self,
+        seen: Option<&Object>,
+        value: Option<&[u8]>,
+        expiry_ms: Option<u64>,
+    ) -> Result<Sibling> {
+        if let Some(newest) = seen.iter().flat_map(|o| o.values()).map(|s| s.hlc).max() {
+            self.inner.hlc.observe(newest)?;
+        }
+        Ok(Sibling {
+            value: value.map(<[u8]>::to_vec),
+            hlc: self.inner.hlc.now(),
+            expiry_ms,
+        })
     }
 
     /// The actor epoch this shard mints in, and the highest counter it may have minted in it.
