@@ -26,6 +26,7 @@ pub mod cache;
 pub mod compaction;
 pub mod durable;
 pub mod error;
+pub mod hashtree;
 pub mod manifest;
 pub mod memtable;
 pub mod object;
@@ -40,10 +41,11 @@ pub mod wal;
 mod test_util;
 
 pub use error::{Error, LimitError, Result};
+pub use hashtree::{HashTree, KeyState, TreeOptions};
 pub use object::{KeyGuard, KeyLocks, LockKey, Object, Sibling};
 pub use record::{
     Mutation, Record, SeqNo, ShardId, Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX,
 };
 pub use scan::ShardScan;
-pub use shard::{Shard, ShardOptions, ShardStats};
+pub use shard::{Shard, ShardOptions, ShardStats, TreeStatus};
 pub use wal::Durability;

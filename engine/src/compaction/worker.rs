@@ -216,6 +216,9 @@ pub(crate) struct MergeJob<'a> {
     /// Whether version blobs are objects whose retired actor epochs are dropped under the same
     /// grace and gate.
     pub(crate) retire_epochs: bool,
+    /// Whether the shard keeps a hash tree: each purge's key and contribution is collected (at
+    /// most `PURGES_PER_MERGE_MAX`; past it, purgeable records are kept for a later merge).
+    pub(crate) collect_purges: bool,
     /// Bloom filter bits per key of the output.
     pub(crate) bits_per_key: u32,
     /// The shard's block cache.
@@ -243,13 +246,15 @@ pub(crate) async fn merge(
         finished: Vec::new(),
         unreadable: Vec::new(),
     };
-    let merged = merge_into(job, pacer, &mut blobs).await;
+    let mut purged = Vec::new();
+    let merged = merge_into(job, pacer, &mut blobs, &mut purged).await;
     match merged {
         Ok((table, stats)) => Ok(MergeOutput {
             table,
             blob_files: blobs.finished,
             unreadable_blob_files: blobs.unreadable,
             stats,
+            purged,
         }),
         Err(e) => {
             blobs.abandon(job.dir).await;
@@ -279,6 +284,9 @@ pub(crate) struct MergeOutput {
     pub(crate) unreadable_blob_files: Vec<u64>,
     /// Counts.
     pub(crate) stats: MergeStats,
+    /// The records dropped as purges (tombstones and expired values): token, key and their
+    /// contribution to the hash tree (with `collect_purges`).
+    pub(crate) purged: Vec<(Token, Vec<u8>, u64)>,
 }
 
 impl BlobOutput<'_> {
@@ -356,6 +364,7 @@ async fn merge_into(
     job: &MergeJob<'_>,
     pacer: &mut Pacer,
     blobs: &mut BlobOutput<'_>,
+    purged: &mut Vec<(Token, Vec<u8>, u64)>,
 ) -> Result<(Option<TableId>, MergeStats)> {
     let MergeJob {
         dir,
@@ -366,6 +375,7 @@ async fn merge_into(
         grace_ms,
         gate,
         retire_epochs,
+        collect_purges,
         bits_per_key,
         ref cache,
     } = *job;
@@ -394,12 +404,16 @@ async fn merge_into(
         let Some((token, r)) = next else { break };
         let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len) + r.version.len()) as u64;
         pacer.account(bytes).await;
-        if bottom {
+        let room = !collect_purges || purged.len() < crate::shard::PURGES_PER_MERGE_MAX;
+        if bottom && room {
             if r.value.is_none()
                 && r.write_ts_ms.saturating_add(grace_ms) <= now_ms
                 && gate.is_none_or(|g| g.may_drop(token, r.write_ts_ms))
             {
                 stats.tombstones_dropped += 1;
+                if collect_purges {
+                    purged.push((token, r.key.clone(), crate::shard::record_state(&r).hash));
+                }
                 continue;
             }
             // An expired value is a deletion that happened at its expiry: it waits for the
@@ -412,6 +426,9 @@ async fn merge_into(
                 })
             {
                 stats.expired_dropped += 1;
+                if collect_purges {
+                    purged.push((token, r.key.clone(), crate::shard::record_state(&r).hash));
+                }
                 continue;
             }
         }

@@ -148,6 +148,7 @@ impl Shard {
             grace_ms: inner.options.compaction.tombstone_grace_ms,
             gate: inner.options.tombstone_gate.as_ref(),
             retire_epochs: inner.options.retire_actor_epochs,
+            collect_purges: inner.trees.is_some(),
             bits_per_key: inner.options.bloom_bits_per_key,
             cache: inner.cache.clone(),
         };
@@ -181,6 +182,7 @@ impl Shard {
             None => None,
         };
         let input_ids: Vec<TableId> = inputs.iter().map(|t| t.id()).collect();
+        self.register_purges(inputs, merged.purged).await;
         let dropped_blobs = {
             let _held = inner.manifest_lock.lock(&[]).await;
             let mut manifest = {
@@ -203,9 +205,14 @@ impl Shard {
             manifest
                 .tables
                 .splice(at..at + input_ids.len(), table.iter().map(|t| t.id()));
-            manifest.store(dir).await?;
+            if let Err(e) = manifest.store(dir).await {
+                self.forget_purges();
+                return Err(e);
+            }
             let mut s = inner.state.borrow_mut();
             s.manifest = manifest;
+            // In the same step as the tables: the purged keys' contributions leave the tree.
+            self.install_purges();
             let mut tables = (*s.tables).clone();
             let written = table.as_ref().map_or(0, |t| t.size_bytes());
             tables.splice(at..at + input_ids.len(), table);

@@ -69,6 +69,11 @@ mod compact;
 mod flush;
 mod objects;
 mod open;
+mod tree;
+
+pub use tree::TreeStatus;
+pub(crate) use tree::{record_state, PURGES_PER_MERGE_MAX};
+use tree::{OldState, Trees};
 
 /// How far a durable counter ceiling reaches past the counters minted: one manifest write per
 /// this many dots at most, and the jump a key's counter may make after a restart.
@@ -134,6 +139,9 @@ pub struct ShardOptions {
     /// Whether compaction drops retired actor epochs from versioned objects' blobs (under the
     /// purge rules); off for a shard whose version blobs are not objects (the hint store).
     pub retire_actor_epochs: bool,
+    /// Whether the shard keeps an anti-entropy hash tree of its keys, and how (`None`: no tree;
+    /// the node keeps one for each data shard).
+    pub hash_tree: Option<crate::hashtree::TreeOptions>,
 }
 
 impl ShardOptions {
@@ -156,6 +164,7 @@ impl ShardOptions {
             blob_threshold_bytes: Some(64 << 10),
             blob_open_files_max: 256,
             retire_actor_epochs: true,
+            hash_tree: None,
         }
     }
 }
@@ -253,6 +262,8 @@ struct State {
     flusher_running: bool,
     flush_error: Option<String>,
     closing: bool,
+    /// A hash tree rebuild scan is running (close waits for it to stop).
+    tree_rebuilding: bool,
     waiters: Vec<Waker>,
 }
 
@@ -282,6 +293,8 @@ struct Inner {
     activity: Rc<Cell<u64>>,
     /// The number of live tables, for the compaction queue's shares.
     table_count: Rc<Cell<usize>>,
+    /// The anti-entropy hash tree, if the shard keeps one.
+    trees: Option<RefCell<Trees>>,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
 }
@@ -334,14 +347,42 @@ impl Shard {
     /// As [`Shard::put`].
     pub async fn write(&self, m: Mutation<'_>) -> Result<SeqNo> {
         m.validate()?;
+        if self.inner.trees.is_none() {
+            return self.write_inner(m, None).await;
+        }
+        // The tree's change needs the key's state before the write: no other write of the key
+        // may come in between.
+        let _held = self.inner.key_locks.lock(m.key).await;
+        self.write_inner(m, None).await
+    }
+
+    /// [`Shard::write`] of a validated mutation, under the key's lock if the shard keeps a tree.
+    /// `old` is the key's state before the write, as the caller read it (looked up here when
+    /// `None` or out of date).
+    pub(super) async fn write_inner(
+        &self,
+        m: Mutation<'_>,
+        mut old: Option<OldState>,
+    ) -> Result<SeqNo> {
         let inner = &*self.inner;
         inner.activity.set(inner.activity.get() + 1);
-        WaitState::new(inner, |s: &State| {
-            s.immutables.len() < inner.options.immutable_memtables_max
-        })
-        .await?;
-        self.stall_while_compaction_is_behind().await?;
-        inner.wal.reserve().await?;
+        loop {
+            WaitState::new(inner, |s: &State| {
+                s.immutables.len() < inner.options.immutable_memtables_max
+            })
+            .await?;
+            self.stall_while_compaction_is_behind().await?;
+            inner.wal.reserve().await?;
+            if let Some(trees) = &inner.trees {
+                // A compaction that purged the key since it was read changed its state.
+                let epoch = trees.borrow().purge_epoch();
+                if old.is_none_or(|o| o.epoch != epoch) {
+                    old = Some(self.old_state(m.key).await?);
+                    continue;
+                }
+            }
+            break;
+        }
         // INVARIANT: no await from here until the record is both queued and in the memtable.
         let (seq, freeze) = {
             let mut s = inner.state.borrow_mut();
@@ -362,14 +403,33 @@ impl Shard {
             };
             inner.wal.append(&rec)?;
             s.last_seq = seq;
-            s.active.insert(Token::of(m.key), &rec);
+            let token = Token::of(m.key);
+            s.active.insert(token, &rec);
+            if let (Some(trees), Some(old)) = (&inner.trees, old) {
+                let new = crate::hashtree::key_state(
+                    m.key,
+                    m.value.is_none(),
+                    rec.write_ts_ms,
+                    m.expiry_ms,
+                    m.version,
+                );
+                trees
+                    .borrow_mut()
+                    .on_write(token, m.key, old.hash ^ new.hash);
+            }
             (seq, s.active.bytes() >= inner.options.memtable_bytes_max)
         };
         if freeze {
             self.freeze();
         }
         if inner.wal.durability() == Durability::Sync {
-            inner.wal.wait_durable(seq).await?;
+            if let Err(e) = inner.wal.wait_durable(seq).await {
+                if let Some(trees) = &inner.trees {
+                    // The tree holds a write that was not acknowledged; the shard is fenced.
+                    trees.borrow_mut().invalidate();
+                }
+                return Err(e);
+            }
         }
         Ok(seq)
     }
@@ -422,7 +482,7 @@ impl Shard {
 
     /// The newest version of `key` as stored, with the blob set to resolve it through if it
     /// came from a table (its value may still be a value-log reference).
-    async fn lookup(&self, key: &[u8]) -> Result<Option<(Record, Option<Rc<BlobSet>>)>> {
+    pub(super) async fn lookup(&self, key: &[u8]) -> Result<Option<(Record, Option<Rc<BlobSet>>)>> {
         validate_key(key)?;
         self.inner.activity.set(self.inner.activity.get() + 1);
         let token = Token::of(key);
@@ -540,7 +600,9 @@ impl Shard {
         }
         WaitState {
             inner: &self.inner,
-            ready: |s: &State| !s.flusher_running && !s.compactor_running && s.retiring == 0,
+            ready: |s: &State| {
+                !s.flusher_running && !s.compactor_running && s.retiring == 0 && !s.tree_rebuilding
+            },
             fail_on_error: false,
         }
         .await
@@ -556,7 +618,9 @@ impl Shard {
         m.run = RunState::Clean;
         m.generation += 1;
         m.store(&self.inner.options.dir).await?;
+        let generation = m.generation;
         self.inner.state.borrow_mut().manifest = m;
+        self.save_tree(generation).await;
         Ok(())
     }
 }

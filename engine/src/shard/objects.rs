@@ -10,9 +10,27 @@ impl Shard {
     /// # Errors
     /// As [`Shard::get_record`], and [`Error::Version`] for a damaged version blob.
     pub async fn read_object(&self, key: &[u8]) -> Result<Option<Object>> {
+        Ok(self.read_object_for_write(key).await?.0)
+    }
+
+    /// [`Shard::read_object`], with the key's state for the tree (if the shard keeps one), for
+    /// a write of the key under its lock.
+    async fn read_object_for_write(
+        &self,
+        key: &[u8],
+    ) -> Result<(Option<Object>, Option<OldState>)> {
+        let epoch = self.inner.trees.as_ref().map(|t| t.borrow().purge_epoch());
         let Some(record) = self.get_record(key).await? else {
-            return Ok(None);
+            return Ok((None, epoch.map(|epoch| OldState { hash: 0, epoch })));
         };
+        let old = epoch.map(|epoch| OldState {
+            hash: record_state(&record).hash,
+            epoch,
+        });
+        Ok((Self::object_of(record)?, old))
+    }
+
+    fn object_of(record: Record) -> Result<Option<Object>> {
         if record.version.is_empty() {
             return Ok(Some(Object::new(Sibling {
                 value: record.value,
@@ -81,7 +99,7 @@ impl Shard {
         }
         .validate()?;
         let _held = self.inner.key_locks.lock(key).await;
-        let local = self.read_object(key).await?;
+        let (local, old) = self.read_object_for_write(key).await?;
         check_expected(local.as_ref(), expected)?;
         let sibling = self.stamp(local.as_ref(), value, expiry_ms)?;
         let current;
@@ -109,7 +127,7 @@ impl Shard {
         let obj = Object::mint(ctx, sibling, local.as_ref(), actor, floor)?;
         let counter = obj.join().get(actor);
         self.reserve_counter(counter).await?;
-        self.store_object(key, &obj).await?;
+        self.store_object(key, &obj, old).await?;
         Ok(obj)
     }
 
@@ -269,7 +287,7 @@ impl Shard {
         validate_key(key)?;
         incoming.check()?;
         let _held = self.inner.key_locks.lock(key).await;
-        let local = self.read_object(key).await?;
+        let (local, old) = self.read_object_for_write(key).await?;
         // A copy that already holds the incoming write (it came by read repair or a hint
         // first) has nothing the write did not see either: the merge below is a no-op.
         let already_has_it = local
@@ -308,21 +326,29 @@ impl Shard {
             merged = merged.lww_by(|s| s.hlc);
         }
         if local.as_ref() != Some(&merged) {
-            self.store_object(key, &merged).await?;
+            self.store_object(key, &merged, old).await?;
         }
         Ok(merged)
     }
 
-    pub(super) async fn store_object(&self, key: &[u8], obj: &Object) -> Result<SeqNo> {
+    /// Stores `obj` as `key`'s record, under the key's lock; `old` is the key's state as read
+    /// under it.
+    pub(super) async fn store_object(
+        &self,
+        key: &[u8],
+        obj: &Object,
+        old: Option<OldState>,
+    ) -> Result<SeqNo> {
         let e = object::encode(obj)?;
-        self.write(Mutation {
+        let m = Mutation {
             key,
             value: e.value.as_deref(),
             write_ts_ms: Some(e.write_ts_ms),
             expiry_ms: e.expiry_ms,
             version: &e.version,
-        })
-        .await
+        };
+        m.validate()?;
+        self.write_inner(m, old).await
     }
 }
 

@@ -118,6 +118,14 @@ impl Shard {
         // Segments a flush covered but a crash kept from being deleted.
         wal.release_through(manifest.flushed_seq, &dir).await?;
         let wal_released_seq = manifest.flushed_seq;
+        // The tree saved at a clean close, if it describes exactly this state (read and removed
+        // before anything can change the shard; the manifest store below syncs the directory).
+        let trees = match &options.hash_tree {
+            Some(tree_options) => Some(RefCell::new(
+                Trees::open(&dir, tree_options.clone(), &manifest, last_seq, &options).await,
+            )),
+            None => None,
+        };
         let (manifest, minted_high) = choose_actor_epoch(manifest, &options).await?;
         tracing::info!(
             dir = %dir.display(),
@@ -181,6 +189,7 @@ impl Shard {
                     flusher_running: false,
                     flush_error: None,
                     closing: false,
+                    tree_rebuilding: false,
                     waiters: Vec::new(),
                 }),
                 cache,
@@ -191,6 +200,7 @@ impl Shard {
                 hlc: Hlc::new(options_clock, MAX_OFFSET_MS_DEFAULT),
                 activity: Rc::new(Cell::new(0)),
                 table_count,
+                trees,
                 _lock: lock,
             }),
         };
@@ -198,6 +208,7 @@ impl Shard {
             shard.start_flusher();
         }
         shard.start_compactor();
+        shard.start_tree_upkeep();
         Ok(shard)
     }
 }

@@ -1,0 +1,669 @@
+//! The shard's anti-entropy hash tree ([`crate::hashtree`]): kept by the write path and by
+//! purges, saved at a clean close, rebuilt by a paced scan when the saved one does not describe
+//! the shard (and on a schedule, compared with the live one), and read by exchanges.
+//!
+//! Every change of a key's state reaches the tree at one of two places:
+//! * a write (put, delete, merge, hint, repair: everything goes through
+//!   [`Shard::write_inner`]) applies `h(old) ^ h(new)` in the same step that puts the record
+//!   in the memtable, `old` read under the key's lock;
+//! * a compaction that drops a tombstone or an expired value (a purge) removes its
+//!   contribution in the same step that installs its output, unless the key changed meanwhile
+//!   (a write cancels the pending removal) or a newer version shadowed the dropped one. A
+//!   write that read the key before such a purge notices (the purge epoch moved) and reads it
+//!   again.
+//!
+//! A rebuild folds a scan of the shard into a new tree chunk by chunk (1/4096 of the token
+//! space each); changes at tokens the scan has passed are applied to the new tree too, so when
+//! it ends the new tree is the shard's state, whatever was written meanwhile.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::hashtree::{self, HashTree, KeyState, SavedTree, TreeOptions, TREE_FILE_NAME};
+
+/// Chunks a rebuild scan goes through (each a snapshot of its token range).
+const REBUILD_CHUNKS: u64 = 4096;
+
+/// Purges one compaction may take out of the tree; past it, tombstones stay for the next one.
+pub(crate) const PURGES_PER_MERGE_MAX: usize = 1 << 18;
+
+/// A key's state before a write, as its writer read it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OldState {
+    /// Its contribution.
+    pub(super) hash: u64,
+    /// The purge epoch before it was read.
+    pub(super) epoch: u64,
+}
+
+/// The tree's state, and what it has done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeStatus {
+    /// Whether the tree describes the shard (exchanges may use it).
+    pub ready: bool,
+    /// Whether a rebuild scan is running.
+    pub rebuilding: bool,
+    /// `log2` of the leaves.
+    pub leaf_bits: u32,
+    /// Bytes of trees held (two while a scheduled rebuild runs).
+    pub memory_bytes: usize,
+    /// The whole tree's hash.
+    pub root: u64,
+    /// Whether the tree was loaded from the file a clean close saved.
+    pub loaded: bool,
+    /// Rebuilds finished since open.
+    pub rebuilds: u64,
+    /// Leaves in which a scheduled rebuild found the live tree wrong, since open (a bug or
+    /// damage: each is also logged).
+    pub rebuild_mismatched_leaves: u64,
+    /// Bytes the rebuild scans read since open.
+    pub rebuild_bytes_scanned: u64,
+    /// When the tree was last rebuilt from a scan (ms since the epoch; 0: never).
+    pub last_rebuild_ms: u64,
+    /// Contributions purges took out of the tree since open.
+    pub purges: u64,
+}
+
+struct Rebuild {
+    tree: HashTree,
+    /// Tokens up to this one have been scanned: changes there go into `tree` too.
+    scanned_through: Option<u64>,
+}
+
+/// The shard's tree and what keeps it.
+pub(super) struct Trees {
+    options: TreeOptions,
+    live: HashTree,
+    ready: bool,
+    rebuild: Option<Rebuild>,
+    /// Contributions a finished merge dropped, taken out of the tree when its output is
+    /// installed unless a write of the key comes first.
+    pending_purges: HashMap<Vec<u8>, (Token, u64)>,
+    purge_epoch: u64,
+    /// Set when the tree may be wrong (a failed check): the next upkeep rebuilds it.
+    suspect: bool,
+    status: TreeStatus,
+}
+
+impl std::fmt::Debug for Trees {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trees")
+            .field("ready", &self.ready)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trees {
+    /// The tree a clean close saved in `dir`, if it describes the state being opened (shard,
+    /// manifest generation, last sequence number); otherwise an empty one to rebuild. The file
+    /// is removed either way: from now on only a clean close writes one.
+    pub(super) async fn open(
+        dir: &Path,
+        options: TreeOptions,
+        manifest: &Manifest,
+        last_seq: SeqNo,
+        shard: &ShardOptions,
+    ) -> Trees {
+        let mut trees = Trees {
+            live: HashTree::new(options.leaf_bits),
+            options,
+            ready: false,
+            rebuild: None,
+            pending_purges: HashMap::new(),
+            purge_epoch: 0,
+            suspect: false,
+            status: TreeStatus::default(),
+        };
+        let path = dir.join(TREE_FILE_NAME);
+        if !path.exists() {
+            return trees;
+        }
+        match load_tree(&path).await {
+            Ok((tree, saved)) => {
+                let why_not = if !matches!(manifest.run, RunState::Clean) {
+                    Some("the shard did not close cleanly after saving it".to_string())
+                } else if saved.shard_id != shard.shard_id {
+                    Some(format!("it belongs to shard {}", saved.shard_id.0))
+                } else if saved.generation != manifest.generation {
+                    Some(format!(
+                        "it describes manifest generation {}, not {}",
+                        saved.generation, manifest.generation
+                    ))
+                } else if saved.last_seq != last_seq {
+                    Some(format!(
+                        "it describes sequence {}, not {}",
+                        saved.last_seq.0, last_seq.0
+                    ))
+                } else if tree.leaf_bits() != trees.options.leaf_bits {
+                    Some(format!("it has 2^{} leaves", tree.leaf_bits()))
+                } else {
+                    None
+                };
+                match why_not {
+                    None => {
+                        trees.live = tree;
+                        trees.ready = true;
+                        trees.status.loaded = true;
+                        trees.status.last_rebuild_ms = saved.last_rebuild_ms;
+                    }
+                    Some(why) => {
+                        tracing::info!(path = %path.display(), why, "saved hash tree not used; rebuilding");
+                    }
+                }
+            }
+            Err(why) => {
+                tracing::warn!(path = %path.display(), why, "saved hash tree unreadable; rebuilding");
+            }
+        }
+        if let Err(e) = runtime::remove(&path).await {
+            // Kept, it could describe a later state wrongly: do not trust the loaded one.
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the saved hash tree; rebuilding");
+            trees.live = HashTree::new(trees.options.leaf_bits);
+            trees.ready = false;
+            trees.status.loaded = false;
+        }
+        trees
+    }
+
+    pub(super) fn purge_epoch(&self) -> u64 {
+        self.purge_epoch
+    }
+
+    /// Applies a change of `delta` at `token`, to the live tree and to a rebuild's tree where
+    /// its scan has passed.
+    fn apply(&mut self, token: Token, delta: u64) {
+        self.live.apply(token, delta);
+        if let Some(r) = &mut self.rebuild {
+            if r.scanned_through.is_some_and(|t| token.0 <= t) {
+                r.tree.apply(token, delta);
+            }
+        }
+    }
+
+    /// A write of `key` changed its contribution by `delta`.
+    pub(super) fn on_write(&mut self, token: Token, key: &[u8], delta: u64) {
+        if !self.pending_purges.is_empty() {
+            self.pending_purges.remove(key);
+        }
+        self.apply(token, delta);
+    }
+
+    /// The tree may include a write that failed: not ready until rebuilt.
+    pub(super) fn invalidate(&mut self) {
+        self.ready = false;
+        self.suspect = true;
+    }
+}
+
+async fn load_tree(path: &Path) -> std::result::Result<(HashTree, SavedTree), String> {
+    let file = runtime::File::open_read(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let size = file.size().await.map_err(|e| e.to_string())?;
+    let size = usize::try_from(size).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(size);
+    // In pieces: the executor's DMA arena may be small.
+    while buf.len() < size {
+        let n = (size - buf.len()).min(256 << 10);
+        let part = file
+            .read_exact_at(buf.len() as u64, n)
+            .await
+            .map_err(|e| e.to_string())?;
+        buf.extend_from_slice(&part);
+    }
+    if let Err(e) = file.close().await {
+        tracing::debug!(error = %e, "closing the saved hash tree");
+    }
+    HashTree::decode(&buf)
+}
+
+impl Shard {
+    fn trees(&self) -> Option<&RefCell<Trees>> {
+        self.inner.trees.as_ref()
+    }
+
+    /// The key's state before a write of it (under its lock), with the purge epoch it is
+    /// valid for.
+    pub(super) async fn old_state(&self, key: &[u8]) -> Result<OldState> {
+        let epoch = self.trees().map_or(0, |t| t.borrow().purge_epoch);
+        let hash = self
+            .lookup(key)
+            .await?
+            .map_or(0, |(r, _)| record_state(&r).hash);
+        Ok(OldState { hash, epoch })
+    }
+
+    /// The tree's state, if the shard keeps one.
+    #[must_use]
+    pub fn tree_status(&self) -> Option<TreeStatus> {
+        let t = self.trees()?.borrow();
+        let mut status = t.status.clone();
+        status.ready = t.ready;
+        status.rebuilding = t.rebuild.is_some();
+        status.leaf_bits = t.live.leaf_bits();
+        status.memory_bytes =
+            t.live.memory_bytes() + t.rebuild.as_ref().map_or(0, |r| r.tree.memory_bytes());
+        status.root = t.live.root();
+        Some(status)
+    }
+
+    /// A copy of the live tree, if the shard keeps one and it is ready.
+    #[must_use]
+    pub fn hash_tree(&self) -> Option<HashTree> {
+        let t = self.trees()?.borrow();
+        t.ready.then(|| t.live.clone())
+    }
+
+    /// The hash of the keys with tokens in `[start, end]` (`None`: no tree, or not ready): the
+    /// XOR of the whole leaves inside, and of the keys scanned in the (at most two) leaves the
+    /// range cuts.
+    ///
+    /// # Errors
+    /// A damaged block or an I/O error while scanning a cut leaf.
+    pub async fn tree_hash(&self, start: Token, end: Token) -> Result<Option<u64>> {
+        let Some(trees) = self.trees() else {
+            return Ok(None);
+        };
+        if start > end {
+            return Ok(Some(0));
+        }
+        // The leaves' part and the cut leaves' scans are taken in one step, so they describe
+        // one moment.
+        let (mut hash, scans) = {
+            let t = trees.borrow();
+            if !t.ready {
+                return Ok(None);
+            }
+            let tree = &t.live;
+            let (first, last) = (tree.leaf_of(start), tree.leaf_of(end));
+            let head_cut = start != tree.leaf_start(first);
+            let tail_cut = end != tree.leaf_end(last);
+            let mut scans = Vec::new();
+            let mut hash = 0;
+            if first == last {
+                if head_cut || tail_cut {
+                    scans.push(self.raw_cursor(start, end));
+                } else {
+                    hash = tree.leaf(first);
+                }
+            } else {
+                let (mut lo, mut hi) = (first, last);
+                if head_cut {
+                    scans.push(self.raw_cursor(start, tree.leaf_end(first)));
+                    lo = first + 1;
+                }
+                if tail_cut {
+                    scans.push(self.raw_cursor(tree.leaf_start(last), end));
+                    hi = last - 1;
+                }
+                if lo <= hi {
+                    hash = tree.leaves_xor(lo, hi);
+                }
+            }
+            (hash, scans)
+        };
+        for mut cursor in scans {
+            while let Some((_, r)) = cursor.next().await? {
+                hash ^= record_state(&r).hash;
+            }
+        }
+        Ok(Some(hash))
+    }
+
+    /// The state of every key with a token in `[start, end]`, deletions included, in `(token,
+    /// key)` order (`None`: no tree, or not ready). At most `max` keys: the last one returned
+    /// tells where to go on.
+    ///
+    /// # Errors
+    /// A damaged block or an I/O error.
+    pub async fn tree_keys(
+        &self,
+        start: Token,
+        end: Token,
+        max: usize,
+    ) -> Result<Option<Vec<KeyState>>> {
+        if !self.trees().is_some_and(|t| t.borrow().ready) {
+            return Ok(None);
+        }
+        let mut cursor = self.raw_cursor(start, end);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((_, r)) = cursor.next().await? else {
+                break;
+            };
+            out.push(record_state(&r));
+        }
+        Ok(Some(out))
+    }
+
+    /// The tree folded from a full scan of the shard now (for checks: the live tree must equal
+    /// it). `None` if the shard keeps no tree.
+    ///
+    /// # Errors
+    /// A damaged block or an I/O error.
+    pub async fn hash_tree_from_scan(&self) -> Result<Option<HashTree>> {
+        let Some(trees) = self.trees() else {
+            return Ok(None);
+        };
+        let mut tree = HashTree::new(trees.borrow().options.leaf_bits);
+        let mut cursor = self.raw_cursor(Token(0), Token(u64::MAX));
+        while let Some((token, r)) = cursor.next().await? {
+            tree.apply(token, record_state(&r).hash);
+        }
+        Ok(Some(tree))
+    }
+
+    /// Starts a rebuild of the tree now (as the schedule would), unless one is running.
+    pub fn rebuild_tree(&self) {
+        if self.trees().is_some() {
+            self.spawn_rebuild();
+        }
+    }
+
+    /// Every key's newest version in `[start, end]`, deletions included, as of now (writes
+    /// queued but not yet durable included, as the tree has them).
+    fn raw_cursor(&self, start: Token, end: Token) -> MergeCursor {
+        let s = self.inner.state.borrow();
+        let snapshot = s.last_seq;
+        let mut runs = Vec::with_capacity(1 + s.immutables.len());
+        runs.push(s.active.range_at(start, end, snapshot));
+        for m in s.immutables.iter().rev() {
+            runs.push(m.range_at(start, end, snapshot));
+        }
+        MergeCursor::new(runs, &s.tables, self.inner.cache.clone(), start, end)
+    }
+
+    /// Starts the tree's upkeep at open: a rebuild if the saved tree was not used, and the
+    /// scheduled rebuilds.
+    pub(super) fn start_tree_upkeep(&self) {
+        let Some(trees) = self.trees() else {
+            return;
+        };
+        if !trees.borrow().ready {
+            self.spawn_rebuild();
+        }
+        let Some(every) = trees.borrow().options.rebuild_every_ms else {
+            return;
+        };
+        let weak = Rc::downgrade(&self.inner);
+        let clock = self.inner.options.clock.clone();
+        runtime::spawn_detached_into(
+            async move {
+                // Checked every second, holding the shard only while looking.
+                loop {
+                    runtime::sleep(Duration::from_secs(1)).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let shard = Shard { inner };
+                    let (due, suspect, busy) = {
+                        if shard.inner.state.borrow().closing {
+                            return;
+                        }
+                        let t = shard
+                            .trees()
+                            .expect("INVARIANT: upkeep runs with a tree")
+                            .borrow();
+                        let last = t.status.last_rebuild_ms;
+                        // Jitter: up to a quarter of the period, fixed per shard and rebuild.
+                        let jitter = xxhash_rust::xxh3::xxh3_64(
+                            &[
+                                last.to_le_bytes(),
+                                u64::from(shard.inner.options.shard_id.0).to_le_bytes(),
+                            ]
+                            .concat(),
+                        ) % (every / 4).max(1);
+                        let due = t.ready && last != 0 && clock.now_ms() >= last + every - jitter;
+                        (due, t.suspect && t.rebuild.is_none(), t.rebuild.is_some())
+                    };
+                    if (due || suspect) && !busy {
+                        shard.spawn_rebuild();
+                    }
+                }
+            },
+            self.inner.compact_queue,
+        );
+    }
+
+    fn spawn_rebuild(&self) {
+        {
+            let mut s = self.inner.state.borrow_mut();
+            if s.tree_rebuilding || s.closing {
+                return;
+            }
+            s.tree_rebuilding = true;
+        }
+        let shard = self.clone();
+        runtime::spawn_detached_into(
+            async move {
+                let result = shard.rebuild_scan().await;
+                let mut t = shard
+                    .trees()
+                    .expect("INVARIANT: a rebuild has a tree")
+                    .borrow_mut();
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "hash tree rebuild failed; it will be tried again");
+                    t.rebuild = None;
+                    t.suspect = true;
+                }
+                drop(t);
+                let mut s = shard.inner.state.borrow_mut();
+                s.tree_rebuilding = false;
+                s.wake_waiters();
+            },
+            self.inner.compact_queue,
+        );
+    }
+
+    /// Folds a scan of the shard into a new tree, then installs it (compared with the live one
+    /// when that was ready). Stops early, installing nothing, if the shard starts closing.
+    async fn rebuild_scan(&self) -> Result<()> {
+        let trees = self.trees().expect("INVARIANT: a rebuild has a tree");
+        let (leaf_bits, rate) = {
+            let mut t = trees.borrow_mut();
+            t.rebuild = Some(Rebuild {
+                tree: HashTree::new(t.options.leaf_bits),
+                scanned_through: None,
+            });
+            (t.options.leaf_bits, t.options.rebuild_bytes_per_s)
+        };
+        let started = std::time::Instant::now();
+        let mut pacer = Pacer::new(
+            Some(rate),
+            Duration::from_micros(500),
+            self.inner.activity.clone(),
+        );
+        let chunk = u64::MAX / REBUILD_CHUNKS + 1;
+        let mut scanned = 0u64;
+        for c in 0..REBUILD_CHUNKS {
+            if self.inner.state.borrow().closing {
+                trees.borrow_mut().rebuild = None;
+                return Ok(());
+            }
+            let (start, end) = (Token(c * chunk), Token(c * chunk + (chunk - 1)));
+            // Taken together: the snapshot, and changes from now on going to the new tree.
+            let mut cursor = {
+                let cursor = self.raw_cursor(start, end).without_cache_fill();
+                let mut t = trees.borrow_mut();
+                t.rebuild
+                    .as_mut()
+                    .expect("INVARIANT: set above")
+                    .scanned_through = Some(end.0);
+                cursor
+            };
+            while let Some((token, r)) = cursor.next().await? {
+                let bytes = (r.key.len() + r.version.len() + 32) as u64;
+                scanned += bytes;
+                let h = record_state(&r).hash;
+                trees
+                    .borrow_mut()
+                    .rebuild
+                    .as_mut()
+                    .expect("INVARIANT: set above")
+                    .tree
+                    .apply(token, h);
+                pacer.account(bytes).await;
+            }
+            pacer.account(0).await;
+        }
+        let now_ms = self.inner.options.clock.now_ms();
+        let mut t = trees.borrow_mut();
+        let rebuilt = t.rebuild.take().expect("INVARIANT: set above").tree;
+        if t.ready {
+            let wrong = rebuilt.differing_leaves(&t.live);
+            if wrong > 0 {
+                tracing::error!(
+                    leaves = wrong,
+                    "the rebuilt hash tree differs from the live one (a missed change, or \
+                     damage): the rebuilt one replaces it"
+                );
+            }
+            t.status.rebuild_mismatched_leaves += wrong as u64;
+        }
+        debug_assert_eq!(rebuilt.leaf_bits(), leaf_bits);
+        t.live = rebuilt;
+        t.ready = true;
+        t.suspect = false;
+        t.status.rebuilds += 1;
+        t.status.rebuild_bytes_scanned += scanned;
+        t.status.last_rebuild_ms = now_ms;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            bytes = scanned,
+            "hash tree rebuilt"
+        );
+        Ok(())
+    }
+
+    /// Before a merge's output is installed: the keys it purged become pending removals from
+    /// the tree, except those a newer version shadows (in a memtable, or in a table newer than
+    /// the inputs), whose dropped version was not the key's state.
+    pub(super) async fn register_purges(
+        &self,
+        inputs: &[Rc<SsTable>],
+        purged: Vec<(Token, Vec<u8>, u64)>,
+    ) {
+        let Some(trees) = self.trees() else {
+            return;
+        };
+        if purged.is_empty() {
+            return;
+        }
+        let (newer, candidates) = {
+            let s = self.inner.state.borrow();
+            let last_input = inputs.last().map(|t| t.id());
+            let at = s
+                .tables
+                .iter()
+                .position(|t| Some(t.id()) == last_input)
+                .expect("INVARIANT: only the compactor removes tables");
+            let newer: Vec<Rc<SsTable>> = s.tables[at + 1..].to_vec();
+            let mut t = trees.borrow_mut();
+            let mut candidates = Vec::new();
+            for (token, key, hash) in purged {
+                let in_memtable = s.active.get(token, &key, SeqNo(u64::MAX)).is_some()
+                    || s.immutables
+                        .iter()
+                        .any(|m| m.get(token, &key, SeqNo(u64::MAX)).is_some());
+                if !in_memtable {
+                    t.pending_purges.insert(key.clone(), (token, hash));
+                    candidates.push((token, key));
+                }
+            }
+            (newer, candidates)
+        };
+        if newer.is_empty() {
+            return;
+        }
+        for (token, key) in candidates {
+            for table in &newer {
+                match table.get(token, &key, &self.inner.cache).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        trees.borrow_mut().pending_purges.remove(&key);
+                        break;
+                    }
+                    Err(e) => {
+                        // Whether the purge changes the key's state is unknown: leave it and
+                        // rebuild the tree.
+                        tracing::warn!(error = %e, "reading a table to place a purge in the hash tree");
+                        let mut t = trees.borrow_mut();
+                        t.pending_purges.remove(&key);
+                        t.suspect = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// In the step that installs a merge's output: the pending removals leave the tree.
+    pub(super) fn install_purges(&self) {
+        if let Some(trees) = self.trees() {
+            let mut t = trees.borrow_mut();
+            let pending = std::mem::take(&mut t.pending_purges);
+            t.status.purges += pending.len() as u64;
+            for (_, (token, hash)) in pending {
+                t.apply(token, hash);
+            }
+            t.purge_epoch += 1;
+        }
+    }
+
+    /// A merge's output was not installed: nothing it purged leaves the tree.
+    pub(super) fn forget_purges(&self) {
+        if let Some(trees) = self.trees() {
+            trees.borrow_mut().pending_purges.clear();
+        }
+    }
+
+    /// Saves a ready tree at a clean close, describing manifest generation `generation`. A
+    /// failure is only logged: the next open rebuilds.
+    pub(super) async fn save_tree(&self, generation: u64) {
+        let Some(trees) = self.trees() else {
+            return;
+        };
+        let bytes = {
+            let t = trees.borrow();
+            if !t.ready || t.suspect {
+                return;
+            }
+            let s = self.inner.state.borrow();
+            t.live.encode(&SavedTree {
+                shard_id: self.inner.options.shard_id,
+                generation,
+                last_seq: s.last_seq,
+                last_rebuild_ms: t.status.last_rebuild_ms,
+            })
+        };
+        let dir = &self.inner.options.dir;
+        if let Err(e) = store_tree(dir, &bytes).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "saving the hash tree failed; the next open rebuilds it");
+        }
+    }
+}
+
+async fn store_tree(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{TREE_FILE_NAME}.tmp"));
+    if tmp.exists() {
+        runtime::remove(&tmp).await?;
+    }
+    let file = runtime::File::create_new(&tmp).await?;
+    for (i, part) in bytes.chunks(256 << 10).enumerate() {
+        file.write_aligned((i << 18) as u64, part).await?;
+    }
+    file.sync_data().await?;
+    file.close().await?;
+    runtime::rename(&tmp, &dir.join(TREE_FILE_NAME)).await?;
+    runtime::sync_dir(dir).await
+}
+
+/// A stored record's state.
+pub(crate) fn record_state(r: &Record) -> KeyState {
+    hashtree::key_state(
+        &r.key,
+        r.value.is_none(),
+        r.write_ts_ms,
+        r.expiry_ms,
+        &r.version,
+    )
+}
