@@ -87,6 +87,18 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout_s: u64,
     },
+    /// Compare every range a node holds with its other replicas and repair what differs
+    /// (anti-entropy, like `nodetool repair`): a full repair, which also lets tombstones the
+    /// ranges hold be purged later. Waits until it is done and prints what it compared,
+    /// found divergent and repaired; exits 1 if a range could not be repaired.
+    Repair {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+        /// Give up waiting after this many seconds (the repair goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,13 +134,33 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Compact { addr, timeout_s } => match compact(addr, timeout_s) {
+        Command::Compact { addr, timeout_s } => match admin_post(addr, "/admin/compact", timeout_s)
+        {
             Ok(body) => {
                 println!("{body}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("dynacore compact: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Repair { addr, timeout_s } => match admin_post(addr, "/admin/repair", timeout_s) {
+            Ok(body) => {
+                println!("{body}");
+                let failed = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["ranges_failed"].as_u64())
+                    .unwrap_or(0);
+                if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("dynacore repair: {failed} ranges could not be repaired");
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("dynacore repair: {e}");
                 ExitCode::from(2)
             }
         },
@@ -296,8 +328,9 @@ where
     }
 }
 
-/// `POST /admin/compact` to the node at `addr`; its JSON answer, or why there is none.
-fn compact(addr: SocketAddr, timeout_s: u64) -> Result<String, String> {
+/// `POST <path>` to the node at `addr` (`/admin/compact`, `/admin/repair`); its JSON answer,
+/// or why there is none.
+fn admin_post(addr: SocketAddr, path: &str, timeout_s: u64) -> Result<String, String> {
     use std::io::Read as _;
     let timeout = Duration::from_secs(timeout_s.max(1));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -307,7 +340,7 @@ fn compact(addr: SocketAddr, timeout_s: u64) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     s.write_all(
         format!(
-            "POST /admin/compact HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )

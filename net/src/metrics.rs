@@ -103,6 +103,54 @@ pub struct CoreMetrics {
     hints_stored: AtomicU64,
     hints_replayed: AtomicU64,
     hints_dropped: AtomicU64,
+    hints_oldest_ms: AtomicU64,
+    /// Anti-entropy exchanges by [`ExchangeOutcome`].
+    exchanges: [AtomicU64; 4],
+    ae_keys_compared: AtomicU64,
+    ae_keys_divergent: AtomicU64,
+    ae_keys_repaired: AtomicU64,
+    ae_keys_pulled: AtomicU64,
+    ae_keys_pushed: AtomicU64,
+    ae_bytes: AtomicU64,
+    /// Full repairs of a range: completed, failed.
+    full_repairs: [AtomicU64; 2],
+}
+
+/// How an anti-entropy exchange (this node and one peer, some ranges) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeOutcome {
+    /// The ranges were equal.
+    InSync = 0,
+    /// Divergent keys were found (and repaired, budget permitting).
+    Repaired = 1,
+    /// A tree was not ready (being rebuilt): tried again later.
+    NotReady = 2,
+    /// The peer could not be reached, or answered an error.
+    Failed = 3,
+}
+
+const OUTCOMES: [(ExchangeOutcome, &str); 4] = [
+    (ExchangeOutcome::InSync, "in_sync"),
+    (ExchangeOutcome::Repaired, "repaired"),
+    (ExchangeOutcome::NotReady, "not_ready"),
+    (ExchangeOutcome::Failed, "failed"),
+];
+
+/// What anti-entropy did, as counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AeCounts {
+    /// Keys whose states were compared (both sides' keys in the differing leaves).
+    pub compared: u64,
+    /// Keys found divergent.
+    pub divergent: u64,
+    /// Divergent keys brought in line (on either side).
+    pub repaired: u64,
+    /// Copies fetched from a peer.
+    pub pulled: u64,
+    /// Copies sent to a peer.
+    pub pushed: u64,
+    /// Bytes moved: exchange messages both ways and copies.
+    pub bytes: u64,
 }
 
 /// A core's hints, as its metrics show them.
@@ -118,6 +166,8 @@ pub struct HintGauges {
     pub replayed: u64,
     /// Hints refused or dropped since start.
     pub dropped: u64,
+    /// When the oldest pending hint was stored (ms since the epoch; 0: none).
+    pub oldest_ms: u64,
 }
 
 impl CoreMetrics {
@@ -158,6 +208,69 @@ impl CoreMetrics {
         self.hints_stored.store(h.stored, Ordering::Relaxed);
         self.hints_replayed.store(h.replayed, Ordering::Relaxed);
         self.hints_dropped.store(h.dropped, Ordering::Relaxed);
+        self.hints_oldest_ms.store(h.oldest_ms, Ordering::Relaxed);
+    }
+
+    /// Counts an exchange's end.
+    pub fn exchange(&self, outcome: ExchangeOutcome) {
+        self.exchanges[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Exchanges that ended with `outcome` so far.
+    #[must_use]
+    pub fn exchanges(&self, outcome: ExchangeOutcome) -> u64 {
+        self.exchanges[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Adds what an exchange did.
+    pub fn anti_entropy(&self, c: AeCounts) {
+        self.ae_keys_compared
+            .fetch_add(c.compared, Ordering::Relaxed);
+        self.ae_keys_divergent
+            .fetch_add(c.divergent, Ordering::Relaxed);
+        self.ae_keys_repaired
+            .fetch_add(c.repaired, Ordering::Relaxed);
+        self.ae_keys_pulled.fetch_add(c.pulled, Ordering::Relaxed);
+        self.ae_keys_pushed.fetch_add(c.pushed, Ordering::Relaxed);
+        self.ae_bytes.fetch_add(c.bytes, Ordering::Relaxed);
+    }
+
+    /// What anti-entropy did on this core so far.
+    #[must_use]
+    pub fn anti_entropy_counts(&self) -> AeCounts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AeCounts {
+            compared: load(&self.ae_keys_compared),
+            divergent: load(&self.ae_keys_divergent),
+            repaired: load(&self.ae_keys_repaired),
+            pulled: load(&self.ae_keys_pulled),
+            pushed: load(&self.ae_keys_pushed),
+            bytes: load(&self.ae_bytes),
+        }
+    }
+
+    /// Counts full repairs of ranges: `completed` ones, `failed` ones.
+    pub fn full_repairs(&self, completed: u64, failed: u64) {
+        self.full_repairs[0].fetch_add(completed, Ordering::Relaxed);
+        self.full_repairs[1].fetch_add(failed, Ordering::Relaxed);
+    }
+
+    /// The cumulative latency buckets of the foreground requests (gets, puts, deletes).
+    #[must_use]
+    pub fn foreground_buckets(&self) -> [u64; LATENCY_BUCKETS_US.len()] {
+        let mut out = [0; LATENCY_BUCKETS_US.len()];
+        for op in [Op::Get, Op::Put, Op::Delete] {
+            for (o, b) in out.iter_mut().zip(&self.latency[op as usize].buckets) {
+                *o += b.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    /// When this core's oldest queued hint was stored (ms since the epoch; 0: none).
+    #[must_use]
+    pub fn oldest_hint_ms(&self) -> u64 {
+        self.hints_oldest_ms.load(Ordering::Relaxed)
     }
 
     /// Counts an accepted connection.
@@ -363,6 +476,69 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
             );
         }
     }
+    family(
+        &mut o,
+        "dynacore_ae_exchanges_total",
+        "counter",
+        "Anti-entropy exchanges (this node and one peer, a set of ranges) by outcome.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (outcome, name) in OUTCOMES {
+            let _ = writeln!(
+                o,
+                "dynacore_ae_exchanges_total{{core=\"{c}\",outcome=\"{name}\"}} {}",
+                m.exchanges(outcome)
+            );
+        }
+    }
+    let ae: [(&str, &str, CoreFn); 8] = [
+        (
+            "dynacore_ae_keys_compared_total",
+            "Keys whose states anti-entropy compared (the keys of leaves whose hashes differed).",
+            &|m| load(&m.ae_keys_compared),
+        ),
+        (
+            "dynacore_ae_keys_divergent_total",
+            "Keys anti-entropy found divergent between two replicas.",
+            &|m| load(&m.ae_keys_divergent),
+        ),
+        (
+            "dynacore_ae_keys_repaired_total",
+            "Divergent keys anti-entropy brought in line.",
+            &|m| load(&m.ae_keys_repaired),
+        ),
+        (
+            "dynacore_ae_keys_pulled_total",
+            "Copies anti-entropy fetched from a peer and merged here.",
+            &|m| load(&m.ae_keys_pulled),
+        ),
+        (
+            "dynacore_ae_keys_pushed_total",
+            "Copies anti-entropy sent to a peer.",
+            &|m| load(&m.ae_keys_pushed),
+        ),
+        (
+            "dynacore_ae_bytes_total",
+            "Bytes anti-entropy moved: exchange messages both ways and copies.",
+            &|m| load(&m.ae_bytes),
+        ),
+        (
+            "dynacore_repairs_completed_total",
+            "Ranges whose full repair (every replica compared, pushed and pulled) completed here.",
+            &|m| load(&m.full_repairs[0]),
+        ),
+        (
+            "dynacore_repairs_failed_total",
+            "Ranges whose full repair could not complete (a replica down, unreachable or not ready).",
+            &|m| load(&m.full_repairs[1]),
+        ),
+    ];
+    for (name, help, get) in ae {
+        family(&mut o, name, "counter", help);
+        for (c, m) in cores.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(m));
+        }
+    }
     let gauges: [(&str, &str, CoreFn); 3] = [
         (
             "dynacore_background_bytes",
@@ -387,7 +563,49 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     type StatFn = fn(&ShardStats) -> u64;
-    let shard: [(&str, &str, &str, StatFn); 13] = [
+    let shard: [(&str, &str, &str, StatFn); 20] = [
+        (
+            "dynacore_purged_total",
+            "counter",
+            "Tombstones and expired values compactions dropped (since the node started).",
+            |s| s.purged,
+        ),
+        (
+            "dynacore_tombstones_kept_unrepaired_total",
+            "counter",
+            "Tombstones and expired values compactions kept because their range has not completed a full repair since (tombstone_gc = repair).",
+            |s| s.kept_by_gate,
+        ),
+        (
+            "dynacore_tree_ready",
+            "gauge",
+            "1 when the shard's hash tree describes it (exchanges use it), 0 while it is rebuilt.",
+            |s| s.tree.as_ref().map_or(0, |t| u64::from(t.ready)),
+        ),
+        (
+            "dynacore_tree_memory_bytes",
+            "gauge",
+            "Bytes of the shard's hash trees (two while a scheduled rebuild runs).",
+            |s| s.tree.as_ref().map_or(0, |t| t.memory_bytes as u64),
+        ),
+        (
+            "dynacore_tree_rebuilds_total",
+            "counter",
+            "Hash tree rebuilds from a scan (at open without a saved tree, scheduled, or after a failure).",
+            |s| s.tree.as_ref().map_or(0, |t| t.rebuilds),
+        ),
+        (
+            "dynacore_tree_rebuild_mismatched_leaves_total",
+            "counter",
+            "Leaves in which a scheduled rebuild found the live tree wrong (a missed change, or damage).",
+            |s| s.tree.as_ref().map_or(0, |t| t.rebuild_mismatched_leaves),
+        ),
+        (
+            "dynacore_tree_loaded",
+            "gauge",
+            "1 when the hash tree was loaded from the file the last clean shutdown saved.",
+            |s| s.tree.as_ref().map_or(0, |t| u64::from(t.loaded)),
+        ),
         (
             "dynacore_wal_syncs_total",
             "counter",
@@ -473,6 +691,41 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     o
+}
+
+/// Adds the age of the last full repair of the ranges this node holds: quantiles over the
+/// repaired ones (seconds), and how many were never repaired.
+pub fn render_repair_ages(o: &mut String, ages: &mut [u64], never: u64) {
+    ages.sort_unstable();
+    family(
+        o,
+        "dynacore_repair_age_seconds",
+        "gauge",
+        "Age of the last full repair of the ranges this node holds (quantiles over the repaired ones; with tombstone_gc = repair, tombstones younger than it plus the propagation delay are kept).",
+    );
+    for (q, name) in [(0.0, "0"), (0.5, "0.5"), (1.0, "1")] {
+        if ages.is_empty() {
+            continue;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((ages.len() - 1) as f64 * q).round() as usize;
+        let _ = writeln!(
+            o,
+            "dynacore_repair_age_seconds{{quantile=\"{name}\"}} {}",
+            ages[i]
+        );
+    }
+    family(
+        o,
+        "dynacore_ranges_never_repaired",
+        "gauge",
+        "Ranges this node holds that never completed a full repair with their replicas as the ring gives them now.",
+    );
+    let _ = writeln!(o, "dynacore_ranges_never_repaired {never}");
 }
 
 #[cfg(test)]

@@ -173,6 +173,9 @@ pub struct MergeStats {
     pub expired_dropped: u64,
     /// Objects whose retired actor epochs were dropped.
     pub epochs_retired: u64,
+    /// Tombstones and expired values past their grace that the gate kept (their range has
+    /// not been repaired since).
+    pub kept_by_gate: u64,
 }
 
 /// The fraction of the inputs' blocks that are cached, estimated from up to 1,024 blocks spread
@@ -406,30 +409,27 @@ async fn merge_into(
         pacer.account(bytes).await;
         let room = !collect_purges || purged.len() < crate::shard::PURGES_PER_MERGE_MAX;
         if bottom && room {
-            if r.value.is_none()
-                && r.write_ts_ms.saturating_add(grace_ms) <= now_ms
-                && gate.is_none_or(|g| g.may_drop(token, r.write_ts_ms))
-            {
-                stats.tombstones_dropped += 1;
-                if collect_purges {
-                    purged.push((token, r.key.clone(), crate::shard::record_state(&r).hash));
+            // A tombstone past its grace; an expired value is a deletion that happened at its
+            // expiry: it waits for the same grace and gate, or a replica still holding an
+            // older live version would bring that version back once this copy forgot it.
+            let effective = if r.value.is_none() {
+                Some(r.write_ts_ms)
+            } else {
+                r.expiry_ms
+            };
+            if let Some(at) = effective.filter(|at| at.saturating_add(grace_ms) <= now_ms) {
+                if gate.is_none_or(|g| g.may_drop(token, at)) {
+                    if r.value.is_none() {
+                        stats.tombstones_dropped += 1;
+                    } else {
+                        stats.expired_dropped += 1;
+                    }
+                    if collect_purges {
+                        purged.push((token, r.key.clone(), crate::shard::record_state(&r).hash));
+                    }
+                    continue;
                 }
-                continue;
-            }
-            // An expired value is a deletion that happened at its expiry: it waits for the
-            // same grace and gate, or a replica still holding an older live version would
-            // bring that version back once this copy forgot it.
-            if r.value.is_some()
-                && r.expiry_ms.is_some_and(|e| {
-                    e.saturating_add(grace_ms) <= now_ms
-                        && gate.is_none_or(|g| g.may_drop(token, e))
-                })
-            {
-                stats.expired_dropped += 1;
-                if collect_purges {
-                    purged.push((token, r.key.clone(), crate::shard::record_state(&r).hash));
-                }
-                continue;
+                stats.kept_by_gate += 1;
             }
         }
         let relocated = match blobs.relocate(dir, &r, &mut stats, pacer).await {

@@ -228,6 +228,8 @@ impl Shard {
             s.tables = Rc::new(tables);
             s.blobs = Rc::new(blobs);
             s.compactions += 1;
+            s.purged += stats.tombstones_dropped + stats.expired_dropped;
+            s.kept_by_gate += stats.kept_by_gate;
             s.compaction_bytes_written += written;
             s.blob_bytes_relocated += stats.relocated_bytes;
             s.blob_files_deleted += dropped.len() as u64;

@@ -220,6 +220,13 @@ pub struct ShardStats {
     /// Times a blob file was opened for reading since open (more than the live files means the
     /// open-file limit evicts handles).
     pub blob_file_opens: u64,
+    /// Tombstones and expired values dropped by compactions since open.
+    pub purged: u64,
+    /// Tombstones and expired values past their grace that compactions kept because the gate
+    /// refused (their range was not repaired since), since open.
+    pub kept_by_gate: u64,
+    /// The anti-entropy hash tree, if the shard keeps one.
+    pub tree: Option<TreeStatus>,
 }
 
 #[derive(Debug)]
@@ -252,6 +259,8 @@ struct State {
     compaction_bytes_written: u64,
     flush_bytes_written: u64,
     write_stalls: u64,
+    purged: u64,
+    kept_by_gate: u64,
     compactor_running: bool,
     /// A full merge was asked for ([`Shard::compact_all`]) and has not started yet.
     major_requested: bool,
@@ -584,6 +593,9 @@ impl Shard {
             blob_bytes_relocated: s.blob_bytes_relocated,
             blob_files_deleted: s.blob_files_deleted,
             blob_file_opens: s.blobs.handles().opens(),
+            purged: s.purged,
+            kept_by_gate: s.kept_by_gate,
+            tree: self.tree_status(),
         }
     }
 

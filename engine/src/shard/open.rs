@@ -182,6 +182,8 @@ impl Shard {
                     compaction_bytes_written: 0,
                     flush_bytes_written: 0,
                     write_stalls: 0,
+                    purged: 0,
+                    kept_by_gate: 0,
                     compactor_running: false,
                     major_requested: false,
                     retiring: 0,

@@ -233,6 +233,74 @@ pub fn replica_read(id: u64, timeout_ms: u32, key: &[u8]) -> Vec<u8> {
     })
 }
 
+fn token_ranges<'a>(
+    b: &mut FlatBufferBuilder<'a>,
+    ranges: &[(u64, u64)],
+) -> WIPOffset<flatbuffers::Vector<'a, fb::TokenRange>> {
+    let items: Vec<fb::TokenRange> = ranges
+        .iter()
+        .map(|&(start, end)| fb::TokenRange::new(start, end))
+        .collect();
+    b.create_vector(&items)
+}
+
+/// A `TreeHashes` request (node to node): the hash of the receiver's keys in each token range
+/// `start..=end`.
+#[must_use]
+pub fn tree_hashes(id: u64, timeout_ms: u32, ranges: &[(u64, u64)]) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let ranges = token_ranges(b, ranges);
+        let r = fb::TreeHashesRequest::create(
+            b,
+            &fb::TreeHashesRequestArgs {
+                ranges: Some(ranges),
+            },
+        );
+        (fb::Op::TreeHashes, r.as_union_value())
+    })
+}
+
+/// A `TreeKeys` request (node to node): the receiver's keys in the token ranges with their
+/// states, at most `max`.
+#[must_use]
+pub fn tree_keys(id: u64, timeout_ms: u32, ranges: &[(u64, u64)], max: u32) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let ranges = token_ranges(b, ranges);
+        let r = fb::TreeKeysRequest::create(
+            b,
+            &fb::TreeKeysRequestArgs {
+                ranges: Some(ranges),
+                max,
+            },
+        );
+        (fb::Op::TreeKeys, r.as_union_value())
+    })
+}
+
+/// A `Repaired` request (node to node): a full repair of `range` among `replicas` completed,
+/// covering everything they held at `repaired_at_ms`.
+#[must_use]
+pub fn repaired(
+    id: u64,
+    timeout_ms: u32,
+    range: (u64, u64),
+    replicas: &[u64],
+    repaired_at_ms: u64,
+) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let replicas = b.create_vector(replicas);
+        let r = fb::RepairedRequest::create(
+            b,
+            &fb::RepairedRequestArgs {
+                range: Some(&fb::TokenRange::new(range.0, range.1)),
+                replicas: Some(replicas),
+                repaired_at_ms,
+            },
+        );
+        (fb::Op::Repaired, r.as_union_value())
+    })
+}
+
 /// A `ReplicaApply` request (node to node) carrying an object's parts.
 #[must_use]
 pub fn replica_apply(

@@ -373,10 +373,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for KeyCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 10;
+pub const ENUM_MAX_OP: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 11] = [
+pub const ENUM_VALUES_OP: [Op; 14] = [
   Op::NONE,
   Op::Get,
   Op::Put,
@@ -388,6 +388,9 @@ pub const ENUM_VALUES_OP: [Op; 11] = [
   Op::PaxosPrepare,
   Op::PaxosPropose,
   Op::PaxosCommit,
+  Op::TreeHashes,
+  Op::TreeKeys,
+  Op::Repaired,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -406,9 +409,12 @@ impl Op {
   pub const PaxosPrepare: Self = Self(8);
   pub const PaxosPropose: Self = Self(9);
   pub const PaxosCommit: Self = Self(10);
+  pub const TreeHashes: Self = Self(11);
+  pub const TreeKeys: Self = Self(12);
+  pub const Repaired: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -421,6 +427,9 @@ impl Op {
     Self::PaxosPrepare,
     Self::PaxosPropose,
     Self::PaxosCommit,
+    Self::TreeHashes,
+    Self::TreeKeys,
+    Self::Repaired,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -436,6 +445,9 @@ impl Op {
       Self::PaxosPrepare => Some("PaxosPrepare"),
       Self::PaxosPropose => Some("PaxosPropose"),
       Self::PaxosCommit => Some("PaxosCommit"),
+      Self::TreeHashes => Some("TreeHashes"),
+      Self::TreeKeys => Some("TreeKeys"),
+      Self::Repaired => Some("Repaired"),
       _ => None,
     }
   }
@@ -695,10 +707,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for NodeState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 9;
+pub const ENUM_MAX_REPLY: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 10] = [
+pub const ENUM_VALUES_REPLY: [Reply; 13] = [
   Reply::NONE,
   Reply::Get,
   Reply::Put,
@@ -709,6 +721,9 @@ pub const ENUM_VALUES_REPLY: [Reply; 10] = [
   Reply::ReplicaObject,
   Reply::PaxosPromise,
   Reply::PaxosAccept,
+  Reply::TreeHashes,
+  Reply::TreeKeys,
+  Reply::Repaired,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -726,9 +741,12 @@ impl Reply {
   pub const ReplicaObject: Self = Self(7);
   pub const PaxosPromise: Self = Self(8);
   pub const PaxosAccept: Self = Self(9);
+  pub const TreeHashes: Self = Self(10);
+  pub const TreeKeys: Self = Self(11);
+  pub const Repaired: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -740,6 +758,9 @@ impl Reply {
     Self::ReplicaObject,
     Self::PaxosPromise,
     Self::PaxosAccept,
+    Self::TreeHashes,
+    Self::TreeKeys,
+    Self::Repaired,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -754,6 +775,9 @@ impl Reply {
       Self::ReplicaObject => Some("ReplicaObject"),
       Self::PaxosPromise => Some("PaxosPromise"),
       Self::PaxosAccept => Some("PaxosAccept"),
+      Self::TreeHashes => Some("TreeHashes"),
+      Self::TreeKeys => Some("TreeKeys"),
+      Self::Repaired => Some("Repaired"),
       _ => None,
     }
   }
@@ -1049,6 +1073,133 @@ impl<'a> Ballot {
   }
 
   pub fn set_node(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+// struct TokenRange, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct TokenRange(pub [u8; 16]);
+impl Default for TokenRange { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl ::core::fmt::Debug for TokenRange {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("TokenRange")
+      .field("start", &self.start())
+      .field("end", &self.end())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for TokenRange {}
+impl<'a> ::flatbuffers::Follow<'a> for TokenRange {
+  type Inner = &'a TokenRange;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a TokenRange>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a TokenRange {
+  type Inner = &'a TokenRange;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<TokenRange>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for TokenRange {
+    type Output = TokenRange;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const TokenRange as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for TokenRange {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> TokenRange {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    start: u64,
+    end: u64,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_start(start);
+    s.set_end(end);
+    s
+  }
+
+  pub fn start(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_start(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn end(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_end(&mut self, x: u64) {
     let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
     // Safety:
     // Created from a valid Table for this object
@@ -2571,6 +2722,349 @@ impl ::core::fmt::Debug for PaxosCommitRequest<'_> {
       ds.finish()
   }
 }
+pub enum TreeHashesRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TreeHashesRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TreeHashesRequest<'a> {
+  type Inner = TreeHashesRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TreeHashesRequest<'a> {
+  pub const VT_RANGES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TreeHashesRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TreeHashesRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TreeHashesRequest<'bldr>> {
+    let mut builder = TreeHashesRequestBuilder::new(_fbb);
+    if let Some(x) = args.ranges { builder.add_ranges(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ranges(&self) -> ::flatbuffers::Vector<'a, TokenRange> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, TokenRange>>>(TreeHashesRequest::VT_RANGES, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TreeHashesRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, TokenRange>>>("ranges", Self::VT_RANGES, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TreeHashesRequestArgs<'a> {
+    pub ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, TokenRange>>>,
+}
+impl<'a> Default for TreeHashesRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TreeHashesRequestArgs {
+      ranges: None, // required field
+    }
+  }
+}
+
+pub struct TreeHashesRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TreeHashesRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ranges(&mut self, ranges: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , TokenRange>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TreeHashesRequest::VT_RANGES, ranges);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TreeHashesRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TreeHashesRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TreeHashesRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, TreeHashesRequest::VT_RANGES,"ranges");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TreeHashesRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TreeHashesRequest");
+      ds.field("ranges", &self.ranges());
+      ds.finish()
+  }
+}
+pub enum TreeKeysRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TreeKeysRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TreeKeysRequest<'a> {
+  type Inner = TreeKeysRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TreeKeysRequest<'a> {
+  pub const VT_RANGES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MAX: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TreeKeysRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TreeKeysRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TreeKeysRequest<'bldr>> {
+    let mut builder = TreeKeysRequestBuilder::new(_fbb);
+    builder.add_max(args.max);
+    if let Some(x) = args.ranges { builder.add_ranges(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ranges(&self) -> ::flatbuffers::Vector<'a, TokenRange> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, TokenRange>>>(TreeKeysRequest::VT_RANGES, None).unwrap()}
+  }
+  #[inline]
+  pub fn max(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(TreeKeysRequest::VT_MAX, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TreeKeysRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, TokenRange>>>("ranges", Self::VT_RANGES, true)?
+     .visit_field::<u32>("max", Self::VT_MAX, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TreeKeysRequestArgs<'a> {
+    pub ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, TokenRange>>>,
+    pub max: u32,
+}
+impl<'a> Default for TreeKeysRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TreeKeysRequestArgs {
+      ranges: None, // required field
+      max: 0,
+    }
+  }
+}
+
+pub struct TreeKeysRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TreeKeysRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ranges(&mut self, ranges: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , TokenRange>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TreeKeysRequest::VT_RANGES, ranges);
+  }
+  #[inline]
+  pub fn add_max(&mut self, max: u32) {
+    self.fbb_.push_slot::<u32>(TreeKeysRequest::VT_MAX, max, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TreeKeysRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TreeKeysRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TreeKeysRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, TreeKeysRequest::VT_RANGES,"ranges");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TreeKeysRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TreeKeysRequest");
+      ds.field("ranges", &self.ranges());
+      ds.field("max", &self.max());
+      ds.finish()
+  }
+}
+pub enum RepairedRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RepairedRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairedRequest<'a> {
+  type Inner = RepairedRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairedRequest<'a> {
+  pub const VT_RANGE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REPAIRED_AT_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairedRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairedRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RepairedRequest<'bldr>> {
+    let mut builder = RepairedRequestBuilder::new(_fbb);
+    builder.add_repaired_at_ms(args.repaired_at_ms);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    if let Some(x) = args.range { builder.add_range(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn range(&self) -> &'a TokenRange {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<TokenRange>(RepairedRequest::VT_RANGE, None).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> ::flatbuffers::Vector<'a, u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(RepairedRequest::VT_REPLICAS, None).unwrap()}
+  }
+  #[inline]
+  pub fn repaired_at_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairedRequest::VT_REPAIRED_AT_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairedRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<TokenRange>("range", Self::VT_RANGE, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("replicas", Self::VT_REPLICAS, true)?
+     .visit_field::<u64>("repaired_at_ms", Self::VT_REPAIRED_AT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairedRequestArgs<'a> {
+    pub range: Option<&'a TokenRange>,
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub repaired_at_ms: u64,
+}
+impl<'a> Default for RepairedRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RepairedRequestArgs {
+      range: None, // required field
+      replicas: None, // required field
+      repaired_at_ms: 0,
+    }
+  }
+}
+
+pub struct RepairedRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairedRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_range(&mut self, range: &TokenRange) {
+    self.fbb_.push_slot_always::<&TokenRange>(RepairedRequest::VT_RANGE, range);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RepairedRequest::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn add_repaired_at_ms(&mut self, repaired_at_ms: u64) {
+    self.fbb_.push_slot::<u64>(RepairedRequest::VT_REPAIRED_AT_MS, repaired_at_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairedRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairedRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairedRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, RepairedRequest::VT_RANGE,"range");
+    self.fbb_.required(o, RepairedRequest::VT_REPLICAS,"replicas");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairedRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairedRequest");
+      ds.field("range", &self.range());
+      ds.field("replicas", &self.replicas());
+      ds.field("repaired_at_ms", &self.repaired_at_ms());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2787,6 +3281,48 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_tree_hashes(&self) -> Option<TreeHashesRequest<'a>> {
+    if self.op_type() == Op::TreeHashes {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TreeHashesRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_tree_keys(&self) -> Option<TreeKeysRequest<'a>> {
+    if self.op_type() == Op::TreeKeys {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TreeKeysRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_repaired(&self) -> Option<RepairedRequest<'a>> {
+    if self.op_type() == Op::Repaired {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { RepairedRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2809,6 +3345,9 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::PaxosPrepare => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPrepareRequest>>("Op::PaxosPrepare", pos),
           Op::PaxosPropose => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosProposeRequest>>("Op::PaxosPropose", pos),
           Op::PaxosCommit => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosCommitRequest>>("Op::PaxosCommit", pos),
+          Op::TreeHashes => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeHashesRequest>>("Op::TreeHashes", pos),
+          Op::TreeKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeKeysRequest>>("Op::TreeKeys", pos),
+          Op::Repaired => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairedRequest>>("Op::Repaired", pos),
           _ => Ok(()),
         }
      })?
@@ -2950,6 +3489,27 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::PaxosCommit => {
           if let Some(x) = self.op_as_paxos_commit() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::TreeHashes => {
+          if let Some(x) = self.op_as_tree_hashes() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::TreeKeys => {
+          if let Some(x) = self.op_as_tree_keys() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Repaired => {
+          if let Some(x) = self.op_as_repaired() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -4483,6 +5043,492 @@ impl ::core::fmt::Debug for PaxosAcceptResponse<'_> {
       ds.finish()
   }
 }
+pub enum TreeHashesResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TreeHashesResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TreeHashesResponse<'a> {
+  type Inner = TreeHashesResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TreeHashesResponse<'a> {
+  pub const VT_READY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HASHES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OLDEST_HINT_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TreeHashesResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TreeHashesResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TreeHashesResponse<'bldr>> {
+    let mut builder = TreeHashesResponseBuilder::new(_fbb);
+    builder.add_oldest_hint_ms(args.oldest_hint_ms);
+    if let Some(x) = args.hashes { builder.add_hashes(x); }
+    builder.add_ready(args.ready);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ready(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TreeHashesResponse::VT_READY, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn hashes(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(TreeHashesResponse::VT_HASHES, None)}
+  }
+  #[inline]
+  pub fn oldest_hint_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TreeHashesResponse::VT_OLDEST_HINT_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TreeHashesResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("ready", Self::VT_READY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("hashes", Self::VT_HASHES, false)?
+     .visit_field::<u64>("oldest_hint_ms", Self::VT_OLDEST_HINT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TreeHashesResponseArgs<'a> {
+    pub ready: bool,
+    pub hashes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub oldest_hint_ms: u64,
+}
+impl<'a> Default for TreeHashesResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TreeHashesResponseArgs {
+      ready: false,
+      hashes: None,
+      oldest_hint_ms: 0,
+    }
+  }
+}
+
+pub struct TreeHashesResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TreeHashesResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ready(&mut self, ready: bool) {
+    self.fbb_.push_slot::<bool>(TreeHashesResponse::VT_READY, ready, false);
+  }
+  #[inline]
+  pub fn add_hashes(&mut self, hashes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TreeHashesResponse::VT_HASHES, hashes);
+  }
+  #[inline]
+  pub fn add_oldest_hint_ms(&mut self, oldest_hint_ms: u64) {
+    self.fbb_.push_slot::<u64>(TreeHashesResponse::VT_OLDEST_HINT_MS, oldest_hint_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TreeHashesResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TreeHashesResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TreeHashesResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TreeHashesResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TreeHashesResponse");
+      ds.field("ready", &self.ready());
+      ds.field("hashes", &self.hashes());
+      ds.field("oldest_hint_ms", &self.oldest_hint_ms());
+      ds.finish()
+  }
+}
+pub enum KeyStateEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct KeyStateEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeyStateEntry<'a> {
+  type Inner = KeyStateEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeyStateEntry<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_HASH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_DELETED_AT_MS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeyStateEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyStateEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeyStateEntry<'bldr>> {
+    let mut builder = KeyStateEntryBuilder::new(_fbb);
+    builder.add_deleted_at_ms(args.deleted_at_ms);
+    builder.add_hash(args.hash);
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyStateEntry::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyStateEntry::VT_VERSION, None)}
+  }
+  #[inline]
+  pub fn hash(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeyStateEntry::VT_HASH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn deleted_at_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeyStateEntry::VT_DELETED_AT_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeyStateEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, false)?
+     .visit_field::<u64>("hash", Self::VT_HASH, false)?
+     .visit_field::<u64>("deleted_at_ms", Self::VT_DELETED_AT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyStateEntryArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub hash: u64,
+    pub deleted_at_ms: u64,
+}
+impl<'a> Default for KeyStateEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyStateEntryArgs {
+      key: None, // required field
+      version: None,
+      hash: 0,
+      deleted_at_ms: 0,
+    }
+  }
+}
+
+pub struct KeyStateEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyStateEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyStateEntry::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyStateEntry::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_hash(&mut self, hash: u64) {
+    self.fbb_.push_slot::<u64>(KeyStateEntry::VT_HASH, hash, 0);
+  }
+  #[inline]
+  pub fn add_deleted_at_ms(&mut self, deleted_at_ms: u64) {
+    self.fbb_.push_slot::<u64>(KeyStateEntry::VT_DELETED_AT_MS, deleted_at_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyStateEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyStateEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyStateEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, KeyStateEntry::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeyStateEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeyStateEntry");
+      ds.field("key", &self.key());
+      ds.field("version", &self.version());
+      ds.field("hash", &self.hash());
+      ds.field("deleted_at_ms", &self.deleted_at_ms());
+      ds.finish()
+  }
+}
+pub enum TreeKeysResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TreeKeysResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TreeKeysResponse<'a> {
+  type Inner = TreeKeysResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TreeKeysResponse<'a> {
+  pub const VT_READY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MORE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TreeKeysResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TreeKeysResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TreeKeysResponse<'bldr>> {
+    let mut builder = TreeKeysResponseBuilder::new(_fbb);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.add_more(args.more);
+    builder.add_ready(args.ready);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ready(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TreeKeysResponse::VT_READY, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyStateEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyStateEntry>>>>(TreeKeysResponse::VT_KEYS, None)}
+  }
+  #[inline]
+  pub fn more(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TreeKeysResponse::VT_MORE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TreeKeysResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("ready", Self::VT_READY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyStateEntry>>>>("keys", Self::VT_KEYS, false)?
+     .visit_field::<bool>("more", Self::VT_MORE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TreeKeysResponseArgs<'a> {
+    pub ready: bool,
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyStateEntry<'a>>>>>,
+    pub more: bool,
+}
+impl<'a> Default for TreeKeysResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TreeKeysResponseArgs {
+      ready: false,
+      keys: None,
+      more: false,
+    }
+  }
+}
+
+pub struct TreeKeysResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TreeKeysResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ready(&mut self, ready: bool) {
+    self.fbb_.push_slot::<bool>(TreeKeysResponse::VT_READY, ready, false);
+  }
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyStateEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TreeKeysResponse::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn add_more(&mut self, more: bool) {
+    self.fbb_.push_slot::<bool>(TreeKeysResponse::VT_MORE, more, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TreeKeysResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TreeKeysResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TreeKeysResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TreeKeysResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TreeKeysResponse");
+      ds.field("ready", &self.ready());
+      ds.field("keys", &self.keys());
+      ds.field("more", &self.more());
+      ds.finish()
+  }
+}
+pub enum RepairedResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RepairedResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairedResponse<'a> {
+  type Inner = RepairedResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairedResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairedResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RepairedResponseArgs
+  ) -> ::flatbuffers::WIPOffset<RepairedResponse<'bldr>> {
+    let mut builder = RepairedResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for RepairedResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairedResponseArgs {
+}
+impl<'a> Default for RepairedResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairedResponseArgs {
+    }
+  }
+}
+
+pub struct RepairedResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairedResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairedResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairedResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairedResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairedResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairedResponse");
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4667,6 +5713,48 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_tree_hashes(&self) -> Option<TreeHashesResponse<'a>> {
+    if self.reply_type() == Reply::TreeHashes {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TreeHashesResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_tree_keys(&self) -> Option<TreeKeysResponse<'a>> {
+    if self.reply_type() == Reply::TreeKeys {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { TreeKeysResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_repaired(&self) -> Option<RepairedResponse<'a>> {
+    if self.reply_type() == Reply::Repaired {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { RepairedResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -4687,6 +5775,9 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::ReplicaObject => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReplicaObjectResponse>>("Reply::ReplicaObject", pos),
           Reply::PaxosPromise => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPromiseResponse>>("Reply::PaxosPromise", pos),
           Reply::PaxosAccept => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosAcceptResponse>>("Reply::PaxosAccept", pos),
+          Reply::TreeHashes => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeHashesResponse>>("Reply::TreeHashes", pos),
+          Reply::TreeKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeKeysResponse>>("Reply::TreeKeys", pos),
+          Reply::Repaired => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairedResponse>>("Reply::Repaired", pos),
           _ => Ok(()),
         }
      })?
@@ -4807,6 +5898,27 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::PaxosAccept => {
           if let Some(x) = self.reply_as_paxos_accept() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::TreeHashes => {
+          if let Some(x) = self.reply_as_tree_hashes() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::TreeKeys => {
+          if let Some(x) = self.reply_as_tree_keys() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::Repaired => {
+          if let Some(x) = self.reply_as_repaired() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

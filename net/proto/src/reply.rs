@@ -389,9 +389,173 @@ pub fn replica_object_answer(id: u64, parts: Option<(&[u8], Option<&[u8]>)>) -> 
     finish(b, id, fb::Reply::ReplicaObject, r.as_union_value())
 }
 
+/// One key's state as anti-entropy compares it (the wire form of the engine's `KeyState`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStateWire {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The canonical version blob.
+    pub version: Vec<u8>,
+    /// Its contribution to the tree.
+    pub hash: u64,
+    /// When it became a purgeable deletion (ms since the epoch).
+    pub deleted_at_ms: Option<u64>,
+}
+
+/// Decodes a `TreeHashes` answer: one hash per range asked and the replica's oldest queued
+/// hint (ms since the epoch, 0: none); `None` when its tree is not ready.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn tree_hashes(body: &[u8]) -> Result<Option<(Vec<u64>, u64)>, ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_tree_hashes()
+        .ok_or_else(|| other_reply("tree hashes request"))?;
+    if !r.ready() {
+        return Ok(None);
+    }
+    let hashes = r.hashes().map(|h| h.iter().collect()).unwrap_or_default();
+    Ok(Some((hashes, r.oldest_hint_ms())))
+}
+
+/// Decodes a `TreeKeys` answer: the keys, and whether the bound cut it short; `None` when the
+/// replica's tree is not ready.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn tree_keys(body: &[u8]) -> Result<Option<(Vec<KeyStateWire>, bool)>, ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_tree_keys()
+        .ok_or_else(|| other_reply("tree keys request"))?;
+    if !r.ready() {
+        return Ok(None);
+    }
+    let keys = r
+        .keys()
+        .iter()
+        .flatten()
+        .map(|k| KeyStateWire {
+            key: k.key().bytes().to_vec(),
+            version: bytes(k.version()),
+            hash: k.hash(),
+            deleted_at_ms: (k.deleted_at_ms() != 0).then_some(k.deleted_at_ms()),
+        })
+        .collect();
+    Ok(Some((keys, r.more())))
+}
+
+/// Decodes a `Repaired` answer.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn repaired(body: &[u8]) -> Result<(), ReplyError> {
+    let resp = open(body)?;
+    resp.reply_as_repaired()
+        .map(drop)
+        .ok_or_else(|| other_reply("repaired notice"))
+}
+
+/// The answer to `TreeHashes`: the hashes (`None`: the tree is not ready) and the oldest
+/// queued hint's time.
+#[must_use]
+pub fn tree_hashes_answer(id: u64, hashes: Option<&[u64]>, oldest_hint_ms: u64) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let list = hashes.map(|h| b.create_vector(h));
+    let r = fb::TreeHashesResponse::create(
+        &mut b,
+        &fb::TreeHashesResponseArgs {
+            ready: hashes.is_some(),
+            hashes: list,
+            oldest_hint_ms,
+        },
+    );
+    finish(b, id, fb::Reply::TreeHashes, r.as_union_value())
+}
+
+/// The answer to `TreeKeys` (`None`: the tree is not ready).
+#[must_use]
+pub fn tree_keys_answer(id: u64, keys: Option<(&[KeyStateWire], bool)>) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let list = keys.map(|(keys, _)| {
+        let items: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let key = b.create_vector(&k.key);
+                let version = b.create_vector(&k.version);
+                fb::KeyStateEntry::create(
+                    &mut b,
+                    &fb::KeyStateEntryArgs {
+                        key: Some(key),
+                        version: Some(version),
+                        hash: k.hash,
+                        deleted_at_ms: k.deleted_at_ms.unwrap_or(0),
+                    },
+                )
+            })
+            .collect();
+        b.create_vector(&items)
+    });
+    let r = fb::TreeKeysResponse::create(
+        &mut b,
+        &fb::TreeKeysResponseArgs {
+            ready: keys.is_some(),
+            keys: list,
+            more: keys.is_some_and(|(_, more)| more),
+        },
+    );
+    finish(b, id, fb::Reply::TreeKeys, r.as_union_value())
+}
+
+/// The answer to `Repaired`.
+#[must_use]
+pub fn repaired_answer(id: u64) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let r = fb::RepairedResponse::create(&mut b, &fb::RepairedResponseArgs {});
+    finish(b, id, fb::Reply::Repaired, r.as_union_value())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anti_entropy_answers_decode_as_they_were_built() {
+        let hashes = [1u64, u64::MAX, 0];
+        assert_eq!(
+            tree_hashes(&tree_hashes_answer(1, Some(&hashes), 77)).expect("decodes"),
+            Some((hashes.to_vec(), 77))
+        );
+        assert_eq!(
+            tree_hashes(&tree_hashes_answer(1, None, 0)).expect("decodes"),
+            None
+        );
+        let keys = vec![
+            KeyStateWire {
+                key: b"a".to_vec(),
+                version: vec![2, 0],
+                hash: 9,
+                deleted_at_ms: Some(5),
+            },
+            KeyStateWire {
+                key: b"b".to_vec(),
+                version: Vec::new(),
+                hash: 3,
+                deleted_at_ms: None,
+            },
+        ];
+        assert_eq!(
+            tree_keys(&tree_keys_answer(2, Some((&keys, true)))).expect("decodes"),
+            Some((keys, true))
+        );
+        assert_eq!(
+            tree_keys(&tree_keys_answer(2, None)).expect("decodes"),
+            None
+        );
+        repaired(&repaired_answer(3)).expect("decodes");
+        assert!(repaired(&tree_hashes_answer(1, None, 0)).is_err());
+    }
 
     #[test]
     fn answers_decode_as_they_were_built() {

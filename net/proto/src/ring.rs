@@ -220,6 +220,25 @@ impl Ring {
         self.vnodes[self.owner_position(token)]
     }
 
+    /// The range of the vnode that owns `token`: the previous vnode's token (excluded) and its
+    /// own (included); the first vnode's range wraps (`prev >= end`; with one vnode it is the
+    /// whole ring, `prev == end`).
+    #[must_use]
+    pub fn range_of(&self, token: Token) -> (Token, Token) {
+        self.range_at(self.owner_position(token))
+    }
+
+    /// The range of the vnode at position `i` (see [`Ring::range_of`]).
+    #[must_use]
+    pub fn range_at(&self, i: usize) -> (Token, Token) {
+        let prev = if i == 0 {
+            self.vnodes[self.vnodes.len() - 1].token
+        } else {
+            self.vnodes[i - 1].token
+        };
+        (prev, self.vnodes[i].token)
+    }
+
     /// The first `rf` distinct nodes clockwise from `token`'s vnode (fewer if the ring has fewer
     /// nodes), primary first.
     #[must_use]

@@ -308,6 +308,15 @@ impl ClusterState {
             .preference_list(token, usize::from(self.replication_factor))
     }
 
+    /// The ring range holding `token` (its vnode's previous token and its own) and that
+    /// range's replicas (node ids).
+    #[must_use]
+    pub fn range_replicas(&self, token: Token) -> ((u64, u64), Vec<u64>) {
+        let (prev, end) = self.ring.range_of(token);
+        let replicas = self.replicas(token).into_iter().map(|n| n.0).collect();
+        ((prev.0, end.0), replicas)
+    }
+
     /// This node.
     ///
     /// # Panics

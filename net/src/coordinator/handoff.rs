@@ -60,6 +60,7 @@ pub async fn replay_hints(core: Core) {
             stored: c.stored,
             replayed: c.replayed,
             dropped: c.dropped,
+            oldest_ms: hints.oldest_ms().unwrap_or(0),
         });
     };
     loop {

@@ -21,6 +21,8 @@
 //!   the default last-writer-wins mode the newest sibling is the value, in siblings mode every
 //!   live concurrent value is returned.
 
+mod anti_entropy;
+mod exchange;
 mod fan_out;
 mod forward;
 mod handoff;
@@ -31,6 +33,8 @@ mod replicas;
 mod request;
 mod write;
 
+pub use anti_entropy::{repair_all, repair_status, run_anti_entropy, RepairReport};
+pub use exchange::RangeJob;
 pub use handoff::{replay_hints, store_hint};
 pub use read::read;
 pub use request::{ReadRequest, ReadResult, WriteRequest};

@@ -73,6 +73,27 @@ pub enum ShardOp {
     /// Flush the shard's memtables and merge all its tables into one (an operator's major
     /// compaction); answered with the statistics once done.
     Compact,
+    /// The hash of the shard's keys in each token range `start..=end` (anti-entropy).
+    TreeHashes {
+        /// The ranges.
+        ranges: Vec<(u64, u64)>,
+    },
+    /// The shard's keys in the token ranges with their states, at most `max`.
+    TreeKeys {
+        /// The ranges.
+        ranges: Vec<(u64, u64)>,
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// A shard's answer to a tree operation (`None` inside: the tree is not ready).
+#[derive(Debug)]
+pub enum TreeAnswer {
+    /// To [`ShardOp::TreeHashes`].
+    Hashes(Option<Vec<u64>>),
+    /// To [`ShardOp::TreeKeys`]: the keys, and whether the bound cut them short.
+    Keys(Option<(Vec<dynacore_engine::KeyState>, bool)>),
 }
 
 /// A step of a Paxos round, as one replica runs it.
@@ -131,9 +152,25 @@ pub enum ShardReply {
     Object(Result<Option<Object>, StoreError>),
     /// To [`ShardOp::Paxos`].
     Paxos(Result<PaxosAnswer, StoreError>),
+    /// To [`ShardOp::TreeHashes`] and [`ShardOp::TreeKeys`].
+    Tree(Result<TreeAnswer, StoreError>),
 }
 
 impl ShardReply {
+    /// The answer of a tree operation.
+    ///
+    /// # Errors
+    /// The operation's error; [`StoreError::Internal`] for another kind of answer.
+    pub fn into_tree(self) -> Result<TreeAnswer, StoreError> {
+        match self {
+            ShardReply::Tree(r) => r,
+            other => {
+                debug_assert!(false, "mismatched reply {other:?}");
+                Err(StoreError::Internal("mismatched reply from a core".into()))
+            }
+        }
+    }
+
     /// The object of an [`ShardReply::Object`] answer.
     ///
     /// # Errors
@@ -170,6 +207,7 @@ enum ReplyKind {
     Stats,
     Object,
     Paxos,
+    Tree,
 }
 
 impl ReplyKind {
@@ -177,6 +215,7 @@ impl ReplyKind {
         match op {
             ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
             ShardOp::Paxos { .. } => ReplyKind::Paxos,
+            ShardOp::TreeHashes { .. } | ShardOp::TreeKeys { .. } => ReplyKind::Tree,
             _ => ReplyKind::Object,
         }
     }
@@ -187,6 +226,7 @@ impl ReplyKind {
             ReplyKind::Stats => ShardReply::NoStats(e),
             ReplyKind::Object => ShardReply::Object(Err(e)),
             ReplyKind::Paxos => ShardReply::Paxos(Err(e)),
+            ReplyKind::Tree => ShardReply::Tree(Err(e)),
         }
     }
 }
@@ -215,6 +255,72 @@ pub struct NodeShared {
     started: Instant,
     /// What the membership driver (core 0) last published.
     members: crate::cluster::membership::SharedMembers,
+    /// When deletions may be purged, and the repair history.
+    purge: crate::storage::repair_history::PurgeRule,
+    /// Per core: an anti-entropy exchange of its shard's ranges is running (at most one).
+    exchanging: Vec<AtomicBool>,
+    /// The node's repair budget.
+    repair_budget: std::sync::Mutex<RepairBudget>,
+    /// Foreground p99 latency (µs) over the last window, and its baseline while no repair
+    /// ran (0: not measured yet).
+    foreground_p99_us: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// The node's budget for anti-entropy repairs: keys and bytes per second (token buckets
+/// holding a tenth of a second's worth), scaled down while the foreground suffers.
+#[derive(Debug)]
+pub struct RepairBudget {
+    keys_per_s: f64,
+    bytes_per_s: f64,
+    /// 1/64..=1: the share of the rates in use.
+    factor: f64,
+    keys: f64,
+    bytes: f64,
+    at: Instant,
+}
+
+impl RepairBudget {
+    /// `keys_per_s` keys and `bytes_per_s` bytes per second.
+    #[must_use]
+    pub fn new(keys_per_s: u32, bytes_per_s: u64) -> RepairBudget {
+        #[allow(clippy::cast_precision_loss)]
+        RepairBudget {
+            keys_per_s: f64::from(keys_per_s.max(1)),
+            bytes_per_s: (bytes_per_s.max(1)) as f64,
+            factor: 1.0,
+            keys: 0.0,
+            bytes: 0.0,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one key of `bytes` from the budget: how long to wait before moving it.
+    pub fn take(&mut self, bytes: usize) -> Duration {
+        let now = Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let (kr, br) = (
+            self.keys_per_s * self.factor,
+            self.bytes_per_s * self.factor,
+        );
+        self.keys = (self.keys + dt * kr).min(kr / 10.0) - 1.0;
+        #[allow(clippy::cast_precision_loss)]
+        let b = bytes as f64;
+        self.bytes = (self.bytes + dt * br).min(br / 10.0) - b;
+        let wait = (-self.keys / kr).max(-self.bytes / br).max(0.0);
+        Duration::from_secs_f64(wait)
+    }
+
+    /// Scales the rates by `factor` (clamped to 1/64..=1).
+    pub fn set_factor(&mut self, factor: f64) {
+        self.factor = factor.clamp(1.0 / 64.0, 1.0);
+    }
+
+    /// The share of the rates in use.
+    #[must_use]
+    pub fn factor(&self) -> f64 {
+        self.factor
+    }
 }
 
 /// Bytes one core's work after answers may hold (copies kept for late replica
@@ -251,6 +357,25 @@ impl NodeShared {
     /// is core `i`'s, to hand to [`serve_inbox`] on that core).
     #[must_use]
     pub fn new(cores: u32) -> (Arc<NodeShared>, Vec<flume::Receiver<Forward>>) {
+        Self::with_repair(
+            cores,
+            crate::storage::repair_history::PurgeRule {
+                mode: crate::storage::repair_history::GcMode::Repair {
+                    delay_ms: 3_600_000,
+                },
+                history: crate::storage::repair_history::SharedHistory::default(),
+            },
+            RepairBudget::new(5000, 32 << 20),
+        )
+    }
+
+    /// [`NodeShared::new`] with the node's purge rule and repair budget.
+    #[must_use]
+    pub fn with_repair(
+        cores: u32,
+        purge: crate::storage::repair_history::PurgeRule,
+        budget: RepairBudget,
+    ) -> (Arc<NodeShared>, Vec<flume::Receiver<Forward>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| flume::bounded(INBOX_MAX)).unzip();
         let shared = NodeShared {
@@ -260,8 +385,63 @@ impl NodeShared {
             metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
             started: Instant::now(),
             members: crate::cluster::membership::SharedMembers::default(),
+            purge,
+            exchanging: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+            repair_budget: std::sync::Mutex::new(budget),
+            foreground_p99_us: Default::default(),
         };
         (Arc::new(shared), receivers)
+    }
+
+    /// The purge rule and the repair history.
+    #[must_use]
+    pub fn purge(&self) -> &crate::storage::repair_history::PurgeRule {
+        &self.purge
+    }
+
+    /// Claims core `shard`'s exchange slot; `false` if an exchange of its ranges runs.
+    #[must_use]
+    pub fn try_start_exchange(&self, shard: u32) -> bool {
+        self.exchanging
+            .get(shard as usize)
+            .is_some_and(|b| !b.swap(true, Ordering::SeqCst))
+    }
+
+    /// Frees core `shard`'s exchange slot.
+    pub fn end_exchange(&self, shard: u32) {
+        if let Some(b) = self.exchanging.get(shard as usize) {
+            b.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether any exchange runs on this node.
+    #[must_use]
+    pub fn exchanging(&self) -> bool {
+        self.exchanging.iter().any(|b| b.load(Ordering::Relaxed))
+    }
+
+    /// Runs `f` on the repair budget.
+    pub fn repair_budget<T>(&self, f: impl FnOnce(&mut RepairBudget) -> T) -> T {
+        match self.repair_budget.lock() {
+            Ok(mut b) => f(&mut b),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Foreground p99 (µs) over the last window and its baseline without repair (0: not
+    /// measured).
+    #[must_use]
+    pub fn foreground_p99_us(&self) -> (u64, u64) {
+        (
+            self.foreground_p99_us[0].load(Ordering::Relaxed),
+            self.foreground_p99_us[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Publishes the foreground p99 of the last window and the baseline.
+    pub fn set_foreground_p99_us(&self, window: u64, baseline: u64) {
+        self.foreground_p99_us[0].store(window, Ordering::Relaxed);
+        self.foreground_p99_us[1].store(baseline, Ordering::Relaxed);
     }
 
     /// The node's core count.
@@ -582,6 +762,9 @@ impl Core {
             | ShardOp::ReplicaRead { key }
             | ShardOp::ReplicaApply { key, .. }
             | ShardOp::Paxos { key, .. } => self.owner_of(key),
+            ShardOp::TreeHashes { ranges } | ShardOp::TreeKeys { ranges, .. } => ranges
+                .first()
+                .map_or(self.0.index, |r| self.0.shard_map.shard_of(Token(r.1))),
             ShardOp::Stats | ShardOp::Compact => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
@@ -671,6 +854,8 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                 .map(Some),
         ),
         ShardOp::Paxos { key, step } => ShardReply::Paxos(run_paxos(store, &key, step).await),
+        ShardOp::TreeHashes { ranges } => ShardReply::Tree(tree_hashes(store, &ranges).await),
+        ShardOp::TreeKeys { ranges, max } => ShardReply::Tree(tree_keys(store, &ranges, max).await),
         ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
         ShardOp::Compact => {
             let shard = store.shard();
@@ -686,6 +871,40 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
             }
         }
     }
+}
+
+async fn tree_hashes(store: &LocalStore, ranges: &[(u64, u64)]) -> Result<TreeAnswer, StoreError> {
+    let shard = store.shard();
+    let mut hashes = Vec::with_capacity(ranges.len());
+    for &(start, end) in ranges {
+        match shard.tree_hash(Token(start), Token(end)).await? {
+            Some(h) => hashes.push(h),
+            None => return Ok(TreeAnswer::Hashes(None)),
+        }
+        runtime::yield_if_needed().await;
+    }
+    Ok(TreeAnswer::Hashes(Some(hashes)))
+}
+
+async fn tree_keys(
+    store: &LocalStore,
+    ranges: &[(u64, u64)],
+    max: usize,
+) -> Result<TreeAnswer, StoreError> {
+    let shard = store.shard();
+    let mut keys = Vec::new();
+    for &(start, end) in ranges {
+        let left = max.saturating_sub(keys.len());
+        let Some(got) = shard.tree_keys(Token(start), Token(end), left).await? else {
+            return Ok(TreeAnswer::Keys(None));
+        };
+        let full = got.len() == left;
+        keys.extend(got);
+        if full {
+            return Ok(TreeAnswer::Keys(Some((keys, true))));
+        }
+    }
+    Ok(TreeAnswer::Keys(Some((keys, false))))
 }
 
 async fn run_paxos(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dynacore_engine::object;
 
-use dynacore_proto::reply::Ballot;
+use dynacore_proto::reply::{Ballot, KeyStateWire};
 use dynacore_proto::ring::NodeId;
 use dynacore_proto::{
     fb, parse_request, reply, Conflicts, KeyCondition, Quorum, ReadRepair, FRAME_BYTES_MAX,
@@ -16,7 +16,7 @@ use dynacore_proto::{
 
 use crate::cluster::membership::NodeStatus;
 use crate::coordinator::{self, ReadRequest, ReadResult, WriteRequest};
-use crate::core::{Core, PaxosAnswer, PaxosStep, ShardOp};
+use crate::core::{Core, PaxosAnswer, PaxosStep, ShardOp, TreeAnswer};
 use crate::metrics::Op;
 use crate::storage::replica::{decode_version, StoreError};
 
@@ -160,6 +160,9 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
             | fb::Op::PaxosPrepare
             | fb::Op::PaxosPropose
             | fb::Op::PaxosCommit
+            | fb::Op::TreeHashes
+            | fb::Op::TreeKeys
+            | fb::Op::Repaired
     ) || req.forwarded();
     if replica_op && !from_peer {
         core.metrics()
@@ -359,6 +362,91 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                 (None, None) => bad("paxos proposal without fields"),
             },
         ),
+        fb::Op::TreeHashes => (
+            Op::Other,
+            match req.op_as_tree_hashes() {
+                Some(t) => match token_ranges(core, t.ranges().iter()) {
+                    Err(m) => bad(&m),
+                    Ok(ranges) => match core
+                        .execute(ShardOp::TreeHashes { ranges }, timeout)
+                        .await
+                        .into_tree()
+                    {
+                        Ok(TreeAnswer::Hashes(h)) => {
+                            let oldest = core
+                                .shared()
+                                .metrics()
+                                .iter()
+                                .map(crate::metrics::CoreMetrics::oldest_hint_ms)
+                                .filter(|&t| t != 0)
+                                .min()
+                                .unwrap_or(0);
+                            Ok(reply::tree_hashes_answer(id, h.as_deref(), oldest))
+                        }
+                        Ok(TreeAnswer::Keys(_)) => bad("a core answered another request"),
+                        Err(e) => Err(store_error(id, &e)),
+                    },
+                },
+                None => bad("tree hashes without fields"),
+            },
+        ),
+        fb::Op::TreeKeys => (
+            Op::Other,
+            match req.op_as_tree_keys() {
+                Some(t) => match token_ranges(core, t.ranges().iter()) {
+                    Err(m) => bad(&m),
+                    Ok(ranges) => {
+                        let max = match t.max() {
+                            0 => TREE_KEYS_MAX,
+                            n => (n as usize).min(TREE_KEYS_MAX),
+                        };
+                        match core
+                            .execute(ShardOp::TreeKeys { ranges, max }, timeout)
+                            .await
+                            .into_tree()
+                        {
+                            Ok(TreeAnswer::Keys(keys)) => {
+                                let wire = keys.map(|(keys, more)| {
+                                    let list: Vec<KeyStateWire> = keys
+                                        .into_iter()
+                                        .map(|k| KeyStateWire {
+                                            key: k.key,
+                                            version: k.version,
+                                            hash: k.hash,
+                                            deleted_at_ms: k.deleted_at_ms,
+                                        })
+                                        .collect();
+                                    (list, more)
+                                });
+                                Ok(reply::tree_keys_answer(
+                                    id,
+                                    wire.as_ref().map(|(l, more)| (l.as_slice(), *more)),
+                                ))
+                            }
+                            Ok(TreeAnswer::Hashes(_)) => bad("a core answered another request"),
+                            Err(e) => Err(store_error(id, &e)),
+                        }
+                    }
+                },
+                None => bad("tree keys without fields"),
+            },
+        ),
+        fb::Op::Repaired => (
+            Op::Other,
+            match req.op_as_repaired() {
+                Some(r) => {
+                    let range = (r.range().start(), r.range().end());
+                    let replicas: Vec<u64> = r.replicas().iter().collect();
+                    let at = r.repaired_at_ms();
+                    core.shared()
+                        .purge()
+                        .history
+                        .update(|h| h.record(range, &replicas, at));
+                    Ok(reply::repaired_answer(id))
+                }
+                None => bad("repaired notice without fields"),
+            },
+        ),
         other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
     };
     let ok = body.is_ok();
@@ -384,6 +472,33 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
         op,
         ok,
     }
+}
+
+/// Keys one `TreeKeys` answer carries at most.
+const TREE_KEYS_MAX: usize = 8192;
+
+/// Token ranges of an anti-entropy request, checked: ordered ends, a bounded count, all held
+/// by one core of this node.
+fn token_ranges<'a>(
+    core: &Core,
+    ranges: impl Iterator<Item = &'a fb::TokenRange>,
+) -> Result<Vec<(u64, u64)>, String> {
+    let ranges: Vec<(u64, u64)> = ranges.map(|r| (r.start(), r.end())).collect();
+    if ranges.is_empty() || ranges.len() > 8192 {
+        return Err(format!("1 to 8192 token ranges, not {}", ranges.len()));
+    }
+    if let Some(r) = ranges.iter().find(|r| r.0 > r.1) {
+        return Err(format!("token range {}..={} is reversed", r.0, r.1));
+    }
+    let own = core.cluster().own_node().shard_map.clone();
+    let first = own.shard_of(dynacore_proto::ring::Token(ranges[0].1));
+    if ranges.iter().any(|r| {
+        own.shard_of(dynacore_proto::ring::Token(r.0)) != first
+            || own.shard_of(dynacore_proto::ring::Token(r.1)) != first
+    }) {
+        return Err("the token ranges of one request must lie on one core".into());
+    }
+    Ok(ranges)
 }
 
 fn replica_object(

@@ -66,6 +66,11 @@ pub enum Route {
     /// `POST /admin/compact`: flush and merge every core's tables into one (a major
     /// compaction), answered once done.
     AdminCompact,
+    /// `POST /admin/repair`: a full anti-entropy repair of every range the node holds (as
+    /// `nodetool repair`), answered once done.
+    AdminRepair,
+    /// `GET /admin/repair`: when each range the node holds was last fully repaired.
+    RepairStatus,
 }
 
 /// A request's head, checked.
@@ -338,6 +343,13 @@ fn route(method: &str, path: &str) -> Result<Route, HttpError> {
         return Err(HttpError::InvalidKey(format!(
             "a key holds 1 to {KEY_BYTES_MAX} bytes, not 0"
         )));
+    }
+    if path == "/admin/repair" {
+        return match method {
+            "POST" => Ok(Route::AdminRepair),
+            "GET" => Ok(Route::RepairStatus),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
     }
     if path == "/admin/compact" {
         return match method {

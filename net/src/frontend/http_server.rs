@@ -278,6 +278,8 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::Metrics => (Op::Other, metrics_text(core).await),
         Route::LocalCopy(key) => (Op::Get, local_copy(core, key).await),
         Route::AdminCompact => (Op::Other, compact(core).await),
+        Route::AdminRepair => (Op::Other, repair(core).await),
+        Route::RepairStatus => (Op::Other, Ok(repair_status(core))),
     };
     let reply = reply.unwrap_or_else(|r| r);
     let ok = reply.status < 400;
@@ -624,7 +626,7 @@ async fn compact(core: &Core) -> Result<Reply, Reply> {
                 "compactions": s.compactions,
             })),
             ShardReply::NoStats(e) => return Err(Reply::from_store_error(&e)),
-            ShardReply::Object(_) | ShardReply::Paxos(_) => {
+            ShardReply::Object(_) | ShardReply::Paxos(_) | ShardReply::Tree(_) => {
                 return Err(Reply::error(
                     500,
                     "internal",
@@ -637,6 +639,56 @@ async fn compact(core: &Core) -> Result<Reply, Reply> {
         200,
         &json!({ "compacted": cores, "ms": started.elapsed().as_millis() }),
     ))
+}
+
+/// A full repair of every range the node holds; answers with what it did once done.
+async fn repair(core: &Core) -> Result<Reply, Reply> {
+    let started = Instant::now();
+    let r = crate::coordinator::repair_all(core).await;
+    Ok(Reply::json(
+        200,
+        &json!({
+            "ranges": r.ranges,
+            "ranges_repaired": r.ranges_repaired,
+            "ranges_failed": r.ranges_failed,
+            "exchanges": {
+                "in_sync": r.exchanges[0],
+                "repaired": r.exchanges[1],
+                "not_ready": r.exchanges[2],
+                "failed": r.exchanges[3],
+            },
+            "keys_compared": r.counts.compared,
+            "keys_divergent": r.counts.divergent,
+            "keys_repaired": r.counts.repaired,
+            "keys_pulled": r.counts.pulled,
+            "keys_pushed": r.counts.pushed,
+            "bytes": r.counts.bytes,
+            "errors": r.errors,
+            "ms": started.elapsed().as_millis(),
+        }),
+    ))
+}
+
+/// When each range the node holds was last fully repaired.
+fn repair_status(core: &Core) -> Reply {
+    let now = crate::storage::hints::now_ms();
+    let ranges: Vec<_> = crate::coordinator::repair_status(core)
+        .into_iter()
+        .map(|(job, at)| {
+            json!({
+                "range": [job.id.0.to_string(), job.id.1.to_string()],
+                "replicas": job.replicas.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "core": job.shard,
+                "repaired_at_ms": at,
+                "age_s": at.map(|at| now.saturating_sub(at) / 1000),
+            })
+        })
+        .collect();
+    let never = ranges
+        .iter()
+        .filter(|r| r["repaired_at_ms"].is_null())
+        .count();
+    Reply::json(200, &json!({ "ranges": ranges, "never_repaired": never }))
 }
 
 async fn metrics_text(core: &Core) -> Result<Reply, Reply> {
@@ -652,7 +704,18 @@ async fn metrics_text(core: &Core) -> Result<Reply, Reply> {
             },
         );
     }
-    let text = metrics::render(core.shared().metrics(), &stats, core.shared().uptime());
+    let mut text = metrics::render(core.shared().metrics(), &stats, core.shared().uptime());
+    // The age of each held range's last full repair, summarised.
+    let now = crate::storage::hints::now_ms();
+    let mut ages: Vec<u64> = Vec::new();
+    let mut never = 0u64;
+    for (_, at) in crate::coordinator::repair_status(core) {
+        match at {
+            Some(at) => ages.push(now.saturating_sub(at) / 1000),
+            None => never += 1,
+        }
+    }
+    metrics::render_repair_ages(&mut text, &mut ages, never);
     Ok(Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",

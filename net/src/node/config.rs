@@ -22,8 +22,16 @@
 //! hint_mib_per_target = 1024     # hints kept per down node (the node's whole budget)
 //! hint_replay_per_s = 2000       # hints handed back per second, per core
 //! conflicts = "lww"              # reads: "lww" (newest value) or "siblings" (all concurrent)
-//! purge_gate = "grace"           # when tombstones and expired values may be purged: "grace"
-//! tombstone_grace_s = 864000     # ... this long after the delete or expiry (10 days)
+//! tombstone_gc = "repair"        # when tombstones and expired values may be purged: "repair"
+//!                                # (once a full repair with every replica covered them) or
+//!                                # "grace" (`purge_gate` is the older name of this setting)
+//! tombstone_gc_propagation_delay_s = 3600  # repair: ... and this long before that repair
+//! tombstone_grace_s = 864000     # grace: this long after the delete or expiry (10 days)
+//! anti_entropy_interval_s = 600  # every range compared with its other replicas (0: never;
+//!                                # `dynacore repair` still works)
+//! anti_entropy_keys_per_s = 5000 # repair budget of the node: keys moved per second ...
+//! anti_entropy_mib_per_s = 32    # ... and MiB moved per second
+//! hash_tree_leaf_bits = 20       # 2^20 leaves per shard's hash tree (8 MiB; at most 22)
 //! cluster_secret_file = "/etc/dynacore/cluster.secret"  # shared by every node (default: one
 //!                                # generated in the data directory at the first start)
 //! ```
@@ -93,6 +101,32 @@ pub struct NodeConfig {
     /// The file holding the cluster secret every node of the cluster shares (`None`:
     /// `<data_dir>/cluster.secret`, generated at the first start).
     pub cluster_secret_file: Option<PathBuf>,
+    /// How replicas compare and repair their copies.
+    pub anti_entropy: AntiEntropyConfig,
+}
+
+/// Anti-entropy: hash trees, exchanges between replicas, and what they may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AntiEntropyConfig {
+    /// How often each range is compared with its other replicas (`None`: only on demand).
+    pub interval: Option<Duration>,
+    /// Keys repaired per second, for the whole node.
+    pub keys_per_s: u32,
+    /// Bytes moved per second, for the whole node.
+    pub bytes_per_s: u64,
+    /// `log2` of each shard's hash tree leaves.
+    pub leaf_bits: u32,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        AntiEntropyConfig {
+            interval: Some(Duration::from_secs(600)),
+            keys_per_s: 5000,
+            bytes_per_s: 32 << 20,
+            leaf_bits: dynacore_engine::hashtree::LEAF_BITS_DEFAULT,
+        }
+    }
 }
 
 /// When compaction may forget a delete (a tombstone, or a value past its expiry): only once no
@@ -101,23 +135,33 @@ pub struct NodeConfig {
 pub struct PurgeConfig {
     /// What decides.
     pub gate: PurgeGate,
-    /// How long after the delete or expiry (Cassandra's `gc_grace_seconds`).
+    /// With [`PurgeGate::Grace`]: how long after the delete or expiry (Cassandra's
+    /// `gc_grace_seconds`).
     pub grace: Duration,
+    /// With [`PurgeGate::Repair`]: how long before the last full repair the delete or expiry
+    /// must be (ScyllaDB's `propagation_delay_in_seconds`): writes still in flight then, or
+    /// held up by a skewed clock, are covered.
+    pub propagation_delay: Duration,
 }
 
 /// What decides that no replica can still hold an older version of a deleted key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PurgeGate {
-    /// The grace period alone (`purge_gate = "grace"`): replicas are assumed repaired within
-    /// it. Anti-entropy will add a gate that waits for repair.
+    /// Once a full repair with every replica of the range covered the delete
+    /// (`tombstone_gc = "repair"`, the default; ScyllaDB's `tombstone_gc = repair`): never
+    /// repaired, never purged; at one replica, at once.
+    Repair,
+    /// The grace period alone (`tombstone_gc = "grace"`): replicas are assumed repaired within
+    /// it.
     Grace,
 }
 
 impl Default for PurgeConfig {
     fn default() -> Self {
         PurgeConfig {
-            gate: PurgeGate::Grace,
+            gate: PurgeGate::Repair,
             grace: Duration::from_secs(10 * 24 * 3600),
+            propagation_delay: Duration::from_secs(3600),
         }
     }
 }
@@ -144,6 +188,7 @@ impl Default for NodeConfig {
             replication: ReplicationConfig::default(),
             purge: PurgeConfig::default(),
             cluster_secret_file: None,
+            anti_entropy: AntiEntropyConfig::default(),
         }
     }
 }
@@ -176,8 +221,14 @@ struct FileConfig {
     hint_replay_per_s: Option<u32>,
     conflicts: Option<String>,
     purge_gate: Option<String>,
+    tombstone_gc: Option<String>,
+    tombstone_gc_propagation_delay_s: Option<u64>,
     tombstone_grace_s: Option<u64>,
     cluster_secret_file: Option<PathBuf>,
+    anti_entropy_interval_s: Option<u64>,
+    anti_entropy_keys_per_s: Option<u32>,
+    anti_entropy_mib_per_s: Option<u64>,
+    hash_tree_leaf_bits: Option<u32>,
 }
 
 /// Overrides given on the command line (`None`: not given); also `dynacore serve`'s flags.
@@ -346,15 +397,56 @@ impl NodeConfig {
             if let Some(v) = f.node_id {
                 c.node_id = Some(parse_node_id("node_id", &v)?);
             }
-            if let Some(v) = f.purge_gate {
-                c.purge.gate = match v.as_str() {
-                    "grace" => PurgeGate::Grace,
-                    other => {
-                        return Err(ConfigError(format!(
-                            "purge_gate must be \"grace\", not {other:?}"
-                        )))
-                    }
-                };
+            for (name, v) in [
+                ("purge_gate", f.purge_gate),
+                ("tombstone_gc", f.tombstone_gc),
+            ] {
+                if let Some(v) = v {
+                    c.purge.gate = match v.as_str() {
+                        "repair" => PurgeGate::Repair,
+                        "grace" => PurgeGate::Grace,
+                        other => {
+                            return Err(ConfigError(format!(
+                                "{name} must be \"repair\" or \"grace\", not {other:?}"
+                            )))
+                        }
+                    };
+                }
+            }
+            if let Some(v) = f.tombstone_gc_propagation_delay_s {
+                c.purge.propagation_delay = Duration::from_secs(v);
+            }
+            let ae = &mut c.anti_entropy;
+            if let Some(v) = f.anti_entropy_interval_s {
+                ae.interval = (v > 0).then(|| Duration::from_secs(v));
+            }
+            if let Some(v) = f.anti_entropy_keys_per_s {
+                if v == 0 {
+                    return Err(ConfigError(
+                        "anti_entropy_keys_per_s must be at least 1".into(),
+                    ));
+                }
+                ae.keys_per_s = v;
+            }
+            if let Some(v) = f.anti_entropy_mib_per_s {
+                if v == 0 {
+                    return Err(ConfigError(
+                        "anti_entropy_mib_per_s must be at least 1".into(),
+                    ));
+                }
+                ae.bytes_per_s = v.saturating_mul(1 << 20);
+            }
+            if let Some(v) = f.hash_tree_leaf_bits {
+                let range = dynacore_engine::hashtree::LEAF_BITS_MIN
+                    ..=dynacore_engine::hashtree::LEAF_BITS_MAX;
+                if !range.contains(&v) {
+                    return Err(ConfigError(format!(
+                        "hash_tree_leaf_bits must be in {}..={}, not {v}",
+                        range.start(),
+                        range.end()
+                    )));
+                }
+                ae.leaf_bits = v;
             }
             if let Some(v) = f.tombstone_grace_s {
                 c.purge.grace = Duration::from_secs(v);

@@ -368,7 +368,33 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         config.replication.replication_factor,
     ));
     let mut book = Some(book);
-    let (shared, inboxes) = NodeShared::new(cores);
+    let history = crate::storage::repair_history::SharedHistory::new(
+        crate::storage::repair_history::RepairHistory::load(&config.data_dir),
+    );
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let purge = crate::storage::repair_history::PurgeRule {
+        mode: match config.purge.gate {
+            crate::node::config::PurgeGate::Repair => {
+                crate::storage::repair_history::GcMode::Repair {
+                    delay_ms: ms(config.purge.propagation_delay),
+                }
+            }
+            crate::node::config::PurgeGate::Grace => {
+                crate::storage::repair_history::GcMode::Grace {
+                    grace_ms: ms(config.purge.grace),
+                }
+            }
+        },
+        history,
+    };
+    let (shared, inboxes) = NodeShared::with_repair(
+        cores,
+        purge,
+        crate::core::RepairBudget::new(
+            config.anti_entropy.keys_per_s,
+            config.anti_entropy.bytes_per_s,
+        ),
+    );
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut controls = Vec::new();
     let mut executors = Vec::new();
@@ -517,10 +543,30 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
     let mut options = ShardOptions::new(s.config.data_dir.join(format!("shard-{i}")), ShardId(i));
     options.durability = s.config.durability;
     options.memtable_bytes_max = s.config.memtable_bytes;
-    options.compaction.tombstone_grace_ms =
-        u64::try_from(s.config.purge.grace.as_millis()).unwrap_or(u64::MAX);
-    // `PurgeGate::Grace`: the grace period alone decides (no gate).
-    let crate::node::config::PurgeGate::Grace = s.config.purge.gate;
+    options.hash_tree = Some(dynacore_engine::TreeOptions {
+        leaf_bits: s.config.anti_entropy.leaf_bits,
+        ..dynacore_engine::TreeOptions::default()
+    });
+    match s.config.purge.gate {
+        // The grace period alone decides (no gate).
+        crate::node::config::PurgeGate::Grace => {
+            options.compaction.tombstone_grace_ms =
+                u64::try_from(s.config.purge.grace.as_millis()).unwrap_or(u64::MAX);
+        }
+        // The repair history decides, for the range's replicas as the ring gives them now.
+        crate::node::config::PurgeGate::Repair => {
+            options.compaction.tombstone_grace_ms = 0;
+            let (cluster, rule) = (s.cluster.clone(), s.shared.purge().clone());
+            options.tombstone_gate = Some(dynacore_engine::compaction::TombstoneGate::new(
+                move |token, effective_ms| {
+                    let c = cluster.get();
+                    let (range, replicas) = c.range_replicas(token);
+                    rule.gc_before(range, &replicas, crate::storage::hints::now_ms())
+                        .is_some_and(|before| effective_ms < before)
+                },
+            ));
+        }
+    }
     let shard = match Shard::open(options).await {
         Ok(shard) => shard,
         Err(e) => {
@@ -585,6 +631,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
     });
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
     let replay = runtime::spawn(crate::coordinator::replay_hints(core.clone()));
+    crate::coordinator::run_anti_entropy(core.clone(), s.config.anti_entropy.interval);
     let bound = (|| {
         let main = runtime::TcpListener::bind(s.config.listen)?;
         let own = runtime::TcpListener::bind(s.shard_addr)?;

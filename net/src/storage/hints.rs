@@ -258,7 +258,8 @@ impl HintStore {
                 self.limits.bytes_per_target
             )));
         }
-        let seq = self.next_seq.get();
+        // Its time in the top 48 bits (what `oldest_ms` reads), and above every earlier one.
+        let seq = self.next_seq.get().max(now_ms() << 16);
         self.next_seq.set(seq + 1);
         let hint_key = hint_key(target, seq);
         // Counted before the write, so that a concurrent store sees the bytes it will take.
@@ -327,6 +328,19 @@ impl HintStore {
     #[must_use]
     pub fn pending(&self) -> BTreeMap<NodeId, Pending> {
         self.pending.borrow().clone()
+    }
+
+    /// When the oldest pending hint was stored (ms since the epoch), or a little earlier: a
+    /// hint's sequence number holds that time in its top 48 bits (or an earlier hint's, when
+    /// several share a millisecond).
+    #[must_use]
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.index
+            .borrow()
+            .values()
+            .filter_map(|seqs| seqs.first())
+            .min()
+            .map(|seq| (seq >> 16).max(1))
     }
 
     /// What was counted since the store opened.

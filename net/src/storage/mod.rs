@@ -5,4 +5,5 @@
 
 pub mod hints;
 pub mod paxos;
+pub mod repair_history;
 pub mod replica;
