@@ -377,6 +377,18 @@ pub fn key_state(
     }
 }
 
+/// A stored record's state.
+#[must_use]
+pub fn record_state(r: &crate::record::Record) -> KeyState {
+    key_state(
+        &r.key,
+        r.value.is_none(),
+        r.write_ts_ms,
+        r.expiry_ms,
+        &r.version,
+    )
+}
+
 /// The state of a key as a peer described it: its canonical version blob.
 ///
 /// # Errors

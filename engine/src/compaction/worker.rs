@@ -16,6 +16,10 @@ use crate::scan::MergeCursor;
 use crate::sstable::{BlockCache, SsTable, TableBuilder, TableId};
 use dynacore_runtime as runtime;
 
+/// Purges one merge collects for the hash tree; past it, purgeable records are kept for a
+/// later merge.
+pub(crate) const PURGES_PER_MERGE_MAX: usize = 1 << 18;
+
 /// Decides whether a tombstone or an expired value that is past its grace period may be
 /// dropped, given its token and the time it took effect (a tombstone's write timestamp, an
 /// expired value's expiry). Anti-entropy installs one that answers yes only once repair has
@@ -407,7 +411,7 @@ async fn merge_into(
         let Some((token, r)) = next else { break };
         let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len) + r.version.len()) as u64;
         pacer.account(bytes).await;
-        let room = !collect_purges || purged.len() < crate::shard::PURGES_PER_MERGE_MAX;
+        let room = !collect_purges || purged.len() < PURGES_PER_MERGE_MAX;
         if bottom && room {
             // A tombstone past its grace; an expired value is a deletion that happened at its
             // expiry: it waits for the same grace and gate, or a replica still holding an
@@ -425,7 +429,7 @@ async fn merge_into(
                         stats.expired_dropped += 1;
                     }
                     if collect_purges {
-                        purged.push((token, r.key.clone(), crate::shard::record_state(&r).hash));
+                        purged.push((token, r.key.clone(), crate::hashtree::record_state(&r).hash));
                     }
                     continue;
                 }

@@ -70,10 +70,11 @@ mod flush;
 mod objects;
 mod open;
 mod tree;
+mod tree_state;
 
-pub use tree::TreeStatus;
-pub(crate) use tree::{record_state, PURGES_PER_MERGE_MAX};
-use tree::{OldState, Trees};
+use crate::hashtree::record_state;
+pub use tree_state::TreeStatus;
+use tree_state::{OldState, Trees};
 
 /// How far a durable counter ceiling reaches past the counters minted: one manifest write per
 /// this many dots at most, and the jump a key's counter may make after a restart.

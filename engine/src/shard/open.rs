@@ -122,7 +122,14 @@ impl Shard {
         // before anything can change the shard; the manifest store below syncs the directory).
         let trees = match &options.hash_tree {
             Some(tree_options) => Some(RefCell::new(
-                Trees::open(&dir, tree_options.clone(), &manifest, last_seq, &options).await,
+                Trees::open(
+                    &dir,
+                    tree_options.clone(),
+                    &manifest,
+                    last_seq,
+                    options.shard_id,
+                )
+                .await,
             )),
             None => None,
         };
