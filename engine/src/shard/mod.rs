@@ -73,8 +73,8 @@ mod tree;
 mod tree_state;
 
 use crate::hashtree::record_state;
-pub use tree_state::TreeStatus;
 use tree_state::{OldState, Trees};
+pub use tree_state::{TreeCheck, TreeStatus};
 
 /// How far a durable counter ceiling reaches past the counters minted: one manifest write per
 /// this many dots at most, and the jump a key's counter may make after a restart.

@@ -16,7 +16,7 @@
 //! space each); changes at tokens the scan has passed are applied to the new tree too, so when
 //! it ends the new tree is the shard's state, whatever was written meanwhile.
 
-use super::tree_state::{OldState, Rebuild};
+use super::tree_state::{OldState, Rebuild, TreeCheck};
 use super::*;
 use crate::hashtree::{record_state, HashTree, KeyState, SavedTree, TREE_FILE_NAME};
 
@@ -157,6 +157,45 @@ impl Shard {
             tree.apply(token, record_state(&r).hash);
         }
         Ok(Some(tree))
+    }
+
+    /// Folds a full scan of the shard into a tree and compares it with the live one (an
+    /// operator's check; also the cost a repair without kept trees would pay on every run).
+    /// `None` if the shard keeps no tree or it is not ready.
+    ///
+    /// # Errors
+    /// A damaged block or an I/O error.
+    pub async fn verify_tree(&self) -> Result<Option<TreeCheck>> {
+        let started = std::time::Instant::now();
+        let Some(trees) = self.trees() else {
+            return Ok(None);
+        };
+        let mut tree = HashTree::new(trees.borrow().options.leaf_bits);
+        // The live tree and the scan's snapshot are taken in one step.
+        let (mut cursor, live) = {
+            let t = trees.borrow();
+            if !t.ready {
+                return Ok(None);
+            }
+            (
+                self.raw_cursor(Token(0), Token(u64::MAX))
+                    .without_cache_fill(),
+                t.live.clone(),
+            )
+        };
+        let mut keys = 0u64;
+        while let Some((token, r)) = cursor.next().await? {
+            tree.apply(token, record_state(&r).hash);
+            keys += 1;
+            if keys.is_multiple_of(256) {
+                runtime::yield_if_needed().await;
+            }
+        }
+        Ok(Some(TreeCheck {
+            keys,
+            differing_leaves: tree.differing_leaves(&live) as u64,
+            duration: started.elapsed(),
+        }))
     }
 
     /// Starts a rebuild of the tree now (as the schedule would), unless one is running.

@@ -46,6 +46,17 @@ pub struct TreeStatus {
     pub purges: u64,
 }
 
+/// What [`crate::Shard::verify_tree`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeCheck {
+    /// Keys scanned (deletions included).
+    pub keys: u64,
+    /// Leaves in which the live tree differs from the scan's (a missed change, or damage).
+    pub differing_leaves: u64,
+    /// How long the scan took.
+    pub duration: std::time::Duration,
+}
+
 pub(super) struct Rebuild {
     pub(super) tree: HashTree,
     /// Tokens up to this one have been scanned: changes there go into `tree` too.

@@ -78,6 +78,8 @@ pub enum ShardOp {
         /// The ranges.
         ranges: Vec<(u64, u64)>,
     },
+    /// Scan the whole shard into a tree and compare it with the live one.
+    VerifyTree,
     /// The shard's keys in the token ranges with their states, at most `max`.
     TreeKeys {
         /// The ranges.
@@ -94,6 +96,8 @@ pub enum TreeAnswer {
     Hashes(Option<Vec<u64>>),
     /// To [`ShardOp::TreeKeys`]: the keys, and whether the bound cut them short.
     Keys(Option<(Vec<dynacore_engine::KeyState>, bool)>),
+    /// To [`ShardOp::VerifyTree`].
+    Check(Option<dynacore_engine::TreeCheck>),
 }
 
 /// A step of a Paxos round, as one replica runs it.
@@ -215,7 +219,9 @@ impl ReplyKind {
         match op {
             ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
             ShardOp::Paxos { .. } => ReplyKind::Paxos,
-            ShardOp::TreeHashes { .. } | ShardOp::TreeKeys { .. } => ReplyKind::Tree,
+            ShardOp::TreeHashes { .. } | ShardOp::TreeKeys { .. } | ShardOp::VerifyTree => {
+                ReplyKind::Tree
+            }
             _ => ReplyKind::Object,
         }
     }
@@ -765,7 +771,7 @@ impl Core {
             ShardOp::TreeHashes { ranges } | ShardOp::TreeKeys { ranges, .. } => ranges
                 .first()
                 .map_or(self.0.index, |r| self.0.shard_map.shard_of(Token(r.1))),
-            ShardOp::Stats | ShardOp::Compact => self.0.index,
+            ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
     }
@@ -856,6 +862,14 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
         ShardOp::Paxos { key, step } => ShardReply::Paxos(run_paxos(store, &key, step).await),
         ShardOp::TreeHashes { ranges } => ShardReply::Tree(tree_hashes(store, &ranges).await),
         ShardOp::TreeKeys { ranges, max } => ShardReply::Tree(tree_keys(store, &ranges, max).await),
+        ShardOp::VerifyTree => ShardReply::Tree(
+            store
+                .shard()
+                .verify_tree()
+                .await
+                .map(TreeAnswer::Check)
+                .map_err(StoreError::from),
+        ),
         ShardOp::Stats => ShardReply::Stats(Box::new(store.shard().stats())),
         ShardOp::Compact => {
             let shard = store.shard();
@@ -969,7 +983,7 @@ async fn run_paxos(
 /// task, so a slow one does not hold up the rest.
 pub async fn serve_inbox(core: Core, inbox: flume::Receiver<Forward>) {
     while let Ok(Forward { op, reply, work }) = inbox.recv_async().await {
-        if !matches!(op, ShardOp::Stats | ShardOp::Compact) {
+        if !matches!(op, ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree) {
             core.metrics().forwarded_in();
         }
         let store = core.0.store.clone();

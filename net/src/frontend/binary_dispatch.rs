@@ -383,7 +383,9 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                 .unwrap_or(0);
                             Ok(reply::tree_hashes_answer(id, h.as_deref(), oldest))
                         }
-                        Ok(TreeAnswer::Keys(_)) => bad("a core answered another request"),
+                        Ok(TreeAnswer::Keys(_) | TreeAnswer::Check(_)) => {
+                            bad("a core answered another request")
+                        }
                         Err(e) => Err(store_error(id, &e)),
                     },
                 },
@@ -423,7 +425,9 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                     wire.as_ref().map(|(l, more)| (l.as_slice(), *more)),
                                 ))
                             }
-                            Ok(TreeAnswer::Hashes(_)) => bad("a core answered another request"),
+                            Ok(TreeAnswer::Hashes(_) | TreeAnswer::Check(_)) => {
+                                bad("a core answered another request")
+                            }
                             Err(e) => Err(store_error(id, &e)),
                         }
                     }

@@ -71,6 +71,8 @@ pub enum Route {
     AdminRepair,
     /// `GET /admin/repair`: when each range the node holds was last fully repaired.
     RepairStatus,
+    /// `POST /admin/verify-trees`: every core's hash tree compared with a full scan.
+    VerifyTrees,
 }
 
 /// A request's head, checked.
@@ -343,6 +345,12 @@ fn route(method: &str, path: &str) -> Result<Route, HttpError> {
         return Err(HttpError::InvalidKey(format!(
             "a key holds 1 to {KEY_BYTES_MAX} bytes, not 0"
         )));
+    }
+    if path == "/admin/verify-trees" {
+        return match method {
+            "POST" => Ok(Route::VerifyTrees),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
     }
     if path == "/admin/repair" {
         return match method {

@@ -280,6 +280,7 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::AdminCompact => (Op::Other, compact(core).await),
         Route::AdminRepair => (Op::Other, repair(core).await),
         Route::RepairStatus => (Op::Other, Ok(repair_status(core))),
+        Route::VerifyTrees => (Op::Other, verify_trees(core).await),
     };
     let reply = reply.unwrap_or_else(|r| r);
     let ok = reply.status < 400;
@@ -666,6 +667,47 @@ async fn repair(core: &Core) -> Result<Reply, Reply> {
             "errors": r.errors,
             "ms": started.elapsed().as_millis(),
         }),
+    ))
+}
+
+/// Every core's hash tree compared with a full scan of its shard, all cores at once.
+async fn verify_trees(core: &Core) -> Result<Reply, Reply> {
+    let started = Instant::now();
+    let runs: Vec<_> = (0..core.shards())
+        .map(|shard| {
+            let core = core.clone();
+            runtime::spawn(async move {
+                core.execute_on(shard, ShardOp::VerifyTree, COMPACT_TIMEOUT)
+                    .await
+                    .into_tree()
+            })
+        })
+        .collect();
+    let mut cores = Vec::with_capacity(runs.len());
+    for (i, run) in runs.into_iter().enumerate() {
+        match run.await {
+            Ok(crate::core::TreeAnswer::Check(Some(c))) => cores.push(json!({
+                "core": i,
+                "keys": c.keys,
+                "differing_leaves": c.differing_leaves,
+                "ms": c.duration.as_millis(),
+            })),
+            Ok(crate::core::TreeAnswer::Check(None)) => {
+                cores.push(json!({ "core": i, "ready": false }));
+            }
+            Ok(_) => {
+                return Err(Reply::error(
+                    500,
+                    "internal",
+                    "a core answered another request",
+                ))
+            }
+            Err(e) => return Err(Reply::from_store_error(&e)),
+        }
+    }
+    Ok(Reply::json(
+        200,
+        &json!({ "cores": cores, "ms": started.elapsed().as_millis() }),
     ))
 }
 
