@@ -107,10 +107,14 @@ pub fn run_anti_entropy(core: Core, interval: Option<Duration>) {
             loop {
                 runtime::sleep(Duration::from_millis(500)).await;
                 if core.shared().is_closing() {
+                    if core.index() == 0 {
+                        core.shared().purge().history.save_now();
+                    }
                     return;
                 }
                 if core.index() == 0 {
                     samples.sample(&core);
+                    core.shared().purge().history.save_in_background();
                 }
                 let cluster = core.cluster();
                 let up: HashSet<NodeId> = cluster

@@ -177,34 +177,81 @@ fn parse(text: &str) -> Result<BTreeMap<RangeId, Repaired>, String> {
     Ok(ranges)
 }
 
-/// The history shared by a node's cores.
+/// The history shared by a node's cores. Changes are saved off the executors' threads
+/// ([`SharedHistory::save_in_background`]): a crash before a save only forgets repairs, which
+/// delays purges.
 #[derive(Clone, Debug, Default)]
-pub struct SharedHistory(Arc<RwLock<RepairHistory>>);
+pub struct SharedHistory(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    history: RwLock<RepairHistory>,
+    /// Changed since the last save began.
+    dirty: std::sync::atomic::AtomicBool,
+    /// One save at a time (each writes the latest history).
+    saving: std::sync::Mutex<()>,
+}
 
 impl SharedHistory {
     /// Shares `history`.
     #[must_use]
     pub fn new(history: RepairHistory) -> SharedHistory {
-        SharedHistory(Arc::new(RwLock::new(history)))
+        SharedHistory(Arc::new(Shared {
+            history: RwLock::new(history),
+            ..Shared::default()
+        }))
     }
 
     /// Reads it.
     pub fn read<T>(&self, f: impl FnOnce(&RepairHistory) -> T) -> T {
-        match self.0.read() {
+        match self.0.history.read() {
             Ok(h) => f(&h),
             Err(poisoned) => f(&poisoned.into_inner()),
         }
     }
 
-    /// Changes it; saves it when `f` says it changed. A failed save is logged: the entry
-    /// holds in memory, and a restart forgets it (only delaying purges).
+    /// Changes it (`f` says whether it did); the change is saved by the next
+    /// [`SharedHistory::save_in_background`].
     pub fn update(&self, f: impl FnOnce(&mut RepairHistory) -> bool) {
-        let mut h = match self.0.write() {
-            Ok(h) => h,
-            Err(poisoned) => poisoned.into_inner(),
+        let changed = match self.0.history.write() {
+            Ok(mut h) => f(&mut h),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
         };
-        if f(&mut h) {
-            if let Err(e) = h.save() {
+        if changed {
+            self.0
+                .dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Saves the history on a thread of its own if it changed since the last save.
+    pub fn save_in_background(&self) {
+        if !self.0.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("repair-history".into())
+            .spawn(move || {
+                let _one = me.0.saving.lock();
+                if let Err(e) = me.read(RepairHistory::save) {
+                    tracing::warn!(error = %e, "saving the repair history failed; tried again later");
+                    me.0.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to save the repair history");
+            self.0
+                .dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Saves the history now if it changed (at shutdown).
+    pub fn save_now(&self) {
+        if self.0.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _one = self.0.saving.lock();
+            if let Err(e) = self.read(RepairHistory::save) {
                 tracing::warn!(error = %e, "saving the repair history failed");
             }
         }
@@ -212,7 +259,7 @@ impl SharedHistory {
 
     /// Replaces it (at start, with the one loaded from the data directory).
     pub fn replace(&self, history: RepairHistory) {
-        match self.0.write() {
+        match self.0.history.write() {
             Ok(mut h) => *h = history,
             Err(poisoned) => *poisoned.into_inner() = history,
         }
