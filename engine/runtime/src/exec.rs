@@ -67,6 +67,35 @@ pub async fn pause_for_io() {
     glommio::timer::sleep(Duration::from_micros(1)).await;
 }
 
+/// Bounds the CPU a loop takes at a stretch: [`CpuSlice::check`] lets the executor poll for I/O
+/// and run other tasks ([`pause_for_io`]) once `slice` has passed since the last pause. Loops
+/// over many keys in the background (anti-entropy's hashing, listing and comparing) call it
+/// once per key, so that a foreground request waits for at most about one slice.
+#[derive(Debug)]
+pub struct CpuSlice {
+    slice: Duration,
+    started: std::time::Instant,
+}
+
+impl CpuSlice {
+    /// A slice of `slice`, starting now.
+    #[must_use]
+    pub fn new(slice: Duration) -> CpuSlice {
+        CpuSlice {
+            slice,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Pauses if the slice is used up.
+    pub async fn check(&mut self) {
+        if self.started.elapsed() >= self.slice {
+            pause_for_io().await;
+            self.started = std::time::Instant::now();
+        }
+    }
+}
+
 /// Sleeps for `d`.
 pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;

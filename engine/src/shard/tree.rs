@@ -20,6 +20,9 @@ use super::tree_state::{OldState, Rebuild, TreeCheck};
 use super::*;
 use crate::hashtree::{record_state, HashTree, KeyState, SavedTree, TREE_FILE_NAME};
 
+/// CPU a tree scan for an exchange or a check takes at a stretch before the executor polls.
+const BACKGROUND_SLICE: Duration = Duration::from_micros(500);
+
 /// Chunks a rebuild scan goes through (each a snapshot of its token range).
 const REBUILD_CHUNKS: u64 = 4096;
 
@@ -108,9 +111,11 @@ impl Shard {
             }
             (hash, scans)
         };
+        let mut slice = runtime::CpuSlice::new(BACKGROUND_SLICE);
         for mut cursor in scans {
             while let Some((_, r)) = cursor.next().await? {
                 hash ^= record_state(&r).hash;
+                slice.check().await;
             }
         }
         Ok(Some(hash))
@@ -133,11 +138,13 @@ impl Shard {
         }
         let mut cursor = self.raw_cursor(start, end);
         let mut out = Vec::new();
+        let mut slice = runtime::CpuSlice::new(BACKGROUND_SLICE);
         while out.len() < max {
             let Some((_, r)) = cursor.next().await? else {
                 break;
             };
             out.push(record_state(&r));
+            slice.check().await;
         }
         Ok(Some(out))
     }
@@ -184,12 +191,11 @@ impl Shard {
             )
         };
         let mut keys = 0u64;
+        let mut slice = runtime::CpuSlice::new(BACKGROUND_SLICE);
         while let Some((token, r)) = cursor.next().await? {
             tree.apply(token, record_state(&r).hash);
             keys += 1;
-            if keys.is_multiple_of(256) {
-                runtime::yield_if_needed().await;
-            }
+            slice.check().await;
         }
         Ok(Some(TreeCheck {
             keys,

@@ -49,6 +49,22 @@ const KEYS_PER_REQUEST: u32 = 4096;
 const REPAIRS_IN_FLIGHT: usize = 16;
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// CPU a loop over keys takes at a stretch before the executor polls for I/O.
+const SLICE: Duration = Duration::from_micros(500);
+
+thread_local! {
+    static QUEUE: std::cell::OnceCell<runtime::TaskQueueHandle> = const { std::cell::OnceCell::new() };
+}
+
+/// This core's task queue for anti-entropy work (50 shares, against the foreground's 1000):
+/// the scheduled repairs, and what this node does for a peer's exchange.
+pub fn queue() -> runtime::TaskQueueHandle {
+    QUEUE.with(|q| {
+        *q.get_or_init(|| {
+            runtime::create_task_queue(50, runtime::Latency::NotImportant, "anti-entropy")
+        })
+    })
+}
 
 /// What a repair did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -92,11 +108,6 @@ impl From<StoreError> for ExchangeError {
 /// up or a tree was not ready; none without an interval. Core 0 also measures the foreground
 /// latency that the repair budget follows.
 pub fn run_anti_entropy(core: Core, interval: Option<Duration>) {
-    let queue = runtime::create_task_queue(
-        50,
-        runtime::Latency::NotImportant,
-        &format!("anti-entropy-{}", core.index()),
-    );
     runtime::spawn_detached_into(
         async move {
             let jitter = |d: Duration| d.mul_f64(0.8 + 0.4 * rand::random::<f64>());
@@ -157,15 +168,24 @@ pub fn run_anti_entropy(core: Core, interval: Option<Duration>) {
                 tracing::debug!(core = core.index(), ?report, "scheduled repair");
             }
         },
-        queue,
+        queue(),
     );
 }
 
-/// A full repair of every range this node holds (`dynacore repair`), shard by shard.
+/// A full repair of every range this node holds (`dynacore repair`), shard by shard, in the
+/// anti-entropy queue.
 pub async fn repair_all(core: &Core) -> RepairReport {
-    let cluster = core.cluster();
-    let jobs = exchange::ranges_held(&cluster);
-    repair_jobs(core, &cluster, jobs).await
+    let core = core.clone();
+    runtime::spawn_detached_into(
+        async move {
+            let cluster = core.cluster();
+            let jobs = exchange::ranges_held(&cluster);
+            repair_jobs(&core, &cluster, jobs).await
+        },
+        queue(),
+    )
+    .await
+    .unwrap_or_default()
 }
 
 /// A full repair of `jobs`: per local shard (waiting for its exchange slot), two passes of
@@ -413,12 +433,7 @@ async fn exchange_with(
             .flat_map(|iv| exchange::split(iv, exchange::FAN_OUT))
             .collect();
     }
-    if to_list.is_empty() {
-        return Ok((counts, oldest_hint));
-    }
     to_list.sort_unstable();
-    let remote = list_remote(core, addr, &to_list, &mut counts).await?;
-    let local = list_local(core, shard, &to_list).await?;
     let gc_of = |token: u64| {
         let at = gc.partition_point(|(iv, _)| iv.0 <= token);
         at.checked_sub(1)
@@ -426,26 +441,52 @@ async fn exchange_with(
             .filter(|(iv, _)| token <= iv.1)
             .and_then(|(_, before)| before)
     };
-    let mut actions = Vec::new();
-    let keys: HashSet<&Vec<u8>> = local.keys().chain(remote.keys()).collect();
-    counts.compared += keys.len() as u64;
-    for key in keys {
-        let l = local.get(key).map(|s| Side {
-            hash: s.hash,
-            version: &s.version,
-            deleted_at_ms: s.deleted_at_ms,
-        });
-        let r = remote.get(key).map(|s| Side {
-            hash: s.hash,
-            version: &s.version,
-            deleted_at_ms: s.deleted_at_ms,
-        });
-        if let Some(action) = exchange::decide(l, r, gc_of(Token::of(key).0)) {
-            actions.push((key.clone(), action, remote.get(key).map(|s| s.hash)));
+    let mut slice = runtime::CpuSlice::new(SLICE);
+    // A batch of sub-ranges at a time: their keys listed on both sides, compared, repaired.
+    for batch in to_list.chunks(LIST_INTERVALS_PER_REQUEST) {
+        let remote = list_remote(core, addr, batch, &mut counts).await?;
+        let local = list_local(core, shard, batch).await?;
+        let mut actions = Vec::new();
+        let keys: Vec<&Vec<u8>> = local
+            .keys()
+            .chain(remote.keys().filter(|k| !local.contains_key(*k)))
+            .collect();
+        counts.compared += keys.len() as u64;
+        for key in keys {
+            let l = local.get(key).map(|s| Side {
+                hash: s.hash,
+                version: &s.version,
+                deleted_at_ms: s.deleted_at_ms,
+            });
+            let r = remote.get(key).map(|s| Side {
+                hash: s.hash,
+                version: &s.version,
+                deleted_at_ms: s.deleted_at_ms,
+            });
+            if let Some(action) = exchange::decide(l, r, gc_of(Token::of(key).0)) {
+                actions.push((key.clone(), action, remote.get(key).map(|s| s.hash)));
+            }
+            slice.check().await;
+        }
+        counts.divergent += actions.len() as u64;
+        drop((local, remote));
+        repair_keys(core, cluster, peer, actions, &mut counts).await;
+        if core.shared().is_closing() {
+            break;
         }
     }
-    counts.divergent += actions.len() as u64;
-    // Repairs, a few at a time, within the node's budget.
+    Ok((counts, oldest_hint))
+}
+
+/// Repairs divergent keys with `peer`, a few at a time, within the node's budget.
+async fn repair_keys(
+    core: &Core,
+    cluster: &ClusterState,
+    peer: NodeId,
+    actions: Vec<(Vec<u8>, Action, Option<u64>)>,
+    counts: &mut AeCounts,
+) {
+    let cluster = Arc::new(cluster.clone());
     for chunk in actions.chunks(REPAIRS_IN_FLIGHT) {
         let tasks: Vec<_> = chunk
             .iter()
@@ -460,7 +501,7 @@ async fn exchange_with(
             .collect();
         for t in tasks {
             match t.await {
-                Ok(c) => add(&mut counts, c),
+                Ok(c) => add(counts, c),
                 Err(e) => {
                     tracing::debug!(error = %e, "an anti-entropy repair failed; the next exchange retries");
                 }
@@ -470,7 +511,6 @@ async fn exchange_with(
             break;
         }
     }
-    Ok((counts, oldest_hint))
 }
 
 /// Both sides' hashes of `intervals`, and the peer's oldest hint.
@@ -537,7 +577,8 @@ async fn list_remote(
             for k in keys {
                 // A peer's key outside what was asked is ignored.
                 let t = Token::of(&k.key).0;
-                if left.iter().any(|iv| iv.0 <= t && t <= iv.1) {
+                let at = left.partition_point(|iv| iv.0 <= t);
+                if at.checked_sub(1).is_some_and(|i| t <= left[i].1) {
                     out.insert(k.key.clone(), k);
                 }
             }

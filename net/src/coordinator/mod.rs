@@ -33,7 +33,9 @@ mod replicas;
 mod request;
 mod write;
 
-pub use anti_entropy::{repair_all, repair_status, run_anti_entropy, RepairReport};
+pub use anti_entropy::{
+    queue as anti_entropy_queue, repair_all, repair_status, run_anti_entropy, RepairReport,
+};
 pub use exchange::RangeJob;
 pub use handoff::{replay_hints, store_hint};
 pub use read::read;

@@ -890,12 +890,13 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
 async fn tree_hashes(store: &LocalStore, ranges: &[(u64, u64)]) -> Result<TreeAnswer, StoreError> {
     let shard = store.shard();
     let mut hashes = Vec::with_capacity(ranges.len());
+    let mut slice = runtime::CpuSlice::new(Duration::from_micros(500));
     for &(start, end) in ranges {
         match shard.tree_hash(Token(start), Token(end)).await? {
             Some(h) => hashes.push(h),
             None => return Ok(TreeAnswer::Hashes(None)),
         }
-        runtime::yield_if_needed().await;
+        slice.check().await;
     }
     Ok(TreeAnswer::Hashes(Some(hashes)))
 }

@@ -7,6 +7,7 @@ use flatbuffers::FlatBufferBuilder;
 use std::time::Duration;
 
 use dynacore_engine::object;
+use dynacore_runtime as runtime;
 
 use dynacore_proto::reply::{Ballot, KeyStateWire};
 use dynacore_proto::ring::NodeId;
@@ -367,27 +368,25 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
             match req.op_as_tree_hashes() {
                 Some(t) => match token_ranges(core, t.ranges().iter()) {
                     Err(m) => bad(&m),
-                    Ok(ranges) => match core
-                        .execute(ShardOp::TreeHashes { ranges }, timeout)
-                        .await
-                        .into_tree()
-                    {
-                        Ok(TreeAnswer::Hashes(h)) => {
-                            let oldest = core
-                                .shared()
-                                .metrics()
-                                .iter()
-                                .map(crate::metrics::CoreMetrics::oldest_hint_ms)
-                                .filter(|&t| t != 0)
-                                .min()
-                                .unwrap_or(0);
-                            Ok(reply::tree_hashes_answer(id, h.as_deref(), oldest))
+                    Ok(ranges) => {
+                        match in_background(core, ShardOp::TreeHashes { ranges }, timeout).await {
+                            Ok(TreeAnswer::Hashes(h)) => {
+                                let oldest = core
+                                    .shared()
+                                    .metrics()
+                                    .iter()
+                                    .map(crate::metrics::CoreMetrics::oldest_hint_ms)
+                                    .filter(|&t| t != 0)
+                                    .min()
+                                    .unwrap_or(0);
+                                Ok(reply::tree_hashes_answer(id, h.as_deref(), oldest))
+                            }
+                            Ok(TreeAnswer::Keys(_) | TreeAnswer::Check(_)) => {
+                                bad("a core answered another request")
+                            }
+                            Err(e) => Err(store_error(id, &e)),
                         }
-                        Ok(TreeAnswer::Keys(_) | TreeAnswer::Check(_)) => {
-                            bad("a core answered another request")
-                        }
-                        Err(e) => Err(store_error(id, &e)),
-                    },
+                    }
                 },
                 None => bad("tree hashes without fields"),
             },
@@ -402,10 +401,7 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                             0 => TREE_KEYS_MAX,
                             n => (n as usize).min(TREE_KEYS_MAX),
                         };
-                        match core
-                            .execute(ShardOp::TreeKeys { ranges, max }, timeout)
-                            .await
-                            .into_tree()
+                        match in_background(core, ShardOp::TreeKeys { ranges, max }, timeout).await
                         {
                             Ok(TreeAnswer::Keys(keys)) => {
                                 let wire = keys.map(|(keys, more)| {
@@ -476,6 +472,22 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
         op,
         ok,
     }
+}
+
+/// Runs a tree operation for a peer's exchange in this core's anti-entropy queue (low shares),
+/// not in the connection's (the foreground's).
+async fn in_background(
+    core: &Core,
+    op: ShardOp,
+    timeout: Duration,
+) -> Result<TreeAnswer, StoreError> {
+    let core = core.clone();
+    runtime::spawn_detached_into(
+        async move { core.execute(op, timeout).await.into_tree() },
+        coordinator::anti_entropy_queue(),
+    )
+    .await
+    .unwrap_or_else(|| Err(StoreError::Unavailable("the core stopped".into())))
 }
 
 /// Keys one `TreeKeys` answer carries at most.

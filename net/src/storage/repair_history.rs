@@ -226,7 +226,11 @@ impl SharedHistory {
 
     /// Saves the history on a thread of its own if it changed since the last save.
     pub fn save_in_background(&self) {
-        if !self.0.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if !self
+            .0
+            .dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             return;
         }
         let me = self.clone();
@@ -249,7 +253,11 @@ impl SharedHistory {
 
     /// Saves the history now if it changed (at shutdown).
     pub fn save_now(&self) {
-        if self.0.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .0
+            .dirty
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             let _one = self.0.saving.lock();
             if let Err(e) = self.read(RepairHistory::save) {
                 tracing::warn!(error = %e, "saving the repair history failed");
