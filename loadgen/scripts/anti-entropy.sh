@@ -8,13 +8,15 @@
 #    Beside it, the baseline: a full scan of node 1's shards hashing every key
 #    (`POST /admin/verify-trees`, what a repair without kept trees pays on every run).
 # 2. Foreground cost: YCSB A through the SDK at half the maximum the same nodes serve, for
-#    DURATION, once without repair, then again while a repair heals HEAL (100,000) keys written
-#    while node 2 was down. Prints both p99s and their ratio.
+#    DURATION, without repair, then while a repair heals HEAL (100,000) keys written while node 2
+#    was down; ROUNDS (2) times each, alternately. Before each run both nodes flush and compact
+#    (`POST /admin/compact`), so that a run does not inherit a restart's memtable. Prints every
+#    p99 and the ratio of the medians.
 #
 #   loadgen/scripts/anti-entropy.sh [OUT]          # default OUT: target/anti-entropy
 #
-# Settings (environment): RECORDS, DIFF, HEAL, VALUE_SIZE (100), CONNECTIONS (16), DURATION
-# (30s), CORES (1 per node), PORT_BASE (7650). Every server listens on 127.0.0.1 and is stopped
+# Settings (environment): RECORDS, DIFF, HEAL, ROUNDS, VALUE_SIZE (100), CONNECTIONS (16),
+# DURATION (30s), CORES (1 per node), PORT_BASE (7650). Every server listens on 127.0.0.1 and is stopped
 # at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -23,6 +25,7 @@ OUT=${1:-target/anti-entropy}
 RECORDS=${RECORDS:-1000000}
 DIFF=${DIFF:-10}
 HEAL=${HEAL:-100000}
+ROUNDS=${ROUNDS:-2}
 VALUE_SIZE=${VALUE_SIZE:-100}
 CONNECTIONS=${CONNECTIONS:-16}
 DURATION=${DURATION:-30s}
@@ -83,10 +86,13 @@ stop() {
     PIDS[$1]=0
 }
 
-# both_up: node 0 sees both nodes up.
+# both_up: each node sees both in the ring, up and serving (a node still joining does not
+# count for the replication factor yet: writes then would reach one replica only).
 both_up() {
+    local ok='import json,sys; n=[x for x in json.load(sys.stdin)["nodes"] if x.get("in_ring")]; sys.exit(0 if len(n) == 2 and all(x["up"] and x.get("status") == "normal" for x in n) else 1)'
     for _ in $(seq 1 300); do
-        if curl -s "http://$(http 0)/cluster" | python3 -c 'import json,sys; n=json.load(sys.stdin)["nodes"]; sys.exit(0 if sum(1 for x in n if x["up"]) == 2 else 1)' 2>/dev/null; then
+        if curl -s "http://$(http 0)/cluster" | python3 -c "$ok" 2>/dev/null &&
+            curl -s "http://$(http 1)/cluster" | python3 -c "$ok" 2>/dev/null; then
             return 0
         fi
         sleep 0.2
@@ -117,6 +123,12 @@ echo "== load $RECORDS records on both replicas (w=all)"
 "$LOADGEN" "${common[@]}" --records "$RECORDS" --workload a --load --w all \
     --json "$OUT/load.json" >/dev/null
 
+# The replicas identical before the measure: a repair brings in whatever the load left
+# behind, and both scans count the keys.
+curl -s -X POST "http://$(http 0)/admin/repair" >"$OUT/repair-before.json"
+curl -s -X POST "http://$(http 0)/admin/verify-trees" >"$OUT/scan-before-0.json"
+curl -s -X POST "http://$(http 1)/admin/verify-trees" >"$OUT/scan-before-1.json"
+
 echo "== $DIFF keys written while node 1 is down"
 stop 1
 for i in $(seq 1 "$DIFF"); do
@@ -130,31 +142,45 @@ trees_ready 1
 curl -s -X POST "http://$(http 0)/admin/repair" >"$OUT/repair-diff.json"
 curl -s -X POST "http://$(http 0)/admin/verify-trees" >"$OUT/scan.json"
 
-echo "== workload A: closed loop (the maximum), then half of it without repair"
+compact_both() {
+    curl -s -X POST "http://$(http 0)/admin/compact" >/dev/null
+    curl -s -X POST "http://$(http 1)/admin/compact" >/dev/null
+}
+
+echo "== workload A: closed loop (the maximum)"
 "$LOADGEN" "${common[@]}" --records "$RECORDS" --workload a --run --duration 10s \
     --warmup 2s --json "$OUT/a-closed.json" >/dev/null
 rate=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["run"]["all"]["ops_per_s"]) // 2)' "$OUT/a-closed.json")
-"$LOADGEN" "${common[@]}" --records "$RECORDS" --workload a --run --duration "$DURATION" \
-    --warmup 2s --rate "$rate" --json "$OUT/a-open-quiet.json" --hdr "$OUT/a-open-quiet.hgrm" >/dev/null
-
-echo "== $HEAL keys written while node 1 is down; workload A at $rate ops/s while they are repaired"
-stop 1
-"$LOADGEN" --driver native --target "$(binary 0)" --value-size "$VALUE_SIZE" \
-    --connections "$CONNECTIONS" --quiet --records "$HEAL" --key-prefix heal --workload a \
-    --load --w 1 --json "$OUT/heal-load.json" >/dev/null
-start 1
-both_up
-trees_ready 1
-( sleep 2; curl -s -X POST "http://$(http 0)/admin/repair" >"$OUT/repair-heal.json" ) &
-repair=$!
-"$LOADGEN" "${common[@]}" --records "$RECORDS" --workload a --run --duration "$DURATION" \
-    --warmup 2s --rate "$rate" --json "$OUT/a-open-repair.json" --hdr "$OUT/a-open-repair.hgrm" >/dev/null
-wait "$repair"
+for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round: workload A at $rate ops/s without repair"
+    compact_both
+    "$LOADGEN" "${common[@]}" --records "$RECORDS" --workload a --run --duration "$DURATION" \
+        --warmup 2s --rate "$rate" --json "$OUT/a-open-quiet-$round.json" \
+        --hdr "$OUT/a-open-quiet-$round.hgrm" >/dev/null
+    echo "== round $round: $HEAL keys written while node 1 is down; workload A at $rate ops/s while they are repaired"
+    stop 1
+    "$LOADGEN" --driver native --target "$(binary 0)" --value-size "$VALUE_SIZE" \
+        --connections "$CONNECTIONS" --quiet --records "$HEAL" --key-prefix "heal$round" \
+        --workload a --load --w 1 --json "$OUT/heal-load-$round.json" >/dev/null
+    start 1
+    both_up
+    trees_ready 1
+    compact_both
+    ( sleep 2; curl -s -X POST "http://$(http 0)/admin/repair" >"$OUT/repair-heal-$round.json" ) &
+    repair=$!
+    "$LOADGEN" "${common[@]}" --records "$RECORDS" --workload a --run --duration "$DURATION" \
+        --warmup 2s --rate "$rate" --json "$OUT/a-open-repair-$round.json" \
+        --hdr "$OUT/a-open-repair-$round.hgrm" >/dev/null
+    wait "$repair"
+done
 
 echo
-python3 - "$OUT" "$RECORDS" "$DIFF" "$HEAL" "$rate" <<'PY'
-import json, sys
-out, records, diff, heal, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+python3 - "$OUT" "$RECORDS" "$DIFF" "$HEAL" "$rate" "$ROUNDS" <<'PY'
+import json, sys, statistics
+out, records, diff, heal, rate, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+before = json.load(open(f"{out}/repair-before.json"))
+counts = [sum(c["keys"] for c in json.load(open(f"{out}/scan-before-{i}.json"))["cores"]) for i in (0, 1)]
+print(f"before: keys on the replicas {counts[0]} and {counts[1]}; a first repair found {before['keys_divergent']} divergent")
 r = json.load(open(f"{out}/repair-diff.json"))
 scan = json.load(open(f"{out}/scan.json"))
 scan_ms = max(c["ms"] for c in scan["cores"])
@@ -165,13 +191,16 @@ print(f"  repair: {r['ms']} ms, {r['bytes']} bytes ({r['bytes'] / 1024:.1f} KiB)
       f"{r['ranges_repaired']}/{r['ranges']} ranges repaired")
 print(f"  baseline, a full scan hashing every key of node 1 ({keys} keys): {scan_ms} ms")
 print(f"  repair time / full scan time: {r['ms'] / max(scan_ms, 1):.3f}")
-q = json.load(open(f"{out}/a-open-quiet.json"))["run"]["all"]
-w = json.load(open(f"{out}/a-open-repair.json"))["run"]["all"]
-h = json.load(open(f"{out}/repair-heal.json"))
-print(f"Foreground cost: workload A at {rate} ops/s (half the closed-loop maximum)")
-print(f"  without repair: p50 {q['p50_us']} us, p99 {q['p99_us']} us, {q['ops_per_s']:.0f} ops/s")
-print(f"  with a repair healing {heal} keys ({h['keys_repaired']} repaired in {h['ms']} ms, "
-      f"{h['ranges_repaired']}/{h['ranges']} ranges): p50 {w['p50_us']} us, p99 {w['p99_us']} us, {w['ops_per_s']:.0f} ops/s")
-print(f"  p99 with repair / without: {w['p99_us'] / max(q['p99_us'], 1):.2f}")
+print(f"Foreground cost: workload A at {rate} ops/s (half the closed-loop maximum), {rounds} rounds")
+quiet, busy = [], []
+for i in range(1, rounds + 1):
+    q = json.load(open(f"{out}/a-open-quiet-{i}.json"))["run"]["all"]
+    w = json.load(open(f"{out}/a-open-repair-{i}.json"))["run"]["all"]
+    h = json.load(open(f"{out}/repair-heal-{i}.json"))
+    quiet.append(q["p99_us"]); busy.append(w["p99_us"])
+    print(f"  round {i} without repair: p50 {q['p50_us']} us, p99 {q['p99_us']} us, {q['ops_per_s']:.0f} ops/s")
+    print(f"  round {i} with a repair healing {heal} keys ({h['keys_repaired']} repaired in {h['ms']} ms, "
+          f"{h['ranges_repaired']}/{h['ranges']} ranges): p50 {w['p50_us']} us, p99 {w['p99_us']} us, {w['ops_per_s']:.0f} ops/s")
+print(f"  p99 with repair / without (medians): {statistics.median(busy) / max(statistics.median(quiet), 1):.2f}")
 PY
 echo "reports: $OUT"

@@ -43,7 +43,7 @@ fn config(dir: &Path) -> String {
     let path = dir.join("node.toml");
     std::fs::write(
         &path,
-        format!("purge_gate = \"grace\"\ntombstone_grace_s = {GRACE_S}\n"),
+        format!("tombstone_gc = \"grace\"\ntombstone_grace_s = {GRACE_S}\n"),
     )
     .expect("config");
     path.to_str().expect("utf-8").to_owned()

@@ -933,7 +933,7 @@ fn an_operators_compaction_purges_deletes_only_after_their_grace() {
     std::fs::write(
         &config,
         format!(
-            "purge_gate = \"grace\"\ntombstone_grace_s = {}\n",
+            "tombstone_gc = \"grace\"\ntombstone_grace_s = {}\n",
             GRACE.as_secs()
         ),
     )

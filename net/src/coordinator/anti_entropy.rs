@@ -212,6 +212,10 @@ async fn repair_jobs(
             }
             runtime::sleep(Duration::from_millis(100)).await;
         }
+        // Slow start: an exchange begins at an eighth of the budget, which grows by a quarter per
+        // window while the foreground's p99 holds (`ForegroundSampler`).
+        core.shared()
+            .repair_budget(|b| b.set_factor(b.factor().min(0.125)));
         let done = repair_shard(core, cluster, shard, &jobs, &mut report).await;
         core.shared().end_exchange(shard);
         // Ranges every replica took part in, with the oldest hint any of them holds.
@@ -464,6 +468,7 @@ async fn exchange_with(
                 deleted_at_ms: s.deleted_at_ms,
             });
             if let Some(action) = exchange::decide(l, r, gc_of(Token::of(key).0)) {
+                tracing::trace!(key = %String::from_utf8_lossy(key), ?action, local = l.is_some(), remote = r.is_some(), "divergent key");
                 actions.push((key.clone(), action, remote.get(key).map(|s| s.hash)));
             }
             slice.check().await;
@@ -574,6 +579,12 @@ async fn list_remote(
                 return Err(ExchangeError::NotReady);
             };
             let last = keys.last().map(|k| Token::of(&k.key).0);
+            tracing::trace!(
+                intervals = left.len(),
+                keys = keys.len(),
+                more,
+                "listed a peer's keys"
+            );
             for k in keys {
                 // A peer's key outside what was asked is ignored.
                 let t = Token::of(&k.key).0;
@@ -622,6 +633,12 @@ async fn list_local(
                 }
             };
             let last = keys.last().map(|k| k.token.0);
+            tracing::trace!(
+                intervals = left.len(),
+                keys = keys.len(),
+                more,
+                "listed own keys"
+            );
             for k in keys {
                 out.insert(k.key.clone(), k);
             }

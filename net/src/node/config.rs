@@ -632,6 +632,50 @@ mod tests {
     }
 
     #[test]
+    fn purge_and_anti_entropy_settings() {
+        let c = NodeConfig::default();
+        assert_eq!(
+            c.purge.gate,
+            PurgeGate::Repair,
+            "repair-based purges by default"
+        );
+        assert_eq!(c.anti_entropy.interval, Some(Duration::from_secs(600)));
+        let c = NodeConfig::build(
+            Some(
+                "tombstone_gc = \"grace\"\ntombstone_grace_s = 5\ntombstone_gc_propagation_delay_s = 7\n\
+                 anti_entropy_interval_s = 0\nanti_entropy_keys_per_s = 10\nanti_entropy_mib_per_s = 2\n\
+                 hash_tree_leaf_bits = 12\n",
+            ),
+            &Overrides::default(),
+        )
+        .expect("settings");
+        assert_eq!(c.purge.gate, PurgeGate::Grace);
+        assert_eq!(c.purge.grace, Duration::from_secs(5));
+        assert_eq!(c.purge.propagation_delay, Duration::from_secs(7));
+        assert_eq!(
+            c.anti_entropy,
+            AntiEntropyConfig {
+                interval: None,
+                keys_per_s: 10,
+                bytes_per_s: 2 << 20,
+                leaf_bits: 12,
+            }
+        );
+        // The older name of the setting still works.
+        let c = NodeConfig::build(Some("purge_gate = \"repair\""), &Overrides::default())
+            .expect("purge_gate");
+        assert_eq!(c.purge.gate, PurgeGate::Repair);
+        let bad = |file: &str| {
+            NodeConfig::build(Some(file), &Overrides::default())
+                .expect_err(file)
+                .0
+        };
+        assert!(bad("tombstone_gc = \"never\"").contains("tombstone_gc must be"));
+        assert!(bad("hash_tree_leaf_bits = 30").contains("hash_tree_leaf_bits"));
+        assert!(bad("anti_entropy_keys_per_s = 0").contains("anti_entropy_keys_per_s"));
+    }
+
+    #[test]
     fn bad_settings_are_clear_errors() {
         let bad = |file: &str| {
             NodeConfig::build(Some(file), &Overrides::default())
