@@ -7,37 +7,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::{dynacore, http, start, start_at, temp_dir, HttpResponse, Node, BOUND};
+use common::{dynacore, http, ring_up, start, start_at, temp_dir, wait_until, HttpResponse, Node};
 
 /// The purge rule named explicitly, with a grace short enough for a test.
 const GRACE_S: u64 = 2;
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + BOUND;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// (ring nodes, of which up) as `http_addr` sees them.
-fn ring_up(http_addr: SocketAddr) -> (usize, usize) {
-    let c = http(http_addr, "GET", "/cluster", &[], b"").json();
-    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
-    let ring: Vec<_> = nodes
-        .iter()
-        .filter(|n| n["in_ring"].as_bool() == Some(true))
-        .collect();
-    let up = ring
-        .iter()
-        .filter(|n| n["up"].as_bool() == Some(true))
-        .count();
-    (ring.len(), up)
-}
 
 fn config(dir: &Path) -> String {
     let path = dir.join("node.toml");

@@ -13,34 +13,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{dynacore, http, metric_sum, start, start_at, temp_dir, HttpConn, Node};
-
-fn wait_until(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + bound;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// (ring nodes, of which up) as `http_addr` sees them.
-fn ring_up(http_addr: SocketAddr) -> (usize, usize) {
-    let c = http(http_addr, "GET", "/cluster", &[], b"").json();
-    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
-    let ring: Vec<_> = nodes
-        .iter()
-        .filter(|n| n["in_ring"].as_bool() == Some(true))
-        .collect();
-    let up = ring
-        .iter()
-        .filter(|n| n["up"].as_bool() == Some(true))
-        .count();
-    (ring.len(), up)
-}
+use common::{
+    dynacore, http, metric_sum, ring_up, start, start_at, temp_dir, wait_within, HttpConn, Node,
+};
 
 fn all_up(nodes: &[&Node]) {
     for n in nodes {
-        wait_until(
+        wait_within(
             &format!("{} sees 3 ring nodes up", n.http),
             Duration::from_secs(60),
             || ring_up(n.http) == (3, 3),
@@ -77,6 +56,18 @@ fn three(dir: &Path, config: &str) -> (Node, Node, Node) {
     );
     all_up(&[&a, &b, &c]);
     (a, b, c)
+}
+
+/// Node 3 started again at its addresses `at`, on its data, joining through `a`.
+fn restart_third(dir: &Path, config: &str, a: &Node, at: (SocketAddr, SocketAddr)) -> Node {
+    let seed = a.addr.to_string();
+    start_at(
+        at.0,
+        at.1,
+        &dir.join("c"),
+        2,
+        &["--config", config, "--seeds", &seed, "--node-id", IDS[2]],
+    )
 }
 
 /// `node`'s own copy of `key` as `/internal/local` shows it (`None`: it holds none).
@@ -145,7 +136,7 @@ fn divergence_heals_without_reads_streaming_only_what_diverged() {
     }
     let (c_addr, c_http) = (c.addr, c.http);
     drop(c); // SIGKILL
-    wait_until("node 1 sees node 3 down", Duration::from_secs(60), || {
+    wait_within("node 1 sees node 3 down", Duration::from_secs(60), || {
         ring_up(a.http) == (3, 2)
     });
     let mut cb = HttpConn::open(b.http);
@@ -158,20 +149,7 @@ fn divergence_heals_without_reads_streaming_only_what_diverged() {
         delete(conn, &format!("old-{i}"), "");
     }
     let started = Instant::now();
-    let c = start_at(
-        c_addr,
-        c_http,
-        &dir.path().join("c"),
-        2,
-        &[
-            "--config",
-            &config,
-            "--seeds",
-            &a.addr.to_string(),
-            "--node-id",
-            IDS[2],
-        ],
-    );
+    let c = restart_third(dir.path(), &config, &a, (c_addr, c_http));
     let keys: Vec<String> = (0..new_keys)
         .map(|i| format!("new-{i}"))
         .chain((0..deletes).map(|i| format!("old-{i}")))
@@ -179,7 +157,7 @@ fn divergence_heals_without_reads_streaming_only_what_diverged() {
     let mut cc = HttpConn::open(c.http);
     // Every key's copy on node 3 equals node 1's (deleted keys: no live value).
     let mut pending: Vec<&String> = keys.iter().collect();
-    wait_until(
+    wait_within(
         "node 3's copies equal node 1's",
         Duration::from_secs(120),
         || {
@@ -232,7 +210,7 @@ fn a_tombstone_waits_for_a_full_repair_with_every_replica_and_stays_deleted_afte
     }
     let (c_addr, c_http) = (c.addr, c.http);
     drop(c); // down during the deletes
-    wait_until("node 1 sees node 3 down", Duration::from_secs(60), || {
+    wait_within("node 1 sees node 3 down", Duration::from_secs(60), || {
         ring_up(a.http) == (3, 2)
     });
     for i in 0..20 {
@@ -271,20 +249,7 @@ fn a_tombstone_waits_for_a_full_repair_with_every_replica_and_stays_deleted_afte
     }
     assert!(sum(&[&a, &b], "dynacore_tombstones_kept_unrepaired_total") >= 20);
     // Node 3 returns with its old values; a full repair with every replica runs.
-    let c = start_at(
-        c_addr,
-        c_http,
-        &dir.path().join("c"),
-        2,
-        &[
-            "--config",
-            &config,
-            "--seeds",
-            &a.addr.to_string(),
-            "--node-id",
-            IDS[2],
-        ],
-    );
+    let c = restart_third(dir.path(), &config, &a, (c_addr, c_http));
     all_up(&[&a, &b, &c]);
     let mut cc = HttpConn::open(c.http);
     assert!(
@@ -292,7 +257,7 @@ fn a_tombstone_waits_for_a_full_repair_with_every_replica_and_stays_deleted_afte
         "node 3 missed the delete"
     );
     let mut report = serde_json::Value::Null;
-    wait_until("a full repair completes", Duration::from_secs(60), || {
+    wait_within("a full repair completes", Duration::from_secs(60), || {
         let out = dynacore()
             .args(["repair", "--addr", &a.http.to_string()])
             .output()

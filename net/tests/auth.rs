@@ -12,17 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{
     closed, framed, framed_as_peer, http, raw_conn, read_frame, read_frame_as_peer, start,
-    temp_dir, try_start, write_secret, BOUND,
+    temp_dir, try_start, wait_until, write_secret,
 };
 use dynacore_proto::{build, fb, parse_response, ClusterKey, Domain};
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + BOUND;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Nodes in `http_addr`'s ring.
 fn ring_nodes(http_addr: SocketAddr) -> usize {

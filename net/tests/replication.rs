@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{http, metric_sum, start, temp_dir, HttpResponse, Node, BOUND};
+use common::{http, metric_sum, ring_up, start, temp_dir, wait_until, HttpResponse, Node};
 
 /// Starts three nodes (the first with two cores) joined through the first, and waits until
 /// each sees all three in its ring, up.
@@ -27,29 +26,6 @@ fn three(dir: &Path, extra: &[&str]) -> Vec<Node> {
         });
     }
     nodes
-}
-
-/// (ring nodes, of which up) as `http_addr` sees them.
-fn ring_up(http_addr: SocketAddr) -> (usize, usize) {
-    let c = http(http_addr, "GET", "/cluster", &[], b"").json();
-    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
-    let ring: Vec<_> = nodes
-        .iter()
-        .filter(|n| n["in_ring"].as_bool() == Some(true))
-        .collect();
-    let up = ring
-        .iter()
-        .filter(|n| n["up"].as_bool() == Some(true))
-        .count();
-    (ring.len(), up)
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + BOUND;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn put(node: &Node, key: &str, value: &str, query: &str) -> HttpResponse {

@@ -8,17 +8,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{http, start, temp_dir, HttpResponse, Node, BOUND};
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + BOUND;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{http, start, temp_dir, wait_until, HttpResponse, Node};
 
 fn ring_up(http_addr: SocketAddr) -> usize {
     let c = http(http_addr, "GET", "/cluster", &[], b"").json();

@@ -527,3 +527,35 @@ pub fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
+
+/// Waits until `check` holds, polling every 100 ms; fails the test after [`BOUND`].
+pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    wait_within(what, BOUND, check);
+}
+
+/// Waits until `check` holds, polling every 100 ms; fails the test after `bound`.
+pub fn wait_within(what: &str, bound: Duration, mut check: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + bound;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (ring nodes, of which up) as the node at `http_addr` sees them.
+pub fn ring_up(http_addr: SocketAddr) -> (usize, usize) {
+    let c = http(http_addr, "GET", "/cluster", &[], b"").json();
+    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+    let ring: Vec<_> = nodes
+        .iter()
+        .filter(|n| n["in_ring"].as_bool() == Some(true))
+        .collect();
+    let up = ring
+        .iter()
+        .filter(|n| n["up"].as_bool() == Some(true))
+        .count();
+    (ring.len(), up)
+}
