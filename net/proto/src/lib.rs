@@ -34,6 +34,7 @@ mod dynacore_generated;
 /// The schema's generated types (`dynacore.protocol` namespace).
 pub use dynacore_generated::dynacore::protocol as fb;
 
+pub mod allocate;
 pub mod api;
 pub mod auth;
 pub mod build;
@@ -43,6 +44,7 @@ pub mod reply;
 pub mod ring;
 pub mod topology;
 
+pub use allocate::allocate_tokens;
 pub use api::{Conflicts, ErrorCode, KeyCondition, Quorum, ReadRepair, Version};
 pub use auth::{ClusterKey, Domain};
 pub use dynacore_types::{Token, KEY_BYTES_MAX, VALUE_BYTES_MAX};

@@ -86,9 +86,19 @@ impl ShardMap {
     /// If `shards` is 0 (a node has at least one core).
     #[must_use]
     pub fn new(node: NodeId, vnodes: u16, shards: u32) -> ShardMap {
-        let mut tokens: Vec<(Token, u32)> = vnode_tokens(node, vnodes)
-            .into_iter()
-            .map(|t| (t, shard_for_vnode(t, shards)))
+        ShardMap::from_tokens(&vnode_tokens(node, vnodes), shards)
+    }
+
+    /// The map of a node whose own vnodes have `tokens` (derived or allocated) and `shards`
+    /// cores.
+    ///
+    /// # Panics
+    /// If `shards` is 0 (a node has at least one core).
+    #[must_use]
+    pub fn from_tokens(tokens: &[Token], shards: u32) -> ShardMap {
+        let mut tokens: Vec<(Token, u32)> = tokens
+            .iter()
+            .map(|&t| (t, shard_for_vnode(t, shards)))
             .collect();
         tokens.sort_unstable();
         ShardMap { tokens, shards }
@@ -142,11 +152,77 @@ pub struct Vnode {
     pub index: u16,
 }
 
-/// The ring of a membership: every node's vnodes, sorted by token.
+/// The ring of a membership: every node's vnodes, sorted by token, and the rack of each node
+/// (placement puts a key's replicas in distinct racks where there are enough).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
     vnodes: Vec<Vnode>,
     nodes: usize,
+    /// Each node's rack, as an index into `rack_names`; a node not listed is in rack 0 (the
+    /// unnamed one). With fewer than two racks, placement ignores them.
+    racks: BTreeMap<NodeId, u32>,
+    rack_names: Vec<String>,
+}
+
+/// Chooses a token's replicas from the nodes met walking clockwise, as Cassandra's
+/// `NetworkTopologyStrategy` does within one datacenter: while some rack holds no replica yet,
+/// a node of a rack already used is skipped (remembered in order); once every rack holds one,
+/// the skipped nodes come first, then any node met.
+#[derive(Debug)]
+pub(crate) struct Placer {
+    want: usize,
+    racks: usize,
+    pub(crate) out: Vec<NodeId>,
+    skipped: Vec<NodeId>,
+    seen_racks: Vec<u32>,
+}
+
+impl Placer {
+    pub(crate) fn new(want: usize, racks: usize) -> Placer {
+        Placer {
+            want,
+            racks,
+            out: Vec::with_capacity(want),
+            skipped: Vec::new(),
+            seen_racks: Vec::new(),
+        }
+    }
+
+    /// Offers the next node met (of `rack`); `true` once the list is complete.
+    pub(crate) fn offer(&mut self, node: NodeId, rack: u32) -> bool {
+        if self.out.len() >= self.want {
+            return true;
+        }
+        if self.out.contains(&node) || self.skipped.contains(&node) {
+            return false;
+        }
+        if self.racks < 2 || self.seen_racks.len() >= self.racks {
+            self.out.push(node);
+        } else if self.seen_racks.contains(&rack) {
+            self.skipped.push(node);
+        } else {
+            self.out.push(node);
+            self.seen_racks.push(rack);
+            if self.seen_racks.len() == self.racks {
+                let take = self
+                    .want
+                    .saturating_sub(self.out.len())
+                    .min(self.skipped.len());
+                self.out.extend(self.skipped.drain(..take));
+            }
+        }
+        self.out.len() >= self.want
+    }
+
+    /// The list, once the walk is over (skipped nodes last if a rack was never met).
+    pub(crate) fn finish(mut self) -> Vec<NodeId> {
+        let take = self
+            .want
+            .saturating_sub(self.out.len())
+            .min(self.skipped.len());
+        self.out.extend(self.skipped.drain(..take));
+        self.out
+    }
 }
 
 impl Ring {
@@ -173,7 +249,75 @@ impl Ring {
         }
         vnodes.sort_unstable_by_key(|v| (v.token, v.node, v.index));
         let nodes = members.iter().filter(|&&(_, n)| n > 0).count();
-        Ok(Ring { vnodes, nodes })
+        Ok(Ring {
+            vnodes,
+            nodes,
+            racks: BTreeMap::new(),
+            rack_names: Vec::new(),
+        })
+    }
+
+    /// The ring of `members`, each with its own vnode tokens (allocated, or derived); vnode `i`
+    /// of a node is `tokens[i]`. Order does not matter.
+    ///
+    /// # Errors
+    /// [`RingError::Empty`] when there is no token; [`RingError::DuplicateNode`].
+    pub fn from_tokens(members: &[(NodeId, &[Token])]) -> Result<Ring, RingError> {
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        let mut vnodes = Vec::with_capacity(members.iter().map(|(_, t)| t.len()).sum());
+        for &(node, tokens) in members {
+            if !seen.insert(node) {
+                return Err(RingError::DuplicateNode(node));
+            }
+            vnodes.extend(tokens.iter().zip(0u16..).map(|(&token, index)| Vnode {
+                token,
+                node,
+                index,
+            }));
+        }
+        Ring::from_vnodes(vnodes)
+    }
+
+    /// The same ring with each node's rack (`racks`; a node not named is in the unnamed rack
+    /// `""`). With two racks or more, a token's replicas go to distinct racks as far as there
+    /// are racks ([`Ring::preference_list`]).
+    #[must_use]
+    pub fn with_racks(mut self, racks: &BTreeMap<NodeId, String>) -> Ring {
+        let mut names: Vec<String> = vec![String::new()];
+        let mut of = BTreeMap::new();
+        let nodes: std::collections::BTreeSet<NodeId> =
+            self.vnodes.iter().map(|v| v.node).collect();
+        for node in nodes {
+            let name = racks.get(&node).map_or("", String::as_str);
+            let i = names.iter().position(|n| n == name).unwrap_or_else(|| {
+                names.push(name.to_owned());
+                names.len() - 1
+            });
+            of.insert(node, u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        self.racks = of;
+        self.rack_names = names;
+        self
+    }
+
+    /// The rack of `node` (`""` when none was given).
+    #[must_use]
+    pub fn rack(&self, node: NodeId) -> &str {
+        let i = self.rack_index(node) as usize;
+        self.rack_names.get(i).map_or("", String::as_str)
+    }
+
+    pub(crate) fn rack_index(&self, node: NodeId) -> u32 {
+        self.racks.get(&node).copied().unwrap_or(0)
+    }
+
+    /// How many distinct racks the ring's nodes are in (1 when none was named).
+    #[must_use]
+    pub fn rack_count(&self) -> usize {
+        let mut used: Vec<u32> = self.racks.values().copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        used.len().max(1)
     }
 
     /// A ring of one vnode of node 0, standing in until a real membership is known (no view
@@ -187,6 +331,8 @@ impl Ring {
                 index: 0,
             }],
             nodes: 1,
+            racks: BTreeMap::new(),
+            rack_names: Vec::new(),
         }
     }
 
@@ -240,22 +386,28 @@ impl Ring {
     }
 
     /// The first `rf` distinct nodes clockwise from `token`'s vnode (fewer if the ring has fewer
-    /// nodes), primary first.
+    /// nodes), primary first; with two racks or more, in distinct racks as far as there are
+    /// racks ([`Ring::with_racks`]).
     #[must_use]
     pub fn preference_list(&self, token: Token, rf: usize) -> Vec<NodeId> {
+        self.preference_list_at(self.owner_position(token), rf)
+    }
+
+    /// The preference list of the range of the vnode at position `i` (see
+    /// [`Ring::preference_list`]).
+    #[must_use]
+    pub fn preference_list_at(&self, start: usize, rf: usize) -> Vec<NodeId> {
         let want = rf.min(self.nodes);
-        let mut out = Vec::with_capacity(want);
-        let start = self.owner_position(token);
+        let racks = self.rack_count();
+        let mut placer = Placer::new(want, racks);
         for step in 0..self.vnodes.len() {
-            if out.len() == want {
+            let node = self.vnodes[(start + step) % self.vnodes.len()].node;
+            let rack = if racks > 1 { self.rack_index(node) } else { 0 };
+            if placer.offer(node, rack) {
                 break;
             }
-            let node = self.vnodes[(start + step) % self.vnodes.len()].node;
-            if !out.contains(&node) {
-                out.push(node);
-            }
         }
-        out
+        placer.finish()
     }
 
     /// The ring of explicit vnodes (as a topology response lists them). Order does not matter.
@@ -273,7 +425,22 @@ impl Ring {
         Ok(Ring {
             vnodes,
             nodes: nodes.len(),
+            racks: BTreeMap::new(),
+            rack_names: Vec::new(),
         })
+    }
+
+    /// Each node's own vnode tokens, in vnode index order.
+    #[must_use]
+    pub fn tokens_of(&self, node: NodeId) -> Vec<Token> {
+        let mut own: Vec<(u16, Token)> = self
+            .vnodes
+            .iter()
+            .filter(|v| v.node == node)
+            .map(|v| (v.index, v.token))
+            .collect();
+        own.sort_unstable();
+        own.into_iter().map(|(_, t)| t).collect()
     }
 
     /// Each node's vnode count.
@@ -311,6 +478,37 @@ impl Ring {
             *out.entry(v.node).or_insert(0) += self.owned(i);
         }
         out
+    }
+
+    /// Tokens each node holds a replica of with `rf` replicas per key (its replicated
+    /// ownership: the ranges it is primary for and those it is a further replica of).
+    #[must_use]
+    pub fn replicated_ownership(&self, rf: usize) -> BTreeMap<NodeId, u128> {
+        let mut out: BTreeMap<NodeId, u128> = BTreeMap::new();
+        for (i, v) in self.vnodes.iter().enumerate() {
+            out.entry(v.node).or_insert(0);
+            let owned = self.owned(i);
+            for node in self.preference_list_at(i, rf) {
+                *out.entry(node).or_insert(0) += owned;
+            }
+        }
+        out
+    }
+
+    /// Replicated ownership balance with `rf` replicas: the most loaded node's replicated
+    /// ownership over the mean (1.0 is perfect).
+    #[must_use]
+    pub fn replicated_balance(&self, rf: usize) -> f64 {
+        let owned = self.replicated_ownership(rf);
+        let max = owned.values().copied().max().unwrap_or(0);
+        let total: u128 = owned.values().sum();
+        #[allow(clippy::cast_precision_loss)]
+        let (max, total, n) = (max as f64, total as f64, owned.len().max(1) as f64);
+        if total == 0.0 {
+            1.0
+        } else {
+            max / (total / n)
+        }
     }
 
     /// Ownership balance: the largest node's primary token range over the mean (1.0 is perfect).
