@@ -40,6 +40,8 @@ const PRIMARY_WEIGHT: f64 = 0.25;
 const UNIT_WEIGHT: f64 = 64.0;
 /// Where a candidate splits its range, in quarters of the span.
 const SPLITS: [u64; 3] = [2, 1, 3];
+/// How many ranges are first evaluated as candidates at most.
+const CANDIDATE_RANGES_MAX: usize = 16_384;
 /// Ranges before a split whose gain is evaluated again after it (in replica walks: the ranges
 /// whose walk may cross the split, with room to spare for racks).
 const NEIGHBOURHOOD: usize = 16;
@@ -68,7 +70,13 @@ pub fn allocate_tokens(
     );
     let mut alloc = Alloc::new(ring, node, rack, rf.max(1), count);
     let mut heap = BinaryHeap::new();
-    for p in 0..alloc.tokens.len() {
+    // Every range of a ring of up to 64 nodes of 256 vnodes is a candidate; of a larger one, an
+    // even sample of that many (a join places a few hundred tokens: thousands of good
+    // candidates are plenty, and a thousand-node ring has a quarter million ranges).
+    let len = alloc.tokens.len();
+    let stride = len.div_ceil(CANDIDATE_RANGES_MAX);
+    let offset = usize::try_from(seed % stride as u64).unwrap_or(0);
+    for p in (offset..len).step_by(stride) {
         alloc.push_candidates(p, &mut heap);
     }
     let mut out = Vec::with_capacity(usize::from(count));

@@ -35,6 +35,8 @@ pub use foca::Timer as MembershipTimer;
 
 /// How often a node with no known member announces itself to its seeds again.
 pub const REANNOUNCE: Duration = Duration::from_secs(2);
+/// Down members a node announces itself to per [`REANNOUNCE`] at most.
+pub const REANNOUNCE_DOWN_MAX: usize = 4;
 /// How often a node re-broadcasts its own metadata.
 pub const REBROADCAST: Duration = Duration::from_secs(30);
 const SIX: NonZeroU8 = match NonZeroU8::new(6) {
@@ -272,6 +274,10 @@ pub struct Membership {
     revision: Rc<Cell<u64>>,
     /// Left the cluster: input is ignored from then on (foca would otherwise rejoin).
     left: bool,
+    /// The cluster size foca's settings were last tuned for.
+    tuned_for: u32,
+    /// Where the next re-announce to down members starts (they take turns).
+    down_cursor: usize,
 }
 
 impl std::fmt::Debug for Membership {
@@ -294,11 +300,7 @@ impl Membership {
             generation: own.generation,
         };
         let cluster = u32::try_from(seeds.len() + 1).unwrap_or(u32::MAX);
-        let mut config = Config::new_lan(NonZeroU32::new(cluster).unwrap_or(NonZeroU32::MIN));
-        // Small clusters: spread each update more than twice, and never forget a down member
-        // (seeds are added as down ones, and must not rot away).
-        config.max_transmissions = config.max_transmissions.max(SIX);
-        config.remove_down_after = None;
+        let config = config_for(cluster);
         let table: MetaTable = Rc::new(RefCell::new(BTreeMap::new()));
         let own_seen = Rc::new(Cell::new((0, 0)));
         let revision = Rc::new(Cell::new(0));
@@ -329,6 +331,20 @@ impl Membership {
             own_seen,
             revision,
             left: false,
+            tuned_for: cluster,
+            down_cursor: 0,
+        }
+    }
+
+    /// Re-tunes foca for the cluster's size when it has changed by half or more since the last
+    /// tuning: how many times an update is spread and how long a suspect has before it is
+    /// declared down grow with the logarithm of the size (foca's LAN settings), so that a
+    /// cluster of a thousand spreads news as surely as one of three.
+    fn retune(&mut self) {
+        let size = u32::try_from(self.foca.num_members() + 1).unwrap_or(u32::MAX);
+        let changed = size > self.tuned_for.saturating_mul(3) / 2 || size < self.tuned_for / 2;
+        if changed && self.foca.set_config(config_for(size)).is_ok() {
+            self.tuned_for = size;
         }
     }
 
@@ -392,9 +408,14 @@ impl Membership {
                 .filter(|&&(id, up)| !up && id.node != 0)
                 .map(|&(id, _)| id)
                 .collect();
-            for id in down {
+            // A few per round, taking turns: after a partition of a large cluster, hundreds are
+            // down, and one announce across is enough to start the healing that gossip spreads.
+            let take = down.len().min(REANNOUNCE_DOWN_MAX);
+            for k in 0..take {
+                let id = down[(self.down_cursor + k) % down.len()];
                 let _ = self.foca.announce(id, &mut self.runtime);
             }
+            self.down_cursor = self.down_cursor.wrapping_add(take);
         } else {
             self.announce_to_seeds();
             // A node with no seed (or whose seeds are gone) finds its way back through the
@@ -471,6 +492,35 @@ impl Membership {
             .collect()
     }
 
+    /// How many members this node holds as up with their current metadata (a cheap count of
+    /// what [`Membership::view`] lists as up and described).
+    #[must_use]
+    pub fn up_with_meta(&self) -> usize {
+        let table = self.table.borrow();
+        self.members
+            .values()
+            .filter(|&&(id, up)| up && id.node != 0 && id.node != self.own.node)
+            .filter(|(id, _)| {
+                table
+                    .get(&id.node)
+                    .is_some_and(|m| m.generation == id.generation)
+            })
+            .count()
+    }
+
+    /// Whether this node holds the member gossiping at `addr` as up, and with its current
+    /// metadata (`None`: never heard of).
+    #[must_use]
+    pub fn sees(&self, addr: SocketAddr) -> Option<(bool, bool)> {
+        let table = self.table.borrow();
+        self.members.get(&addr).map(|&(id, up)| {
+            let meta = table
+                .get(&id.node)
+                .is_some_and(|m| m.generation == id.generation);
+            (up, meta)
+        })
+    }
+
     /// This node's own metadata as it last announced it.
     #[must_use]
     pub fn own(&self) -> &NodeMeta {
@@ -542,6 +592,7 @@ impl Membership {
                 _ => {}
             }
         }
+        self.retune();
         if rebroadcast {
             // Custom broadcasts are spread a few times only: a member that just came up would
             // never learn this node's metadata otherwise.
@@ -555,6 +606,16 @@ impl Membership {
         }
         debug_assert_eq!(self.runtime.backlog(), 0, "the runtime is drained");
     }
+}
+
+/// foca's LAN settings for a cluster of `size`, with two changes: every update is spread at
+/// least six times (small clusters), and a down member is never forgotten (seeds are added as
+/// down ones, and must not rot away).
+fn config_for(size: u32) -> Config {
+    let mut config = Config::new_lan(NonZeroU32::new(size).unwrap_or(NonZeroU32::MIN));
+    config.max_transmissions = config.max_transmissions.max(SIX);
+    config.remove_down_after = None;
+    config
 }
 
 /// A seed's placeholder identity: foca accepts an announce whose destination address matches.

@@ -9,5 +9,6 @@ pub mod gossip;
 pub mod membership;
 pub mod replication;
 pub mod ring_book;
+pub mod simulation;
 
 pub use ring_book::{ClusterState, PeerNode, RingBook, RingMember, SharedCluster, RING_FILE};
