@@ -11,6 +11,7 @@ use dynacore_net::cluster::simulation::{run, SimOptions};
 
 fn main() {
     let mut opts = SimOptions::full();
+    opts.verbose = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |what: &str| -> usize {
@@ -23,7 +24,12 @@ fn main() {
             }
         };
         match arg.as_str() {
-            "--short" => opts = SimOptions::short(),
+            "--short" => {
+                opts = SimOptions {
+                    verbose: true,
+                    ..SimOptions::short()
+                }
+            }
             "--nodes" => opts.nodes = number("--nodes"),
             "--ring-nodes" => opts.ring_nodes = number("--ring-nodes"),
             "--seed" => opts.seed = number("--seed") as u64,

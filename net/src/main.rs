@@ -99,6 +99,41 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout_s: u64,
     },
+    /// Decommission a node (like `nodetool decommission`): it streams its ranges to their next
+    /// owners, leaves the ring and stops. Returns once it started; `dynacore status --http`
+    /// or `GET /cluster` shows the progress.
+    Decommission {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+    },
+    /// Remove a dead node from the ring (like `nodetool removenode`): its ranges are rebuilt
+    /// on their next owners from the surviving replicas, driven by the node at `--addr`.
+    Removenode {
+        /// The dead node's id (16 hex digits, as `dynacore status` shows it).
+        id: String,
+        /// The HTTP address of a live node to drive it.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+    },
+    /// Drop the keys of ranges a node no longer holds (like `nodetool cleanup`), after a join.
+    Cleanup {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+        /// Give up waiting after this many seconds (the cleanup goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
+    },
+    /// Where a key lives (like `nodetool getendpoints`): its replicas, primary first, and its
+    /// pending replicas while ranges move.
+    Endpoints {
+        /// The key.
+        key: String,
+        /// A node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -164,6 +199,50 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Decommission { addr } => print_admin(
+            "decommission",
+            admin_call(addr, "POST", "/admin/decommission", 30),
+        ),
+        Command::Removenode { id, addr } => print_admin(
+            "removenode",
+            admin_call(addr, "POST", &format!("/admin/removenode/{id}"), 30),
+        ),
+        Command::Cleanup { addr, timeout_s } => print_admin(
+            "cleanup",
+            admin_call(addr, "POST", "/admin/cleanup", timeout_s),
+        ),
+        Command::Endpoints { key, addr } => {
+            let path = format!("/cluster/endpoints/{}", percent_encode(&key));
+            match admin_call(addr, "GET", &path, 10) {
+                Ok(body) => {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    for (what, list) in [("replica", &v["replicas"]), ("pending", &v["pending"])] {
+                        for n in list.as_array().into_iter().flatten() {
+                            println!(
+                                "{what} {} {} {}{}",
+                                n["id"].as_str().unwrap_or("?"),
+                                n["binary"].as_str().unwrap_or("?"),
+                                if n["up"].as_bool() == Some(true) {
+                                    "up"
+                                } else {
+                                    "down"
+                                },
+                                n["rack"]
+                                    .as_str()
+                                    .filter(|r| !r.is_empty())
+                                    .map(|r| format!(" rack {r}"))
+                                    .unwrap_or_default(),
+                            );
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dynacore endpoints: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::LocalCluster(args) => {
             ExitCode::from(dynacore_net::node::local_cluster::run(&args))
         }
@@ -257,6 +336,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints an admin call's answer; a refusal exits with 1, an unreachable node with 2.
+fn print_admin(what: &str, answer: Result<String, String>) -> ExitCode {
+    match answer {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dynacore {what}: {e}");
+            if e.contains(" answered ") {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+/// A key as one URL path segment.
+fn percent_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn serve(config: Option<&std::path::Path>, flags: &Overrides) -> ExitCode {
     let text = match config.map(std::fs::read_to_string).transpose() {
         Ok(t) => t,
@@ -331,6 +441,16 @@ where
 /// `POST <path>` to the node at `addr` (`/admin/compact`, `/admin/repair`); its JSON answer,
 /// or why there is none.
 fn admin_post(addr: SocketAddr, path: &str, timeout_s: u64) -> Result<String, String> {
+    admin_call(addr, "POST", path, timeout_s)
+}
+
+/// An HTTP call to a node's admin API; the body of a 2xx answer.
+fn admin_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout_s: u64,
+) -> Result<String, String> {
     use std::io::Read as _;
     let timeout = Duration::from_secs(timeout_s.max(1));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -340,7 +460,7 @@ fn admin_post(addr: SocketAddr, path: &str, timeout_s: u64) -> Result<String, St
         .map_err(|e| e.to_string())?;
     s.write_all(
         format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -352,7 +472,7 @@ fn admin_post(addr: SocketAddr, path: &str, timeout_s: u64) -> Result<String, St
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{addr} answered no HTTP response"))?;
     let status = head.split_whitespace().nth(1).unwrap_or_default();
-    if status == "200" {
+    if status.starts_with('2') {
         Ok(body.trim().to_owned())
     } else {
         Err(format!("{addr} answered {status}: {}", body.trim()))

@@ -149,6 +149,56 @@ impl Shard {
         Ok(Some(out))
     }
 
+    /// The copies of the keys with tokens in `[start, end]` that come after `(token(after),
+    /// after)` (every key when `after` is empty), in `(token, key)` order, deletions and
+    /// expired values included, as replicas hold them (what streaming a range to a new owner
+    /// sends): at most `max_keys` keys and about `max_bytes` bytes of keys and values. The
+    /// second field says whether a bound cut the list short.
+    ///
+    /// # Errors
+    /// A damaged block, a copy that does not decode, or an I/O error.
+    pub async fn range_objects(
+        &self,
+        start: Token,
+        end: Token,
+        after: &[u8],
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Vec<u8>, Object)>, bool)> {
+        let from = if after.is_empty() {
+            start
+        } else {
+            Token::of(after).max(start)
+        };
+        if from > end {
+            return Ok((Vec::new(), false));
+        }
+        let mut cursor = self.raw_cursor(from, end);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut slice = runtime::CpuSlice::new(BACKGROUND_SLICE);
+        while let Some((token, r)) = cursor.next().await? {
+            if !after.is_empty() && (token, r.key.as_slice()) <= (Token::of(after), after) {
+                continue;
+            }
+            if out.len() >= max_keys || (bytes >= max_bytes && !out.is_empty()) {
+                return Ok((out, true));
+            }
+            // The copy as a read of the key gives it (values resolved from the value log).
+            let Some(object) = self.read_object(&r.key).await? else {
+                continue;
+            };
+            bytes += r.key.len()
+                + object
+                    .values()
+                    .map(|v| v.value.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>();
+            out.push((r.key, object));
+            slice.check().await;
+        }
+        Ok((out, false))
+    }
+
     /// The tree folded from a full scan of the shard now (for checks: the live tree must equal
     /// it). `None` if the shard keeps no tree.
     ///

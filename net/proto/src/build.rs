@@ -425,3 +425,39 @@ pub fn paxos_proposal(
         }
     })
 }
+
+/// A `RingSync` request (node to node): the sender's ring book, encoded.
+#[must_use]
+pub fn ring_sync(id: u64, timeout_ms: u32, book: &[u8]) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let book = b.create_vector(book);
+        let r = fb::RingSyncRequest::create(b, &fb::RingSyncRequestArgs { book: Some(book) });
+        (fb::Op::RingSync, r.as_union_value())
+    })
+}
+
+/// A `StreamRange` request (node to node): the receiver's copies of the keys of `range`
+/// (`start..=end`) past `after_key`, at most `max_keys` keys and about `max_bytes` bytes.
+#[must_use]
+pub fn stream_range(
+    id: u64,
+    timeout_ms: u32,
+    range: (u64, u64),
+    after_key: &[u8],
+    max_keys: u32,
+    max_bytes: u32,
+) -> Vec<u8> {
+    request(id, timeout_ms, |b| {
+        let after_key = (!after_key.is_empty()).then(|| b.create_vector(after_key));
+        let r = fb::StreamRangeRequest::create(
+            b,
+            &fb::StreamRangeRequestArgs {
+                range: Some(&fb::TokenRange::new(range.0, range.1)),
+                after_key,
+                max_keys,
+                max_bytes,
+            },
+        );
+        (fb::Op::StreamRange, r.as_union_value())
+    })
+}

@@ -373,10 +373,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for KeyCondition {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_OP: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 13;
+pub const ENUM_MAX_OP: u8 = 15;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 14] = [
+pub const ENUM_VALUES_OP: [Op; 16] = [
   Op::NONE,
   Op::Get,
   Op::Put,
@@ -391,6 +391,8 @@ pub const ENUM_VALUES_OP: [Op; 14] = [
   Op::TreeHashes,
   Op::TreeKeys,
   Op::Repaired,
+  Op::RingSync,
+  Op::StreamRange,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -412,9 +414,11 @@ impl Op {
   pub const TreeHashes: Self = Self(11);
   pub const TreeKeys: Self = Self(12);
   pub const Repaired: Self = Self(13);
+  pub const RingSync: Self = Self(14);
+  pub const StreamRange: Self = Self(15);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 15;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -430,6 +434,8 @@ impl Op {
     Self::TreeHashes,
     Self::TreeKeys,
     Self::Repaired,
+    Self::RingSync,
+    Self::StreamRange,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -448,6 +454,8 @@ impl Op {
       Self::TreeHashes => Some("TreeHashes"),
       Self::TreeKeys => Some("TreeKeys"),
       Self::Repaired => Some("Repaired"),
+      Self::RingSync => Some("RingSync"),
+      Self::StreamRange => Some("StreamRange"),
       _ => None,
     }
   }
@@ -707,10 +715,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for NodeState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY: u8 = 12;
+pub const ENUM_MAX_REPLY: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY: [Reply; 13] = [
+pub const ENUM_VALUES_REPLY: [Reply; 15] = [
   Reply::NONE,
   Reply::Get,
   Reply::Put,
@@ -724,6 +732,8 @@ pub const ENUM_VALUES_REPLY: [Reply; 13] = [
   Reply::TreeHashes,
   Reply::TreeKeys,
   Reply::Repaired,
+  Reply::RingSync,
+  Reply::StreamRange,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -744,9 +754,11 @@ impl Reply {
   pub const TreeHashes: Self = Self(10);
   pub const TreeKeys: Self = Self(11);
   pub const Repaired: Self = Self(12);
+  pub const RingSync: Self = Self(13);
+  pub const StreamRange: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -761,6 +773,8 @@ impl Reply {
     Self::TreeHashes,
     Self::TreeKeys,
     Self::Repaired,
+    Self::RingSync,
+    Self::StreamRange,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -778,6 +792,8 @@ impl Reply {
       Self::TreeHashes => Some("TreeHashes"),
       Self::TreeKeys => Some("TreeKeys"),
       Self::Repaired => Some("Repaired"),
+      Self::RingSync => Some("RingSync"),
+      Self::StreamRange => Some("StreamRange"),
       _ => None,
     }
   }
@@ -3065,6 +3081,251 @@ impl ::core::fmt::Debug for RepairedRequest<'_> {
       ds.finish()
   }
 }
+pub enum RingSyncRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RingSyncRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RingSyncRequest<'a> {
+  type Inner = RingSyncRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RingSyncRequest<'a> {
+  pub const VT_BOOK: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RingSyncRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RingSyncRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RingSyncRequest<'bldr>> {
+    let mut builder = RingSyncRequestBuilder::new(_fbb);
+    if let Some(x) = args.book { builder.add_book(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn book(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RingSyncRequest::VT_BOOK, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RingSyncRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("book", Self::VT_BOOK, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RingSyncRequestArgs<'a> {
+    pub book: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RingSyncRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RingSyncRequestArgs {
+      book: None, // required field
+    }
+  }
+}
+
+pub struct RingSyncRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RingSyncRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_book(&mut self, book: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RingSyncRequest::VT_BOOK, book);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RingSyncRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RingSyncRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RingSyncRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, RingSyncRequest::VT_BOOK,"book");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RingSyncRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RingSyncRequest");
+      ds.field("book", &self.book());
+      ds.finish()
+  }
+}
+pub enum StreamRangeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct StreamRangeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamRangeRequest<'a> {
+  type Inner = StreamRangeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamRangeRequest<'a> {
+  pub const VT_RANGE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_AFTER_KEY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MAX_KEYS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamRangeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamRangeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamRangeRequest<'bldr>> {
+    let mut builder = StreamRangeRequestBuilder::new(_fbb);
+    builder.add_max_bytes(args.max_bytes);
+    builder.add_max_keys(args.max_keys);
+    if let Some(x) = args.after_key { builder.add_after_key(x); }
+    if let Some(x) = args.range { builder.add_range(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn range(&self) -> &'a TokenRange {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<TokenRange>(StreamRangeRequest::VT_RANGE, None).unwrap()}
+  }
+  #[inline]
+  pub fn after_key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamRangeRequest::VT_AFTER_KEY, None)}
+  }
+  #[inline]
+  pub fn max_keys(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(StreamRangeRequest::VT_MAX_KEYS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn max_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(StreamRangeRequest::VT_MAX_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamRangeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<TokenRange>("range", Self::VT_RANGE, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("after_key", Self::VT_AFTER_KEY, false)?
+     .visit_field::<u32>("max_keys", Self::VT_MAX_KEYS, false)?
+     .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamRangeRequestArgs<'a> {
+    pub range: Option<&'a TokenRange>,
+    pub after_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub max_keys: u32,
+    pub max_bytes: u32,
+}
+impl<'a> Default for StreamRangeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamRangeRequestArgs {
+      range: None, // required field
+      after_key: None,
+      max_keys: 0,
+      max_bytes: 0,
+    }
+  }
+}
+
+pub struct StreamRangeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamRangeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_range(&mut self, range: &TokenRange) {
+    self.fbb_.push_slot_always::<&TokenRange>(StreamRangeRequest::VT_RANGE, range);
+  }
+  #[inline]
+  pub fn add_after_key(&mut self, after_key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamRangeRequest::VT_AFTER_KEY, after_key);
+  }
+  #[inline]
+  pub fn add_max_keys(&mut self, max_keys: u32) {
+    self.fbb_.push_slot::<u32>(StreamRangeRequest::VT_MAX_KEYS, max_keys, 0);
+  }
+  #[inline]
+  pub fn add_max_bytes(&mut self, max_bytes: u32) {
+    self.fbb_.push_slot::<u32>(StreamRangeRequest::VT_MAX_BYTES, max_bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamRangeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamRangeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamRangeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, StreamRangeRequest::VT_RANGE,"range");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamRangeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamRangeRequest");
+      ds.field("range", &self.range());
+      ds.field("after_key", &self.after_key());
+      ds.field("max_keys", &self.max_keys());
+      ds.field("max_bytes", &self.max_bytes());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3323,6 +3584,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_ring_sync(&self) -> Option<RingSyncRequest<'a>> {
+    if self.op_type() == Op::RingSync {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { RingSyncRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_stream_range(&self) -> Option<StreamRangeRequest<'a>> {
+    if self.op_type() == Op::StreamRange {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { StreamRangeRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3348,6 +3637,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::TreeHashes => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeHashesRequest>>("Op::TreeHashes", pos),
           Op::TreeKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeKeysRequest>>("Op::TreeKeys", pos),
           Op::Repaired => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairedRequest>>("Op::Repaired", pos),
+          Op::RingSync => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RingSyncRequest>>("Op::RingSync", pos),
+          Op::StreamRange => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamRangeRequest>>("Op::StreamRange", pos),
           _ => Ok(()),
         }
      })?
@@ -3510,6 +3801,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Repaired => {
           if let Some(x) = self.op_as_repaired() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::RingSync => {
+          if let Some(x) = self.op_as_ring_sync() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::StreamRange => {
+          if let Some(x) = self.op_as_stream_range() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -5529,6 +5834,348 @@ impl ::core::fmt::Debug for RepairedResponse<'_> {
       ds.finish()
   }
 }
+pub enum RingSyncResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RingSyncResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RingSyncResponse<'a> {
+  type Inner = RingSyncResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RingSyncResponse<'a> {
+  pub const VT_BOOK: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RingSyncResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RingSyncResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RingSyncResponse<'bldr>> {
+    let mut builder = RingSyncResponseBuilder::new(_fbb);
+    if let Some(x) = args.book { builder.add_book(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn book(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RingSyncResponse::VT_BOOK, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RingSyncResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("book", Self::VT_BOOK, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RingSyncResponseArgs<'a> {
+    pub book: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RingSyncResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RingSyncResponseArgs {
+      book: None, // required field
+    }
+  }
+}
+
+pub struct RingSyncResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RingSyncResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_book(&mut self, book: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RingSyncResponse::VT_BOOK, book);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RingSyncResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RingSyncResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RingSyncResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, RingSyncResponse::VT_BOOK,"book");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RingSyncResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RingSyncResponse");
+      ds.field("book", &self.book());
+      ds.finish()
+  }
+}
+pub enum StreamEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct StreamEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamEntry<'a> {
+  type Inner = StreamEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamEntry<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamEntry<'bldr>> {
+    let mut builder = StreamEntryBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamEntry::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamEntry::VT_VERSION, None).unwrap()}
+  }
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(StreamEntry::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamEntryArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for StreamEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamEntryArgs {
+      key: None, // required field
+      version: None, // required field
+      values: None,
+    }
+  }
+}
+
+pub struct StreamEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamEntry::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamEntry::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamEntry::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, StreamEntry::VT_KEY,"key");
+    self.fbb_.required(o, StreamEntry::VT_VERSION,"version");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamEntry");
+      ds.field("key", &self.key());
+      ds.field("version", &self.version());
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
+pub enum StreamRangeResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct StreamRangeResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamRangeResponse<'a> {
+  type Inner = StreamRangeResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamRangeResponse<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MORE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamRangeResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamRangeResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamRangeResponse<'bldr>> {
+    let mut builder = StreamRangeResponseBuilder::new(_fbb);
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.add_more(args.more);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<StreamEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<StreamEntry>>>>(StreamRangeResponse::VT_ENTRIES, None)}
+  }
+  #[inline]
+  pub fn more(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StreamRangeResponse::VT_MORE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamRangeResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<StreamEntry>>>>("entries", Self::VT_ENTRIES, false)?
+     .visit_field::<bool>("more", Self::VT_MORE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamRangeResponseArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<StreamEntry<'a>>>>>,
+    pub more: bool,
+}
+impl<'a> Default for StreamRangeResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamRangeResponseArgs {
+      entries: None,
+      more: false,
+    }
+  }
+}
+
+pub struct StreamRangeResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamRangeResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<StreamEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamRangeResponse::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_more(&mut self, more: bool) {
+    self.fbb_.push_slot::<bool>(StreamRangeResponse::VT_MORE, more, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamRangeResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamRangeResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamRangeResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamRangeResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamRangeResponse");
+      ds.field("entries", &self.entries());
+      ds.field("more", &self.more());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5755,6 +6402,34 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_ring_sync(&self) -> Option<RingSyncResponse<'a>> {
+    if self.reply_type() == Reply::RingSync {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { RingSyncResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn reply_as_stream_range(&self) -> Option<StreamRangeResponse<'a>> {
+    if self.reply_type() == Reply::StreamRange {
+      let u = self.reply();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { StreamRangeResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -5778,6 +6453,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           Reply::TreeHashes => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeHashesResponse>>("Reply::TreeHashes", pos),
           Reply::TreeKeys => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeKeysResponse>>("Reply::TreeKeys", pos),
           Reply::Repaired => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairedResponse>>("Reply::Repaired", pos),
+          Reply::RingSync => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RingSyncResponse>>("Reply::RingSync", pos),
+          Reply::StreamRange => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamRangeResponse>>("Reply::StreamRange", pos),
           _ => Ok(()),
         }
      })?
@@ -5919,6 +6596,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         Reply::Repaired => {
           if let Some(x) = self.reply_as_repaired() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::RingSync => {
+          if let Some(x) = self.reply_as_ring_sync() {
+            ds.field("reply", &x)
+          } else {
+            ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Reply::StreamRange => {
+          if let Some(x) = self.reply_as_stream_range() {
             ds.field("reply", &x)
           } else {
             ds.field("reply", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -516,9 +516,119 @@ pub fn repaired_answer(id: u64) -> Vec<u8> {
     finish(b, id, fb::Reply::Repaired, r.as_union_value())
 }
 
+/// One key's copy in a `StreamRange` answer: the object's parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEntryWire {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The object's version part.
+    pub version: Vec<u8>,
+    /// Its values part.
+    pub values: Vec<u8>,
+}
+
+/// Decodes a `RingSync` answer: the peer's book, encoded.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn ring_sync(body: &[u8]) -> Result<Vec<u8>, ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_ring_sync()
+        .ok_or_else(|| other_reply("ring sync"))?;
+    Ok(r.book().bytes().to_vec())
+}
+
+/// The answer to `RingSync`.
+#[must_use]
+pub fn ring_sync_answer(id: u64, book: &[u8]) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let book = b.create_vector(book);
+    let r = fb::RingSyncResponse::create(&mut b, &fb::RingSyncResponseArgs { book: Some(book) });
+    finish(b, id, fb::Reply::RingSync, r.as_union_value())
+}
+
+/// Decodes a `StreamRange` answer: the entries, and whether a bound cut it short.
+///
+/// # Errors
+/// [`ReplyError`].
+pub fn stream_range(body: &[u8]) -> Result<(Vec<StreamEntryWire>, bool), ReplyError> {
+    let resp = open(body)?;
+    let r = resp
+        .reply_as_stream_range()
+        .ok_or_else(|| other_reply("stream range request"))?;
+    let entries = r
+        .entries()
+        .iter()
+        .flatten()
+        .map(|e| StreamEntryWire {
+            key: e.key().bytes().to_vec(),
+            version: e.version().bytes().to_vec(),
+            values: bytes(e.values()),
+        })
+        .collect();
+    Ok((entries, r.more()))
+}
+
+/// The answer to `StreamRange`.
+#[must_use]
+pub fn stream_range_answer(id: u64, entries: &[StreamEntryWire], more: bool) -> Vec<u8> {
+    let mut b = FlatBufferBuilder::new();
+    let items: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            let key = b.create_vector(&e.key);
+            let version = b.create_vector(&e.version);
+            let values = b.create_vector(&e.values);
+            fb::StreamEntry::create(
+                &mut b,
+                &fb::StreamEntryArgs {
+                    key: Some(key),
+                    version: Some(version),
+                    values: Some(values),
+                },
+            )
+        })
+        .collect();
+    let list = b.create_vector(&items);
+    let r = fb::StreamRangeResponse::create(
+        &mut b,
+        &fb::StreamRangeResponseArgs {
+            entries: Some(list),
+            more,
+        },
+    );
+    finish(b, id, fb::Reply::StreamRange, r.as_union_value())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topology_answers_decode_as_they_were_built() {
+        assert_eq!(
+            ring_sync(&ring_sync_answer(3, b"[{}]")).expect("decodes"),
+            b"[{}]".to_vec()
+        );
+        let entries = vec![
+            StreamEntryWire {
+                key: b"k".to_vec(),
+                version: vec![1, 2],
+                values: vec![3],
+            },
+            StreamEntryWire {
+                key: b"l".to_vec(),
+                version: vec![4],
+                values: Vec::new(),
+            },
+        ];
+        assert_eq!(
+            stream_range(&stream_range_answer(4, &entries, true)).expect("decodes"),
+            (entries, true)
+        );
+        assert!(stream_range(&ring_sync_answer(3, b"x")).is_err());
+    }
 
     #[test]
     fn anti_entropy_answers_decode_as_they_were_built() {

@@ -114,6 +114,22 @@ impl ShardMap {
             .map_or(0, |&(_, shard)| shard)
     }
 
+    /// Whether every token of `start..=end` (ordered) is held by one core.
+    #[must_use]
+    pub fn on_one_core(&self, start: Token, end: Token) -> bool {
+        let core = self.shard_of(end);
+        let i = self.tokens.partition_point(|&(t, _)| t < start);
+        self.tokens[i..]
+            .iter()
+            .take_while(|&&(t, _)| t < end)
+            .all(|&(_, shard)| shard == core)
+    }
+
+    /// The node's own vnode tokens, sorted.
+    pub fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.tokens.iter().map(|&(t, _)| t)
+    }
+
     /// The node's core count.
     #[must_use]
     pub fn shards(&self) -> u32 {

@@ -125,12 +125,15 @@ impl ClusterView {
             })
             .collect();
         let ring = Ring::from_vnodes(vnodes)?;
-        let counts = ring.vnode_counts();
+        // A node's keys live on the core of its own next vnode: its tokens are the ring's
+        // (allocated when it joined, or derived from its id in an older ring).
         let shard_maps = nodes
             .iter()
             .map(|n| {
-                let vnodes = counts.get(&n.id).copied().unwrap_or(0);
-                (n.id, ShardMap::new(n.id, vnodes, n.shards.max(1)))
+                (
+                    n.id,
+                    ShardMap::from_tokens(&ring.tokens_of(n.id), n.shards.max(1)),
+                )
             })
             .collect();
         Ok(ClusterView {

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use dynacore_runtime::{self as runtime, UdpSocket};
 
+use crate::cluster::keeper::RingKeeper;
 use crate::cluster::membership::{
     Members, Membership, MembershipTimer, NodeMeta, Output, SharedMembers, PACKET_BYTES_MAX,
     REANNOUNCE, REBROADCAST,
 };
-use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+use crate::cluster::RingMember;
 use dynacore_proto::auth::TAG_BYTES;
-use dynacore_proto::ring::NodeId;
 use dynacore_proto::{ClusterKey, Domain};
 
 /// Asks the driver to do something.
@@ -32,6 +32,7 @@ pub enum Control {
 enum Input {
     Datagram(Vec<u8>),
     Control(Control),
+    Digest(u64),
     Due,
 }
 
@@ -40,12 +41,10 @@ enum Input {
 pub struct Publish {
     /// The membership snapshot.
     pub members: SharedMembers,
-    /// The ring members, kept in the data directory.
-    pub book: RingBook,
-    /// The cluster state every core routes by.
-    pub cluster: SharedCluster,
-    /// The configured replication factor.
-    pub replication_factor: u8,
+    /// The ring book (new members' addresses go in; the cluster state comes out).
+    pub keeper: RingKeeper,
+    /// The book's digest after each change (announced in this node's metadata).
+    pub digests: flume::Receiver<u64>,
 }
 
 /// How datagrams are authenticated: every one carries a tag under the cluster secret, and one
@@ -158,6 +157,10 @@ pub async fn run(
             }
         }
         burst = 0;
+        if let Ok(digest) = shared.digests.try_recv() {
+            membership.set_ring_digest(digest, &mut out);
+            continue;
+        }
         if let Ok(Control::Leave(done)) = control.try_recv() {
             leave(&socket, &key, &mut membership, &mut shared, &mut out).await;
             let _ = done.send(());
@@ -190,15 +193,24 @@ pub async fn run(
             .min(next_reannounce)
             .min(next_rebroadcast);
         let wait = next.saturating_duration_since(now);
+        let digests = shared.digests.clone();
         let input = futures_lite::FutureExt::or(
             futures_lite::FutureExt::or(
-                async {
-                    match control.recv_async().await {
-                        Ok(c) => Input::Control(c),
-                        // Nobody can ask anything any more: keep gossiping.
-                        Err(_) => std::future::pending().await,
-                    }
-                },
+                futures_lite::FutureExt::or(
+                    async {
+                        match control.recv_async().await {
+                            Ok(c) => Input::Control(c),
+                            // Nobody can ask anything any more: keep gossiping.
+                            Err(_) => std::future::pending().await,
+                        }
+                    },
+                    async {
+                        match digests.recv_async().await {
+                            Ok(d) => Input::Digest(d),
+                            Err(_) => std::future::pending().await,
+                        }
+                    },
+                ),
                 async {
                     datagrams
                         .recv_async()
@@ -218,6 +230,7 @@ pub async fn run(
                 leave(&socket, &key, &mut membership, &mut shared, &mut out).await;
                 let _ = done.send(());
             }
+            Input::Digest(d) => membership.set_ring_digest(d, &mut out),
             Input::Due => {}
         }
     }
@@ -246,23 +259,18 @@ fn publish(shared: &mut Publish, m: &Membership) {
         others: m.view(),
         stats: m.stats(),
     };
-    // Every node heard with its metadata is in the ring from now on.
-    let mut changed = false;
-    for meta in snapshot.others.iter().filter_map(|v| v.meta.as_ref()) {
-        changed |= shared.book.record(RingMember::of(meta));
-    }
-    if changed {
-        if let Err(e) = shared.book.save() {
-            tracing::error!(error = %e, "cannot record the ring members");
-        }
-    }
-    shared.cluster.set(ClusterState::build(
-        NodeId(snapshot.own.node),
-        &shared.book,
-        Some(&snapshot),
-        shared.replication_factor,
-    ));
+    // Every node heard with its metadata is in the book (its addresses; it enters the ring
+    // only as the book's entries say).
+    let heard: Vec<RingMember> = snapshot
+        .others
+        .iter()
+        .filter_map(|v| v.meta.as_ref())
+        .map(RingMember::of)
+        .collect();
     if let Ok(mut slot) = shared.members.write() {
         *slot = Some(snapshot);
+    }
+    if !shared.keeper.merge(&heard) {
+        shared.keeper.republish();
     }
 }

@@ -109,6 +109,8 @@ pub struct NodeMeta {
     pub http: SocketAddr,
     /// Its gossip address.
     pub gossip: SocketAddr,
+    /// The digest of its ring book: nodes whose digests differ exchange books.
+    pub ring: u64,
 }
 
 /// The most cores a node may announce (the same bound as a node's own `cores` setting).
@@ -442,6 +444,16 @@ impl Membership {
         self.drain(out);
     }
 
+    /// Changes the ring digest this node announces (spread with a higher version).
+    pub fn set_ring_digest(&mut self, digest: u64, out: &mut Vec<Output>) {
+        if self.own.ring == digest {
+            return;
+        }
+        self.own.ring = digest;
+        self.broadcast_own();
+        self.drain(out);
+    }
+
     /// Changes this node's announced status (spread with a higher version).
     pub fn set_status(&mut self, status: NodeStatus, out: &mut Vec<Output>) {
         self.own.status = status;
@@ -697,6 +709,7 @@ mod tests {
             binary: SocketAddr::from(([127, 0, 0, 1], 7400 + u16::try_from(i).expect("small"))),
             http: SocketAddr::from(([127, 0, 0, 1], 8400)),
             gossip: addr(i),
+            ring: 0,
         }
     }
 
@@ -939,6 +952,7 @@ mod tests {
             binary,
             http: good,
             gossip: good,
+            ring: 0,
         };
         let mut handler = MetaHandler {
             table: Rc::new(RefCell::new(BTreeMap::new())),

@@ -1,12 +1,22 @@
 //! The cluster as one node's cores see it: which nodes are in the ring, where each one listens,
 //! whether it is up, and the ring they make.
 //!
-//! * **Ring membership is not liveness.** A node enters the ring the first time its metadata
-//!   is heard, and stays in it while it is down or stopped (its keys are not handed to
-//!   anyone else: writes for it become hints, as in Dynamo). Ring members are recorded in the
-//!   data directory's `RING` file, so a node that restarts while another is down still builds
-//!   the same ring as everyone else. Leaving the ring for good (decommission) is a later
-//!   change.
+//! * **Ring membership is not liveness.** A node is in the ring from the time it holds tokens
+//!   and is `normal` (or `leaving`) until it has `left` or been `removed`; it stays in it while
+//!   it is down or stopped (its keys are not handed to anyone else: writes for it become hints,
+//!   as in Dynamo). Ring members are recorded in the data directory's `RING` file, so a node
+//!   that restarts while another is down still builds the same ring as everyone else.
+//! * **Each member's ring entry** (tokens, state, rack, the change it drives, what it has
+//!   streamed) carries an `epoch` that grows with every change of it; two books merge entry by
+//!   entry, the higher epoch winning (ties: the later state). Only a node itself changes its
+//!   entry, except that `removenode` and `--replace` mark a dead node `leaving` and then
+//!   `removed`. Addresses come from gossip, the newer generation winning. The books' digest
+//!   ([`RingBook::digest`]) travels in gossip; nodes whose digests differ exchange books over
+//!   the internode protocol.
+//! * **Moves** (docs/protocol.md "Topology changes"): a `joining` node with tokens, or one that
+//!   replaces another, and a `leaving` node make a *future* ring beside the current one; the
+//!   replicas a key has in the future ring and not in the current one are its **pending**
+//!   replicas: writes go to them too, reads do not.
 //! * The membership driver (core 0) rebuilds a [`ClusterState`] whenever what gossip knows
 //!   changes and publishes it; every core reads the latest one per request
 //!   ([`SharedCluster`]).
@@ -25,7 +35,101 @@ use dynacore_proto::ring::{NodeId, Ring, ShardMap, Token};
 /// Name of the ring membership file in the data directory.
 pub const RING_FILE: &str = "RING";
 
-/// A ring member as recorded: enough to route to it while it is down.
+/// A member's place in the ring's life.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Heard of, or entering the ring: with tokens, its ranges are streamed to it (pending).
+    Joining,
+    /// In the ring, serving its ranges.
+    Normal,
+    /// In the ring, its ranges being streamed to their next owners (decommission, or removal
+    /// of a dead node).
+    Leaving,
+    /// Decommissioned: out of the ring for good.
+    Left,
+    /// Removed (dead, or replaced): out of the ring for good.
+    Removed,
+}
+
+impl MemberState {
+    /// Its name, as `/cluster` shows it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Normal => "normal",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+            MemberState::Removed => "removed",
+        }
+    }
+
+    /// Out of the ring for good.
+    #[must_use]
+    pub fn gone(self) -> bool {
+        matches!(self, MemberState::Left | MemberState::Removed)
+    }
+}
+
+fn legacy_normal() -> MemberState {
+    // Entries written before states existed were ring members.
+    MemberState::Normal
+}
+
+/// What kind of topology change a member drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// A new node takes tokens and streams its ranges.
+    Join,
+    /// A node streams its ranges to their next owners and leaves.
+    Decommission,
+    /// A dead node's ranges are rebuilt on their next owners from the surviving replicas.
+    Remove,
+    /// A new node takes a dead node's tokens and streams its ranges.
+    Replace,
+}
+
+/// A topology change in progress, recorded in the entry of the node whose tokens move.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// Identifies it: when it started (ms since the epoch). Of two changes started at once,
+    /// the one with the lower `(id, node)` goes on and the other is called off.
+    pub id: u64,
+    /// What it is.
+    pub kind: ChangeKind,
+    /// The node that drives it (the moving node itself, or the one `removenode` ran on).
+    pub driver: String,
+}
+
+/// How far a node has streamed the ranges a change gives it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// The moving node and the change's id.
+    pub node: String,
+    /// The change's id.
+    pub change: u64,
+    /// Ranges to stream, and done.
+    pub ranges: u64,
+    /// Ranges done.
+    pub ranges_done: u64,
+    /// Keys received.
+    pub keys: u64,
+    /// Bytes received (keys and values).
+    pub bytes: u64,
+    /// When streaming started (ms since the epoch).
+    pub started_ms: u64,
+    /// All ranges are in.
+    pub done: bool,
+}
+
+/// A ring member as recorded: enough to route to it while it is down, and its place in the
+/// ring.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RingMember {
@@ -41,6 +145,28 @@ pub struct RingMember {
     pub vnodes: u16,
     /// The generation it was last heard with.
     pub generation: u64,
+    /// Its vnodes' tokens, allocated when it joined (empty for a member of a ring made before
+    /// allocation: its tokens derive from its id).
+    #[serde(default)]
+    pub tokens: Vec<u64>,
+    /// Where it is in the ring's life.
+    #[serde(default = "legacy_normal")]
+    pub state: MemberState,
+    /// Its rack (`""`: none given).
+    #[serde(default)]
+    pub rack: String,
+    /// Grows with every change of the fields from `tokens` on.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The node whose tokens it takes over (itself, for a node restarted on an empty disk).
+    #[serde(default)]
+    pub replaces: Option<String>,
+    /// The topology change moving its tokens, while one is.
+    #[serde(default)]
+    pub change: Option<Change>,
+    /// How far it has streamed the ranges the current change gives it.
+    #[serde(default)]
+    pub progress: Option<Progress>,
 }
 
 impl RingMember {
@@ -48,17 +174,88 @@ impl RingMember {
         u64::from_str_radix(&self.id, 16).ok().map(NodeId)
     }
 
-    /// This node's own entry.
+    /// A member known by its addresses only (as gossip first describes it): not in the ring.
+    #[must_use]
+    pub fn new(
+        node: NodeId,
+        binary: SocketAddr,
+        http: SocketAddr,
+        shards: u32,
+        vnodes: u16,
+        generation: u64,
+    ) -> RingMember {
+        RingMember {
+            id: node.to_string(),
+            binary,
+            http,
+            shards,
+            vnodes,
+            generation,
+            tokens: Vec::new(),
+            state: MemberState::Joining,
+            rack: String::new(),
+            epoch: 0,
+            replaces: None,
+            change: None,
+            progress: None,
+        }
+    }
+
+    /// What gossip says of a node: its addresses.
     #[must_use]
     pub fn of(meta: &crate::cluster::membership::NodeMeta) -> RingMember {
-        RingMember {
-            id: NodeId(meta.node).to_string(),
-            binary: meta.binary,
-            http: meta.http,
-            shards: meta.shards,
-            vnodes: meta.vnodes,
-            generation: meta.generation,
+        RingMember::new(
+            NodeId(meta.node),
+            meta.binary,
+            meta.http,
+            meta.shards,
+            meta.vnodes,
+            meta.generation,
+        )
+    }
+
+    /// The same member with `tokens`, `normal` (a ring's founding member, or a test's).
+    #[must_use]
+    pub fn normal_with(mut self, tokens: Vec<u64>) -> RingMember {
+        self.tokens = tokens;
+        self.state = MemberState::Normal;
+        self.epoch = self.epoch.max(1);
+        self
+    }
+
+    /// Its tokens: allocated, or derived from its id for a member of an older ring.
+    #[must_use]
+    pub fn ring_tokens(&self) -> Vec<Token> {
+        if self.tokens.is_empty() {
+            self.node()
+                .map(|n| dynacore_proto::ring::vnode_tokens(n, self.vnodes))
+                .unwrap_or_default()
+        } else {
+            self.tokens.iter().map(|&t| Token(t)).collect()
         }
+    }
+
+    /// Whether it holds tokens of its own: allocated, or (for a member of an older ring that
+    /// is in it) derived.
+    #[must_use]
+    pub fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty() || matches!(self.state, MemberState::Normal | MemberState::Leaving)
+    }
+
+    /// Whether its ring entry supersedes `other`'s.
+    fn ring_newer_than(&self, other: &RingMember) -> bool {
+        (self.epoch, self.state) > (other.epoch, other.state)
+    }
+
+    /// Takes `from`'s ring entry (not its addresses).
+    fn take_ring_entry(&mut self, from: &RingMember) {
+        self.tokens.clone_from(&from.tokens);
+        self.state = from.state;
+        self.rack.clone_from(&from.rack);
+        self.epoch = from.epoch;
+        self.replaces.clone_from(&from.replaces);
+        self.change.clone_from(&from.change);
+        self.progress.clone_from(&from.progress);
     }
 }
 
@@ -76,6 +273,8 @@ pub struct RingBook {
     /// The node was given seeds to join through: until it knows another member, it does not
     /// know the ring.
     seeded: bool,
+    /// This node.
+    own: NodeId,
 }
 
 impl RingBook {
@@ -106,40 +305,137 @@ impl RingBook {
         let Some(own_node) = own.node() else {
             return Err(format!("bad own node id {:?}", own.id));
         };
-        // This process's own entry wins over whatever the file says of it.
+        // This process's addresses win over whatever the file says of it; its ring entry is
+        // the file's when there is one.
+        let mut own = own;
+        if let Some(known) = members.get(&own_node) {
+            if known.ring_newer_than(&own) {
+                own.take_ring_entry(known);
+            }
+        }
         members.insert(own_node, own);
         Ok(RingBook {
             path: Some(path),
             members,
             seeded: false,
+            own: own_node,
         })
     }
 
     /// A book kept in memory only (tests, and nodes that do not gossip).
     #[must_use]
     pub fn in_memory(own: RingMember) -> RingBook {
+        let own_node = own.node().unwrap_or(NodeId(0));
         let mut book = RingBook {
             path: None,
             members: BTreeMap::new(),
             seeded: false,
+            own: own_node,
         };
-        book.record(own);
+        if let Some(node) = own.node() {
+            book.members.insert(node, own);
+        }
         book
     }
 
-    /// Records what is now known of a member; `true` if that changed the book.
+    /// Records what is now known of a member: its addresses if its generation is newer, its
+    /// ring entry if its epoch is; `true` if that changed the book. Nothing that another node
+    /// says of this one's ring entry is taken, except that it was removed or a higher epoch
+    /// (which this node's next change of its entry goes past).
     pub fn record(&mut self, m: RingMember) -> bool {
         let Some(node) = m.node() else { return false };
         if m.shards == 0 {
             return false;
         }
-        match self.members.get(&node) {
-            Some(known) if known.generation > m.generation || *known == m => false,
-            _ => {
-                self.members.insert(node, m);
-                true
-            }
+        let Some(known) = self.members.get_mut(&node) else {
+            self.members.insert(node, m);
+            return true;
+        };
+        let mut changed = false;
+        if m.generation > known.generation && node != self.own {
+            known.binary = m.binary;
+            known.http = m.http;
+            known.shards = m.shards;
+            known.vnodes = m.vnodes;
+            known.generation = m.generation;
+            changed = true;
         }
+        if m.ring_newer_than(known) {
+            if node == self.own && !m.state.gone() {
+                // Only this node changes its own entry: it just goes past that epoch.
+                known.epoch = m.epoch;
+            } else {
+                known.take_ring_entry(&m);
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    /// Merges every entry of `other` (a peer's book); `true` if that changed this one.
+    pub fn merge(&mut self, other: &[RingMember]) -> bool {
+        let mut changed = false;
+        for m in other {
+            changed |= self.record(m.clone());
+        }
+        changed
+    }
+
+    /// Changes this node's own ring entry with `f`, one epoch up.
+    pub fn update_own(&mut self, f: impl FnOnce(&mut RingMember)) {
+        let own = self.own;
+        self.update(own, f);
+    }
+
+    /// Changes `node`'s ring entry with `f`, one epoch up (this node's own, or a dead node's
+    /// that `removenode` or a replacement takes out). Nothing if the book lacks it.
+    pub fn update(&mut self, node: NodeId, f: impl FnOnce(&mut RingMember)) {
+        if let Some(m) = self.members.get_mut(&node) {
+            f(m);
+            m.epoch += 1;
+        }
+    }
+
+    /// This node's own entry.
+    ///
+    /// # Panics
+    /// Never: the book is made with it.
+    #[must_use]
+    pub fn own(&self) -> &RingMember {
+        self.members
+            .get(&self.own)
+            .expect("INVARIANT: the book holds this node")
+    }
+
+    /// `node`'s entry.
+    #[must_use]
+    pub fn get(&self, node: NodeId) -> Option<&RingMember> {
+        self.members.get(&node)
+    }
+
+    /// Every entry, for a peer.
+    #[must_use]
+    pub fn entries(&self) -> Vec<RingMember> {
+        self.members.values().cloned().collect()
+    }
+
+    /// What peers compare to know whether their books differ: a hash of every entry's id,
+    /// epoch and generation.
+    #[must_use]
+    pub fn digest(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(self.members.len() * 24);
+        for (id, m) in &self.members {
+            bytes.extend_from_slice(&id.0.to_le_bytes());
+            bytes.extend_from_slice(&m.epoch.to_le_bytes());
+            bytes.extend_from_slice(&m.generation.to_le_bytes());
+        }
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
+    /// Whether the node was given seeds to join through.
+    #[must_use]
+    pub fn is_seeded(&self) -> bool {
+        self.seeded
     }
 
     /// Writes the book to its file (a new file synced, then renamed over the old one).
@@ -204,6 +500,14 @@ pub struct PeerNode {
     pub status: Option<NodeStatus>,
     /// Which of its cores holds a token's keys.
     pub shard_map: ShardMap,
+    /// Its place in the ring's life.
+    pub state: MemberState,
+    /// Its rack.
+    pub rack: String,
+    /// Whether it is in the current ring (requests are routed to it).
+    pub in_ring: bool,
+    /// Its vnode tokens (empty while it has none).
+    pub tokens: Vec<Token>,
 }
 
 impl PeerNode {
@@ -219,23 +523,55 @@ impl PeerNode {
     }
 }
 
+/// The topology change in progress, as the ring book records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The node whose tokens move.
+    pub node: NodeId,
+    /// Its state: `joining` (a join or a replacement) or `leaving` (decommission, removal).
+    pub state: MemberState,
+    /// The change.
+    pub change: Change,
+    /// The node it replaces, for a replacement (itself, for a restart on an empty disk).
+    pub replaces: Option<NodeId>,
+}
+
 /// The cluster as one snapshot: ring members, their liveness, and the ring.
 #[derive(Clone, Debug)]
 pub struct ClusterState {
     /// This node.
     pub own: NodeId,
-    /// Every ring member, this node included.
+    /// Every member not gone for good, this node included.
     pub nodes: BTreeMap<NodeId, PeerNode>,
-    /// Their ring.
+    /// The current ring: reads and writes.
     pub ring: Ring,
+    /// The ring once the change in progress is done, if one is: writes go to it too.
+    pub future: Option<Ring>,
+    /// The change in progress.
+    pub moving: Option<Move>,
     /// Replicas per key: the configured factor capped at the ring's node count.
     pub replication_factor: u8,
     /// The configured replication factor.
     pub configured_rf: u8,
     /// Whether this node knows the cluster's ring: it is alone by configuration (no seeds), or
-    /// it knows another member (heard through gossip, or from its `RING` file). Until then it
-    /// serves no request: with only itself in its ring it would clamp quorums to 1.
+    /// it knows another member (heard through gossip, or from its `RING` file) and the ring has
+    /// members. Until then it serves no request: with only itself in its ring it would clamp
+    /// quorums to 1.
     pub ring_known: bool,
+}
+
+/// The ring of `members` (each with its tokens), with their racks; `None` without a token.
+fn ring_of(members: &[&RingMember]) -> Option<Ring> {
+    let tokens: Vec<(NodeId, Vec<Token>)> = members
+        .iter()
+        .filter_map(|m| m.node().map(|n| (n, m.ring_tokens())))
+        .collect();
+    let list: Vec<(NodeId, &[Token])> = tokens.iter().map(|(n, t)| (*n, t.as_slice())).collect();
+    let racks: BTreeMap<NodeId, String> = members
+        .iter()
+        .filter_map(|m| m.node().map(|n| (n, m.rack.clone())))
+        .collect();
+    Ring::from_tokens(&list).ok().map(|r| r.with_racks(&racks))
 }
 
 impl ClusterState {
@@ -247,8 +583,74 @@ impl ClusterState {
     #[must_use]
     pub fn build(own: NodeId, book: &RingBook, members: Option<&Members>, rf: u8) -> ClusterState {
         assert!(rf > 0, "the replication factor is at least 1");
+        let entries: Vec<(NodeId, &RingMember)> = book.members().collect();
+        let replaces = |m: &RingMember| {
+            m.replaces
+                .as_deref()
+                .and_then(|r| u64::from_str_radix(r, 16).ok())
+                .map(NodeId)
+        };
+        // The current ring: normal and leaving members, and a node replacing itself.
+        let in_ring = |id: NodeId, m: &RingMember| {
+            m.has_tokens()
+                && match m.state {
+                    MemberState::Normal | MemberState::Leaving => true,
+                    MemberState::Joining => replaces(m) == Some(id),
+                    MemberState::Left | MemberState::Removed => false,
+                }
+        };
+        let current: Vec<&RingMember> = entries
+            .iter()
+            .filter(|(id, m)| in_ring(*id, m))
+            .map(|(_, m)| *m)
+            .collect();
+        // The change in progress, if any: a joining member with tokens, or a leaving one.
+        let moving = entries.iter().find_map(|(id, m)| {
+            let moves = match m.state {
+                MemberState::Joining => !m.tokens.is_empty(),
+                MemberState::Leaving => m.change.is_some(),
+                _ => false,
+            };
+            moves.then(|| Move {
+                node: *id,
+                state: m.state,
+                change: m.change.clone().unwrap_or(Change {
+                    id: 0,
+                    kind: ChangeKind::Join,
+                    driver: m.id.clone(),
+                }),
+                replaces: replaces(m),
+            })
+        });
+        let future = moving.as_ref().and_then(|mv| {
+            let mut next: Vec<&RingMember> = current.clone();
+            match mv.state {
+                MemberState::Joining => {
+                    if let Some(gone) = mv.replaces.filter(|&r| r != mv.node) {
+                        next.retain(|m| m.node() != Some(gone));
+                    }
+                    if mv.replaces != Some(mv.node) {
+                        if let Some(m) = book.get(mv.node) {
+                            next.push(m);
+                        }
+                    }
+                }
+                _ => next.retain(|m| m.node() != Some(mv.node)),
+            }
+            ring_of(&next)
+        });
+        let ring = ring_of(&current);
+        let ring_has_members = ring.is_some();
+        let ring = ring.unwrap_or_else(|| {
+            // No member holds tokens yet: a stand-in that routes nothing (ring_known is false).
+            Ring::new(&[(own, 1)]).expect("INVARIANT: one vnode makes a ring")
+        });
         let mut nodes = BTreeMap::new();
-        for (id, m) in book.members() {
+        for (id, m) in &entries {
+            let id = *id;
+            if m.state.gone() && id != own {
+                continue;
+            }
             let view = members.and_then(|ms| ms.others.iter().find(|v| v.id.node == id.0));
             let (up, status) = if id == own {
                 (true, members.map(|ms| ms.own.status))
@@ -259,6 +661,11 @@ impl ClusterState {
                     view.is_some_and(|v| v.up && v.id.generation == m.generation),
                     view.and_then(|v| v.meta.as_ref()).map(|meta| meta.status),
                 )
+            };
+            let tokens = if m.has_tokens() {
+                m.ring_tokens()
+            } else {
+                Vec::new()
             };
             nodes.insert(
                 id,
@@ -271,24 +678,25 @@ impl ClusterState {
                     generation: m.generation,
                     up,
                     status,
-                    shard_map: ShardMap::new(id, m.vnodes, m.shards),
+                    shard_map: ShardMap::from_tokens(&tokens, m.shards.max(1)),
+                    state: m.state,
+                    rack: m.rack.clone(),
+                    in_ring: in_ring(id, m),
+                    tokens,
                 },
             );
         }
         assert!(nodes.contains_key(&own), "the ring book holds this node");
-        let list: Vec<(NodeId, u16)> = nodes.values().map(|n| (n.id, n.vnodes)).collect();
-        let ring = Ring::new(&list).unwrap_or_else(|_| {
-            // Only a node without vnodes is in the ring; it still serves its own keys.
-            Ring::new(&[(own, 1)]).expect("INVARIANT: one vnode makes a ring")
-        });
         let replication_factor = u8::try_from(ring.node_count().min(usize::from(rf)))
             .unwrap_or(rf)
             .max(1);
-        let ring_known = !book.seeded || nodes.len() > 1;
+        let ring_known = ring_has_members && (!book.seeded || nodes.len() > 1);
         ClusterState {
             own,
             nodes,
             ring,
+            future,
+            moving,
             replication_factor,
             configured_rf: rf,
             ring_known,
@@ -301,11 +709,41 @@ impl ClusterState {
         self.nodes.get(&node).is_some_and(|n| n.up)
     }
 
-    /// The replicas of `token`, primary first.
+    /// The replicas of `token` in the current ring, primary first.
     #[must_use]
     pub fn replicas(&self, token: Token) -> Vec<NodeId> {
         self.ring
             .preference_list(token, usize::from(self.replication_factor))
+    }
+
+    /// The replicas a read of `token` asks: the current ones, less a node streaming its ranges
+    /// back in (restarted on an empty disk).
+    #[must_use]
+    pub fn read_replicas(&self, token: Token) -> Vec<NodeId> {
+        let mut replicas = self.replicas(token);
+        if let Some(mv) = self
+            .moving
+            .as_ref()
+            .filter(|mv| mv.replaces == Some(mv.node))
+        {
+            replicas.retain(|&n| n != mv.node);
+        }
+        replicas
+    }
+
+    /// The pending replicas of `token`: its replicas once the change in progress is done that
+    /// are not replicas now (writes go to them too, and wait for each of them).
+    #[must_use]
+    pub fn pending_replicas(&self, token: Token) -> Vec<NodeId> {
+        let Some(future) = &self.future else {
+            return Vec::new();
+        };
+        let now = self.replicas(token);
+        future
+            .preference_list(token, usize::from(self.configured_rf))
+            .into_iter()
+            .filter(|n| !now.contains(n))
+            .collect()
     }
 
     /// The ring range holding `token` (its vnode's previous token and its own) and that
@@ -376,6 +814,7 @@ mod tests {
             binary: addr,
             http: addr,
             gossip: addr,
+            ring: 0,
         }
     }
 
@@ -383,15 +822,18 @@ mod tests {
     fn ring_members_are_kept_across_restarts_and_down_ones_stay_in_the_ring() {
         let dir = tempfile::tempdir().expect("dir");
         let own = meta(1, 7400);
-        let mut book = RingBook::load(dir.path(), RingMember::of(&own)).expect("load");
-        assert!(book.record(RingMember::of(&meta(2, 7400))));
-        assert!(!book.record(RingMember::of(&meta(2, 7400))), "no change");
+        let normal = |m: &NodeMeta| RingMember::of(m).normal_with(Vec::new());
+        let mut book = RingBook::load(dir.path(), normal(&own)).expect("load");
+        assert!(book.record(normal(&meta(2, 7400))));
+        assert!(!book.record(normal(&meta(2, 7400))), "no change");
         let mut older = RingMember::of(&meta(2, 7500));
         older.generation = 4;
         assert!(!book.record(older), "an older generation does not replace");
         book.save().expect("save");
+        // The file's ring entry of this node is kept (its addresses are this process's).
         let book = RingBook::load(dir.path(), RingMember::of(&own)).expect("reload");
         assert_eq!(book.members().count(), 2);
+        assert_eq!(book.own().state, MemberState::Normal);
         // Node 2 is known from the file only: in the ring, down.
         let state = ClusterState::build(NodeId(1), &book, None, 3);
         assert_eq!(state.ring.node_count(), 2);
@@ -426,7 +868,7 @@ mod tests {
 
     #[test]
     fn a_seeded_node_knows_the_ring_only_once_it_knows_another_member() {
-        let own = RingMember::of(&meta(1, 7400));
+        let own = RingMember::of(&meta(1, 7400)).normal_with(Vec::new());
         let alone = RingBook::in_memory(own.clone());
         assert!(ClusterState::build(NodeId(1), &alone, None, 3).ring_known);
         let mut seeded = RingBook::in_memory(own).seeded(true);
@@ -435,7 +877,45 @@ mod tests {
             !state.ring_known,
             "only itself in its ring: it must not clamp quorums to 1"
         );
-        assert!(seeded.record(RingMember::of(&meta(2, 7400))));
+        assert!(seeded.record(RingMember::of(&meta(2, 7400)).normal_with(Vec::new())));
         assert!(ClusterState::build(NodeId(1), &seeded, None, 3).ring_known);
+        // A joining node with no tokens yet, knowing only members without any, knows no ring.
+        let mut fresh = RingBook::in_memory(RingMember::of(&meta(3, 7400))).seeded(true);
+        fresh.record(RingMember::of(&meta(4, 7400)));
+        assert!(!ClusterState::build(NodeId(3), &fresh, None, 3).ring_known);
+    }
+
+    #[test]
+    fn books_merge_entry_by_entry_the_higher_epoch_winning() {
+        let one = RingMember::of(&meta(1, 7400)).normal_with(vec![1, 2]);
+        let mut a = RingBook::in_memory(one.clone());
+        let mut b = RingBook::in_memory(RingMember::of(&meta(2, 7400)).normal_with(vec![3]));
+        assert!(b.merge(&a.entries()) && a.merge(&b.entries()));
+        assert_eq!(a.digest(), b.digest());
+        // Node 1 leaves: its own change, one epoch up, wins in b.
+        a.update_own(|m| m.state = MemberState::Leaving);
+        assert!(b.merge(&a.entries()));
+        assert_eq!(
+            b.get(NodeId(1)).map(|m| m.state),
+            Some(MemberState::Leaving)
+        );
+        // A stale copy changes nothing; gossip's addresses do not touch ring entries.
+        assert!(!b.merge(&[one]));
+        let mut newer = RingMember::of(&meta(1, 7500));
+        newer.generation = 9;
+        assert!(b.record(newer));
+        let m = b.get(NodeId(1)).expect("member");
+        assert_eq!(
+            (m.state, m.binary.port(), m.tokens.len()),
+            (MemberState::Leaving, 7500, 2)
+        );
+        // What others say of node 1's entry is not taken by node 1, but a removal is.
+        let mut removed = b.get(NodeId(1)).cloned().expect("member");
+        removed.state = MemberState::Removed;
+        removed.epoch += 5;
+        let before = a.own().state;
+        assert!(a.merge(&[removed]));
+        assert_ne!(before, a.own().state);
+        assert_eq!(a.own().state, MemberState::Removed);
     }
 }

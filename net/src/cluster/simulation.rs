@@ -47,6 +47,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// How long a convergence may take before it is reported as not reached.
     pub limit: Duration,
+    /// Say on stderr what phase runs (long runs).
+    pub verbose: bool,
 }
 
 impl SimOptions {
@@ -60,6 +62,7 @@ impl SimOptions {
             rf: 3,
             seed: 1,
             limit: Duration::from_secs(300),
+            verbose: false,
         }
     }
 
@@ -73,6 +76,7 @@ impl SimOptions {
             rf: 3,
             seed: 1,
             limit: Duration::from_secs(300),
+            verbose: false,
         }
     }
 }
@@ -220,6 +224,7 @@ fn meta(i: usize) -> NodeMeta {
         binary: addr(i),
         http: SocketAddr::new(addr(i).ip(), 8000),
         gossip: addr(i),
+        ring: 0,
     }
 }
 
@@ -382,7 +387,14 @@ impl Net {
 /// Runs every measurement of `opts` (see the module documentation).
 #[must_use]
 pub fn run(opts: &SimOptions) -> Report {
+    let started = std::time::Instant::now();
+    let phase = |what: &str| {
+        if opts.verbose {
+            eprintln!("[{:>7.1} s] {what}", started.elapsed().as_secs_f64());
+        }
+    };
     let mut net = Net::new(opts.seed);
+    phase("forming");
     let seeds: Vec<SocketAddr> = (0..opts.nodes.min(3)).map(addr).collect();
     for _ in 0..opts.nodes {
         net.add(&seeds);
@@ -390,6 +402,7 @@ pub fn run(opts: &SimOptions) -> Report {
         net.step_until(next);
     }
     let formation_ms = net.until(opts.limit, Net::all_see_all);
+    phase("steady state");
     // Steady state: ten seconds once the cluster has settled.
     let settle = net.now_ms + 10_000;
     net.step_until(settle);
@@ -403,10 +416,10 @@ pub fn run(opts: &SimOptions) -> Report {
     let meta_bytes = postcard::to_allocvec(&meta(opts.nodes))
         .map(|v| v.len())
         .unwrap_or(0);
-    // A join.
+    phase("a join");
     let new = net.add(&seeds);
     let join_ms = net.until(opts.limit, |n| n.all_see(new, true));
-    // A death (a node in the middle, not a seed).
+    phase("a death");
     let victim = opts.nodes / 2;
     net.nodes[victim].alive = false;
     let death_ms = net.until(opts.limit, |n| n.all_see(victim, false));
@@ -416,7 +429,7 @@ pub fn run(opts: &SimOptions) -> Report {
     net.nodes[victim].membership.start(&mut out);
     net.apply(victim, out);
     net.until(opts.limit, Net::all_see_all);
-    // A partition into two halves, then its heal.
+    phase("a partition");
     let sides: Vec<bool> = (0..net.nodes.len()).map(|i| i % 2 == 0).collect();
     net.side = Some(sides.clone());
     let split_ms = net.until(opts.limit, |n| {
@@ -427,8 +440,11 @@ pub fn run(opts: &SimOptions) -> Report {
         })
     });
     net.side = None;
+    phase("the heal");
     let heal_ms = net.until(opts.limit, Net::all_see_all);
+    phase("the ring");
     let (ring, join_moves) = grow_ring(opts);
+    phase("done");
     Report {
         nodes: opts.nodes,
         formation_ms,

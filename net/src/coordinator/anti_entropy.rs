@@ -628,7 +628,7 @@ async fn list_local(
             let (keys, more) = match core.execute_on(shard, op, CALL_TIMEOUT).await.into_tree()? {
                 TreeAnswer::Keys(Some(k)) => k,
                 TreeAnswer::Keys(None) => return Err(ExchangeError::NotReady),
-                TreeAnswer::Hashes(_) | TreeAnswer::Check(_) => {
+                TreeAnswer::Hashes(_) | TreeAnswer::Check(_) | TreeAnswer::Objects(..) => {
                     return Err(ExchangeError::Failed("a core's answer does not fit".into()))
                 }
             };

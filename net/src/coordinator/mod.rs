@@ -26,11 +26,13 @@ mod exchange;
 mod fan_out;
 mod forward;
 mod handoff;
+pub mod moves;
 mod paxos;
 pub mod quorum;
 mod read;
 mod replicas;
 mod request;
+pub mod topology;
 mod write;
 
 pub use anti_entropy::{

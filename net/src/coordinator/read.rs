@@ -39,7 +39,8 @@ pub async fn read(
         Conflicts::Lww => false,
         Conflicts::Siblings => true,
     };
-    let replicas = cluster.replicas(token);
+    // A node streaming its ranges back in (restarted on an empty disk) is not read from.
+    let replicas = cluster.read_replicas(token);
     let mut tally = ReadTally::new(replicas.clone(), r);
     let key = Rc::new(req.key);
     let mut answers = Answers::spawn(

@@ -72,10 +72,23 @@ pub async fn write(
     // replicas only.
     let sloppy =
         core.replication().sloppy_quorum && core.hints().is_some() && copy.expected.is_none();
-    let plan = plan_write(&cluster.ring, token, rf, sloppy, |n| {
+    let mut plan = plan_write(&cluster.ring, token, rf, sloppy, |n| {
         n == own || cluster.is_up(n)
     });
-    let mut tally = WriteTally::new(plan, w);
+    // While ranges move, the key's pending replicas (its replicas once the move is done) get
+    // the write too, and each one's acknowledgement is waited for beyond W (as Cassandra
+    // learned in CASSANDRA-833: counting only the current owners loses writes when the move
+    // completes).
+    let pending = cluster.pending_replicas(token);
+    for &p in &pending {
+        if p == own || cluster.is_up(p) {
+            plan.targets.push(Target::Replica(p));
+        } else {
+            plan.uncovered.push(p);
+        }
+    }
+    let required = w.saturating_add(u8::try_from(pending.len()).unwrap_or(u8::MAX));
+    let mut tally = WriteTally::new(plan, required);
     let targets = tally.targets();
     // This replica stored it above.
     let mut answers = Answers::spawn(

@@ -28,7 +28,7 @@ use crate::storage::hints::HintStore;
 use crate::storage::replica::{LocalStore, StoreError};
 use dynacore_client::glommio::ConnPool;
 use dynacore_proto::reply::Ballot;
-use dynacore_proto::ring::{NodeId, ShardMap};
+use dynacore_proto::ring::NodeId;
 use dynacore_proto::ClusterKey;
 
 /// What one shard is asked to do.
@@ -87,6 +87,20 @@ pub enum ShardOp {
         /// The bound.
         max: usize,
     },
+    /// The shard's copies of the keys of `start..=end` past `after` (streaming a range to a
+    /// new owner), within the bounds.
+    StreamRange {
+        /// The range's first token.
+        start: u64,
+        /// Its last token.
+        end: u64,
+        /// The last key already sent (empty: none).
+        after: Vec<u8>,
+        /// Keys at most.
+        max_keys: usize,
+        /// About this many bytes at most.
+        max_bytes: usize,
+    },
 }
 
 /// A shard's answer to a tree operation (`None` inside: the tree is not ready).
@@ -98,6 +112,8 @@ pub enum TreeAnswer {
     Keys(Option<(Vec<dynacore_engine::KeyState>, bool)>),
     /// To [`ShardOp::VerifyTree`].
     Check(Option<dynacore_engine::TreeCheck>),
+    /// To [`ShardOp::StreamRange`]: the keys' copies, and whether a bound cut them short.
+    Objects(Vec<(Vec<u8>, Object)>, bool),
 }
 
 /// A step of a Paxos round, as one replica runs it.
@@ -219,9 +235,10 @@ impl ReplyKind {
         match op {
             ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
             ShardOp::Paxos { .. } => ReplyKind::Paxos,
-            ShardOp::TreeHashes { .. } | ShardOp::TreeKeys { .. } | ShardOp::VerifyTree => {
-                ReplyKind::Tree
-            }
+            ShardOp::TreeHashes { .. }
+            | ShardOp::TreeKeys { .. }
+            | ShardOp::VerifyTree
+            | ShardOp::StreamRange { .. } => ReplyKind::Tree,
             _ => ReplyKind::Object,
         }
     }
@@ -270,6 +287,19 @@ pub struct NodeShared {
     /// Foreground p99 latency (µs) over the last window, and its baseline while no repair
     /// ran (0: not measured yet).
     foreground_p99_us: [std::sync::atomic::AtomicU64; 2],
+    /// The ring book (set once at start-up by a node that gossips).
+    keeper: std::sync::OnceLock<crate::cluster::keeper::RingKeeper>,
+    /// Stops the node as a signal would (set once at start-up).
+    shutdown: std::sync::OnceLock<Shutdown>,
+}
+
+/// How the node is stopped from within.
+struct Shutdown(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shutdown")
+    }
 }
 
 /// The node's budget for anti-entropy repairs: keys and bytes per second (token buckets
@@ -395,6 +425,8 @@ impl NodeShared {
             exchanging: (0..cores).map(|_| AtomicBool::new(false)).collect(),
             repair_budget: std::sync::Mutex::new(budget),
             foreground_p99_us: Default::default(),
+            keeper: std::sync::OnceLock::new(),
+            shutdown: std::sync::OnceLock::new(),
         };
         (Arc::new(shared), receivers)
     }
@@ -491,6 +523,30 @@ impl NodeShared {
         &self.members
     }
 
+    /// The ring book, for a node that gossips.
+    #[must_use]
+    pub fn keeper(&self) -> Option<&crate::cluster::keeper::RingKeeper> {
+        self.keeper.get()
+    }
+
+    /// Stops the node as SIGTERM would (a decommissioned node, once its ranges are streamed).
+    pub fn request_shutdown(&self) {
+        match self.shutdown.get() {
+            Some(stop) => (stop.0)(),
+            None => self.start_closing(),
+        }
+    }
+
+    /// Sets how the node is stopped (once, at start-up).
+    pub fn set_shutdown(&self, stop: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.shutdown.set(Shutdown(stop));
+    }
+
+    /// Sets the ring book (once, at start-up).
+    pub fn set_keeper(&self, keeper: crate::cluster::keeper::RingKeeper) {
+        let _ = self.keeper.set(keeper);
+    }
+
     /// Counts work that continues an admitted request (an operation running in its own task,
     /// which may outlive the request's deadline): admitted even while closing, so that the
     /// shards close only after it.
@@ -515,7 +571,6 @@ struct CoreInner {
     shards: u32,
     store: LocalStore,
     /// Which core holds a token's keys on this node.
-    shard_map: ShardMap,
     cluster: SharedCluster,
     shared: Arc<NodeShared>,
     /// How long a request may take when its sender does not say.
@@ -589,7 +644,6 @@ impl Core {
             index: parts.index,
             shards,
             store: parts.store,
-            shard_map: own.shard_map,
             cluster: parts.cluster,
             shared: parts.shared,
             default_timeout: parts.default_timeout,
@@ -613,14 +667,8 @@ impl Core {
     pub fn single(store: LocalStore, node: NodeId) -> Core {
         let (shared, _inbox) = NodeShared::new(1);
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7400));
-        let own = RingMember {
-            id: node.to_string(),
-            binary: addr,
-            http: addr,
-            shards: 1,
-            vnodes: dynacore_proto::ring::VNODES_DEFAULT,
-            generation: 1,
-        };
+        let own = RingMember::new(node, addr, addr, 1, dynacore_proto::ring::VNODES_DEFAULT, 1)
+            .normal_with(Vec::new());
         let book = RingBook::in_memory(own);
         let cluster = SharedCluster::new(ClusterState::build(node, &book, None, 1));
         Core::new(CoreParts {
@@ -744,7 +792,7 @@ impl Core {
     /// The core that owns `key`.
     #[must_use]
     pub fn owner_of(&self, key: &[u8]) -> u32 {
-        self.0.shard_map.shard_of(Token::of(key))
+        self.cluster().own_node().shard_map.shard_of(Token::of(key))
     }
 
     /// Admits a request, or `None` once the node is shutting down.
@@ -768,9 +816,14 @@ impl Core {
             | ShardOp::ReplicaRead { key }
             | ShardOp::ReplicaApply { key, .. }
             | ShardOp::Paxos { key, .. } => self.owner_of(key),
-            ShardOp::TreeHashes { ranges } | ShardOp::TreeKeys { ranges, .. } => ranges
-                .first()
-                .map_or(self.0.index, |r| self.0.shard_map.shard_of(Token(r.1))),
+            ShardOp::StreamRange { end, .. } => {
+                self.cluster().own_node().shard_map.shard_of(Token(*end))
+            }
+            ShardOp::TreeHashes { ranges } | ShardOp::TreeKeys { ranges, .. } => {
+                ranges.first().map_or(self.0.index, |r| {
+                    self.cluster().own_node().shard_map.shard_of(Token(r.1))
+                })
+            }
             ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
@@ -862,6 +915,20 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
         ShardOp::Paxos { key, step } => ShardReply::Paxos(run_paxos(store, &key, step).await),
         ShardOp::TreeHashes { ranges } => ShardReply::Tree(tree_hashes(store, &ranges).await),
         ShardOp::TreeKeys { ranges, max } => ShardReply::Tree(tree_keys(store, &ranges, max).await),
+        ShardOp::StreamRange {
+            start,
+            end,
+            after,
+            max_keys,
+            max_bytes,
+        } => ShardReply::Tree(
+            store
+                .shard()
+                .range_objects(Token(start), Token(end), &after, max_keys, max_bytes)
+                .await
+                .map(|(objects, more)| TreeAnswer::Objects(objects, more))
+                .map_err(StoreError::from),
+        ),
         ShardOp::VerifyTree => ShardReply::Tree(
             store
                 .shard()

@@ -164,6 +164,8 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
             | fb::Op::TreeHashes
             | fb::Op::TreeKeys
             | fb::Op::Repaired
+            | fb::Op::RingSync
+            | fb::Op::StreamRange
     ) || req.forwarded();
     if replica_op && !from_peer {
         core.metrics()
@@ -381,9 +383,11 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                     .unwrap_or(0);
                                 Ok(reply::tree_hashes_answer(id, h.as_deref(), oldest))
                             }
-                            Ok(TreeAnswer::Keys(_) | TreeAnswer::Check(_)) => {
-                                bad("a core answered another request")
-                            }
+                            Ok(
+                                TreeAnswer::Keys(_)
+                                | TreeAnswer::Check(_)
+                                | TreeAnswer::Objects(..),
+                            ) => bad("a core answered another request"),
                             Err(e) => Err(store_error(id, &e)),
                         }
                     }
@@ -421,9 +425,11 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                     wire.as_ref().map(|(l, more)| (l.as_slice(), *more)),
                                 ))
                             }
-                            Ok(TreeAnswer::Hashes(_) | TreeAnswer::Check(_)) => {
-                                bad("a core answered another request")
-                            }
+                            Ok(
+                                TreeAnswer::Hashes(_)
+                                | TreeAnswer::Check(_)
+                                | TreeAnswer::Objects(..),
+                            ) => bad("a core answered another request"),
                             Err(e) => Err(store_error(id, &e)),
                         }
                     }
@@ -445,6 +451,84 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                     Ok(reply::repaired_answer(id))
                 }
                 None => bad("repaired notice without fields"),
+            },
+        ),
+        fb::Op::RingSync => (
+            Op::Other,
+            match (req.op_as_ring_sync(), core.shared().keeper()) {
+                (Some(r), Some(keeper)) => {
+                    match crate::cluster::keeper::decode_book(r.book().bytes()) {
+                        Ok(entries) => {
+                            keeper.merge(&entries);
+                            Ok(reply::ring_sync_answer(id, &keeper.encoded()))
+                        }
+                        Err(m) => bad(&m),
+                    }
+                }
+                (None, _) => bad("ring sync without fields"),
+                (_, None) => bad("this node does not gossip: it keeps no ring book"),
+            },
+        ),
+        fb::Op::StreamRange => (
+            Op::Other,
+            match req.op_as_stream_range() {
+                Some(r) => {
+                    let (start, end) = (r.range().start(), r.range().end());
+                    let after = r
+                        .after_key()
+                        .map(|k| k.bytes().to_vec())
+                        .unwrap_or_default();
+                    let own = core.cluster().own_node().shard_map.clone();
+                    let (first, last) = (
+                        dynacore_proto::ring::Token(start),
+                        dynacore_proto::ring::Token(end),
+                    );
+                    if start > end || !own.on_one_core(first, last) {
+                        bad("a streamed range is ordered and held by one core of the node")
+                    } else {
+                        let op = ShardOp::StreamRange {
+                            start,
+                            end,
+                            after,
+                            max_keys: match r.max_keys() {
+                                0 => STREAM_KEYS_MAX,
+                                n => (n as usize).min(STREAM_KEYS_MAX),
+                            },
+                            max_bytes: match r.max_bytes() {
+                                0 => STREAM_BYTES_MAX,
+                                n => (n as usize).min(STREAM_BYTES_MAX),
+                            },
+                        };
+                        match in_background(core, op, timeout).await {
+                            Ok(TreeAnswer::Objects(objects, more)) => {
+                                let mut entries = Vec::with_capacity(objects.len());
+                                let mut failed = None;
+                                for (key, object) in objects {
+                                    match dynacore_engine::object::to_parts(&object) {
+                                        Ok((version, values)) => {
+                                            entries.push(reply::StreamEntryWire {
+                                                key,
+                                                version,
+                                                values,
+                                            });
+                                        }
+                                        Err(e) => {
+                                            failed = Some(e.to_string());
+                                            break;
+                                        }
+                                    }
+                                }
+                                match failed {
+                                    Some(m) => Err(store_error(id, &StoreError::Internal(m))),
+                                    None => Ok(reply::stream_range_answer(id, &entries, more)),
+                                }
+                            }
+                            Ok(_) => bad("a core answered another request"),
+                            Err(e) => Err(store_error(id, &e)),
+                        }
+                    }
+                }
+                None => bad("stream range without fields"),
             },
         ),
         other => (Op::Other, bad(&format!("unknown operation {}", other.0))),
@@ -490,6 +574,11 @@ async fn in_background(
     .unwrap_or_else(|| Err(StoreError::Unavailable("the core stopped".into())))
 }
 
+/// Keys one `StreamRange` answer carries at most.
+const STREAM_KEYS_MAX: usize = 4096;
+/// About how many bytes one `StreamRange` answer carries at most (a frame holds 10 MiB).
+const STREAM_BYTES_MAX: usize = 4 << 20;
+
 /// Keys one `TreeKeys` answer carries at most.
 const TREE_KEYS_MAX: usize = 8192;
 
@@ -509,8 +598,11 @@ fn token_ranges<'a>(
     let own = core.cluster().own_node().shard_map.clone();
     let first = own.shard_of(dynacore_proto::ring::Token(ranges[0].1));
     if ranges.iter().any(|r| {
-        own.shard_of(dynacore_proto::ring::Token(r.0)) != first
-            || own.shard_of(dynacore_proto::ring::Token(r.1)) != first
+        own.shard_of(dynacore_proto::ring::Token(r.1)) != first
+            || !own.on_one_core(
+                dynacore_proto::ring::Token(r.0),
+                dynacore_proto::ring::Token(r.1),
+            )
     }) {
         return Err("the token ranges of one request must lie on one core".into());
     }
@@ -1013,13 +1105,16 @@ mod huge_ring {
     fn a_topology_too_large_for_a_frame_is_an_error_and_the_core_keeps_answering() {
         with_store(|store, _| async move {
             // The largest ring members may announce: 1,024 nodes of 4,096 vnodes each.
-            let member = |i: u64| RingMember {
-                id: format!("{:x}", i + 1),
-                binary: std::net::SocketAddr::from(([127, 0, 0, 1], 7400)),
-                http: std::net::SocketAddr::from(([127, 0, 0, 1], 8400)),
-                shards: 1,
-                vnodes: crate::cluster::membership::VNODES_MAX,
-                generation: 1,
+            let member = |i: u64| {
+                RingMember::new(
+                    NodeId(i + 1),
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 7400)),
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 8400)),
+                    1,
+                    crate::cluster::membership::VNODES_MAX,
+                    1,
+                )
+                .normal_with(Vec::new())
             };
             let mut book = RingBook::in_memory(member(0));
             let nodes = u64::try_from(crate::cluster::membership::NODES_MAX).expect("fits");

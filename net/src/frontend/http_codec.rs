@@ -73,6 +73,17 @@ pub enum Route {
     RepairStatus,
     /// `POST /admin/verify-trees`: every core's hash tree compared with a full scan.
     VerifyTrees,
+    /// `GET /cluster/endpoints/{key}`: the key's replicas, primary first (as `nodetool
+    /// getendpoints`), and its pending ones while ranges move.
+    Endpoints(Vec<u8>),
+    /// `POST /admin/decommission`: this node streams its ranges to their next owners, leaves
+    /// the ring and stops.
+    Decommission,
+    /// `POST /admin/removenode/{id}`: a dead node's ranges are rebuilt on their next owners
+    /// from the surviving replicas, and it leaves the ring for good.
+    RemoveNode(String),
+    /// `POST /admin/cleanup`: this node drops the keys of ranges it no longer holds.
+    Cleanup,
 }
 
 /// A request's head, checked.
@@ -329,6 +340,26 @@ fn route(method: &str, path: &str) -> Result<Route, HttpError> {
         let key = key_segment(raw)?;
         return match method {
             "GET" => Ok(Route::LocalCopy(key)),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
+    }
+    if let Some(raw) = path.strip_prefix("/cluster/endpoints/") {
+        let key = key_segment(raw)?;
+        return match method {
+            "GET" => Ok(Route::Endpoints(key)),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
+    }
+    if let Some(id) = path.strip_prefix("/admin/removenode/") {
+        return match method {
+            "POST" => Ok(Route::RemoveNode(id.to_owned())),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
+    }
+    if path == "/admin/decommission" || path == "/admin/cleanup" {
+        return match method {
+            "POST" if path == "/admin/cleanup" => Ok(Route::Cleanup),
+            "POST" => Ok(Route::Decommission),
             _ => Err(HttpError::MethodNotAllowed),
         };
     }

@@ -22,6 +22,8 @@ use serde_json::json;
 
 use super::listen::{accept_connections, close_with, WRITE_TIMEOUT};
 use crate::cluster::membership::NodeStatus;
+use crate::cluster::ring_book::{MemberState, Progress};
+use crate::cluster::RingMember;
 use crate::coordinator::{self, ReadRequest, WriteRequest};
 use crate::core::{Core, ShardOp, ShardReply};
 use crate::frontend::http_codec::{
@@ -281,6 +283,18 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::AdminRepair => (Op::Other, repair(core).await),
         Route::RepairStatus => (Op::Other, Ok(repair_status(core))),
         Route::VerifyTrees => (Op::Other, verify_trees(core).await),
+        Route::Endpoints(key) => (Op::Other, Ok(endpoints(core, key))),
+        Route::Decommission => (Op::Other, decommission(core).await),
+        Route::RemoveNode(id) => (Op::Other, remove_node(core, id).await),
+        Route::Cleanup => (
+            Op::Other,
+            Err(Reply::error(
+                501,
+                "not_implemented",
+                "cleanup is not built yet: ranges a node no longer holds are dropped by a later \
+             version (they are harmless meanwhile: never read, never repaired)",
+            )),
+        ),
     };
     let reply = reply.unwrap_or_else(|r| r);
     let ok = reply.status < 400;
@@ -495,10 +509,43 @@ fn health(core: &Core) -> Result<Reply, Reply> {
     ))
 }
 
+/// `node`'s ring book entry (a node that gossips keeps a book).
+fn book_entry(core: &Core, node: NodeId) -> Option<RingMember> {
+    core.shared()
+        .keeper()
+        .and_then(|k| k.read(|b| b.get(node).cloned()))
+}
+
+/// A node's streaming progress, with the rate so far and the time left at that rate.
+fn progress_json(p: &Progress) -> serde_json::Value {
+    let elapsed_s = crate::storage::hints::now_ms().saturating_sub(p.started_ms) as f64 / 1000.0;
+    #[allow(clippy::cast_precision_loss)]
+    let eta_s = if p.done {
+        Some(0.0)
+    } else if p.ranges_done > 0 && elapsed_s > 0.0 {
+        let per_range = elapsed_s / p.ranges_done as f64;
+        Some(per_range * (p.ranges - p.ranges_done) as f64)
+    } else {
+        None
+    };
+    json!({
+        "moving_node": p.node,
+        "change": p.change,
+        "ranges": p.ranges,
+        "ranges_done": p.ranges_done,
+        "keys": p.keys,
+        "bytes": p.bytes,
+        "seconds": elapsed_s,
+        "eta_seconds": eta_s,
+        "done": p.done,
+    })
+}
+
 fn cluster(core: &Core) -> Result<Reply, Reply> {
     let cluster = core.cluster();
     let ring = &cluster.ring;
     let ownership = ring.ownership();
+    let replicated = ring.replicated_ownership(usize::from(cluster.replication_factor));
     let members = core.shared().members().read().ok().and_then(|m| m.clone());
     let status_name = |s: NodeStatus| match s {
         NodeStatus::Joining => "joining",
@@ -522,10 +569,11 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
             #[allow(clippy::cast_precision_loss)]
             let owned = ownership.get(&n.id).copied().unwrap_or(0) as f64 / (1u128 << 64) as f64;
             let is_self = n.id == cluster.own;
+            let progress = book_entry(core, n.id).and_then(|m| m.progress);
             json!({
                 "id": n.id.to_string(),
                 "self": is_self,
-                "in_ring": true,
+                "in_ring": n.in_ring,
                 "host": n.binary.ip().to_string(),
                 "port": n.binary.port(),
                 "shard_ports": (0..n.shards).map(|s| u32::from(n.binary.port()) + 1 + s).collect::<Vec<_>>(),
@@ -533,24 +581,67 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
                 "gossip": if is_self { Some(n.binary.to_string()) } else { gossip_of(n.id) },
                 "shards": n.shards,
                 "vnodes": n.vnodes,
+                "tokens": n.tokens.len(),
+                "rack": n.rack,
                 "generation": n.generation,
                 "owned_fraction": owned,
+                "replicated_fraction": replicated.get(&n.id).map_or(0.0, |&r| {
+                    #[allow(clippy::cast_precision_loss)]
+                    let f = r as f64 / (1u128 << 64) as f64;
+                    f
+                }),
                 "up": n.up,
-                // A node that announced it was leaving and then went away left cleanly.
-                "status": match (n.up, n.status) {
-                    (true, status) => status.map_or("normal", status_name),
-                    (false, Some(NodeStatus::Leaving)) => "left",
-                    (false, _) => "down",
+                "state": n.state.name(),
+                // A node that announced it was leaving and then went away stopped cleanly
+                // ("left", as before decommission existed); one decommissioned or removed
+                // says so.
+                "status": match (n.up, n.state, n.status) {
+                    (_, MemberState::Left | MemberState::Removed, _)
+                    | (true, MemberState::Joining | MemberState::Leaving, _) => n.state.name(),
+                    (true, _, status) => status.map_or("normal", status_name),
+                    (false, _, Some(NodeStatus::Leaving)) => "left",
+                    (false, _, _) => "down",
                 },
+                "streaming": progress.map(|p| progress_json(&p)),
             })
         })
         .collect();
+    // Members gone from the ring for good (decommissioned, removed), as the book keeps them.
+    let gone: Vec<RingMember> = core
+        .shared()
+        .keeper()
+        .map(|k| {
+            k.read(|b| {
+                b.members()
+                    .filter(|(id, m)| m.state.gone() && !cluster.nodes.contains_key(id))
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    for m in &gone {
+        nodes.push(json!({
+            "id": m.id,
+            "self": false,
+            "in_ring": false,
+            "host": m.binary.ip().to_string(),
+            "port": m.binary.port(),
+            "http": m.http.to_string(),
+            "shards": m.shards,
+            "vnodes": m.vnodes,
+            "tokens": m.tokens.len(),
+            "rack": m.rack,
+            "generation": m.generation,
+            "up": false,
+            "state": m.state.name(),
+            "status": m.state.name(),
+        }));
+    }
     if let Some(m) = &members {
-        for v in m
-            .others
-            .iter()
-            .filter(|v| !cluster.nodes.contains_key(&NodeId(v.id.node)))
-        {
+        for v in m.others.iter().filter(|v| {
+            let id = NodeId(v.id.node).to_string();
+            !cluster.nodes.contains_key(&NodeId(v.id.node)) && !gone.iter().any(|g| g.id == id)
+        }) {
             let meta = v.meta.as_ref();
             nodes.push(json!({
                 "id": NodeId(v.id.node).to_string(),
@@ -564,6 +655,7 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
                 "vnodes": meta.map(|m| m.vnodes),
                 "generation": v.id.generation,
                 "up": v.up,
+                "state": "joining",
                 "status": match (v.up, meta.map(|m| m.status)) {
                     (true, status) => status.map_or("normal", status_name),
                     (false, Some(NodeStatus::Leaving)) => "left",
@@ -575,7 +667,7 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
     // How this node's own vnodes spread over its cores.
     let own = cluster.own_node();
     let mut per_shard = vec![0usize; own.shards as usize];
-    for t in dynacore_proto::ring::vnode_tokens(own.id, own.vnodes) {
+    for &t in &own.tokens {
         per_shard[dynacore_proto::ring::shard_for_vnode(t, own.shards) as usize] += 1;
     }
     Ok(Reply::json(
@@ -591,6 +683,25 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
             "vnodes": ring.vnodes().len(),
             "vnodes_per_shard": per_shard,
             "ownership_balance": ring.ownership_balance(),
+            "replicated_ownership_balance": ring.replicated_balance(usize::from(cluster.replication_factor)),
+            "moving": cluster.moving.as_ref().map(|mv| json!({
+                "node": mv.node.to_string(),
+                "state": mv.state.name(),
+                "kind": format!("{:?}", mv.change.kind).to_lowercase(),
+                "change": mv.change.id,
+                "driver": mv.change.driver,
+                "replaces": mv.replaces.map(|r| r.to_string()),
+                "gaining": crate::coordinator::moves::gaining_nodes(&cluster)
+                    .into_iter()
+                    .map(|n| json!({
+                        "node": n.to_string(),
+                        "streaming": book_entry(core, n)
+                            .and_then(|m| m.progress)
+                            .filter(|p| p.change == mv.change.id)
+                            .map(|p| progress_json(&p)),
+                    }))
+                    .collect::<Vec<_>>(),
+            })),
             "membership": members.map(|m| json!({
                 "bad_packets": m.stats.bad_packets,
                 "members_up": m.stats.ups,
@@ -598,6 +709,80 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
             })),
         }),
     ))
+}
+
+/// `GET /cluster/endpoints/{key}`: where the key lives.
+fn endpoints(core: &Core, key: &[u8]) -> Reply {
+    let cluster = core.cluster();
+    let token = dynacore_proto::ring::Token::of(key);
+    let describe = |n: NodeId| {
+        let node = cluster.nodes.get(&n);
+        json!({
+            "id": n.to_string(),
+            "http": node.map(|p| p.http.to_string()),
+            "binary": node.map(|p| p.core_addr(token).to_string()),
+            "rack": node.map(|p| p.rack.clone()),
+            "up": cluster.is_up(n),
+        })
+    };
+    Reply::json(
+        200,
+        &json!({
+            "key": String::from_utf8_lossy(key),
+            "token": token.0,
+            "replicas": cluster.replicas(token).into_iter().map(describe).collect::<Vec<_>>(),
+            "pending": cluster.pending_replicas(token).into_iter().map(describe).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// `POST /admin/decommission`: this node starts leaving (see `coordinator::topology`).
+async fn decommission(core: &Core) -> Result<Reply, Reply> {
+    crate::coordinator::topology::decommission(core)
+        .await
+        .map(|change| {
+            Reply::json(
+                202,
+                &json!({
+                    "node": core.cluster().own.to_string(),
+                    "state": "leaving",
+                    "change": change,
+                    "message": "streaming this node's ranges to their next owners; it leaves the \
+                                ring and stops once they hold them (GET /cluster shows the progress)",
+                }),
+            )
+        })
+        .map_err(|e| Reply::error(409, "conflict", &e))
+}
+
+/// `POST /admin/removenode/{id}`: a dead node's ranges are rebuilt on their next owners.
+async fn remove_node(core: &Core, id: &str) -> Result<Reply, Reply> {
+    let node = u64::from_str_radix(id, 16)
+        .ok()
+        .filter(|&n| n != 0 && id.len() <= 16)
+        .map(NodeId)
+        .ok_or_else(|| {
+            Reply::error(
+                400,
+                "bad_request",
+                &format!("{id:?} is not a node id (16 hex digits)"),
+            )
+        })?;
+    crate::coordinator::topology::remove_node(core, node)
+        .await
+        .map(|change| {
+            Reply::json(
+                202,
+                &json!({
+                    "node": node.to_string(),
+                    "state": "leaving",
+                    "change": change,
+                    "message": "rebuilding its ranges on their next owners from the surviving \
+                                replicas; it leaves the ring for good once they hold them",
+                }),
+            )
+        })
+        .map_err(|e| Reply::error(409, "conflict", &e))
 }
 
 /// How long an operator's compaction may take on one core before the answer gives up waiting

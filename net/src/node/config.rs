@@ -32,6 +32,8 @@
 //! anti_entropy_keys_per_s = 5000 # repair budget of the node: keys moved per second ...
 //! anti_entropy_mib_per_s = 32    # ... and MiB moved per second
 //! hash_tree_leaf_bits = 20       # 2^20 leaves per shard's hash tree (8 MiB; at most 22)
+//! rack = "r1"                    # this node's rack: replicas go to distinct racks (--rack)
+//! stream_mib_per_s = 64          # MiB a node streams in per second while ranges move
 //! cluster_secret_file = "/etc/dynacore/cluster.secret"  # shared by every node (default: one
 //!                                # generated in the data directory at the first start)
 //! ```
@@ -91,6 +93,10 @@ pub struct NodeConfig {
     /// Other nodes' binary addresses to join through (gossip goes to the same ports, over
     /// UDP); empty: a cluster of one until others join this node.
     pub seeds: Vec<SocketAddr>,
+    /// The node's rack: a key's replicas go to distinct racks where there are enough.
+    pub rack: String,
+    /// A dead node whose tokens this one takes over (`--replace`), streaming its ranges.
+    pub replace: Option<u64>,
     /// The node's id, when it must be a given one (otherwise generated at the first start and
     /// kept in the data directory).
     pub node_id: Option<u64>,
@@ -116,6 +122,9 @@ pub struct AntiEntropyConfig {
     pub bytes_per_s: u64,
     /// `log2` of each shard's hash tree leaves.
     pub leaf_bits: u32,
+    /// Bytes a node streams in per second while ranges move to it (joins, decommissions,
+    /// removals, replacements).
+    pub stream_bytes_per_s: u64,
 }
 
 impl Default for AntiEntropyConfig {
@@ -125,6 +134,7 @@ impl Default for AntiEntropyConfig {
             keys_per_s: 5000,
             bytes_per_s: 32 << 20,
             leaf_bits: dynacore_engine::hashtree::LEAF_BITS_DEFAULT,
+            stream_bytes_per_s: 64 << 20,
         }
     }
 }
@@ -184,6 +194,8 @@ impl Default for NodeConfig {
             binary_idle_timeout: Duration::from_secs(600),
             http_connections_max: 4096,
             seeds: Vec::new(),
+            rack: String::new(),
+            replace: None,
             node_id: None,
             replication: ReplicationConfig::default(),
             purge: PurgeConfig::default(),
@@ -212,6 +224,7 @@ struct FileConfig {
     binary_idle_timeout_s: Option<u64>,
     http_connections_max: Option<usize>,
     seeds: Option<Vec<String>>,
+    rack: Option<String>,
     node_id: Option<String>,
     replication_factor: Option<u8>,
     sloppy_quorum: Option<bool>,
@@ -228,6 +241,7 @@ struct FileConfig {
     anti_entropy_interval_s: Option<u64>,
     anti_entropy_keys_per_s: Option<u32>,
     anti_entropy_mib_per_s: Option<u64>,
+    stream_mib_per_s: Option<u64>,
     hash_tree_leaf_bits: Option<u32>,
 }
 
@@ -259,6 +273,14 @@ pub struct Overrides {
     /// Other nodes' binary addresses to join through, comma-separated (ip:port,...).
     #[arg(long)]
     pub seeds: Option<String>,
+    /// This node's rack: a key's replicas go to distinct racks where there are enough
+    /// [default: none].
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// Take over the tokens of this dead node (its id, 16 hex digits), streaming its ranges
+    /// from the surviving replicas; the dead node leaves the ring for good.
+    #[arg(long)]
+    pub replace: Option<String>,
     /// This node's id (16 hex digits) [default: generated at the first start and kept].
     #[arg(long)]
     pub node_id: Option<String>,
@@ -317,6 +339,20 @@ fn parse_node_id(what: &str, s: &str) -> Result<u64, ConfigError> {
         _ => Err(ConfigError(format!(
             "{what} must be 1 to 16 hex digits, not zero, not {s:?}"
         ))),
+    }
+}
+
+/// A rack name: 1 to 64 letters, digits, `-`, `_` or `.`.
+fn parse_rack(what: &str, v: &str) -> Result<String, ConfigError> {
+    let ok = (1..=64).contains(&v.len())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(ConfigError(format!(
+            "{what} must be 1 to 64 letters, digits, '-', '_' or '.', not {v:?}"
+        )))
     }
 }
 
@@ -397,6 +433,9 @@ impl NodeConfig {
             if let Some(v) = f.node_id {
                 c.node_id = Some(parse_node_id("node_id", &v)?);
             }
+            if let Some(v) = f.rack {
+                c.rack = parse_rack("rack", &v)?;
+            }
             for (name, v) in [
                 ("purge_gate", f.purge_gate),
                 ("tombstone_gc", f.tombstone_gc),
@@ -427,6 +466,12 @@ impl NodeConfig {
                     ));
                 }
                 ae.keys_per_s = v;
+            }
+            if let Some(v) = f.stream_mib_per_s {
+                if v == 0 {
+                    return Err(ConfigError("stream_mib_per_s must be at least 1".into()));
+                }
+                ae.stream_bytes_per_s = v.saturating_mul(1 << 20);
             }
             if let Some(v) = f.anti_entropy_mib_per_s {
                 if v == 0 {
@@ -500,6 +545,12 @@ impl NodeConfig {
         }
         if let Some(v) = &flags.seeds {
             c.seeds = parse_seeds("--seeds", v.split(','))?;
+        }
+        if let Some(v) = &flags.rack {
+            c.rack = parse_rack("--rack", v)?;
+        }
+        if let Some(v) = &flags.replace {
+            c.replace = Some(parse_node_id("--replace", v)?);
         }
         if let Some(v) = &flags.node_id {
             c.node_id = Some(parse_node_id("--node-id", v)?);
@@ -659,6 +710,7 @@ mod tests {
                 keys_per_s: 10,
                 bytes_per_s: 2 << 20,
                 leaf_bits: 12,
+                stream_bytes_per_s: 64 << 20,
             }
         );
         // The older name of the setting still works.

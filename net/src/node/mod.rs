@@ -78,6 +78,8 @@ pub struct NodeMeta {
     pub vnodes: u16,
     /// This start's generation: one more than the previous start's.
     pub generation: u64,
+    /// Whether this is the node's first start on this data directory (no identity file yet).
+    pub first_start: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -183,6 +185,7 @@ pub fn load_or_create_meta(
                 shards,
                 vnodes,
                 generation: next_generation(m.generation),
+                first_start: false,
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -193,6 +196,7 @@ pub fn load_or_create_meta(
                 shards,
                 vnodes,
                 generation: next_generation(0),
+                first_start: true,
             }
         }
         Err(e) => {
@@ -338,28 +342,67 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             },
         )?;
     tracing::info!(path = %secret_path.display(), "cluster secret");
-    let own_member = RingMember {
-        id: meta.node_id.to_string(),
-        binary: config.advertised(),
-        http: config.http,
-        shards: cores,
-        vnodes: config.vnodes,
-        generation: meta.generation,
-    };
-    // A node that does not gossip is a cluster of one whatever its file says.
+    let mut own_member = RingMember::new(
+        meta.node_id,
+        config.advertised(),
+        config.http,
+        cores,
+        config.vnodes,
+        meta.generation,
+    );
+    own_member.rack.clone_from(&config.rack);
+    // A node that does not gossip is a cluster of one whatever its file says: its tokens
+    // derive from its id.
     let book = if config.listen.ip().is_unspecified() {
-        RingBook::in_memory(own_member)
+        RingBook::in_memory(own_member.normal_with(Vec::new()))
     } else {
-        let book = RingBook::load(&config.data_dir, own_member).map_err(NodeError::Config)?;
-        book.save().map_err(NodeError::Runtime)?;
+        let mut book = RingBook::load(&config.data_dir, own_member).map_err(NodeError::Config)?;
         // Seeds other than itself: it must learn the ring from them before it serves.
         let own_addr = config.advertised();
-        book.seeded(
-            config
-                .seeds
-                .iter()
-                .any(|s| *s != own_addr && *s != config.listen),
-        )
+        let seeded = config
+            .seeds
+            .iter()
+            .any(|s| *s != own_addr && *s != config.listen);
+        let own = book.own().clone();
+        if own.state.gone() {
+            return Err(NodeError::Config(format!(
+                "node {} was {} from the ring; its data directory {} cannot serve again \
+                 (wipe it to start a new node)",
+                meta.node_id,
+                own.state.name(),
+                config.data_dir.display()
+            )));
+        }
+        if !own.has_tokens() {
+            if !meta.first_start && config.replace.is_none() {
+                // A node of a ring made before tokens were allocated: its data is placed by
+                // tokens derived from its id.
+                book.update_own(|m| m.state = crate::cluster::ring_book::MemberState::Normal);
+            } else if !seeded && config.replace.is_none() {
+                // The first node of a new ring: evenly spaced tokens.
+                let tokens = dynacore_proto::allocate_tokens(
+                    None,
+                    meta.node_id,
+                    &config.rack,
+                    config.vnodes,
+                    usize::from(config.replication.replication_factor),
+                    meta.node_id.0,
+                );
+                book.update_own(|m| {
+                    m.tokens = tokens.iter().map(|t| t.0).collect();
+                    m.state = crate::cluster::ring_book::MemberState::Normal;
+                });
+            } else if !seeded {
+                return Err(NodeError::Config(
+                    "--replace needs --seeds: the node learns the dead node's tokens from the \
+                     cluster"
+                        .into(),
+                ));
+            }
+            // Otherwise it joins through its seeds (the topology driver on core 0).
+        }
+        book.save().map_err(NodeError::Runtime)?;
+        book.seeded(seeded)
     };
     let cluster = SharedCluster::new(ClusterState::build(
         meta.node_id,
@@ -367,7 +410,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         None,
         config.replication.replication_factor,
     ));
-    let mut book = Some(book);
+    let gossips = !config.listen.ip().is_unspecified();
     let history = crate::storage::repair_history::SharedHistory::new(
         crate::storage::repair_history::RepairHistory::load(&config.data_dir),
     );
@@ -395,6 +438,20 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             config.anti_entropy.bytes_per_s,
         ),
     );
+    let (keeper, digests) = crate::cluster::keeper::RingKeeper::new(
+        book,
+        cluster.clone(),
+        shared.members().clone(),
+        config.replication.replication_factor,
+    );
+    if gossips {
+        shared.set_keeper(keeper.clone());
+    }
+    let mut publish = Some(crate::cluster::gossip::Publish {
+        members: shared.members().clone(),
+        keeper,
+        digests,
+    });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u32, String>>();
     let mut controls = Vec::new();
     let mut executors = Vec::new();
@@ -410,8 +467,8 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             ready_tx.clone(),
             key.clone(),
         );
-        // Core 0 keeps the ring book (its membership driver records new members).
-        let book = if i == 0 { book.take() } else { None };
+        // Core 0 runs the membership driver.
+        let publish = if i == 0 { publish.take() } else { None };
         let shard_addr = shard_addrs[i as usize];
         let spawned = runtime::spawn_executor(
             &format!("dynacore-core-{i}"),
@@ -424,7 +481,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                     node_id: meta.node_id,
                     generation: meta.generation,
                     cluster,
-                    book,
+                    publish,
                     shared: core_shared,
                     inbox,
                     control: control_rx,
@@ -445,6 +502,14 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         }
     }
     drop(ready_tx);
+    {
+        let (weak, controls) = (Arc::downgrade(&shared), controls.clone());
+        shared.set_shutdown(Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                stop_all(&shared, &controls);
+            }
+        }));
+    }
     install_signal_handler(shared.clone(), controls.clone())?;
     let mut failure = None;
     for _ in 0..cores {
@@ -529,7 +594,7 @@ struct CoreStart {
     node_id: NodeId,
     generation: u64,
     cluster: SharedCluster,
-    book: Option<RingBook>,
+    publish: Option<crate::cluster::gossip::Publish>,
     shared: Arc<NodeShared>,
     inbox: flume::Receiver<crate::core::Forward>,
     control: flume::Receiver<()>,
@@ -632,6 +697,17 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
     let replay = runtime::spawn(crate::coordinator::replay_hints(core.clone()));
     crate::coordinator::run_anti_entropy(core.clone(), s.config.anti_entropy.interval);
+    if i == 0 {
+        crate::coordinator::topology::run_topology(
+            core.clone(),
+            crate::coordinator::topology::TopologyOptions {
+                replace: s.config.replace.map(NodeId),
+                rack: s.config.rack.clone(),
+                vnodes: s.config.vnodes,
+                stream_bytes_per_s: s.config.anti_entropy.stream_bytes_per_s,
+            },
+        );
+    }
     let bound = (|| {
         let main = runtime::TcpListener::bind(s.config.listen)?;
         let own = runtime::TcpListener::bind(s.shard_addr)?;
@@ -683,13 +759,12 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
                     binary: s.config.advertised(),
                     http: s.config.http,
                     gossip: s.config.advertised(),
+                    ring: core
+                        .shared()
+                        .keeper()
+                        .map_or(0, crate::cluster::keeper::RingKeeper::digest),
                 };
-                let publish = crate::cluster::gossip::Publish {
-                    members: core.shared().members().clone(),
-                    book: s.book.expect("INVARIANT: core 0 holds the ring book"),
-                    cluster: s.cluster.clone(),
-                    replication_factor: replication.replication_factor,
-                };
+                let publish = s.publish.expect("INVARIANT: core 0 runs the membership");
                 let seeds = s.config.seeds.clone();
                 Some(runtime::spawn(crate::cluster::gossip::run(
                     socket,

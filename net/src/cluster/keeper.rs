@@ -1,0 +1,116 @@
+//! The ring book as the whole node shares it: every core may read it, merge a peer's book into
+//! it or change this node's entry; each change is saved to the `RING` file and republished as
+//! the [`ClusterState`] every core routes by, and its digest is handed to the gossip driver
+//! (which announces it, so that peers whose books differ sync).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::cluster::membership::SharedMembers;
+use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
+
+/// The node's ring book, shared (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct RingKeeper(Arc<KeeperInner>);
+
+#[derive(Debug)]
+struct KeeperInner {
+    book: Mutex<RingBook>,
+    cluster: SharedCluster,
+    members: SharedMembers,
+    replication_factor: u8,
+    digest: flume::Sender<u64>,
+}
+
+impl RingKeeper {
+    /// Keeps `book`, publishing into `cluster` (with liveness from `members`); the receiver
+    /// gets the book's digest after every change.
+    #[must_use]
+    pub fn new(
+        book: RingBook,
+        cluster: SharedCluster,
+        members: SharedMembers,
+        replication_factor: u8,
+    ) -> (RingKeeper, flume::Receiver<u64>) {
+        let (digest, digests) = flume::bounded(1);
+        let keeper = RingKeeper(Arc::new(KeeperInner {
+            book: Mutex::new(book),
+            cluster,
+            members,
+            replication_factor,
+            digest,
+        }));
+        (keeper, digests)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RingBook> {
+        match self.0.book.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Reads the book.
+    pub fn read<R>(&self, f: impl FnOnce(&RingBook) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Changes the book with `f` (which says whether it changed anything); a change is saved,
+    /// republished and announced. Returns what `f` said.
+    pub fn edit(&self, f: impl FnOnce(&mut RingBook) -> bool) -> bool {
+        let mut book = self.lock();
+        if !f(&mut book) {
+            return false;
+        }
+        if let Err(e) = book.save() {
+            tracing::error!(error = %e, "cannot record the ring");
+        }
+        self.publish_locked(&book);
+        let _ = self.0.digest.try_send(book.digest());
+        true
+    }
+
+    /// Merges a peer's entries; `true` if that changed the book.
+    pub fn merge(&self, entries: &[RingMember]) -> bool {
+        self.edit(|b| b.merge(entries))
+    }
+
+    /// Rebuilds the cluster state (liveness changed).
+    pub fn republish(&self) {
+        let book = self.lock();
+        self.publish_locked(&book);
+    }
+
+    fn publish_locked(&self, book: &RingBook) {
+        let members = self.0.members.read().ok().and_then(|m| m.clone());
+        let own = book.own().id.clone();
+        let own = u64::from_str_radix(&own, 16)
+            .map(dynacore_proto::ring::NodeId)
+            .unwrap_or(dynacore_proto::ring::NodeId(0));
+        self.0.cluster.set(ClusterState::build(
+            own,
+            book,
+            members.as_ref(),
+            self.0.replication_factor,
+        ));
+    }
+
+    /// The book's digest.
+    #[must_use]
+    pub fn digest(&self) -> u64 {
+        self.lock().digest()
+    }
+
+    /// The book's entries, encoded for a peer (JSON).
+    #[must_use]
+    pub fn encoded(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.lock().entries()).unwrap_or_default()
+    }
+}
+
+/// Decodes a peer's encoded book.
+///
+/// # Errors
+/// What does not parse.
+pub fn decode_book(bytes: &[u8]) -> Result<Vec<RingMember>, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("a peer's ring book does not parse: {e}"))
+}

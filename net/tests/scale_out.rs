@@ -1,0 +1,310 @@
+//! Scale-out: nodes join, leave, are replaced and removed while writes go on; every
+//! acknowledged key ends up on every replica `/cluster/endpoints/{key}` lists (checked through
+//! `/internal/local/{key}`), and two changes started at once leave one going on.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{dynacore, http, start, temp_dir, wait_exit, wait_within, HttpConn, Node};
+
+/// Moves stream and settle; each wait is bounded by this.
+const MOVE_BOUND: Duration = Duration::from_secs(90);
+
+fn cluster(http_addr: SocketAddr) -> serde_json::Value {
+    http(http_addr, "GET", "/cluster", &[], b"").json()
+}
+
+fn node_id(n: &Node) -> String {
+    cluster(n.http)["nodes"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+/// The ring as `http_addr` sees it is `want` nodes, all up and normal, with no change in
+/// progress.
+fn settled(http_addr: SocketAddr, want: usize) -> bool {
+    let c = cluster(http_addr);
+    let ring: Vec<&serde_json::Value> = c["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["in_ring"].as_bool() == Some(true))
+        .collect();
+    c["moving"].is_null()
+        && ring.len() == want
+        && ring
+            .iter()
+            .all(|n| n["up"].as_bool() == Some(true) && n["state"] == "normal")
+}
+
+fn wait_settled(nodes: &[&Node], want: usize, what: &str) {
+    for n in nodes {
+        wait_within(what, MOVE_BOUND, || settled(n.http, want));
+    }
+}
+
+/// Writes `prefix{i}` for `0..count` through `via`; the keys acknowledged.
+fn write_keys(via: SocketAddr, prefix: &str, count: usize) -> Vec<String> {
+    let mut conn = HttpConn::open(via);
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let key = format!("{prefix}{i}");
+        let body = format!("{{\"value\": \"v-{key}\"}}");
+        let r = conn.request("PUT", &format!("/keys/{key}"), &[], body.as_bytes());
+        if r.status < 300 {
+            acked.push(key);
+        }
+    }
+    acked
+}
+
+/// Writes keys through `via` until `stop`, recording the acknowledged ones (a bounded count).
+fn writer(
+    via: SocketAddr,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut conn = HttpConn::open(via);
+        let mut i = 0usize;
+        while !stop.load(Ordering::SeqCst) && i < 200_000 {
+            let key = format!("{prefix}{i}");
+            let body = format!("{{\"value\": \"v-{key}\"}}");
+            if conn
+                .request("PUT", &format!("/keys/{key}"), &[], body.as_bytes())
+                .status
+                < 300
+            {
+                acked.lock().expect("lock").push(key);
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+/// Every replica `/cluster/endpoints/{key}` lists (asked of `via`) holds each key.
+fn assert_on_every_replica(via: SocketAddr, keys: &[String]) {
+    let mut conns: std::collections::HashMap<String, HttpConn> = Default::default();
+    let mut ask = HttpConn::open(via);
+    let mut missing = Vec::new();
+    for key in keys {
+        let e = ask
+            .request("GET", &format!("/cluster/endpoints/{key}"), &[], b"")
+            .json();
+        let replicas = e["replicas"].as_array().cloned().unwrap_or_default();
+        assert!(!replicas.is_empty(), "{key} has replicas");
+        assert!(
+            e["pending"].as_array().is_some_and(Vec::is_empty),
+            "no move in progress: {e}"
+        );
+        for r in replicas {
+            let h = r["http"].as_str().expect("http").to_owned();
+            let conn = conns
+                .entry(h.clone())
+                .or_insert_with(|| HttpConn::open(h.parse().expect("addr")));
+            let copy = conn.request("GET", &format!("/internal/local/{key}"), &[], b"");
+            if copy.status != 200 || !copy.text().contains(&format!("v-{key}")) {
+                missing.push(format!("{key} on {h} ({})", copy.status));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} keys' copies missing, e.g. {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[test]
+fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on() {
+    let dir = temp_dir("dynacore-scale-join-");
+    let a = start(&dir.path().join("a"), 2, &[]);
+    let seed = a.addr.to_string();
+    let b = start(&dir.path().join("b"), 2, &["--seeds", &seed]);
+    let c = start(&dir.path().join("c"), 2, &["--seeds", &seed]);
+    wait_settled(&[&a, &b, &c], 3, "three nodes form a ring");
+    let mut keys = write_keys(b.http, "before-", 1500);
+    assert_eq!(keys.len(), 1500);
+    let stop = Arc::new(AtomicBool::new(false));
+    let live = Arc::new(Mutex::new(Vec::new()));
+    let w = writer(b.http, "during-", stop.clone(), live.clone());
+    // A fourth node joins: it streams its ranges and becomes normal.
+    let d = start(&dir.path().join("d"), 2, &["--seeds", &seed]);
+    wait_settled(&[&b, &d], 4, "the fourth node joins");
+    assert!(
+        d.log_text().contains("every range streamed in"),
+        "the joiner streamed: {}",
+        d.log_text()
+    );
+    // Node a is decommissioned: it streams its ranges away, leaves and stops.
+    let mut a = a;
+    let out = dynacore()
+        .args(["decommission", "--addr", &a.http.to_string()])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leaving"));
+    let status = wait_exit(&mut a.child, MOVE_BOUND).expect("the decommissioned node stops");
+    assert!(status.success(), "{status:?}: {}", a.log_text());
+    wait_settled(&[&b, &c, &d], 3, "three nodes are left");
+    stop.store(true, Ordering::SeqCst);
+    w.join().expect("writer");
+    let c_view = cluster(c.http);
+    let left: Vec<&serde_json::Value> = c_view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["state"] == "left")
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the decommissioned node shows as left: {c_view}"
+    );
+    keys.extend(live.lock().expect("lock").iter().cloned());
+    assert!(keys.len() > 1500, "writes went on during the moves");
+    assert_on_every_replica(c.http, &keys);
+    // `dynacore endpoints` names a key's replicas, primary first.
+    let out = dynacore()
+        .args(["endpoints", "before-7", "--addr", &c.http.to_string()])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("replica "))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_dead_node_is_replaced_and_another_removed() {
+    let dir = temp_dir("dynacore-scale-replace-");
+    let a = start(&dir.path().join("a"), 1, &[]);
+    let seed = a.addr.to_string();
+    let b = start(&dir.path().join("b"), 1, &["--seeds", &seed]);
+    let c = start(&dir.path().join("c"), 1, &["--seeds", &seed]);
+    let d = start(&dir.path().join("d"), 1, &["--seeds", &seed]);
+    wait_settled(&[&a, &b, &c, &d], 4, "four nodes form a ring");
+    let keys = write_keys(a.http, "k-", 1200);
+    assert_eq!(keys.len(), 1200);
+    // d dies: a new node takes over its tokens and streams its ranges.
+    let dead = node_id(&d);
+    let mut d = d;
+    d.child.kill().expect("kill -9");
+    let _ = d.child.wait();
+    wait_within("d is down", MOVE_BOUND, || {
+        cluster(a.http)["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == dead.as_str() && n["up"] == false)
+    });
+    let e = start(
+        &dir.path().join("e"),
+        1,
+        &["--seeds", &seed, "--replace", &dead],
+    );
+    wait_settled(&[&a, &e], 4, "the replacement takes d's place");
+    let view = cluster(a.http);
+    assert!(
+        view["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == dead.as_str() && n["state"] == "removed"),
+        "the replaced node is removed for good: {view}"
+    );
+    assert_on_every_replica(a.http, &keys);
+    // c dies: it is removed, its ranges rebuilt on their next owners.
+    let gone = node_id(&c);
+    let mut c = c;
+    c.child.kill().expect("kill -9");
+    let _ = c.child.wait();
+    wait_within("c is down", MOVE_BOUND, || {
+        cluster(a.http)["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == gone.as_str() && n["up"] == false)
+    });
+    let out = dynacore()
+        .args(["removenode", &gone, "--addr", &a.http.to_string()])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_settled(&[&a, &b, &e], 3, "c's ranges are rebuilt");
+    assert_on_every_replica(b.http, &keys);
+    // A removed node cannot come back with its old data: it learns it was removed and stops
+    // (or, when its own file says so, is refused at start).
+    match common::try_start(&dir.path().join("c"), 1, &["--seeds", &seed]) {
+        Ok(mut node) => {
+            let status = wait_exit(&mut node.child, MOVE_BOUND).expect("it stops");
+            assert!(status.success(), "{status:?}");
+            assert!(node.log_text().contains("was removed from the ring"));
+        }
+        Err((_, log)) => assert!(log.contains("removed"), "{log}"),
+    }
+}
+
+#[test]
+fn one_topology_change_at_a_time() {
+    let dir = temp_dir("dynacore-scale-exclusive-");
+    let a = start(&dir.path().join("a"), 1, &[]);
+    let seed = a.addr.to_string();
+    let others: Vec<Node> = ["b", "c", "d"]
+        .iter()
+        .map(|n| start(&dir.path().join(n), 1, &["--seeds", &seed]))
+        .collect();
+    let all: Vec<&Node> = std::iter::once(&a).chain(others.iter()).collect();
+    wait_settled(&all, 4, "four nodes form a ring");
+    // Two decommissions asked at once: one goes on; the other is refused, or called off.
+    let (x, y) = (others[1].http, others[2].http);
+    let ask = |addr: SocketAddr| {
+        std::thread::spawn(move || http(addr, "POST", "/admin/decommission", &[], b"").status)
+    };
+    let (sx, sy) = (ask(x), ask(y));
+    let (sx, sy) = (sx.join().expect("x"), sy.join().expect("y"));
+    assert!(
+        [sx, sy].contains(&202),
+        "one decommission is accepted: {sx} {sy}"
+    );
+    // While one moves, a third change is refused with a clear message.
+    let third = http(others[0].http, "POST", "/admin/decommission", &[], b"");
+    assert_eq!(third.status, 409, "{}", third.text());
+    assert!(third
+        .text()
+        .contains("another topology change is in progress"));
+    wait_within("one node leaves", MOVE_BOUND, || {
+        let c = cluster(a.http);
+        let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+        c["moving"].is_null() && nodes.iter().filter(|n| n["state"] == "left").count() >= 1
+    });
+    let c = cluster(a.http);
+    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+    let left = nodes.iter().filter(|n| n["state"] == "left").count();
+    let normal = nodes
+        .iter()
+        .filter(|n| n["state"] == "normal" && n["in_ring"] == true)
+        .count();
+    assert_eq!((left, normal), (1, 3), "one change, whole: {c}");
+}
