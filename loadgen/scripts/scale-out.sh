@@ -6,8 +6,10 @@
 #    consecutive WINDOW-long runs, each with its own p99.
 # 2. Moves, one after the other, each timed from its start until every node sees the ring
 #    settled (no change in progress, every ring member up and normal):
-#    join (d joins), decommission (a leaves and stops), replace (d is killed with -9; e takes
-#    its tokens with --replace), removenode (c is killed with -9 and removed through b).
+#    join (d joins), decommission (a leaves and stops), replace (d is killed with -9; once it
+#    is seen down, e takes its tokens with --replace), removenode (c is killed with -9; once it
+#    is seen down, it is removed through b). The time from a kill until the node is seen down
+#    (failure detection, before any move) is reported apart.
 # 3. Checks: for every loaded key, each replica `/cluster/endpoints/{key}` lists holds it in
 #    `/internal/local/{key}` (every key was acknowledged by W=2; workload A only updates them);
 #    the p99 of every window overlapping a move against the median p99 of the windows before
@@ -35,7 +37,7 @@ LOADGEN=target/release/loadgen
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-rm -f "$OUT"/win-*.json "$OUT"/windows.txt "$OUT"/moves.txt "$OUT"/STOP
+rm -f "$OUT"/win-*.json "$OUT"/windows.txt "$OUT"/moves.txt "$OUT"/kills.txt "$OUT"/STOP
 DATA=$(mktemp -d "$OUT/data.XXXXXX")
 declare -A PIDS=()
 LOAD_PID=0
@@ -168,6 +170,8 @@ t0=$(now_ms)
 kill -9 "${PIDS[d]}"
 unset 'PIDS[d]'
 down b "$dead"
+echo "kill-d $t0 $(now_ms)" >>"$OUT/kills.txt"
+t0=$(now_ms)
 start e --replace "$dead"
 settled 3 b c e
 move replace "$t0" "$(now_ms)"
@@ -179,6 +183,8 @@ t0=$(now_ms)
 kill -9 "${PIDS[c]}"
 unset 'PIDS[c]'
 down b "$gone"
+echo "kill-c $t0 $(now_ms)" >>"$OUT/kills.txt"
+t0=$(now_ms)
 "$DYNACORE" removenode "$gone" --addr "$(http b)" >/dev/null
 settled 2 b e
 move removenode "$t0" "$(now_ms)"
@@ -243,5 +249,10 @@ for name, a, b in moves:
     ratio = worst / base if base else float("nan")
     print(f"{name}: {b - a} ms; windows during it p99 {[p for p, _ in during]} us; worst / steady {ratio:.2f}x")
     ok = ok and ratio <= 3.0
+for line in open(f"{out}/kills.txt"):
+    name, a, b = line.split()
+    a, b = int(a), int(b)
+    during = [r["p99_us"] for t0, t1, r in windows if t0 < b and t1 > a]
+    print(f"{name} (kill -9 until seen down, before the move): {b - a} ms; windows p99 {during} us")
 print("PASS" if ok else "FAIL")
 PY

@@ -1,8 +1,12 @@
 //! The ring book as the whole node shares it: every core may read it, merge a peer's book into
-//! it or change this node's entry; each change is saved to the `RING` file and republished as
-//! the [`ClusterState`] every core routes by, and its digest is handed to the gossip driver
-//! (which announces it, so that peers whose books differ sync).
+//! it or change this node's entry; each change is republished as the [`ClusterState`] every
+//! core routes by, its digest is handed to the gossip driver (which announces it, so that peers
+//! whose books differ sync), and the book is saved to the `RING` file by a thread of its own
+//! (an fsync on an executor would stall every request of its core; the latest book is written,
+//! intermediate ones may be skipped, and [`RingKeeper::flush`] writes what is pending at
+//! shutdown).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::cluster::membership::SharedMembers;
@@ -19,6 +23,9 @@ struct KeeperInner {
     members: SharedMembers,
     replication_factor: u8,
     digest: flume::Sender<u64>,
+    /// The latest book not yet written, and the saver thread's wake-up.
+    pending: Arc<Mutex<Option<(PathBuf, String)>>>,
+    wake: flume::Sender<()>,
 }
 
 impl RingKeeper {
@@ -32,12 +39,29 @@ impl RingKeeper {
         replication_factor: u8,
     ) -> (RingKeeper, flume::Receiver<u64>) {
         let (digest, digests) = flume::bounded(1);
+        let pending: Arc<Mutex<Option<(PathBuf, String)>>> = Arc::new(Mutex::new(None));
+        let (wake, woken) = flume::bounded::<()>(1);
+        {
+            let pending = pending.clone();
+            let spawned = std::thread::Builder::new()
+                .name("dynacore-ring-save".to_owned())
+                .spawn(move || {
+                    while woken.recv().is_ok() {
+                        write_pending(&pending);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the ring book's saver: saving inline");
+            }
+        }
         let keeper = RingKeeper(Arc::new(KeeperInner {
             book: Mutex::new(book),
             cluster,
             members,
             replication_factor,
             digest,
+            pending,
+            wake,
         }));
         (keeper, digests)
     }
@@ -61,8 +85,15 @@ impl RingKeeper {
         if !f(&mut book) {
             return false;
         }
-        if let Err(e) = book.save() {
-            tracing::error!(error = %e, "cannot record the ring");
+        match book.file_text() {
+            Ok(Some(file)) => {
+                *lock(&self.0.pending) = Some(file);
+                if self.0.wake.try_send(()).is_err() && self.0.wake.is_disconnected() {
+                    write_pending(&self.0.pending);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot encode the ring"),
         }
         self.publish_locked(&book);
         let _ = self.0.digest.try_send(book.digest());
@@ -104,6 +135,30 @@ impl RingKeeper {
     #[must_use]
     pub fn encoded(&self) -> Vec<u8> {
         serde_json::to_vec(&self.lock().entries()).unwrap_or_default()
+    }
+}
+
+impl RingKeeper {
+    /// Writes the book now if a change of it is not yet on disk (at shutdown).
+    pub fn flush(&self) {
+        write_pending(&self.0.pending);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Writes the latest pending book, if any.
+fn write_pending(pending: &Mutex<Option<(PathBuf, String)>>) {
+    let Some((path, text)) = lock(pending).take() else {
+        return;
+    };
+    if let Err(e) = crate::cluster::ring_book::write_file(&path, &text) {
+        tracing::error!(error = %e, "cannot record the ring");
     }
 }
 

@@ -443,26 +443,25 @@ impl RingBook {
     /// # Errors
     /// The I/O error, as a message.
     pub fn save(&self) -> Result<(), String> {
-        use std::io::Write as _;
+        match self.file_text()? {
+            Some((path, text)) => write_file(&path, &text),
+            None => Ok(()),
+        }
+    }
+
+    /// The file's path and the text to write there (`None`: a book kept in memory only).
+    ///
+    /// # Errors
+    /// The encoding error, as a message.
+    pub fn file_text(&self) -> Result<Option<(PathBuf, String)>, String> {
         let Some(path) = &self.path else {
-            return Ok(());
+            return Ok(None);
         };
         let file = RingFile {
             members: self.members.values().cloned().collect(),
         };
         let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+        Ok(Some((path.clone(), text)))
     }
 
     /// The same book, for a node given seeds to join through (`true`) or alone by
@@ -477,6 +476,27 @@ impl RingBook {
     pub fn members(&self) -> impl Iterator<Item = (NodeId, &RingMember)> {
         self.members.iter().map(|(&n, m)| (n, m))
     }
+}
+
+/// Writes a book's `text` to `path` durably: a new file synced, renamed over the old one, the
+/// directory synced.
+///
+/// # Errors
+/// The I/O error, as a message.
+pub fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// A node of the ring, as this node sees it.

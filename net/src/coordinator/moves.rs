@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::cluster::ring_book::{Change, MemberState, Move, RingMember};
+use crate::cluster::ring_book::{Change, ChangeKind, MemberState, Move, RingMember};
 use crate::cluster::ClusterState;
 use dynacore_proto::ring::{NodeId, Ring, Token};
 
@@ -15,9 +15,15 @@ pub struct Gained {
     pub start: u64,
     /// Last token.
     pub end: u64,
-    /// Its current replicas other than the gaining node (the sources; each is streamed from,
-    /// so that every acknowledged write reaches the new owner whichever replicas took it).
+    /// Its current replicas other than the gaining node.
     pub sources: Vec<NodeId>,
+    /// The replica the gaining node takes the place of in this piece's replica set, when there
+    /// is one (a join or a decommission): streaming from it alone loses nothing, since a write
+    /// acknowledged by W replicas that did not include it is still on W of the new set
+    /// (Cassandra's strict consistent range movement). Without it (a removal, a replacement,
+    /// or it is down), every current replica is streamed from, so that whichever replicas
+    /// took a write, the new owner gets it.
+    pub strict: Option<NodeId>,
 }
 
 /// The inclusive token intervals of a ring range `(prev, end]` (two when it wraps; the whole
@@ -85,12 +91,22 @@ pub fn gained(state: &ClusterState, node: NodeId) -> Vec<Gained> {
                 if now.contains(&node) && !self_replace {
                     continue;
                 }
+                let next = future.preference_list(Token(e), rf);
+                let leaving: Vec<NodeId> =
+                    now.iter().copied().filter(|n| !next.contains(n)).collect();
+                // Only a node that is still alive to give its data can be the strict source: a
+                // removed or replaced node is dead.
+                let strict = match (leaving.as_slice(), mv.state, mv.change.kind) {
+                    ([one], _, ChangeKind::Join | ChangeKind::Decommission) => Some(*one),
+                    _ => None,
+                };
                 let sources: Vec<NodeId> = now.into_iter().filter(|&n| n != node).collect();
                 if !sources.is_empty() {
                     out.push(Gained {
                         start: s,
                         end: e,
                         sources,
+                        strict,
                     });
                 }
             }
@@ -100,7 +116,8 @@ pub fn gained(state: &ClusterState, node: NodeId) -> Vec<Gained> {
 }
 
 /// The nodes that gain ranges in the change in progress (each must stream them before it
-/// completes).
+/// completes): for every piece of a future range cut at the current ring's tokens, its future
+/// replicas that are not current ones.
 #[must_use]
 pub fn gaining_nodes(state: &ClusterState) -> Vec<NodeId> {
     let Some(mv) = &state.moving else {
@@ -113,21 +130,16 @@ pub fn gaining_nodes(state: &ClusterState) -> Vec<NodeId> {
         return Vec::new();
     };
     let rf = usize::from(state.configured_rf);
+    let cuts: BTreeSet<u64> = state.ring.vnodes().iter().map(|v| v.token.0).collect();
     let mut out: BTreeSet<NodeId> = BTreeSet::new();
     for i in 0..future.vnodes().len() {
-        let (_, end) = future.range_at(i);
-        let now = state.ring.preference_list(end, rf);
-        for n in future.preference_list_at(i, rf) {
-            if !now.contains(&n) {
-                out.insert(n);
+        let next = future.preference_list_at(i, rf);
+        let (prev, end) = future.range_at(i);
+        for (a, b) in intervals(prev, end) {
+            for (_, e) in cut_at(a, b, &cuts) {
+                let now = state.ring.preference_list(Token(e), rf);
+                out.extend(next.iter().filter(|n| !now.contains(n)));
             }
-        }
-    }
-    // A leaving range can also move within a future range whose end was a current replica's:
-    // any node gaining a piece counts.
-    for n in state.nodes.keys() {
-        if !out.contains(n) && !gained(state, *n).is_empty() {
-            out.insert(*n);
         }
     }
     out.into_iter().collect()
@@ -169,7 +181,6 @@ pub fn changes_in(entries: &[(NodeId, RingMember)]) -> Vec<(NodeId, Change)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ring_book::ChangeKind;
     use crate::cluster::{RingBook, RingMember};
     use std::net::SocketAddr;
 
@@ -224,6 +235,10 @@ mod tests {
         assert_eq!(covered(&ranges), owned);
         for g in &ranges {
             assert_eq!(g.sources, state.replicas(Token(g.end)));
+            // The replica node 4 displaces is the strict source.
+            let strict = g.strict.expect("a join has a strict source");
+            assert!(g.sources.contains(&strict));
+            assert!(!future.preference_list(Token(g.end), 3).contains(&strict));
             assert!(future
                 .preference_list(Token(g.start), 3)
                 .contains(&NodeId(4)));

@@ -44,7 +44,12 @@ const SETTLE_MS: u64 = 1000;
 /// A peer's answer to a ring sync or a stream request comes within this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys per `StreamRange` request.
-const STREAM_KEYS: u32 = 1024;
+const STREAM_KEYS: u32 = 256;
+/// Streamed copies being stored at once.
+const APPLY_IN_FLIGHT: usize = 16;
+/// How long a decommissioned node keeps answering (forwarding) after it left the ring, so that
+/// clients learn the new topology before it stops (the SDK refreshes every 10 s).
+const LEAVE_LINGER: Duration = Duration::from_secs(12);
 /// About this many bytes per `StreamRange` answer.
 const STREAM_BYTES: u32 = 1 << 20;
 
@@ -82,6 +87,8 @@ struct Driver {
     peer_view: RefCell<Option<RingMember>>,
     /// Not before this time does a join try again (after a conflict).
     retry_at: Cell<Option<Instant>>,
+    /// The gaining nodes of a change (by id), computed once.
+    gainers: RefCell<(u64, Vec<NodeId>)>,
 }
 
 /// Starts the driver on this core (core 0 of a node that gossips).
@@ -97,6 +104,7 @@ pub fn run_topology(core: Core, opts: TopologyOptions) {
         done_ranges: Rc::new(RefCell::new((0, BTreeSet::new()))),
         peer_view: RefCell::new(None),
         retry_at: Cell::new(None),
+        gainers: RefCell::new((0, Vec::new())),
     });
     runtime::spawn_detached(async move {
         loop {
@@ -220,7 +228,10 @@ impl Driver {
         if now_ms() < mv.change.id.saturating_add(SETTLE_MS) {
             return;
         }
-        let gainers = gaining_nodes(&cluster);
+        if self.gainers.borrow().0 != mv.change.id {
+            *self.gainers.borrow_mut() = (mv.change.id, gaining_nodes(&cluster));
+        }
+        let gainers = self.gainers.borrow().1.clone();
         if gainers.contains(&own) && !streamed(&own_entry, &mv) && !self.streaming.get() {
             self.start_stream(mv.clone());
         }
@@ -236,8 +247,11 @@ impl Driver {
                 self.push_all().await;
                 if mv.node == own && mv.state == MemberState::Leaving {
                     tracing::info!(
-                        "decommissioned: every range streamed to its next owner; stopping"
+                        linger_s = LEAVE_LINGER.as_secs(),
+                        "decommissioned: every range streamed to its next owner; stopping once \
+                         clients have moved away"
                     );
+                    runtime::sleep(LEAVE_LINGER).await;
                     self.core.shared().request_shutdown();
                 }
             }
@@ -395,9 +409,15 @@ impl Driver {
         let rate = self.opts.stream_bytes_per_s;
         runtime::spawn_detached_into(
             async move {
+                // The repair budget paces the stream: it starts at an eighth, and its share
+                // follows the foreground p99 while ranges stream in.
+                core.shared().set_streaming(true);
+                core.shared()
+                    .repair_budget(|b| b.set_factor(b.factor().min(0.125)));
                 if let Err(e) = stream_in(&core, &keeper, &mv, rate, &done).await {
                     tracing::warn!(error = %e, "streaming ranges in broke off; taking it up again");
                 }
+                core.shared().set_streaming(false);
                 flag.set(false);
             },
             super::anti_entropy_queue(),
@@ -594,12 +614,16 @@ async fn stream_in(
         if core.cluster().moving.as_ref().map(|m| m.change.id) != Some(mv.change.id) {
             return Err("the change was called off or completed".into());
         }
-        let live: Vec<NodeId> = g
-            .sources
-            .iter()
-            .copied()
-            .filter(|&s| core.cluster().is_up(s))
-            .collect();
+        // The strict source alone when it is up, else every current replica that is.
+        let live: Vec<NodeId> = match g.strict.filter(|&s| core.cluster().is_up(s)) {
+            Some(strict) => vec![strict],
+            None => g
+                .sources
+                .iter()
+                .copied()
+                .filter(|&s| core.cluster().is_up(s))
+                .collect(),
+        };
         if live.is_empty() {
             return Err(format!(
                 "no replica of range {}..={} is up to stream it from",
@@ -621,7 +645,7 @@ async fn stream_in(
         }
         done.borrow_mut().1.insert((g.start, g.end));
         progress.ranges_done += 1;
-        if last_record.elapsed() >= Duration::from_secs(1) {
+        if last_record.elapsed() >= Duration::from_secs(2) {
             record(&progress);
             last_record = Instant::now();
         }
@@ -671,31 +695,39 @@ async fn stream_range(
         let (entries, more) =
             reply::stream_range(&body).map_err(|e| format!("streaming from {source}: {e}"))?;
         bytes += body.len() as u64;
-        let mut applying = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let t = Token::of(&e.key).0;
-            if t < start || t > end {
-                return Err(format!("{source} sent a key outside the range asked"));
-            }
-            let object = dynacore_engine::object::from_parts(&e.version, &e.values)
-                .map_err(|err| format!("{source} sent a copy that does not decode: {err}"))?;
-            let op = ShardOp::ReplicaApply {
-                key: e.key.clone(),
-                object,
-                expected: None,
-            };
-            let core = core.clone();
-            applying.push(runtime::spawn(async move {
-                core.execute(op, CALL_TIMEOUT).await.into_object()
-            }));
-        }
-        for a in applying {
-            match a.await {
-                Ok(_) => keys += 1,
-                Err(StoreError::BadRequest(m)) => {
-                    tracing::warn!(%source, error = %m, "a streamed copy was refused");
+        for batch in entries.chunks(APPLY_IN_FLIGHT) {
+            let mut applying = Vec::with_capacity(batch.len());
+            for e in batch {
+                let t = Token::of(&e.key).0;
+                if t < start || t > end {
+                    return Err(format!("{source} sent a key outside the range asked"));
                 }
-                Err(e) => return Err(format!("storing a streamed copy: {e}")),
+                let object = dynacore_engine::object::from_parts(&e.version, &e.values)
+                    .map_err(|err| format!("{source} sent a copy that does not decode: {err}"))?;
+                let wait = core
+                    .shared()
+                    .repair_budget(|b| b.take(e.key.len() + e.values.len()));
+                if !wait.is_zero() {
+                    runtime::sleep(wait).await;
+                }
+                let op = ShardOp::ReplicaApply {
+                    key: e.key.clone(),
+                    object,
+                    expected: None,
+                };
+                let core = core.clone();
+                applying.push(runtime::spawn(async move {
+                    core.execute(op, CALL_TIMEOUT).await.into_object()
+                }));
+            }
+            for a in applying {
+                match a.await {
+                    Ok(_) => keys += 1,
+                    Err(StoreError::BadRequest(m)) => {
+                        tracing::warn!(%source, error = %m, "a streamed copy was refused");
+                    }
+                    Err(e) => return Err(format!("storing a streamed copy: {e}")),
+                }
             }
         }
         match (more, entries.last()) {

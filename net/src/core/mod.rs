@@ -289,6 +289,8 @@ pub struct NodeShared {
     foreground_p99_us: [std::sync::atomic::AtomicU64; 2],
     /// The ring book (set once at start-up by a node that gossips).
     keeper: std::sync::OnceLock<crate::cluster::keeper::RingKeeper>,
+    /// Ranges are streaming in.
+    streaming: AtomicBool,
     /// Stops the node as a signal would (set once at start-up).
     shutdown: std::sync::OnceLock<Shutdown>,
 }
@@ -426,6 +428,7 @@ impl NodeShared {
             repair_budget: std::sync::Mutex::new(budget),
             foreground_p99_us: Default::default(),
             keeper: std::sync::OnceLock::new(),
+            streaming: AtomicBool::new(false),
             shutdown: std::sync::OnceLock::new(),
         };
         (Arc::new(shared), receivers)
@@ -452,10 +455,17 @@ impl NodeShared {
         }
     }
 
-    /// Whether any exchange runs on this node.
+    /// Whether any exchange runs on this node, or ranges stream in (both follow the repair
+    /// budget, which backs off while the foreground p99 rises).
     #[must_use]
     pub fn exchanging(&self) -> bool {
         self.exchanging.iter().any(|b| b.load(Ordering::Relaxed))
+            || self.streaming.load(Ordering::Relaxed)
+    }
+
+    /// Marks ranges streaming in (or done).
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::SeqCst);
     }
 
     /// Runs `f` on the repair budget.

@@ -536,6 +536,10 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         node_id: meta.node_id,
     });
     let errors = join_all(executors);
+    // The ring book's last change on disk (it is saved off the executors).
+    if let Some(keeper) = shared.keeper() {
+        keeper.flush();
+    }
     if errors.is_empty() {
         tracing::info!("stopped cleanly");
         Ok(())
