@@ -35,6 +35,9 @@ pub use foca::Timer as MembershipTimer;
 
 /// How often a node with no known member announces itself to its seeds again.
 pub const REANNOUNCE: Duration = Duration::from_secs(2);
+/// Up to this many members, a node re-broadcasts its metadata as soon as one comes up; beyond,
+/// once per [`REANNOUNCE`] round.
+pub const REBROADCAST_AT_ONCE_MAX: usize = 64;
 /// Down members a node announces itself to per [`REANNOUNCE`] at most.
 pub const REANNOUNCE_DOWN_MAX: usize = 4;
 /// How often a node re-broadcasts its own metadata.
@@ -280,6 +283,9 @@ pub struct Membership {
     tuned_for: u32,
     /// Where the next re-announce to down members starts (they take turns).
     down_cursor: usize,
+    /// A member came up in a large cluster: this node's metadata goes out at the next
+    /// re-announce round.
+    rebroadcast_due: bool,
 }
 
 impl std::fmt::Debug for Membership {
@@ -335,6 +341,7 @@ impl Membership {
             left: false,
             tuned_for: cluster,
             down_cursor: 0,
+            rebroadcast_due: false,
         }
     }
 
@@ -402,6 +409,9 @@ impl Membership {
     pub fn reannounce(&mut self, out: &mut Vec<Output>) {
         if self.left {
             return;
+        }
+        if std::mem::take(&mut self.rebroadcast_due) {
+            self.broadcast_own();
         }
         if self.foca.num_members() > 0 {
             let down: Vec<MemberId> = self
@@ -572,13 +582,14 @@ impl Membership {
 
     fn drain(&mut self, out: &mut Vec<Output>) {
         let mut rebroadcast = false;
+        let mut member_up = false;
         while let Some(n) = self.runtime.to_notify() {
             self.revision.set(self.revision.get() + 1);
             match n {
                 OwnedNotification::MemberUp(id) => {
                     self.stats.ups += 1;
                     self.members.insert(id.addr, (id, true));
-                    rebroadcast = true;
+                    member_up = true;
                 }
                 OwnedNotification::MemberDown(id) => {
                     self.stats.downs += 1;
@@ -605,9 +616,16 @@ impl Membership {
             }
         }
         self.retune();
+        // Custom broadcasts are spread a few times only: a member that just came up would never
+        // learn this node's metadata otherwise. In a large cluster members come up by the
+        // hundred: once per re-announce round is enough for them (and each broadcast costs a
+        // pass over the queue of them); a new identity of this node goes out at once.
+        if member_up && self.members.len() > REBROADCAST_AT_ONCE_MAX {
+            self.rebroadcast_due = true;
+        } else if member_up {
+            rebroadcast = true;
+        }
         if rebroadcast {
-            // Custom broadcasts are spread a few times only: a member that just came up would
-            // never learn this node's metadata otherwise.
             self.broadcast_own();
         }
         while let Some((to, data)) = self.runtime.to_send() {
