@@ -16,6 +16,7 @@ use dynacore_proto::{
 };
 
 use crate::cluster::membership::NodeStatus;
+use crate::cluster::ring_book::MemberState;
 use crate::coordinator::{self, ReadRequest, ReadResult, WriteRequest};
 use crate::core::{Core, PaxosAnswer, PaxosStep, ShardOp, TreeAnswer};
 use crate::metrics::Op;
@@ -707,8 +708,14 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
                     base_port: n.binary.port(),
                     shards: n.shards,
                     generation: n.generation,
-                    state: state_of(n.up, n.status),
-                    in_ring: true,
+                    // The ring's view of a node that is joining or leaving wins over what it
+                    // last announced.
+                    state: match (n.up, n.state) {
+                        (true, MemberState::Joining) => fb::NodeState::Joining,
+                        (true, MemberState::Leaving) => fb::NodeState::Leaving,
+                        _ => state_of(n.up, n.status),
+                    },
+                    in_ring: n.in_ring,
                 },
             )
         })
