@@ -308,3 +308,36 @@ fn one_topology_change_at_a_time() {
         .count();
     assert_eq!((left, normal), (1, 3), "one change, whole: {c}");
 }
+
+#[test]
+fn a_node_killed_while_joining_starts_again_and_finishes() {
+    let dir = temp_dir("dynacore-scale-rejoin-");
+    let a = start(&dir.path().join("a"), 1, &[]);
+    let seed = a.addr.to_string();
+    let b = start(&dir.path().join("b"), 1, &["--seeds", &seed]);
+    let c = start(&dir.path().join("c"), 1, &["--seeds", &seed]);
+    wait_settled(&[&a, &b, &c], 3, "three nodes form a ring");
+    let keys = write_keys(a.http, "j-", 3000);
+    assert_eq!(keys.len(), 3000);
+    // A slow stream (the repair budget at a trickle), killed once it is under way.
+    let config = dir.path().join("slow.toml");
+    std::fs::write(&config, "anti_entropy_keys_per_s = 200\n").expect("config");
+    let config = config.to_str().expect("utf-8").to_owned();
+    let d_dir = dir.path().join("d");
+    let d = start(&d_dir, 1, &["--seeds", &seed, "--config", &config]);
+    wait_within("d streams", MOVE_BOUND, || {
+        d.log_text().contains("streaming ranges in")
+    });
+    let (listen, web) = (d.addr, d.http);
+    let mut d = d;
+    d.child.kill().expect("kill -9");
+    let _ = d.child.wait();
+    assert!(
+        cluster(a.http)["moving"]["node"].is_string(),
+        "the join is still in progress"
+    );
+    // It starts again on its data directory and finishes the join.
+    let d = common::start_at(listen, web, &d_dir, 1, &["--seeds", &seed]);
+    wait_settled(&[&a, &d], 4, "the restarted joiner finishes");
+    assert_on_every_replica(a.http, &keys);
+}

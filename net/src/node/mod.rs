@@ -373,12 +373,11 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                 config.data_dir.display()
             )));
         }
+        // (A member of a ring made before tokens were allocated has an entry without a state
+        // in its file, which reads `normal`: its tokens derive from its id. A node without
+        // tokens here never finished joining, whether this is its first start or not.)
         if !own.has_tokens() {
-            if !meta.first_start && config.replace.is_none() {
-                // A node of a ring made before tokens were allocated: its data is placed by
-                // tokens derived from its id.
-                book.update_own(|m| m.state = crate::cluster::ring_book::MemberState::Normal);
-            } else if !seeded && config.replace.is_none() {
+            if !seeded && config.replace.is_none() {
                 // The first node of a new ring: evenly spaced tokens.
                 let tokens = dynacore_proto::allocate_tokens(
                     None,
