@@ -48,6 +48,21 @@ fn wait_settled(nodes: &[&Node], want: usize, what: &str) {
     }
 }
 
+/// Kills `node` with -9 and waits until `seen_by` holds it as down; its id.
+fn kill_until_down(mut node: Node, seen_by: &Node) -> String {
+    let id = node_id(&node);
+    node.child.kill().expect("kill -9");
+    let _ = node.child.wait();
+    wait_within(&format!("{id} is down"), MOVE_BOUND, || {
+        cluster(seen_by.http)["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == id.as_str() && n["up"] == false)
+    });
+    id
+}
+
 /// Writes `prefix{i}` for `0..count` through `via`; the keys acknowledged.
 fn write_keys(via: SocketAddr, prefix: &str, count: usize) -> Vec<String> {
     let mut conn = HttpConn::open(via);
@@ -204,17 +219,7 @@ fn a_dead_node_is_replaced_and_another_removed() {
     let keys = write_keys(a.http, "k-", 1200);
     assert_eq!(keys.len(), 1200);
     // d dies: a new node takes over its tokens and streams its ranges.
-    let dead = node_id(&d);
-    let mut d = d;
-    d.child.kill().expect("kill -9");
-    let _ = d.child.wait();
-    wait_within("d is down", MOVE_BOUND, || {
-        cluster(a.http)["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["id"] == dead.as_str() && n["up"] == false)
-    });
+    let dead = kill_until_down(d, &a);
     let e = start(
         &dir.path().join("e"),
         1,
@@ -232,17 +237,7 @@ fn a_dead_node_is_replaced_and_another_removed() {
     );
     assert_on_every_replica(a.http, &keys);
     // c dies: it is removed, its ranges rebuilt on their next owners.
-    let gone = node_id(&c);
-    let mut c = c;
-    c.child.kill().expect("kill -9");
-    let _ = c.child.wait();
-    wait_within("c is down", MOVE_BOUND, || {
-        cluster(a.http)["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["id"] == gone.as_str() && n["up"] == false)
-    });
+    let gone = kill_until_down(c, &a);
     let out = dynacore()
         .args(["removenode", &gone, "--addr", &a.http.to_string()])
         .output()
