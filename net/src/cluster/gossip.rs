@@ -267,9 +267,13 @@ fn publish(shared: &mut Publish, m: &Membership) {
         .filter_map(|v| v.meta.as_ref())
         .map(RingMember::of)
         .collect();
+    let own_generation = snapshot.own.generation;
     if let Ok(mut slot) = shared.members.write() {
         *slot = Some(snapshot);
     }
+    // A rejoin renews this node's generation: its own entry follows (else every book digest
+    // would differ from its peers' for good).
+    shared.keeper.edit(|b| b.set_own_generation(own_generation));
     if !shared.keeper.merge(&heard) {
         shared.keeper.republish();
     }

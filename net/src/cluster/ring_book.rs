@@ -381,6 +381,19 @@ impl RingBook {
         changed
     }
 
+    /// Records this node's generation as its membership now has it (it grows when the node
+    /// rejoins after being declared down); `true` if that changed the book.
+    pub fn set_own_generation(&mut self, generation: u64) -> bool {
+        let own = self.own;
+        match self.members.get_mut(&own) {
+            Some(m) if m.generation < generation => {
+                m.generation = generation;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Changes this node's own ring entry with `f`, one epoch up.
     pub fn update_own(&mut self, f: impl FnOnce(&mut RingMember)) {
         let own = self.own;
