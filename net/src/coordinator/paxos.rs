@@ -290,14 +290,35 @@ async fn propose_and_commit(
         return Ok(Proposal::Refused);
     }
     let p = proposal.clone();
-    let commits = ask_all(core, cluster, replicas, key, deadline, move || {
+    // While ranges move, the key's pending replicas take the commit too, and each must store it
+    // (as W + pending for plain writes): a range streamed to them before this commit would
+    // otherwise miss it.
+    let pending = cluster.pending_replicas(Token::of(key));
+    let targets: Vec<NodeId> = replicas.iter().chain(&pending).copied().collect();
+    let commits = ask_all(core, cluster, &targets, key, deadline, move || {
         PaxosStep::Commit(ballot, (*p).clone())
     })
     .await;
-    let committed = commits
+    let stored = |a: &Result<PaxosAnswer, StoreError>| matches!(a, Ok(PaxosAnswer::Committed));
+    let committed = commits[..replicas.len()]
         .iter()
-        .filter(|a| matches!(a, Ok(PaxosAnswer::Committed)))
+        .filter(|a| stored(a))
         .count();
+    if let Some(missed) = pending
+        .iter()
+        .zip(&commits[replicas.len()..])
+        .find(|(_, a)| !stored(a))
+        .map(|(n, _)| *n)
+    {
+        return Err(StoreError::Quorum {
+            acks: u8::try_from(committed).unwrap_or(u8::MAX),
+            required: u8::try_from(majority + pending.len()).unwrap_or(u8::MAX),
+            message: format!(
+                "pending replica {missed} (ranges are moving to it) did not store the \
+                 committed transaction (a later transaction or read completes it)"
+            ),
+        });
+    }
     if committed < majority {
         return Err(StoreError::Quorum {
             acks: u8::try_from(committed).unwrap_or(u8::MAX),
