@@ -48,6 +48,17 @@ fn wait_settled(nodes: &[&Node], want: usize, what: &str) {
     }
 }
 
+/// Three nodes of `cores` cores in `dir` (b and c join through a), settled; and a's address
+/// for later nodes to join through.
+fn three(dir: &std::path::Path, cores: u32) -> (Node, Node, Node, String) {
+    let a = start(&dir.join("a"), cores, &[]);
+    let seed = a.addr.to_string();
+    let b = start(&dir.join("b"), cores, &["--seeds", &seed]);
+    let c = start(&dir.join("c"), cores, &["--seeds", &seed]);
+    wait_settled(&[&a, &b, &c], 3, "three nodes form a ring");
+    (a, b, c, seed)
+}
+
 /// Kills `node` with -9 and waits until `seen_by` holds it as down; its id.
 fn kill_until_down(mut node: Node, seen_by: &Node) -> String {
     let id = node_id(&node);
@@ -142,11 +153,7 @@ fn assert_on_every_replica(via: SocketAddr, keys: &[String]) {
 #[test]
 fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on() {
     let dir = temp_dir("dynacore-scale-join-");
-    let a = start(&dir.path().join("a"), 2, &[]);
-    let seed = a.addr.to_string();
-    let b = start(&dir.path().join("b"), 2, &["--seeds", &seed]);
-    let c = start(&dir.path().join("c"), 2, &["--seeds", &seed]);
-    wait_settled(&[&a, &b, &c], 3, "three nodes form a ring");
+    let (a, b, c, seed) = three(dir.path(), 2);
     let mut keys = write_keys(b.http, "before-", 1500);
     assert_eq!(keys.len(), 1500);
     let stop = Arc::new(AtomicBool::new(false));
@@ -307,11 +314,7 @@ fn one_topology_change_at_a_time() {
 #[test]
 fn a_node_killed_while_joining_starts_again_and_finishes() {
     let dir = temp_dir("dynacore-scale-rejoin-");
-    let a = start(&dir.path().join("a"), 1, &[]);
-    let seed = a.addr.to_string();
-    let b = start(&dir.path().join("b"), 1, &["--seeds", &seed]);
-    let c = start(&dir.path().join("c"), 1, &["--seeds", &seed]);
-    wait_settled(&[&a, &b, &c], 3, "three nodes form a ring");
+    let (a, _b, _c, seed) = three(dir.path(), 1);
     let keys = write_keys(a.http, "j-", 3000);
     assert_eq!(keys.len(), 3000);
     // A slow stream (the repair budget at a trickle), killed once it is under way.

@@ -505,26 +505,29 @@ pub async fn decommission(core: &Core) -> Result<u64, String> {
     if cluster.ring.node_count() < 2 {
         return Err("this node is the ring's last: there is nobody to hand its data to".into());
     }
-    let id = now_ms();
-    let driver = cluster.own.to_string();
-    keeper.edit(|b| {
-        b.update_own(|m| {
-            m.state = MemberState::Leaving;
-            m.change = Some(Change {
-                id,
-                kind: ChangeKind::Decommission,
-                driver,
-            });
-            m.progress = None;
-        });
-        true
-    });
+    let id = start_leaving(core, &keeper, cluster.own, ChangeKind::Decommission).await;
     tracing::info!(
         change = id,
         "decommissioning: streaming this node's ranges to their next owners"
     );
-    push_all(core, &keeper).await;
     Ok(id)
+}
+
+/// Marks `node` leaving under a new change of `kind` driven by this node, and pushes the book
+/// to every live member; the change's id.
+async fn start_leaving(core: &Core, keeper: &RingKeeper, node: NodeId, kind: ChangeKind) -> u64 {
+    let id = now_ms();
+    let driver = core.cluster().own.to_string();
+    keeper.edit(|b| {
+        b.update(node, |m| {
+            m.state = MemberState::Leaving;
+            m.change = Some(Change { id, kind, driver });
+            m.progress = None;
+        });
+        true
+    });
+    push_all(core, keeper).await;
+    id
 }
 
 /// Starts removing the dead node `node`: its ranges are rebuilt on their next owners from the
@@ -546,22 +549,8 @@ pub async fn remove_node(core: &Core, node: NodeId) -> Result<u64, String> {
             "node {node} is up: only a dead node is removed (decommission a live one)"
         ));
     }
-    let id = now_ms();
-    let driver = cluster.own.to_string();
-    keeper.edit(|b| {
-        b.update(node, |m| {
-            m.state = MemberState::Leaving;
-            m.change = Some(Change {
-                id,
-                kind: ChangeKind::Remove,
-                driver,
-            });
-            m.progress = None;
-        });
-        true
-    });
+    let id = start_leaving(core, &keeper, node, ChangeKind::Remove).await;
     tracing::info!(%node, change = id, "removing a dead node: rebuilding its ranges");
-    push_all(core, &keeper).await;
     Ok(id)
 }
 
