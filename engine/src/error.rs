@@ -118,6 +118,15 @@ pub enum Error {
     #[error("shard is closed")]
     Closed,
 
+    /// A cleanup stopped without dropping anything: what it keeps was decided under a state
+    /// that no longer holds (the reason says which).
+    #[error("cleanup abandoned: {0}")]
+    CleanupAbandoned(String),
+
+    /// A cleanup did not run to its end; the tables stay as they were.
+    #[error("cleanup failed: {0}")]
+    CleanupFailed(String),
+
     /// The data directory belongs to another shard or was written by an unknown format version.
     #[error("{path}: {reason}")]
     Incompatible {

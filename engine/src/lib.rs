@@ -47,5 +47,5 @@ pub use record::{
     Mutation, Record, SeqNo, ShardId, Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX,
 };
 pub use scan::ShardScan;
-pub use shard::{Shard, ShardOptions, ShardStats, TreeCheck, TreeStatus};
+pub use shard::{CleanupStats, Shard, ShardOptions, ShardStats, TreeCheck, TreeStatus};
 pub use wal::Durability;

@@ -315,3 +315,95 @@ fn range_listings_find_every_key_of_the_range() {
         shard.close().await.expect("close");
     });
 }
+
+/// A cleanup drops every version of each key whose token it does not keep (in tables of every
+/// age, in the memtable, tombstones and values alike), keeps the rest as they were, and leaves
+/// the tree equal to a scan's; a cleanup whose state no longer holds drops nothing.
+#[test]
+fn a_cleanup_drops_the_keys_outside_its_ranges_and_keeps_the_tree_exact() {
+    common::with_temp_dir(Duration::from_secs(120), |path| async move {
+        let wall = Arc::new(AtomicU64::new(1_000_000));
+        // Tombstones stay (within their grace): a cleanup drops them too.
+        let options = |path: &std::path::Path, wall: &Arc<AtomicU64>| {
+            let mut o = options(path, wall);
+            o.compaction.tombstone_grace_ms = 86_400_000;
+            o
+        };
+        let shard = Shard::open(options(&path, &wall)).await.expect("open");
+        let user = |i: u32| format!("user{i}").into_bytes();
+        for round in 0..3u8 {
+            for i in 0..1500u32 {
+                if i % 7 == 3 && round == 2 {
+                    shard.delete(&user(i)).await.expect("delete");
+                } else {
+                    shard.put(&user(i), &[round; 40]).await.expect("put");
+                }
+            }
+            if round < 2 {
+                shard.flush().await.expect("flush");
+            }
+        }
+        let kept = |t: Token| t.0 < 1 << 63;
+        // Refused by the state first: nothing moves.
+        let before = shard.scan_tables().await.expect("scan").concat().len();
+        let abandoned = shard
+            .cleanup(kept, || Err("the ring changed".to_string()))
+            .await;
+        assert!(
+            matches!(abandoned, Err(dynacore_engine::Error::CleanupAbandoned(ref r)) if r == "the ring changed"),
+            "{abandoned:?}"
+        );
+        assert_eq!(
+            shard.scan_tables().await.expect("scan").concat().len(),
+            before
+        );
+        for i in 0..1500u32 {
+            assert!(shard.get_record(&user(i)).await.expect("get").is_some());
+        }
+
+        let done = shard.cleanup(kept, || Ok(())).await.expect("cleanup");
+        let outside = (0..1500u32).filter(|&i| !kept(Token::of(&user(i)))).count();
+        assert!(outside > 500 && outside < 1000, "{outside}");
+        assert_eq!(done.keys_dropped, outside as u64);
+        assert_eq!(done.passes, 1);
+        assert!(done.table_bytes_after < done.table_bytes_before, "{done:?}");
+        assert_eq!(shard.stats().cleaned_up, outside as u64);
+        for i in 0..1500u32 {
+            let record = shard.get_record(&user(i)).await.expect("get");
+            if kept(Token::of(&user(i))) {
+                let record = record.expect("a kept key stays");
+                if i % 7 == 3 {
+                    assert!(record.value.is_none(), "its tombstone stays");
+                } else {
+                    assert_eq!(record.value.as_deref(), Some(&[2u8; 40][..]));
+                }
+            } else {
+                assert!(record.is_none(), "key {i} outside the kept ranges is gone");
+            }
+        }
+        for r in shard.scan_tables().await.expect("scan").concat() {
+            assert!(
+                kept(Token::of(&r.key)),
+                "no version of a dropped key is left on disk"
+            );
+        }
+        check_tree(&shard).await;
+        check_range(&shard, 0, u64::MAX).await;
+        // Nothing left to drop: a second cleanup is a plain merge.
+        let again = shard.cleanup(kept, || Ok(())).await.expect("cleanup");
+        assert_eq!(again.keys_dropped, 0);
+        shard.close().await.expect("close");
+        // The dropped keys stay dropped across a restart (the WAL replays nothing of them).
+        let shard = Shard::open(options(&path, &wall)).await.expect("reopen");
+        for i in 0..1500u32 {
+            let present = shard.get_record(&user(i)).await.expect("get").is_some();
+            assert_eq!(
+                present,
+                kept(Token::of(&user(i))),
+                "key {i} after a restart"
+            );
+        }
+        check_tree(&shard).await;
+        shard.close().await.expect("close");
+    });
+}

@@ -6,7 +6,8 @@
 #    consecutive WINDOW-long runs, each with its own p99.
 # 2. Moves, one after the other, each timed from its start until every node sees the ring
 #    settled (no change in progress, every ring member up and normal):
-#    join (d joins), decommission (a leaves and stops), replace (d is killed with -9; once it
+#    join (d joins), cleanup (a, b and c drop what d took, one after the other; reported, not
+#    a move), decommission (a leaves and stops), replace (d is killed with -9; once it
 #    is seen down, e takes its tokens with --replace), removenode (c is killed with -9; once it
 #    is seen down, it is removed through b). The time from a kill until the node is seen down
 #    (failure detection, before any move) is reported apart.
@@ -155,6 +156,15 @@ settled 4 b c d
 move join "$t0" "$(now_ms)"
 sleep "$window_s"
 
+echo "== cleanup: a, b, c drop the ranges d took"
+t0=$(now_ms)
+for n in a b c; do
+    "$DYNACORE" cleanup --addr "$(http "$n")" >"$OUT/cleanup-$n.json"
+    echo "   $n dropped $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["keys_dropped"])' "$OUT/cleanup-$n.json") keys"
+done
+echo "cleanup $t0 $(now_ms)" >>"$OUT/kills.txt"
+sleep "$window_s"
+
 echo "== decommission: a"
 t0=$(now_ms)
 "$DYNACORE" decommission --addr "$(http a)" >/dev/null
@@ -253,6 +263,7 @@ for line in open(f"{out}/kills.txt"):
     name, a, b = line.split()
     a, b = int(a), int(b)
     during = [r["p99_us"] for t0, t1, r in windows if t0 < b and t1 > a]
-    print(f"{name} (kill -9 until seen down, before the move): {b - a} ms; windows p99 {during} us")
+    what = "all three in turn, not a move" if name == "cleanup" else "kill -9 until seen down, before the move"
+    print(f"{name} ({what}): {b - a} ms; windows p99 {during} us")
 print("PASS" if ok else "FAIL")
 PY

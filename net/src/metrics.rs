@@ -563,7 +563,7 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     type StatFn = fn(&ShardStats) -> u64;
-    let shard: [(&str, &str, &str, StatFn); 20] = [
+    let shard: [(&str, &str, &str, StatFn); 21] = [
         (
             "dynacore_purged_total",
             "counter",
@@ -575,6 +575,12 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
             "counter",
             "Tombstones and expired values compactions kept because their range has not completed a full repair since (tombstone_gc = repair).",
             |s| s.kept_by_gate,
+        ),
+        (
+            "dynacore_cleanup_keys_dropped_total",
+            "counter",
+            "Keys cleanups dropped: copies of ranges the node no longer replicates (since the node started).",
+            |s| s.cleaned_up,
         ),
         (
             "dynacore_tree_ready",

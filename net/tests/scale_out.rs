@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{dynacore, http, start, temp_dir, wait_exit, wait_within, HttpConn, Node};
+use common::{dynacore, http, start, start_on, temp_dir, wait_exit, wait_within, HttpConn, Node};
 
 /// Moves stream and settle; each wait is bounded by this.
 const MOVE_BOUND: Duration = Duration::from_secs(90);
@@ -51,10 +51,15 @@ fn wait_settled(nodes: &[&Node], want: usize, what: &str) {
 /// Three nodes of `cores` cores in `dir` (b and c join through a), settled; and a's address
 /// for later nodes to join through.
 fn three(dir: &std::path::Path, cores: u32) -> (Node, Node, Node, String) {
-    let a = start(&dir.join("a"), cores, &[]);
+    three_on("127.0.0.1", dir, cores)
+}
+
+/// As [`three`], every port on loopback address `ip`.
+fn three_on(ip: &str, dir: &std::path::Path, cores: u32) -> (Node, Node, Node, String) {
+    let a = start_on(ip, &dir.join("a"), cores, &[]);
     let seed = a.addr.to_string();
-    let b = start(&dir.join("b"), cores, &["--seeds", &seed]);
-    let c = start(&dir.join("c"), cores, &["--seeds", &seed]);
+    let b = start_on(ip, &dir.join("b"), cores, &["--seeds", &seed]);
+    let c = start_on(ip, &dir.join("c"), cores, &["--seeds", &seed]);
     wait_settled(&[&a, &b, &c], 3, "three nodes form a ring");
     (a, b, c, seed)
 }
@@ -150,6 +155,39 @@ fn assert_on_every_replica(via: SocketAddr, keys: &[String]) {
     );
 }
 
+/// Node `node` holds each key that `/cluster/endpoints/{key}` lists it a replica of, and no
+/// other.
+fn assert_only_on_replicas(node: SocketAddr, keys: &[String]) {
+    let mut conn = HttpConn::open(node);
+    let (mut held, mut wrong) = (0, Vec::new());
+    for key in keys {
+        let e = conn
+            .request("GET", &format!("/cluster/endpoints/{key}"), &[], b"")
+            .json();
+        let replica = e["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["http"].as_str() == Some(&node.to_string()));
+        let copy = conn.request("GET", &format!("/internal/local/{key}"), &[], b"");
+        held += usize::from(copy.status == 200);
+        if (copy.status == 200) != replica {
+            wrong.push(format!(
+                "{key}: replica {replica}, local copy {}",
+                copy.status
+            ));
+        }
+    }
+    assert!(held > 0, "the node holds keys");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} keys misplaced, e.g. {:?}",
+        wrong.len(),
+        keys.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
 #[test]
 fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on() {
     let dir = temp_dir("dynacore-scale-join-");
@@ -167,6 +205,28 @@ fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on()
         "the joiner streamed: {}",
         d.log_text()
     );
+    // The old owners drop what the joiner took (`dynacore cleanup`), keeping what they still
+    // replicate; the joiner itself holds only its own ranges and drops nothing.
+    for node in [&b, &d] {
+        let out = dynacore()
+            .args(["cleanup", "--addr", &node.http.to_string()])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let done: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("cleanup answers JSON");
+        let dropped = done["keys_dropped"].as_u64().expect("keys_dropped");
+        if node.http == b.http {
+            assert!(dropped > 100, "b gave ranges to the joiner: {done}");
+        } else {
+            assert_eq!(dropped, 0, "the joiner holds only its own ranges: {done}");
+        }
+    }
+    assert_only_on_replicas(b.http, &keys);
     // Node a is decommissioned: it streams its ranges away, leaves and stops.
     let mut a = a;
     let out = dynacore()
@@ -296,6 +356,10 @@ fn one_topology_change_at_a_time() {
     assert!(third
         .text()
         .contains("another topology change is in progress"));
+    // So is a cleanup: the new owners must hold the ranges before anyone drops them.
+    let cleanup = http(others[0].http, "POST", "/admin/cleanup", &[], b"");
+    assert_eq!(cleanup.status, 409, "{}", cleanup.text());
+    assert!(cleanup.text().contains("topology change is in progress"));
     wait_within("one node leaves", MOVE_BOUND, || {
         let c = cluster(a.http);
         let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
@@ -314,7 +378,10 @@ fn one_topology_change_at_a_time() {
 #[test]
 fn a_node_killed_while_joining_starts_again_and_finishes() {
     let dir = temp_dir("dynacore-scale-rejoin-");
-    let (a, _b, _c, seed) = three(dir.path(), 1);
+    // An address of its own: the killed joiner starts again on its ports, which a node of a
+    // test running beside it could otherwise take meanwhile.
+    let ip = "127.0.0.71";
+    let (a, _b, _c, seed) = three_on(ip, dir.path(), 1);
     let keys = write_keys(a.http, "j-", 3000);
     assert_eq!(keys.len(), 3000);
     // A slow stream (the repair budget at a trickle), killed once it is under way.
@@ -322,7 +389,7 @@ fn a_node_killed_while_joining_starts_again_and_finishes() {
     std::fs::write(&config, "anti_entropy_keys_per_s = 200\n").expect("config");
     let config = config.to_str().expect("utf-8").to_owned();
     let d_dir = dir.path().join("d");
-    let d = start(&d_dir, 1, &["--seeds", &seed, "--config", &config]);
+    let d = start_on(ip, &d_dir, 1, &["--seeds", &seed, "--config", &config]);
     wait_within("d streams", MOVE_BOUND, || {
         d.log_text().contains("streaming ranges in")
     });

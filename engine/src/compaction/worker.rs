@@ -180,6 +180,10 @@ pub struct MergeStats {
     /// Tombstones and expired values past their grace that the gate kept (their range has
     /// not been repaired since).
     pub kept_by_gate: u64,
+    /// Keys a cleanup dropped (outside the ranges it keeps).
+    pub cleaned_up: u64,
+    /// Keys a cleanup would have dropped but kept for another pass (the tree's purge bound).
+    pub cleanup_deferred: u64,
 }
 
 /// The fraction of the inputs' blocks that are cached, estimated from up to 1,024 blocks spread
@@ -228,6 +232,9 @@ pub(crate) struct MergeJob<'a> {
     pub(crate) collect_purges: bool,
     /// Bloom filter bits per key of the output.
     pub(crate) bits_per_key: u32,
+    /// A cleanup's filter (the inputs must be every table): keys whose token it refuses are
+    /// dropped with all their versions.
+    pub(crate) keep: Option<&'a dyn Fn(Token) -> bool>,
     /// The shard's block cache.
     pub(crate) cache: Rc<BlockCache>,
 }
@@ -384,8 +391,13 @@ async fn merge_into(
         retire_epochs,
         collect_purges,
         bits_per_key,
+        keep,
         ref cache,
     } = *job;
+    assert!(
+        keep.is_none() || bottom,
+        "a cleanup merges every table: dropping a newer version alone would bring an older one back"
+    );
     // Inputs that were mostly cached are being read: their output will be too, so it goes into
     // the cache as it is written (and the inputs' blocks leave it once they are deleted). Only
     // if the output fits beside what is cached: otherwise its blocks would only push each other
@@ -412,6 +424,16 @@ async fn merge_into(
         let bytes = (r.key.len() + r.value.as_ref().map_or(0, Vec::len) + r.version.len()) as u64;
         pacer.account(bytes).await;
         let room = !collect_purges || purged.len() < PURGES_PER_MERGE_MAX;
+        if keep.is_some_and(|keep| !keep(token)) {
+            if room {
+                stats.cleaned_up += 1;
+                if collect_purges {
+                    purged.push((token, r.key.clone(), crate::hashtree::record_state(&r).hash));
+                }
+                continue;
+            }
+            stats.cleanup_deferred += 1;
+        }
         if bottom && room {
             // A tombstone past its grace; an expired value is a deletion that happened at its
             // expiry: it waits for the same grace and gate, or a replica still holding an

@@ -43,15 +43,17 @@ impl Shard {
             self.inner.activity.clone(),
         );
         loop {
-            let (tables, blobs, major) = {
+            let (tables, blobs, major, cleanup) = {
                 let mut s = self.inner.state.borrow_mut();
                 if s.closing {
                     break;
                 }
+                let cleanup = s.cleanup_requested.take();
                 (
                     s.tables.clone(),
                     s.blobs.clone(),
-                    std::mem::take(&mut s.major_requested),
+                    std::mem::take(&mut s.major_requested) || cleanup.is_some(),
+                    cleanup,
                 )
             };
             let sizes: Vec<u64> = tables.iter().map(|t| t.size_bytes()).collect();
@@ -80,15 +82,39 @@ impl Shard {
                 }
             }
             let Some(run) = run else {
+                if let Some(job) = cleanup {
+                    // No table: nothing to drop.
+                    self.inner.state.borrow_mut().cleanup_outcome =
+                        Some((job.generation, Ok(MergeStats::default())));
+                }
                 break;
             };
-            if let Err(e) = self
-                .compact_run(&tables[run.clone()], run.start == 0, &mut pacer, gc)
-                .await
-            {
-                // The inputs are untouched and still live; writes and reads go on. The next
-                // flush retries.
-                tracing::error!(error = %e, "compaction failed");
+            let outcome = self
+                .compact_run(
+                    &tables[run.clone()],
+                    run.start == 0,
+                    &mut pacer,
+                    gc,
+                    cleanup.as_ref(),
+                )
+                .await;
+            // The inputs are untouched and still live after a failure; writes and reads go on.
+            // The next flush retries.
+            let stop = match &outcome {
+                Ok(_) => false,
+                Err(e @ Error::CleanupAbandoned(_)) => {
+                    tracing::info!(error = %e, "cleanup abandoned");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "compaction failed");
+                    true
+                }
+            };
+            if let Some(job) = &cleanup {
+                self.inner.state.borrow_mut().cleanup_outcome = Some((job.generation, outcome));
+            }
+            if stop {
                 break;
             }
         }
@@ -99,14 +125,17 @@ impl Shard {
 
     /// Merges adjacent tables `inputs` and swaps the result in, durably, then deletes them and
     /// the blob files nothing points at any more. With `relocate` (the inputs must be every
-    /// table), the live values in those blob files are moved to new ones.
+    /// table), the live values in those blob files are moved to new ones. With `cleanup` (the
+    /// inputs must be every table too), the keys it does not keep are dropped, and the output is
+    /// installed only if the cleanup is still valid then.
     pub(super) async fn compact_run(
         &self,
         inputs: &[Rc<SsTable>],
         bottom: bool,
         pacer: &mut Pacer,
         relocate: Option<Vec<u64>>,
-    ) -> Result<()> {
+        cleanup: Option<&CleanupJob>,
+    ) -> Result<MergeStats> {
         let inner = &*self.inner;
         let dir = &inner.options.dir;
         let alloc_id = || {
@@ -150,6 +179,7 @@ impl Shard {
             retire_epochs: inner.options.retire_actor_epochs,
             collect_purges: inner.trees.is_some(),
             bits_per_key: inner.options.bloom_bits_per_key,
+            keep: cleanup.map(|c| &*c.keep),
             cache: inner.cache.clone(),
         };
         let merged = compaction::worker::merge(&job, pacer, relocation)
@@ -161,26 +191,44 @@ impl Shard {
             let mut s = inner.state.borrow_mut();
             s.blob_gc_skip.extend(merged.unreadable_blob_files);
         }
+        // Nothing names the output yet: a failed merge's is removed (a crash would leave it to
+        // the next open). After the manifest store, files are left to the next open, since a
+        // failed directory sync may follow a rename that happened.
+        let remove_output = |table: Option<TableId>| {
+            let mut paths: Vec<PathBuf> = table
+                .map(|id| sstable::table_path(dir, id))
+                .into_iter()
+                .collect();
+            paths.extend(new_blobs.iter().map(|b| blob::blob_path(dir, b.id)));
+            async move {
+                for p in paths {
+                    if let Err(r) = runtime::remove(&p).await {
+                        tracing::warn!(path = %p.display(), error = %r, "removing a failed merge's output");
+                    }
+                }
+            }
+        };
         let table = match merged.table {
             Some(id) => match SsTable::open(dir, id).await {
                 Ok(t) => Some(Rc::new(t)),
                 Err(e) => {
-                    // Nothing names the output yet: remove it (a crash would leave it to the
-                    // next open). After the manifest store, files are left to the next open,
-                    // since a failed directory sync may follow a rename that happened.
                     inner.cache.forget_table(id);
-                    let mut paths = vec![sstable::table_path(dir, id)];
-                    paths.extend(new_blobs.iter().map(|b| blob::blob_path(dir, b.id)));
-                    for p in paths {
-                        if let Err(r) = runtime::remove(&p).await {
-                            tracing::warn!(path = %p.display(), error = %r, "removing a failed merge's output");
-                        }
-                    }
+                    remove_output(Some(id)).await;
                     return Err(e);
                 }
             },
             None => None,
         };
+        if let Some(reason) = cleanup.and_then(|c| (c.still_valid)().err()) {
+            // What the cleanup kept was decided under another ring: the inputs stay.
+            let id = table.as_ref().map(|t| t.id());
+            if let Some(id) = id {
+                inner.cache.forget_table(id);
+            }
+            drop(table);
+            remove_output(id).await;
+            return Err(Error::CleanupAbandoned(reason));
+        }
         let input_ids: Vec<TableId> = inputs.iter().map(|t| t.id()).collect();
         self.register_purges(inputs, merged.purged).await;
         let dropped_blobs = {
@@ -229,6 +277,7 @@ impl Shard {
             s.blobs = Rc::new(blobs);
             s.compactions += 1;
             s.purged += stats.tombstones_dropped + stats.expired_dropped;
+            s.cleaned_up += stats.cleaned_up;
             s.kept_by_gate += stats.kept_by_gate;
             s.compaction_bytes_written += written;
             s.blob_bytes_relocated += stats.relocated_bytes;
@@ -244,7 +293,7 @@ impl Shard {
             async move { shard.retire(retired, dropped_blobs).await },
             inner.compact_queue,
         );
-        Ok(())
+        Ok(stats)
     }
 
     /// Waits until no reader holds `shared` (readers hold tables and blob files for the length
@@ -352,6 +401,72 @@ impl Shard {
         Ok(())
     }
 
+    /// Drops every key whose token `keep` refuses, with all its versions (a node's ranges that
+    /// moved to other nodes, like `nodetool cleanup`): the memtables are flushed, then every table
+    /// is merged into one without those keys, in as many passes as the hash tree's purge bound
+    /// needs. `still_valid` is asked before each pass's output replaces the tables; when it says
+    /// no (with the reason), the pass's output is thrown away and the cleanup stops with
+    /// [`Error::CleanupAbandoned`], leaving every key where it was. Keys written after the flush
+    /// are not looked at.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] while closing; [`Error::CleanupAbandoned`]; the flush's or the merge's
+    /// error (the tables stay as they were).
+    pub async fn cleanup(
+        &self,
+        keep: impl Fn(Token) -> bool + 'static,
+        still_valid: impl Fn() -> Result<(), String> + 'static,
+    ) -> Result<CleanupStats> {
+        still_valid().map_err(Error::CleanupAbandoned)?;
+        self.flush().await?;
+        let keep: Rc<dyn Fn(Token) -> bool> = Rc::new(keep);
+        let still_valid: Rc<dyn Fn() -> Result<(), String>> = Rc::new(still_valid);
+        let mut done = CleanupStats {
+            table_bytes_before: self.stats().table_bytes,
+            ..CleanupStats::default()
+        };
+        loop {
+            self.wait_for_compactions().await;
+            let generation = {
+                let mut s = self.inner.state.borrow_mut();
+                if s.closing {
+                    return Err(Error::Closed);
+                }
+                s.cleanup_generation += 1;
+                s.cleanup_outcome = None;
+                s.cleanup_requested = Some(CleanupJob {
+                    keep: keep.clone(),
+                    still_valid: still_valid.clone(),
+                    generation: s.cleanup_generation,
+                });
+                s.cleanup_generation
+            };
+            self.start_compactor_even_if_disabled();
+            self.wait_for_compactions().await;
+            let outcome = {
+                let mut s = self.inner.state.borrow_mut();
+                if s.closing {
+                    return Err(Error::Closed);
+                }
+                s.cleanup_requested = None;
+                s.cleanup_outcome.take()
+            };
+            let stats = match outcome {
+                Some((g, Ok(stats))) if g == generation => stats,
+                Some((g, Err(e))) if g == generation => return Err(e),
+                // The compactor stopped before taking the job (a failed flush): nothing done.
+                _ => return Err(Error::CleanupFailed("the compactor did not run".into())),
+            };
+            done.passes += 1;
+            done.keys_dropped += stats.cleaned_up;
+            if stats.cleanup_deferred == 0 {
+                break;
+            }
+        }
+        done.table_bytes_after = self.stats().table_bytes;
+        Ok(done)
+    }
+
     /// Waits until no compaction is running (for tests and tools).
     pub async fn wait_for_compactions(&self) {
         WaitState {
@@ -382,6 +497,35 @@ impl Shard {
         }
         Ok(out)
     }
+}
+
+/// A cleanup waiting for the compactor (see [`Shard::cleanup`]).
+pub(super) struct CleanupJob {
+    keep: Rc<dyn Fn(Token) -> bool>,
+    still_valid: Rc<dyn Fn() -> Result<(), String>>,
+    /// Tells this job's outcome from an earlier one's.
+    generation: u64,
+}
+
+impl std::fmt::Debug for CleanupJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanupJob")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Shard::cleanup`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupStats {
+    /// Keys dropped, with all their versions.
+    pub keys_dropped: u64,
+    /// Merges of every table it took.
+    pub passes: u32,
+    /// Bytes of tables before (after the flush).
+    pub table_bytes_before: u64,
+    /// Bytes of tables after.
+    pub table_bytes_after: u64,
 }
 
 /// Per blob file, its size and the bytes of it that `tables` point at.

@@ -49,7 +49,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::blob::{self, BlobHandles, BlobMeta, BlobSet, BlobWriter};
-use crate::compaction::worker::{MergeJob, Pacer, Relocation};
+use crate::compaction::worker::{MergeJob, MergeStats, Pacer, Relocation};
 use crate::compaction::{self, BlobUsage, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, RunState};
@@ -73,6 +73,7 @@ mod tree;
 mod tree_state;
 
 use crate::hashtree::record_state;
+pub use compact::CleanupStats;
 use tree_state::{OldState, Trees};
 pub use tree_state::{TreeCheck, TreeStatus};
 
@@ -226,6 +227,8 @@ pub struct ShardStats {
     /// Tombstones and expired values past their grace that compactions kept because the gate
     /// refused (their range was not repaired since), since open.
     pub kept_by_gate: u64,
+    /// Keys dropped by cleanups since open.
+    pub cleaned_up: u64,
     /// The anti-entropy hash tree, if the shard keeps one.
     pub tree: Option<TreeStatus>,
 }
@@ -265,6 +268,12 @@ struct State {
     compactor_running: bool,
     /// A full merge was asked for ([`Shard::compact_all`]) and has not started yet.
     major_requested: bool,
+    /// A cleanup waiting for the compactor ([`Shard::cleanup`]).
+    cleanup_requested: Option<compact::CleanupJob>,
+    /// The last cleanup pass's outcome, by its job's generation.
+    cleanup_outcome: Option<(u64, Result<MergeStats>)>,
+    cleanup_generation: u64,
+    cleaned_up: u64,
     /// Compactions whose input tables are still being deleted.
     retiring: usize,
     /// WAL segments holding only records at or below this have been deleted.
@@ -596,6 +605,7 @@ impl Shard {
             blob_file_opens: s.blobs.handles().opens(),
             purged: s.purged,
             kept_by_gate: s.kept_by_gate,
+            cleaned_up: s.cleaned_up,
             tree: self.tree_status(),
         }
     }

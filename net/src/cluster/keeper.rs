@@ -131,6 +131,12 @@ impl RingKeeper {
         self.lock().digest()
     }
 
+    /// See [`RingBook::ring_epochs`].
+    #[must_use]
+    pub fn ring_epochs(&self) -> u64 {
+        self.lock().ring_epochs()
+    }
+
     /// The book's entries, encoded for a peer (JSON).
     #[must_use]
     pub fn encoded(&self) -> Vec<u8> {

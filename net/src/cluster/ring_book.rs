@@ -445,6 +445,19 @@ impl RingBook {
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 
+    /// A hash of every member's epoch: it changes whenever a member's tokens, state, rack or
+    /// change do (never with addresses or generations alone), so it tells whether the ring
+    /// decided on is still the ring.
+    #[must_use]
+    pub fn ring_epochs(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(self.members.len() * 16);
+        for (id, m) in &self.members {
+            bytes.extend_from_slice(&id.0.to_le_bytes());
+            bytes.extend_from_slice(&m.epoch.to_le_bytes());
+        }
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
     /// Whether the node was given seeds to join through.
     #[must_use]
     pub fn is_seeded(&self) -> bool {

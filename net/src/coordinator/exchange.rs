@@ -181,10 +181,12 @@ pub(crate) fn window_p99_us(before: &[u64], after: &[u64], bounds_us: &[u64]) ->
 }
 
 /// The repair budget's new share: halved while the foreground p99 of the last window is well
-/// above its baseline without repair, regained by a quarter per window otherwise.
+/// above its baseline without repair, regained by a quarter per window otherwise; held where
+/// there is no baseline yet (a node that joins streams before it ever served alone).
 pub(crate) fn next_factor(factor: f64, window_p99_us: Option<u64>, baseline_us: u64) -> f64 {
     match window_p99_us {
-        Some(p99) if baseline_us > 0 && p99 > baseline_us + baseline_us / 4 + 200 => factor / 2.0,
+        _ if baseline_us == 0 => factor,
+        Some(p99) if p99 > baseline_us + baseline_us / 4 + 200 => factor / 2.0,
         _ => (factor * 1.25).min(1.0),
     }
 }
@@ -313,6 +315,10 @@ mod tests {
         assert!(
             (next_factor(1.0, Some(1000), 0) - 1.0).abs() < 1e-9,
             "no baseline yet"
+        );
+        assert!(
+            (next_factor(0.125, Some(100), 0) - 0.125).abs() < 1e-9,
+            "without a baseline the share is held"
         );
     }
 }

@@ -487,6 +487,73 @@ fn refuse_if_busy(core: &Core) -> Result<RingKeeper, String> {
     Ok(keeper)
 }
 
+/// What a cleanup did on each core.
+#[derive(Debug)]
+pub struct Cleaned {
+    /// Per core, what its shard's cleanup did (or why it failed).
+    pub cores: Vec<Result<dynacore_engine::CleanupStats, String>>,
+    /// The ring's vnode ranges this node keeps, of all.
+    pub kept_ranges: (usize, usize),
+}
+
+/// Drops this node's copies of the ranges it no longer replicates (after a join gave them to
+/// another node), on every core: like `nodetool cleanup`. Refused while a topology change is
+/// in progress (the new owners must hold the ranges first: a change completes only once they
+/// do) or another cleanup runs; abandoned, dropping nothing, if the ring changes before a
+/// core's merge is installed.
+///
+/// # Errors
+/// Why it cannot start (409).
+pub async fn cleanup(core: &Core) -> Result<Cleaned, String> {
+    let cluster = core.cluster();
+    if let Some(mv) = &cluster.moving {
+        return Err(format!(
+            "a topology change is in progress (node {} is {}, change {}): cleanup waits until \
+             it is done, so that the new owners hold the ranges before this node drops them",
+            mv.node,
+            mv.state.name(),
+            mv.change.id
+        ));
+    }
+    let own = cluster.own_node();
+    if !own.in_ring || own.state != MemberState::Normal {
+        return Err(format!(
+            "this node is {}, not a normal member of the ring",
+            own.state.name()
+        ));
+    }
+    if !core.shared().start_cleaning() {
+        return Err("a cleanup is already running on this node".into());
+    }
+    let plan = std::sync::Arc::new(crate::core::CleanupPlan::new(
+        &cluster,
+        core.shared().keeper().cloned(),
+    ));
+    let kept_ranges = plan.kept_ranges();
+    let runs: Vec<_> = (0..core.shards())
+        .map(|shard| {
+            let core = core.clone();
+            let plan = plan.clone();
+            runtime::spawn(async move {
+                core.execute_on(shard, ShardOp::Cleanup(plan), CLEANUP_TIMEOUT)
+                    .await
+            })
+        })
+        .collect();
+    let mut cores = Vec::with_capacity(runs.len());
+    for run in runs {
+        cores.push(match run.await {
+            crate::core::ShardReply::Cleanup(r) => r.map_err(|e| e.to_string()),
+            other => Err(format!("a core answered another request: {other:?}")),
+        });
+    }
+    core.shared().stop_cleaning();
+    Ok(Cleaned { cores, kept_ranges })
+}
+
+/// How long a cleanup may take on one core.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Starts decommissioning this node: it becomes `leaving`; the nodes that gain its ranges
 /// stream them; then it is `left` and stops. The change's id.
 ///

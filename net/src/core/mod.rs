@@ -101,6 +101,75 @@ pub enum ShardOp {
         /// About this many bytes at most.
         max_bytes: usize,
     },
+    /// Drop the shard's keys outside the ranges the plan keeps (`dynacore cleanup`).
+    Cleanup(Arc<CleanupPlan>),
+}
+
+/// What a cleanup keeps, decided under one ring: for each vnode of the ring (by token,
+/// ascending), whether this node replicates its range.
+#[derive(Debug)]
+pub struct CleanupPlan {
+    vnodes: Vec<(u64, bool)>,
+    /// The ring book and its epochs when the plan was made (`None`: a node that does not gossip,
+    /// whose ring never changes).
+    decided_under: Option<(crate::cluster::keeper::RingKeeper, u64)>,
+}
+
+impl CleanupPlan {
+    /// The plan for `own` under `cluster`'s current ring, while the book is at its current
+    /// epochs.
+    #[must_use]
+    pub fn new(cluster: &ClusterState, keeper: Option<crate::cluster::keeper::RingKeeper>) -> Self {
+        let ring = &cluster.ring;
+        let rf = usize::from(cluster.replication_factor);
+        let vnodes = (0..ring.vnodes().len())
+            .map(|i| {
+                let held = ring.preference_list_at(i, rf).contains(&cluster.own);
+                (ring.vnodes()[i].token.0, held)
+            })
+            .collect();
+        CleanupPlan {
+            vnodes,
+            decided_under: keeper.map(|k| {
+                let epochs = k.ring_epochs();
+                (k, epochs)
+            }),
+        }
+    }
+
+    /// Whether this node replicates `token`'s range.
+    #[must_use]
+    pub fn keeps(&self, token: Token) -> bool {
+        let i = self.vnodes.partition_point(|&(t, _)| t < token.0);
+        self.vnodes
+            .get(if i == self.vnodes.len() { 0 } else { i })
+            .is_none_or(|&(_, held)| held)
+    }
+
+    /// The fraction of the ring's vnode ranges kept (by count).
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn kept_ranges(&self) -> (usize, usize) {
+        (
+            self.vnodes.iter().filter(|(_, held)| *held).count(),
+            self.vnodes.len(),
+        )
+    }
+
+    /// Whether the ring is still the one the plan was made under.
+    ///
+    /// # Errors
+    /// Why not.
+    pub fn still_valid(&self) -> Result<(), String> {
+        match &self.decided_under {
+            Some((keeper, epochs)) if keeper.ring_epochs() != *epochs => Err(
+                "the ring changed while the cleanup ran (a topology change started): nothing \
+                 was dropped; run it again once the change is done"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A shard's answer to a tree operation (`None` inside: the tree is not ready).
@@ -174,6 +243,8 @@ pub enum ShardReply {
     Paxos(Result<PaxosAnswer, StoreError>),
     /// To [`ShardOp::TreeHashes`] and [`ShardOp::TreeKeys`].
     Tree(Result<TreeAnswer, StoreError>),
+    /// To [`ShardOp::Cleanup`].
+    Cleanup(Result<dynacore_engine::CleanupStats, StoreError>),
 }
 
 impl ShardReply {
@@ -228,6 +299,7 @@ enum ReplyKind {
     Object,
     Paxos,
     Tree,
+    Cleanup,
 }
 
 impl ReplyKind {
@@ -235,6 +307,7 @@ impl ReplyKind {
         match op {
             ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
             ShardOp::Paxos { .. } => ReplyKind::Paxos,
+            ShardOp::Cleanup(_) => ReplyKind::Cleanup,
             ShardOp::TreeHashes { .. }
             | ShardOp::TreeKeys { .. }
             | ShardOp::VerifyTree
@@ -250,6 +323,7 @@ impl ReplyKind {
             ReplyKind::Object => ShardReply::Object(Err(e)),
             ReplyKind::Paxos => ShardReply::Paxos(Err(e)),
             ReplyKind::Tree => ShardReply::Tree(Err(e)),
+            ReplyKind::Cleanup => ShardReply::Cleanup(Err(e)),
         }
     }
 }
@@ -291,6 +365,10 @@ pub struct NodeShared {
     keeper: std::sync::OnceLock<crate::cluster::keeper::RingKeeper>,
     /// Ranges are streaming in.
     streaming: AtomicBool,
+    /// When this node last answered a `StreamRange` (ms since it started; 0: never).
+    stream_served_ms: std::sync::atomic::AtomicU64,
+    /// A cleanup is running.
+    cleaning: AtomicBool,
     /// Stops the node as a signal would (set once at start-up).
     shutdown: std::sync::OnceLock<Shutdown>,
 }
@@ -429,6 +507,8 @@ impl NodeShared {
             foreground_p99_us: Default::default(),
             keeper: std::sync::OnceLock::new(),
             streaming: AtomicBool::new(false),
+            stream_served_ms: std::sync::atomic::AtomicU64::new(0),
+            cleaning: AtomicBool::new(false),
             shutdown: std::sync::OnceLock::new(),
         };
         (Arc::new(shared), receivers)
@@ -455,12 +535,34 @@ impl NodeShared {
         }
     }
 
-    /// Whether any exchange runs on this node, or ranges stream in (both follow the repair
-    /// budget, which backs off while the foreground p99 rises).
+    /// Whether any exchange runs on this node, or ranges stream in or out (all follow the
+    /// repair budget, which backs off while the foreground p99 rises).
     #[must_use]
     pub fn exchanging(&self) -> bool {
+        let served = self.stream_served_ms.load(Ordering::Relaxed);
         self.exchanging.iter().any(|b| b.load(Ordering::Relaxed))
             || self.streaming.load(Ordering::Relaxed)
+            || (served > 0 && self.since_start_ms() < served + 2000)
+    }
+
+    /// Marks a `StreamRange` answered now: for two seconds the node counts as exchanging.
+    pub fn served_stream(&self) {
+        self.stream_served_ms
+            .store(self.since_start_ms().max(1), Ordering::Relaxed);
+    }
+
+    fn since_start_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Marks a cleanup running; `false` if one already was.
+    pub fn start_cleaning(&self) -> bool {
+        !self.cleaning.swap(true, Ordering::SeqCst)
+    }
+
+    /// Marks the cleanup done.
+    pub fn stop_cleaning(&self) {
+        self.cleaning.store(false, Ordering::SeqCst);
     }
 
     /// Marks ranges streaming in (or done).
@@ -834,7 +936,9 @@ impl Core {
                     self.cluster().own_node().shard_map.shard_of(Token(r.1))
                 })
             }
-            ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree => self.0.index,
+            ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree | ShardOp::Cleanup(_) => {
+                self.0.index
+            }
         };
         self.execute_on(owner, op, timeout).await
     }
@@ -857,7 +961,7 @@ impl Core {
                     "no core {shard} on this node"
                 )));
             };
-            if !matches!(kind, ReplyKind::Stats) {
+            if !matches!(kind, ReplyKind::Stats | ReplyKind::Cleanup) {
                 self.metrics().forwarded();
             }
             let forward = Forward {
@@ -961,6 +1065,16 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                 }
             }
         }
+        ShardOp::Cleanup(plan) => {
+            let (keep, valid) = (plan.clone(), plan);
+            ShardReply::Cleanup(
+                store
+                    .shard()
+                    .cleanup(move |token| keep.keeps(token), move || valid.still_valid())
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string())),
+            )
+        }
     }
 }
 
@@ -1061,7 +1175,10 @@ async fn run_paxos(
 /// task, so a slow one does not hold up the rest.
 pub async fn serve_inbox(core: Core, inbox: flume::Receiver<Forward>) {
     while let Ok(Forward { op, reply, work }) = inbox.recv_async().await {
-        if !matches!(op, ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree) {
+        if !matches!(
+            op,
+            ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree | ShardOp::Cleanup(_)
+        ) {
             core.metrics().forwarded_in();
         }
         let store = core.0.store.clone();

@@ -519,6 +519,9 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                         }
                                     }
                                 }
+                                if failed.is_none() {
+                                    pace_stream(core, &entries).await;
+                                }
                                 match failed {
                                     Some(m) => Err(store_error(id, &StoreError::Internal(m))),
                                     None => Ok(reply::stream_range_answer(id, &entries, more)),
@@ -573,6 +576,26 @@ async fn in_background(
     )
     .await
     .unwrap_or_else(|| Err(StoreError::Unavailable("the core stopped".into())))
+}
+
+/// The longest a source holds a `StreamRange` answer back for its budget (well within the
+/// streaming node's call timeout).
+const STREAM_PACE_MAX: Duration = Duration::from_secs(2);
+
+/// A source paces what it streams by its own repair budget, which follows its own foreground
+/// p99 (the streaming node sees only its own): it takes the entries from the budget and holds
+/// the answer back for what went past it.
+async fn pace_stream(core: &Core, entries: &[reply::StreamEntryWire]) {
+    let shared = core.shared();
+    shared.served_stream();
+    let mut wait = Duration::ZERO;
+    for e in entries {
+        let bytes = e.key.len() + e.version.len() + e.values.len();
+        wait = shared.repair_budget(|b| b.take(bytes));
+    }
+    if !wait.is_zero() {
+        runtime::sleep(wait.min(STREAM_PACE_MAX)).await;
+    }
 }
 
 /// Keys one `StreamRange` answer carries at most.

@@ -286,15 +286,7 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::Endpoints(key) => (Op::Other, Ok(endpoints(core, key))),
         Route::Decommission => (Op::Other, decommission(core).await),
         Route::RemoveNode(id) => (Op::Other, remove_node(core, id).await),
-        Route::Cleanup => (
-            Op::Other,
-            Err(Reply::error(
-                501,
-                "not_implemented",
-                "cleanup is not built yet: ranges a node no longer holds are dropped by a later \
-             version (they are harmless meanwhile: never read, never repaired)",
-            )),
-        ),
+        Route::Cleanup => (Op::Other, cleanup(core).await),
     };
     let reply = reply.unwrap_or_else(|r| r);
     let ok = reply.status < 400;
@@ -755,6 +747,53 @@ async fn decommission(core: &Core) -> Result<Reply, Reply> {
         .map_err(|e| Reply::error(409, "conflict", &e))
 }
 
+/// `POST /admin/cleanup`: this node drops its copies of the ranges it no longer replicates;
+/// answers once every core is done, with what each dropped.
+async fn cleanup(core: &Core) -> Result<Reply, Reply> {
+    let started = Instant::now();
+    let done = crate::coordinator::topology::cleanup(core)
+        .await
+        .map_err(|e| Reply::error(409, "conflict", &e))?;
+    let mut cores = Vec::with_capacity(done.cores.len());
+    let (mut dropped, mut failed) = (0u64, Vec::new());
+    for (i, r) in done.cores.iter().enumerate() {
+        match r {
+            Ok(s) => {
+                dropped += s.keys_dropped;
+                cores.push(json!({
+                    "core": i,
+                    "keys_dropped": s.keys_dropped,
+                    "passes": s.passes,
+                    "table_bytes_before": s.table_bytes_before,
+                    "table_bytes_after": s.table_bytes_after,
+                }));
+            }
+            Err(e) => {
+                failed.push(i);
+                cores.push(json!({ "core": i, "error": e }));
+            }
+        }
+    }
+    let mut body = json!({
+        "keys_dropped": dropped,
+        "ranges_kept": done.kept_ranges.0,
+        "ranges": done.kept_ranges.1,
+        "cores": cores,
+        "ms": started.elapsed().as_millis(),
+    });
+    if failed.is_empty() {
+        Ok(Reply::json(200, &body))
+    } else {
+        // A core whose ring changed meanwhile dropped nothing; the others did their part.
+        body["error"] = json!("cleanup_incomplete");
+        body["message"] = json!(format!(
+            "the cleanup did not finish on core(s) {failed:?}: they dropped nothing (the others \
+             did); run it again once no topology change is in progress"
+        ));
+        Err(Reply::json(409, &body))
+    }
+}
+
 /// `POST /admin/removenode/{id}`: a dead node's ranges are rebuilt on their next owners.
 async fn remove_node(core: &Core, id: &str) -> Result<Reply, Reply> {
     let node = u64::from_str_radix(id, 16)
@@ -812,7 +851,10 @@ async fn compact(core: &Core) -> Result<Reply, Reply> {
                 "compactions": s.compactions,
             })),
             ShardReply::NoStats(e) => return Err(Reply::from_store_error(&e)),
-            ShardReply::Object(_) | ShardReply::Paxos(_) | ShardReply::Tree(_) => {
+            ShardReply::Object(_)
+            | ShardReply::Paxos(_)
+            | ShardReply::Tree(_)
+            | ShardReply::Cleanup(_) => {
                 return Err(Reply::error(
                     500,
                     "internal",
