@@ -114,6 +114,8 @@ pub struct CoreMetrics {
     ae_bytes: AtomicU64,
     /// Full repairs of a range: completed, failed.
     full_repairs: [AtomicU64; 2],
+    /// Topology changes' streaming: keys and bytes streamed in, keys and bytes sent.
+    streamed: [AtomicU64; 4],
 }
 
 /// How an anti-entropy exchange (this node and one peer, some ranges) ended.
@@ -183,6 +185,18 @@ impl CoreMetrics {
     /// Counts a request this core sent to the core that owns its key.
     pub fn forwarded(&self) {
         self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `keys` copies of `bytes` streamed in from another node for a topology change.
+    pub fn streamed_in(&self, keys: u64, bytes: u64) {
+        self.streamed[0].fetch_add(keys, Ordering::Relaxed);
+        self.streamed[1].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `keys` copies of `bytes` sent to a node that streams a range in.
+    pub fn streamed_out(&self, keys: u64, bytes: u64) {
+        self.streamed[2].fetch_add(keys, Ordering::Relaxed);
+        self.streamed[3].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts a request another core sent here.
@@ -402,7 +416,27 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     type CoreFn<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
-    let simple: [(&str, &str, CoreFn); 10] = [
+    let simple: [(&str, &str, CoreFn); 14] = [
+        (
+            "dynacore_stream_in_keys_total",
+            "Keys streamed in from other nodes for topology changes (joins, replacements, ranges gained from a leaving or removed node).",
+            &|m| load(&m.streamed[0]),
+        ),
+        (
+            "dynacore_stream_in_bytes_total",
+            "Bytes of the answers those keys came in.",
+            &|m| load(&m.streamed[1]),
+        ),
+        (
+            "dynacore_stream_out_keys_total",
+            "Keys sent to nodes streaming ranges in.",
+            &|m| load(&m.streamed[2]),
+        ),
+        (
+            "dynacore_stream_out_bytes_total",
+            "Bytes of the keys sent (keys, versions and values).",
+            &|m| load(&m.streamed[3]),
+        ),
         (
             "dynacore_background_shed_total",
             "Work after answers shed for want of budget: late replica acknowledgements not awaited (those replicas get hints), read repairs not made.",

@@ -180,14 +180,24 @@ pub(crate) fn window_p99_us(before: &[u64], after: &[u64], bounds_us: &[u64]) ->
     bounds_us.last().copied()
 }
 
-/// The repair budget's new share: halved while the foreground p99 of the last window is well
-/// above its baseline without repair, regained by a quarter per window otherwise; held where
-/// there is no baseline yet (a node that joins streams before it ever served alone).
+/// The repair budget's new share: halved while the foreground p99 of the last window is over
+/// twice its baseline without repair (plus 200 µs), regained by a quarter per window while it
+/// is within 1.5 times (plus 200 µs), held in between. Without a baseline (a node that joins
+/// streams before it ever served alone) it grows: the sources it streams from pace what they
+/// send by their own foreground p99.
 pub(crate) fn next_factor(factor: f64, window_p99_us: Option<u64>, baseline_us: u64) -> f64 {
+    let grow = (factor * 1.25).min(1.0);
     match window_p99_us {
-        _ if baseline_us == 0 => factor,
-        Some(p99) if p99 > baseline_us + baseline_us / 4 + 200 => factor / 2.0,
-        _ => (factor * 1.25).min(1.0),
+        Some(p99) if baseline_us > 0 => {
+            if p99 > 2 * baseline_us + 200 {
+                factor / 2.0
+            } else if p99 <= baseline_us + baseline_us / 2 + 200 {
+                grow
+            } else {
+                factor
+            }
+        }
+        _ => grow,
     }
 }
 
@@ -317,8 +327,8 @@ mod tests {
             "no baseline yet"
         );
         assert!(
-            (next_factor(0.125, Some(100), 0) - 0.125).abs() < 1e-9,
-            "without a baseline the share is held"
+            (next_factor(0.5, Some(600), 250) - 0.5).abs() < 1e-9,
+            "held between 1.5 and 2 times the baseline"
         );
     }
 }

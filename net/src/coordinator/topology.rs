@@ -525,6 +525,14 @@ pub async fn cleanup(core: &Core) -> Result<Cleaned, String> {
     if !core.shared().start_cleaning() {
         return Err("a cleanup is already running on this node".into());
     }
+    // Cleared however this ends (the caller may go away; the cores' runs go on regardless).
+    struct Cleaning(Core);
+    impl Drop for Cleaning {
+        fn drop(&mut self) {
+            self.0.shared().stop_cleaning();
+        }
+    }
+    let _cleaning = Cleaning(core.clone());
     let plan = std::sync::Arc::new(crate::core::CleanupPlan::new(
         &cluster,
         core.shared().keeper().cloned(),
@@ -547,7 +555,6 @@ pub async fn cleanup(core: &Core) -> Result<Cleaned, String> {
             other => Err(format!("a core answered another request: {other:?}")),
         });
     }
-    core.shared().stop_cleaning();
     Ok(Cleaned { cores, kept_ranges })
 }
 
@@ -751,6 +758,8 @@ async fn stream_range(
         let (entries, more) =
             reply::stream_range(&body).map_err(|e| format!("streaming from {source}: {e}"))?;
         bytes += body.len() as u64;
+        core.metrics()
+            .streamed_in(entries.len() as u64, body.len() as u64);
         for batch in entries.chunks(APPLY_IN_FLIGHT) {
             let mut applying = Vec::with_capacity(batch.len());
             for e in batch {

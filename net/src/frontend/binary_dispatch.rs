@@ -588,11 +588,13 @@ const STREAM_PACE_MAX: Duration = Duration::from_secs(2);
 async fn pace_stream(core: &Core, entries: &[reply::StreamEntryWire]) {
     let shared = core.shared();
     shared.served_stream();
-    let mut wait = Duration::ZERO;
+    let (mut wait, mut total) = (Duration::ZERO, 0u64);
     for e in entries {
         let bytes = e.key.len() + e.version.len() + e.values.len();
+        total += bytes as u64;
         wait = shared.repair_budget(|b| b.take(bytes));
     }
+    core.metrics().streamed_out(entries.len() as u64, total);
     if !wait.is_zero() {
         runtime::sleep(wait.min(STREAM_PACE_MAX)).await;
     }
