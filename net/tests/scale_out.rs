@@ -194,6 +194,13 @@ fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on()
     let (a, b, c, seed) = three(dir.path(), 2);
     let mut keys = write_keys(b.http, "before-", 1500);
     assert_eq!(keys.len(), 1500);
+    // A full repair first: afterwards every range b replicates has a last repair.
+    let repaired = http(b.http, "POST", "/admin/repair", &[], b"");
+    assert_eq!(repaired.status, 200, "{}", repaired.text());
+    let never = |node: SocketAddr| {
+        http(node, "GET", "/admin/repair", &[], b"").json()["never_repaired"].as_u64()
+    };
+    assert_eq!(never(b.http), Some(0));
     let stop = Arc::new(AtomicBool::new(false));
     let live = Arc::new(Mutex::new(Vec::new()));
     let w = writer(b.http, "during-", stop.clone(), live.clone());
@@ -227,6 +234,11 @@ fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on()
         }
     }
     assert_only_on_replicas(b.http, &keys);
+    // The repair history followed the ranges the join moved: each of b's new ranges is a piece
+    // of a repaired one, held since by replicas that were in sync then or streamed from them.
+    wait_within("b's repair history follows the join", MOVE_BOUND, || {
+        never(b.http) == Some(0)
+    });
     // Node a is decommissioned: it streams its ranges away, leaves and stops.
     let mut a = a;
     let out = dynacore()

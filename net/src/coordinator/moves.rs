@@ -178,6 +178,69 @@ pub fn changes_in(entries: &[(NodeId, RingMember)]) -> Vec<(NodeId, Change)> {
         .collect()
 }
 
+/// Whether `x` lies in the ring range `(prev, end]`.
+fn in_range(prev: u64, end: u64, x: u64) -> bool {
+    match prev.cmp(&end) {
+        std::cmp::Ordering::Less => prev < x && x <= end,
+        std::cmp::Ordering::Greater => x > prev || x <= end,
+        std::cmp::Ordering::Equal => true,
+    }
+}
+
+/// The repair history a completed change leaves: for each range of `new` that `own`
+/// replicates, the time its replicas were last all in sync, inherited from the ranges of `old`
+/// it was made of (`repaired_at` reads this node's history of `old`). A change completes only
+/// once every node that gained a piece streamed it from the piece's old replicas, which held
+/// everything up to their last repair, and the piece's other new replicas were old replicas
+/// too: so the new replicas hold everything up to the oldest of those repairs. A range made of
+/// any piece never repaired inherits nothing. Each as (range, replicas sorted, time).
+pub fn inherited_repairs(
+    old: &Ring,
+    new: &Ring,
+    rf: usize,
+    own: NodeId,
+    repaired_at: impl Fn((u64, u64), &[u64]) -> Option<u64>,
+) -> Vec<((u64, u64), Vec<u64>, u64)> {
+    let mut out = Vec::new();
+    if old.vnodes().len() < 2 || new.vnodes().len() < 2 {
+        return out;
+    }
+    for i in 0..new.vnodes().len() {
+        let replicas = new.preference_list_at(i, rf);
+        if !replicas.contains(&own) {
+            continue;
+        }
+        let (prev, end) = new.range_at(i);
+        let first = prev.0.wrapping_add(1);
+        // The old ranges it overlaps: from the one holding its last token back to the one
+        // holding its first.
+        let mut j = old.owner_position(end);
+        let mut since: Option<u64> = Some(u64::MAX);
+        for _ in 0..old.vnodes().len() {
+            let (p, e) = old.range_at(j);
+            let mut was: Vec<u64> = old.preference_list_at(j, rf).iter().map(|n| n.0).collect();
+            was.sort_unstable();
+            since = since
+                .zip(repaired_at((p.0, e.0), &was))
+                .map(|(a, b)| a.min(b));
+            if since.is_none() || in_range(p.0, e.0, first) {
+                break;
+            }
+            j = if j == 0 {
+                old.vnodes().len() - 1
+            } else {
+                j - 1
+            };
+        }
+        if let Some(at) = since.filter(|&at| at != u64::MAX) {
+            let mut now: Vec<u64> = replicas.iter().map(|n| n.0).collect();
+            now.sort_unstable();
+            out.push(((prev.0, end.0), now, at));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +359,93 @@ mod tests {
         let cuts: BTreeSet<u64> = [7, 20].into_iter().collect();
         assert_eq!(cut_at(5, 9, &cuts), vec![(5, 7), (8, 9)]);
         assert_eq!(cut_at(8, 9, &cuts), vec![(8, 9)]);
+    }
+
+    /// After a join every range the joiner splits inherits its old range's repair; after a
+    /// leave, a merged range inherits the oldest of its pieces'; a piece never repaired leaves
+    /// its new range without one.
+    #[test]
+    fn repair_history_follows_the_ranges_of_a_completed_change() {
+        let three: Vec<(NodeId, Vec<Token>)> = (1..=3)
+            .map(|i| (NodeId(i), tokens(i).into_iter().map(Token).collect()))
+            .collect();
+        let ring = |members: &[(NodeId, Vec<Token>)]| {
+            let list: Vec<(NodeId, &[Token])> =
+                members.iter().map(|(n, t)| (*n, t.as_slice())).collect();
+            Ring::from_tokens(&list).expect("ring")
+        };
+        let old = ring(&three);
+        let mut four = three.clone();
+        four.push((NodeId(4), tokens(4).into_iter().map(Token).collect()));
+        let new = ring(&four);
+        // Old ranges repaired at 1000 + their index, one never.
+        let never = old.range_at(3);
+        let history = |old: &Ring| {
+            let old = old.clone();
+            move |range: (u64, u64), replicas: &[u64]| {
+                let i = (0..old.vnodes().len()).find(|&i| {
+                    let (p, e) = old.range_at(i);
+                    (p.0, e.0) == range
+                })?;
+                let mut want: Vec<u64> = old.preference_list_at(i, 3).iter().map(|n| n.0).collect();
+                want.sort_unstable();
+                (replicas == want.as_slice() && (range != (never.0 .0, never.1 .0)))
+                    .then_some(1000 + i as u64)
+            }
+        };
+        let got = inherited_repairs(&old, &new, 3, NodeId(1), history(&old));
+        assert!(!got.is_empty());
+        let mut unrepaired = 0;
+        for i in 0..new.vnodes().len() {
+            let (p, e) = new.range_at(i);
+            let mut replicas: Vec<u64> = new.preference_list_at(i, 3).iter().map(|n| n.0).collect();
+            replicas.sort_unstable();
+            let entry = got.iter().find(|(r, _, _)| *r == (p.0, e.0));
+            if !replicas.contains(&1) {
+                assert!(entry.is_none(), "only ranges node 1 replicates");
+                continue;
+            }
+            // A join splits old ranges: each new range lies in exactly one old one.
+            let j = old.owner_position(e);
+            if old.range_at(j) == never {
+                assert!(entry.is_none(), "a piece never repaired passes nothing on");
+                unrepaired += 1;
+            } else {
+                let (_, r, at) = entry.expect("an inherited repair");
+                assert_eq!(*at, 1000 + j as u64);
+                assert_eq!(r, &replicas);
+            }
+        }
+        assert!(unrepaired <= 2);
+        // Back to three (node 4 leaves): ranges merge; each gets the oldest of its pieces.
+        let back = inherited_repairs(&new, &old, 3, NodeId(1), |range, replicas| {
+            got.iter()
+                .find(|(r, rs, _)| *r == range && rs.as_slice() == replicas)
+                .map(|(_, _, at)| *at)
+        });
+        let mut whole = 0;
+        for i in 0..old.vnodes().len() {
+            let (p, e) = old.range_at(i);
+            let entry = back.iter().find(|(r, _, _)| *r == (p.0, e.0));
+            // The pieces of old range i in the four-node ring: each inherited only if node 1
+            // replicated it there too.
+            let pieces: Vec<usize> = (0..new.vnodes().len())
+                .filter(|&k| old.owner_position(new.range_at(k).1) == i)
+                .collect();
+            let all_held = pieces
+                .iter()
+                .all(|&k| new.preference_list_at(k, 3).contains(&NodeId(1)));
+            if !old.preference_list_at(i, 3).contains(&NodeId(1)) || (p, e) == never || !all_held {
+                assert!(entry.is_none(), "range {i}: nothing to inherit from");
+            } else {
+                assert_eq!(
+                    entry.map(|(_, _, at)| *at),
+                    Some(1000 + i as u64),
+                    "range {i}"
+                );
+                whole += 1;
+            }
+        }
+        assert!(whole > 0, "some ranges came back whole");
     }
 }

@@ -27,11 +27,11 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use dynacore_proto::ring::{NodeId, Token};
+use dynacore_proto::ring::{NodeId, Ring, Token};
 use dynacore_proto::{build, reply};
 use dynacore_runtime as runtime;
 
-use super::moves::{changes_in, gained, gaining_nodes, streamed, winner};
+use super::moves::{changes_in, gained, gaining_nodes, inherited_repairs, streamed, winner};
 use crate::cluster::keeper::{decode_book, RingKeeper};
 use crate::cluster::ring_book::{Change, ChangeKind, MemberState, Progress, RingMember};
 use crate::core::{Core, ShardOp};
@@ -89,6 +89,9 @@ struct Driver {
     retry_at: Cell<Option<Instant>>,
     /// The gaining nodes of a change (by id), computed once.
     gainers: RefCell<(u64, Vec<NodeId>)>,
+    /// The change in progress (by id) with its current and future rings: once it completes,
+    /// the repair history follows its ranges.
+    seen_move: RefCell<Option<(u64, Ring, Ring)>>,
 }
 
 /// Starts the driver on this core (core 0 of a node that gossips).
@@ -105,6 +108,7 @@ pub fn run_topology(core: Core, opts: TopologyOptions) {
         peer_view: RefCell::new(None),
         retry_at: Cell::new(None),
         gainers: RefCell::new((0, Vec::new())),
+        seen_move: RefCell::new(None),
     });
     runtime::spawn_detached(async move {
         loop {
@@ -113,6 +117,7 @@ pub fn run_topology(core: Core, opts: TopologyOptions) {
                 return;
             }
             driver.sync_round().await;
+            driver.follow_repairs();
             driver.tick().await;
         }
     });
@@ -168,6 +173,54 @@ impl Driver {
     /// Pushes this node's book to every live member (after a change of it).
     async fn push_all(&self) {
         push_all(&self.core, &self.keeper).await;
+    }
+
+    /// Once a change this node saw in progress has completed (its future ring is the ring),
+    /// the repair history's entries of the ranges it moved are carried over to the new ranges
+    /// (see [`inherited_repairs`]); a change called off leaves the history as it was.
+    fn follow_repairs(&self) {
+        let cluster = self.core.cluster();
+        let mut seen = self.seen_move.borrow_mut();
+        match (&cluster.moving, &cluster.future) {
+            (Some(mv), Some(future)) => {
+                if seen.as_ref().map(|s| s.0) != Some(mv.change.id) {
+                    *seen = Some((mv.change.id, cluster.ring.clone(), future.clone()));
+                }
+            }
+            (None, _) => {
+                let Some((change, old, future)) = seen.take() else {
+                    return;
+                };
+                if cluster.ring.vnodes() != future.vnodes() {
+                    return;
+                }
+                let history = &self.core.shared().purge().history;
+                let rf = usize::from(cluster.configured_rf);
+                let inherited = history.read(|h| {
+                    inherited_repairs(&old, &future, rf, cluster.own, |range, replicas| {
+                        h.repaired_at(range, replicas)
+                    })
+                });
+                if inherited.is_empty() {
+                    return;
+                }
+                let n = inherited.len();
+                history.update(|h| {
+                    let mut changed = false;
+                    for (range, replicas, at) in &inherited {
+                        changed |= h.record(*range, replicas, *at);
+                    }
+                    changed
+                });
+                history.save_in_background();
+                tracing::info!(
+                    change,
+                    ranges = n,
+                    "the repair history follows the ranges the change moved"
+                );
+            }
+            (Some(_), None) => {}
+        }
     }
 
     async fn tick(&self) {

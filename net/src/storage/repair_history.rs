@@ -4,7 +4,8 @@
 //! A range is named by its vnode's bounds `(prev, token]` and the replicas the repair covered.
 //! An entry counts only while the ring still gives the range exactly those bounds and
 //! replicas: a node joining or leaving changes either, and the range is "never repaired" again
-//! until the next full repair (no purge in between).
+//! until the next full repair (no purge in between), unless the topology driver carries the
+//! entries over when the change completes (`coordinator::moves::inherited_repairs`).
 //!
 //! The history is shared by every core of a node (compactions on any core read it through the
 //! tombstone gate) and kept in the file `REPAIRS` of the data directory, replaced atomically.
