@@ -69,10 +69,14 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Show the cluster as the node sees it.
+    /// Show the cluster as the node sees it, and the topology change in progress with each
+    /// gaining node's streaming progress (from the node's HTTP API).
     Status {
         #[command(flatten)]
         target: Target,
+        /// The node's HTTP address (for the change in progress).
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        http: SocketAddr,
     },
     /// Run N nodes on this machine (127.0.0.1, 127.0.0.2, …) until Ctrl-C.
     LocalCluster(dynacore_net::node::local_cluster::LocalCluster),
@@ -297,42 +301,105 @@ fn main() -> ExitCode {
             println!("deleted (tombstone version {version})");
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Status { target } => client_command(&target, move |client| async move {
-            let view = client.cluster();
-            println!(
-                "replication factor {}, {} vnodes, ownership balance {:.3}",
-                view.replication_factor,
-                view.ring.vnodes().len(),
-                view.ring.ownership_balance()
+        Command::Status { target, http } => {
+            let code = status(&target);
+            print_moving(http);
+            code
+        }
+    }
+}
+
+/// `dynacore status`: the cluster as the node at `target` sees it.
+fn status(target: &Target) -> ExitCode {
+    client_command(target, move |client| async move {
+        let view = client.cluster();
+        println!(
+            "replication factor {}, {} vnodes, ownership balance {:.3}",
+            view.replication_factor,
+            view.ring.vnodes().len(),
+            view.ring.ownership_balance()
+        );
+        for m in &view.members {
+            let n = &m.node;
+            let addr = SocketAddr::new(
+                n.host
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                n.base_port,
             );
-            for m in &view.members {
-                let n = &m.node;
-                let addr = SocketAddr::new(
-                    n.host
-                        .parse()
-                        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
-                    n.base_port,
-                );
-                // What the answering node says, and whether this client reaches it too.
-                let reach = match client.ping(addr).await {
-                    Ok(rtt) => format!("ping {} us", rtt.as_micros()),
-                    Err(e) => format!("unreachable from here ({e})"),
-                };
-                println!(
-                    "node {} {}:{} generation {} cores {} (ports {}-{}) {:?}{} ({reach})",
-                    n.id,
-                    n.host,
-                    n.base_port,
-                    m.generation,
-                    n.shards,
-                    u64::from(n.base_port) + 1,
-                    u64::from(n.base_port) + u64::from(n.shards),
-                    m.state,
-                    if m.in_ring { ", in the ring" } else { "" },
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }),
+            // What the answering node says, and whether this client reaches it too.
+            let reach = match client.ping(addr).await {
+                Ok(rtt) => format!("ping {} us", rtt.as_micros()),
+                Err(e) => format!("unreachable from here ({e})"),
+            };
+            println!(
+                "node {} {}:{} generation {} cores {} (ports {}-{}) {:?}{} ({reach})",
+                n.id,
+                n.host,
+                n.base_port,
+                m.generation,
+                n.shards,
+                u64::from(n.base_port) + 1,
+                u64::from(n.base_port) + u64::from(n.shards),
+                m.state,
+                if m.in_ring { ", in the ring" } else { "" },
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The topology change in progress as the node's `GET /cluster` shows it, with each gaining
+/// node's progress (ranges, keys, bytes, ETA); a line saying why where it cannot be read.
+fn print_moving(http: SocketAddr) {
+    let view = admin_call(http, "GET", "/cluster", 5).and_then(|body| {
+        serde_json::from_str::<serde_json::Value>(&body).map_err(|e| e.to_string())
+    });
+    let view = match view {
+        Ok(v) => v,
+        Err(e) => {
+            println!("topology change: unknown (GET /cluster at {http}: {e})");
+            return;
+        }
+    };
+    let mv = &view["moving"];
+    if mv.is_null() {
+        println!("topology change: none in progress");
+        return;
+    }
+    println!(
+        "topology change {}: node {} {} ({}), driven by {}",
+        mv["change"],
+        mv["node"].as_str().unwrap_or("?"),
+        mv["state"].as_str().unwrap_or("?"),
+        mv["kind"].as_str().unwrap_or("?"),
+        mv["driver"].as_str().unwrap_or("?"),
+    );
+    for g in mv["gaining"].as_array().into_iter().flatten() {
+        let s = &g["streaming"];
+        if s.is_null() {
+            println!(
+                "  {} gains ranges: not streaming yet",
+                g["node"].as_str().unwrap_or("?")
+            );
+        } else {
+            println!(
+                "  {} streaming: {}/{} ranges, {} keys, {} bytes in {:.0} s{}",
+                g["node"].as_str().unwrap_or("?"),
+                s["ranges_done"],
+                s["ranges"],
+                s["keys"],
+                s["bytes"],
+                s["seconds"].as_f64().unwrap_or(0.0),
+                if s["done"] == true {
+                    ", done".to_owned()
+                } else {
+                    s["eta_seconds"]
+                        .as_f64()
+                        .map_or_else(String::new, |eta| format!(", about {eta:.0} s left"))
+                },
+            );
+        }
     }
 }
 

@@ -73,15 +73,22 @@ fn nodes_gossip_detect_a_death_take_back_a_restart_and_see_a_leave() {
         assert!(seen.iter().any(|n| &n.0 == id), "b knows {id}");
     }
     // `dynacore status` shows every node as the node it asks sees them.
-    let status = |addr: SocketAddr| {
+    let status = |addr: SocketAddr, http: SocketAddr| {
         let out = dynacore()
-            .args(["status", "--addr", &addr.to_string()])
+            .args([
+                "status",
+                "--addr",
+                &addr.to_string(),
+                "--http",
+                &http.to_string(),
+            ])
             .output()
             .expect("status");
         assert_eq!(out.status.code(), Some(0));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let text = status(a.addr);
+    let text = status(a.addr, a.http);
+    assert!(text.contains("topology change: none in progress"), "{text}");
     for id in [&ida, &idb, &idc] {
         assert!(
             text.contains(&format!("node {id} ")),
@@ -99,7 +106,7 @@ fn nodes_gossip_detect_a_death_take_back_a_restart_and_see_a_leave() {
         });
     }
 
-    let text = status(a.addr);
+    let text = status(a.addr, a.http);
     assert!(
         text.lines()
             .any(|l| l.contains(&format!("node {idc} ")) && l.contains("Down")),

@@ -405,6 +405,25 @@ fn a_node_killed_while_joining_starts_again_and_finishes() {
     wait_within("d streams", MOVE_BOUND, || {
         d.log_text().contains("streaming ranges in")
     });
+    // `dynacore status` shows the change and the joiner's progress.
+    wait_within(
+        "dynacore status shows the join's progress",
+        MOVE_BOUND,
+        || {
+            let out = dynacore()
+                .args([
+                    "status",
+                    "--addr",
+                    &a.addr.to_string(),
+                    "--http",
+                    &a.http.to_string(),
+                ])
+                .output()
+                .expect("status");
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.contains("(join), driven by") && text.contains(" streaming: ")
+        },
+    );
     let (listen, web) = (d.addr, d.http);
     let mut d = d;
     d.child.kill().expect("kill -9");

@@ -215,23 +215,32 @@ pub fn load_or_create_meta(
 ///
 /// A port held only by connections in `TIME_WAIT` (left by a node that crashed a moment ago)
 /// refuses a plain bind but takes a `SO_REUSEPORT` one: it counts as free when nothing accepts
-/// a connection on it.
+/// a connection on it. The listening socket of a node killed a moment ago can outlive its
+/// process briefly (its io_uring is torn down after it exits) and still accept connections: a
+/// listener is asked again for up to two seconds before the port counts as taken.
 fn check_free(addr: SocketAddr, what: &str) -> Result<(), NodeError> {
-    let Err(e) = std::net::TcpListener::bind(addr) else {
-        return Ok(());
-    };
     let mut probe = addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
     }
-    let listening =
-        std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok();
-    if e.kind() == std::io::ErrorKind::AddrInUse && !listening {
-        return Ok(());
+    let mut tries = 0;
+    loop {
+        let Err(e) = std::net::TcpListener::bind(addr) else {
+            return Ok(());
+        };
+        let listening =
+            std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_ok();
+        if e.kind() == std::io::ErrorKind::AddrInUse && !listening {
+            return Ok(());
+        }
+        tries += 1;
+        if e.kind() != std::io::ErrorKind::AddrInUse || tries >= 20 {
+            return Err(NodeError::Config(format!(
+                "cannot listen on {addr} ({what}): {e} — is another node running?"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Err(NodeError::Config(format!(
-        "cannot listen on {addr} ({what}): {e} — is another node running?"
-    )))
 }
 
 /// Picks a base port whose `count` following ports are free too (for `listen` port 0).
