@@ -146,9 +146,8 @@ impl CleanupPlan {
             .is_none_or(|&(_, held)| held)
     }
 
-    /// The fraction of the ring's vnode ranges kept (by count).
+    /// How many of the ring's vnode ranges it keeps, and how many there are.
     #[must_use]
-    #[allow(clippy::cast_precision_loss)]
     pub fn kept_ranges(&self) -> (usize, usize) {
         (
             self.vnodes.iter().filter(|(_, held)| *held).count(),
