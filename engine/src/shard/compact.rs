@@ -499,35 +499,6 @@ impl Shard {
     }
 }
 
-/// A cleanup waiting for the compactor (see [`Shard::cleanup`]).
-pub(super) struct CleanupJob {
-    keep: Rc<dyn Fn(Token) -> bool>,
-    still_valid: Rc<dyn Fn() -> Result<(), String>>,
-    /// Tells this job's outcome from an earlier one's.
-    generation: u64,
-}
-
-impl std::fmt::Debug for CleanupJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CleanupJob")
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What [`Shard::cleanup`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CleanupStats {
-    /// Keys dropped, with all their versions.
-    pub keys_dropped: u64,
-    /// Merges of every table it took.
-    pub passes: u32,
-    /// Bytes of tables before (after the flush).
-    pub table_bytes_before: u64,
-    /// Bytes of tables after.
-    pub table_bytes_after: u64,
-}
-
 /// Per blob file, its size and the bytes of it that `tables` point at.
 pub(super) fn blob_usage(tables: &[Rc<SsTable>], blobs: &BlobSet) -> Vec<BlobUsage> {
     let mut live: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();

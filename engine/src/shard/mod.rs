@@ -73,7 +73,6 @@ mod tree;
 mod tree_state;
 
 use crate::hashtree::record_state;
-pub use compact::CleanupStats;
 use tree_state::{OldState, Trees};
 pub use tree_state::{TreeCheck, TreeStatus};
 
@@ -269,7 +268,7 @@ struct State {
     /// A full merge was asked for ([`Shard::compact_all`]) and has not started yet.
     major_requested: bool,
     /// A cleanup waiting for the compactor ([`Shard::cleanup`]).
-    cleanup_requested: Option<compact::CleanupJob>,
+    cleanup_requested: Option<CleanupJob>,
     /// The last cleanup pass's outcome, by its job's generation.
     cleanup_outcome: Option<(u64, Result<MergeStats>)>,
     cleanup_generation: u64,
@@ -284,6 +283,35 @@ struct State {
     /// A hash tree rebuild scan is running (close waits for it to stop).
     tree_rebuilding: bool,
     waiters: Vec<Waker>,
+}
+
+/// A cleanup waiting for the compactor (see [`Shard::cleanup`]).
+struct CleanupJob {
+    keep: Rc<dyn Fn(Token) -> bool>,
+    still_valid: Rc<dyn Fn() -> Result<(), String>>,
+    /// Tells this job's outcome from an earlier one's.
+    generation: u64,
+}
+
+impl std::fmt::Debug for CleanupJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanupJob")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Shard::cleanup`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupStats {
+    /// Keys dropped, with all their versions.
+    pub keys_dropped: u64,
+    /// Merges of every table it took.
+    pub passes: u32,
+    /// Bytes of tables before (after the flush).
+    pub table_bytes_before: u64,
+    /// Bytes of tables after.
+    pub table_bytes_after: u64,
 }
 
 impl State {
