@@ -155,6 +155,17 @@ fn assert_on_every_replica(via: SocketAddr, keys: &[String]) {
     );
 }
 
+/// Runs `dynacore ARGS`, which must succeed; its standard output.
+fn cli(args: &[&str]) -> String {
+    let out = dynacore().args(args).output().expect("run");
+    assert!(
+        out.status.success(),
+        "dynacore {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Node `node` holds each key that `/cluster/endpoints/{key}` lists it a replica of, and no
 /// other.
 fn assert_only_on_replicas(node: SocketAddr, keys: &[String]) {
@@ -215,17 +226,8 @@ fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on()
     // The old owners drop what the joiner took (`dynacore cleanup`), keeping what they still
     // replicate; the joiner itself holds only its own ranges and drops nothing.
     for node in [&b, &d] {
-        let out = dynacore()
-            .args(["cleanup", "--addr", &node.http.to_string()])
-            .output()
-            .expect("run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let done: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("cleanup answers JSON");
+        let out = cli(&["cleanup", "--addr", &node.http.to_string()]);
+        let done: serde_json::Value = serde_json::from_str(&out).expect("cleanup answers JSON");
         let dropped = done["keys_dropped"].as_u64().expect("keys_dropped");
         if node.http == b.http {
             assert!(dropped > 100, "b gave ranges to the joiner: {done}");
@@ -241,16 +243,8 @@ fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on()
     });
     // Node a is decommissioned: it streams its ranges away, leaves and stops.
     let mut a = a;
-    let out = dynacore()
-        .args(["decommission", "--addr", &a.http.to_string()])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("leaving"));
+    let out = cli(&["decommission", "--addr", &a.http.to_string()]);
+    assert!(out.contains("leaving"), "{out}");
     let status = wait_exit(&mut a.child, MOVE_BOUND).expect("the decommissioned node stops");
     assert!(status.success(), "{status:?}: {}", a.log_text());
     wait_settled(&[&b, &c, &d], 3, "three nodes are left");
@@ -272,18 +266,8 @@ fn a_node_joins_a_loaded_ring_and_another_is_decommissioned_while_writes_go_on()
     assert!(keys.len() > 1500, "writes went on during the moves");
     assert_on_every_replica(c.http, &keys);
     // `dynacore endpoints` names a key's replicas, primary first.
-    let out = dynacore()
-        .args(["endpoints", "before-7", "--addr", &c.http.to_string()])
-        .output()
-        .expect("run");
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("replica "))
-            .count(),
-        3
-    );
+    let out = cli(&["endpoints", "before-7", "--addr", &c.http.to_string()]);
+    assert_eq!(out.lines().filter(|l| l.starts_with("replica ")).count(), 3);
 }
 
 #[test]
@@ -317,15 +301,7 @@ fn a_dead_node_is_replaced_and_another_removed() {
     assert_on_every_replica(a.http, &keys);
     // c dies: it is removed, its ranges rebuilt on their next owners.
     let gone = kill_until_down(c, &a);
-    let out = dynacore()
-        .args(["removenode", &gone, "--addr", &a.http.to_string()])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli(&["removenode", &gone, "--addr", &a.http.to_string()]);
     wait_settled(&[&a, &b, &e], 3, "c's ranges are rebuilt");
     assert_on_every_replica(b.http, &keys);
     // A removed node cannot come back with its old data: it learns it was removed and stops

@@ -436,13 +436,7 @@ impl RingBook {
     /// epoch and generation.
     #[must_use]
     pub fn digest(&self) -> u64 {
-        let mut bytes = Vec::with_capacity(self.members.len() * 24);
-        for (id, m) in &self.members {
-            bytes.extend_from_slice(&id.0.to_le_bytes());
-            bytes.extend_from_slice(&m.epoch.to_le_bytes());
-            bytes.extend_from_slice(&m.generation.to_le_bytes());
-        }
-        xxhash_rust::xxh3::xxh3_64(&bytes)
+        self.hash_members(true)
     }
 
     /// A hash of every member's epoch: it changes whenever a member's tokens, state, rack or
@@ -450,10 +444,18 @@ impl RingBook {
     /// decided on is still the ring.
     #[must_use]
     pub fn ring_epochs(&self) -> u64 {
-        let mut bytes = Vec::with_capacity(self.members.len() * 16);
+        self.hash_members(false)
+    }
+
+    /// A hash of every member's id and epoch, and its generation too if `generations`.
+    fn hash_members(&self, generations: bool) -> u64 {
+        let mut bytes = Vec::with_capacity(self.members.len() * 24);
         for (id, m) in &self.members {
             bytes.extend_from_slice(&id.0.to_le_bytes());
             bytes.extend_from_slice(&m.epoch.to_le_bytes());
+            if generations {
+                bytes.extend_from_slice(&m.generation.to_le_bytes());
+            }
         }
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
