@@ -34,6 +34,7 @@ pub mod record;
 pub mod scan;
 pub mod shard;
 pub mod sstable;
+pub mod timing;
 pub mod version;
 pub mod wal;
 
@@ -48,4 +49,5 @@ pub use record::{
 };
 pub use scan::ShardScan;
 pub use shard::{CleanupStats, Shard, ShardOptions, ShardStats, TreeCheck, TreeStatus};
+pub use timing::{DurationCounts, StageTimings, STAGE_BUCKETS_US};
 pub use wal::Durability;

@@ -60,11 +60,12 @@ max_rate() {
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["run"]; print(int(sum(o["ops_per_s"] for o in r["operations"].values())))' "$1"
 }
 
-# bench NAME DRIVER TARGET: load, then A and C closed loop, then each at half its maximum.
+# bench NAME DRIVER TARGET PID: load, then A and C closed loop, then each at half its maximum
+# (the server's CPU use, from its PID, reported beside loadgen's).
 bench() {
-    local name=$1 driver=$2 target=$3
+    local name=$1 driver=$2 target=$3 pid=$4
     local common=(--driver "$driver" --target "$target" --records "$RECORDS"
-        --value-size "$VALUE_SIZE" --connections "$CONNECTIONS" --quiet)
+        --value-size "$VALUE_SIZE" --connections "$CONNECTIONS" --server-pid "$pid" --quiet)
     echo "== $name: load $RECORDS records"
     "$LOADGEN" "${common[@]}" --workload a --load --json "$OUT/$name-load.json" >/dev/null
     for w in a c; do
@@ -88,9 +89,9 @@ bench() {
 PIDS+=($!)
 wait_port "$PORT_BASE"
 if [ "$DRIVER" = http ]; then
-    bench dynacore http "127.0.0.1:$((PORT_BASE + 100))"
+    bench dynacore http "127.0.0.1:$((PORT_BASE + 100))" "${PIDS[0]}"
 else
-    bench dynacore native "127.0.0.1:$PORT_BASE"
+    bench dynacore native "127.0.0.1:$PORT_BASE" "${PIDS[0]}"
 fi
 stop_servers
 
@@ -100,7 +101,7 @@ redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$DATA" >"$OUT/redis.log" 2>&1 &
 PIDS+=($!)
 wait_port "$port"
-bench redis resp "127.0.0.1:$port"
+bench redis resp "127.0.0.1:$port" "${PIDS[0]}"
 stop_servers
 
 # Redis with every write in the append-only file, fsync'ed before the reply.
@@ -109,7 +110,7 @@ redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --append
     --dir "$DATA/aof" >"$OUT/redis-aof.log" 2>&1 &
 PIDS+=($!)
 wait_port "$port"
-bench redis-aof resp "127.0.0.1:$port"
+bench redis-aof resp "127.0.0.1:$port" "${PIDS[0]}"
 stop_servers
 
 echo
@@ -142,6 +143,16 @@ for name in ("dynacore", "redis", "redis-aof"):
     for w in "ac":
         lag = json.load(open(f"{out}/{name}-{w}-open.json"))["run"].get("schedule_lag") or {}
         print(f'  {name} {w.upper()}: {lag.get("p99_us")} / {lag.get("max_us")}')
+print()
+print("every run: the worst second's max latency (ms), and CPU over the run phase in cores (loadgen / server):")
+for name in ("dynacore", "redis", "redis-aof"):
+    for w in "ac":
+        for mode in ("closed", "open"):
+            rep = json.load(open(f"{out}/{name}-{w}-{mode}.json"))
+            worst = max((s["max_us"] for s in rep["run"]["timeline"]), default=0) / 1000
+            cpu = rep.get("cpu") or {}
+            f = lambda c: "?" if c is None else f"{c:.2f}"
+            print(f'  {name} {w.upper()} {mode}: worst second max {worst:.1f} ms; CPU {f(cpu.get("loadgen_cores"))} / {f(cpu.get("server_cores"))}')
 PY
 echo
 echo "reports, .hgrm files and plots: $OUT"

@@ -5,6 +5,7 @@
 //! and side-by-side comparisons ([`report`]) and plots ([`plot`]).
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod driver;
 pub mod plot;
 pub mod recording;

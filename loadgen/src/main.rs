@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dynacore_client::Quorum;
+use dynacore_loadgen::cpu::{CpuSample, CpuUse};
 use dynacore_loadgen::driver::DriverKind;
 use dynacore_loadgen::recording::Latencies;
 use dynacore_loadgen::report::{compare, hgrm, op_name, phase_json, phase_table};
@@ -110,6 +111,10 @@ struct Args {
     /// Print two --json reports side by side with ratios (B/A), and run nothing.
     #[arg(long, num_args = 2, value_names = ["A.json", "B.json"])]
     compare: Option<Vec<PathBuf>>,
+    /// Process ids of the server(s), comma-separated: their CPU use over the run phase is
+    /// reported beside loadgen's own (which is always reported).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// No progress bar (it is drawn only on a terminal anyway).
     #[arg(long)]
     quiet: bool,
@@ -350,9 +355,14 @@ fn main() -> ExitCode {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut last = (0, std::time::Instant::now());
+    let mut cpu_start = None;
     let outcome = run(&config, &mut |live| {
+        if cpu_start.is_none() && live.run_started().is_some() {
+            cpu_start = Some(CpuSample::now(&args.server_pid));
+        }
         progress(live, &bar, &config, &mut last);
     });
+    let cpu = cpu_start.map(|s| CpuUse::between(&s, &CpuSample::now(&args.server_pid)));
     bar.finish_and_clear();
     let (load, ran) = match outcome {
         Ok(r) => r,
@@ -383,6 +393,9 @@ fn main() -> ExitCode {
     if let Some(r) = &ran {
         print!("{}", phase_table("run", r));
     }
+    if let Some(c) = &cpu {
+        println!("{}", c.line());
+    }
     let mut failed = false;
     if let Some(path) = &args.json {
         let out = serde_json::json!({
@@ -409,6 +422,7 @@ fn main() -> ExitCode {
             },
             "load": load.as_ref().map(phase_json),
             "run": ran.as_ref().map(phase_json),
+            "cpu": cpu.as_ref().map(CpuUse::json),
         });
         if let Err(e) = std::fs::write(path, format!("{out:#}\n")) {
             eprintln!("loadgen: cannot write {}: {e}", path.display());

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dynacore_engine::ShardStats;
+use dynacore_engine::{DurationCounts, ShardStats, STAGE_BUCKETS_US};
 
 /// Which front door a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +71,75 @@ impl Histogram {
     }
 }
 
+/// A stage of a binary request on the core that received it (`dynacore_request_stage_seconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the frame's body off the socket, once its header arrived.
+    Read = 0,
+    /// Checking the frame is a well-formed request (flatbuffers verification).
+    Decode = 1,
+    /// From the request's task being spawned to its first poll: time spent behind other work
+    /// on the core (the executor's queue).
+    Queue = 2,
+    /// Answering: routing, the coordinator (replicas, quorum), the engine, encoding the answer.
+    Dispatch = 3,
+    /// From the answer queued for the connection's writer to its bytes written to the socket.
+    Write = 4,
+}
+
+const STAGES: [(Stage, &str); 5] = [
+    (Stage::Read, "read"),
+    (Stage::Decode, "decode"),
+    (Stage::Queue, "queue"),
+    (Stage::Dispatch, "dispatch"),
+    (Stage::Write, "write"),
+];
+
+/// A stage-duration histogram with the engine's fine buckets ([`STAGE_BUCKETS_US`]).
+#[derive(Debug, Default)]
+struct StageHistogram {
+    buckets: [AtomicU64; STAGE_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl StageHistogram {
+    fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = STAGE_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn counts(&self) -> DurationCounts {
+        let mut c = DurationCounts::default();
+        for (to, from) in c.buckets.iter_mut().zip(&self.buckets) {
+            *to = from.load(Ordering::Relaxed);
+        }
+        c.count = self.count.load(Ordering::Relaxed);
+        c.sum_us = self.sum_us.load(Ordering::Relaxed);
+        c
+    }
+}
+
+/// Writes one histogram series of `name` with `labels` (`core="0",stage="read"`).
+fn stage_histogram(o: &mut String, name: &str, labels: &str, c: &DurationCounts) {
+    let mut cumulative = 0;
+    for (i, bound) in STAGE_BUCKETS_US.iter().enumerate() {
+        cumulative += c.buckets[i];
+        #[allow(clippy::cast_precision_loss)]
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", c.count);
+    #[allow(clippy::cast_precision_loss)]
+    let sum = c.sum_us as f64 / 1e6;
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(o, "{name}_count{{{labels}}} {}", c.count);
+}
+
 /// Where input without a valid cluster MAC was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthPlane {
@@ -86,6 +155,8 @@ pub struct CoreMetrics {
     requests: [[AtomicU64; OPS.len()]; PROTOCOLS.len()],
     errors: [[AtomicU64; OPS.len()]; PROTOCOLS.len()],
     latency: [Histogram; OPS.len()],
+    /// Binary requests' stages, per [`Stage`].
+    stages: [StageHistogram; STAGES.len()],
     forwarded: AtomicU64,
     forwarded_in: AtomicU64,
     connections_accepted: [AtomicU64; PROTOCOLS.len()],
@@ -180,6 +251,11 @@ impl CoreMetrics {
             self.errors[protocol as usize][op as usize].fetch_add(1, Ordering::Relaxed);
         }
         self.latency[op as usize].record(latency);
+    }
+
+    /// Records how long a binary request spent in `stage`.
+    pub fn stage(&self, stage: Stage, d: Duration) {
+        self.stages[stage as usize].record(d);
     }
 
     /// Counts a request this core sent to the core that owns its key.
@@ -415,6 +491,46 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
             );
         }
     }
+    family(
+        &mut o,
+        "dynacore_request_stage_seconds",
+        "histogram",
+        "Time binary requests spent in each stage on the core that received them: read (the body \
+         off the socket), decode, queue (behind other work on the core), dispatch (routing, \
+         replicas, engine, encoding), write (the answer to the socket).",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (stage, sname) in STAGES {
+            let labels = format!("core=\"{c}\",stage=\"{sname}\"");
+            stage_histogram(
+                &mut o,
+                "dynacore_request_stage_seconds",
+                &labels,
+                &m.stages[stage as usize].counts(),
+            );
+        }
+    }
+    family(
+        &mut o,
+        "dynacore_engine_stage_seconds",
+        "histogram",
+        "Durations in each core's storage engine: write_admission (a write's wait for a memtable \
+         slot, compaction or WAL space), wal_wait (a durable write's wait for its fdatasync), \
+         flush (a memtable to a table), compaction (one merge).",
+    );
+    for (c, s) in stats.iter().enumerate() {
+        let Some(s) = s else { continue };
+        let t = &s.timings;
+        for (sname, counts) in [
+            ("write_admission", &t.write_admission),
+            ("wal_wait", &t.wal_wait),
+            ("flush", &t.flush),
+            ("compaction", &t.compaction),
+        ] {
+            let labels = format!("core=\"{c}\",stage=\"{sname}\"");
+            stage_histogram(&mut o, "dynacore_engine_stage_seconds", &labels, counts);
+        }
+    }
     type CoreFn<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
     let simple: [(&str, &str, CoreFn); 14] = [
         (
@@ -597,7 +713,25 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         }
     }
     type StatFn = fn(&ShardStats) -> u64;
-    let shard: [(&str, &str, &str, StatFn); 21] = [
+    let shard: [(&str, &str, &str, StatFn); 24] = [
+        (
+            "dynacore_wal_segments_created_total",
+            "counter",
+            "WAL segment files created and zero-filled (since the node started).",
+            |s| s.wal.segments_created,
+        ),
+        (
+            "dynacore_wal_segments_recycled_total",
+            "counter",
+            "Released WAL segments reused instead of creating new ones.",
+            |s| s.wal.segments_recycled,
+        ),
+        (
+            "dynacore_flushes_total",
+            "counter",
+            "Memtables flushed to tables.",
+            |s| s.flushes,
+        ),
         (
             "dynacore_purged_total",
             "counter",

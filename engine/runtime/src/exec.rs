@@ -162,10 +162,51 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
-    glommio::LocalExecutorBuilder::new(placement)
-        .name(name)
-        .io_memory(io_memory_bytes)
+    spawn_executor_with(
+        &ExecutorSpec {
+            name: name.to_string(),
+            cpu,
+            io_memory_bytes,
+            spin_before_park: None,
+        },
+        make,
+    )
+}
+
+/// How [`spawn_executor_with`] builds an executor.
+#[derive(Clone, Debug)]
+pub struct ExecutorSpec {
+    /// The thread's name.
+    pub name: String,
+    /// The CPU to pin to (`None`: unbound).
+    pub cpu: Option<usize>,
+    /// The DMA arena's size.
+    pub io_memory_bytes: usize,
+    /// How long the executor polls for work before it parks in the kernel when idle (`None`:
+    /// it parks at once). Spinning trades a busy CPU for a shorter wakeup.
+    pub spin_before_park: Option<Duration>,
+}
+
+/// Starts an executor as `spec` says, running the future `make` returns until it finishes.
+///
+/// # Errors
+/// As [`spawn_executor`].
+pub fn spawn_executor_with<F, Fut, T>(spec: &ExecutorSpec, make: F) -> io::Result<ExecutorHandle<T>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let placement = spec
+        .cpu
+        .map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    let mut builder = glommio::LocalExecutorBuilder::new(placement)
+        .name(&spec.name)
+        .io_memory(spec.io_memory_bytes);
+    if let Some(spin) = spec.spin_before_park {
+        builder = builder.spin_before_park(spin);
+    }
+    builder
         .spawn(make)
         .map(ExecutorHandle)
         .map_err(|e| io::Error::other(e.to_string()))

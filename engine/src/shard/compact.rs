@@ -136,6 +136,7 @@ impl Shard {
         relocate: Option<Vec<u64>>,
         cleanup: Option<&CleanupJob>,
     ) -> Result<MergeStats> {
+        let started = std::time::Instant::now();
         let inner = &*self.inner;
         let dir = &inner.options.dir;
         let alloc_id = || {
@@ -286,6 +287,11 @@ impl Shard {
             s.wake_waiters();
             dropped
         };
+        inner
+            .timings
+            .borrow_mut()
+            .compaction
+            .record(started.elapsed());
         tracing::debug!(inputs = input_ids.len(), ?stats, "compaction done");
         let shard = self.clone();
         let retired = inputs.to_vec();

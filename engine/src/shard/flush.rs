@@ -92,6 +92,7 @@ impl Shard {
     }
 
     pub(super) async fn flush_one(&self, mem: &Rc<Memtable>) -> Result<()> {
+        let started = std::time::Instant::now();
         let inner = &*self.inner;
         let dir = &inner.options.dir;
         // A table must hold only acknowledged-or-durable data: wait for the group commit.
@@ -179,6 +180,7 @@ impl Shard {
             s.flush_bytes_written += table_bytes;
             s.wake_waiters();
         }
+        inner.timings.borrow_mut().flush.record(started.elapsed());
         drop(held);
         inner.wal.release_through(flushed, dir).await?;
         let mut s = inner.state.borrow_mut();

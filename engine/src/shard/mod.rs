@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::blob::{self, BlobHandles, BlobMeta, BlobSet, BlobWriter};
 use crate::compaction::worker::{MergeJob, MergeStats, Pacer, Relocation};
@@ -58,6 +58,7 @@ use crate::object::{self, KeyLocks, Object, Sibling};
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
 use crate::scan::{MergeCursor, ShardScan};
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
+use crate::timing::StageTimings;
 use crate::version::{
     hlc::MAX_OFFSET_MS_DEFAULT, ActorId, ClockHandle, Hlc, HlcTimestamp, PhysicalClock,
     VersionVector,
@@ -120,6 +121,9 @@ pub struct ShardOptions {
     pub immutable_memtables_max: usize,
     /// Size of a WAL segment file.
     pub wal_segment_bytes: u64,
+    /// With `Sync` durability, how long the WAL writer lets a batch gather before it writes and
+    /// syncs it (zero, the default: group commit takes what is pending at once).
+    pub wal_group_commit_window: std::time::Duration,
     /// Bytes of data blocks the shard keeps cached.
     pub block_cache_bytes: u64,
     /// Bloom filter bits per key.
@@ -147,7 +151,7 @@ pub struct ShardOptions {
 
 impl ShardOptions {
     /// The defaults: `Sync` durability, 64 MiB memtables, 64 MiB WAL segments, 256 MiB block
-    /// cache, 10 Bloom bits per key, values over 64 KiB in the value log.
+    /// cache, 14 Bloom bits per key, values over 64 KiB in the value log.
     #[must_use]
     pub fn new(dir: impl Into<PathBuf>, shard_id: ShardId) -> Self {
         ShardOptions {
@@ -157,6 +161,7 @@ impl ShardOptions {
             memtable_bytes_max: 64 << 20,
             immutable_memtables_max: 4,
             wal_segment_bytes: 64 << 20,
+            wal_group_commit_window: std::time::Duration::ZERO,
             block_cache_bytes: 256 << 20,
             bloom_bits_per_key: bloom::BITS_PER_KEY_DEFAULT,
             clock: ClockHandle::system(),
@@ -230,6 +235,8 @@ pub struct ShardStats {
     pub cleaned_up: u64,
     /// The anti-entropy hash tree, if the shard keeps one.
     pub tree: Option<TreeStatus>,
+    /// Durations of the engine's stages since open.
+    pub timings: StageTimings,
 }
 
 #[derive(Debug)]
@@ -342,6 +349,8 @@ struct Inner {
     table_count: Rc<Cell<usize>>,
     /// The anti-entropy hash tree, if the shard keeps one.
     trees: Option<RefCell<Trees>>,
+    /// How long writes waited and flushes and compactions took.
+    timings: RefCell<StageTimings>,
     /// Held for the shard's life: a second opener of the directory is refused.
     _lock: std::fs::File,
 }
@@ -413,6 +422,7 @@ impl Shard {
     ) -> Result<SeqNo> {
         let inner = &*self.inner;
         inner.activity.set(inner.activity.get() + 1);
+        let admission = Instant::now();
         loop {
             WaitState::new(inner, |s: &State| {
                 s.immutables.len() < inner.options.immutable_memtables_max
@@ -430,6 +440,11 @@ impl Shard {
             }
             break;
         }
+        inner
+            .timings
+            .borrow_mut()
+            .write_admission
+            .record(admission.elapsed());
         // INVARIANT: no await from here until the record is both queued and in the memtable.
         let (seq, freeze) = {
             let mut s = inner.state.borrow_mut();
@@ -470,7 +485,10 @@ impl Shard {
             self.freeze();
         }
         if inner.wal.durability() == Durability::Sync {
-            if let Err(e) = inner.wal.wait_durable(seq).await {
+            let waited = Instant::now();
+            let durable = inner.wal.wait_durable(seq).await;
+            inner.timings.borrow_mut().wal_wait.record(waited.elapsed());
+            if let Err(e) = durable {
                 if let Some(trees) = &inner.trees {
                     // The tree holds a write that was not acknowledged; the shard is fenced.
                     trees.borrow_mut().invalidate();
@@ -635,6 +653,7 @@ impl Shard {
             kept_by_gate: s.kept_by_gate,
             cleaned_up: s.cleaned_up,
             tree: self.tree_status(),
+            timings: *self.inner.timings.borrow(),
         }
     }
 

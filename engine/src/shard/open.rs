@@ -104,6 +104,7 @@ impl Shard {
             WalOptions {
                 segment_bytes: options.wal_segment_bytes,
                 durability: options.durability,
+                group_commit_window: options.wal_group_commit_window,
             },
             manifest.flushed_seq,
             |rec| {
@@ -171,6 +172,7 @@ impl Shard {
             inner: Rc::new(Inner {
                 options,
                 wal,
+                timings: RefCell::default(),
                 state: RefCell::new(State {
                     active,
                     immutables,

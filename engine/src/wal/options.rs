@@ -19,6 +19,10 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Durability of writes.
     pub durability: Durability,
+    /// With `Sync`: how long the writer waits, once a write is pending, for more writes to
+    /// join its batch before it writes and syncs (zero: it takes what is pending at once, and
+    /// what arrives during a sync makes the next batch). `dynacore-tuning wal` measures it.
+    pub group_commit_window: std::time::Duration,
 }
 
 /// Statistics of the log.

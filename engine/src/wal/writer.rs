@@ -37,6 +37,9 @@ pub(super) async fn writer_loop(
             }
             _ => WorkReady { shared: &shared }.await,
         }
+        if options.durability == Durability::Sync && !options.group_commit_window.is_zero() {
+            runtime::sleep(options.group_commit_window).await;
+        }
         let (body, count, first_seq, last_seq, closing) = {
             let mut s = shared.borrow_mut();
             if s.fenced.is_some() {

@@ -28,7 +28,7 @@ use dynacore_runtime::{self as runtime, TcpListener, TcpReader, TcpStream, TcpWr
 use super::listen::{accept_connections, close_with, linger};
 use crate::core::{Admission, Core};
 use crate::frontend::binary_dispatch::{self, frame_error};
-use crate::metrics::Protocol;
+use crate::metrics::{Protocol, Stage};
 use dynacore_proto::{encode_authenticated_frame, AUTH_TAG_BYTES, FRAME_HEADER_BYTES};
 use dynacore_proto::{
     encode_frame, fb, frame_header, parse_request, ClusterKey, Domain, ProtocolError,
@@ -107,6 +107,8 @@ struct Outgoing {
     /// budget), its admission (which keeps the node from closing its shards before the
     /// answer is written) and its share of the core's body budget.
     request: Option<(usize, Admission, BodyBytes)>,
+    /// When it was queued (the `write` stage runs from here to the socket).
+    queued: Instant,
 }
 
 /// Request body bytes the core holds at once, over all its binary connections; past it a new
@@ -209,7 +211,7 @@ pub async fn serve_connection(
         progress: flume::bounded(1),
         last_activity: Cell::new(Instant::now()),
     });
-    let writing = runtime::spawn(write_answers(writer, out_rx, state.clone()));
+    let writing = runtime::spawn(write_answers(writer, out_rx, state.clone(), core.clone()));
     let read = read_requests(&mut reader, core, out_tx, &state).await;
     // Every sender is gone once the last running request has answered: the writer then
     // drains what is queued, closes its side and ends.
@@ -299,6 +301,7 @@ async fn read_requests(
             return Ok(Ending::Refused);
         };
         let mut tag = [0u8; AUTH_TAG_BYTES];
+        let reading = Instant::now();
         // The body's buffer grows as its bytes arrive: a header alone commits no memory.
         let mut body = Vec::with_capacity(len.min(BODY_CHUNK));
         let read = async {
@@ -316,6 +319,7 @@ async fn read_requests(
             Some(r) => r?,
             None => return Ok(Ending::Closed), // a frame cut short: drop the connection
         }
+        core.metrics().stage(Stage::Read, reading.elapsed());
         // A frame from another node carries the cluster's MAC; a client's carries none (and
         // may not ask for replica operations).
         let from_peer = head.authenticated;
@@ -335,7 +339,10 @@ async fn read_requests(
         }
         let started = Instant::now();
         let id = match parse_request(&body) {
-            Ok(req) => req.id(),
+            Ok(req) => {
+                core.metrics().stage(Stage::Decode, started.elapsed());
+                req.id()
+            }
             Err(e) => {
                 core.metrics().refused();
                 let error = frame_error(fb::ErrorCode::BadRequest, &e.to_string());
@@ -364,8 +371,12 @@ async fn read_requests(
         state.running.set(state.running.get() + 1);
         state.request_bytes.set(state.request_bytes.get() + len);
         let (core, out, state) = (core.clone(), out.clone(), state.clone());
+        let spawned = Instant::now();
         runtime::spawn_detached(async move {
+            let dispatching = Instant::now();
+            core.metrics().stage(Stage::Queue, dispatching - spawned);
             let answer = binary_dispatch::answer(&core, &body, from_peer).await;
+            core.metrics().stage(Stage::Dispatch, dispatching.elapsed());
             drop(body);
             core.metrics()
                 .request(Protocol::Binary, answer.op, answer.ok, started.elapsed());
@@ -410,13 +421,18 @@ fn send(
         state.close();
     }
     // Once the writer has stopped the answer is moot; dropping it releases what it holds.
-    let _ = out.send(Outgoing { frame, request });
+    let _ = out.send(Outgoing {
+        frame,
+        request,
+        queued: Instant::now(),
+    });
 }
 
 async fn write_answers(
     mut writer: TcpWriter,
     answers: flume::Receiver<Outgoing>,
     state: Rc<ConnState>,
+    core: Core,
 ) -> io::Result<()> {
     let mut batch = Vec::new();
     let mut done = Vec::new();
@@ -453,7 +469,9 @@ async fn write_answers(
                 ))
             }
         }
+        let written_at = Instant::now();
         for o in done.drain(..) {
+            core.metrics().stage(Stage::Write, written_at - o.queued);
             state
                 .answer_bytes
                 .set(state.answer_bytes.get() - o.frame.len());
