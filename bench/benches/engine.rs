@@ -43,7 +43,9 @@ async fn load_dynacore(shard: &dynacore_engine::Shard, data: &Dataset) {
 }
 
 /// A shard on its own executor, loaded with `data` (and flushed to an SSTable if `flush`).
-fn loaded_dynacore(data: &Arc<Dataset>, flush: bool) -> (tempfile::TempDir, ShardHost) {
+/// (The host comes first: a tuple drops its fields in order, and the shard must close before its
+/// directory is removed.)
+fn loaded_dynacore(data: &Arc<Dataset>, flush: bool) -> (ShardHost, tempfile::TempDir) {
     let dir = temp_dir_in(&bench_dir());
     let host = ShardHost::open(shard_options(dir.path(), Durability::None));
     let d = data.clone();
@@ -56,7 +58,7 @@ fn loaded_dynacore(data: &Arc<Dataset>, flush: bool) -> (tempfile::TempDir, Shar
             Duration::ZERO
         })
     });
-    (dir, host)
+    (host, dir)
 }
 
 /// A fjall keyspace loaded with `data` (and its memtable flushed if `flush`).
@@ -124,7 +126,7 @@ fn random_1m(c: &mut Criterion) {
     // runs lazily inside each benchmark so that a filtered-out one costs nothing.
     let mut loaded = None;
     g.bench_function("get/dynacore", |b| {
-        let (_dir, host) = loaded.get_or_insert_with(|| loaded_dynacore(&data, false));
+        let (host, _dir) = loaded.get_or_insert_with(|| loaded_dynacore(&data, false));
         b.iter_custom(|iters| {
             let data = data.clone();
             host.run(move |shard| {
@@ -269,7 +271,7 @@ fn get_path(c: &mut Criterion) {
         };
         let mut loaded = None;
         g.bench_function(BenchmarkId::new("dynacore", &name), |b| {
-            let (_dir, host) = loaded.get_or_insert_with(|| loaded_dynacore(&data, flush));
+            let (host, _dir) = loaded.get_or_insert_with(|| loaded_dynacore(&data, flush));
             b.iter_custom(|iters| {
                 let probe = probe.clone();
                 host.run(move |shard| {
