@@ -11,7 +11,9 @@
 #   loadgen/scripts/profile-node.sh [OUT]     # default OUT: target/profile-node
 #
 # Settings (environment): WORKLOADS ("a c"), RECORDS (100000), VALUE_SIZE (1024),
-# CONNECTIONS (50), DURATION (20s), PERF_SECONDS (10), PORT_BASE (7800).
+# CONNECTIONS (50), DURATION (30s), PERF_DELAY (15: seconds into the run, past the heap's growth
+# while memtables and the block cache fill), PERF_SECONDS (10), PERF_FREQ (299 samples/s: perf's
+# own cost slows a node on a 2-CPU machine), PORT_BASE (7800).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,8 +22,10 @@ WORKLOADS=${WORKLOADS:-a c}
 RECORDS=${RECORDS:-100000}
 VALUE_SIZE=${VALUE_SIZE:-1024}
 CONNECTIONS=${CONNECTIONS:-50}
-DURATION=${DURATION:-20s}
+DURATION=${DURATION:-30s}
+PERF_DELAY=${PERF_DELAY:-15}
 PERF_SECONDS=${PERF_SECONDS:-10}
+PERF_FREQ=${PERF_FREQ:-299}
 PORT_BASE=${PORT_BASE:-7800}
 HTTP="127.0.0.1:$((PORT_BASE + 100))"
 
@@ -59,8 +63,8 @@ for w in $WORKLOADS; do
         --json "$OUT/loadgen-$w.json" >"$OUT/loadgen-$w.txt" &
     LG=$!
     if command -v perf >/dev/null; then
-        sleep 3
-        perf record -q -F 999 -g -p "$NODE" -o "$OUT/perf-$w.data" -- sleep "$PERF_SECONDS" \
+        sleep "$PERF_DELAY"
+        perf record -q -F "$PERF_FREQ" -g -p "$NODE" -o "$OUT/perf-$w.data" -- sleep "$PERF_SECONDS" \
             >/dev/null 2>&1 || echo "profile-node: perf record failed (perf_event_paranoid?)" >&2
     fi
     wait "$LG"
