@@ -8,7 +8,8 @@
 #
 # Settings (environment): RECORDS (100000), CONNECTIONS (50), VALUE_SIZE (1024), DURATION
 # (20s), WARMUP (3s), CORES (Dynacore's executors, 1: one core like Redis's one thread),
-# DRIVER (native or http), PORT_BASE (7450). Needs redis-server and a release build
+# DRIVER (native or http), PORT_BASE (7450), SERVE_ARGS (more `dynacore serve` flags, e.g.
+# "--spin-before-park-us 0"). Needs redis-server and a release build
 # (built here if missing). Every server it starts listens on 127.0.0.1 and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -22,6 +23,7 @@ WARMUP=${WARMUP:-3s}
 CORES=${CORES:-1}
 DRIVER=${DRIVER:-native}
 PORT_BASE=${PORT_BASE:-7450}
+read -r -a SERVE_EXTRA <<<"${SERVE_ARGS:-}"
 
 command -v redis-server >/dev/null || { echo "vs-redis: install redis-server first" >&2; exit 2; }
 cargo build --release -q -p dynacore-net --bin dynacore -p dynacore-loadgen --bin loadgen
@@ -85,7 +87,7 @@ bench() {
 # Dynacore: one node, every write fdatasync'ed before it is acknowledged.
 "$DYNACORE" serve --data-dir "$DATA/dynacore" --listen "127.0.0.1:$PORT_BASE" \
     --http "127.0.0.1:$((PORT_BASE + 100))" --cores "$CORES" --durability sync \
-    >"$OUT/dynacore.log" 2>&1 &
+    ${SERVE_EXTRA[@]+"${SERVE_EXTRA[@]}"} >"$OUT/dynacore.log" 2>&1 &
 PIDS+=($!)
 wait_port "$PORT_BASE"
 if [ "$DRIVER" = http ]; then

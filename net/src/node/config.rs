@@ -7,6 +7,8 @@
 //! advertise = "10.0.0.5:7400"    # where peers reach this node (default: listen)
 //! cores = 4                      # default: every online CPU
 //! pin = true                     # pin core i's executor to the i-th online CPU
+//! spin_before_park_us = 0        # a pinned executor out of work polls this long before it
+//!                                # sleeps in the kernel (0: sleeps at once; unpinned never spin)
 //! durability = "sync"            # "sync", "periodic:<ms>" or "none"
 //! vnodes = 256
 //! request_timeout_ms = 5000
@@ -74,6 +76,8 @@ pub struct NodeConfig {
     pub cores: Option<u32>,
     /// Pin each executor to its own CPU.
     pub pin: bool,
+    /// How long a pinned executor out of work polls before it parks (`None`: it parks at once).
+    pub spin_before_park: Option<Duration>,
     /// When a write is acknowledged.
     pub durability: Durability,
     /// Vnodes of this node on the ring.
@@ -185,6 +189,7 @@ impl Default for NodeConfig {
             advertise: None,
             cores: None,
             pin: true,
+            spin_before_park: spin(SPIN_BEFORE_PARK_US_DEFAULT),
             durability: Durability::Sync,
             vnodes: dynacore_proto::ring::VNODES_DEFAULT,
             request_timeout: Duration::from_secs(5),
@@ -205,6 +210,19 @@ impl Default for NodeConfig {
     }
 }
 
+/// The default of `spin_before_park_us`: none. `dynacore-tuning executor` measured a lone
+/// request's loopback round trip between pinned executors at 78 µs parking at once and 52 µs
+/// spinning 50 µs first; but a node spinning 50 µs, with its load generator on the same 2-CPU
+/// machine, served YCSB C at 0.93× the rate and with 3–5× the open-loop p99 of one that parks
+/// (two rounds each, README "Performance (issue 18)"): its spinning took the CPU the client
+/// needed. On cores of its own a node may gain from it.
+pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 0;
+
+/// `spin_before_park_us` as a setting: 0 is none.
+fn spin(us: u64) -> Option<Duration> {
+    (us > 0).then(|| Duration::from_micros(us))
+}
+
 /// The TOML file's shape: every key optional, unknown keys refused.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +233,7 @@ struct FileConfig {
     advertise: Option<String>,
     cores: Option<u32>,
     pin: Option<bool>,
+    spin_before_park_us: Option<u64>,
     durability: Option<String>,
     vnodes: Option<u16>,
     request_timeout_ms: Option<u64>,
@@ -267,6 +286,10 @@ pub struct Overrides {
     /// Do not pin executors to CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Microseconds a pinned executor out of work polls before it sleeps in the kernel (0: it
+    /// sleeps at once) [default: 0].
+    #[arg(long)]
+    pub spin_before_park_us: Option<u64>,
     /// When writes are acknowledged: sync, periodic:<ms> or none [default: sync].
     #[arg(long)]
     pub durability: Option<String>,
@@ -402,6 +425,9 @@ impl NodeConfig {
             }
             if let Some(v) = f.pin {
                 c.pin = v;
+            }
+            if let Some(v) = f.spin_before_park_us {
+                c.spin_before_park = spin(v);
             }
             if let Some(v) = f.durability {
                 c.durability = parse_durability(&v)?;
@@ -539,6 +565,9 @@ impl NodeConfig {
         }
         if flags.no_pin {
             c.pin = false;
+        }
+        if let Some(v) = flags.spin_before_park_us {
+            c.spin_before_park = spin(v);
         }
         if let Some(v) = &flags.durability {
             c.durability = parse_durability(v)?;
@@ -680,6 +709,21 @@ mod tests {
             (c.cores, c.durability, c.pin, c.listen.port()),
             (Some(1), Durability::None, false, 9000)
         );
+    }
+
+    #[test]
+    fn spin_before_park_from_defaults_file_and_flags() {
+        let c = NodeConfig::default();
+        assert_eq!(c.spin_before_park, spin(SPIN_BEFORE_PARK_US_DEFAULT));
+        let file = "spin_before_park_us = 0\n";
+        let c = NodeConfig::build(Some(file), &Overrides::default()).expect("file");
+        assert_eq!(c.spin_before_park, None, "0 is no spinning");
+        let flags = Overrides {
+            spin_before_park_us: Some(200),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::build(Some(file), &flags).expect("flags");
+        assert_eq!(c.spin_before_park, Some(Duration::from_micros(200)));
     }
 
     #[test]

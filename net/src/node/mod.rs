@@ -478,28 +478,30 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         // Core 0 runs the membership driver.
         let publish = if i == 0 { publish.take() } else { None };
         let shard_addr = shard_addrs[i as usize];
-        let spawned = runtime::spawn_executor(
-            &format!("dynacore-core-{i}"),
+        let spec = runtime::ExecutorSpec {
+            name: format!("dynacore-core-{i}"),
             cpu,
-            config.io_memory_bytes,
-            move || async move {
-                core_main(CoreStart {
-                    index: i,
-                    config,
-                    node_id: meta.node_id,
-                    generation: meta.generation,
-                    cluster,
-                    publish,
-                    shared: core_shared,
-                    inbox,
-                    control: control_rx,
-                    shard_addr,
-                    ready: ready_tx,
-                    key,
-                })
-                .await
-            },
-        );
+            io_memory_bytes: config.io_memory_bytes,
+            // glommio spins only pinned executors.
+            spin_before_park: config.spin_before_park.filter(|_| cpu.is_some()),
+        };
+        let spawned = runtime::spawn_executor_with(&spec, move || async move {
+            core_main(CoreStart {
+                index: i,
+                config,
+                node_id: meta.node_id,
+                generation: meta.generation,
+                cluster,
+                publish,
+                shared: core_shared,
+                inbox,
+                control: control_rx,
+                shard_addr,
+                ready: ready_tx,
+                key,
+            })
+            .await
+        });
         match spawned {
             Ok(handle) => executors.push(handle),
             Err(e) => {
