@@ -47,7 +47,9 @@ stop_servers() {
     PIDS=()
 }
 
-# wait_up N ADDR...: every HTTP address answers /cluster with N members up (at most 120 s).
+# wait_up N ADDR...: every HTTP address answers /cluster with N ring members, all up and in the
+# normal state, and no topology change in progress (at most 120 s): until then the ring may
+# still hold fewer replicas than W.
 wait_up() {
     python3 - "$@" <<'PY'
 import http.client, json, sys, time
@@ -57,8 +59,10 @@ def ok(addr):
     c = http.client.HTTPConnection(host, int(port), timeout=5)
     try:
         c.request("GET", "/cluster")
-        nodes = json.loads(c.getresponse().read())["nodes"]
-        return sum(1 for n in nodes if n.get("up")) >= want
+        view = json.loads(c.getresponse().read())
+        ring = [n for n in view["nodes"] if n.get("in_ring")]
+        return (view.get("moving") is None and len(ring) == want
+                and all(n["up"] and n.get("state") == "normal" for n in ring))
     except (OSError, ValueError, KeyError):
         return False
     finally:
@@ -68,7 +72,7 @@ while time.time() < deadline:
     if all(ok(a) for a in addrs):
         sys.exit(0)
     time.sleep(0.5)
-print(f"cluster: {addrs} did not see {want} nodes up within 120 s", file=sys.stderr)
+print(f"cluster: {addrs} did not see {want} ring members up within 120 s", file=sys.stderr)
 sys.exit(1)
 PY
 }
@@ -85,6 +89,7 @@ bench() {
         --value-size "$VALUE_SIZE" --connections "$CONNECTIONS" --server-pid "$pids" --quiet "$@")
     echo "== $name: load $RECORDS records"
     "$LOADGEN" "${common[@]}" --workload a --load --json "$OUT/$name-load.json" >/dev/null
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["load"]; e=sum(sum(o["errors"].values()) for o in r["operations"].values()); sys.exit(f"cluster: {e} errors loading (see {sys.argv[1]})" if e else 0)' "$OUT/$name-load.json"
     echo "== $name: workload a, closed loop"
     "$LOADGEN" "${common[@]}" --workload a --run --duration "$CLOSED_DURATION" --warmup "$WARMUP" \
         --json "$OUT/$name-a-closed.json" --hdr "$OUT/$name-a-closed.hgrm"

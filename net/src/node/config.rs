@@ -213,7 +213,7 @@ impl Default for NodeConfig {
 /// The default of `spin_before_park_us`: none. `dynacore-tuning executor` measured a lone
 /// request's loopback round trip between pinned executors at 78 µs parking at once and 52 µs
 /// spinning 50 µs first; but a node spinning 50 µs, with its load generator on the same 2-CPU
-/// machine, served YCSB C at 0.93× the rate and with 3–5× the open-loop p99 of one that parks
+/// machine, served YCSB C at 0.92× the rate and with 5× the open-loop p99 of one that parks
 /// (two rounds each, README "Performance (issue 18)"): its spinning took the CPU the client
 /// needed. On cores of its own a node may gain from it.
 pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 0;
