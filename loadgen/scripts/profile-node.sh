@@ -6,7 +6,10 @@
 #   * the node's `/metrics` before and after: the mean and the bucket of p99 of each request
 #     stage (`dynacore_request_stage_seconds`) and engine stage
 #     (`dynacore_engine_stage_seconds`) over the run;
-#   * loadgen's and the node's CPU use (`--server-pid`).
+#   * loadgen's and the node's CPU use (`--server-pid`);
+#   * loadgen's per-second timeline lined up with the node's flushes and compactions (`/metrics`
+#     polled four times a second): each second's p99 and max, and whether a flush or a
+#     compaction ran in it.
 #
 #   loadgen/scripts/profile-node.sh [OUT]     # default OUT: target/profile-node
 #
@@ -59,6 +62,26 @@ scrape() { python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.reques
 for w in $WORKLOADS; do
     echo "== workload $w, closed loop, $DURATION"
     scrape >"$OUT/metrics-$w-before.txt"
+    python3 - "$HTTP" "$OUT/background-$w.tsv" <<'PY' &
+import re, sys, time, urllib.request
+addr, path = sys.argv[1], sys.argv[2]
+want = re.compile(r'dynacore_engine_stage_seconds_(sum|count)\{core="(\d+)",stage="(flush|compaction)"\} (\S+)')
+with open(path, "w") as out:
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+        except OSError:
+            break
+        v = {}
+        for kind, core, stage, x in want.findall(text):
+            v[(stage, kind)] = v.get((stage, kind), 0.0) + float(x)
+        out.write("\t".join(str(x) for x in (int(time.time() * 1000),
+            v.get(("flush", "count"), 0), v.get(("flush", "sum"), 0),
+            v.get(("compaction", "count"), 0), v.get(("compaction", "sum"), 0))) + "\n")
+        out.flush()
+        time.sleep(0.25)
+PY
+    POLL=$!
     "$LOADGEN" "${common[@]}" --workload "$w" --run --duration "$DURATION" \
         --json "$OUT/loadgen-$w.json" >"$OUT/loadgen-$w.txt" &
     LG=$!
@@ -68,6 +91,8 @@ for w in $WORKLOADS; do
             >/dev/null 2>&1 || echo "profile-node: perf record failed (perf_event_paranoid?)" >&2
     fi
     wait "$LG"
+    kill "$POLL" 2>/dev/null || true
+    wait "$POLL" 2>/dev/null || true
     scrape >"$OUT/metrics-$w-after.txt"
     cat "$OUT/loadgen-$w.txt"
     if [ -s "$OUT/perf-$w.data" ]; then
@@ -108,6 +133,40 @@ for key in sorted(b):
             p99 = f"{float(le) * 1e6:.0f}"
             break
     print(f'  {key[0] + " " + key[1]:<28} {n:>9.0f} {s / n * 1e6:>9.1f} {p99:>9}')
+PY
+    echo "-- seconds of the run with and without a flush or compaction running (loadgen's timeline)"
+    python3 - "$OUT/loadgen-$w.json" "$OUT/background-$w.tsv" <<'PY'
+import json, statistics, sys
+rep = json.load(open(sys.argv[1]))
+t0 = rep.get("run_started_unix_ms")
+if t0 is None:
+    print("  (no run_started_unix_ms in the report)")
+    sys.exit(0)
+t0 += rep["config"]["warmup_s"] * 1000
+rows = [list(map(float, l.split("\t"))) for l in open(sys.argv[2]) if l.strip()]
+# Each flush or compaction that ended between two polls ran for its mean duration before it.
+spans = []
+for a, b in zip(rows, rows[1:]):
+    for i, name in ((1, "flush"), (3, "compaction")):
+        n = b[i] - a[i]
+        if n > 0:
+            dur = (b[i + 1] - a[i + 1]) / n * 1000
+            spans.append((name, b[0] - dur, b[0]))
+busy, quiet = [], []
+marks = []
+for s in rep["run"]["timeline"]:
+    lo, hi = t0 + s["second"] * 1000, t0 + (s["second"] + 1) * 1000
+    ran = sorted({n for n, a, b in spans if a < hi and b > lo})
+    (busy if ran else quiet).append(s)
+    marks.append((s["max_us"], s["second"], s["p99_us"], ",".join(ran) or "-"))
+for name, group in (("with a flush or compaction", busy), ("without", quiet)):
+    if group:
+        print(f'  {name:<28} {len(group):>3} s: median p99 {statistics.median(x["p99_us"] for x in group) / 1000:.1f} ms, '
+              f'median max {statistics.median(x["max_us"] for x in group) / 1000:.1f} ms, '
+              f'worst max {max(x["max_us"] for x in group) / 1000:.1f} ms')
+print("  the five worst seconds (max ms, second, p99 ms, what ran):")
+for m, sec, p99, ran in sorted(marks, reverse=True)[:5]:
+    print(f"    {m / 1000:7.1f}  s{sec:<3} {p99 / 1000:6.1f}  {ran}")
 PY
 done
 echo "files: $OUT"

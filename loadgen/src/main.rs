@@ -356,9 +356,16 @@ fn main() -> ExitCode {
     );
     let mut last = (0, std::time::Instant::now());
     let mut cpu_start = None;
+    // When the run phase started, on the wall clock (so that its per-second timeline can be
+    // lined up with what the server did: flushes, compactions, moves).
+    let mut run_started_unix_ms: Option<u128> = None;
     let outcome = run(&config, &mut |live| {
-        if cpu_start.is_none() && live.run_started().is_some() {
+        if let (None, Some(at)) = (cpu_start.as_ref(), live.run_started()) {
             cpu_start = Some(CpuSample::now(&args.server_pid));
+            run_started_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|now| now.saturating_sub(at.elapsed()).as_millis());
         }
         progress(live, &bar, &config, &mut last);
     });
@@ -423,6 +430,7 @@ fn main() -> ExitCode {
             "load": load.as_ref().map(phase_json),
             "run": ran.as_ref().map(phase_json),
             "cpu": cpu.as_ref().map(CpuUse::json),
+            "run_started_unix_ms": run_started_unix_ms,
         });
         if let Err(e) = std::fs::write(path, format!("{out:#}\n")) {
             eprintln!("loadgen: cannot write {}: {e}", path.display());
