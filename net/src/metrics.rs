@@ -45,29 +45,51 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
     1_000_000, 2_500_000, 10_000_000,
 ];
 
-/// A cumulative-on-render latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+/// Observations counted by bucket (not cumulative: rendering adds them up), with their count
+/// and sum; one writer per core, so relaxed atomics.
+#[derive(Debug)]
+struct Counts<const N: usize> {
+    buckets: [AtomicU64; N],
     count: AtomicU64,
     sum_us: AtomicU64,
 }
 
-impl Histogram {
-    /// Records one observation.
-    pub fn record(&self, d: Duration) {
+impl<const N: usize> Default for Counts<N> {
+    fn default() -> Self {
+        Counts {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Counts<N> {
+    /// Records one observation into the bucket of the first of `bounds` (µs) it is within.
+    fn record(&self, d: Duration, bounds: &[u64; N]) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+        if let Some(i) = bounds.iter().position(|&b| us <= b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
+}
+
+/// A cumulative-on-render latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram(Counts<{ LATENCY_BUCKETS_US.len() }>);
+
+impl Histogram {
+    /// Records one observation.
+    pub fn record(&self, d: Duration) {
+        self.0.record(d, &LATENCY_BUCKETS_US);
+    }
 
     /// Observations so far.
     #[must_use]
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.0.count.load(Ordering::Relaxed)
     }
 }
 
@@ -97,29 +119,20 @@ const STAGES: [(Stage, &str); 5] = [
 
 /// A stage-duration histogram with the engine's fine buckets ([`STAGE_BUCKETS_US`]).
 #[derive(Debug, Default)]
-struct StageHistogram {
-    buckets: [AtomicU64; STAGE_BUCKETS_US.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
+struct StageHistogram(Counts<{ STAGE_BUCKETS_US.len() }>);
 
 impl StageHistogram {
     fn record(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = STAGE_BUCKETS_US.iter().position(|&b| us <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.0.record(d, &STAGE_BUCKETS_US);
     }
 
     fn counts(&self) -> DurationCounts {
         let mut c = DurationCounts::default();
-        for (to, from) in c.buckets.iter_mut().zip(&self.buckets) {
+        for (to, from) in c.buckets.iter_mut().zip(&self.0.buckets) {
             *to = from.load(Ordering::Relaxed);
         }
-        c.count = self.count.load(Ordering::Relaxed);
-        c.sum_us = self.sum_us.load(Ordering::Relaxed);
+        c.count = self.0.count.load(Ordering::Relaxed);
+        c.sum_us = self.0.sum_us.load(Ordering::Relaxed);
         c
     }
 }
@@ -350,7 +363,7 @@ impl CoreMetrics {
     pub fn foreground_buckets(&self) -> [u64; LATENCY_BUCKETS_US.len()] {
         let mut out = [0; LATENCY_BUCKETS_US.len()];
         for op in [Op::Get, Op::Put, Op::Delete] {
-            for (o, b) in out.iter_mut().zip(&self.latency[op as usize].buckets) {
+            for (o, b) in out.iter_mut().zip(&self.latency[op as usize].0.buckets) {
                 *o += b.load(Ordering::Relaxed);
             }
         }
@@ -466,7 +479,7 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
             let h = &m.latency[op as usize];
             let mut cumulative = 0;
             for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-                cumulative += load(&h.buckets[i]);
+                cumulative += load(&h.0.buckets[i]);
                 #[allow(clippy::cast_precision_loss)]
                 let le = *bound as f64 / 1e6;
                 let _ = writeln!(
@@ -474,13 +487,13 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
                     "dynacore_request_duration_seconds_bucket{{core=\"{c}\",op=\"{oname}\",le=\"{le}\"}} {cumulative}"
                 );
             }
-            let count = load(&h.count);
+            let count = load(&h.0.count);
             let _ = writeln!(
                 o,
                 "dynacore_request_duration_seconds_bucket{{core=\"{c}\",op=\"{oname}\",le=\"+Inf\"}} {count}"
             );
             #[allow(clippy::cast_precision_loss)]
-            let sum = load(&h.sum_us) as f64 / 1e6;
+            let sum = load(&h.0.sum_us) as f64 / 1e6;
             let _ = writeln!(
                 o,
                 "dynacore_request_duration_seconds_sum{{core=\"{c}\",op=\"{oname}\"}} {sum}"
@@ -913,11 +926,11 @@ mod tests {
         cores[0].request(Protocol::Binary, Op::Get, false, Duration::from_micros(700));
         cores[0].request(Protocol::Http, Op::Put, true, Duration::from_secs(100));
         cores[1].forwarded();
-        let text = render(
-            &cores,
-            &[Some(ShardStats::default()), None],
-            Duration::from_secs(3),
-        );
+        cores[0].stage(Stage::Dispatch, Duration::from_micros(7));
+        cores[0].stage(Stage::Dispatch, Duration::from_millis(3));
+        let mut stats = ShardStats::default();
+        stats.timings.wal_wait.record(Duration::from_micros(120));
+        let text = render(&cores, &[Some(stats), None], Duration::from_secs(3));
         for line in [
             "dynacore_requests_total{core=\"0\",protocol=\"binary\",op=\"get\"} 2",
             "dynacore_request_errors_total{core=\"0\",protocol=\"binary\",op=\"get\"} 1",
@@ -929,6 +942,13 @@ mod tests {
             "dynacore_request_duration_seconds_bucket{core=\"0\",op=\"put\",le=\"+Inf\"} 1",
             "dynacore_forwarded_requests_total{core=\"1\"} 1",
             "dynacore_wal_syncs_total{core=\"0\"} 0",
+            "dynacore_request_stage_seconds_bucket{core=\"0\",stage=\"dispatch\",le=\"0.000005\"} 0",
+            "dynacore_request_stage_seconds_bucket{core=\"0\",stage=\"dispatch\",le=\"0.00001\"} 1",
+            "dynacore_request_stage_seconds_bucket{core=\"0\",stage=\"dispatch\",le=\"0.005\"} 2",
+            "dynacore_request_stage_seconds_count{core=\"0\",stage=\"dispatch\"} 2",
+            "dynacore_request_stage_seconds_count{core=\"1\",stage=\"dispatch\"} 0",
+            "dynacore_engine_stage_seconds_bucket{core=\"0\",stage=\"wal_wait\",le=\"0.00025\"} 1",
+            "dynacore_engine_stage_seconds_count{core=\"0\",stage=\"wal_wait\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
