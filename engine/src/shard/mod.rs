@@ -54,7 +54,7 @@ use crate::compaction::{self, BlobUsage, CompactionOptions, TombstoneGate};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, RunState};
 use crate::memtable::Memtable;
-use crate::object::{self, KeyLocks, Object, Sibling};
+use crate::object::{self, KeyGuard, KeyLocks, Object, Sibling};
 use crate::record::{validate_key, Mutation, Record, RecordRef, SeqNo, ShardId, Token};
 use crate::scan::{MergeCursor, ShardScan};
 use crate::sstable::{self, bloom, BlockCache, SsTable, TableBuilder, TableId};
@@ -404,15 +404,57 @@ impl Shard {
     pub async fn write(&self, m: Mutation<'_>) -> Result<SeqNo> {
         m.validate()?;
         if self.inner.trees.is_none() {
-            return self.write_inner(m, None).await;
+            let seq = self.write_inner(m, None).await?;
+            self.durable(seq).await?;
+            return Ok(seq);
         }
         // The tree's change needs the key's state before the write: no other write of the key
         // may come in between.
-        let _held = self.inner.key_locks.lock(m.key).await;
-        self.write_inner(m, None).await
+        let held = self.inner.key_locks.lock(m.key).await;
+        let written = self.write_inner(m, None).await;
+        self.release_when_durable(held).await?;
+        written
     }
 
-    /// [`Shard::write`] of a validated mutation, under the key's lock if the shard keeps a tree.
+    /// Releases a key's lock, then waits until everything applied before the release is
+    /// durable.
+    ///
+    /// Early lock release: a write of a key holds its lock while it reads the key's state and
+    /// applies its record (WAL queue and memtable), not while the WAL syncs, so that writes of
+    /// a hot key join one group commit instead of queueing for one sync each (YCSB A's zipfian
+    /// update p99 was 22–25 ms with the lock held to the sync, 3.3 ms for uniform keys). The
+    /// next holder reads the applied, maybe not yet durable, state ([`Shard::lookup_applied`]).
+    /// That is sound because the WAL makes a record durable only after every earlier one, and
+    /// nothing done under the lock is answered before this wait: not a write, and not what was
+    /// read either (a failed condition, a merge that changed nothing).
+    pub(super) async fn release_when_durable(&self, held: KeyGuard<'_>) -> Result<()> {
+        let applied = self.inner.state.borrow().last_seq;
+        drop(held);
+        self.durable(applied).await
+    }
+
+    /// Waits until `seq` is durable (at once unless the durability is `Sync`).
+    pub(super) async fn durable(&self, seq: SeqNo) -> Result<()> {
+        let inner = &*self.inner;
+        if inner.wal.durability() != Durability::Sync {
+            return Ok(());
+        }
+        let waited = Instant::now();
+        let durable = inner.wal.wait_durable(seq).await;
+        inner.timings.borrow_mut().wal_wait.record(waited.elapsed());
+        if let Err(e) = durable {
+            if let Some(trees) = &inner.trees {
+                // The tree holds a write that was not acknowledged; the shard is fenced.
+                trees.borrow_mut().invalidate();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// [`Shard::write`] of a validated mutation, under the key's lock if the shard keeps a tree,
+    /// up to its record applied (queued in the WAL and in the memtable): the caller waits for
+    /// it to be durable ([`Shard::durable`], [`Shard::release_when_durable`]).
     /// `old` is the key's state before the write, as the caller read it (looked up here when
     /// `None` or out of date).
     pub(super) async fn write_inner(
@@ -484,18 +526,6 @@ impl Shard {
         if freeze {
             self.freeze();
         }
-        if inner.wal.durability() == Durability::Sync {
-            let waited = Instant::now();
-            let durable = inner.wal.wait_durable(seq).await;
-            inner.timings.borrow_mut().wal_wait.record(waited.elapsed());
-            if let Err(e) = durable {
-                if let Some(trees) = &inner.trees {
-                    // The tree holds a write that was not acknowledged; the shard is fenced.
-                    trees.borrow_mut().invalidate();
-                }
-                return Err(e);
-            }
-        }
         Ok(seq)
     }
 
@@ -536,7 +566,18 @@ impl Shard {
     /// [`Error::Limit`] for a bad key; [`Error::ChecksumMismatch`] / [`Error::Corruption`] if a
     /// block on the way is damaged (never wrong bytes); I/O errors.
     pub async fn get_record(&self, key: &[u8]) -> Result<Option<Record>> {
-        let Some((mut r, blobs)) = self.lookup(key).await? else {
+        let found = self.lookup(key).await?;
+        Self::resolved(found).await
+    }
+
+    /// [`Shard::get_record`] of every applied record, durable or not (under the key's lock).
+    pub(super) async fn get_record_applied(&self, key: &[u8]) -> Result<Option<Record>> {
+        let found = self.lookup_applied(key).await?;
+        Self::resolved(found).await
+    }
+
+    async fn resolved(found: Option<(Record, Option<Rc<BlobSet>>)>) -> Result<Option<Record>> {
+        let Some((mut r, blobs)) = found else {
             return Ok(None);
         };
         if let Some(blobs) = blobs {
@@ -548,10 +589,28 @@ impl Shard {
     /// The newest version of `key` as stored, with the blob set to resolve it through if it
     /// came from a table (its value may still be a value-log reference).
     pub(super) async fn lookup(&self, key: &[u8]) -> Result<Option<(Record, Option<Rc<BlobSet>>)>> {
+        self.lookup_at(key, self.snapshot()).await
+    }
+
+    /// [`Shard::lookup`] of every applied record, durable or not: what a write under the key's
+    /// lock builds on (see [`Shard::release_when_durable`]).
+    pub(super) async fn lookup_applied(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(Record, Option<Rc<BlobSet>>)>> {
+        let applied = self.inner.state.borrow().last_seq;
+        self.lookup_at(key, applied).await
+    }
+
+    /// The newest version of `key` at or below `snapshot`.
+    async fn lookup_at(
+        &self,
+        key: &[u8],
+        snapshot: SeqNo,
+    ) -> Result<Option<(Record, Option<Rc<BlobSet>>)>> {
         validate_key(key)?;
         self.inner.activity.set(self.inner.activity.get() + 1);
         let token = Token::of(key);
-        let snapshot = self.snapshot();
         let (tables, blobs) = {
             let s = self.inner.state.borrow();
             if let Some(r) = s.active.get(token, key, snapshot) {

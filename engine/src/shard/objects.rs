@@ -20,7 +20,7 @@ impl Shard {
         key: &[u8],
     ) -> Result<(Option<Object>, Option<OldState>)> {
         let epoch = self.inner.trees.as_ref().map(|t| t.borrow().purge_epoch());
-        let Some(record) = self.get_record(key).await? else {
+        let Some(record) = self.get_record_applied(key).await? else {
             return Ok((None, epoch.map(|epoch| OldState { hash: 0, epoch })));
         };
         let old = epoch.map(|epoch| OldState {
@@ -98,37 +98,43 @@ impl Shard {
             version: &[],
         }
         .validate()?;
-        let _held = self.inner.key_locks.lock(key).await;
-        let (local, old) = self.read_object_for_write(key).await?;
-        check_expected(local.as_ref(), expected)?;
-        let sibling = self.stamp(local.as_ref(), value, expiry_ms)?;
-        let current;
-        let ctx = match ctx {
-            Some(c) => c,
-            None => {
-                current = local.as_ref().map(Object::join).unwrap_or_default();
-                &current
-            }
-        };
-        let actor = self.minting_actor(node, ctx, local.as_ref()).await?;
-        // Where this replica holds no live value of its own for the key (no copy, or one its
-        // later writes superseded), the new dot starts above every counter it ever minted:
-        // copies it purged may live on elsewhere (see `docs/protocol.md`, "Actor epochs").
-        let floor = if reuse_dots_for_tests()
-            || local
-                .iter()
-                .flat_map(Object::dots)
-                .any(|(a, _, _)| a == actor)
-        {
-            0
-        } else {
-            self.inner.state.borrow().minted_high
-        };
-        let obj = Object::mint(ctx, sibling, local.as_ref(), actor, floor)?;
-        let counter = obj.join().get(actor);
-        self.reserve_counter(counter).await?;
-        self.store_object(key, &obj, old).await?;
-        Ok(obj)
+        let held = self.inner.key_locks.lock(key).await;
+        let result: Result<Object> = async {
+            let (local, old) = self.read_object_for_write(key).await?;
+            check_expected(local.as_ref(), expected)?;
+            let sibling = self.stamp(local.as_ref(), value, expiry_ms)?;
+            let current;
+            let ctx = match ctx {
+                Some(c) => c,
+                None => {
+                    current = local.as_ref().map(Object::join).unwrap_or_default();
+                    &current
+                }
+            };
+            let actor = self.minting_actor(node, ctx, local.as_ref()).await?;
+            // Where this replica holds no live value of its own for the key (no copy, or one its
+            // later writes superseded), the new dot starts above every counter it ever minted:
+            // copies it purged may live on elsewhere (see `docs/protocol.md`, "Actor epochs").
+            let floor = if reuse_dots_for_tests()
+                || local
+                    .iter()
+                    .flat_map(Object::dots)
+                    .any(|(a, _, _)| a == actor)
+            {
+                0
+            } else {
+                self.inner.state.borrow().minted_high
+            };
+            let obj = Object::mint(ctx, sibling, local.as_ref(), actor, floor)?;
+            let counter = obj.join().get(actor);
+            self.reserve_counter(counter).await?;
+            self.store_object(key, &obj, old).await?;
+            Ok(obj)
+        }
+        .await;
+        // Answered only once what was read or written under the lock is durable.
+        self.release_when_durable(held).await?;
+        result
     }
 
     /// A lightweight transaction's new version of `key`: `value` (or a tombstone) replacing
@@ -286,53 +292,60 @@ impl Shard {
     ) -> Result<Object> {
         validate_key(key)?;
         incoming.check()?;
-        let _held = self.inner.key_locks.lock(key).await;
-        let (local, old) = self.read_object_for_write(key).await?;
-        // A copy that already holds the incoming write (it came by read repair or a hint
-        // first) has nothing the write did not see either: the merge below is a no-op.
-        let already_has_it = local
-            .as_ref()
-            .is_some_and(|l| incoming.join().descends(&l.join()));
-        if !already_has_it {
-            check_expected(local.as_ref(), expected)?;
+        let held = self.inner.key_locks.lock(key).await;
+        let result: Result<Object> = async {
+            let (local, old) = self.read_object_for_write(key).await?;
+            // A copy that already holds the incoming write (it came by read repair or a hint
+            // first) has nothing the write did not see either: the merge below is a no-op.
+            let already_has_it = local
+                .as_ref()
+                .is_some_and(|l| incoming.join().descends(&l.join()));
+            if !already_has_it {
+                check_expected(local.as_ref(), expected)?;
+            }
+            if let Some(newest) = incoming.values().map(|s| s.hlc).max() {
+                self.inner.hlc.observe(newest)?;
+            }
+            let mut merged = match &local {
+                Some(l) => l.sync(incoming),
+                None => incoming.clone(),
+            };
+            if merged.size() > crate::version::SIBLINGS_MAX {
+                // Each side was within the bound but their merge is not: resolve by last writer
+                // wins (the context is kept, so the result still covers both). Every replica
+                // resolves the same way, so they converge.
+                tracing::warn!(
+                    siblings = merged.size(),
+                    "a replica merge exceeds the sibling bound; keeping the newest"
+                );
+                merged = merged.lww_by(|s| s.hlc);
+            }
+            let bytes: usize = merged
+                .values()
+                .filter_map(|s| s.value.as_ref())
+                .map(Vec::len)
+                .sum();
+            if bytes > crate::record::VALUE_BYTES_MAX {
+                tracing::warn!(
+                    bytes,
+                    "a replica merge exceeds the value limit; keeping the newest"
+                );
+                merged = merged.lww_by(|s| s.hlc);
+            }
+            if local.as_ref() != Some(&merged) {
+                self.store_object(key, &merged, old).await?;
+            }
+            Ok(merged)
         }
-        if let Some(newest) = incoming.values().map(|s| s.hlc).max() {
-            self.inner.hlc.observe(newest)?;
-        }
-        let mut merged = match &local {
-            Some(l) => l.sync(incoming),
-            None => incoming.clone(),
-        };
-        if merged.size() > crate::version::SIBLINGS_MAX {
-            // Each side was within the bound but their merge is not: resolve by last writer
-            // wins (the context is kept, so the result still covers both). Every replica
-            // resolves the same way, so they converge.
-            tracing::warn!(
-                siblings = merged.size(),
-                "a replica merge exceeds the sibling bound; keeping the newest"
-            );
-            merged = merged.lww_by(|s| s.hlc);
-        }
-        let bytes: usize = merged
-            .values()
-            .filter_map(|s| s.value.as_ref())
-            .map(Vec::len)
-            .sum();
-        if bytes > crate::record::VALUE_BYTES_MAX {
-            tracing::warn!(
-                bytes,
-                "a replica merge exceeds the value limit; keeping the newest"
-            );
-            merged = merged.lww_by(|s| s.hlc);
-        }
-        if local.as_ref() != Some(&merged) {
-            self.store_object(key, &merged, old).await?;
-        }
-        Ok(merged)
+        .await;
+        // Answered only once what was read or written under the lock is durable.
+        self.release_when_durable(held).await?;
+        result
     }
 
     /// Stores `obj` as `key`'s record, under the key's lock; `old` is the key's state as read
-    /// under it.
+    /// under it. The record is applied, not yet durable: the caller waits for that once it has
+    /// released the lock ([`Shard::release_when_durable`]).
     pub(super) async fn store_object(
         &self,
         key: &[u8],

@@ -36,7 +36,7 @@ impl Shard {
     pub(super) async fn old_state(&self, key: &[u8]) -> Result<OldState> {
         let epoch = self.trees().map_or(0, |t| t.borrow().purge_epoch);
         let hash = self
-            .lookup(key)
+            .lookup_applied(key)
             .await?
             .map_or(0, |(r, _)| record_state(&r).hash);
         Ok(OldState { hash, epoch })
