@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where a node's time goes under YCSB load (issue 18): one node (`--cores 1`, durability sync),
-# loadgen's closed loop against it, and meanwhile
+# loadgen's closed loop against it (or its open loop at RATE ops/s), and meanwhile
 #   * `perf record -g` of the node (when perf is installed): OUT/perf-<workload>.txt, the
 #     hottest symbols (self time);
 #   * the node's `/metrics` before and after: the mean and the bucket of p99 of each request
@@ -16,7 +16,8 @@
 # Settings (environment): WORKLOADS ("a c"), RECORDS (100000), VALUE_SIZE (1024),
 # CONNECTIONS (50), DURATION (30s), PERF_DELAY (15: seconds into the run, past the heap's growth
 # while memtables and the block cache fill), PERF_SECONDS (10), PERF_FREQ (299 samples/s: perf's
-# own cost slows a node on a 2-CPU machine), PORT_BASE (7800).
+# own cost slows a node on a 2-CPU machine), PORT_BASE (7800), RATE (unset: closed loop; set:
+# open loop at this many ops/s, e.g. half of the closed loop's rate).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -60,7 +61,8 @@ common=(--driver native --target "127.0.0.1:$PORT_BASE" --records "$RECORDS"
 scrape() { python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen("http://"+sys.argv[1]+"/metrics", timeout=10).read().decode())' "$HTTP"; }
 
 for w in $WORKLOADS; do
-    echo "== workload $w, closed loop, $DURATION"
+    if [ -n "${RATE:-}" ]; then loop="open loop at $RATE ops/s"; else loop="closed loop"; fi
+    echo "== workload $w, $loop, $DURATION"
     scrape >"$OUT/metrics-$w-before.txt"
     python3 - "$HTTP" "$OUT/background-$w.tsv" <<'PY' &
 import re, sys, time, urllib.request
@@ -83,7 +85,7 @@ with open(path, "w") as out:
 PY
     POLL=$!
     "$LOADGEN" "${common[@]}" --workload "$w" --run --duration "$DURATION" \
-        --json "$OUT/loadgen-$w.json" >"$OUT/loadgen-$w.txt" &
+        ${RATE:+--rate "$RATE"} --json "$OUT/loadgen-$w.json" >"$OUT/loadgen-$w.txt" &
     LG=$!
     if command -v perf >/dev/null; then
         sleep "$PERF_DELAY"
