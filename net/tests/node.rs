@@ -1023,3 +1023,173 @@ fn an_operators_compaction_purges_deletes_only_after_their_grace() {
     let status = node.stop();
     assert!(status.success(), "{status:?}");
 }
+
+/// Prometheus's own target labels, which a node's samples do not carry.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+/// `/metrics` as families (from `# TYPE`) and, per sample name, the label keys its samples carry.
+fn exported(
+    text: &str,
+) -> (
+    std::collections::HashMap<String, String>,
+    std::collections::HashMap<String, std::collections::BTreeSet<String>>,
+) {
+    let mut families = std::collections::HashMap::new();
+    let mut samples: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
+        std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (words.next(), words.next()) {
+                families.insert(name.to_owned(), kind.to_owned());
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).expect("a sample line");
+        let keys = samples.entry(line[..name_end].to_owned()).or_default();
+        if line[name_end..].starts_with('{') {
+            let labels = &line[name_end + 1..line.find('}').expect("closed labels")];
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                keys.insert(pair.split('=').next().expect("key").to_owned());
+            }
+        }
+    }
+    (families, samples)
+}
+
+/// The metric names an expression uses, each with the label keys matched right after it.
+fn metric_uses(expr: &str) -> Vec<(String, Vec<String>)> {
+    let mut uses = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("dynacore_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let mut keys = Vec::new();
+        if tail[end..].starts_with('{') {
+            let close = tail[end..].find('}').expect("closed matcher") + end;
+            for m in tail[end + 1..close].split(',') {
+                let key = m.split(['=', '!']).next().expect("key").trim();
+                if !key.is_empty() {
+                    keys.push(key.to_owned());
+                }
+            }
+        }
+        uses.push((tail[..end].to_owned(), keys));
+        rest = &tail[end..];
+    }
+    uses
+}
+
+/// The labels of every `by (...)` clause of an expression.
+fn by_labels(expr: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("by (") {
+        let tail = &rest[at + 4..];
+        let close = tail.find(')').expect("closed by clause");
+        labels.extend(tail[..close].split(',').map(|l| l.trim().to_owned()));
+        rest = &tail[close..];
+    }
+    labels
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_and_labels_the_node_exports() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/ops/grafana-dashboard.json"
+    ))
+    .expect("docs/ops/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let dir = temp_dir("dashboard");
+    let node = start(dir.path(), 1, &[]);
+    // A write and a read, so that the per-request samples have values.
+    let mut conn = HttpConn::open(node.http);
+    let put = conn.request("PUT", "/keys/k", &[], br#"{"value":"v"}"#);
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(conn.request("GET", "/keys/k", &[], b"").status, 200);
+    let metrics = http(node.http, "GET", "/metrics", &[], b"").text();
+    let (families, samples) = exported(&metrics);
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "a dashboard of {} panels", panels.len());
+    let mut checked = 0;
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("an expression");
+            let uses = metric_uses(expr);
+            assert!(!uses.is_empty(), "{title}: {expr} names no metric");
+            for (name, matched) in &uses {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|f| families.get(*f).is_some_and(|k| k == "histogram"))
+                    .unwrap_or(name);
+                assert!(
+                    families.contains_key(family),
+                    "{title}: {name} is not a metric the node exports"
+                );
+                // Label keys are checked where the node has samples of it (a family without
+                // samples yet, such as the repair ages of a node never repaired, has none).
+                let Some(keys) = samples.get(name) else {
+                    continue;
+                };
+                for label in matched.iter().chain(&by_labels(expr)) {
+                    if TARGET_LABELS.contains(&label.as_str()) {
+                        continue;
+                    }
+                    assert!(
+                        keys.contains(label),
+                        "{title}: {name} has no label {label} (it has {keys:?})"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} uses checked against samples");
+}
+
+#[test]
+fn the_systemd_unit_runs_serve_with_flags_it_takes_and_the_limits_it_needs() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/ops/dynacore.service"
+    ))
+    .expect("docs/ops/dynacore.service");
+    for needed in [
+        "LimitMEMLOCK=infinity",
+        "LimitNOFILE=",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(needed)),
+            "the unit sets {needed}"
+        );
+    }
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert!(words.next().is_some_and(|b| b.ends_with("/dynacore")));
+    assert_eq!(words.next(), Some("serve"));
+    let help = dynacore()
+        .args(["serve", "--help"])
+        .output()
+        .expect("dynacore serve --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in words.filter(|w| w.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{flag} ")),
+            "`dynacore serve` takes no {flag}"
+        );
+    }
+}
