@@ -74,7 +74,7 @@ start() {
     [ "$i" = 0 ] || seeds=(--seeds "$(binary 0)")
     "$DYNACORE" serve --config "$DATA/node.toml" --data-dir "$DATA/node$i" \
         --cluster-secret-file "$SECRET" --node-id "a$i" --cores "$CORES" \
-        --listen "$(binary "$i")" --http "$(http "$i")" "${seeds[@]}" \
+        --listen "$(binary "$i")" --http "$(http "$i")" --resp off "${seeds[@]}" \
         >>"$OUT/node$i.log" 2>&1 &
     PIDS[$i]=$!
     wait_port "${2:-$((PORT_BASE + 100 + i))}"

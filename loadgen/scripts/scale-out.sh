@@ -84,7 +84,7 @@ start() {
     *) seeds=(--seeds "$(binary b)") ;;
     esac
     "$DYNACORE" serve --data-dir "$DATA/$name" --cluster-secret-file "$SECRET" \
-        --cores "$CORES" --listen "$(binary "$name")" --http "$(http "$name")" \
+        --cores "$CORES" --listen "$(binary "$name")" --http "$(http "$name")" --resp off \
         "${seeds[@]}" "$@" >>"$OUT/node-$name.log" 2>&1 &
     PIDS[$name]=$!
     wait_port "$((PORT_BASE + 200 + $(index "$name")))"

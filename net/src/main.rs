@@ -58,6 +58,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `serve`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node (every setting has a default: `dynacore serve` just works).

@@ -15,9 +15,15 @@ pub enum Protocol {
     Binary = 0,
     /// The HTTP API.
     Http = 1,
+    /// The Redis protocol.
+    Resp = 2,
 }
 
-const PROTOCOLS: [(Protocol, &str); 2] = [(Protocol::Binary, "binary"), (Protocol::Http, "http")];
+const PROTOCOLS: [(Protocol, &str); 3] = [
+    (Protocol::Binary, "binary"),
+    (Protocol::Http, "http"),
+    (Protocol::Resp, "resp"),
+];
 
 /// What a request did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

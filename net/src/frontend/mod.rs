@@ -3,8 +3,8 @@
 //!   request body through the core (sans sockets);
 //! * the HTTP API: [`http_codec`] reads heads and writes responses (sans IO), [`http_server`]
 //!   serves connections with it;
-//! * the Redis protocol (RESP2/3): [`resp_codec`] reads commands and writes replies (sans IO);
-//!   its server and commands are to come (issue 19);
+//! * the Redis protocol (RESP2/3): [`resp_codec`] reads commands and writes replies (sans IO),
+//!   [`resp_server`] serves connections with it and runs the commands;
 //! * `listen` — what both do with connections: accept, refuse over the limit, close politely.
 
 pub mod binary_dispatch;
@@ -13,3 +13,4 @@ pub mod http_codec;
 pub mod http_server;
 mod listen;
 pub mod resp_codec;
+pub mod resp_server;

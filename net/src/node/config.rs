@@ -4,6 +4,7 @@
 //! data_dir = "./dynacore-data"
 //! listen = "127.0.0.1:7400"      # binary protocol; core i also listens on port + 1 + i
 //! http = "127.0.0.1:8400"
+//! resp = "127.0.0.1:6400"        # the Redis protocol (RESP2/3); "off": not served
 //! advertise = "10.0.0.5:7400"    # where peers reach this node (default: listen)
 //! cores = 4                      # default: every online CPU
 //! pin = true                     # pin core i's executor to the i-th online CPU
@@ -69,6 +70,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The HTTP API.
     pub http: SocketAddr,
+    /// The Redis protocol's address (`None`: not served).
+    pub resp: Option<SocketAddr>,
     /// The address peers and clients reach this node's binary port (and gossip) at, when it
     /// is not `listen` (behind a NAT or a proxy); core `i` at its port + 1 + i.
     pub advertise: Option<SocketAddr>,
@@ -186,6 +189,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./dynacore-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http: SocketAddr::from(([127, 0, 0, 1], 8400)),
+            resp: Some(SocketAddr::from(([127, 0, 0, 1], 6400))),
             advertise: None,
             cores: None,
             pin: true,
@@ -230,6 +234,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     http: Option<String>,
+    resp: Option<String>,
     advertise: Option<String>,
     cores: Option<u32>,
     pin: Option<bool>,
@@ -276,6 +281,9 @@ pub struct Overrides {
     /// HTTP API address [default: 127.0.0.1:8400].
     #[arg(long)]
     pub http: Option<String>,
+    /// Redis protocol (RESP2/3) address, or "off" [default: 127.0.0.1:6400].
+    #[arg(long)]
+    pub resp: Option<String>,
     /// Where peers reach this node's binary port and gossip, if not at --listen (core i at
     /// port + 1 + i there too).
     #[arg(long)]
@@ -398,6 +406,14 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// An address, or `off` for a port not served.
+fn parse_optional_addr(what: &str, s: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_addr(what, s).map(Some)
+}
+
 impl NodeConfig {
     /// The defaults, then `file` (TOML text, if any), then `flags`; checked.
     ///
@@ -416,6 +432,9 @@ impl NodeConfig {
             }
             if let Some(v) = f.http {
                 c.http = parse_addr("http", &v)?;
+            }
+            if let Some(v) = f.resp {
+                c.resp = parse_optional_addr("resp", &v)?;
             }
             if let Some(v) = f.advertise {
                 c.advertise = Some(parse_addr("advertise", &v)?);
@@ -556,6 +575,9 @@ impl NodeConfig {
         }
         if let Some(v) = &flags.http {
             c.http = parse_addr("--http", v)?;
+        }
+        if let Some(v) = &flags.resp {
+            c.resp = parse_optional_addr("--resp", v)?;
         }
         if let Some(v) = &flags.advertise {
             c.advertise = Some(parse_addr("--advertise", v)?);
@@ -816,5 +838,34 @@ mod tests {
             .expect_err("bad flag")
             .0
             .contains("--http"));
+    }
+
+    #[test]
+    fn the_redis_port_from_defaults_file_and_flags() {
+        let port = |file: Option<&str>, flag: Option<&str>| {
+            let flags = Overrides {
+                resp: flag.map(str::to_owned),
+                ..Overrides::default()
+            };
+            NodeConfig::build(file, &flags).map(|c| c.resp)
+        };
+        assert_eq!(
+            port(None, None).expect("default"),
+            Some("127.0.0.1:6400".parse().expect("addr"))
+        );
+        assert_eq!(port(Some("resp = \"off\"\n"), None).expect("off"), None);
+        assert_eq!(
+            port(Some("resp = \"off\"\n"), Some("127.0.0.2:7")).expect("flag wins"),
+            Some("127.0.0.2:7".parse().expect("addr"))
+        );
+        assert_eq!(port(None, Some("OFF")).expect("off"), None);
+        assert!(port(None, Some("nowhere"))
+            .expect_err("bad")
+            .0
+            .contains("--resp"));
+        assert!(port(Some("resp = \"x\"\n"), None)
+            .expect_err("bad")
+            .0
+            .contains("resp"));
     }
 }

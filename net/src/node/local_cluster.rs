@@ -25,6 +25,9 @@ pub struct LocalCluster {
     /// Every node's HTTP port.
     #[arg(long, default_value_t = 8400)]
     pub http_port: u16,
+    /// Every node's Redis protocol port (0: none).
+    #[arg(long, default_value_t = 6400)]
+    pub resp_port: u16,
     /// Cores per node (unpinned: the nodes share the machine's CPUs).
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
@@ -131,6 +134,12 @@ pub fn run(args: &LocalCluster) -> u8 {
             .arg(SocketAddr::new(ip, args.port).to_string())
             .arg("--http")
             .arg(SocketAddr::new(ip, args.http_port).to_string())
+            .arg("--resp")
+            .arg(if args.resp_port == 0 {
+                "off".to_owned()
+            } else {
+                SocketAddr::new(ip, args.resp_port).to_string()
+            })
             .arg("--cores")
             .arg(args.cores.to_string())
             .arg("--no-pin")
@@ -179,10 +188,12 @@ pub fn run(args: &LocalCluster) -> u8 {
         }
     }
     println!(
-        "local-cluster: {} nodes up under {} (HTTP on port {} of each address); Ctrl-C stops them",
+        "local-cluster: {} nodes up under {} (HTTP on port {} and Redis on port {} of each \
+         address); Ctrl-C stops them",
         args.nodes,
         args.dir.display(),
-        args.http_port
+        args.http_port,
+        args.resp_port
     );
     let _ = std::io::stdout().flush();
     // Until a signal, or a node dies on its own.

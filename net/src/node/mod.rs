@@ -34,6 +34,7 @@ use crate::cluster::{ClusterState, RingBook, RingMember, SharedCluster};
 use crate::core::{serve_inbox, Core, CoreParts, NodeShared};
 use crate::frontend::binary_server::{serve_binary, ConnectionLimits};
 use crate::frontend::http_server::{serve_http, HttpOptions};
+use crate::frontend::resp_server::{serve_resp, RespOptions};
 use crate::storage::hints::{HintLimits, HintStore};
 use crate::storage::replica::LocalStore;
 pub use config::{ConfigError, NodeConfig, Overrides};
@@ -267,6 +268,8 @@ pub struct Ready {
     pub shard_ports: Vec<SocketAddr>,
     /// The HTTP API.
     pub http: SocketAddr,
+    /// The Redis protocol (`None`: off).
+    pub resp: Option<SocketAddr>,
     /// The node.
     pub node_id: NodeId,
 }
@@ -277,12 +280,14 @@ impl std::fmt::Display for Ready {
         let last = self.shard_ports.last().map_or(0, SocketAddr::port);
         write!(
             f,
-            "ready node={} binary={} shards={}:{first}-{last} http={} cores={}",
+            "ready node={} binary={} shards={}:{first}-{last} http={} cores={} resp={}",
             self.node_id,
             self.listen,
             self.listen.ip(),
             self.http,
-            self.shard_ports.len()
+            self.shard_ports.len(),
+            self.resp
+                .map_or_else(|| "off".to_owned(), |a| a.to_string())
         )
     }
 }
@@ -324,11 +329,20 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.http)))?;
         config.http = probe;
     }
+    if let Some(resp) = config.resp.filter(|a| a.port() == 0) {
+        let probe = std::net::TcpListener::bind(resp)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| NodeError::Config(format!("cannot listen on {resp}: {e}")))?;
+        config.resp = Some(probe);
+    }
     check_free(config.listen, "binary protocol")?;
     for a in &shard_addrs {
         check_free(*a, "a core's binary port")?;
     }
     check_free(config.http, "HTTP")?;
+    if let Some(resp) = config.resp {
+        check_free(resp, "the Redis protocol")?;
+    }
     std::net::UdpSocket::bind(config.listen)
         .map(drop)
         .map_err(|e| {
@@ -543,6 +557,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         listen: config.listen,
         shard_ports: shard_addrs,
         http: config.http,
+        resp: config.resp,
         node_id: meta.node_id,
     });
     let errors = join_all(executors);
@@ -726,9 +741,10 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         let main = runtime::TcpListener::bind(s.config.listen)?;
         let own = runtime::TcpListener::bind(s.shard_addr)?;
         let http = runtime::TcpListener::bind(s.config.http)?;
-        Ok::<_, std::io::Error>((main, own, http))
+        let resp = s.config.resp.map(runtime::TcpListener::bind).transpose()?;
+        Ok::<_, std::io::Error>((main, own, http, resp))
     })();
-    let (main, own, http) = match bound {
+    let (main, own, http, resp) = match bound {
         Ok(l) => l,
         Err(e) => {
             let m = format!("core {i} cannot listen: {e}");
@@ -746,11 +762,18 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         idle_timeout: s.config.binary_idle_timeout,
         ..ConnectionLimits::default()
     };
-    let listeners = vec![
+    let mut listeners = vec![
         runtime::spawn(serve_binary(main, core.clone(), binary_limits.clone())),
         runtime::spawn(serve_binary(own, core.clone(), binary_limits)),
         runtime::spawn(serve_http(http, core.clone(), http_options)),
     ];
+    if let Some(resp) = resp {
+        listeners.push(runtime::spawn(serve_resp(
+            resp,
+            core.clone(),
+            RespOptions::default(),
+        )));
+    }
     // Core 0 runs the membership, gossiping on the binary address over UDP.
     let (gossip_control, gossip_inbox) = flume::bounded(1);
     let gossip = if i == 0 && s.config.listen.ip().is_unspecified() {

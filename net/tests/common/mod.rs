@@ -63,6 +63,8 @@ pub struct Node {
     /// Core `i`'s port.
     pub shard_ports: Vec<SocketAddr>,
     pub http: SocketAddr,
+    /// The Redis protocol's address (`None`: off).
+    pub resp: Option<SocketAddr>,
     /// What the node wrote to stderr is in this file.
     pub log: PathBuf,
 }
@@ -190,10 +192,18 @@ pub fn try_start_at_env(
     } else {
         vec!["--cluster-secret-file".into(), test_secret().into()]
     };
+    // Each node of a test its own Redis port (the default one would be shared).
+    let resp: Vec<String> = if extra.contains(&"--resp") {
+        Vec::new()
+    } else {
+        let ip = listen.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip);
+        vec!["--resp".to_owned(), format!("{ip}:0")]
+    };
     let mut child = dynacore()
         .args(["serve", "--data-dir"])
         .arg(data_dir)
         .args(secret)
+        .args(resp)
         .args(["--listen", listen, "--http", http, "--no-pin"])
         .args(["--cores", &cores])
         .args(extra)
@@ -242,6 +252,9 @@ pub fn try_start_at_env(
         addr,
         shard_ports,
         http: field("http").parse().expect("http address"),
+        resp: Some(field("resp"))
+            .filter(|r| r != "off")
+            .map(|r| r.parse().expect("resp address")),
         log,
     })
 }

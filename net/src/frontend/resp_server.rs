@@ -1,0 +1,702 @@
+//! The Redis protocol's server: each core accepts RESP connections on the shared RESP port
+//! (`SO_REUSEPORT`, as the binary and HTTP ports) and runs each command through the
+//! coordinator, as an HTTP request is run: any node, any core, the node's default quorums.
+//!
+//! Commands are read with [`super::resp_codec`] and run one after another, in the order they
+//! came; the replies of every command a read brought in go out in one write (pipelining).
+//! What is served, and what each command promises, is in `docs/protocol.md` ("Redis
+//! protocol"). In short: the store is database 0; `SET`, `GET`, `DEL`, `MSET`, `MGET` and the
+//! others are the HTTP API's writes and reads (durable at W replicas, read at R); `SET NX` /
+//! `XX` and `SETNX` are lightweight transactions; a command over several keys is one operation
+//! per key, not atomic; `MULTI` / `EXEC` queue commands and run them in order, without
+//! isolation. TTLs are kept to the second (a `PX` of 1,500 ms lives 2 s) until the binary
+//! protocol carries milliseconds.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dynacore_proto::{Conflicts, KeyCondition, Quorum, ReadRepair};
+use dynacore_runtime::{self as runtime, TcpListener, TcpStream};
+
+use super::listen::{accept_connections, close_with, WRITE_TIMEOUT};
+use super::resp_codec::{read_command, Command, Limits, Protocol as Resp, Reply};
+use crate::coordinator::{self, ReadRequest, WriteRequest};
+use crate::core::Core;
+use crate::metrics::{Op, Protocol};
+use crate::storage::replica::StoreError;
+
+/// How the server treats connections.
+#[derive(Clone, Debug)]
+pub struct RespOptions {
+    /// A connection with nothing to run for this long is closed (Redis's `timeout`; Redis's
+    /// default is never, this one an hour).
+    pub idle_timeout: Duration,
+    /// Connections served at once per core.
+    pub connections_max: usize,
+    /// What a command may hold.
+    pub limits: Limits,
+}
+
+impl Default for RespOptions {
+    fn default() -> Self {
+        RespOptions {
+            idle_timeout: Duration::from_secs(3600),
+            connections_max: 4096,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Accepts RESP connections on `listener` for as long as the task runs.
+pub async fn serve_resp(listener: TcpListener, core: Core, options: RespOptions) {
+    let options = Rc::new(options);
+    accept_connections(
+        listener,
+        &core.clone(),
+        Protocol::Resp,
+        options.connections_max,
+        |stream| {
+            let (core, options) = (core.clone(), options.clone());
+            async move { serve_connection(stream, &core, &options).await }
+        },
+        |mut stream| async move {
+            let mut out = Vec::new();
+            Reply::err("max number of clients reached").encode(Resp::Resp2, &mut out);
+            close_with(&mut stream, &out).await;
+        },
+    )
+    .await;
+}
+
+/// What a connection remembers between commands.
+struct Session {
+    protocol: Resp,
+    id: u64,
+    name: Option<Vec<u8>>,
+    /// Commands queued since `MULTI`.
+    queued: Option<Vec<Command>>,
+}
+
+/// What to do after a command.
+#[derive(PartialEq, Eq)]
+enum Then {
+    Go,
+    Close,
+}
+
+thread_local! {
+    /// This core's last connection number.
+    static CONNECTIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A connection id unique on this node: the core in the high bits.
+fn next_id(core: &Core) -> u64 {
+    let n = CONNECTIONS.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    (u64::from(core.index()) << 48) | n
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    core: &Core,
+    options: &RespOptions,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut session = Session {
+        protocol: Resp::Resp2,
+        id: next_id(core),
+        name: None,
+        queued: None,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let mut out = Vec::new();
+        let mut used = 0;
+        let mut then = Then::Go;
+        while then == Then::Go {
+            match read_command(&buf[used..], &options.limits) {
+                Ok(Some((args, n))) => {
+                    used += n;
+                    let Some(admission) = core.admit() else {
+                        Reply::err("the node is shutting down").encode(session.protocol, &mut out);
+                        then = Then::Close;
+                        break;
+                    };
+                    let started = Instant::now();
+                    let (reply, op, next) = session.run(core, args).await;
+                    let ok = !matches!(reply, Reply::Error(_));
+                    core.metrics()
+                        .request(Protocol::Resp, op, ok, started.elapsed());
+                    reply.encode(session.protocol, &mut out);
+                    drop(admission);
+                    then = next;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    core.metrics().refused();
+                    Reply::err(&e).encode(session.protocol, &mut out);
+                    then = Then::Close;
+                }
+            }
+        }
+        buf.drain(..used);
+        if then == Then::Close {
+            close_with(&mut stream, &out).await;
+            return Ok(());
+        }
+        if !out.is_empty() {
+            match runtime::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()), // the client does not read
+            }
+        }
+        if buf.capacity() > 1 << 20 && buf.len() < 16 << 10 {
+            buf.shrink_to(16 << 10);
+        }
+        match runtime::timeout(options.idle_timeout, stream.read(&mut chunk)).await {
+            Some(Ok(0)) | None => return Ok(()),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Some(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// A command's name as Redis prints it in errors (lower case).
+fn lower(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_lowercase()
+}
+
+fn wrong_args(name: &[u8]) -> Reply {
+    Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        lower(name)
+    ))
+}
+
+fn syntax_error() -> Reply {
+    Reply::err("syntax error")
+}
+
+fn not_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+/// An integer argument as Redis reads one.
+fn integer(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A coordinator's error as a Redis error.
+fn store_error(e: &StoreError) -> Reply {
+    match e {
+        StoreError::InvalidKey(m) => Reply::err(format!("invalid key: {m}")),
+        StoreError::ValueTooLarge(m) => Reply::err(format!("value too large: {m}")),
+        StoreError::BadRequest(m) => Reply::err(m),
+        StoreError::ConditionFailed { .. } => Reply::err("the condition failed"),
+        StoreError::Unavailable(m) | StoreError::Overloaded(m) | StoreError::Internal(m) => {
+            Reply::err(m)
+        }
+        StoreError::Timeout(m) => Reply::err(format!("timeout: {m}")),
+        StoreError::Quorum { message, .. } => Reply::err(message),
+    }
+}
+
+/// When a `SET` makes the key expire.
+enum Expiry {
+    /// No expiry.
+    Never,
+    /// In this many milliseconds.
+    InMs(u64),
+    /// Already past: the key ends up absent.
+    Past,
+}
+
+/// The commands served (a known one with the wrong arguments is answered as such).
+const COMMANDS: [&str; 27] = [
+    "AUTH", "CLIENT", "COMMAND", "CONFIG", "DEL", "DISCARD", "ECHO", "EXEC", "EXISTS", "GET",
+    "GETDEL", "HELLO", "INFO", "MGET", "MSET", "MULTI", "PING", "PSETEX", "QUIT", "RESET",
+    "SELECT", "SET", "SETEX", "SETNX", "STRLEN", "TYPE", "UNLINK",
+];
+
+impl Session {
+    /// Runs one command: its reply, what it counts as, and whether the connection goes on.
+    async fn run(&mut self, core: &Core, args: Command) -> (Reply, Op, Then) {
+        let name = args[0].to_ascii_uppercase();
+        if let Some(queue) = &mut self.queued {
+            match name.as_slice() {
+                b"EXEC" | b"DISCARD" | b"MULTI" | b"QUIT" | b"RESET" => {}
+                _ => {
+                    queue.push(args);
+                    return (Reply::Simple("QUEUED".into()), Op::Other, Then::Go);
+                }
+            }
+        }
+        match name.as_slice() {
+            b"EXEC" => {
+                let Some(queue) = self.queued.take() else {
+                    return (Reply::err("EXEC without MULTI"), Op::Other, Then::Go);
+                };
+                let mut replies = Vec::with_capacity(queue.len());
+                for args in queue {
+                    // (Nested EXEC/MULTI cannot be queued: see above.)
+                    let (reply, _, _) = Box::pin(self.run(core, args)).await;
+                    replies.push(reply);
+                }
+                (Reply::Array(replies), Op::Other, Then::Go)
+            }
+            _ => {
+                let (reply, op, then) = self.run_one(core, &name, &args).await;
+                (reply, op, then)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn run_one(&mut self, core: &Core, name: &[u8], args: &Command) -> (Reply, Op, Then) {
+        let argc = args.len();
+        let other = |reply| (reply, Op::Other, Then::Go);
+        match name {
+            b"PING" => other(match argc {
+                1 => Reply::Simple("PONG".into()),
+                2 => Reply::Bulk(args[1].clone()),
+                _ => wrong_args(name),
+            }),
+            b"ECHO" if argc == 2 => other(Reply::Bulk(args[1].clone())),
+            b"QUIT" => (Reply::ok(), Op::Other, Then::Close),
+            b"RESET" => {
+                self.protocol = Resp::Resp2;
+                self.name = None;
+                self.queued = None;
+                other(Reply::Simple("RESET".into()))
+            }
+            b"HELLO" => other(self.hello(args)),
+            b"AUTH" if (2..=3).contains(&argc) => other(Reply::err(
+                "AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            )),
+            b"SELECT" if argc == 2 => other(match integer(&args[1]) {
+                Some(0) => Reply::ok(),
+                Some(_) => Reply::err("DB index is out of range"),
+                None => not_integer(),
+            }),
+            b"CLIENT" if argc >= 2 => other(self.client(args)),
+            b"COMMAND" => other(command(args)),
+            b"CONFIG" if argc >= 2 => other(config(args)),
+            b"MULTI" if argc == 1 => other(if self.queued.is_some() {
+                Reply::err("MULTI calls can not be nested")
+            } else {
+                self.queued = Some(Vec::new());
+                Reply::ok()
+            }),
+            b"DISCARD" if argc == 1 => other(if self.queued.take().is_some() {
+                Reply::ok()
+            } else {
+                Reply::err("DISCARD without MULTI")
+            }),
+            b"GET" if argc == 2 => (
+                match get(core, &args[1]).await {
+                    Ok(Some(v)) => Reply::Bulk(v),
+                    Ok(None) => Reply::Null,
+                    Err(e) => e,
+                },
+                Op::Get,
+                Then::Go,
+            ),
+            b"MGET" if argc >= 2 => {
+                let mut values = Vec::with_capacity(argc - 1);
+                for key in &args[1..] {
+                    values.push(match get(core, key).await {
+                        Ok(Some(v)) => Reply::Bulk(v),
+                        Ok(None) => Reply::Null,
+                        Err(e) => return (e, Op::Get, Then::Go),
+                    });
+                }
+                (Reply::Array(values), Op::Get, Then::Go)
+            }
+            b"STRLEN" if argc == 2 => (
+                match get(core, &args[1]).await {
+                    Ok(v) => {
+                        Reply::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
+                    }
+                    Err(e) => e,
+                },
+                Op::Get,
+                Then::Go,
+            ),
+            b"TYPE" if argc == 2 => (
+                match get(core, &args[1]).await {
+                    Ok(Some(_)) => Reply::Simple("string".into()),
+                    Ok(None) => Reply::Simple("none".into()),
+                    Err(e) => e,
+                },
+                Op::Get,
+                Then::Go,
+            ),
+            b"EXISTS" if argc >= 2 => {
+                let mut n = 0;
+                for key in &args[1..] {
+                    match get(core, key).await {
+                        Ok(Some(_)) => n += 1,
+                        Ok(None) => {}
+                        Err(e) => return (e, Op::Get, Then::Go),
+                    }
+                }
+                (Reply::Integer(n), Op::Get, Then::Go)
+            }
+            b"SET" if argc >= 3 => (set(core, args).await, Op::Put, Then::Go),
+            b"SETNX" if argc == 3 => (
+                match write(core, &args[1], Some(&args[2]), None, KeyCondition::Absent).await {
+                    Ok(()) => Reply::Integer(1),
+                    Err(StoreError::ConditionFailed { .. }) => Reply::Integer(0),
+                    Err(e) => store_error(&e),
+                },
+                Op::Put,
+                Then::Go,
+            ),
+            b"SETEX" | b"PSETEX" if argc == 4 => {
+                let unit = if name == b"SETEX" { 1000 } else { 1 };
+                let reply = match integer(&args[2]) {
+                    Some(t) if t > 0 => {
+                        let ms = u64::try_from(t).unwrap_or(u64::MAX).saturating_mul(unit);
+                        match write(core, &args[1], Some(&args[3]), Some(ms), KeyCondition::None)
+                            .await
+                        {
+                            Ok(()) => Reply::ok(),
+                            Err(e) => store_error(&e),
+                        }
+                    }
+                    Some(_) => {
+                        Reply::err(format!("invalid expire time in '{}' command", lower(name)))
+                    }
+                    None => not_integer(),
+                };
+                (reply, Op::Put, Then::Go)
+            }
+            b"MSET" if argc >= 3 && argc % 2 == 1 => {
+                for pair in args[1..].chunks(2) {
+                    if let Err(e) =
+                        write(core, &pair[0], Some(&pair[1]), None, KeyCondition::None).await
+                    {
+                        return (store_error(&e), Op::Put, Then::Go);
+                    }
+                }
+                (Reply::ok(), Op::Put, Then::Go)
+            }
+            b"DEL" | b"UNLINK" if argc >= 2 => {
+                let mut n = 0;
+                for key in &args[1..] {
+                    match get(core, key).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => continue,
+                        Err(e) => return (e, Op::Delete, Then::Go),
+                    }
+                    match write(core, key, None, None, KeyCondition::None).await {
+                        Ok(()) => n += 1,
+                        Err(e) => return (store_error(&e), Op::Delete, Then::Go),
+                    }
+                }
+                (Reply::Integer(n), Op::Delete, Then::Go)
+            }
+            b"GETDEL" if argc == 2 => {
+                let reply = match get(core, &args[1]).await {
+                    Ok(Some(v)) => {
+                        match write(core, &args[1], None, None, KeyCondition::None).await {
+                            Ok(()) => Reply::Bulk(v),
+                            Err(e) => store_error(&e),
+                        }
+                    }
+                    Ok(None) => Reply::Null,
+                    Err(e) => e,
+                };
+                (reply, Op::Delete, Then::Go)
+            }
+            b"INFO" => other(info(core)),
+            _ if COMMANDS.iter().any(|c| c.as_bytes() == name) => other(wrong_args(name)),
+            _ => other(unknown(args)),
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches the protocol and says what
+    /// the server is.
+    fn hello(&mut self, args: &Command) -> Reply {
+        let mut protocol = self.protocol;
+        if let Some(v) = args.get(1) {
+            protocol = match integer(v) {
+                Some(2) => Resp::Resp2,
+                Some(3) => Resp::Resp3,
+                Some(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+                None => return Reply::err("Protocol version is not an integer or out of range"),
+            };
+        }
+        let mut i = 2;
+        while i < args.len() {
+            match args[i].to_ascii_uppercase().as_slice() {
+                b"AUTH" if i + 2 < args.len() => {
+                    return Reply::err(
+                        "AUTH <password> called without any password configured for the default \
+                         user. Are you sure your configuration is correct?",
+                    );
+                }
+                b"SETNAME" if i + 1 < args.len() => {
+                    self.name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                _ => return syntax_error(),
+            }
+        }
+        self.protocol = protocol;
+        let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
+        Reply::Map(vec![
+            (bulk("server"), bulk("dynacore")),
+            (bulk("version"), bulk(env!("CARGO_PKG_VERSION"))),
+            (
+                bulk("proto"),
+                Reply::Integer(if protocol == Resp::Resp3 { 3 } else { 2 }),
+            ),
+            (
+                bulk("id"),
+                Reply::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
+            ),
+            (bulk("mode"), bulk("standalone")),
+            (bulk("role"), bulk("master")),
+            (bulk("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    /// `CLIENT ID | GETNAME | SETNAME name | SETINFO attr value`.
+    fn client(&mut self, args: &Command) -> Reply {
+        match (args[1].to_ascii_uppercase().as_slice(), args.len()) {
+            (b"ID", 2) => Reply::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
+            (b"GETNAME", 2) => self.name.clone().map_or(Reply::Null, Reply::Bulk),
+            (b"SETNAME", 3) => {
+                if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                    return Reply::err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                Reply::ok()
+            }
+            // Client libraries announce themselves (redis-py, go-redis): accepted, not kept.
+            (b"SETINFO", 4) => Reply::ok(),
+            (sub, _) => Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                lower(sub)
+            )),
+        }
+    }
+}
+
+/// Redis's answer to a command it does not know.
+fn unknown(args: &Command) -> Reply {
+    let mut message = format!(
+        "unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0])
+    );
+    for a in args[1..].iter().take(8) {
+        message.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+    }
+    Reply::err(message)
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: the count of commands served; no per-command
+/// documentation yet (an empty answer, which `redis-cli` takes as "no hints").
+fn command(args: &Command) -> Reply {
+    match args.get(1).map(|a| a.to_ascii_uppercase()).as_deref() {
+        Some(b"COUNT") => Reply::Integer(i64::try_from(COMMANDS.len()).unwrap_or(0)),
+        Some(b"DOCS") => Reply::Map(Vec::new()),
+        _ => Reply::Array(Vec::new()),
+    }
+}
+
+/// `CONFIG GET pattern...`: a few read-only settings tools ask for (`redis-benchmark` asks for
+/// `save` and `appendonly`); `CONFIG SET` and the rest are refused.
+fn config(args: &Command) -> Reply {
+    if !args[1].eq_ignore_ascii_case(b"GET") || args.len() < 3 {
+        return Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. CONFIG is read-only here: \
+             CONFIG GET <pattern>",
+            lower(&args[1])
+        ));
+    }
+    const SETTINGS: [(&str, &str); 4] = [
+        ("appendonly", "yes"),
+        ("databases", "1"),
+        ("save", ""),
+        ("timeout", "3600"),
+    ];
+    let mut pairs = Vec::new();
+    for (key, value) in SETTINGS {
+        if args[2..].iter().any(|p| glob(p, key.as_bytes())) {
+            pairs.push((
+                Reply::Bulk(key.as_bytes().to_vec()),
+                Reply::Bulk(value.as_bytes().to_vec()),
+            ));
+        }
+    }
+    Reply::Map(pairs)
+}
+
+/// Redis's glob match (`*`, `?`, case-insensitive), enough for `CONFIG GET`.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// `INFO`: the server section.
+fn info(core: &Core) -> Reply {
+    let text = format!(
+        "# Server\r\nredis_version:7.2.0\r\ndynacore_version:{}\r\nredis_mode:standalone\r\n\
+         uptime_in_seconds:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        core.shared().uptime().as_secs()
+    );
+    Reply::Verbatim("txt", text)
+}
+
+/// A read through the coordinator with the node's defaults: the value, if the key holds one.
+async fn get(core: &Core, key: &[u8]) -> Result<Option<Vec<u8>>, Reply> {
+    let read = ReadRequest {
+        key: key.to_vec(),
+        r: Quorum::Default,
+        read_repair: ReadRepair::Default,
+        conflicts: Conflicts::Lww,
+    };
+    match coordinator::read(core, read, core.default_timeout()).await {
+        Ok(found) => Ok(found
+            .and_then(|f| f.values.into_iter().next())
+            .map(|(v, _)| v)),
+        Err(e) => Err(store_error(&e)),
+    }
+}
+
+/// A write (a delete when `value` is `None`) through the coordinator with the node's defaults.
+async fn write(
+    core: &Core,
+    key: &[u8],
+    value: Option<&[u8]>,
+    ttl_ms: Option<u64>,
+    condition: KeyCondition,
+) -> Result<(), StoreError> {
+    let request = WriteRequest {
+        key: key.to_vec(),
+        value: value.map(<[u8]>::to_vec),
+        // Kept to the second, rounded up (see the module's documentation).
+        ttl_seconds: ttl_ms.map(|ms| ms.div_ceil(1000).max(1)),
+        expected: None,
+        context: None,
+        w: Quorum::Default,
+        forwarded: false,
+        condition,
+    };
+    coordinator::write(core, request, core.default_timeout())
+        .await
+        .map(drop)
+}
+
+/// `SET key value [EX s | PX ms | EXAT ts | PXAT ts-ms] [NX | XX]`.
+async fn set(core: &Core, args: &Command) -> Reply {
+    let mut expiry = Expiry::Never;
+    let mut condition = KeyCondition::None;
+    let mut expiry_given = false;
+    let mut i = 3;
+    while i < args.len() {
+        let option = args[i].to_ascii_uppercase();
+        match option.as_slice() {
+            b"NX" | b"XX" if condition == KeyCondition::None => {
+                condition = if option == b"NX" {
+                    KeyCondition::Absent
+                } else {
+                    KeyCondition::Present
+                };
+                i += 1;
+            }
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if !expiry_given && i + 1 < args.len() => {
+                let Some(n) = integer(&args[i + 1]) else {
+                    return not_integer();
+                };
+                if n <= 0 {
+                    return Reply::err("invalid expire time in 'set' command");
+                }
+                let n = u64::try_from(n).unwrap_or(u64::MAX);
+                let now = now_ms();
+                let at_ms = match option.as_slice() {
+                    b"EX" => now.saturating_add(n.saturating_mul(1000)),
+                    b"PX" => now.saturating_add(n),
+                    b"EXAT" => n.saturating_mul(1000),
+                    _ => n,
+                };
+                expiry = if at_ms <= now {
+                    Expiry::Past
+                } else {
+                    Expiry::InMs(at_ms - now)
+                };
+                expiry_given = true;
+                i += 2;
+            }
+            b"KEEPTTL" | b"GET" => {
+                return Reply::err(format!(
+                    "SET {} is not supported yet",
+                    String::from_utf8_lossy(&option)
+                ))
+            }
+            _ => return syntax_error(),
+        }
+    }
+    let (value, ttl_ms) = match expiry {
+        Expiry::Never => (Some(args[2].as_slice()), None),
+        Expiry::InMs(ms) => (Some(args[2].as_slice()), Some(ms)),
+        // A time already past leaves the key absent, as in Redis.
+        Expiry::Past => (None, None),
+    };
+    match write(core, &args[1], value, ttl_ms, condition).await {
+        Ok(()) => Reply::ok(),
+        // NX / XX not met: a null reply, as Redis answers it.
+        Err(StoreError::ConditionFailed { .. }) => Reply::Null,
+        Err(e) => store_error(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_redis() {
+        assert!(glob(b"*", b"save"));
+        assert!(glob(b"app*", b"appendonly"));
+        assert!(glob(b"SAVE", b"save"));
+        assert!(glob(b"s?ve", b"save"));
+        assert!(!glob(b"s?ve", b"saves"));
+        assert!(!glob(b"x*", b"save"));
+    }
+
+    #[test]
+    fn unknown_commands_are_answered_as_redis_answers_them() {
+        let args = vec![b"FOO".to_vec(), b"a".to_vec(), b"b".to_vec()];
+        let mut out = Vec::new();
+        unknown(&args).encode(Resp::Resp2, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n"
+        );
+    }
+}

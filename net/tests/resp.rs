@@ -1,0 +1,256 @@
+//! A node's Redis protocol port, spoken by hand over TCP (RESP2 and RESP3): the commands it
+//! serves, pipelining, transactions, errors worded as Redis words them, and a protocol error
+//! closing only its connection. Loopback only; every wait bounded.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{metric_sum, start, temp_dir, BOUND};
+
+/// A RESP connection that writes commands and reads replies as compact text:
+/// `+OK`, `-ERR …`, `:3`, `$value`, `nil` (RESP2's `$-1` / `*-1` and RESP3's `_`),
+/// `[a, b]` (arrays and sets), `{k: v}` (maps), `#t`, `,1.5`, `=txt:…`.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect_timeout(&addr, BOUND).expect("connect");
+        s.set_read_timeout(Some(BOUND)).expect("timeout");
+        let writer = s.try_clone().expect("clone");
+        Conn {
+            reader: BufReader::new(s),
+            writer,
+        }
+    }
+
+    /// Sends one command as an array of bulk strings and reads its reply.
+    fn cmd(&mut self, args: &[&str]) -> String {
+        self.send(args);
+        self.reply()
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.writer.write_all(out.as_bytes()).expect("write");
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read a reply line");
+        assert!(
+            line.ends_with("\r\n"),
+            "a reply line ends with CRLF: {line:?}"
+        );
+        line.truncate(line.len() - 2);
+        line
+    }
+
+    fn reply(&mut self) -> String {
+        let line = self.line();
+        let (kind, rest) = line.split_at(1);
+        let count = || rest.parse::<i64>().expect("a count");
+        match kind {
+            "+" | "-" | ":" | "#" | "," => line,
+            "_" => "nil".to_owned(),
+            "$" | "=" | "*" | "~" if count() < 0 => "nil".to_owned(),
+            "$" | "=" => {
+                let mut body = vec![0u8; usize::try_from(count()).expect("len") + 2];
+                self.reader.read_exact(&mut body).expect("bulk body");
+                body.truncate(body.len() - 2);
+                let text = String::from_utf8(body).expect("utf-8");
+                if kind == "$" {
+                    format!("${text}")
+                } else {
+                    format!("={text}")
+                }
+            }
+            "*" | "~" => {
+                let items: Vec<String> = (0..count()).map(|_| self.reply()).collect();
+                format!("[{}]", items.join(", "))
+            }
+            "%" => {
+                let items: Vec<String> = (0..count())
+                    .map(|_| {
+                        let k = self.reply();
+                        format!("{k}: {}", self.reply())
+                    })
+                    .collect();
+                format!("{{{}}}", items.join(", "))
+            }
+            _ => panic!("not a RESP reply: {line:?}"),
+        }
+    }
+
+    /// Whether the server closed the connection (within the read timeout).
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+#[test]
+fn strings_pipelines_transactions_and_errors_as_redis_answers_them() {
+    let dir = temp_dir("resp");
+    let node = start(dir.path(), 2, &[]);
+    let resp = node.resp.expect("a Redis port");
+    let mut c = Conn::open(resp);
+    assert_eq!(c.cmd(&["PING"]), "+PONG");
+    assert_eq!(c.cmd(&["ping", "hi"]), "$hi");
+    assert_eq!(c.cmd(&["ECHO", "a b"]), "$a b");
+    assert_eq!(c.cmd(&["SELECT", "0"]), "+OK");
+    assert_eq!(c.cmd(&["SELECT", "1"]), "-ERR DB index is out of range");
+
+    // Strings.
+    assert_eq!(c.cmd(&["SET", "k", "v1"]), "+OK");
+    assert_eq!(c.cmd(&["GET", "k"]), "$v1");
+    assert_eq!(c.cmd(&["GET", "missing"]), "nil");
+    assert_eq!(c.cmd(&["STRLEN", "k"]), ":2");
+    assert_eq!(c.cmd(&["TYPE", "k"]), "+string");
+    assert_eq!(c.cmd(&["TYPE", "missing"]), "+none");
+    assert_eq!(
+        c.cmd(&["SET", "k", "v2", "NX"]),
+        "nil",
+        "NX on a present key"
+    );
+    assert_eq!(c.cmd(&["SET", "fresh", "x", "NX"]), "+OK");
+    assert_eq!(
+        c.cmd(&["SET", "absent", "x", "XX"]),
+        "nil",
+        "XX on an absent key"
+    );
+    assert_eq!(c.cmd(&["SET", "k", "v3", "XX"]), "+OK");
+    assert_eq!(c.cmd(&["SETNX", "k", "v4"]), ":0");
+    assert_eq!(c.cmd(&["SETNX", "other", "o"]), ":1");
+    assert_eq!(c.cmd(&["GET", "k"]), "$v3");
+    assert_eq!(c.cmd(&["MSET", "a", "1", "b", "2"]), "+OK");
+    assert_eq!(c.cmd(&["MGET", "a", "b", "c"]), "[$1, $2, nil]");
+    assert_eq!(c.cmd(&["EXISTS", "a", "b", "c", "a"]), ":3");
+    assert_eq!(c.cmd(&["DEL", "a", "c"]), ":1");
+    assert_eq!(c.cmd(&["UNLINK", "b"]), ":1");
+    assert_eq!(c.cmd(&["EXISTS", "a", "b"]), ":0");
+    assert_eq!(c.cmd(&["GETDEL", "other"]), "$o");
+    assert_eq!(c.cmd(&["GET", "other"]), "nil");
+
+    // Expiry (kept to the second): the key is there, then gone.
+    assert_eq!(c.cmd(&["SET", "t", "soon", "PX", "1200"]), "+OK");
+    assert_eq!(c.cmd(&["SETEX", "t2", "1", "soon"]), "+OK");
+    assert_eq!(c.cmd(&["GET", "t"]), "$soon");
+    let until = Instant::now() + BOUND;
+    while c.cmd(&["MGET", "t", "t2"]) != "[nil, nil]" {
+        assert!(Instant::now() < until, "the keys never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.cmd(&["SET", "gone", "x", "EXAT", "1"]), "+OK");
+    assert_eq!(c.cmd(&["GET", "gone"]), "nil", "an expiry already past");
+    assert_eq!(
+        c.cmd(&["SET", "k", "v", "EX", "0"]),
+        "-ERR invalid expire time in 'set' command"
+    );
+    assert_eq!(
+        c.cmd(&["SET", "k", "v", "EX", "x"]),
+        "-ERR value is not an integer or out of range"
+    );
+    assert_eq!(c.cmd(&["SET", "k", "v", "BOGUS"]), "-ERR syntax error");
+
+    // Pipelining: several commands in one write, inline and as arrays; replies in order.
+    c.writer
+        .write_all(b"SET p1 \"a b\"\r\nGET p1\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n")
+        .expect("write");
+    assert_eq!(c.reply(), "+OK");
+    assert_eq!(c.reply(), "$a b");
+    assert_eq!(c.reply(), "$v3");
+    assert_eq!(c.reply(), "+PONG");
+
+    // Transactions: queued, then run in order.
+    assert_eq!(c.cmd(&["MULTI"]), "+OK");
+    assert_eq!(c.cmd(&["SET", "x", "1"]), "+QUEUED");
+    assert_eq!(c.cmd(&["GET", "x"]), "+QUEUED");
+    assert_eq!(c.cmd(&["MULTI"]), "-ERR MULTI calls can not be nested");
+    assert_eq!(c.cmd(&["EXEC"]), "[+OK, $1]");
+    assert_eq!(c.cmd(&["EXEC"]), "-ERR EXEC without MULTI");
+    assert_eq!(c.cmd(&["MULTI"]), "+OK");
+    assert_eq!(c.cmd(&["SET", "x", "2"]), "+QUEUED");
+    assert_eq!(c.cmd(&["DISCARD"]), "+OK");
+    assert_eq!(c.cmd(&["GET", "x"]), "$1");
+
+    // Errors as Redis words them.
+    assert_eq!(
+        c.cmd(&["FOO", "a", "b"]),
+        "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' "
+    );
+    assert_eq!(
+        c.cmd(&["GET"]),
+        "-ERR wrong number of arguments for 'get' command"
+    );
+    assert!(c
+        .cmd(&["AUTH", "pw"])
+        .starts_with("-ERR AUTH <password> called without"));
+
+    // Clients.
+    assert!(c.cmd(&["CLIENT", "ID"]).starts_with(':'));
+    assert_eq!(c.cmd(&["CLIENT", "GETNAME"]), "nil");
+    assert_eq!(c.cmd(&["CLIENT", "SETNAME", "app"]), "+OK");
+    assert_eq!(c.cmd(&["CLIENT", "GETNAME"]), "$app");
+    assert_eq!(c.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "test"]), "+OK");
+    assert_eq!(
+        c.cmd(&["CONFIG", "GET", "save"]),
+        "[$save, $]",
+        "as redis-benchmark asks"
+    );
+
+    // RESP3: HELLO 3 switches; nulls and maps are RESP3's then.
+    let hello = c.cmd(&["HELLO", "3"]);
+    assert!(hello.starts_with("{$server: $dynacore"), "{hello}");
+    assert!(hello.contains("$proto: :3"), "{hello}");
+    assert_eq!(c.cmd(&["GET", "missing"]), "nil");
+    assert_eq!(
+        c.cmd(&["CONFIG", "GET", "appendonly"]),
+        "{$appendonly: $yes}"
+    );
+    assert_eq!(
+        c.cmd(&["HELLO", "4"]),
+        "-NOPROTO unsupported protocol version"
+    );
+    assert_eq!(c.cmd(&["QUIT"]), "+OK");
+    assert!(c.closed(), "QUIT closes the connection");
+
+    // A protocol error closes its connection, not the server.
+    let mut bad = Conn::open(resp);
+    bad.writer.write_all(b"*1\r\n$x\r\n").expect("write");
+    assert_eq!(bad.reply(), "-ERR Protocol error: invalid bulk length");
+    assert!(bad.closed());
+    let mut again = Conn::open(resp);
+    assert_eq!(again.cmd(&["GET", "k"]), "$v3");
+
+    // What the HTTP API sees is the same store.
+    let r = common::http(node.http, "GET", "/keys/k", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["value"], "v3");
+    // Counted as the Redis protocol's requests.
+    let metrics = common::http(node.http, "GET", "/metrics", &[], b"").text();
+    let resp_puts: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("dynacore_requests_total{") && l.contains("protocol=\"resp\",op=\"put\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(resp_puts >= 10, "{resp_puts} puts counted for resp");
+    assert!(metric_sum(node.http, "dynacore_requests_total") > resp_puts);
+}
+
+#[test]
+fn the_redis_port_can_be_turned_off() {
+    let dir = temp_dir("resp-off");
+    let node = start(dir.path(), 1, &["--resp", "off"]);
+    assert_eq!(node.resp, None);
+}
