@@ -254,3 +254,138 @@ fn the_redis_port_can_be_turned_off() {
     let node = start(dir.path(), 1, &["--resp", "off"]);
     assert_eq!(node.resp, None);
 }
+
+/// A `redis-cli` session: `script` on its standard input, what it printed (raw, as it prints
+/// when its output is not a terminal). Bounded by [`BOUND`].
+fn redis_cli(addr: SocketAddr, script: &str) -> String {
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "redis-cli runs (Debian's redis-tools, which redis-server brings; .ci/run installs it)",
+        );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("the script");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(BOUND) else {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+        panic!("redis-cli did not finish within {BOUND:?}");
+    };
+    let out = out.expect("redis-cli's output");
+    assert!(
+        out.status.success(),
+        "redis-cli: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// What `redis-cli` sends, and what it must print.
+const SESSION: &str = "PING
+SET greeting \"hello world\"
+GET greeting
+GET missing
+SET n 1 NX
+SET n 2 NX
+MSET a 1 b 2
+MGET a b c
+EXISTS a b c
+DEL a b c
+STRLEN greeting
+TYPE greeting
+SELECT 1
+FOO bar
+CLIENT SETNAME cli
+CLIENT GETNAME
+MULTI
+SET t 1
+GET t
+EXEC
+";
+
+const TRANSCRIPT: &str = "PONG
+OK
+hello world
+
+OK
+
+OK
+1
+2
+
+2
+2
+11
+string
+ERR DB index is out of range
+
+ERR unknown command 'FOO', with args beginning with: 'bar' 
+
+OK
+cli
+OK
+QUEUED
+QUEUED
+OK
+1
+";
+
+#[test]
+fn a_redis_cli_session_prints_its_transcript_on_a_node_and_on_a_cluster() {
+    let dir = temp_dir("resp-cli");
+    let single = start(&dir.path().join("single"), 1, &[]);
+    assert_eq!(
+        redis_cli(single.resp.expect("resp"), SESSION),
+        TRANSCRIPT,
+        "one node"
+    );
+    drop(single);
+    // Three nodes (RF 3, quorum writes and reads): the session through one, read through the
+    // others.
+    let first = start(&dir.path().join("n1"), 1, &[]);
+    let seed = first.addr.to_string();
+    let others: Vec<_> = (2..=3)
+        .map(|i| start(&dir.path().join(format!("n{i}")), 1, &["--seeds", &seed]))
+        .collect();
+    let until = Instant::now() + BOUND;
+    for n in std::iter::once(&first).chain(&others) {
+        loop {
+            let r = common::http(n.http, "GET", "/cluster", &[], b"");
+            let body = r.text();
+            if r.status == 200
+                && body.matches("\"up\":true").count() >= 3
+                && body.contains("\"moving\":null")
+                && body.contains("\"replication_factor\":3")
+            {
+                break;
+            }
+            assert!(Instant::now() < until, "the cluster did not settle: {body}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert_eq!(
+        redis_cli(first.resp.expect("resp"), SESSION),
+        TRANSCRIPT,
+        "three nodes"
+    );
+    for n in &others {
+        assert_eq!(
+            redis_cli(n.resp.expect("resp"), "GET greeting\nGET n\nMGET a t\n"),
+            "hello world\n1\n\n1\n",
+            "read through another node"
+        );
+    }
+}
