@@ -169,6 +169,25 @@ fn strings_pipelines_transactions_and_errors_as_redis_answers_them() {
     assert_eq!(c.reply(), "$a b");
     assert_eq!(c.reply(), "$v3");
     assert_eq!(c.reply(), "+PONG");
+    // A batch of commands on distinct keys runs at once, its replies still in order; one that
+    // reads a key another writes runs in order.
+    let mut batch = String::new();
+    for i in 0..32 {
+        batch.push_str(&format!("SET q{i} v{i}\r\n"));
+    }
+    batch.push_str("GET nothing-here\r\n");
+    c.writer.write_all(batch.as_bytes()).expect("write");
+    for _ in 0..32 {
+        assert_eq!(c.reply(), "+OK");
+    }
+    assert_eq!(c.reply(), "nil");
+    c.writer
+        .write_all(b"SET d1 x\r\nGET d1\r\nSET d1 y\r\nMGET q0 q31 d1\r\n")
+        .expect("write");
+    assert_eq!(c.reply(), "+OK");
+    assert_eq!(c.reply(), "$x");
+    assert_eq!(c.reply(), "+OK");
+    assert_eq!(c.reply(), "[$v0, $v31, $y]");
 
     // Transactions: queued, then run in order.
     assert_eq!(c.cmd(&["MULTI"]), "+OK");

@@ -114,36 +114,55 @@ async fn serve_connection(
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut chunk = vec![0u8; 16 << 10];
     loop {
-        let mut out = Vec::new();
+        // Every command the buffer holds whole, then what ended the reading.
+        let mut batch = Vec::new();
         let mut used = 0;
-        let mut then = Then::Go;
-        while then == Then::Go {
+        let mut bad = None;
+        loop {
             match read_command(&buf[used..], &options.limits) {
                 Ok(Some((args, n))) => {
                     used += n;
-                    let Some(admission) = core.admit() else {
-                        Reply::err("the node is shutting down").encode(session.protocol, &mut out);
-                        then = Then::Close;
-                        break;
-                    };
+                    batch.push(args);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.drain(..used);
+        let mut out = Vec::new();
+        let mut then = Then::Go;
+        if !batch.is_empty() {
+            let Some(admission) = core.admit() else {
+                Reply::err("the node is shutting down").encode(session.protocol, &mut out);
+                close_with(&mut stream, &out).await;
+                return Ok(());
+            };
+            if session.queued.is_none() && independent(&batch) {
+                run_together(core, batch, session.protocol, &mut out).await;
+            } else {
+                for args in batch {
                     let started = Instant::now();
                     let (reply, op, next) = session.run(core, args).await;
                     let ok = !matches!(reply, Reply::Error(_));
                     core.metrics()
                         .request(Protocol::Resp, op, ok, started.elapsed());
                     reply.encode(session.protocol, &mut out);
-                    drop(admission);
                     then = next;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    core.metrics().refused();
-                    Reply::err(&e).encode(session.protocol, &mut out);
-                    then = Then::Close;
+                    if then == Then::Close {
+                        break;
+                    }
                 }
             }
+            drop(admission);
         }
-        buf.drain(..used);
+        if let Some(e) = bad.filter(|_| then == Then::Go) {
+            core.metrics().refused();
+            Reply::err(&e).encode(session.protocol, &mut out);
+            then = Then::Close;
+        }
         if then == Then::Close {
             close_with(&mut stream, &out).await;
             return Ok(());
@@ -163,6 +182,69 @@ async fn serve_connection(
             Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             Some(Err(e)) => return Err(e),
         }
+    }
+}
+
+/// The keys a data command reads or writes (`None`: not a data command, or malformed).
+fn keys_of(args: &Command) -> Option<Vec<&[u8]>> {
+    let argc = args.len();
+    let name = args[0].to_ascii_uppercase();
+    match name.as_slice() {
+        b"GET" | b"STRLEN" | b"TYPE" | b"GETDEL" if argc == 2 => Some(vec![args[1].as_slice()]),
+        b"SET" if argc >= 3 => Some(vec![args[1].as_slice()]),
+        b"SETNX" if argc == 3 => Some(vec![args[1].as_slice()]),
+        b"SETEX" | b"PSETEX" if argc == 4 => Some(vec![args[1].as_slice()]),
+        b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK" if argc >= 2 => {
+            Some(args[1..].iter().map(Vec::as_slice).collect())
+        }
+        b"MSET" if argc >= 3 && argc % 2 == 1 => {
+            Some(args[1..].iter().step_by(2).map(Vec::as_slice).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Whether a pipelined batch may run all at once: every command a data command, and no key
+/// touched by two of them — then no command can see another's effect, and running them
+/// together (their writes sharing group commits) answers as running them in order would.
+fn independent(batch: &[Command]) -> bool {
+    if batch.len() < 2 {
+        return false;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for args in batch {
+        let Some(keys) = keys_of(args) else {
+            return false;
+        };
+        for k in keys {
+            if !seen.insert(k) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Runs an [`independent`] batch at once, each command in its own task; the replies in order.
+async fn run_together(core: &Core, batch: Vec<Command>, protocol: Resp, out: &mut Vec<u8>) {
+    let started = Instant::now();
+    let tasks: Vec<_> = batch
+        .into_iter()
+        .map(|args| {
+            let core = core.clone();
+            runtime::spawn(async move {
+                let name = args[0].to_ascii_uppercase();
+                let done = data(&core, &name, &args).await;
+                (done, started.elapsed())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (done, elapsed) = task.await;
+        let (reply, op) = done.expect("INVARIANT: an independent batch holds data commands only");
+        let ok = !matches!(reply, Reply::Error(_));
+        core.metrics().request(Protocol::Resp, op, ok, elapsed);
+        reply.encode(protocol, out);
     }
 }
 
@@ -264,6 +346,9 @@ impl Session {
 
     #[allow(clippy::too_many_lines)]
     async fn run_one(&mut self, core: &Core, name: &[u8], args: &Command) -> (Reply, Op, Then) {
+        if let Some((reply, op)) = data(core, name, args).await {
+            return (reply, op, Then::Go);
+        }
         let argc = args.len();
         let other = |reply| (reply, Op::Other, Then::Go);
         match name {
@@ -304,123 +389,6 @@ impl Session {
             } else {
                 Reply::err("DISCARD without MULTI")
             }),
-            b"GET" if argc == 2 => (
-                match get(core, &args[1]).await {
-                    Ok(Some(v)) => Reply::Bulk(v),
-                    Ok(None) => Reply::Null,
-                    Err(e) => e,
-                },
-                Op::Get,
-                Then::Go,
-            ),
-            b"MGET" if argc >= 2 => {
-                let mut values = Vec::with_capacity(argc - 1);
-                for key in &args[1..] {
-                    values.push(match get(core, key).await {
-                        Ok(Some(v)) => Reply::Bulk(v),
-                        Ok(None) => Reply::Null,
-                        Err(e) => return (e, Op::Get, Then::Go),
-                    });
-                }
-                (Reply::Array(values), Op::Get, Then::Go)
-            }
-            b"STRLEN" if argc == 2 => (
-                match get(core, &args[1]).await {
-                    Ok(v) => {
-                        Reply::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
-                    }
-                    Err(e) => e,
-                },
-                Op::Get,
-                Then::Go,
-            ),
-            b"TYPE" if argc == 2 => (
-                match get(core, &args[1]).await {
-                    Ok(Some(_)) => Reply::Simple("string".into()),
-                    Ok(None) => Reply::Simple("none".into()),
-                    Err(e) => e,
-                },
-                Op::Get,
-                Then::Go,
-            ),
-            b"EXISTS" if argc >= 2 => {
-                let mut n = 0;
-                for key in &args[1..] {
-                    match get(core, key).await {
-                        Ok(Some(_)) => n += 1,
-                        Ok(None) => {}
-                        Err(e) => return (e, Op::Get, Then::Go),
-                    }
-                }
-                (Reply::Integer(n), Op::Get, Then::Go)
-            }
-            b"SET" if argc >= 3 => (set(core, args).await, Op::Put, Then::Go),
-            b"SETNX" if argc == 3 => (
-                match write(core, &args[1], Some(&args[2]), None, KeyCondition::Absent).await {
-                    Ok(()) => Reply::Integer(1),
-                    Err(StoreError::ConditionFailed { .. }) => Reply::Integer(0),
-                    Err(e) => store_error(&e),
-                },
-                Op::Put,
-                Then::Go,
-            ),
-            b"SETEX" | b"PSETEX" if argc == 4 => {
-                let unit = if name == b"SETEX" { 1000 } else { 1 };
-                let reply = match integer(&args[2]) {
-                    Some(t) if t > 0 => {
-                        let ms = u64::try_from(t).unwrap_or(u64::MAX).saturating_mul(unit);
-                        match write(core, &args[1], Some(&args[3]), Some(ms), KeyCondition::None)
-                            .await
-                        {
-                            Ok(()) => Reply::ok(),
-                            Err(e) => store_error(&e),
-                        }
-                    }
-                    Some(_) => {
-                        Reply::err(format!("invalid expire time in '{}' command", lower(name)))
-                    }
-                    None => not_integer(),
-                };
-                (reply, Op::Put, Then::Go)
-            }
-            b"MSET" if argc >= 3 && argc % 2 == 1 => {
-                for pair in args[1..].chunks(2) {
-                    if let Err(e) =
-                        write(core, &pair[0], Some(&pair[1]), None, KeyCondition::None).await
-                    {
-                        return (store_error(&e), Op::Put, Then::Go);
-                    }
-                }
-                (Reply::ok(), Op::Put, Then::Go)
-            }
-            b"DEL" | b"UNLINK" if argc >= 2 => {
-                let mut n = 0;
-                for key in &args[1..] {
-                    match get(core, key).await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => continue,
-                        Err(e) => return (e, Op::Delete, Then::Go),
-                    }
-                    match write(core, key, None, None, KeyCondition::None).await {
-                        Ok(()) => n += 1,
-                        Err(e) => return (store_error(&e), Op::Delete, Then::Go),
-                    }
-                }
-                (Reply::Integer(n), Op::Delete, Then::Go)
-            }
-            b"GETDEL" if argc == 2 => {
-                let reply = match get(core, &args[1]).await {
-                    Ok(Some(v)) => {
-                        match write(core, &args[1], None, None, KeyCondition::None).await {
-                            Ok(()) => Reply::Bulk(v),
-                            Err(e) => store_error(&e),
-                        }
-                    }
-                    Ok(None) => Reply::Null,
-                    Err(e) => e,
-                };
-                (reply, Op::Delete, Then::Go)
-            }
             b"INFO" => other(info(core)),
             _ if COMMANDS.iter().any(|c| c.as_bytes() == name) => other(wrong_args(name)),
             _ => other(unknown(args)),
@@ -496,6 +464,124 @@ impl Session {
             )),
         }
     }
+}
+
+/// Runs a data command (a read or write of keys): its reply and what it counts as, or `None`
+/// for any other command (and a data command with the wrong arguments).
+#[allow(clippy::too_many_lines)]
+async fn data(core: &Core, name: &[u8], args: &Command) -> Option<(Reply, Op)> {
+    let argc = args.len();
+    Some(match name {
+        b"GET" if argc == 2 => (
+            match get(core, &args[1]).await {
+                Ok(Some(v)) => Reply::Bulk(v),
+                Ok(None) => Reply::Null,
+                Err(e) => e,
+            },
+            Op::Get,
+        ),
+        b"MGET" if argc >= 2 => {
+            let mut values = Vec::with_capacity(argc - 1);
+            for key in &args[1..] {
+                values.push(match get(core, key).await {
+                    Ok(Some(v)) => Reply::Bulk(v),
+                    Ok(None) => Reply::Null,
+                    Err(e) => return Some((e, Op::Get)),
+                });
+            }
+            (Reply::Array(values), Op::Get)
+        }
+        b"STRLEN" if argc == 2 => (
+            match get(core, &args[1]).await {
+                Ok(v) => {
+                    Reply::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
+                }
+                Err(e) => e,
+            },
+            Op::Get,
+        ),
+        b"TYPE" if argc == 2 => (
+            match get(core, &args[1]).await {
+                Ok(Some(_)) => Reply::Simple("string".into()),
+                Ok(None) => Reply::Simple("none".into()),
+                Err(e) => e,
+            },
+            Op::Get,
+        ),
+        b"EXISTS" if argc >= 2 => {
+            let mut n = 0;
+            for key in &args[1..] {
+                match get(core, key).await {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => {}
+                    Err(e) => return Some((e, Op::Get)),
+                }
+            }
+            (Reply::Integer(n), Op::Get)
+        }
+        b"SET" if argc >= 3 => (set(core, args).await, Op::Put),
+        b"SETNX" if argc == 3 => (
+            match write(core, &args[1], Some(&args[2]), None, KeyCondition::Absent).await {
+                Ok(()) => Reply::Integer(1),
+                Err(StoreError::ConditionFailed { .. }) => Reply::Integer(0),
+                Err(e) => store_error(&e),
+            },
+            Op::Put,
+        ),
+        b"SETEX" | b"PSETEX" if argc == 4 => {
+            let unit = if name == b"SETEX" { 1000 } else { 1 };
+            let reply = match integer(&args[2]) {
+                Some(t) if t > 0 => {
+                    let ms = u64::try_from(t).unwrap_or(u64::MAX).saturating_mul(unit);
+                    match write(core, &args[1], Some(&args[3]), Some(ms), KeyCondition::None).await
+                    {
+                        Ok(()) => Reply::ok(),
+                        Err(e) => store_error(&e),
+                    }
+                }
+                Some(_) => Reply::err(format!("invalid expire time in '{}' command", lower(name))),
+                None => not_integer(),
+            };
+            (reply, Op::Put)
+        }
+        b"MSET" if argc >= 3 && argc % 2 == 1 => {
+            for pair in args[1..].chunks(2) {
+                if let Err(e) =
+                    write(core, &pair[0], Some(&pair[1]), None, KeyCondition::None).await
+                {
+                    return Some((store_error(&e), Op::Put));
+                }
+            }
+            (Reply::ok(), Op::Put)
+        }
+        b"DEL" | b"UNLINK" if argc >= 2 => {
+            let mut n = 0;
+            for key in &args[1..] {
+                match get(core, key).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => continue,
+                    Err(e) => return Some((e, Op::Delete)),
+                }
+                match write(core, key, None, None, KeyCondition::None).await {
+                    Ok(()) => n += 1,
+                    Err(e) => return Some((store_error(&e), Op::Delete)),
+                }
+            }
+            (Reply::Integer(n), Op::Delete)
+        }
+        b"GETDEL" if argc == 2 => {
+            let reply = match get(core, &args[1]).await {
+                Ok(Some(v)) => match write(core, &args[1], None, None, KeyCondition::None).await {
+                    Ok(()) => Reply::Bulk(v),
+                    Err(e) => store_error(&e),
+                },
+                Ok(None) => Reply::Null,
+                Err(e) => e,
+            };
+            (reply, Op::Delete)
+        }
+        _ => return None,
+    })
 }
 
 /// Redis's answer to a command it does not know.
@@ -678,6 +764,42 @@ async fn set(core: &Core, args: &Command) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch(lines: &[&[&str]]) -> Vec<Command> {
+        lines
+            .iter()
+            .map(|words| words.iter().map(|w| w.as_bytes().to_vec()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_runs_at_once_only_when_no_command_can_see_another() {
+        assert!(independent(&batch(&[
+            &["SET", "a", "1"],
+            &["get", "b"],
+            &["MSET", "c", "1", "d", "2"]
+        ])));
+        assert!(
+            !independent(&batch(&[&["SET", "a", "1"], &["GET", "a"]])),
+            "one key twice"
+        );
+        assert!(!independent(&batch(&[
+            &["MSET", "a", "1", "b", "2"],
+            &["DEL", "b"]
+        ])));
+        assert!(
+            !independent(&batch(&[&["SET", "a", "1"], &["MULTI"]])),
+            "not a data command"
+        );
+        assert!(
+            !independent(&batch(&[&["SET", "a"], &["GET", "b"]])),
+            "wrong arguments"
+        );
+        assert!(
+            !independent(&batch(&[&["GET", "a"]])),
+            "one command: nothing to gain"
+        );
+    }
 
     #[test]
     fn glob_matches_like_redis() {
