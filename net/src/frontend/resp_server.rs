@@ -140,7 +140,10 @@ async fn serve_connection(
                 close_with(&mut stream, &out).await;
                 return Ok(());
             };
-            if session.queued.is_none() && independent(&batch) {
+            // Reads of a single replica are CPU work on this core: running them at once only
+            // adds tasks. Writes share group commits, and reads from other replicas overlap.
+            let worth_it = core.cluster().replication_factor > 1 || batch.iter().any(writes);
+            if session.queued.is_none() && worth_it && independent(&batch) {
                 run_together(core, batch, session.protocol, &mut out).await;
             } else {
                 for args in batch {
@@ -202,6 +205,22 @@ fn keys_of(args: &Command) -> Option<Vec<&[u8]>> {
         }
         _ => None,
     }
+}
+
+/// Whether a command writes.
+fn writes(args: &Command) -> bool {
+    [
+        &b"SET"[..],
+        b"SETNX",
+        b"SETEX",
+        b"PSETEX",
+        b"MSET",
+        b"DEL",
+        b"UNLINK",
+        b"GETDEL",
+    ]
+    .iter()
+    .any(|w| args[0].eq_ignore_ascii_case(w))
 }
 
 /// Whether a pipelined batch may run all at once: every command a data command, and no key
