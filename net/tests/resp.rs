@@ -408,3 +408,59 @@ fn a_redis_cli_session_prints_its_transcript_on_a_node_and_on_a_cluster() {
         );
     }
 }
+
+#[test]
+fn incr_and_append_are_read_modify_writes_that_lose_no_update() {
+    let dir = temp_dir("resp-incr");
+    let node = start(dir.path(), 2, &[]);
+    let resp = node.resp.expect("resp");
+    let mut c = Conn::open(resp);
+    assert_eq!(c.cmd(&["INCR", "n"]), ":1", "an absent key counts from 0");
+    assert_eq!(c.cmd(&["INCRBY", "n", "41"]), ":42");
+    assert_eq!(c.cmd(&["DECR", "n"]), ":41");
+    assert_eq!(c.cmd(&["DECRBY", "n", "-9"]), ":50");
+    assert_eq!(c.cmd(&["GET", "n"]), "$50");
+    assert_eq!(c.cmd(&["SET", "s", "abc"]), "+OK");
+    assert_eq!(
+        c.cmd(&["INCR", "s"]),
+        "-ERR value is not an integer or out of range"
+    );
+    assert_eq!(c.cmd(&["SET", "big", &i64::MAX.to_string()]), "+OK");
+    assert_eq!(
+        c.cmd(&["INCR", "big"]),
+        "-ERR increment or decrement would overflow"
+    );
+    assert_eq!(
+        c.cmd(&["INCRBY", "n", "x"]),
+        "-ERR value is not an integer or out of range"
+    );
+    assert_eq!(c.cmd(&["APPEND", "s", "de"]), ":5");
+    assert_eq!(c.cmd(&["APPEND", "fresh", "xy"]), ":2");
+    assert_eq!(c.cmd(&["MGET", "s", "fresh"]), "[$abcde, $xy]");
+    // Four clients incrementing one counter at once (each a pipeline of 25 on its own
+    // connection, through both cores): every increment counts.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(resp);
+                for _ in 0..25 {
+                    c.send(&["INCR", "counter"]);
+                }
+                (0..25).map(|_| c.reply()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seen: Vec<i64> = Vec::new();
+    for t in clients {
+        for r in t.join().expect("client") {
+            seen.push(r.strip_prefix(':').expect(&r).parse().expect("a count"));
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=100).collect::<Vec<i64>>(),
+        "each increment answered its own count"
+    );
+    assert_eq!(c.cmd(&["GET", "counter"]), "$100");
+}

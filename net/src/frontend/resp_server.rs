@@ -7,7 +7,8 @@
 //! What is served, and what each command promises, is in `docs/protocol.md` ("Redis
 //! protocol"). In short: the store is database 0; `SET`, `GET`, `DEL`, `MSET`, `MGET` and the
 //! others are the HTTP API's writes and reads (durable at W replicas, read at R); `SET NX` /
-//! `XX` and `SETNX` are lightweight transactions; a command over several keys is one operation
+//! `XX` and `SETNX` are lightweight transactions, and `INCR` / `APPEND` read-modify-writes on
+//! them; a command over several keys is one operation
 //! per key, not atomic; `MULTI` / `EXEC` queue commands and run them in order, without
 //! isolation. TTLs are kept to the second (a `PX` of 1,500 ms lives 2 s) until the binary
 //! protocol carries milliseconds.
@@ -193,9 +194,11 @@ fn keys_of(args: &Command) -> Option<Vec<&[u8]>> {
     let argc = args.len();
     let name = args[0].to_ascii_uppercase();
     match name.as_slice() {
-        b"GET" | b"STRLEN" | b"TYPE" | b"GETDEL" if argc == 2 => Some(vec![args[1].as_slice()]),
+        b"GET" | b"STRLEN" | b"TYPE" | b"GETDEL" | b"INCR" | b"DECR" if argc == 2 => {
+            Some(vec![args[1].as_slice()])
+        }
+        b"SETNX" | b"INCRBY" | b"DECRBY" | b"APPEND" if argc == 3 => Some(vec![args[1].as_slice()]),
         b"SET" if argc >= 3 => Some(vec![args[1].as_slice()]),
-        b"SETNX" if argc == 3 => Some(vec![args[1].as_slice()]),
         b"SETEX" | b"PSETEX" if argc == 4 => Some(vec![args[1].as_slice()]),
         b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK" if argc >= 2 => {
             Some(args[1..].iter().map(Vec::as_slice).collect())
@@ -218,6 +221,11 @@ fn writes(args: &Command) -> bool {
         b"DEL",
         b"UNLINK",
         b"GETDEL",
+        b"INCR",
+        b"DECR",
+        b"INCRBY",
+        b"DECRBY",
+        b"APPEND",
     ]
     .iter()
     .any(|w| args[0].eq_ignore_ascii_case(w))
@@ -324,10 +332,11 @@ enum Expiry {
 }
 
 /// The commands served (a known one with the wrong arguments is answered as such).
-const COMMANDS: [&str; 27] = [
-    "AUTH", "CLIENT", "COMMAND", "CONFIG", "DEL", "DISCARD", "ECHO", "EXEC", "EXISTS", "GET",
-    "GETDEL", "HELLO", "INFO", "MGET", "MSET", "MULTI", "PING", "PSETEX", "QUIT", "RESET",
-    "SELECT", "SET", "SETEX", "SETNX", "STRLEN", "TYPE", "UNLINK",
+const COMMANDS: [&str; 32] = [
+    "APPEND", "AUTH", "CLIENT", "COMMAND", "CONFIG", "DECR", "DECRBY", "DEL", "DISCARD", "ECHO",
+    "EXEC", "EXISTS", "GET", "GETDEL", "HELLO", "INCR", "INCRBY", "INFO", "MGET", "MSET", "MULTI",
+    "PING", "PSETEX", "QUIT", "RESET", "SELECT", "SET", "SETEX", "SETNX", "STRLEN", "TYPE",
+    "UNLINK",
 ];
 
 impl Session {
@@ -599,8 +608,111 @@ async fn data(core: &Core, name: &[u8], args: &Command) -> Option<(Reply, Op)> {
             };
             (reply, Op::Delete)
         }
+        b"INCR" | b"DECR" if argc == 2 => {
+            let by = if name == b"INCR" { 1 } else { -1 };
+            (incr_by(core, &args[1], by).await, Op::Put)
+        }
+        b"INCRBY" | b"DECRBY" if argc == 3 => {
+            let by = integer(&args[2]).and_then(|n| {
+                if name == b"INCRBY" {
+                    Some(n)
+                } else {
+                    n.checked_neg()
+                }
+            });
+            let reply = match by {
+                Some(by) => incr_by(core, &args[1], by).await,
+                None => not_integer(),
+            };
+            (reply, Op::Put)
+        }
+        b"APPEND" if argc == 3 => {
+            let tail = &args[2];
+            let appended = read_modify_write(core, &args[1], |current| {
+                let mut v = current.map(<[u8]>::to_vec).unwrap_or_default();
+                v.extend_from_slice(tail);
+                Ok(v)
+            })
+            .await;
+            let reply = match appended {
+                Ok(v) => Reply::Integer(i64::try_from(v.len()).unwrap_or(i64::MAX)),
+                Err(e) => e,
+            };
+            (reply, Op::Put)
+        }
         _ => return None,
     })
+}
+
+/// Tries of a read-modify-write whose conditional write lost to another write of the key.
+const RMW_TRIES: usize = 64;
+
+/// A read-modify-write of `key` as a lightweight transaction: reads the value and its version
+/// at R, writes `change(value)` on the condition that the version is still current (or that the
+/// key is still absent), and starts over if another write came between. Returns what it wrote.
+/// (The new value has no expiry: a TTL the key had is not kept yet.)
+async fn read_modify_write(
+    core: &Core,
+    key: &[u8],
+    change: impl Fn(Option<&[u8]>) -> Result<Vec<u8>, Reply>,
+) -> Result<Vec<u8>, Reply> {
+    for _ in 0..RMW_TRIES {
+        let read = ReadRequest {
+            key: key.to_vec(),
+            r: Quorum::Default,
+            read_repair: ReadRepair::Default,
+            conflicts: Conflicts::Lww,
+        };
+        let found = coordinator::read(core, read, core.default_timeout())
+            .await
+            .map_err(|e| store_error(&e))?;
+        let (current, expected, condition) = match &found {
+            Some(f) => (
+                f.values.first().map(|(v, _)| v.as_slice()),
+                Some(f.version.clone()),
+                KeyCondition::None,
+            ),
+            None => (None, None, KeyCondition::Absent),
+        };
+        let new = change(current)?;
+        let write = WriteRequest {
+            key: key.to_vec(),
+            value: Some(new.clone()),
+            ttl_seconds: None,
+            expected,
+            context: None,
+            w: Quorum::Default,
+            forwarded: false,
+            condition,
+        };
+        match coordinator::write(core, write, core.default_timeout()).await {
+            Ok(_) => return Ok(new),
+            Err(StoreError::ConditionFailed { .. }) => {}
+            Err(e) => return Err(store_error(&e)),
+        }
+    }
+    Err(Reply::err(format!(
+        "the key changed under {RMW_TRIES} tries of this command in a row; try again"
+    )))
+}
+
+/// `INCRBY key by` (and `INCR`, `DECR`, `DECRBY`): the new value.
+async fn incr_by(core: &Core, key: &[u8], by: i64) -> Reply {
+    let done = read_modify_write(core, key, |current| {
+        let now = match current {
+            None => 0,
+            Some(v) => integer(v).ok_or_else(not_integer)?,
+        };
+        let next = now
+            .checked_add(by)
+            .ok_or_else(|| Reply::err("increment or decrement would overflow"))?;
+        Ok(next.to_string().into_bytes())
+    })
+    .await;
+    match done {
+        Ok(v) => integer(&v).map_or_else(not_integer, Reply::Integer),
+        Err(e) => e,
+    }
 }
 
 /// Redis's answer to a command it does not know.
