@@ -464,3 +464,53 @@ fn incr_and_append_are_read_modify_writes_that_lose_no_update() {
     );
     assert_eq!(c.cmd(&["GET", "counter"]), "$100");
 }
+
+#[test]
+fn with_a_password_nothing_runs_before_auth() {
+    let dir = temp_dir("resp-auth");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "resp_password = \"s3cret\"\n").expect("config");
+    let config = config.to_str().expect("utf-8").to_owned();
+    let node = start(&dir.path().join("data"), 1, &["--config", &config]);
+    let resp = node.resp.expect("resp");
+    let mut c = Conn::open(resp);
+    assert_eq!(c.cmd(&["GET", "k"]), "-NOAUTH Authentication required.");
+    assert_eq!(
+        c.cmd(&["SET", "k", "v"]),
+        "-NOAUTH Authentication required."
+    );
+    assert!(c
+        .cmd(&["HELLO", "3"])
+        .starts_with("-NOAUTH HELLO must be called"));
+    assert_eq!(
+        c.cmd(&["AUTH", "wrong"]),
+        "-WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(
+        c.cmd(&["AUTH", "someone", "s3cret"]),
+        "-WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(c.cmd(&["GET", "k"]), "-NOAUTH Authentication required.");
+    assert_eq!(c.cmd(&["AUTH", "s3cret"]), "+OK");
+    assert_eq!(c.cmd(&["SET", "k", "v"]), "+OK");
+    assert_eq!(c.cmd(&["RESET"]), "+RESET");
+    assert_eq!(
+        c.cmd(&["GET", "k"]),
+        "-NOAUTH Authentication required.",
+        "RESET forgets it"
+    );
+    // HELLO authenticates and switches protocol at once.
+    let mut h = Conn::open(resp);
+    let hello = h.cmd(&["HELLO", "3", "AUTH", "default", "s3cret"]);
+    assert!(hello.contains("$proto: :3"), "{hello}");
+    assert_eq!(h.cmd(&["GET", "k"]), "$v");
+    // A pipelined batch before AUTH runs nothing.
+    let mut p = Conn::open(resp);
+    p.writer
+        .write_all(b"SET a 1\r\nSET b 2\r\nAUTH s3cret\r\nGET a\r\n")
+        .expect("write");
+    assert_eq!(p.reply(), "-NOAUTH Authentication required.");
+    assert_eq!(p.reply(), "-NOAUTH Authentication required.");
+    assert_eq!(p.reply(), "+OK");
+    assert_eq!(p.reply(), "nil");
+}

@@ -37,6 +37,9 @@ pub struct RespOptions {
     pub connections_max: usize,
     /// What a command may hold.
     pub limits: Limits,
+    /// The password clients must give with `AUTH` or `HELLO … AUTH` before anything else
+    /// (`None`: none asked).
+    pub password: Option<String>,
 }
 
 impl Default for RespOptions {
@@ -45,6 +48,7 @@ impl Default for RespOptions {
             idle_timeout: Duration::from_secs(3600),
             connections_max: 4096,
             limits: Limits::default(),
+            password: None,
         }
     }
 }
@@ -77,6 +81,10 @@ struct Session {
     name: Option<Vec<u8>>,
     /// Commands queued since `MULTI`.
     queued: Option<Vec<Command>>,
+    /// The password asked, if any.
+    password: Option<String>,
+    /// Whether the client gave it (or none is asked).
+    authenticated: bool,
 }
 
 /// What to do after a command.
@@ -111,6 +119,8 @@ async fn serve_connection(
         id: next_id(core),
         name: None,
         queued: None,
+        password: options.password.clone(),
+        authenticated: options.password.is_none(),
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut chunk = vec![0u8; 16 << 10];
@@ -144,7 +154,8 @@ async fn serve_connection(
             // Reads of a single replica are CPU work on this core: running them at once only
             // adds tasks. Writes share group commits, and reads from other replicas overlap.
             let worth_it = core.cluster().replication_factor > 1 || batch.iter().any(writes);
-            if session.queued.is_none() && worth_it && independent(&batch) {
+            if session.authenticated && session.queued.is_none() && worth_it && independent(&batch)
+            {
                 run_together(core, batch, session.protocol, &mut out).await;
             } else {
                 for args in batch {
@@ -343,6 +354,15 @@ impl Session {
     /// Runs one command: its reply, what it counts as, and whether the connection goes on.
     async fn run(&mut self, core: &Core, args: Command) -> (Reply, Op, Then) {
         let name = args[0].to_ascii_uppercase();
+        if !self.authenticated
+            && !matches!(name.as_slice(), b"AUTH" | b"HELLO" | b"QUIT" | b"RESET")
+        {
+            return (
+                Reply::Error("NOAUTH Authentication required.".into()),
+                Op::Other,
+                Then::Go,
+            );
+        }
         if let Some(queue) = &mut self.queued {
             match name.as_slice() {
                 b"EXEC" | b"DISCARD" | b"MULTI" | b"QUIT" | b"RESET" => {}
@@ -391,13 +411,12 @@ impl Session {
                 self.protocol = Resp::Resp2;
                 self.name = None;
                 self.queued = None;
+                self.authenticated = self.password.is_none();
                 other(Reply::Simple("RESET".into()))
             }
             b"HELLO" => other(self.hello(args)),
-            b"AUTH" if (2..=3).contains(&argc) => other(Reply::err(
-                "AUTH <password> called without any password configured for the default user. \
-                 Are you sure your configuration is correct?",
-            )),
+            b"AUTH" if argc == 2 => other(self.auth(b"default", &args[1])),
+            b"AUTH" if argc == 3 => other(self.auth(&args[1], &args[2])),
             b"SELECT" if argc == 2 => other(match integer(&args[1]) {
                 Some(0) => Reply::ok(),
                 Some(_) => Reply::err("DB index is out of range"),
@@ -439,10 +458,10 @@ impl Session {
         while i < args.len() {
             match args[i].to_ascii_uppercase().as_slice() {
                 b"AUTH" if i + 2 < args.len() => {
-                    return Reply::err(
-                        "AUTH <password> called without any password configured for the default \
-                         user. Are you sure your configuration is correct?",
-                    );
+                    if let Reply::Error(e) = self.auth(&args[i + 1], &args[i + 2]) {
+                        return Reply::Error(e);
+                    }
+                    i += 3;
                 }
                 b"SETNAME" if i + 1 < args.len() => {
                     self.name = Some(args[i + 1].clone());
@@ -450,6 +469,14 @@ impl Session {
                 }
                 _ => return syntax_error(),
             }
+        }
+        if !self.authenticated {
+            return Reply::Error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise \
+                 the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+                 client and select the RESP protocol version at the same time"
+                    .into(),
+            );
         }
         self.protocol = protocol;
         let bulk = |s: &str| Reply::Bulk(s.as_bytes().to_vec());
@@ -468,6 +495,22 @@ impl Session {
             (bulk("role"), bulk("master")),
             (bulk("modules"), Reply::Array(Vec::new())),
         ])
+    }
+
+    /// `AUTH [user] password`: the only user is `default`, with the node's `resp_password`.
+    fn auth(&mut self, user: &[u8], password: &[u8]) -> Reply {
+        let Some(expected) = &self.password else {
+            return Reply::err(
+                "AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            );
+        };
+        if user == b"default" && same(password, expected.as_bytes()) {
+            self.authenticated = true;
+            Reply::ok()
+        } else {
+            Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+        }
     }
 
     /// `CLIENT ID | GETNAME | SETNAME name | SETINFO attr value`.
@@ -713,6 +756,11 @@ async fn incr_by(core: &Core, key: &[u8], by: i64) -> Reply {
         Ok(v) => integer(&v).map_or_else(not_integer, Reply::Integer),
         Err(e) => e,
     }
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// Redis's answer to a command it does not know.

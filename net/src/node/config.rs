@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:7400"      # binary protocol; core i also listens on port + 1 + i
 //! http = "127.0.0.1:8400"
 //! resp = "127.0.0.1:6400"        # the Redis protocol (RESP2/3); "off": not served
+//! resp_password = "…"            # Redis clients must AUTH with it (sent in clear text)
 //! advertise = "10.0.0.5:7400"    # where peers reach this node (default: listen)
 //! cores = 4                      # default: every online CPU
 //! pin = true                     # pin core i's executor to the i-th online CPU
@@ -72,6 +73,8 @@ pub struct NodeConfig {
     pub http: SocketAddr,
     /// The Redis protocol's address (`None`: not served).
     pub resp: Option<SocketAddr>,
+    /// The password Redis clients must give with `AUTH` (`None`: none asked).
+    pub resp_password: Option<String>,
     /// The address peers and clients reach this node's binary port (and gossip) at, when it
     /// is not `listen` (behind a NAT or a proxy); core `i` at its port + 1 + i.
     pub advertise: Option<SocketAddr>,
@@ -190,6 +193,7 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http: SocketAddr::from(([127, 0, 0, 1], 8400)),
             resp: Some(SocketAddr::from(([127, 0, 0, 1], 6400))),
+            resp_password: None,
             advertise: None,
             cores: None,
             pin: true,
@@ -235,6 +239,7 @@ struct FileConfig {
     listen: Option<String>,
     http: Option<String>,
     resp: Option<String>,
+    resp_password: Option<String>,
     advertise: Option<String>,
     cores: Option<u32>,
     pin: Option<bool>,
@@ -435,6 +440,14 @@ impl NodeConfig {
             }
             if let Some(v) = f.resp {
                 c.resp = parse_optional_addr("resp", &v)?;
+            }
+            if let Some(v) = f.resp_password {
+                if v.is_empty() {
+                    return Err(ConfigError(
+                        "resp_password must not be empty (leave it out for none)".to_owned(),
+                    ));
+                }
+                c.resp_password = Some(v);
             }
             if let Some(v) = f.advertise {
                 c.advertise = Some(parse_addr("advertise", &v)?);
@@ -867,5 +880,13 @@ mod tests {
             .expect_err("bad")
             .0
             .contains("resp"));
+        let c = NodeConfig::build(Some("resp_password = \"pw\"\n"), &Overrides::default());
+        assert_eq!(c.expect("password").resp_password.as_deref(), Some("pw"));
+        assert!(
+            NodeConfig::build(Some("resp_password = \"\"\n"), &Overrides::default())
+                .expect_err("empty")
+                .0
+                .contains("resp_password")
+        );
     }
 }

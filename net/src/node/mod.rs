@@ -771,7 +771,10 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         listeners.push(runtime::spawn(serve_resp(
             resp,
             core.clone(),
-            RespOptions::default(),
+            RespOptions {
+                password: s.config.resp_password.clone(),
+                ..RespOptions::default()
+            },
         )));
     }
     // Core 0 runs the membership, gossiping on the binary address over UDP.
