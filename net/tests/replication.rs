@@ -320,7 +320,12 @@ fn concurrent_writes_become_siblings_and_a_write_with_the_merged_version_replace
 #[test]
 fn a_stale_replica_is_repaired_by_a_read() {
     let dir = temp_dir("dynacore-repl-repair-");
-    let mut nodes = three(dir.path(), &["--no-hinted-handoff"]);
+    // No scheduled anti-entropy: it compares with a peer two seconds after the peer comes back,
+    // and would repair the stale copy before the reads below could (seen once in CI).
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "anti_entropy_interval_s = 0\n").expect("config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let mut nodes = three(dir.path(), &["--no-hinted-handoff", "--config", &config]);
     let c = nodes.pop().expect("c");
     c.signal("KILL");
     drop(c);
@@ -336,7 +341,7 @@ fn a_stale_replica_is_repaired_by_a_read() {
     let c = start(
         &dir.path().join("c"),
         1,
-        &["--seeds", &seed, "--no-hinted-handoff"],
+        &["--seeds", &seed, "--no-hinted-handoff", "--config", &config],
     );
     for n in nodes.iter().chain([&c]) {
         wait_until("c is back in every view", || ring_up(n.http) == (3, 3));
@@ -366,7 +371,7 @@ fn a_stale_replica_is_repaired_by_a_read() {
     let c = start(
         &dir.path().join("c"),
         1,
-        &["--seeds", &seed, "--no-hinted-handoff"],
+        &["--seeds", &seed, "--no-hinted-handoff", "--config", &config],
     );
     wait_until("c is back", || ring_up(nodes[0].http) == (3, 3));
     assert_eq!(
