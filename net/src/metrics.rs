@@ -179,6 +179,7 @@ pub struct CoreMetrics {
     forwarded: AtomicU64,
     forwarded_in: AtomicU64,
     connections_accepted: [AtomicU64; PROTOCOLS.len()],
+    connections_open: [AtomicU64; PROTOCOLS.len()],
     frames_refused: AtomicU64,
     /// Unauthenticated input refused, per [`AuthPlane`].
     unauthenticated: [AtomicU64; 2],
@@ -385,6 +386,25 @@ impl CoreMetrics {
     /// Counts an accepted connection.
     pub fn connection(&self, protocol: Protocol) {
         self.connections_accepted[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection served from now on (`open`), or one that ended (`!open`).
+    pub fn connection_open(&self, protocol: Protocol, open: bool) {
+        let gauge = &self.connections_open[protocol as usize];
+        if open {
+            gauge.fetch_add(1, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections accepted through `protocol` so far, and those served now.
+    #[must_use]
+    pub fn connections(&self, protocol: Protocol) -> (u64, u64) {
+        (
+            self.connections_accepted[protocol as usize].load(Ordering::Relaxed),
+            self.connections_open[protocol as usize].load(Ordering::Relaxed),
+        )
     }
 
     /// Sets the bytes work after answers holds.
@@ -619,7 +639,7 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         ),
         (
             "dynacore_connections_accepted_total",
-            "Connections accepted (binary and HTTP).",
+            "Connections accepted (binary, HTTP and Redis protocol).",
             &|m| m.connections_accepted.iter().map(load).sum(),
         ),
     ];
@@ -706,6 +726,21 @@ pub fn render(cores: &[CoreMetrics], stats: &[Option<ShardStats>], uptime: Durat
         family(&mut o, name, "counter", help);
         for (c, m) in cores.iter().enumerate() {
             let _ = writeln!(o, "{name}{{core=\"{c}\"}} {}", get(m));
+        }
+    }
+    family(
+        &mut o,
+        "dynacore_connections_open",
+        "gauge",
+        "Client connections served now, per protocol.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (p, name) in PROTOCOLS {
+            let _ = writeln!(
+                o,
+                "dynacore_connections_open{{core=\"{c}\",protocol=\"{name}\"}} {}",
+                load(&m.connections_open[p as usize])
+            );
         }
     }
     let gauges: [(&str, &str, CoreFn); 3] = [

@@ -90,16 +90,30 @@ fn sdk_round_trips_go_straight_to_the_owning_core() {
         // Delete, then the key reads as absent.
         client.delete(b"user:1").await.expect("delete");
         assert_eq!(client.get(b"user:1").await.expect("get"), None);
-        // TTL: the value is there, then gone.
+        // TTL, to the millisecond: the value is there with its expiry, then gone.
         let options = WriteOptions {
-            ttl: Some(Duration::from_secs(1)),
+            ttl: Some(Duration::from_millis(1_250)),
             ..WriteOptions::default()
         };
+        let before = now_ms();
         client
             .put_with(b"ttl", b"brief", &options)
             .await
             .expect("ttl put");
-        assert!(client.get(b"ttl").await.expect("get").is_some());
+        let read = client.get(b"ttl").await.expect("get").expect("still there");
+        let expiry = read.expiry_ms.expect("an expiry");
+        assert!(
+            (before + 1_250..=now_ms() + 1_250).contains(&expiry),
+            "{expiry} is 1,250 ms after the write"
+        );
+        let options = WriteOptions {
+            ttl: Some(Duration::from_micros(10)),
+            ..WriteOptions::default()
+        };
+        assert!(matches!(
+            client.put_with(b"ttl", b"v", &options).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
         let mut gone = false;
         for _ in 0..100 {
             runtime::sleep(Duration::from_millis(50)).await;
@@ -353,6 +367,30 @@ fn every_http_route_and_error() {
         br#"{"value": "v", "ttl_seconds": 100}"#,
     );
     assert_eq!(r.status, 200);
+    // Or in milliseconds; a read gives the expiry (ms since the Unix epoch).
+    let before = now_ms();
+    let r = c.request("PUT", "/keys/t", &[], br#"{"value": "v", "ttl_ms": 90500}"#);
+    assert_eq!(r.status, 200);
+    let expiry = c.request("GET", "/keys/t", &[], b"").json()["expiry_ms"]
+        .as_u64()
+        .expect("expiry_ms");
+    assert!((before + 90_500..=now_ms() + 90_500).contains(&expiry));
+    let r = c.request(
+        "PUT",
+        "/keys/t?ttl_ms=1000",
+        &[("Content-Type", "application/octet-stream")],
+        b"raw",
+    );
+    assert_eq!(r.status, 200);
+    let r = c.request(
+        "PUT",
+        "/keys/t",
+        &[],
+        br#"{"value": "v", "ttl_seconds": 1, "ttl_ms": 1000}"#,
+    );
+    assert_eq!(r.status, 400, "seconds or milliseconds, not both");
+    let r = c.request("GET", "/keys/user:1", &[], b"");
+    assert!(r.json().get("expiry_ms").is_none(), "no TTL, no expiry");
 
     // Quorum parameters: accepted in range, refused outside the configured RF (3); a count
     // the cluster could give but this one node cannot (its ring holds 1 node) is unavailable.
@@ -1192,4 +1230,11 @@ fn the_systemd_unit_runs_serve_with_flags_it_takes_and_the_limits_it_needs() {
             "`dynacore serve` takes no {flag}"
         );
     }
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    u64::try_from(since.as_millis()).expect("in range")
 }

@@ -333,6 +333,15 @@ MULTI
 SET t 1
 GET t
 EXEC
+SET e v EX 100
+PERSIST e
+TTL e
+TTL nothing
+EXPIRE e 100 XX
+GETEX e PX 100000
+PERSIST e
+INCR n
+KEYS greeting
 ";
 
 const TRANSCRIPT: &str = "PONG
@@ -360,6 +369,15 @@ QUEUED
 QUEUED
 OK
 1
+OK
+1
+-1
+-2
+0
+v
+1
+2
+greeting
 ";
 
 #[test]
@@ -403,7 +421,7 @@ fn a_redis_cli_session_prints_its_transcript_on_a_node_and_on_a_cluster() {
     for n in &others {
         assert_eq!(
             redis_cli(n.resp.expect("resp"), "GET greeting\nGET n\nMGET a t\n"),
-            "hello world\n1\n\n1\n",
+            "hello world\n2\n\n1\n",
             "read through another node"
         );
     }

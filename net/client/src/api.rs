@@ -44,6 +44,8 @@ pub struct Value {
     pub value: Vec<u8>,
     /// Its version.
     pub version: Version,
+    /// When it expires (ms since the Unix epoch), if it was written with a TTL.
+    pub expiry_ms: Option<u64>,
 }
 
 /// Every concurrent value of a key, as [`Client::get_siblings`] read them.
@@ -58,7 +60,7 @@ pub struct Siblings {
 /// Options of a write.
 #[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
-    /// Expire the value after this long (whole seconds; below one second is refused).
+    /// Expire the value after this long (to the millisecond; below one millisecond is refused).
     pub ttl: Option<Duration>,
     /// Write only if this is still the key's current version.
     pub expected: Option<Version>,
@@ -320,6 +322,7 @@ impl<D: Driver> Client<D> {
         Ok(found.map(|f| Value {
             value: f.value,
             version: Version(f.version),
+            expiry_ms: f.expiry_ms,
         }))
     }
 
@@ -426,19 +429,19 @@ impl<D: Driver> Client<D> {
                 value.len()
             )));
         }
-        let ttl_seconds = match options.ttl {
+        let ttl_ms = match options.ttl {
             None => 0,
-            Some(t) if t.as_secs() == 0 => {
+            Some(t) if t.as_millis() == 0 => {
                 return Err(ClientError::InvalidArgument(
-                    "a TTL is at least one second".to_owned(),
+                    "a TTL is at least one millisecond".to_owned(),
                 ))
             }
-            Some(t) => t.as_secs(),
+            Some(t) => u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
         };
         let put = build::Put {
             key,
             value,
-            ttl_seconds,
+            ttl_ms,
             expected_version: options.expected.as_ref().map(|v| v.0.as_slice()),
             w: self.quorum(options.w.unwrap_or(Quorum::Default), "w")?,
             timeout_ms: self.timeout_ms(),

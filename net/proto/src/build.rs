@@ -41,8 +41,8 @@ pub struct Put<'a> {
     pub key: &'a [u8],
     /// The value.
     pub value: &'a [u8],
-    /// Expiry in seconds from now (0: none).
-    pub ttl_seconds: u64,
+    /// Expiry in milliseconds from now (0: none).
+    pub ttl_ms: u64,
     /// Write only if this is still the current version.
     pub expected_version: Option<&'a [u8]>,
     /// How many replicas must acknowledge.
@@ -70,7 +70,9 @@ pub fn put(id: u64, p: &Put<'_>) -> Vec<u8> {
             &fb::PutRequestArgs {
                 key: Some(key),
                 value: Some(value),
-                ttl_seconds: p.ttl_seconds,
+                // Both fields: peers that predate `ttl_ms` read the seconds, rounded up.
+                ttl_seconds: p.ttl_ms.div_ceil(1000),
+                ttl_ms: p.ttl_ms,
                 expected_version,
                 w: p.w.as_ref(),
                 context,
@@ -447,6 +449,26 @@ pub fn stream_range(
     max_keys: u32,
     max_bytes: u32,
 ) -> Vec<u8> {
+    stream_range_for(
+        id,
+        timeout_ms,
+        range,
+        after_key,
+        (max_keys, max_bytes),
+        false,
+    )
+}
+
+/// A `StreamRange` request, for a client's key scan when `scan` (see the schema).
+#[must_use]
+pub fn stream_range_for(
+    id: u64,
+    timeout_ms: u32,
+    range: (u64, u64),
+    after_key: &[u8],
+    (max_keys, max_bytes): (u32, u32),
+    scan: bool,
+) -> Vec<u8> {
     request(id, timeout_ms, |b| {
         let after_key = (!after_key.is_empty()).then(|| b.create_vector(after_key));
         let r = fb::StreamRangeRequest::create(
@@ -456,6 +478,7 @@ pub fn stream_range(
                 after_key,
                 max_keys,
                 max_bytes,
+                scan,
             },
         );
         (fb::Op::StreamRange, r.as_union_value())

@@ -1561,6 +1561,7 @@ impl<'a> PutRequest<'a> {
   pub const VT_W: ::flatbuffers::VOffsetT = 12;
   pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 14;
   pub const VT_CONDITION: ::flatbuffers::VOffsetT = 16;
+  pub const VT_TTL_MS: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1572,6 +1573,7 @@ impl<'a> PutRequest<'a> {
     args: &'args PutRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PutRequest<'bldr>> {
     let mut builder = PutRequestBuilder::new(_fbb);
+    builder.add_ttl_ms(args.ttl_ms);
     builder.add_ttl_seconds(args.ttl_seconds);
     if let Some(x) = args.context { builder.add_context(x); }
     if let Some(x) = args.w { builder.add_w(x); }
@@ -1632,6 +1634,13 @@ impl<'a> PutRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<KeyCondition>(PutRequest::VT_CONDITION, Some(KeyCondition::None)).unwrap()}
   }
+  #[inline]
+  pub fn ttl_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PutRequest::VT_TTL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PutRequest<'_> {
@@ -1647,6 +1656,7 @@ impl ::flatbuffers::Verifiable for PutRequest<'_> {
      .visit_field::<Quorum>("w", Self::VT_W, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("context", Self::VT_CONTEXT, false)?
      .visit_field::<KeyCondition>("condition", Self::VT_CONDITION, false)?
+     .visit_field::<u64>("ttl_ms", Self::VT_TTL_MS, false)?
      .finish();
     Ok(())
   }
@@ -1659,6 +1669,7 @@ pub struct PutRequestArgs<'a> {
     pub w: Option<&'a Quorum>,
     pub context: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub condition: KeyCondition,
+    pub ttl_ms: u64,
 }
 impl<'a> Default for PutRequestArgs<'a> {
   #[inline]
@@ -1671,6 +1682,7 @@ impl<'a> Default for PutRequestArgs<'a> {
       w: None,
       context: None,
       condition: KeyCondition::None,
+      ttl_ms: 0,
     }
   }
 }
@@ -1709,6 +1721,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutRequestBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<KeyCondition>(PutRequest::VT_CONDITION, condition, KeyCondition::None);
   }
   #[inline]
+  pub fn add_ttl_ms(&mut self, ttl_ms: u64) {
+    self.fbb_.push_slot::<u64>(PutRequest::VT_TTL_MS, ttl_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PutRequestBuilder {
@@ -1735,6 +1751,7 @@ impl ::core::fmt::Debug for PutRequest<'_> {
       ds.field("w", &self.w());
       ds.field("context", &self.context());
       ds.field("condition", &self.condition());
+      ds.field("ttl_ms", &self.ttl_ms());
       ds.finish()
   }
 }
@@ -3198,6 +3215,7 @@ impl<'a> StreamRangeRequest<'a> {
   pub const VT_AFTER_KEY: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_KEYS: ::flatbuffers::VOffsetT = 8;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SCAN: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3213,6 +3231,7 @@ impl<'a> StreamRangeRequest<'a> {
     builder.add_max_keys(args.max_keys);
     if let Some(x) = args.after_key { builder.add_after_key(x); }
     if let Some(x) = args.range { builder.add_range(x); }
+    builder.add_scan(args.scan);
     builder.finish()
   }
 
@@ -3245,6 +3264,13 @@ impl<'a> StreamRangeRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(StreamRangeRequest::VT_MAX_BYTES, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn scan(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StreamRangeRequest::VT_SCAN, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StreamRangeRequest<'_> {
@@ -3257,6 +3283,7 @@ impl ::flatbuffers::Verifiable for StreamRangeRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("after_key", Self::VT_AFTER_KEY, false)?
      .visit_field::<u32>("max_keys", Self::VT_MAX_KEYS, false)?
      .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .visit_field::<bool>("scan", Self::VT_SCAN, false)?
      .finish();
     Ok(())
   }
@@ -3266,6 +3293,7 @@ pub struct StreamRangeRequestArgs<'a> {
     pub after_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub max_keys: u32,
     pub max_bytes: u32,
+    pub scan: bool,
 }
 impl<'a> Default for StreamRangeRequestArgs<'a> {
   #[inline]
@@ -3275,6 +3303,7 @@ impl<'a> Default for StreamRangeRequestArgs<'a> {
       after_key: None,
       max_keys: 0,
       max_bytes: 0,
+      scan: false,
     }
   }
 }
@@ -3301,6 +3330,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamRangeRequestBuilder<'a,
     self.fbb_.push_slot::<u32>(StreamRangeRequest::VT_MAX_BYTES, max_bytes, 0);
   }
   #[inline]
+  pub fn add_scan(&mut self, scan: bool) {
+    self.fbb_.push_slot::<bool>(StreamRangeRequest::VT_SCAN, scan, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamRangeRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StreamRangeRequestBuilder {
@@ -3323,6 +3356,7 @@ impl ::core::fmt::Debug for StreamRangeRequest<'_> {
       ds.field("after_key", &self.after_key());
       ds.field("max_keys", &self.max_keys());
       ds.field("max_bytes", &self.max_bytes());
+      ds.field("scan", &self.scan());
       ds.finish()
   }
 }
@@ -3963,6 +3997,7 @@ impl<'a> GetResponse<'a> {
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
   pub const VT_SIBLINGS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_EXPIRY_MS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3974,6 +4009,7 @@ impl<'a> GetResponse<'a> {
     args: &'args GetResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GetResponse<'bldr>> {
     let mut builder = GetResponseBuilder::new(_fbb);
+    builder.add_expiry_ms(args.expiry_ms);
     if let Some(x) = args.siblings { builder.add_siblings(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     if let Some(x) = args.value { builder.add_value(x); }
@@ -4010,6 +4046,13 @@ impl<'a> GetResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SiblingValue>>>>(GetResponse::VT_SIBLINGS, None)}
   }
+  #[inline]
+  pub fn expiry_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GetResponse::VT_EXPIRY_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GetResponse<'_> {
@@ -4022,6 +4065,7 @@ impl ::flatbuffers::Verifiable for GetResponse<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("version", Self::VT_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SiblingValue>>>>("siblings", Self::VT_SIBLINGS, false)?
+     .visit_field::<u64>("expiry_ms", Self::VT_EXPIRY_MS, false)?
      .finish();
     Ok(())
   }
@@ -4031,6 +4075,7 @@ pub struct GetResponseArgs<'a> {
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub version: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub siblings: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SiblingValue<'a>>>>>,
+    pub expiry_ms: u64,
 }
 impl<'a> Default for GetResponseArgs<'a> {
   #[inline]
@@ -4040,6 +4085,7 @@ impl<'a> Default for GetResponseArgs<'a> {
       value: None,
       version: None,
       siblings: None,
+      expiry_ms: 0,
     }
   }
 }
@@ -4066,6 +4112,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GetResponseBuilder<'a, 'b, A>
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GetResponse::VT_SIBLINGS, siblings);
   }
   #[inline]
+  pub fn add_expiry_ms(&mut self, expiry_ms: u64) {
+    self.fbb_.push_slot::<u64>(GetResponse::VT_EXPIRY_MS, expiry_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GetResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GetResponseBuilder {
@@ -4087,6 +4137,7 @@ impl ::core::fmt::Debug for GetResponse<'_> {
       ds.field("value", &self.value());
       ds.field("version", &self.version());
       ds.field("siblings", &self.siblings());
+      ds.field("expiry_ms", &self.expiry_ms());
       ds.finish()
   }
 }

@@ -217,7 +217,7 @@ mod tests {
             &build::Put {
                 key,
                 value,
-                ttl_seconds: 30,
+                ttl_ms: 29_500,
                 w: Some(fb::Quorum::new(fb::QuorumKind::Quorum, 0)),
                 ..build::Put::default()
             },
@@ -238,6 +238,8 @@ mod tests {
         let put = req.op_as_put().expect("a put");
         assert_eq!(put.key().bytes(), b"user:1");
         assert_eq!(put.value().len(), 1000);
+        assert_eq!(put.ttl_ms(), 29_500);
+        // For peers that predate `ttl_ms`: the seconds, rounded up.
         assert_eq!(put.ttl_seconds(), 30);
         assert_eq!(put.w().map(fb::Quorum::kind), Some(fb::QuorumKind::Quorum));
         assert!(put.expected_version().is_none());

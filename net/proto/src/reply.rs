@@ -85,6 +85,8 @@ pub struct Found {
     /// In siblings mode, every live value with its write time (ms since the Unix epoch), newest
     /// first; empty otherwise.
     pub siblings: Vec<(Vec<u8>, u64)>,
+    /// When the newest live value expires (ms since the Unix epoch), if it does.
+    pub expiry_ms: Option<u64>,
 }
 
 /// Decodes a `Get` answer.
@@ -106,6 +108,7 @@ pub fn get(body: &[u8]) -> Result<Option<Found>, ReplyError> {
             .flatten()
             .map(|s| (s.value().bytes().to_vec(), s.written_ms()))
             .collect(),
+        expiry_ms: Some(get.expiry_ms()).filter(|&e| e > 0),
     }))
 }
 
@@ -349,6 +352,7 @@ pub fn get_answer(id: u64, found: Option<&Found>, siblings: bool) -> Vec<u8> {
             value,
             version,
             siblings: list,
+            expiry_ms: found.and_then(|f| f.expiry_ms).unwrap_or(0),
         },
     );
     finish(b, id, fb::Reply::Get, get.as_union_value())
@@ -673,6 +677,7 @@ mod tests {
             value: b"v2".to_vec(),
             version: vec![1, 2, 3],
             siblings: vec![(b"v2".to_vec(), 20), (b"v1".to_vec(), 10)],
+            expiry_ms: Some(1_800_000_000_000),
         };
         assert_eq!(
             get(&get_answer(1, Some(&found), true)),

@@ -49,7 +49,7 @@ pub(crate) async fn forward(
                 &build::Put {
                     key: &req.key,
                     value,
-                    ttl_seconds: req.ttl_seconds.unwrap_or(0),
+                    ttl_ms: req.ttl_ms.unwrap_or(0),
                     expected_version: req.expected.as_deref(),
                     w: w_field,
                     timeout_ms,

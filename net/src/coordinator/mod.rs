@@ -32,6 +32,7 @@ pub mod quorum;
 mod read;
 mod replicas;
 mod request;
+mod scan;
 pub mod topology;
 mod write;
 
@@ -42,4 +43,5 @@ pub use exchange::RangeJob;
 pub use handoff::{replay_hints, store_hint};
 pub use read::read;
 pub use request::{ReadRequest, ReadResult, WriteRequest};
+pub use scan::{scan, Page};
 pub use write::write;

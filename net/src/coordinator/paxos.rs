@@ -199,7 +199,7 @@ pub(crate) async fn transaction(
             key: req.key.clone(),
             step: PaxosStep::Mint {
                 value: req.value.clone(),
-                ttl_seconds: req.ttl_seconds,
+                ttl_ms: req.ttl_ms,
                 current,
             },
         };

@@ -204,11 +204,16 @@ fn present(merged: &Object, siblings: bool) -> Option<ReadResult> {
     if siblings {
         let mut live: Vec<_> = merged.values().filter(|s| s.is_live_at(now)).collect();
         live.sort_by_key(|s| std::cmp::Reverse(s.hlc));
+        let expiry_ms = live.first().and_then(|s| s.expiry_ms);
         let values: Vec<_> = live
             .into_iter()
             .filter_map(|s| s.value.clone().map(|v| (v, s.hlc.physical_ms())))
             .collect();
-        (!values.is_empty()).then_some(ReadResult { values, version })
+        (!values.is_empty()).then_some(ReadResult {
+            values,
+            version,
+            expiry_ms,
+        })
     } else {
         // The newest sibling decides: a newer tombstone or expired value hides older values.
         let newest = merged.values().max_by_key(|s| s.hlc)?;
@@ -216,6 +221,7 @@ fn present(merged: &Object, siblings: bool) -> Option<ReadResult> {
         Some(ReadResult {
             values: vec![(value, newest.hlc.physical_ms())],
             version,
+            expiry_ms: newest.expiry_ms,
         })
     }
 }

@@ -9,8 +9,8 @@ pub struct WriteRequest {
     pub key: Vec<u8>,
     /// The value, or `None` for a delete.
     pub value: Option<Vec<u8>>,
-    /// Expiry in seconds from now.
-    pub ttl_seconds: Option<u64>,
+    /// Expiry in milliseconds from now.
+    pub ttl_ms: Option<u64>,
     /// Write only if the key's version is still this one (encoded).
     pub expected: Option<Vec<u8>>,
     /// The causal context the write builds on (encoded; `None`: blind).
@@ -52,4 +52,6 @@ pub struct ReadResult {
     pub values: Vec<(Vec<u8>, u64)>,
     /// The merged version (encoded): the context for a write that replaces them.
     pub version: Vec<u8>,
+    /// When the newest live value expires (ms since the Unix epoch), if it does.
+    pub expiry_ms: Option<u64>,
 }

@@ -55,7 +55,7 @@ pub async fn write(
     let op = ShardOp::Write {
         key: req.key.clone(),
         value: req.value.clone(),
-        ttl_seconds: req.ttl_seconds,
+        ttl_ms: req.ttl_ms,
         expected,
         context,
     };

@@ -40,8 +40,8 @@ pub enum ShardOp {
         key: Vec<u8>,
         /// The value, or `None` for a tombstone.
         value: Option<Vec<u8>>,
-        /// Expiry in seconds from now.
-        ttl_seconds: Option<u64>,
+        /// Expiry in milliseconds from now.
+        ttl_ms: Option<u64>,
         /// Write only if the copy holds nothing this version does not.
         expected: Option<VersionVector>,
         /// The causal context the write builds on (`None`: the copy's own, a blind write).
@@ -198,8 +198,8 @@ pub enum PaxosStep {
     Mint {
         /// The value, or `None` for a tombstone.
         value: Option<Vec<u8>>,
-        /// Expiry in seconds from now.
-        ttl_seconds: Option<u64>,
+        /// Expiry in milliseconds from now.
+        ttl_ms: Option<u64>,
         /// The key's value as the quorum holds it.
         current: Option<Object>,
     },
@@ -999,7 +999,7 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
         ShardOp::Write {
             key,
             value,
-            ttl_seconds,
+            ttl_ms,
             expected,
             context,
         } => ShardReply::Object(
@@ -1007,7 +1007,7 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                 .coordinate(
                     &key,
                     value.as_deref(),
-                    ttl_seconds,
+                    ttl_ms,
                     expected.as_ref(),
                     context.as_ref(),
                 )
@@ -1160,10 +1160,10 @@ async fn run_paxos(
         }
         PaxosStep::Mint {
             value,
-            ttl_seconds,
+            ttl_ms,
             current,
         } => store
-            .mint_transaction(key, current.as_ref(), value.as_deref(), ttl_seconds)
+            .mint_transaction(key, current.as_ref(), value.as_deref(), ttl_ms)
             .await
             .map(PaxosAnswer::Minted),
     }

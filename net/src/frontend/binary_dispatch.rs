@@ -231,7 +231,10 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                         let write = WriteRequest {
                             key: put.key().bytes().to_vec(),
                             value: Some(put.value().bytes().to_vec()),
-                            ttl_seconds: Some(put.ttl_seconds()).filter(|&t| t > 0),
+                            // Milliseconds when given; else the seconds an older sender gave.
+                            ttl_ms: Some(put.ttl_ms()).filter(|&t| t > 0).or_else(|| {
+                                Some(put.ttl_seconds().saturating_mul(1000)).filter(|&t| t > 0)
+                            }),
                             expected: put.expected_version().map(|v| v.bytes().to_vec()),
                             context: put.context().map(|v| v.bytes().to_vec()),
                             w,
@@ -257,7 +260,7 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                         let write = WriteRequest {
                             key: del.key().bytes().to_vec(),
                             value: None,
-                            ttl_seconds: None,
+                            ttl_ms: None,
                             expected: del.expected_version().map(|v| v.bytes().to_vec()),
                             context: del.context().map(|v| v.bytes().to_vec()),
                             w,
@@ -475,6 +478,7 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
             match req.op_as_stream_range() {
                 Some(r) => {
                     let (start, end) = (r.range().start(), r.range().end());
+                    let scan = r.scan();
                     let after = r
                         .after_key()
                         .map(|k| k.bytes().to_vec())
@@ -500,7 +504,13 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                 n => (n as usize).min(STREAM_BYTES_MAX),
                             },
                         };
-                        match in_background(core, op, timeout).await {
+                        // A client's scan is foreground work; a range moving, background.
+                        let answer = if scan {
+                            core.execute(op, timeout).await.into_tree()
+                        } else {
+                            in_background(core, op, timeout).await
+                        };
+                        match answer {
                             Ok(TreeAnswer::Objects(objects, more)) => {
                                 let mut entries = Vec::with_capacity(objects.len());
                                 let mut failed = None;
@@ -519,7 +529,7 @@ pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
                                         }
                                     }
                                 }
-                                if failed.is_none() {
+                                if failed.is_none() && !scan {
                                     pace_stream(core, &entries).await;
                                 }
                                 match failed {
@@ -704,6 +714,7 @@ fn get_body(id: u64, found: Option<ReadResult>, siblings: bool) -> Vec<u8> {
         value: f.values.first().map(|(v, _)| v.clone()).unwrap_or_default(),
         version: f.version,
         siblings: f.values,
+        expiry_ms: f.expiry_ms,
     });
     reply::get_answer(id, found.as_ref(), siblings)
 }

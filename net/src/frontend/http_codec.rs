@@ -2,8 +2,9 @@
 //! on bytes and the server only moves them.
 //!
 //! Routes (the seed design's API):
-//! * `PUT /keys/{key}`: a JSON body `{"value": "<utf-8>", "ttl_seconds": <int>}`, or raw bytes
-//!   with `Content-Type: application/octet-stream` and `?ttl_seconds=`; `If-Match: <version>`
+//! * `PUT /keys/{key}`: a JSON body `{"value": "<utf-8>", "ttl_seconds": <int>}` (or
+//!   `"ttl_ms"`), or raw bytes with `Content-Type: application/octet-stream` and `?ttl_seconds=`
+//!   (or `?ttl_ms=`); `If-Match: <version>`
 //!   makes it conditional.
 //! * `GET /keys/{key}` (`Accept: application/octet-stream` for raw bytes) and
 //!   `DELETE /keys/{key}`.
@@ -99,6 +100,8 @@ pub struct RequestHead {
     pub read_repair: ReadRepair,
     /// `?ttl_seconds=` (raw-body puts).
     pub ttl_seconds: Option<u64>,
+    /// `?ttl_ms=` (raw-body puts).
+    pub ttl_ms: Option<u64>,
     /// The body is raw bytes (`Content-Type: application/octet-stream`), not JSON.
     pub raw_body: bool,
     /// The client wants raw bytes back (`Accept: application/octet-stream`).
@@ -237,6 +240,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         r: Quorum::Default,
         read_repair: ReadRepair::Default,
         ttl_seconds: None,
+        ttl_ms: None,
         raw_body: false,
         accept_raw: false,
         if_match: None,
@@ -478,12 +482,15 @@ fn parse_query(query: &str, head: &mut RequestHead) -> Result<(), HttpError> {
                     }
                 });
             }
-            "ttl_seconds" => {
-                head.ttl_seconds = Some(value.parse().map_err(|_| {
-                    HttpError::BadRequest(format!(
-                        "ttl_seconds must be a whole number, not {value:?}"
-                    ))
+            "ttl_seconds" | "ttl_ms" => {
+                let n = Some(value.parse().map_err(|_| {
+                    HttpError::BadRequest(format!("{name} must be a whole number, not {value:?}"))
                 })?);
+                if name == "ttl_ms" {
+                    head.ttl_ms = n;
+                } else {
+                    head.ttl_seconds = n;
+                }
             }
             _ => {
                 return Err(HttpError::BadRequest(format!(
@@ -501,12 +508,29 @@ struct PutBody {
     value: String,
     #[serde(default)]
     ttl_seconds: Option<u64>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
 }
 
-/// The value and TTL of a JSON put body.
+/// A TTL in milliseconds from one given in seconds or in milliseconds (not both).
 ///
 /// # Errors
-/// [`HttpError::BadRequest`] for anything but `{"value": "<string>", "ttl_seconds": <int>}`.
+/// [`HttpError::BadRequest`] when both are given.
+pub fn ttl_ms(seconds: Option<u64>, ms: Option<u64>) -> Result<Option<u64>, HttpError> {
+    match (seconds, ms) {
+        (Some(_), Some(_)) => Err(HttpError::BadRequest(
+            "give ttl_seconds or ttl_ms, not both".into(),
+        )),
+        (Some(s), None) => Ok(Some(s.saturating_mul(1000))),
+        (None, ms) => Ok(ms),
+    }
+}
+
+/// The value and TTL (in milliseconds) of a JSON put body.
+///
+/// # Errors
+/// [`HttpError::BadRequest`] for anything but `{"value": "<string>", "ttl_seconds": <int>}` (or
+/// `"ttl_ms"` instead of `"ttl_seconds"`).
 pub fn parse_json_put(body: &[u8]) -> Result<(Vec<u8>, Option<u64>), HttpError> {
     let put: PutBody = serde_json::from_slice(body)
         .map_err(|e| HttpError::BadRequest(format!("bad JSON body: {e}")))?;
@@ -516,7 +540,8 @@ pub fn parse_json_put(body: &[u8]) -> Result<(Vec<u8>, Option<u64>), HttpError> 
             max: VALUE_BYTES_MAX,
         });
     }
-    Ok((put.value.into_bytes(), put.ttl_seconds))
+    let ttl = ttl_ms(put.ttl_seconds, put.ttl_ms)?;
+    Ok((put.value.into_bytes(), ttl))
 }
 
 /// The bytes of a version given as hex (`If-Match`, `X-Dynacore-Context`).
@@ -730,7 +755,11 @@ mod tests {
     fn json_put_bodies() {
         assert_eq!(
             parse_json_put(br#"{"value": "h\u00e9llo", "ttl_seconds": 5}"#),
-            Ok(("héllo".as_bytes().to_vec(), Some(5)))
+            Ok(("héllo".as_bytes().to_vec(), Some(5_000)))
+        );
+        assert_eq!(
+            parse_json_put(br#"{"value": "v", "ttl_ms": 1500}"#),
+            Ok((b"v".to_vec(), Some(1_500)))
         );
         assert_eq!(parse_json_put(br#"{"value": ""}"#), Ok((Vec::new(), None)));
         for bad in [
@@ -739,6 +768,7 @@ mod tests {
             br#"{"value": "x", "extra": 1}"#,
             b"not json",
             br#"{"value": "x", "ttl_seconds": -1}"#,
+            br#"{"value": "x", "ttl_seconds": 1, "ttl_ms": 1000}"#,
         ] {
             assert!(
                 matches!(parse_json_put(bad), Err(HttpError::BadRequest(_))),

@@ -27,8 +27,8 @@ use crate::cluster::RingMember;
 use crate::coordinator::{self, ReadRequest, WriteRequest};
 use crate::core::{Core, ShardOp, ShardReply};
 use crate::frontend::http_codec::{
-    error_body, parse_head, parse_json_put, response, version_from_hex, version_to_hex, HttpError,
-    Limits, RequestHead, Route,
+    self, error_body, parse_head, parse_json_put, response, version_from_hex, version_to_hex,
+    HttpError, Limits, RequestHead, Route,
 };
 use crate::metrics::{self, Op, Protocol};
 use crate::storage::replica::StoreError;
@@ -341,6 +341,7 @@ async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply
         r.version = Some(version);
         return Ok(r);
     }
+    let expiry_ms = found.expiry_ms;
     let Some((value, _)) = found.values.into_iter().next() else {
         return Err(Reply::error(404, "not_found", "no value for this key"));
     };
@@ -359,7 +360,11 @@ async fn get(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Reply
             "the value is not UTF-8 text; read it with Accept: application/octet-stream",
         ));
     };
-    let mut r = Reply::json(200, &json!({ "value": value, "version": version }));
+    let mut body = json!({ "value": value, "version": version });
+    if let Some(at) = expiry_ms {
+        body["expiry_ms"] = json!(at);
+    }
+    let mut r = Reply::json(200, &body);
     r.version = Some(version);
     Ok(r)
 }
@@ -432,17 +437,19 @@ fn hex_header(value: Option<&str>) -> Result<Option<Vec<u8>>, Reply> {
 async fn put(core: &Core, head: &RequestHead, key: &[u8], body: &[u8]) -> Result<Reply, Reply> {
     check_quorum(head.w, core.cluster().configured_rf, "w")
         .map_err(|e| Reply::from_http_error(&e))?;
-    let (value, ttl_seconds) = if head.raw_body {
-        (body.to_vec(), head.ttl_seconds)
+    let in_query = http_codec::ttl_ms(head.ttl_seconds, head.ttl_ms)
+        .map_err(|e| Reply::from_http_error(&e))?;
+    let (value, ttl_ms) = if head.raw_body {
+        (body.to_vec(), in_query)
     } else {
         let (value, ttl) = parse_json_put(body).map_err(|e| Reply::from_http_error(&e))?;
-        (value, ttl.or(head.ttl_seconds))
+        (value, ttl.or(in_query))
     };
     let (expected, condition) = conditions(head)?;
     let write = WriteRequest {
         key: key.to_vec(),
         value: Some(value),
-        ttl_seconds: ttl_seconds.filter(|&t| t > 0),
+        ttl_ms: ttl_ms.filter(|&t| t > 0),
         expected,
         context: hex_header(head.context.as_deref())?,
         w: head.w,
@@ -465,7 +472,7 @@ async fn delete(core: &Core, head: &RequestHead, key: &[u8]) -> Result<Reply, Re
     let write = WriteRequest {
         key: key.to_vec(),
         value: None,
-        ttl_seconds: None,
+        ttl_ms: None,
         expected: hex_header(head.if_match.as_deref())?,
         context: hex_header(head.context.as_deref())?,
         w: head.w,

@@ -55,12 +55,14 @@ pub(crate) async fn accept_connections<S, SF, R, RF>(
             continue;
         }
         open.set(open.get() + 1);
-        let (serving, open) = (serve(stream), open.clone());
+        core.metrics().connection_open(protocol, true);
+        let (serving, open, metrics_core) = (serve(stream), open.clone(), core.clone());
         runtime::spawn_detached(async move {
             if let Err(e) = serving.await {
                 tracing::debug!(error = %e, ?protocol, "a connection ended with an error");
             }
             open.set(open.get() - 1);
+            metrics_core.metrics().connection_open(protocol, false);
         });
     }
 }

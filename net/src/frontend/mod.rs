@@ -13,4 +13,7 @@ pub mod http_codec;
 pub mod http_server;
 mod listen;
 pub mod resp_codec;
+mod resp_commands;
+mod resp_data;
+mod resp_keyspace;
 pub mod resp_server;

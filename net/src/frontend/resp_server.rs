@@ -5,27 +5,27 @@
 //! Commands are read with [`super::resp_codec`] and run one after another, in the order they
 //! came; the replies of every command a read brought in go out in one write (pipelining).
 //! What is served, and what each command promises, is in `docs/protocol.md` ("Redis
-//! protocol"). In short: the store is database 0; `SET`, `GET`, `DEL`, `MSET`, `MGET` and the
-//! others are the HTTP API's writes and reads (durable at W replicas, read at R); `SET NX` /
-//! `XX` and `SETNX` are lightweight transactions, and `INCR` / `APPEND` read-modify-writes on
-//! them; a command over several keys is one operation
-//! per key, not atomic; `MULTI` / `EXEC` queue commands and run them in order, without
-//! isolation. TTLs are kept to the second (a `PX` of 1,500 ms lives 2 s) until the binary
-//! protocol carries milliseconds.
+//! protocol"). In short: the store is database 0; the data commands ([`super::resp_data`]) are
+//! the HTTP API's writes and reads (durable at W replicas, read at R), with lightweight
+//! transactions for those that depend on what a key holds; the keyspace commands
+//! ([`super::resp_keyspace`]) walk the ring's token ranges; `MULTI` / `EXEC` queue commands and
+//! run them in order, without isolation.
 
 use std::io;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use dynacore_proto::{Conflicts, KeyCondition, Quorum, ReadRepair};
 use dynacore_runtime::{self as runtime, TcpListener, TcpStream};
 
 use super::listen::{accept_connections, close_with, WRITE_TIMEOUT};
 use super::resp_codec::{read_command, Command, Limits, Protocol as Resp, Reply};
-use crate::coordinator::{self, ReadRequest, WriteRequest};
+use super::resp_commands::{command, find, info};
+use super::resp_data::{
+    data, integer, keys_of, lower, not_integer, syntax_error, writes, wrong_args,
+};
+use super::resp_keyspace::{self as keyspace, glob};
 use crate::core::Core;
 use crate::metrics::{Op, Protocol};
-use crate::storage::replica::StoreError;
 
 /// How the server treats connections.
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct RespOptions {
     /// The password clients must give with `AUTH` or `HELLO … AUTH` before anything else
     /// (`None`: none asked).
     pub password: Option<String>,
+    /// Whether `FLUSHDB` / `FLUSHALL` may delete every key of the cluster.
+    pub flush: bool,
 }
 
 impl Default for RespOptions {
@@ -49,6 +51,7 @@ impl Default for RespOptions {
             connections_max: 4096,
             limits: Limits::default(),
             password: None,
+            flush: false,
         }
     }
 }
@@ -85,6 +88,10 @@ struct Session {
     password: Option<String>,
     /// Whether the client gave it (or none is asked).
     authenticated: bool,
+    /// Whether `FLUSHDB` / `FLUSHALL` are allowed.
+    flush: bool,
+    /// Connections served at once per core (for `INFO`).
+    connections_max: usize,
 }
 
 /// What to do after a command.
@@ -121,6 +128,8 @@ async fn serve_connection(
         queued: None,
         password: options.password.clone(),
         authenticated: options.password.is_none(),
+        flush: options.flush,
+        connections_max: options.connections_max,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut chunk = vec![0u8; 16 << 10];
@@ -200,48 +209,6 @@ async fn serve_connection(
     }
 }
 
-/// The keys a data command reads or writes (`None`: not a data command, or malformed).
-fn keys_of(args: &Command) -> Option<Vec<&[u8]>> {
-    let argc = args.len();
-    let name = args[0].to_ascii_uppercase();
-    match name.as_slice() {
-        b"GET" | b"STRLEN" | b"TYPE" | b"GETDEL" | b"INCR" | b"DECR" if argc == 2 => {
-            Some(vec![args[1].as_slice()])
-        }
-        b"SETNX" | b"INCRBY" | b"DECRBY" | b"APPEND" if argc == 3 => Some(vec![args[1].as_slice()]),
-        b"SET" if argc >= 3 => Some(vec![args[1].as_slice()]),
-        b"SETEX" | b"PSETEX" if argc == 4 => Some(vec![args[1].as_slice()]),
-        b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK" if argc >= 2 => {
-            Some(args[1..].iter().map(Vec::as_slice).collect())
-        }
-        b"MSET" if argc >= 3 && argc % 2 == 1 => {
-            Some(args[1..].iter().step_by(2).map(Vec::as_slice).collect())
-        }
-        _ => None,
-    }
-}
-
-/// Whether a command writes.
-fn writes(args: &Command) -> bool {
-    [
-        &b"SET"[..],
-        b"SETNX",
-        b"SETEX",
-        b"PSETEX",
-        b"MSET",
-        b"DEL",
-        b"UNLINK",
-        b"GETDEL",
-        b"INCR",
-        b"DECR",
-        b"INCRBY",
-        b"DECRBY",
-        b"APPEND",
-    ]
-    .iter()
-    .any(|w| args[0].eq_ignore_ascii_case(w))
-}
-
 /// Whether a pipelined batch may run all at once: every command a data command, and no key
 /// touched by two of them — then no command can see another's effect, and running them
 /// together (their writes sharing group commits) answers as running them in order would.
@@ -285,70 +252,6 @@ async fn run_together(core: &Core, batch: Vec<Command>, protocol: Resp, out: &mu
         reply.encode(protocol, out);
     }
 }
-
-/// A command's name as Redis prints it in errors (lower case).
-fn lower(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).to_lowercase()
-}
-
-fn wrong_args(name: &[u8]) -> Reply {
-    Reply::err(format!(
-        "wrong number of arguments for '{}' command",
-        lower(name)
-    ))
-}
-
-fn syntax_error() -> Reply {
-    Reply::err("syntax error")
-}
-
-fn not_integer() -> Reply {
-    Reply::err("value is not an integer or out of range")
-}
-
-/// An integer argument as Redis reads one.
-fn integer(arg: &[u8]) -> Option<i64> {
-    std::str::from_utf8(arg).ok()?.parse().ok()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A coordinator's error as a Redis error.
-fn store_error(e: &StoreError) -> Reply {
-    match e {
-        StoreError::InvalidKey(m) => Reply::err(format!("invalid key: {m}")),
-        StoreError::ValueTooLarge(m) => Reply::err(format!("value too large: {m}")),
-        StoreError::BadRequest(m) => Reply::err(m),
-        StoreError::ConditionFailed { .. } => Reply::err("the condition failed"),
-        StoreError::Unavailable(m) | StoreError::Overloaded(m) | StoreError::Internal(m) => {
-            Reply::err(m)
-        }
-        StoreError::Timeout(m) => Reply::err(format!("timeout: {m}")),
-        StoreError::Quorum { message, .. } => Reply::err(message),
-    }
-}
-
-/// When a `SET` makes the key expire.
-enum Expiry {
-    /// No expiry.
-    Never,
-    /// In this many milliseconds.
-    InMs(u64),
-    /// Already past: the key ends up absent.
-    Past,
-}
-
-/// The commands served (a known one with the wrong arguments is answered as such).
-const COMMANDS: [&str; 32] = [
-    "APPEND", "AUTH", "CLIENT", "COMMAND", "CONFIG", "DECR", "DECRBY", "DEL", "DISCARD", "ECHO",
-    "EXEC", "EXISTS", "GET", "GETDEL", "HELLO", "INCR", "INCRBY", "INFO", "MGET", "MSET", "MULTI",
-    "PING", "PSETEX", "QUIT", "RESET", "SELECT", "SET", "SETEX", "SETNX", "STRLEN", "TYPE",
-    "UNLINK",
-];
 
 impl Session {
     /// Runs one command: its reply, what it counts as, and whether the connection goes on.
@@ -436,8 +339,12 @@ impl Session {
             } else {
                 Reply::err("DISCARD without MULTI")
             }),
-            b"INFO" => other(info(core)),
-            _ if COMMANDS.iter().any(|c| c.as_bytes() == name) => other(wrong_args(name)),
+            b"INFO" => other(info(core, args, self.connections_max)),
+            b"SCAN" if argc >= 2 => other(keyspace::scan(core, args).await),
+            b"KEYS" if argc == 2 => other(keyspace::keys(core, &args[1]).await),
+            b"DBSIZE" if argc == 1 => other(keyspace::dbsize(core).await),
+            b"FLUSHDB" | b"FLUSHALL" => other(keyspace::flush(core, name, args, self.flush).await),
+            _ if find(name).is_some() => other(wrong_args(name)),
             _ => other(unknown(args)),
         }
     }
@@ -537,227 +444,6 @@ impl Session {
     }
 }
 
-/// Runs a data command (a read or write of keys): its reply and what it counts as, or `None`
-/// for any other command (and a data command with the wrong arguments).
-#[allow(clippy::too_many_lines)]
-async fn data(core: &Core, name: &[u8], args: &Command) -> Option<(Reply, Op)> {
-    let argc = args.len();
-    Some(match name {
-        b"GET" if argc == 2 => (
-            match get(core, &args[1]).await {
-                Ok(Some(v)) => Reply::Bulk(v),
-                Ok(None) => Reply::Null,
-                Err(e) => e,
-            },
-            Op::Get,
-        ),
-        b"MGET" if argc >= 2 => {
-            let mut values = Vec::with_capacity(argc - 1);
-            for key in &args[1..] {
-                values.push(match get(core, key).await {
-                    Ok(Some(v)) => Reply::Bulk(v),
-                    Ok(None) => Reply::Null,
-                    Err(e) => return Some((e, Op::Get)),
-                });
-            }
-            (Reply::Array(values), Op::Get)
-        }
-        b"STRLEN" if argc == 2 => (
-            match get(core, &args[1]).await {
-                Ok(v) => {
-                    Reply::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
-                }
-                Err(e) => e,
-            },
-            Op::Get,
-        ),
-        b"TYPE" if argc == 2 => (
-            match get(core, &args[1]).await {
-                Ok(Some(_)) => Reply::Simple("string".into()),
-                Ok(None) => Reply::Simple("none".into()),
-                Err(e) => e,
-            },
-            Op::Get,
-        ),
-        b"EXISTS" if argc >= 2 => {
-            let mut n = 0;
-            for key in &args[1..] {
-                match get(core, key).await {
-                    Ok(Some(_)) => n += 1,
-                    Ok(None) => {}
-                    Err(e) => return Some((e, Op::Get)),
-                }
-            }
-            (Reply::Integer(n), Op::Get)
-        }
-        b"SET" if argc >= 3 => (set(core, args).await, Op::Put),
-        b"SETNX" if argc == 3 => (
-            match write(core, &args[1], Some(&args[2]), None, KeyCondition::Absent).await {
-                Ok(()) => Reply::Integer(1),
-                Err(StoreError::ConditionFailed { .. }) => Reply::Integer(0),
-                Err(e) => store_error(&e),
-            },
-            Op::Put,
-        ),
-        b"SETEX" | b"PSETEX" if argc == 4 => {
-            let unit = if name == b"SETEX" { 1000 } else { 1 };
-            let reply = match integer(&args[2]) {
-                Some(t) if t > 0 => {
-                    let ms = u64::try_from(t).unwrap_or(u64::MAX).saturating_mul(unit);
-                    match write(core, &args[1], Some(&args[3]), Some(ms), KeyCondition::None).await
-                    {
-                        Ok(()) => Reply::ok(),
-                        Err(e) => store_error(&e),
-                    }
-                }
-                Some(_) => Reply::err(format!("invalid expire time in '{}' command", lower(name))),
-                None => not_integer(),
-            };
-            (reply, Op::Put)
-        }
-        b"MSET" if argc >= 3 && argc % 2 == 1 => {
-            for pair in args[1..].chunks(2) {
-                if let Err(e) =
-                    write(core, &pair[0], Some(&pair[1]), None, KeyCondition::None).await
-                {
-                    return Some((store_error(&e), Op::Put));
-                }
-            }
-            (Reply::ok(), Op::Put)
-        }
-        b"DEL" | b"UNLINK" if argc >= 2 => {
-            let mut n = 0;
-            for key in &args[1..] {
-                match get(core, key).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => continue,
-                    Err(e) => return Some((e, Op::Delete)),
-                }
-                match write(core, key, None, None, KeyCondition::None).await {
-                    Ok(()) => n += 1,
-                    Err(e) => return Some((store_error(&e), Op::Delete)),
-                }
-            }
-            (Reply::Integer(n), Op::Delete)
-        }
-        b"GETDEL" if argc == 2 => {
-            let reply = match get(core, &args[1]).await {
-                Ok(Some(v)) => match write(core, &args[1], None, None, KeyCondition::None).await {
-                    Ok(()) => Reply::Bulk(v),
-                    Err(e) => store_error(&e),
-                },
-                Ok(None) => Reply::Null,
-                Err(e) => e,
-            };
-            (reply, Op::Delete)
-        }
-        b"INCR" | b"DECR" if argc == 2 => {
-            let by = if name == b"INCR" { 1 } else { -1 };
-            (incr_by(core, &args[1], by).await, Op::Put)
-        }
-        b"INCRBY" | b"DECRBY" if argc == 3 => {
-            let by = integer(&args[2]).and_then(|n| {
-                if name == b"INCRBY" {
-                    Some(n)
-                } else {
-                    n.checked_neg()
-                }
-            });
-            let reply = match by {
-                Some(by) => incr_by(core, &args[1], by).await,
-                None => not_integer(),
-            };
-            (reply, Op::Put)
-        }
-        b"APPEND" if argc == 3 => {
-            let tail = &args[2];
-            let appended = read_modify_write(core, &args[1], |current| {
-                let mut v = current.map(<[u8]>::to_vec).unwrap_or_default();
-                v.extend_from_slice(tail);
-                Ok(v)
-            })
-            .await;
-            let reply = match appended {
-                Ok(v) => Reply::Integer(i64::try_from(v.len()).unwrap_or(i64::MAX)),
-                Err(e) => e,
-            };
-            (reply, Op::Put)
-        }
-        _ => return None,
-    })
-}
-
-/// Tries of a read-modify-write whose conditional write lost to another write of the key.
-const RMW_TRIES: usize = 64;
-
-/// A read-modify-write of `key` as a lightweight transaction: reads the value and its version
-/// at R, writes `change(value)` on the condition that the version is still current (or that the
-/// key is still absent), and starts over if another write came between. Returns what it wrote.
-/// (The new value has no expiry: a TTL the key had is not kept yet.)
-async fn read_modify_write(
-    core: &Core,
-    key: &[u8],
-    change: impl Fn(Option<&[u8]>) -> Result<Vec<u8>, Reply>,
-) -> Result<Vec<u8>, Reply> {
-    for _ in 0..RMW_TRIES {
-        let read = ReadRequest {
-            key: key.to_vec(),
-            r: Quorum::Default,
-            read_repair: ReadRepair::Default,
-            conflicts: Conflicts::Lww,
-        };
-        let found = coordinator::read(core, read, core.default_timeout())
-            .await
-            .map_err(|e| store_error(&e))?;
-        let (current, expected, condition) = match &found {
-            Some(f) => (
-                f.values.first().map(|(v, _)| v.as_slice()),
-                Some(f.version.clone()),
-                KeyCondition::None,
-            ),
-            None => (None, None, KeyCondition::Absent),
-        };
-        let new = change(current)?;
-        let write = WriteRequest {
-            key: key.to_vec(),
-            value: Some(new.clone()),
-            ttl_seconds: None,
-            expected,
-            context: None,
-            w: Quorum::Default,
-            forwarded: false,
-            condition,
-        };
-        match coordinator::write(core, write, core.default_timeout()).await {
-            Ok(_) => return Ok(new),
-            Err(StoreError::ConditionFailed { .. }) => {}
-            Err(e) => return Err(store_error(&e)),
-        }
-    }
-    Err(Reply::err(format!(
-        "the key changed under {RMW_TRIES} tries of this command in a row; try again"
-    )))
-}
-
-/// `INCRBY key by` (and `INCR`, `DECR`, `DECRBY`): the new value.
-async fn incr_by(core: &Core, key: &[u8], by: i64) -> Reply {
-    let done = read_modify_write(core, key, |current| {
-        let now = match current {
-            None => 0,
-            Some(v) => integer(v).ok_or_else(not_integer)?,
-        };
-        let next = now
-            .checked_add(by)
-            .ok_or_else(|| Reply::err("increment or decrement would overflow"))?;
-        Ok(next.to_string().into_bytes())
-    })
-    .await;
-    match done {
-        Ok(v) => integer(&v).map_or_else(not_integer, Reply::Integer),
-        Err(e) => e,
-    }
-}
-
 /// Whether two secrets are equal, in a time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
@@ -773,16 +459,6 @@ fn unknown(args: &Command) -> Reply {
         message.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
     }
     Reply::err(message)
-}
-
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`: the count of commands served; no per-command
-/// documentation yet (an empty answer, which `redis-cli` takes as "no hints").
-fn command(args: &Command) -> Reply {
-    match args.get(1).map(|a| a.to_ascii_uppercase()).as_deref() {
-        Some(b"COUNT") => Reply::Integer(i64::try_from(COMMANDS.len()).unwrap_or(0)),
-        Some(b"DOCS") => Reply::Map(Vec::new()),
-        _ => Reply::Array(Vec::new()),
-    }
 }
 
 /// `CONFIG GET pattern...`: a few read-only settings tools ask for (`redis-benchmark` asks for
@@ -803,7 +479,7 @@ fn config(args: &Command) -> Reply {
     ];
     let mut pairs = Vec::new();
     for (key, value) in SETTINGS {
-        if args[2..].iter().any(|p| glob(p, key.as_bytes())) {
+        if args[2..].iter().any(|p| glob(p, key.as_bytes(), true)) {
             pairs.push((
                 Reply::Bulk(key.as_bytes().to_vec()),
                 Reply::Bulk(value.as_bytes().to_vec()),
@@ -811,133 +487,6 @@ fn config(args: &Command) -> Reply {
         }
     }
     Reply::Map(pairs)
-}
-
-/// Redis's glob match (`*`, `?`, case-insensitive), enough for `CONFIG GET`.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..]))
-        }
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p.eq_ignore_ascii_case(t) => glob(&pattern[1..], &text[1..]),
-        _ => false,
-    }
-}
-
-/// `INFO`: the server section.
-fn info(core: &Core) -> Reply {
-    let text = format!(
-        "# Server\r\nredis_version:7.2.0\r\ndynacore_version:{}\r\nredis_mode:standalone\r\n\
-         uptime_in_seconds:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        core.shared().uptime().as_secs()
-    );
-    Reply::Verbatim("txt", text)
-}
-
-/// A read through the coordinator with the node's defaults: the value, if the key holds one.
-async fn get(core: &Core, key: &[u8]) -> Result<Option<Vec<u8>>, Reply> {
-    let read = ReadRequest {
-        key: key.to_vec(),
-        r: Quorum::Default,
-        read_repair: ReadRepair::Default,
-        conflicts: Conflicts::Lww,
-    };
-    match coordinator::read(core, read, core.default_timeout()).await {
-        Ok(found) => Ok(found
-            .and_then(|f| f.values.into_iter().next())
-            .map(|(v, _)| v)),
-        Err(e) => Err(store_error(&e)),
-    }
-}
-
-/// A write (a delete when `value` is `None`) through the coordinator with the node's defaults.
-async fn write(
-    core: &Core,
-    key: &[u8],
-    value: Option<&[u8]>,
-    ttl_ms: Option<u64>,
-    condition: KeyCondition,
-) -> Result<(), StoreError> {
-    let request = WriteRequest {
-        key: key.to_vec(),
-        value: value.map(<[u8]>::to_vec),
-        // Kept to the second, rounded up (see the module's documentation).
-        ttl_seconds: ttl_ms.map(|ms| ms.div_ceil(1000).max(1)),
-        expected: None,
-        context: None,
-        w: Quorum::Default,
-        forwarded: false,
-        condition,
-    };
-    coordinator::write(core, request, core.default_timeout())
-        .await
-        .map(drop)
-}
-
-/// `SET key value [EX s | PX ms | EXAT ts | PXAT ts-ms] [NX | XX]`.
-async fn set(core: &Core, args: &Command) -> Reply {
-    let mut expiry = Expiry::Never;
-    let mut condition = KeyCondition::None;
-    let mut expiry_given = false;
-    let mut i = 3;
-    while i < args.len() {
-        let option = args[i].to_ascii_uppercase();
-        match option.as_slice() {
-            b"NX" | b"XX" if condition == KeyCondition::None => {
-                condition = if option == b"NX" {
-                    KeyCondition::Absent
-                } else {
-                    KeyCondition::Present
-                };
-                i += 1;
-            }
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" if !expiry_given && i + 1 < args.len() => {
-                let Some(n) = integer(&args[i + 1]) else {
-                    return not_integer();
-                };
-                if n <= 0 {
-                    return Reply::err("invalid expire time in 'set' command");
-                }
-                let n = u64::try_from(n).unwrap_or(u64::MAX);
-                let now = now_ms();
-                let at_ms = match option.as_slice() {
-                    b"EX" => now.saturating_add(n.saturating_mul(1000)),
-                    b"PX" => now.saturating_add(n),
-                    b"EXAT" => n.saturating_mul(1000),
-                    _ => n,
-                };
-                expiry = if at_ms <= now {
-                    Expiry::Past
-                } else {
-                    Expiry::InMs(at_ms - now)
-                };
-                expiry_given = true;
-                i += 2;
-            }
-            b"KEEPTTL" | b"GET" => {
-                return Reply::err(format!(
-                    "SET {} is not supported yet",
-                    String::from_utf8_lossy(&option)
-                ))
-            }
-            _ => return syntax_error(),
-        }
-    }
-    let (value, ttl_ms) = match expiry {
-        Expiry::Never => (Some(args[2].as_slice()), None),
-        Expiry::InMs(ms) => (Some(args[2].as_slice()), Some(ms)),
-        // A time already past leaves the key absent, as in Redis.
-        Expiry::Past => (None, None),
-    };
-    match write(core, &args[1], value, ttl_ms, condition).await {
-        Ok(()) => Reply::ok(),
-        // NX / XX not met: a null reply, as Redis answers it.
-        Err(StoreError::ConditionFailed { .. }) => Reply::Null,
-        Err(e) => store_error(&e),
-    }
 }
 
 #[cfg(test)]
@@ -978,16 +527,6 @@ mod tests {
             !independent(&batch(&[&["GET", "a"]])),
             "one command: nothing to gain"
         );
-    }
-
-    #[test]
-    fn glob_matches_like_redis() {
-        assert!(glob(b"*", b"save"));
-        assert!(glob(b"app*", b"appendonly"));
-        assert!(glob(b"SAVE", b"save"));
-        assert!(glob(b"s?ve", b"save"));
-        assert!(!glob(b"s?ve", b"saves"));
-        assert!(!glob(b"x*", b"save"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! http = "127.0.0.1:8400"
 //! resp = "127.0.0.1:6400"        # the Redis protocol (RESP2/3); "off": not served
 //! resp_password = "…"            # Redis clients must AUTH with it (sent in clear text)
+//! resp_flush = false             # allow FLUSHDB / FLUSHALL (delete every key of the cluster)
 //! advertise = "10.0.0.5:7400"    # where peers reach this node (default: listen)
 //! cores = 4                      # default: every online CPU
 //! pin = true                     # pin core i's executor to the i-th online CPU
@@ -75,6 +76,8 @@ pub struct NodeConfig {
     pub resp: Option<SocketAddr>,
     /// The password Redis clients must give with `AUTH` (`None`: none asked).
     pub resp_password: Option<String>,
+    /// Whether Redis's `FLUSHDB` / `FLUSHALL` (every key of the cluster deleted) are allowed.
+    pub resp_flush: bool,
     /// The address peers and clients reach this node's binary port (and gossip) at, when it
     /// is not `listen` (behind a NAT or a proxy); core `i` at its port + 1 + i.
     pub advertise: Option<SocketAddr>,
@@ -194,6 +197,7 @@ impl Default for NodeConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 8400)),
             resp: Some(SocketAddr::from(([127, 0, 0, 1], 6400))),
             resp_password: None,
+            resp_flush: false,
             advertise: None,
             cores: None,
             pin: true,
@@ -240,6 +244,7 @@ struct FileConfig {
     http: Option<String>,
     resp: Option<String>,
     resp_password: Option<String>,
+    resp_flush: Option<bool>,
     advertise: Option<String>,
     cores: Option<u32>,
     pin: Option<bool>,
@@ -448,6 +453,9 @@ impl NodeConfig {
                     ));
                 }
                 c.resp_password = Some(v);
+            }
+            if let Some(v) = f.resp_flush {
+                c.resp_flush = v;
             }
             if let Some(v) = f.advertise {
                 c.advertise = Some(parse_addr("advertise", &v)?);

@@ -773,6 +773,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
             core.clone(),
             RespOptions {
                 password: s.config.resp_password.clone(),
+                flush: s.config.resp_flush,
                 ..RespOptions::default()
             },
         )));

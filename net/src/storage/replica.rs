@@ -151,11 +151,11 @@ impl LocalStore {
         key: &[u8],
         current: Option<&Object>,
         value: Option<&[u8]>,
-        ttl_seconds: Option<u64>,
+        ttl_ms: Option<u64>,
     ) -> Result<Object, StoreError> {
-        let expiry_ms = ttl_seconds
+        let expiry_ms = ttl_ms
             .filter(|&t| t > 0)
-            .map(|t| self.clock.now_ms().saturating_add(t.saturating_mul(1000)));
+            .map(|t| self.clock.now_ms().saturating_add(t));
         Ok(self
             .shard
             .mint_transaction(key, current, value, expiry_ms, self.node)
@@ -188,7 +188,7 @@ impl LocalStore {
             }))
     }
 
-    /// Stores `value` under `key` (expiring after `ttl_seconds` when given), only if the key's
+    /// Stores `value` under `key` (expiring after `ttl_ms` when given), only if the key's
     /// version is still `expected` when that is given. Returns the new version.
     ///
     /// # Errors
@@ -199,12 +199,12 @@ impl LocalStore {
         &self,
         key: &[u8],
         value: &[u8],
-        ttl_seconds: Option<u64>,
+        ttl_ms: Option<u64>,
         expected: Option<&[u8]>,
     ) -> Result<Vec<u8>, StoreError> {
-        let expiry_ms = ttl_seconds
+        let expiry_ms = ttl_ms
             .filter(|&t| t > 0)
-            .map(|t| self.clock.now_ms().saturating_add(t.saturating_mul(1000)));
+            .map(|t| self.clock.now_ms().saturating_add(t));
         self.write(key, Some(value), expiry_ms, expected).await
     }
 
@@ -268,7 +268,7 @@ impl LocalStore {
     }
 
     /// A coordinator's write on this replica: `value` (or a tombstone when `None`) as a new
-    /// version minted by this replica, expiring after `ttl_seconds` when given. It replaces
+    /// version minted by this replica, expiring after `ttl_ms` when given. It replaces
     /// what `context` covers (`None`: the copy's own context, so a blind write replaces the
     /// copy). With `expected`, only if the copy holds nothing that version does not; a
     /// conditional write without a context builds on `expected`. Returns the new object.
@@ -279,13 +279,13 @@ impl LocalStore {
         &self,
         key: &[u8],
         value: Option<&[u8]>,
-        ttl_seconds: Option<u64>,
+        ttl_ms: Option<u64>,
         expected: Option<&VersionVector>,
         context: Option<&VersionVector>,
     ) -> Result<Object, StoreError> {
-        let expiry_ms = ttl_seconds
+        let expiry_ms = ttl_ms
             .filter(|&t| t > 0)
-            .map(|t| self.clock.now_ms().saturating_add(t.saturating_mul(1000)));
+            .map(|t| self.clock.now_ms().saturating_add(t));
         self.coordinate_at(key, value, expiry_ms, expected, context)
             .await
     }
@@ -430,7 +430,10 @@ mod tests {
     #[test]
     fn ttl_expires_exactly_and_limits_are_typed() {
         with_store(|store, wall| async move {
-            store.put(b"t", b"soon", Some(5), None).await.expect("put");
+            store
+                .put(b"t", b"soon", Some(5_000), None)
+                .await
+                .expect("put");
             wall.fetch_add(4_999, Ordering::Relaxed);
             assert!(store.get(b"t").await.expect("get").is_some());
             wall.fetch_add(1, Ordering::Relaxed);
