@@ -48,6 +48,8 @@ pub use record::{
     Mutation, Record, SeqNo, ShardId, Token, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERSION_BYTES_MAX,
 };
 pub use scan::ShardScan;
-pub use shard::{CleanupStats, Shard, ShardOptions, ShardStats, TreeCheck, TreeStatus};
+pub use shard::{
+    CleanupStats, Shard, ShardOptions, ShardStats, SnapshotFiles, TreeCheck, TreeStatus,
+};
 pub use timing::{DurationCounts, StageTimings, STAGE_BUCKETS_US};
 pub use wal::Durability;

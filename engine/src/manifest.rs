@@ -13,7 +13,8 @@
 //! ```
 //! `run` (format 2; format 1 has none of the last three fields and is still read): 0 closed
 //! cleanly, 1 running with every acknowledged write synced (`sync` durability), 2 running with
-//! acknowledged writes that may be unsynced. The actor epoch and the counter ceiling are the
+//! acknowledged writes that may be unsynced, 3 unknown, 4 a snapshot's copy (a shard restored
+//! from it draws a new actor epoch). The actor epoch and the counter ceiling are the
 //! dot minting state (see `docs/protocol.md`, "Actor epochs"): no counter above the ceiling is
 //! minted before a manifest naming a higher one is durable.
 //! INVARIANT: every table the manifest names was synced (file and directory) before the manifest
@@ -87,6 +88,9 @@ pub enum RunState {
         /// `sync` durability.
         synced: bool,
     },
+    /// A copy taken by a snapshot: a shard opened from it draws a new actor epoch (the shard it
+    /// was taken from went on minting dots).
+    Restored,
 }
 
 impl RunState {
@@ -96,6 +100,7 @@ impl RunState {
             RunState::Clean => 0,
             RunState::Running { synced: true } => 1,
             RunState::Running { synced: false } => 2,
+            RunState::Restored => 4,
         }
     }
 
@@ -105,6 +110,7 @@ impl RunState {
             1 => RunState::Running { synced: true },
             2 => RunState::Running { synced: false },
             3 => RunState::Unknown,
+            4 => RunState::Restored,
             _ => return None,
         })
     }

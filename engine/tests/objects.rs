@@ -514,3 +514,97 @@ fn compaction_retires_the_epochs_a_node_left_once_past_the_grace() {
         shard.close().await.expect("close");
     });
 }
+
+#[test]
+fn a_snapshot_opens_as_a_shard_with_every_write_before_it_and_a_new_actor_epoch() {
+    with_temp_dir(LIMIT, |path| async move {
+        let none = VersionVector::new();
+        let live = path.join("live");
+        let mut options = small_options(&live);
+        // Large values go to blob files: those are linked too.
+        options.blob_threshold_bytes = Some(1024);
+        let shard = Shard::open(options.clone()).await.expect("open");
+        let (epoch, _) = shard.actor_epoch();
+        for i in 0..200u32 {
+            let value = if i % 10 == 0 {
+                vec![b'x'; 4096]
+            } else {
+                i.to_le_bytes().to_vec()
+            };
+            shard
+                .coordinate_write(
+                    format!("k{i}").as_bytes(),
+                    &none,
+                    Some(&value),
+                    None,
+                    3,
+                    None,
+                )
+                .await
+                .expect("write");
+        }
+        shard.flush().await.expect("flush");
+        // Some writes only in the memtable: the snapshot flushes them first.
+        for i in 200..250u32 {
+            shard
+                .coordinate_write(
+                    format!("k{i}").as_bytes(),
+                    &none,
+                    Some(b"late"),
+                    None,
+                    3,
+                    None,
+                )
+                .await
+                .expect("write");
+        }
+        let into = path.join("snap");
+        let files = shard.snapshot_into(&into).await.expect("snapshot");
+        assert!(files.tables >= 2 && files.blob_files >= 1, "{files:?}");
+        // After it: not in it.
+        shard
+            .coordinate_write(b"after", &none, Some(b"v"), None, 3, None)
+            .await
+            .expect("write");
+        // The live shard keeps working: compaction may now delete what the snapshot linked.
+        shard.compact_all().await.expect("compact");
+        shard.close().await.expect("close");
+
+        let mut restored_options = options.clone();
+        restored_options.dir.clone_from(&into);
+        let restored = Shard::open(restored_options)
+            .await
+            .expect("open the snapshot");
+        let (new_epoch, high) = restored.actor_epoch();
+        assert!(new_epoch > epoch && high == 0, "{epoch} -> {new_epoch}");
+        for i in 0..250u32 {
+            let obj = restored
+                .read_object(format!("k{i}").as_bytes())
+                .await
+                .expect("read")
+                .unwrap_or_else(|| panic!("k{i} is in the snapshot"));
+            let want = match i {
+                _ if i >= 200 => b"late".to_vec(),
+                _ if i % 10 == 0 => vec![b'x'; 4096],
+                _ => i.to_le_bytes().to_vec(),
+            };
+            assert_eq!(values(&obj), vec![want]);
+        }
+        assert!(restored
+            .read_object(b"after")
+            .await
+            .expect("read")
+            .is_none());
+        // A write on the restored shard mints in its new epoch.
+        let obj = restored
+            .coordinate_write(b"k1", &none, Some(b"new"), None, 3, None)
+            .await
+            .expect("write");
+        assert!(obj
+            .join()
+            .pairs()
+            .iter()
+            .any(|&(a, _)| a == ActorId::new(3, new_epoch)));
+        restored.close().await.expect("close");
+    });
+}

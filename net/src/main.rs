@@ -124,6 +124,22 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout_s: u64,
     },
+    /// Take a snapshot of a live node (like `nodetool snapshot`): every core flushes its
+    /// memtables, then its SSTables and blob files are hard-linked under
+    /// `<data_dir>/snapshots/<name>/`, with the node's identity and ring. To restore, copy that
+    /// directory as a (stopped) node's data directory and start it: it starts a new actor epoch.
+    /// Prints where the snapshot is and what it holds.
+    Snapshot {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        addr: SocketAddr,
+        /// The snapshot's name (letters, digits, '.', '_', '-'); default: `snapshot-<ms>`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Give up waiting after this many seconds (the snapshot goes on).
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
     /// Compare every range a node holds with its other replicas and repair what differs
     /// (anti-entropy, like `nodetool repair`): a full repair, which also lets tombstones the
     /// ranges hold be purged later. Waits until it is done and prints what it compared,
@@ -218,6 +234,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Snapshot {
+            addr,
+            name,
+            timeout_s,
+        } => {
+            let path = match &name {
+                Some(n) => format!("/admin/snapshot?name={}", percent_encode(n)),
+                None => "/admin/snapshot".to_owned(),
+            };
+            match admin_post(addr, &path, timeout_s) {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dynacore snapshot: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Repair { addr, timeout_s } => match admin_post(addr, "/admin/repair", timeout_s) {
             Ok(body) => {
                 println!("{body}");

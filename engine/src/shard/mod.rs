@@ -70,10 +70,12 @@ mod compact;
 mod flush;
 mod objects;
 mod open;
+mod snapshot;
 mod tree;
 mod tree_state;
 
 use crate::hashtree::record_state;
+pub use snapshot::SnapshotFiles;
 use tree_state::{OldState, Trees};
 pub use tree_state::{TreeCheck, TreeStatus};
 

@@ -246,6 +246,7 @@ async fn choose_actor_epoch(
             Some("it stopped uncleanly with writes that may not have been synced")
         }
         RunState::Unknown => Some("its manifest predates actor epochs"),
+        RunState::Restored => Some("it was restored from a snapshot"),
     };
     let minted_high = if let Some(why) = renew {
         let old = manifest.actor_epoch;

@@ -103,6 +103,9 @@ pub enum ShardOp {
     },
     /// Drop the shard's keys outside the ranges the plan keeps (`dynacore cleanup`).
     Cleanup(Arc<CleanupPlan>),
+    /// Flush, then hard-link the shard's tables and blob files into this directory
+    /// (`dynacore snapshot`).
+    Snapshot(std::path::PathBuf),
 }
 
 /// What a cleanup keeps, decided under one ring: for each vnode of the ring (by token,
@@ -244,6 +247,8 @@ pub enum ShardReply {
     Tree(Result<TreeAnswer, StoreError>),
     /// To [`ShardOp::Cleanup`].
     Cleanup(Result<dynacore_engine::CleanupStats, StoreError>),
+    /// To [`ShardOp::Snapshot`].
+    Snapshot(Result<dynacore_engine::SnapshotFiles, StoreError>),
 }
 
 impl ShardReply {
@@ -299,6 +304,7 @@ enum ReplyKind {
     Paxos,
     Tree,
     Cleanup,
+    Snapshot,
 }
 
 impl ReplyKind {
@@ -307,6 +313,7 @@ impl ReplyKind {
             ShardOp::Stats | ShardOp::Compact => ReplyKind::Stats,
             ShardOp::Paxos { .. } => ReplyKind::Paxos,
             ShardOp::Cleanup(_) => ReplyKind::Cleanup,
+            ShardOp::Snapshot(_) => ReplyKind::Snapshot,
             ShardOp::TreeHashes { .. }
             | ShardOp::TreeKeys { .. }
             | ShardOp::VerifyTree
@@ -323,6 +330,7 @@ impl ReplyKind {
             ReplyKind::Paxos => ShardReply::Paxos(Err(e)),
             ReplyKind::Tree => ShardReply::Tree(Err(e)),
             ReplyKind::Cleanup => ShardReply::Cleanup(Err(e)),
+            ReplyKind::Snapshot => ShardReply::Snapshot(Err(e)),
         }
     }
 }
@@ -362,6 +370,8 @@ pub struct NodeShared {
     foreground_p99_us: [std::sync::atomic::AtomicU64; 2],
     /// The ring book (set once at start-up by a node that gossips).
     keeper: std::sync::OnceLock<crate::cluster::keeper::RingKeeper>,
+    /// The node's data directory (set once at start-up; snapshots go under it).
+    data_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Ranges are streaming in.
     streaming: AtomicBool,
     /// When this node last answered a `StreamRange` (ms since it started; 0: never).
@@ -505,6 +515,7 @@ impl NodeShared {
             repair_budget: std::sync::Mutex::new(budget),
             foreground_p99_us: Default::default(),
             keeper: std::sync::OnceLock::new(),
+            data_dir: std::sync::OnceLock::new(),
             streaming: AtomicBool::new(false),
             stream_served_ms: std::sync::atomic::AtomicU64::new(0),
             cleaning: AtomicBool::new(false),
@@ -656,6 +667,17 @@ impl NodeShared {
     /// Sets the ring book (once, at start-up).
     pub fn set_keeper(&self, keeper: crate::cluster::keeper::RingKeeper) {
         let _ = self.keeper.set(keeper);
+    }
+
+    /// Records the node's data directory (once, at start-up).
+    pub fn set_data_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.data_dir.set(dir);
+    }
+
+    /// The node's data directory (`None` before start-up recorded it).
+    #[must_use]
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.get().map(std::path::PathBuf::as_path)
     }
 
     /// Counts work that continues an admitted request (an operation running in its own task,
@@ -935,9 +957,11 @@ impl Core {
                     self.cluster().own_node().shard_map.shard_of(Token(r.1))
                 })
             }
-            ShardOp::Stats | ShardOp::Compact | ShardOp::VerifyTree | ShardOp::Cleanup(_) => {
-                self.0.index
-            }
+            ShardOp::Stats
+            | ShardOp::Compact
+            | ShardOp::VerifyTree
+            | ShardOp::Cleanup(_)
+            | ShardOp::Snapshot(_) => self.0.index,
         };
         self.execute_on(owner, op, timeout).await
     }
@@ -1074,6 +1098,13 @@ async fn run_local(store: &LocalStore, op: ShardOp) -> ShardReply {
                     .map_err(|e| StoreError::Internal(e.to_string())),
             )
         }
+        ShardOp::Snapshot(into) => ShardReply::Snapshot(
+            store
+                .shard()
+                .snapshot_into(&into)
+                .await
+                .map_err(|e| StoreError::Internal(format!("the snapshot failed: {e}"))),
+        ),
     }
 }
 

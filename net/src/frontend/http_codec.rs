@@ -67,6 +67,9 @@ pub enum Route {
     /// `POST /admin/compact`: flush and merge every core's tables into one (a major
     /// compaction), answered once done.
     AdminCompact,
+    /// `POST /admin/snapshot[?name=]`: flush every core, then hard-link its tables and blob
+    /// files under `<data_dir>/snapshots/<name>/` (as `nodetool snapshot`).
+    AdminSnapshot,
     /// `POST /admin/repair`: a full anti-entropy repair of every range the node holds (as
     /// `nodetool repair`), answered once done.
     AdminRepair,
@@ -102,6 +105,8 @@ pub struct RequestHead {
     pub ttl_seconds: Option<u64>,
     /// `?ttl_ms=` (raw-body puts).
     pub ttl_ms: Option<u64>,
+    /// `?name=` (snapshots).
+    pub name: Option<String>,
     /// The body is raw bytes (`Content-Type: application/octet-stream`), not JSON.
     pub raw_body: bool,
     /// The client wants raw bytes back (`Accept: application/octet-stream`).
@@ -241,6 +246,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         read_repair: ReadRepair::Default,
         ttl_seconds: None,
         ttl_ms: None,
+        name: None,
         raw_body: false,
         accept_raw: false,
         if_match: None,
@@ -400,6 +406,12 @@ fn route(method: &str, path: &str) -> Result<Route, HttpError> {
             _ => Err(HttpError::MethodNotAllowed),
         };
     }
+    if path == "/admin/snapshot" {
+        return match method {
+            "POST" => Ok(Route::AdminSnapshot),
+            _ => Err(HttpError::MethodNotAllowed),
+        };
+    }
     let fixed = match path {
         "/health" => Route::Health,
         "/cluster" => Route::Cluster,
@@ -482,6 +494,7 @@ fn parse_query(query: &str, head: &mut RequestHead) -> Result<(), HttpError> {
                     }
                 });
             }
+            "name" => head.name = Some(value.clone()),
             "ttl_seconds" | "ttl_ms" => {
                 let n = Some(value.parse().map_err(|_| {
                     HttpError::BadRequest(format!("{name} must be a whole number, not {value:?}"))

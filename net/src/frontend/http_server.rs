@@ -14,6 +14,7 @@
 //! * Versions travel as hex strings (`{"version": "..."}`, `X-Dynacore-Version`, `If-Match`).
 
 use std::io;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -280,6 +281,7 @@ async fn handle(core: &Core, head: &RequestHead, body: &[u8]) -> (Vec<u8>, Op, b
         Route::Metrics => (Op::Other, metrics_text(core).await),
         Route::LocalCopy(key) => (Op::Get, local_copy(core, key).await),
         Route::AdminCompact => (Op::Other, compact(core).await),
+        Route::AdminSnapshot => (Op::Other, snapshot(core, head.name.as_deref()).await),
         Route::AdminRepair => (Op::Other, repair(core).await),
         Route::RepairStatus => (Op::Other, Ok(repair_status(core))),
         Route::VerifyTrees => (Op::Other, verify_trees(core).await),
@@ -861,7 +863,8 @@ async fn compact(core: &Core) -> Result<Reply, Reply> {
             ShardReply::Object(_)
             | ShardReply::Paxos(_)
             | ShardReply::Tree(_)
-            | ShardReply::Cleanup(_) => {
+            | ShardReply::Cleanup(_)
+            | ShardReply::Snapshot(_) => {
                 return Err(Reply::error(
                     500,
                     "internal",
@@ -873,6 +876,104 @@ async fn compact(core: &Core) -> Result<Reply, Reply> {
     Ok(Reply::json(
         200,
         &json!({ "compacted": cores, "ms": started.elapsed().as_millis() }),
+    ))
+}
+
+/// How long a snapshot may take (each core flushes its memtables first).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A snapshot's name: the one given, or the time (UTC, to the millisecond).
+fn snapshot_name(given: Option<&str>) -> Result<String, Reply> {
+    match given {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && !n.starts_with('.')
+                && n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            Ok(n.to_owned())
+        }
+        Some(n) => Err(Reply::error(
+            400,
+            "bad_request",
+            &format!(
+                "a snapshot name is 1 to 64 letters, digits, '.', '_' or '-', not starting with                  '.', not {n:?}"
+            ),
+        )),
+        None => Ok(format!("snapshot-{}", crate::storage::hints::now_ms())),
+    }
+}
+
+/// Every core's tables and blob files hard-linked under `<data_dir>/snapshots/<name>/shard-<i>/`
+/// (after a flush), with the node's identity and ring beside them: a directory a node can be
+/// restored from (copied as its data directory). Answered once done.
+async fn snapshot(core: &Core, name: Option<&str>) -> Result<Reply, Reply> {
+    let started = Instant::now();
+    let name = snapshot_name(name)?;
+    let Some(data_dir) = core.shared().data_dir().map(Path::to_path_buf) else {
+        return Err(Reply::error(503, "unavailable", "the node is starting"));
+    };
+    let root = data_dir.join("snapshots").join(&name);
+    if root.exists() {
+        return Err(Reply::error(
+            409,
+            "conflict",
+            &format!("a snapshot named {name:?} exists"),
+        ));
+    }
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        Reply::error(500, "internal", &format!("{what}: {e}"))
+    };
+    std::fs::create_dir_all(&root)
+        .map_err(|e| internal("creating the snapshot's directory", &e))?;
+    // The node's identity, ring and cluster secret: the restored node is this node.
+    for file in ["NODE", "RING", "cluster.secret"] {
+        let from = data_dir.join(file);
+        if from.exists() {
+            std::fs::copy(&from, root.join(file))
+                .map_err(|e| internal(&format!("copying {file}"), &e))?;
+        }
+    }
+    let runs: Vec<_> = (0..core.shards())
+        .map(|shard| {
+            let core = core.clone();
+            let into = root.join(format!("shard-{shard}"));
+            runtime::spawn(async move {
+                core.execute_on(shard, ShardOp::Snapshot(into), SNAPSHOT_TIMEOUT)
+                    .await
+            })
+        })
+        .collect();
+    let mut shards = Vec::with_capacity(runs.len());
+    for (i, run) in runs.into_iter().enumerate() {
+        match run.await {
+            ShardReply::Snapshot(Ok(f)) => shards.push(json!({
+                "shard": i,
+                "tables": f.tables,
+                "blob_files": f.blob_files,
+                "bytes": f.bytes,
+            })),
+            ShardReply::Snapshot(Err(e)) => return Err(Reply::from_store_error(&e)),
+            _ => {
+                return Err(Reply::error(
+                    500,
+                    "internal",
+                    "a core answered another request",
+                ))
+            }
+        }
+    }
+    let path = root.canonicalize().unwrap_or(root);
+    Ok(Reply::json(
+        200,
+        &json!({
+            "snapshot": name,
+            "path": path.display().to_string(),
+            "shards": shards,
+            "ms": started.elapsed().as_millis(),
+        }),
     ))
 }
 

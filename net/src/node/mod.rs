@@ -466,6 +466,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         shared.members().clone(),
         config.replication.replication_factor,
     );
+    shared.set_data_dir(config.data_dir.clone());
     if gossips {
         shared.set_keeper(keeper.clone());
     }
