@@ -402,8 +402,13 @@ fn status(target: &Target) -> ExitCode {
                 Ok(rtt) => format!("ping {} us", rtt.as_micros()),
                 Err(e) => format!("unreachable from here ({e})"),
             };
+            let name = m
+                .name
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
             println!(
-                "node {} {}:{} generation {} cores {} (ports {}-{}) {:?}{} ({reach})",
+                "node {}{name} {}:{} generation {} cores {} (ports {}-{}) {:?}{} ({reach})",
                 n.id,
                 n.host,
                 n.base_port,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     closed, dynacore, framed, framed_as_peer, get_value, http, metric_sum, on_executor, raw_conn,
-    read_frame, read_frame_as_peer, start, temp_dir, try_start, HttpConn, BOUND,
+    read_frame, read_frame_as_peer, start, temp_dir, try_start, wait_until, HttpConn, BOUND,
 };
 use dynacore_client::glommio::Client;
 use dynacore_client::{ClientError, ErrorCode, Quorum, ReadRepair, Version, WriteOptions};
@@ -1237,4 +1237,70 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970");
     u64::try_from(since.as_millis()).expect("in range")
+}
+
+#[test]
+fn a_node_named_on_its_command_line_is_known_by_that_name_everywhere() {
+    let dir = temp_dir("node-names");
+    let n1 = start(&dir.path().join("n1"), 1, &["--node-id", "n1"]);
+    assert!(n1.ready.ends_with(" name=n1"), "{}", n1.ready);
+    let id = n1
+        .ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+        .expect("node=")
+        .to_owned();
+    assert_ne!(id, "n1", "the id derives from the name");
+    let seed = n1.addr.to_string();
+    let n2 = start(
+        &dir.path().join("n2"),
+        1,
+        &["--node-id", "db-east.2", "--seeds", &seed],
+    );
+    // Each node shows the other's name beside its id.
+    for (node, other) in [(&n1, "db-east.2"), (&n2, "n1")] {
+        wait_until("the other node's name is known", || {
+            let nodes = http(node.http, "GET", "/cluster", &[], b"").json()["nodes"].clone();
+            nodes
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n["name"] == other))
+        });
+    }
+    let view = http(n1.http, "GET", "/cluster", &[], b"").json();
+    assert_eq!(view["nodes"][0]["name"], "n1");
+    assert_eq!(view["nodes"][0]["id"], id.as_str());
+    let endpoints = http(n1.http, "GET", "/cluster/endpoints/k", &[], b"").json();
+    assert!(
+        endpoints["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|n| n["name"].is_string())),
+        "{endpoints}"
+    );
+    // `dynacore status` prints it beside the id.
+    let out = dynacore()
+        .args(["status", "--addr", &seed, "--http", &n1.http.to_string()])
+        .output()
+        .expect("dynacore status");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(&format!("node {id} (n1) ")), "{text}");
+    drop(n2);
+    // The name is kept in the data directory: a restart without it keeps it; another name
+    // (another id) is refused.
+    let status = n1.stop();
+    assert!(status.success());
+    let again = start(&dir.path().join("n1"), 1, &[]);
+    assert!(again.ready.contains(&format!("node={id} ")) && again.ready.ends_with(" name=n1"));
+    drop(again);
+    let refused = try_start(&dir.path().join("n1"), 1, &["--node-id", "n2"]);
+    let (status, log) = refused.err().expect("another name is refused");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(log.contains("belongs to node"), "{log}");
+    // A value of hex digits is still the id itself.
+    let hex = start(&dir.path().join("hex"), 1, &["--node-id", "a1"]);
+    assert!(
+        hex.ready.starts_with("ready node=00000000000000a1 "),
+        "{}",
+        hex.ready
+    );
+    assert!(!hex.ready.contains("name="));
 }

@@ -4356,6 +4356,7 @@ impl<'a> NodeInfo<'a> {
   pub const VT_GENERATION: ::flatbuffers::VOffsetT = 12;
   pub const VT_STATE: ::flatbuffers::VOffsetT = 14;
   pub const VT_IN_RING: ::flatbuffers::VOffsetT = 16;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4369,6 +4370,7 @@ impl<'a> NodeInfo<'a> {
     let mut builder = NodeInfoBuilder::new(_fbb);
     builder.add_generation(args.generation);
     builder.add_id(args.id);
+    if let Some(x) = args.name { builder.add_name(x); }
     builder.add_shards(args.shards);
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_base_port(args.base_port);
@@ -4427,6 +4429,13 @@ impl<'a> NodeInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(NodeInfo::VT_IN_RING, Some(true)).unwrap()}
   }
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeInfo::VT_NAME, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for NodeInfo<'_> {
@@ -4442,6 +4451,7 @@ impl ::flatbuffers::Verifiable for NodeInfo<'_> {
      .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
      .visit_field::<NodeState>("state", Self::VT_STATE, false)?
      .visit_field::<bool>("in_ring", Self::VT_IN_RING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .finish();
     Ok(())
   }
@@ -4454,6 +4464,7 @@ pub struct NodeInfoArgs<'a> {
     pub generation: u64,
     pub state: NodeState,
     pub in_ring: bool,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for NodeInfoArgs<'a> {
   #[inline]
@@ -4466,6 +4477,7 @@ impl<'a> Default for NodeInfoArgs<'a> {
       generation: 0,
       state: NodeState::Normal,
       in_ring: true,
+      name: None,
     }
   }
 }
@@ -4504,6 +4516,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(NodeInfo::VT_IN_RING, in_ring, true);
   }
   #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeInfo::VT_NAME, name);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     NodeInfoBuilder {
@@ -4529,6 +4545,7 @@ impl ::core::fmt::Debug for NodeInfo<'_> {
       ds.field("generation", &self.generation());
       ds.field("state", &self.state());
       ds.field("in_ring", &self.in_ring());
+      ds.field("name", &self.name());
       ds.finish()
   }
 }

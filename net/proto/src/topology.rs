@@ -60,6 +60,8 @@ pub struct MemberInfo {
     pub state: NodeState,
     /// Whether requests are routed to it (its vnodes are in the ring).
     pub in_ring: bool,
+    /// Its human name (`--node-id n1`), if it was given one.
+    pub name: Option<String>,
 }
 
 /// The cluster as a client sees it.
@@ -108,6 +110,7 @@ impl ClusterView {
                 generation: n.generation(),
                 state: NodeState::from_wire(n.state()),
                 in_ring: n.in_ring(),
+                name: n.name().filter(|s| !s.is_empty()).map(str::to_owned),
             })
             .collect();
         let nodes: Vec<NodeDesc> = members
@@ -217,6 +220,7 @@ mod tests {
                 generation: 1,
                 state,
                 in_ring: true,
+                name: None,
             })
             .collect();
         let shard_maps = nodes

@@ -155,6 +155,10 @@ pub struct RingMember {
     /// Its rack (`""`: none given).
     #[serde(default)]
     pub rack: String,
+    /// Its human name (`""`: none given; left out of the encoding then, for peers that predate
+    /// names).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// Grows with every change of the fields from `tokens` on.
     #[serde(default)]
     pub epoch: u64,
@@ -194,6 +198,7 @@ impl RingMember {
             tokens: Vec::new(),
             state: MemberState::Joining,
             rack: String::new(),
+            name: String::new(),
             epoch: 0,
             replaces: None,
             change: None,
@@ -252,6 +257,11 @@ impl RingMember {
         self.tokens.clone_from(&from.tokens);
         self.state = from.state;
         self.rack.clone_from(&from.rack);
+        // A node's name never changes (its id derives from it, or it was set at its first
+        // start); an entry that knows it teaches it.
+        if !from.name.is_empty() {
+            self.name.clone_from(&from.name);
+        }
         self.epoch = from.epoch;
         self.replaces.clone_from(&from.replaces);
         self.change.clone_from(&from.change);
@@ -552,6 +562,8 @@ pub struct PeerNode {
     pub state: MemberState,
     /// Its rack.
     pub rack: String,
+    /// Its human name (`""`: none).
+    pub name: String,
     /// Whether it is in the current ring (requests are routed to it).
     pub in_ring: bool,
     /// Its vnode tokens (empty while it has none).
@@ -729,6 +741,7 @@ impl ClusterState {
                     shard_map: ShardMap::from_tokens(&tokens, m.shards.max(1)),
                     state: m.state,
                     rack: m.rack.clone(),
+                    name: m.name.clone(),
                     in_ring: in_ring(id, m),
                     tokens,
                 },

@@ -736,6 +736,7 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
         .iter()
         .map(|n| {
             let host = b.create_string(&n.binary.ip().to_string());
+            let name = (!n.name.is_empty()).then(|| b.create_string(&n.name));
             fb::NodeInfo::create(
                 &mut b,
                 &fb::NodeInfoArgs {
@@ -752,6 +753,7 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
                         _ => state_of(n.up, n.status),
                     },
                     in_ring: n.in_ring,
+                    name,
                 },
             )
         })
@@ -772,6 +774,7 @@ fn topology_body(id: u64, core: &Core) -> Vec<u8> {
                 generation: v.id.generation,
                 state: state_of(v.up, meta.map(|m| m.status)),
                 in_ring: false,
+                name: None,
             },
         ));
     }

@@ -573,6 +573,7 @@ fn cluster(core: &Core) -> Result<Reply, Reply> {
             let progress = book_entry(core, n.id).and_then(|m| m.progress);
             json!({
                 "id": n.id.to_string(),
+                "name": (!n.name.is_empty()).then_some(&n.name),
                 "self": is_self,
                 "in_ring": n.in_ring,
                 "host": n.binary.ip().to_string(),
@@ -720,6 +721,7 @@ fn endpoints(core: &Core, key: &[u8]) -> Reply {
         let node = cluster.nodes.get(&n);
         json!({
             "id": n.to_string(),
+            "name": node.map(|p| p.name.clone()).filter(|s| !s.is_empty()),
             "http": node.map(|p| p.http.to_string()),
             "binary": node.map(|p| p.core_addr(token).to_string()),
             "rack": node.map(|p| p.rack.clone()),

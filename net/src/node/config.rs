@@ -113,6 +113,8 @@ pub struct NodeConfig {
     /// The node's id, when it must be a given one (otherwise generated at the first start and
     /// kept in the data directory).
     pub node_id: Option<u64>,
+    /// The node's human name, when `node_id` was given as one (the id derives from it).
+    pub node_name: Option<String>,
     /// How replicas are written and read.
     pub replication: ReplicationConfig,
     /// When compaction may purge a tombstone or an expired value.
@@ -214,6 +216,7 @@ impl Default for NodeConfig {
             rack: String::new(),
             replace: None,
             node_id: None,
+            node_name: None,
             replication: ReplicationConfig::default(),
             purge: PurgeConfig::default(),
             cluster_secret_file: None,
@@ -374,13 +377,39 @@ pub fn parse_durability(s: &str) -> Result<Durability, ConfigError> {
     }
 }
 
-fn parse_node_id(what: &str, s: &str) -> Result<u64, ConfigError> {
-    match u64::from_str_radix(s, 16) {
-        Ok(id) if id != 0 && !s.is_empty() && s.len() <= 16 => Ok(id),
-        _ => Err(ConfigError(format!(
-            "{what} must be 1 to 16 hex digits, not zero, not {s:?}"
-        ))),
+/// A node id given as 1 to 16 hex digits (taken as the id itself), or as a name (`n1`,
+/// `db-east-3`: 1 to 64 letters, digits, `-`, `_` or `.`, not all hex digits), from which the
+/// id derives ([`node_id_of_name`]). The id, and the name if one was given.
+fn parse_node_id_or_name(
+    what: &str,
+    s: &str,
+) -> Result<(Option<u64>, Option<String>), ConfigError> {
+    let hex = !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex {
+        return match u64::from_str_radix(s, 16) {
+            Ok(id) if id != 0 => Ok((Some(id), None)),
+            _ => Err(ConfigError(format!("{what} must be an id other than zero"))),
+        };
     }
+    let name_ok = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(ConfigError(format!(
+            "{what} must be 1 to 16 hex digits (the id) or a name of 1 to 64 letters, digits,              '-', '_' or '.', not {s:?}"
+        )));
+    }
+    Ok((Some(node_id_of_name(s)), Some(s.to_owned())))
+}
+
+/// The 64-bit id a node name gives: XXH3-64 (a fixed specification) of
+/// `"dynacore node name\0"` followed by the name, never zero. Stable across versions: a node
+/// started with `--node-id n1` is the same node at every start.
+#[must_use]
+pub fn node_id_of_name(name: &str) -> u64 {
+    let mut input = b"dynacore node name\0".to_vec();
+    input.extend_from_slice(name.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&input).max(1)
 }
 
 /// A rack name: 1 to 64 letters, digits, `-`, `_` or `.`.
@@ -497,7 +526,7 @@ impl NodeConfig {
                 c.seeds = parse_seeds("seeds", v.iter().map(String::as_str))?;
             }
             if let Some(v) = f.node_id {
-                c.node_id = Some(parse_node_id("node_id", &v)?);
+                (c.node_id, c.node_name) = parse_node_id_or_name("node_id", &v)?;
             }
             if let Some(v) = f.rack {
                 c.rack = parse_rack("rack", &v)?;
@@ -622,10 +651,10 @@ impl NodeConfig {
             c.rack = parse_rack("--rack", v)?;
         }
         if let Some(v) = &flags.replace {
-            c.replace = Some(parse_node_id("--replace", v)?);
+            c.replace = parse_node_id_or_name("--replace", v)?.0;
         }
         if let Some(v) = &flags.node_id {
-            c.node_id = Some(parse_node_id("--node-id", v)?);
+            (c.node_id, c.node_name) = parse_node_id_or_name("--node-id", v)?;
         }
         if let Some(v) = flags.replication_factor {
             c.replication.replication_factor = v;
@@ -832,7 +861,7 @@ mod tests {
         assert!(bad("request_timeout_ms = 0").contains("request_timeout_ms"));
         assert!(bad("cores = [").contains("config file"));
         assert!(bad("seeds = [\"nowhere\"]").contains("seeds must be"));
-        assert!(bad("node_id = \"xyz\"").contains("node_id must be"));
+        assert!(bad("node_id = \"x y\"").contains("node_id must be"));
         assert!(bad("node_id = \"0\"").contains("node_id must be"));
         let c = NodeConfig::build(
             Some("seeds = [\"127.0.0.2:7400\", \"127.0.0.3:7400\"]\nnode_id = \"00ff\""),
@@ -840,6 +869,14 @@ mod tests {
         )
         .expect("seeds");
         assert_eq!((c.seeds.len(), c.node_id), (2, Some(255)));
+        assert_eq!(c.node_name, None, "hex digits are the id itself");
+        // A name: the id derives from it, the same at every start.
+        let named = NodeConfig::build(Some("node_id = \"n1\""), &Overrides::default())
+            .expect("a name");
+        assert_eq!(named.node_name.as_deref(), Some("n1"));
+        assert_eq!(named.node_id, Some(node_id_of_name("n1")));
+        assert_ne!(node_id_of_name("n1"), node_id_of_name("n2"));
+        assert!(bad(&format!("node_id = \"{}\"", "n".repeat(65))).contains("node_id must be"));
         let flags = Overrides {
             seeds: Some("127.0.0.1:7400, 127.0.0.2:7400".to_owned()),
             ..Overrides::default()

@@ -69,10 +69,12 @@ impl From<ConfigError> for NodeError {
 pub const NODE_FILE: &str = "NODE";
 
 /// What the data directory records about the node that owns it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeMeta {
     /// The node's id, generated at its first start (or given then).
     pub node_id: NodeId,
+    /// Its human name, if it was given one at its first start (`--node-id n1`).
+    pub name: Option<String>,
     /// Its shard count: the data is split this way.
     pub shards: u32,
     /// Its vnode count: the ring depends on it.
@@ -92,6 +94,8 @@ struct MetaFile {
     vnodes: u16,
     #[serde(default)]
     generation: u64,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// The generation of a new start: above the last one recorded, and above the wall clock's
@@ -110,12 +114,15 @@ fn store_meta(dir: &Path, meta: &NodeMeta) -> Result<(), NodeError> {
     let io = |what: &str, e: std::io::Error| {
         NodeError::Runtime(format!("{what} {}: {e}", path.display()))
     };
-    let text = format!(
+    let mut text = format!(
         "# This node's identity, written at its first start; the generation grows at every\n\
          # start. Do not edit: the data is split by these numbers.\nformat = 1\n\
          node_id = \"{}\"\nshards = {}\nvnodes = {}\ngeneration = {}\n",
         meta.node_id, meta.shards, meta.vnodes, meta.generation
     );
+    if let Some(name) = &meta.name {
+        text.push_str(&format!("name = \"{name}\"\n"));
+    }
     let tmp = dir.join(format!("{NODE_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
     f.write_all(text.as_bytes())
@@ -140,6 +147,7 @@ pub fn load_or_create_meta(
     shards: u32,
     vnodes: u16,
     wanted: Option<NodeId>,
+    name: Option<&str>,
 ) -> Result<NodeMeta, NodeError> {
     let path = dir.join(NODE_FILE);
     let meta = match std::fs::read_to_string(&path) {
@@ -183,6 +191,9 @@ pub fn load_or_create_meta(
             }
             NodeMeta {
                 node_id: NodeId(node_id),
+                // The name recorded; or, for a directory made before names, the one given now if
+                // the id derives from it.
+                name: m.name.or_else(|| name.map(str::to_owned)),
                 shards,
                 vnodes,
                 generation: next_generation(m.generation),
@@ -194,6 +205,7 @@ pub fn load_or_create_meta(
                 .map_err(|e| NodeError::Runtime(format!("cannot create {}: {e}", dir.display())))?;
             NodeMeta {
                 node_id: wanted.unwrap_or_else(|| NodeId(rand::random::<u64>().max(1))),
+                name: name.map(str::to_owned),
                 shards,
                 vnodes,
                 generation: next_generation(0),
@@ -272,6 +284,8 @@ pub struct Ready {
     pub resp: Option<SocketAddr>,
     /// The node.
     pub node_id: NodeId,
+    /// Its human name, if it has one.
+    pub name: Option<String>,
 }
 
 impl std::fmt::Display for Ready {
@@ -288,7 +302,11 @@ impl std::fmt::Display for Ready {
             self.shard_ports.len(),
             self.resp
                 .map_or_else(|| "off".to_owned(), |a| a.to_string())
-        )
+        )?;
+        match &self.name {
+            Some(name) => write!(f, " name={name}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -356,6 +374,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         cores,
         config.vnodes,
         config.node_id.map(NodeId),
+        config.node_name.as_deref(),
     )?;
     let (key, secret_path) =
         secret::load_or_create(config.cluster_secret_file.as_deref(), &config.data_dir).map_err(
@@ -365,6 +384,12 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             },
         )?;
     tracing::info!(path = %secret_path.display(), "cluster secret");
+    tracing::info!(
+        node = %meta.node_id,
+        name = meta.name.as_deref().unwrap_or("-"),
+        generation = meta.generation,
+        "this node"
+    );
     let mut own_member = RingMember::new(
         meta.node_id,
         config.advertised(),
@@ -374,6 +399,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         meta.generation,
     );
     own_member.rack.clone_from(&config.rack);
+    own_member.name = meta.name.clone().unwrap_or_default();
     // A node that does not gossip is a cluster of one whatever its file says: its tokens
     // derive from its id.
     let book = if config.listen.ip().is_unspecified() {
@@ -560,6 +586,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         http: config.http,
         resp: config.resp,
         node_id: meta.node_id,
+        name: meta.name.clone(),
     });
     let errors = join_all(executors);
     // The ring book's last change on disk (it is saved off the executors).

@@ -67,6 +67,8 @@ pub struct Node {
     pub resp: Option<SocketAddr>,
     /// What the node wrote to stderr is in this file.
     pub log: PathBuf,
+    /// The `ready` line it printed.
+    pub ready: String,
 }
 
 impl Drop for Node {
@@ -256,6 +258,7 @@ pub fn try_start_at_env(
             .filter(|r| r != "off")
             .map(|r| r.parse().expect("resp address")),
         log,
+        ready: line,
     })
 }
 
