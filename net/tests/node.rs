@@ -1304,3 +1304,64 @@ fn a_node_named_on_its_command_line_is_known_by_that_name_everywhere() {
     );
     assert!(!hex.ready.contains("name="));
 }
+
+#[test]
+fn a_peer_of_an_incompatible_protocol_version_is_refused_with_a_clear_message() {
+    let dir = temp_dir("protocol-versions");
+    let a = start(&dir.path().join("a"), 1, &[]);
+    let seed = a.addr.to_string();
+    // A node of a future release that no longer works with this one.
+    let future = common::start_env(
+        &dir.path().join("future"),
+        1,
+        &["--seeds", &seed],
+        &[("DYNACORE_TEST_PROTOCOL", "9:9")],
+    );
+    let own = dynacore_proto::version::own();
+    wait_until("each node logs why it refuses the other", || {
+        a.log_text().contains(&format!(
+            "refusing a peer: it speaks internode protocol 9 (works with 9 and later); this node \
+             speaks {} (works with {} and later)",
+            own.version, own.min
+        )) && future.log_text().contains(&format!(
+            "refusing a peer: it speaks internode protocol {} (works with {} and later); this \
+             node speaks 9",
+            own.version, own.min
+        ))
+    });
+    // A node of the next release that still works with this one joins.
+    let next = common::start_env(
+        &dir.path().join("next"),
+        1,
+        &["--seeds", &seed],
+        &[(
+            "DYNACORE_TEST_PROTOCOL",
+            &format!("{}:{}", own.version + 1, own.version),
+        )],
+    );
+    let ring_nodes = |node: &common::Node| {
+        http(node.http, "GET", "/cluster", &[], b"").json()["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter(|n| n["in_ring"] == true).count())
+            .unwrap_or(0)
+    };
+    wait_until("the compatible node joins the ring", || {
+        ring_nodes(&a) == 2 && ring_nodes(&next) == 2
+    });
+    // The refused one never entered the ring of the others.
+    assert_eq!(ring_nodes(&a), 2);
+    let future_id = future
+        .ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+        .expect("node=")
+        .to_owned();
+    let view = http(a.http, "GET", "/cluster", &[], b"").text();
+    let listed_in_ring = http(a.http, "GET", "/cluster", &[], b"").json()["nodes"]
+        .as_array()
+        .is_some_and(|n| {
+            n.iter()
+                .any(|n| n["id"] == future_id.as_str() && n["in_ring"] == true)
+        });
+    assert!(!listed_in_ring, "{view}");
+}

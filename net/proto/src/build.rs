@@ -20,6 +20,7 @@ fn request_with(
 ) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let (op_type, op) = build(&mut b);
+    let protocol = crate::version::own();
     let req = fb::Request::create(
         &mut b,
         &fb::RequestArgs {
@@ -28,6 +29,8 @@ fn request_with(
             op_type,
             op: Some(op),
             forwarded,
+            protocol: protocol.version,
+            protocol_min: protocol.min,
         },
     );
     b.finish(req, None);

@@ -3381,6 +3381,8 @@ impl<'a> Request<'a> {
   pub const VT_OP_TYPE: ::flatbuffers::VOffsetT = 8;
   pub const VT_OP: ::flatbuffers::VOffsetT = 10;
   pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PROTOCOL: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PROTOCOL_MIN: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3395,6 +3397,8 @@ impl<'a> Request<'a> {
     builder.add_id(args.id);
     if let Some(x) = args.op { builder.add_op(x); }
     builder.add_timeout_ms(args.timeout_ms);
+    builder.add_protocol_min(args.protocol_min);
+    builder.add_protocol(args.protocol);
     builder.add_forwarded(args.forwarded);
     builder.add_op_type(args.op_type);
     builder.finish()
@@ -3435,6 +3439,20 @@ impl<'a> Request<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Request::VT_FORWARDED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn protocol(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Request::VT_PROTOCOL, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn protocol_min(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Request::VT_PROTOCOL_MIN, Some(0)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -3677,6 +3695,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
         }
      })?
      .visit_field::<bool>("forwarded", Self::VT_FORWARDED, false)?
+     .visit_field::<u16>("protocol", Self::VT_PROTOCOL, false)?
+     .visit_field::<u16>("protocol_min", Self::VT_PROTOCOL_MIN, false)?
      .finish();
     Ok(())
   }
@@ -3687,6 +3707,8 @@ pub struct RequestArgs {
     pub op_type: Op,
     pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
     pub forwarded: bool,
+    pub protocol: u16,
+    pub protocol_min: u16,
 }
 impl<'a> Default for RequestArgs {
   #[inline]
@@ -3697,6 +3719,8 @@ impl<'a> Default for RequestArgs {
       op_type: Op::NONE,
       op: None, // required field
       forwarded: false,
+      protocol: 0,
+      protocol_min: 0,
     }
   }
 }
@@ -3725,6 +3749,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_forwarded(&mut self, forwarded: bool) {
     self.fbb_.push_slot::<bool>(Request::VT_FORWARDED, forwarded, false);
+  }
+  #[inline]
+  pub fn add_protocol(&mut self, protocol: u16) {
+    self.fbb_.push_slot::<u16>(Request::VT_PROTOCOL, protocol, 0);
+  }
+  #[inline]
+  pub fn add_protocol_min(&mut self, protocol_min: u16) {
+    self.fbb_.push_slot::<u16>(Request::VT_PROTOCOL_MIN, protocol_min, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBuilder<'a, 'b, A> {
@@ -3860,6 +3892,8 @@ impl ::core::fmt::Debug for Request<'_> {
         },
       };
       ds.field("forwarded", &self.forwarded());
+      ds.field("protocol", &self.protocol());
+      ds.field("protocol_min", &self.protocol_min());
       ds.finish()
   }
 }

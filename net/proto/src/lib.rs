@@ -43,6 +43,7 @@ pub mod frame;
 pub mod reply;
 pub mod ring;
 pub mod topology;
+pub mod version;
 
 pub use allocate::allocate_tokens;
 pub use api::{Conflicts, ErrorCode, KeyCondition, Quorum, ReadRepair, Version};

@@ -26,8 +26,9 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU8};
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use dynacore_proto::version::Protocol;
 use foca::{AccumulatingRuntime, Config, Foca, Invalidates, Member, OwnedNotification, Timer};
 use rand_foca::SeedableRng;
 
@@ -184,6 +185,39 @@ impl std::fmt::Display for MetaError {
 
 impl std::error::Error for MetaError {}
 
+/// A node's metadata as gossip carries it: the [`NodeMeta`] (postcard), then the internode
+/// protocol it speaks and the oldest it works with (two postcard `u16`s; a node that predates
+/// versions sends neither, and older nodes ignore them).
+#[must_use]
+pub fn encode_meta(meta: &NodeMeta, protocol: Protocol) -> Option<Vec<u8>> {
+    let mut bytes = postcard::to_allocvec(meta).ok()?;
+    bytes.extend(postcard::to_allocvec(&(protocol.version, protocol.min)).ok()?);
+    Some(bytes)
+}
+
+/// Decodes [`encode_meta`]'s bytes.
+///
+/// # Errors
+/// What does not decode.
+pub fn decode_meta(data: &[u8]) -> Result<(NodeMeta, Protocol), MetaError> {
+    let (meta, rest): (NodeMeta, &[u8]) =
+        postcard::take_from_bytes(data).map_err(|e| MetaError(e.to_string()))?;
+    let protocol = if rest.is_empty() {
+        Protocol::UNANNOUNCED
+    } else {
+        let (version, min): (u16, u16) =
+            postcard::from_bytes(rest).map_err(|e| MetaError(e.to_string()))?;
+        Protocol::announced(version, min)
+    };
+    Ok((meta, protocol))
+}
+
+/// Peers refused for their protocol: when each was last logged.
+type Refused = Rc<RefCell<BTreeMap<u64, Instant>>>;
+
+/// How often a refused peer is logged again.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// The latest metadata of every node heard of, shared between foca's handler and the view.
 type MetaTable = Rc<RefCell<BTreeMap<u64, NodeMeta>>>;
 
@@ -198,6 +232,8 @@ struct MetaHandler {
     own_seen: Rc<Cell<(u64, u32)>>,
     /// Bumped at every change of the table.
     revision: Rc<Cell<u64>>,
+    /// Peers refused for their protocol.
+    refused: Refused,
 }
 
 impl foca::BroadcastHandler<MemberId> for MetaHandler {
@@ -209,8 +245,27 @@ impl foca::BroadcastHandler<MemberId> for MetaHandler {
         data: &[u8],
         sender: Option<&MemberId>,
     ) -> Result<Option<MetaKey>, MetaError> {
-        let meta: NodeMeta = postcard::from_bytes(data).map_err(|e| MetaError(e.to_string()))?;
+        let (meta, protocol) = decode_meta(data)?;
         meta.check().map_err(MetaError)?;
+        let own_protocol = dynacore_proto::version::own();
+        if meta.node != self.own && !own_protocol.works_with(protocol) {
+            // Not kept, not spread: a node this one cannot work with never enters its view
+            // (nor, through it, its ring).
+            let mut refused = self.refused.borrow_mut();
+            let due = refused
+                .get(&meta.node)
+                .is_none_or(|at| at.elapsed() >= REFUSED_LOG_EVERY);
+            if due && (refused.len() < NODES_MAX || refused.contains_key(&meta.node)) {
+                refused.insert(meta.node, Instant::now());
+                tracing::error!(
+                    node = %dynacore_proto::ring::NodeId(meta.node),
+                    binary = %meta.binary,
+                    "refusing a peer: it {}",
+                    own_protocol.refusal(protocol)
+                );
+            }
+            return Ok(None);
+        }
         if meta.node == self.own && sender.is_some() {
             // An older process of this node, or a stale copy: never adopted nor spread.
             let seen = self.own_seen.get();
@@ -322,6 +377,7 @@ impl Membership {
                 own: own.node,
                 own_seen: own_seen.clone(),
                 revision: revision.clone(),
+                refused: Rc::default(),
             },
         );
         let mut seeds: Vec<SocketAddr> =
@@ -572,11 +628,11 @@ impl Membership {
         };
         self.own.version = self.own.version.max(floor).saturating_add(1);
         self.revision.set(self.revision.get() + 1);
-        match postcard::to_allocvec(&self.own) {
-            Ok(bytes) => {
+        match encode_meta(&self.own, dynacore_proto::version::own()) {
+            Some(bytes) => {
                 let _ = self.foca.add_broadcast(&bytes);
             }
-            Err(e) => tracing::error!(error = %e, "cannot encode this node's metadata"),
+            None => tracing::error!("cannot encode this node's metadata"),
         }
     }
 
@@ -977,6 +1033,7 @@ mod tests {
             own: 1,
             own_seen: Rc::new(Cell::new((0, 0))),
             revision: Rc::new(Cell::new(0)),
+            refused: Rc::default(),
         };
         let sender = MemberId {
             addr: good,
@@ -1001,7 +1058,31 @@ mod tests {
             handler.table.borrow().is_empty(),
             "nothing refused was kept"
         );
+        // A node that speaks a protocol this one cannot work with is not taken.
+        let newer = Protocol {
+            version: u16::MAX,
+            min: u16::MAX,
+        };
+        let data = encode_meta(&meta(2, 256, good), newer).expect("encode");
+        assert_eq!(handler.receive_item(&data, Some(&sender)).ok(), Some(None));
+        assert!(
+            handler.table.borrow().is_empty(),
+            "an incompatible peer is not kept"
+        );
+        assert!(handler.refused.borrow().contains_key(&9));
+        // Without a protocol (a node that predates versions), or with a compatible one: taken.
         let data = postcard::to_allocvec(&meta(2, 256, good)).expect("encode");
+        assert!(handler
+            .receive_item(&data, Some(&sender))
+            .expect("sane")
+            .is_some());
+        let mut later = meta(2, 256, good);
+        later.version = 2;
+        let data = encode_meta(&later, dynacore_proto::version::own()).expect("encode");
+        assert_eq!(
+            decode_meta(&data).expect("decodes").1,
+            dynacore_proto::version::own()
+        );
         assert!(handler
             .receive_item(&data, Some(&sender))
             .expect("sane")

@@ -4,13 +4,14 @@
 
 use flatbuffers::FlatBufferBuilder;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dynacore_engine::object;
 use dynacore_runtime as runtime;
 
 use dynacore_proto::reply::{Ballot, KeyStateWire};
 use dynacore_proto::ring::NodeId;
+use dynacore_proto::version::Protocol;
 use dynacore_proto::{
     fb, parse_request, reply, Conflicts, KeyCondition, Quorum, ReadRepair, FRAME_BYTES_MAX,
 };
@@ -146,15 +147,47 @@ async fn paxos_answer(
     }
 }
 
+/// Logs a refused peer's request, at most once every ten seconds per core.
+fn refused_peer_log(why: &str) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    LAST.with(|last| {
+        if last
+            .get()
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+        {
+            last.set(Some(Instant::now()));
+            tracing::error!("{why}");
+        }
+    });
+}
+
 /// Answers one request body on `core` (the operation runs on the core that owns its key).
 /// `from_peer`: it came in a frame authenticated with the cluster secret; only such frames may
 /// carry replica operations (`ReplicaRead`, `ReplicaApply`, a write marked `forwarded`).
+/// A peer whose internode protocol this node cannot work with is refused (and its connection
+/// closed), saying why.
 pub async fn answer(core: &Core, body: &[u8], from_peer: bool) -> Answer {
     let req = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return frame_error(fb::ErrorCode::BadRequest, &e.to_string()),
     };
     let id = req.id();
+    if from_peer {
+        let peer = Protocol::announced(req.protocol(), req.protocol_min());
+        let own = dynacore_proto::version::own();
+        if !own.works_with(peer) {
+            let why = format!("a peer's request refused: it {}", own.refusal(peer));
+            refused_peer_log(&why);
+            return Answer {
+                body: error_body(id, fb::ErrorCode::BadRequest, &why, None),
+                close: true,
+                op: Op::Other,
+                ok: false,
+            };
+        }
+    }
     let replica_op = matches!(
         req.op_type(),
         fb::Op::ReplicaRead

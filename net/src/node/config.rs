@@ -871,8 +871,8 @@ mod tests {
         assert_eq!((c.seeds.len(), c.node_id), (2, Some(255)));
         assert_eq!(c.node_name, None, "hex digits are the id itself");
         // A name: the id derives from it, the same at every start.
-        let named = NodeConfig::build(Some("node_id = \"n1\""), &Overrides::default())
-            .expect("a name");
+        let named =
+            NodeConfig::build(Some("node_id = \"n1\""), &Overrides::default()).expect("a name");
         assert_eq!(named.node_name.as_deref(), Some("n1"));
         assert_eq!(named.node_id, Some(node_id_of_name("n1")));
         assert_ne!(node_id_of_name("n1"), node_id_of_name("n2"));
