@@ -1193,6 +1193,18 @@ fn the_grafana_dashboard_uses_only_metrics_and_labels_the_node_exports() {
         }
     }
     assert!(checked > 20, "only {checked} uses checked against samples");
+    // docs/operations.md says what every family means.
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .expect("docs/operations.md");
+    for family in families.keys() {
+        assert!(
+            guide.contains(&format!("| `{family}` |")),
+            "docs/operations.md (\"Every metric\") does not say what {family} means"
+        );
+    }
 }
 
 #[test]

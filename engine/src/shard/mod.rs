@@ -75,7 +75,6 @@ mod tree;
 mod tree_state;
 
 use crate::hashtree::record_state;
-pub use snapshot::SnapshotFiles;
 use tree_state::{OldState, Trees};
 pub use tree_state::{TreeCheck, TreeStatus};
 
@@ -292,6 +291,17 @@ struct State {
     /// A hash tree rebuild scan is running (close waits for it to stop).
     tree_rebuilding: bool,
     waiters: Vec<Waker>,
+}
+
+/// What a snapshot of a shard holds ([`Shard::snapshot_into`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// SSTables linked.
+    pub tables: usize,
+    /// Blob files linked.
+    pub blob_files: usize,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// A cleanup waiting for the compactor (see [`Shard::cleanup`]).

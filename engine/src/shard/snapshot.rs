@@ -5,17 +5,6 @@
 
 use super::*;
 
-/// What a snapshot of a shard holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotFiles {
-    /// SSTables linked.
-    pub tables: usize,
-    /// Blob files linked.
-    pub blob_files: usize,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
 impl Shard {
     /// Flushes the memtables, then hard-links every live SSTable and blob file into `into` (a
     /// directory on the same file system; created if need be, and expected empty) and stores
