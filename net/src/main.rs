@@ -56,6 +56,18 @@ fn keep_freed_pages() {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Speak TLS to the node, trusting the CA certificates of this PEM bundle (a node's
+    /// certificate names its IP address). For `serve`: the CA its peers' certificates chain to
+    /// (with --tls-cert and --tls-key).
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+}
+
+/// The CA bundle client commands trust (`--tls-ca`; `None`: plain TCP).
+static TLS_CA: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+fn tls_ca() -> Option<&'static std::path::Path> {
+    TLS_CA.get().and_then(Option::as_deref)
 }
 
 // Parsed once per process: the size of `serve`'s flags does not matter.
@@ -222,6 +234,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    let _ = TLS_CA.set(cli.tls_ca.clone());
     match cli.command {
         Command::Compact { addr, timeout_s } => match admin_post(addr, "/admin/compact", timeout_s)
         {
@@ -320,8 +333,9 @@ fn main() -> ExitCode {
         Command::LocalCluster(args) => {
             ExitCode::from(dynacore_net::node::local_cluster::run(&args))
         }
-        Command::Serve { config, flags } => {
+        Command::Serve { config, mut flags } => {
             init_logging();
+            flags.tls_ca.clone_from(&cli.tls_ca);
             serve(config.as_deref(), &flags)
         }
         Command::Put {
@@ -560,6 +574,7 @@ where
     };
     let options = ClientOptions {
         timeout: Duration::from_millis(target.timeout_ms.max(1)),
+        tls_ca: tls_ca().map(std::path::Path::to_path_buf),
         ..ClientOptions::default()
     };
     let outcome = runtime::spawn_executor("dynacore-cli", None, 1 << 20, move || async move {
@@ -582,6 +597,11 @@ where
 
 /// `POST <path>` to the node at `addr` (`/admin/compact`, `/admin/repair`); its JSON answer,
 /// or why there is none.
+/// A connection the admin calls read and write (plain TCP or TLS).
+trait ReadWrite: std::io::Read + std::io::Write {}
+
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
 fn admin_post(addr: SocketAddr, path: &str, timeout_s: u64) -> Result<String, String> {
     admin_call(addr, "POST", path, timeout_s)
 }
@@ -595,11 +615,22 @@ fn admin_call(
 ) -> Result<String, String> {
     use std::io::Read as _;
     let timeout = Duration::from_secs(timeout_s.max(1));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .and_then(|()| s.set_write_timeout(Some(Duration::from_secs(5))))
         .map_err(|e| e.to_string())?;
+    let mut s: Box<dyn ReadWrite> = match tls_ca() {
+        None => Box::new(s),
+        Some(ca) => {
+            use runtime::tls::rustls;
+            let config = runtime::tls::client_config(ca)?;
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn = rustls::ClientConnection::new(config, name)
+                .map_err(|e| format!("TLS to {addr}: {e}"))?;
+            Box::new(rustls::StreamOwned::new(conn, s))
+        }
+    };
     s.write_all(
         format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -8,7 +8,8 @@
 //! Layout:
 //! * [`exec`] — executors (pinned or not), tasks, task queues, timers, the heartbeat;
 //! * [`file`] — direct-I/O files ([`File`]), directory sync, rename and remove;
-//! * [`net`] — TCP listeners and streams, UDP sockets.
+//! * [`net`] — TCP listeners and streams, UDP sockets;
+//! * [`tls`] — TLS on those streams (rustls): acceptors, connectors, configurations from PEM files.
 //!
 //! Everything is re-exported at the top level: callers write `dynacore_runtime::spawn`, never
 //! the module path.
@@ -21,6 +22,7 @@
 pub mod exec;
 pub mod file;
 pub mod net;
+pub mod tls;
 
 pub use exec::*;
 pub use file::*;

@@ -3,7 +3,11 @@
 //! INVARIANT: called from inside an executor thread only; a socket never leaves its thread.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite};
 
 /// A TCP listener on the current executor.
 #[derive(Debug)]
@@ -36,14 +40,86 @@ impl TcpListener {
         self.0
             .accept()
             .await
-            .map(TcpStream)
+            .map(|s| TcpStream(Inner::Plain(s)))
             .map_err(io::Error::from)
     }
 }
 
-/// A TCP connection on the current executor.
+/// A TCP connection on the current executor: plain, or speaking TLS once a
+/// [`crate::tls::TlsAcceptor`] or [`crate::tls::TlsConnector`] did the handshake.
 #[derive(Debug)]
-pub struct TcpStream(glommio::net::TcpStream);
+pub struct TcpStream(Inner);
+
+/// What a [`TcpStream`] reads and writes through.
+enum Inner {
+    Plain(glommio::net::TcpStream),
+    TlsServer(Box<futures_rustls::server::TlsStream<glommio::net::TcpStream>>),
+    TlsClient(Box<futures_rustls::client::TlsStream<glommio::net::TcpStream>>),
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inner::Plain(s) => s.fmt(f),
+            Inner::TlsServer(s) => write!(f, "TLS server side of {:?}", s.get_ref().0),
+            Inner::TlsClient(s) => write!(f, "TLS client side of {:?}", s.get_ref().0),
+        }
+    }
+}
+
+impl Inner {
+    fn tcp(&self) -> &glommio::net::TcpStream {
+        match self {
+            Inner::Plain(s) => s,
+            Inner::TlsServer(s) => s.get_ref().0,
+            Inner::TlsClient(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Inner {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Inner::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Inner {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Inner::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
+            Inner::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Inner::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_close(cx),
+            Inner::TlsServer(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Inner::TlsClient(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
 
 impl TcpStream {
     /// Connects to `addr`, giving up after `timeout`; the connection has `TCP_NODELAY` set.
@@ -55,7 +131,7 @@ impl TcpStream {
             .await
             .map_err(io::Error::from)?;
         s.set_nodelay(true).map_err(io::Error::from)?;
-        Ok(TcpStream(s))
+        Ok(TcpStream(Inner::Plain(s)))
     }
 
     /// Connects to `addr` from the local address `from` (port chosen by the system), giving up
@@ -105,7 +181,7 @@ impl TcpStream {
         }
         let s = glommio::net::TcpStream::from(socket);
         s.set_nodelay(true).map_err(io::Error::from)?;
-        Ok(TcpStream(s))
+        Ok(TcpStream(Inner::Plain(s)))
     }
 
     /// Sets `TCP_NODELAY` (no Nagle delay for small writes).
@@ -113,7 +189,36 @@ impl TcpStream {
     /// # Errors
     /// Any error from `setsockopt`.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.0.set_nodelay(on).map_err(io::Error::from)
+        self.0.tcp().set_nodelay(on).map_err(io::Error::from)
+    }
+
+    /// Whether it speaks TLS.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.0, Inner::Plain(_))
+    }
+
+    /// The plain connection, for a TLS handshake on it.
+    pub(crate) fn into_plain(self) -> io::Result<glommio::net::TcpStream> {
+        match self.0 {
+            Inner::Plain(s) => Ok(s),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the connection speaks TLS already",
+            )),
+        }
+    }
+
+    pub(crate) fn from_tls_server(
+        s: futures_rustls::server::TlsStream<glommio::net::TcpStream>,
+    ) -> TcpStream {
+        TcpStream(Inner::TlsServer(Box::new(s)))
+    }
+
+    pub(crate) fn from_tls_client(
+        s: futures_rustls::client::TlsStream<glommio::net::TcpStream>,
+    ) -> TcpStream {
+        TcpStream(Inner::TlsClient(Box::new(s)))
     }
 
     /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
@@ -128,11 +233,15 @@ impl TcpStream {
     ///
     /// # Errors
     /// Any error from `shutdown`.
-    pub async fn shutdown_write(&self) -> io::Result<()> {
-        self.0
-            .shutdown(std::net::Shutdown::Write)
-            .await
-            .map_err(io::Error::from)
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        match &mut self.0 {
+            Inner::Plain(s) => s
+                .shutdown(std::net::Shutdown::Write)
+                .await
+                .map_err(io::Error::from),
+            // TLS's close_notify, then the socket's writing side.
+            tls => futures_lite::AsyncWriteExt::close(tls).await,
+        }
     }
 
     /// Splits the connection into halves that separate tasks of this executor can read and
@@ -203,7 +312,7 @@ impl UdpSocket {
 
 /// The reading half of a [`TcpStream`].
 #[derive(Debug)]
-pub struct TcpReader(futures_lite::io::ReadHalf<glommio::net::TcpStream>);
+pub struct TcpReader(futures_lite::io::ReadHalf<Inner>);
 
 impl TcpReader {
     /// Reads what is available (at least one byte, or 0 at end of stream) into `buf`.
@@ -225,7 +334,7 @@ impl TcpReader {
 
 /// The writing half of a [`TcpStream`].
 #[derive(Debug)]
-pub struct TcpWriter(futures_lite::io::WriteHalf<glommio::net::TcpStream>);
+pub struct TcpWriter(futures_lite::io::WriteHalf<Inner>);
 
 impl TcpWriter {
     /// Writes all of `buf` and flushes it.

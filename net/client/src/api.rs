@@ -25,6 +25,10 @@ pub struct ClientOptions {
     /// How often the topology is fetched again (it is also fetched soon after a node could not
     /// be reached).
     pub topology_refresh: Duration,
+    /// Speak TLS to the nodes, trusting the certificates of this PEM CA bundle (each node's
+    /// certificate must name its IP address). The glommio driver speaks TLS; the tokio driver
+    /// refuses to connect with it set.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -33,6 +37,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             topology_refresh: Duration::from_secs(10),
+            tls_ca: None,
         }
     }
 }

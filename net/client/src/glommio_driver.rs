@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use dynacore_proto::connection::Connection;
 use dynacore_proto::ClusterKey;
+use dynacore_runtime::tls::TlsConnector;
 use dynacore_runtime::{self as runtime, TcpReader, TcpStream, TcpWriter};
 
 use crate::api::{self, Common, Driver};
@@ -27,7 +28,15 @@ pub struct Pool(Rc<(Common, ConnPool)>);
 impl Driver for Pool {
     fn new(common: Common) -> Pool {
         let connect_timeout = common.options().connect_timeout;
-        Pool(Rc::new((common, ConnPool::new(connect_timeout))))
+        let mut pool = ConnPool::new(connect_timeout);
+        if let Some(ca) = &common.options().tls_ca {
+            pool = match runtime::tls::client_config(ca) {
+                Ok(config) => pool.with_tls(TlsConnector::new(config)),
+                // Every connection attempt says why.
+                Err(why) => pool.refusing(why),
+            };
+        }
+        Pool(Rc::new((common, pool)))
     }
 
     fn common(&self) -> &Common {
@@ -92,12 +101,19 @@ impl Conn {
         from: Option<IpAddr>,
         timeout: Duration,
         key: Option<&ClusterKey>,
+        tls: Option<&TlsConnector>,
     ) -> Result<Conn, ClientError> {
-        let stream = match from {
+        let mut stream = match from {
             Some(ip) => TcpStream::connect_from(ip, addr, timeout).await,
             None => TcpStream::connect(addr, timeout).await,
         }
         .map_err(|source| ClientError::Connect { addr, source })?;
+        if let Some(tls) = tls {
+            stream = tls
+                .connect(stream, addr, timeout)
+                .await
+                .map_err(|source| ClientError::Connect { addr, source })?;
+        }
         let (reader, writer) = stream.split();
         let (wake_writer, woken) = flume::bounded(1);
         let shared = Rc::new(Shared {
@@ -184,6 +200,10 @@ pub struct ConnPool {
     source: Option<IpAddr>,
     /// A node's pool to its peers: frames authenticated under the cluster secret.
     key: Option<ClusterKey>,
+    /// Connections speak TLS (`None`: plain TCP).
+    tls: Option<TlsConnector>,
+    /// Why no connection can be made (a TLS configuration that did not load).
+    refusing: Option<String>,
     conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
     /// Connection attempts under way: a caller that finds one waits for it instead of
     /// opening another; it learns there whether the attempt failed.
@@ -214,6 +234,8 @@ impl ConnPool {
             connect_timeout,
             source: None,
             key: None,
+            tls: None,
+            refusing: None,
             conns: RefCell::new(HashMap::new()),
             connecting: RefCell::new(HashMap::new()),
         }
@@ -224,6 +246,21 @@ impl ConnPool {
     #[must_use]
     pub fn authenticated(mut self, key: ClusterKey) -> ConnPool {
         self.key = Some(key);
+        self
+    }
+
+    /// The same pool, its connections speaking TLS through `tls` (the server's certificate must
+    /// name the IP address connected to).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsConnector) -> ConnPool {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The same pool, refusing every connection for `why`.
+    #[must_use]
+    pub fn refusing(mut self, why: String) -> ConnPool {
+        self.refusing = Some(why);
         self
     }
 
@@ -275,7 +312,22 @@ impl ConnPool {
                 failed: failed.clone(),
             },
         );
-        let opened = Conn::open(addr, self.source, self.connect_timeout, self.key.as_ref()).await;
+        let opened = match &self.refusing {
+            Some(why) => Err(ClientError::Connect {
+                addr,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.clone()),
+            }),
+            None => {
+                Conn::open(
+                    addr,
+                    self.source,
+                    self.connect_timeout,
+                    self.key.as_ref(),
+                    self.tls.as_ref(),
+                )
+                .await
+            }
+        };
         self.connecting.borrow_mut().remove(&addr);
         if let Err(ClientError::Connect { source, .. }) = &opened {
             *failed.borrow_mut() = Some((source.kind(), source.to_string()));

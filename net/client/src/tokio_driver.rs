@@ -165,6 +165,15 @@ impl Pool {
         if let Some(c) = self.conns().get(&addr).filter(|c| usable(c)) {
             return Ok(c.clone());
         }
+        if self.0.common.options().tls_ca.is_some() {
+            return Err(ClientError::Connect {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the tokio driver does not speak TLS; use the glommio driver",
+                ),
+            });
+        }
         let conn = Arc::new(Conn::open(addr, self.0.common.options().connect_timeout).await?);
         // Another request may have connected meanwhile: keep one.
         let mut conns = self.conns();

@@ -710,6 +710,8 @@ struct CoreInner {
     default_timeout: Duration,
     /// This core's connections to other nodes' cores.
     peers: ConnPool,
+    /// TLS on the connections this core accepts (`None`: plain TCP).
+    tls_acceptor: Option<dynacore_runtime::tls::TlsAcceptor>,
     /// The cluster secret's key.
     key: ClusterKey,
     /// Request-body bytes its binary connections hold (read, running, or answered but not
@@ -743,6 +745,18 @@ pub struct CoreParts {
     pub source_ip: Option<std::net::IpAddr>,
     /// The cluster secret's key: frames to and from other nodes are authenticated with it.
     pub key: ClusterKey,
+    /// TLS: how this core's listeners accept it and how it speaks it to its peers (`None`:
+    /// plain TCP).
+    pub tls: Option<NodeTls>,
+}
+
+/// A node's TLS configurations (made once from its files, shared by its cores).
+#[derive(Clone, Debug)]
+pub struct NodeTls {
+    /// What its listeners present.
+    pub server: Arc<dynacore_runtime::tls::rustls::ServerConfig>,
+    /// What it trusts when it connects to a peer.
+    pub client: Arc<dynacore_runtime::tls::rustls::ClientConfig>,
 }
 
 /// One core's view of the node: its own shard, and the way to every other core's.
@@ -781,12 +795,21 @@ impl Core {
             shared: parts.shared,
             default_timeout: parts.default_timeout,
             peers: {
-                let pool = ConnPool::new(Duration::from_secs(1)).authenticated(parts.key.clone());
+                let mut pool =
+                    ConnPool::new(Duration::from_secs(1)).authenticated(parts.key.clone());
+                if let Some(tls) = &parts.tls {
+                    pool =
+                        pool.with_tls(dynacore_runtime::tls::TlsConnector::new(tls.client.clone()));
+                }
                 match parts.source_ip {
                     Some(ip) => pool.from_source(ip),
                     None => pool,
                 }
             },
+            tls_acceptor: parts
+                .tls
+                .as_ref()
+                .map(|t| dynacore_runtime::tls::TlsAcceptor::new(t.server.clone())),
             key: parts.key,
             body_bytes: std::cell::Cell::new(0),
             background_bytes: std::cell::Cell::new(0),
@@ -815,6 +838,7 @@ impl Core {
             source_ip: None,
             key: ClusterKey::new(&rand::random::<[u8; 32]>())
                 .expect("INVARIANT: 32 bytes make a key"),
+            tls: None,
         })
     }
 
@@ -840,6 +864,12 @@ impl Core {
     #[must_use]
     pub fn peers(&self) -> &ConnPool {
         &self.0.peers
+    }
+
+    /// TLS on the connections this core accepts (`None`: plain TCP).
+    #[must_use]
+    pub fn tls_acceptor(&self) -> Option<&dynacore_runtime::tls::TlsAcceptor> {
+        self.0.tls_acceptor.as_ref()
     }
 
     /// This core's hints (`None`: hinted handoff is off).

@@ -1212,6 +1212,7 @@ mod huge_ring {
                 replication: crate::cluster::replication::ReplicationConfig::default(),
                 source_ip: None,
                 key: dynacore_proto::ClusterKey::new(&[1u8; 32]).expect("key"),
+                tls: None,
             });
             let a = answer(&core, &build::topology(1), false).await;
             let resp = parse_response(&a.body).expect("a response");

@@ -81,7 +81,7 @@ pub async fn serve_binary(listener: TcpListener, core: Core, limits: ConnectionL
         &core.clone(),
         Protocol::Binary,
         limits.connections_max,
-        |stream| {
+        move |stream| {
             let (core, limits) = (core.clone(), limits.clone());
             async move { serve_connection(stream, &core, &limits).await }
         },

@@ -70,7 +70,7 @@ pub async fn serve_http(listener: TcpListener, core: Core, options: HttpOptions)
         &core.clone(),
         Protocol::Http,
         options.connections_max,
-        |stream| {
+        move |stream| {
             let (core, options) = (core.clone(), options.clone());
             async move { serve_connection(stream, &core, &options).await }
         },
@@ -187,6 +187,9 @@ async fn serve_connection(
             None => return Ok(()), // the client does not read
         }
         if !head.keep_alive {
+            // The end of the answer (TLS's close_notify on a TLS connection, which a client
+            // must see to trust that nothing was cut).
+            let _ = runtime::timeout(WRITE_TIMEOUT, stream.shutdown_write()).await;
             return Ok(());
         }
         buf.drain(..end);

@@ -23,8 +23,13 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pause after a failed `accept` (out of file descriptors, for instance).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections forever: at most `connections_max` are served at once (each by
-/// `serve`, in its own task); one more is handed to `refuse`, which answers and closes it.
+/// `serve`, in its own task); one more is handed to `refuse`, which answers and closes it. On
+/// a node with TLS, each connection is served once its handshake is done (one that fails is
+/// closed and counted as refused), and one over the limit is closed without an answer.
 pub(crate) async fn accept_connections<S, SF, R, RF>(
     listener: TcpListener,
     core: &Core,
@@ -33,12 +38,14 @@ pub(crate) async fn accept_connections<S, SF, R, RF>(
     serve: S,
     refuse: R,
 ) where
-    S: Fn(TcpStream) -> SF,
+    S: Fn(TcpStream) -> SF + 'static,
     SF: Future<Output = io::Result<()>> + 'static,
     R: Fn(TcpStream) -> RF,
     RF: Future<Output = ()> + 'static,
 {
     let open = Rc::new(Cell::new(0usize));
+    let serve = Rc::new(serve);
+    let tls = core.tls_acceptor().cloned();
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -51,15 +58,31 @@ pub(crate) async fn accept_connections<S, SF, R, RF>(
         core.metrics().connection(protocol);
         if open.get() >= connections_max {
             core.metrics().refused();
-            runtime::spawn_detached(refuse(stream));
+            if tls.is_none() {
+                runtime::spawn_detached(refuse(stream));
+            }
             continue;
         }
         open.set(open.get() + 1);
         core.metrics().connection_open(protocol, true);
-        let (serving, open, metrics_core) = (serve(stream), open.clone(), core.clone());
+        let (serve, open, metrics_core, tls) =
+            (serve.clone(), open.clone(), core.clone(), tls.clone());
         runtime::spawn_detached(async move {
-            if let Err(e) = serving.await {
-                tracing::debug!(error = %e, ?protocol, "a connection ended with an error");
+            let stream = match tls {
+                None => Some(stream),
+                Some(acceptor) => match acceptor.accept(stream, HANDSHAKE_TIMEOUT).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, ?protocol, "a TLS handshake failed");
+                        metrics_core.metrics().refused();
+                        None
+                    }
+                },
+            };
+            if let Some(stream) = stream {
+                if let Err(e) = serve(stream).await {
+                    tracing::debug!(error = %e, ?protocol, "a connection ended with an error");
+                }
             }
             open.set(open.get() - 1);
             metrics_core.metrics().connection_open(protocol, false);

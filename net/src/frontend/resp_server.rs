@@ -64,7 +64,7 @@ pub async fn serve_resp(listener: TcpListener, core: Core, options: RespOptions)
         &core.clone(),
         Protocol::Resp,
         options.connections_max,
-        |stream| {
+        move |stream| {
             let (core, options) = (core.clone(), options.clone());
             async move { serve_connection(stream, &core, &options).await }
         },

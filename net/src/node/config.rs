@@ -7,6 +7,9 @@
 //! resp = "127.0.0.1:6400"        # the Redis protocol (RESP2/3); "off": not served
 //! resp_password = "…"            # Redis clients must AUTH with it (sent in clear text)
 //! resp_flush = false             # allow FLUSHDB / FLUSHALL (delete every key of the cluster)
+//! tls_cert = "node.pem"          # TLS on every TCP port (binary, HTTP, Redis) and between
+//! tls_key = "node.key"           # nodes: this node's certificate chain and key (PEM), and the
+//! tls_ca = "ca.pem"              # CA bundle its peers' certificates must chain to
 //! advertise = "10.0.0.5:7400"    # where peers reach this node (default: listen)
 //! cores = 4                      # default: every online CPU
 //! pin = true                     # pin core i's executor to the i-th online CPU
@@ -78,6 +81,9 @@ pub struct NodeConfig {
     pub resp_password: Option<String>,
     /// Whether Redis's `FLUSHDB` / `FLUSHALL` (every key of the cluster deleted) are allowed.
     pub resp_flush: bool,
+    /// TLS: this node's certificate chain, its key and the CA its peers' certificates chain to
+    /// (PEM files; all three or none).
+    pub tls: Option<TlsFiles>,
     /// The address peers and clients reach this node's binary port (and gossip) at, when it
     /// is not `listen` (behind a NAT or a proxy); core `i` at its port + 1 + i.
     pub advertise: Option<SocketAddr>,
@@ -200,6 +206,7 @@ impl Default for NodeConfig {
             resp: Some(SocketAddr::from(([127, 0, 0, 1], 6400))),
             resp_password: None,
             resp_flush: false,
+            tls: None,
             advertise: None,
             cores: None,
             pin: true,
@@ -248,6 +255,9 @@ struct FileConfig {
     resp: Option<String>,
     resp_password: Option<String>,
     resp_flush: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     advertise: Option<String>,
     cores: Option<u32>,
     pin: Option<bool>,
@@ -297,6 +307,17 @@ pub struct Overrides {
     /// Redis protocol (RESP2/3) address, or "off" [default: 127.0.0.1:6400].
     #[arg(long)]
     pub resp: Option<String>,
+    /// TLS on every TCP port and between nodes: this node's certificate chain (PEM); needs
+    /// --tls-key and --tls-ca.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The CA bundle (PEM) its peers' certificates chain to: `dynacore --tls-ca <pem> serve`
+    /// (the one flag every command takes, filled in here).
+    #[arg(skip)]
+    pub tls_ca: Option<PathBuf>,
     /// Where peers reach this node's binary port and gossip, if not at --listen (core i at
     /// port + 1 + i there too).
     #[arg(long)]
@@ -453,6 +474,17 @@ fn parse_optional_addr(what: &str, s: &str) -> Result<Option<SocketAddr>, Config
     parse_addr(what, s).map(Some)
 }
 
+/// A node's TLS files (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Its certificate chain, its own certificate first (it must name the node's IP addresses).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA bundle peers' certificates must chain to.
+    pub ca: PathBuf,
+}
+
 impl NodeConfig {
     /// The defaults, then `file` (TOML text, if any), then `flags`; checked.
     ///
@@ -460,6 +492,7 @@ impl NodeConfig {
     /// [`ConfigError`] for a file that does not parse, an unknown key, or a value out of range.
     pub fn build(file: Option<&str>, flags: &Overrides) -> Result<NodeConfig, ConfigError> {
         let mut c = NodeConfig::default();
+        let mut tls = (None, None, None);
         if let Some(text) = file {
             let f: FileConfig =
                 toml::from_str(text).map_err(|e| ConfigError(format!("config file: {e}")))?;
@@ -486,6 +519,7 @@ impl NodeConfig {
             if let Some(v) = f.resp_flush {
                 c.resp_flush = v;
             }
+            tls = (f.tls_cert, f.tls_key, f.tls_ca);
             if let Some(v) = f.advertise {
                 c.advertise = Some(parse_addr("advertise", &v)?);
             }
@@ -671,6 +705,27 @@ impl NodeConfig {
         if flags.cluster_secret_file.is_some() {
             c.cluster_secret_file.clone_from(&flags.cluster_secret_file);
         }
+        for (slot, flag) in [
+            (&mut tls.0, &flags.tls_cert),
+            (&mut tls.1, &flags.tls_key),
+            (&mut tls.2, &flags.tls_ca),
+        ] {
+            if flag.is_some() {
+                slot.clone_from(flag);
+            }
+        }
+        c.tls = match tls {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            _ => {
+                return Err(ConfigError(
+                    "TLS needs tls_cert, tls_key and tls_ca together (--tls-cert, --tls-key, \
+                     --tls-ca): the node's certificate chain, its key, and the CA its peers' \
+                     certificates chain to"
+                        .to_owned(),
+                ))
+            }
+        };
         c.check()?;
         Ok(c)
     }

@@ -384,6 +384,17 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
             },
         )?;
     tracing::info!(path = %secret_path.display(), "cluster secret");
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => {
+            let server = runtime::tls::server_config(&files.cert, &files.key)
+                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+            let client = runtime::tls::client_config(&files.ca)
+                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+            tracing::info!(cert = %files.cert.display(), ca = %files.ca.display(), "TLS on every TCP port and to peers");
+            Some(crate::core::NodeTls { server, client })
+        }
+    };
     tracing::info!(
         node = %meta.node_id,
         name = meta.name.as_deref().unwrap_or("-"),
@@ -509,12 +520,13 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
         let (control_tx, control_rx) = flume::bounded::<()>(1);
         controls.push(control_tx);
         let cpu = config.pin.then(|| cpus[i as usize]);
-        let (config, cluster, core_shared, ready_tx, key) = (
+        let (config, cluster, core_shared, ready_tx, key, tls) = (
             config.clone(),
             cluster.clone(),
             shared.clone(),
             ready_tx.clone(),
             key.clone(),
+            tls.clone(),
         );
         // Core 0 runs the membership driver.
         let publish = if i == 0 { publish.take() } else { None };
@@ -540,6 +552,7 @@ pub fn run(mut config: NodeConfig, on_ready: impl FnOnce(&Ready)) -> Result<(), 
                 shard_addr,
                 ready: ready_tx,
                 key,
+                tls,
             })
             .await
         });
@@ -658,6 +671,7 @@ struct CoreStart {
     shard_addr: SocketAddr,
     ready: std::sync::mpsc::Sender<Result<u32, String>>,
     key: dynacore_proto::ClusterKey,
+    tls: Option<crate::core::NodeTls>,
 }
 
 async fn core_main(s: CoreStart) -> Result<(), String> {
@@ -750,6 +764,7 @@ async fn core_main(s: CoreStart) -> Result<(), String> {
         // Peers see this node's connections come from its own address.
         source_ip: Some(s.config.listen.ip()).filter(|ip| !ip.is_unspecified()),
         key: s.key.clone(),
+        tls: s.tls.clone(),
     });
     runtime::spawn_detached(serve_inbox(core.clone(), s.inbox));
     let replay = runtime::spawn(crate::coordinator::replay_hints(core.clone()));
