@@ -48,6 +48,39 @@ fn strings(con: &mut Connection) {
         .expect("EXISTS");
     assert_eq!(n, 1);
     assert_eq!(con.del(&["s:b", "s:c"]).expect("DEL"), 1);
+    // Ranges, GETSET and floats.
+    let part: String = redis::cmd("GETRANGE")
+        .arg("s:greeting")
+        .arg(0)
+        .arg(-7)
+        .query(con)
+        .expect("GETRANGE");
+    assert_eq!(part, "hello");
+    let len: i64 = redis::cmd("SETRANGE")
+        .arg("s:greeting")
+        .arg(6)
+        .arg("there")
+        .query(con)
+        .expect("SETRANGE");
+    assert_eq!(len, 11);
+    let old: Option<String> = redis::cmd("GETSET")
+        .arg("s:greeting")
+        .arg("hello world")
+        .query(con)
+        .expect("GETSET");
+    assert_eq!(old.as_deref(), Some("hello there"));
+    let f: String = redis::cmd("INCRBYFLOAT")
+        .arg("s:float")
+        .arg("10.5")
+        .query(con)
+        .expect("INCRBYFLOAT");
+    assert_eq!(f, "10.5");
+    let f: String = redis::cmd("INCRBYFLOAT")
+        .arg("s:float")
+        .arg("-10.5")
+        .query(con)
+        .expect("INCRBYFLOAT");
+    assert_eq!(f, "0", "no negative zero");
     let incr_text: redis::RedisResult<isize> = con.incr("s:greeting", 1);
     let err = incr_text.expect_err("INCR of text fails");
     assert!(err.to_string().contains("not an integer"), "{err}");

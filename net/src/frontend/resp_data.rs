@@ -85,10 +85,12 @@ pub(super) fn keys_of(args: &Command) -> Option<Vec<&[u8]>> {
         {
             one()
         }
-        b"SETNX" | b"INCRBY" | b"DECRBY" | b"APPEND" if argc == 3 => one(),
+        b"SETNX" | b"INCRBY" | b"DECRBY" | b"APPEND" | b"GETSET" | b"INCRBYFLOAT" if argc == 3 => {
+            one()
+        }
         b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" | b"SET" if argc >= 3 => one(),
         b"GETEX" if argc >= 2 => one(),
-        b"SETEX" | b"PSETEX" if argc == 4 => one(),
+        b"SETEX" | b"PSETEX" | b"GETRANGE" | b"SUBSTR" | b"SETRANGE" if argc == 4 => one(),
         b"MGET" | b"EXISTS" | b"DEL" | b"UNLINK" if argc >= 2 => {
             Some(args[1..].iter().map(Vec::as_slice).collect())
         }
@@ -116,6 +118,9 @@ pub(super) fn writes(args: &Command) -> bool {
         b"INCRBY",
         b"DECRBY",
         b"APPEND",
+        b"GETSET",
+        b"SETRANGE",
+        b"INCRBYFLOAT",
         b"EXPIRE",
         b"PEXPIRE",
         b"EXPIREAT",
@@ -271,6 +276,27 @@ pub(super) async fn data(core: &Core, name: &[u8], args: &Command) -> Option<(Re
         b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" if argc >= 3 => {
             (expire(core, name, args).await, Op::Put)
         }
+        b"GETRANGE" | b"SUBSTR" if argc == 4 => {
+            let reply = match (integer(&args[2]), integer(&args[3])) {
+                (Some(start), Some(end)) => match get(core, &args[1]).await {
+                    Ok(v) => Reply::Bulk(range_of(&v.unwrap_or_default(), start, end).to_vec()),
+                    Err(e) => e,
+                },
+                _ => not_integer(),
+            };
+            (reply, Op::Get)
+        }
+        b"GETSET" if argc == 3 => {
+            let value = &args[2];
+            let done = read_modify_write(core, &args[1], |current, _| {
+                let old = current.map_or(Reply::Null, |c| Reply::Bulk(c.value.clone()));
+                Ok((Change::put(value.clone(), None), old))
+            })
+            .await;
+            (done.unwrap_or_else(|e| e), Op::Put)
+        }
+        b"SETRANGE" if argc == 4 => (set_range(core, args).await, Op::Put),
+        b"INCRBYFLOAT" if argc == 3 => (incr_by_float(core, &args[1], &args[2]).await, Op::Put),
         b"PERSIST" if argc == 2 => {
             let done = read_modify_write(core, &args[1], |current, _| match current {
                 Some(c) if c.expiry_ms.is_some() => {
@@ -440,6 +466,112 @@ async fn incr_by(core: &Core, key: &[u8], by: i64) -> Reply {
                 current.and_then(|c| c.ttl_ms(now)),
             ),
             Reply::Integer(next),
+        ))
+    })
+    .await;
+    done.unwrap_or_else(|e| e)
+}
+
+/// `GETRANGE`'s slice of `value`: `start` and `end` inclusive, negative ones from the end.
+fn range_of(value: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = i64::try_from(value.len()).unwrap_or(i64::MAX);
+    if len == 0 {
+        return &[];
+    }
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let end = if end < 0 {
+        (len + end).max(0)
+    } else {
+        end.min(len - 1)
+    };
+    if start > end || start >= len {
+        return &[];
+    }
+    let (s, e) = (
+        usize::try_from(start).unwrap_or(0),
+        usize::try_from(end).unwrap_or(0),
+    );
+    &value[s..=e]
+}
+
+/// `SETRANGE key offset value`: the value overwritten from `offset` (zero-padded), its new
+/// length; a TTL the key had is kept.
+async fn set_range(core: &Core, args: &Command) -> Reply {
+    let Some(offset) = integer(&args[2]) else {
+        return not_integer();
+    };
+    let Ok(offset) = usize::try_from(offset) else {
+        return Reply::err("offset is out of range");
+    };
+    let tail = &args[3];
+    let Some(end) = offset.checked_add(tail.len()) else {
+        return Reply::err("string exceeds maximum allowed size");
+    };
+    if end > dynacore_proto::VALUE_BYTES_MAX {
+        return Reply::err(format!(
+            "string exceeds maximum allowed size ({} bytes)",
+            dynacore_proto::VALUE_BYTES_MAX
+        ));
+    }
+    let done = read_modify_write(core, &args[1], |current, now| {
+        let mut v = current.map(|c| c.value.clone()).unwrap_or_default();
+        if tail.is_empty() {
+            // Nothing written: the key is left as it is (absent stays absent).
+            return Ok((Change::Keep, count(v.len())));
+        }
+        if v.len() < end {
+            v.resize(end, 0);
+        }
+        v[offset..end].copy_from_slice(tail);
+        let n = count(v.len());
+        Ok((Change::put(v, current.and_then(|c| c.ttl_ms(now))), n))
+    })
+    .await;
+    done.unwrap_or_else(|e| e)
+}
+
+/// A float argument as Redis reads one (no spaces, no NaN).
+fn float(arg: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(arg).ok()?;
+    if s.is_empty() || s.trim() != s {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|f| !f.is_nan())
+}
+
+/// A float as Redis prints `INCRBYFLOAT`'s result: plain decimal, shortest that reads back,
+/// no negative zero.
+fn float_text(f: f64) -> String {
+    if f == 0.0 {
+        "0".to_owned()
+    } else {
+        format!("{f}")
+    }
+}
+
+/// `INCRBYFLOAT key by`: the new value (a read-modify-write; a TTL the key had is kept).
+async fn incr_by_float(core: &Core, key: &[u8], by: &[u8]) -> Reply {
+    let Some(by) = float(by) else {
+        return Reply::err("value is not a valid float");
+    };
+    let done = read_modify_write(core, key, |current, now| {
+        let was = match current {
+            None => 0.0,
+            Some(c) => float(&c.value).ok_or_else(|| Reply::err("value is not a valid float"))?,
+        };
+        let next = was + by;
+        if !next.is_finite() {
+            return Err(Reply::err("increment would produce NaN or Infinity"));
+        }
+        let text = float_text(next);
+        let answer = Reply::Bulk(text.clone().into_bytes());
+        Ok((
+            Change::put(text.into_bytes(), current.and_then(|c| c.ttl_ms(now))),
+            answer,
         ))
     })
     .await;
@@ -724,4 +856,34 @@ async fn time_to_live(core: &Core, name: &[u8], key: &[u8]) -> Reply {
         _ => at,
     };
     Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getrange_slices_as_redis_does() {
+        let v = b"Hello World";
+        assert_eq!(range_of(v, 0, 3), b"Hell");
+        assert_eq!(range_of(v, 0, -1), v);
+        assert_eq!(range_of(v, -3, -1), b"rld");
+        assert_eq!(range_of(v, 5, 3), b"");
+        assert_eq!(range_of(v, 5, 5000), b" World");
+        assert_eq!(range_of(v, -5000, 2), b"Hel");
+        assert_eq!(range_of(b"", 0, -1), b"");
+        assert_eq!(range_of(v, i64::MIN, i64::MAX), v);
+    }
+
+    #[test]
+    fn floats_read_and_print_as_redis_does() {
+        assert_eq!(float(b"1.5"), Some(1.5));
+        assert_eq!(float(b" 1.5"), None);
+        assert_eq!(float(b"1.5 "), None);
+        assert_eq!(float(b"nan"), None);
+        assert_eq!(float(b""), None);
+        assert_eq!(float_text(17_179_869_185.5), "17179869185.5");
+        assert_eq!(float_text(3.0), "3");
+        assert_eq!(float_text(-0.0), "0");
+    }
 }

@@ -340,6 +340,15 @@ impl Session {
                 Reply::err("DISCARD without MULTI")
             }),
             b"INFO" => other(info(core, args, self.connections_max)),
+            b"TIME" if argc == 1 => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                other(Reply::Array(vec![
+                    Reply::Bulk(now.as_secs().to_string().into_bytes()),
+                    Reply::Bulk(now.subsec_micros().to_string().into_bytes()),
+                ]))
+            }
             b"SCAN" if argc >= 2 => other(keyspace::scan(core, args).await),
             b"KEYS" if argc == 2 => other(keyspace::keys(core, &args[1]).await),
             b"DBSIZE" if argc == 1 => other(keyspace::dbsize(core).await),
