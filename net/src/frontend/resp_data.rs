@@ -483,12 +483,10 @@ fn range_of(value: &[u8], start: i64, end: i64) -> &[u8] {
     } else {
         start
     };
-    let end = if end < 0 {
-        (len + end).max(0)
-    } else {
-        end.min(len - 1)
-    };
-    if start > end || start >= len {
+    let end = if end < 0 { len + end } else { end.min(len - 1) };
+    // An end before the value's start is an empty range (as Redis answers since 7.4; it
+    // answered the first byte before).
+    if end < 0 || start > end || start >= len {
         return &[];
     }
     let (s, e) = (
@@ -871,6 +869,7 @@ mod tests {
         assert_eq!(range_of(v, 5, 3), b"");
         assert_eq!(range_of(v, 5, 5000), b" World");
         assert_eq!(range_of(v, -5000, 2), b"Hel");
+        assert_eq!(range_of(v, 0, -100), b"");
         assert_eq!(range_of(b"", 0, -1), b"");
         assert_eq!(range_of(v, i64::MIN, i64::MAX), v);
     }
