@@ -99,7 +99,9 @@ impl TlsAcceptor {
     /// configuration takes), any I/O error.
     pub async fn accept(&self, stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
         let plain = stream.into_plain()?;
-        match crate::timeout(timeout, self.0.accept(plain)).await {
+        // Boxed: a handshake's state (a whole TLS connection) would otherwise be part of every
+        // future that may accept or connect, moved on every call of theirs.
+        match crate::timeout(timeout, Box::pin(self.0.accept(plain))).await {
             Some(Ok(tls)) => Ok(TcpStream::from_tls_server(tls)),
             Some(Err(e)) => Err(e),
             None => Err(io::Error::new(
@@ -141,7 +143,7 @@ impl TlsConnector {
     ) -> io::Result<TcpStream> {
         let plain = stream.into_plain()?;
         let name = ServerName::IpAddress(addr.ip().into());
-        match crate::timeout(timeout, self.0.connect(name, plain)).await {
+        match crate::timeout(timeout, Box::pin(self.0.connect(name, plain))).await {
             Some(Ok(tls)) => Ok(TcpStream::from_tls_client(tls)),
             Some(Err(e)) => Err(e),
             None => Err(io::Error::new(

@@ -317,14 +317,17 @@ impl ConnPool {
                 addr,
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.clone()),
             }),
+            // Boxed: opening a connection (a TLS handshake perhaps) is rare, and its state
+            // would otherwise be part of every call's future — a local replica read's too,
+            // which is spawned, and so moved, on every request.
             None => {
-                Conn::open(
+                Box::pin(Conn::open(
                     addr,
                     self.source,
                     self.connect_timeout,
                     self.key.as_ref(),
                     self.tls.as_ref(),
-                )
+                ))
                 .await
             }
         };

@@ -425,6 +425,16 @@ async fn read_modify_write(
     key: &[u8],
     change: impl Fn(Option<&Current>, u64) -> Result<(Change, Reply), Reply>,
 ) -> Result<Reply, Reply> {
+    // Boxed: its state (a read and a conditional write in flight) would otherwise make the
+    // future of every data command, a plain GET's included, that much larger to move.
+    Box::pin(read_modify_write_inline(core, key, change)).await
+}
+
+async fn read_modify_write_inline(
+    core: &Core,
+    key: &[u8],
+    change: impl Fn(Option<&Current>, u64) -> Result<(Change, Reply), Reply>,
+) -> Result<Reply, Reply> {
     for _ in 0..RMW_TRIES {
         let current = lookup(core, key).await?;
         let (what, answer) = change(current.as_ref(), now_ms())?;
