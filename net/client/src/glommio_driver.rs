@@ -396,3 +396,22 @@ impl ConnPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call's future is part of every replica read's spawned future (a local one's too), so
+    /// its size is copied on every request: opening a connection (a TLS handshake) must stay
+    /// behind a box. Unboxed, the handshake made it several KiB and cost a quarter of a
+    /// node's GET rate (see the commit that boxed it).
+    #[test]
+    fn a_calls_future_stays_small() {
+        let pool = ConnPool::new(Duration::from_secs(1));
+        let build = |id: u64| id.to_le_bytes().to_vec();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let call = pool.call_once(addr, &build, Instant::now());
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 1024, "ConnPool::call_once's future is {size} bytes");
+    }
+}
